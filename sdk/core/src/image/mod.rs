@@ -1,0 +1,449 @@
+//! Image decoding and the Qwen2.5-VL / VisionThink image pipeline (SPEC §4).
+//!
+//! Everything here takes bytes or pixel buffers and returns data: no file or network access.
+//! Resampling is a port of Pillow's fixed-point resampler ([`resample`]), so resized bytes are
+//! identical to the reference's; normalisation follows HF `transformers`' numpy path
+//! (`x as f64 * (1/255)` cast to f32, then `(x - mean) / std` in f32).
+
+pub mod resample;
+
+use crate::config::PreprocessorConfig;
+use crate::error::{Error, Result};
+pub use resample::{Filter, PassOrder};
+
+/// An 8-bit RGB image, row-major, 3 bytes per pixel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// `width * height * 3` bytes.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for RgbImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RgbImage({}x{})", self.width, self.height)
+    }
+}
+
+impl RgbImage {
+    /// Wraps a buffer, checking that its length is `width * height * 3`.
+    ///
+    /// ```
+    /// use visionthink_core::image::RgbImage;
+    /// let img = RgbImage::new(2, 1, vec![255, 0, 0, 0, 255, 0]).unwrap();
+    /// assert_eq!(img.pixel(1, 0), [0, 255, 0]);
+    /// assert!(RgbImage::new(2, 2, vec![0; 3]).is_err());
+    /// ```
+    pub fn new(width: u32, height: u32, data: Vec<u8>) -> Result<Self> {
+        let expected = width as usize * height as usize * 3;
+        if data.len() != expected {
+            return Err(Error::PixelBuffer {
+                width,
+                height,
+                expected,
+                got: data.len(),
+            });
+        }
+        Ok(Self {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// The RGB value at `(x, y)`. Panics if out of bounds (internal use and examples).
+    pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
+        let i = (y as usize * self.width as usize + x as usize) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+/// Limits applied before any pixel is decoded (decompression-bomb guard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest width or height accepted.
+    pub max_side: u32,
+    /// Largest `width * height` accepted.
+    pub max_pixels: u64,
+    /// Largest single allocation the decoder may make, in bytes.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 32 768 px per side, Pillow's `MAX_IMAGE_PIXELS` (89 478 485), 1 GiB of decoder memory.
+    fn default() -> Self {
+        Self {
+            max_side: 32_768,
+            max_pixels: 89_478_485,
+            max_alloc: 1 << 30,
+        }
+    }
+}
+
+/// Decodes PNG, JPEG, WebP or GIF (first frame) bytes to RGB8, as Pillow's `convert("RGB")`
+/// would: alpha is dropped (not composited), grey is replicated, palettes are expanded.
+///
+/// The header is read first and checked against `limits`, so a 100 000 × 100 000 PNG is refused
+/// without allocating its pixels.
+///
+/// ```
+/// use visionthink_core::image::{decode, DecodeLimits};
+/// // A truncated PNG signature is an error, never a panic.
+/// let err = decode(&[0x89, b'P', b'N', b'G'], DecodeLimits::default()).unwrap_err();
+/// assert!(err.to_string().contains("cannot decode image"));
+/// ```
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
+    let format = image::guess_format(bytes).map_err(|e| Error::ImageDecode {
+        format: "unknown".into(),
+        reason: format!("unrecognised image format ({e}); supported: PNG, JPEG, WebP, GIF"),
+    })?;
+    let fmt_name = format!("{format:?}");
+    let decode_err = |e: image::ImageError| match e {
+        image::ImageError::Limits(l) => Error::ImageTooLarge {
+            width: 0,
+            height: 0,
+            limit: format!("decoder limit: {l}"),
+        },
+        other => Error::ImageDecode {
+            format: fmt_name.clone(),
+            reason: other.to_string(),
+        },
+    };
+    let supported = matches!(
+        format,
+        image::ImageFormat::Png
+            | image::ImageFormat::Jpeg
+            | image::ImageFormat::WebP
+            | image::ImageFormat::Gif
+    );
+    if !supported {
+        return Err(Error::ImageDecode {
+            format: fmt_name,
+            reason: "format not supported; supported: PNG, JPEG, WebP, GIF".into(),
+        });
+    }
+    // Read the header alone first, so the announced size is checked before any pixel buffer.
+    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(decode_err)?;
+    check_dimensions(w, h, &limits)?;
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(limits.max_side);
+    lim.max_image_height = Some(limits.max_side);
+    lim.max_alloc = Some(limits.max_alloc);
+    reader.limits(lim);
+    let decoder = reader.into_decoder().map_err(decode_err)?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    let rgb = img.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    RgbImage::new(width, height, rgb.into_raw())
+}
+
+fn check_dimensions(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(Error::ImageTooSmall {
+            width: w,
+            height: h,
+            reason: "an image needs at least one pixel on each side".into(),
+        });
+    }
+    if w > limits.max_side || h > limits.max_side {
+        return Err(Error::ImageTooLarge {
+            width: u64::from(w),
+            height: u64::from(h),
+            limit: format!("max {} px per side", limits.max_side),
+        });
+    }
+    if u64::from(w) * u64::from(h) > limits.max_pixels {
+        return Err(Error::ImageTooLarge {
+            width: u64::from(w),
+            height: u64::from(h),
+            limit: format!("max {} pixels", limits.max_pixels),
+        });
+    }
+    Ok(())
+}
+
+/// Resizes with Pillow semantics after checking the target size.
+pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> Result<RgbImage> {
+    if width == 0 || height == 0 || img.width == 0 || img.height == 0 {
+        return Err(Error::ImageTooSmall {
+            width: img.width,
+            height: img.height,
+            reason: format!("cannot resize to {width}x{height}"),
+        });
+    }
+    Ok(resample::resample(
+        img,
+        width,
+        height,
+        filter,
+        PILLOW_PASS_ORDER,
+    ))
+}
+
+/// The pass order of the Pillow version the fixtures pin (13.0.0; see `tests/fixtures/README.md`).
+pub const PILLOW_PASS_ORDER: PassOrder = PassOrder::Pillow13;
+
+/// Python's `round()` on a float: round half to even.
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 {
+        2.0 * (x / 2.0).round()
+    } else {
+        r
+    }
+}
+
+/// Qwen2-VL `smart_resize` (HF `transformers`): both sides multiples of `factor`, the area within
+/// `[min_pixels, max_pixels]`, aspect ratio kept as closely as possible. Returns `(height, width)`.
+///
+/// ```
+/// use visionthink_core::image::smart_resize;
+/// // 42 / 28 = 1.5 rounds half-to-even to 2, 70 / 28 = 2.5 rounds to 2.
+/// assert_eq!(smart_resize(42, 70, 28, 3136, 12845056).unwrap(), (56, 56));
+/// assert!(smart_resize(10, 2100, 28, 3136, 12845056).is_err()); // aspect ratio > 200
+/// ```
+pub fn smart_resize(
+    height: u32,
+    width: u32,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+) -> Result<(u32, u32)> {
+    if height == 0 || width == 0 {
+        return Err(Error::ImageTooSmall {
+            width,
+            height,
+            reason: "zero-sized image".into(),
+        });
+    }
+    let (h, w, f) = (f64::from(height), f64::from(width), f64::from(factor));
+    let ratio = h.max(w) / h.min(w);
+    if ratio > 200.0 {
+        return Err(Error::AspectRatio {
+            width,
+            height,
+            ratio,
+        });
+    }
+    let mut h_bar = round_half_even(h / f) * f;
+    let mut w_bar = round_half_even(w / f) * f;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = ((h * w) / max_pixels as f64).sqrt();
+        h_bar = f.max((h / beta / f).floor() * f);
+        w_bar = f.max((w / beta / f).floor() * f);
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    Ok((h_bar as u32, w_bar as u32))
+}
+
+/// The processor output for one image: what the vision tower consumes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PixelValues {
+    /// `(t, h, w)` in 14-px patches; `t` is 1 for images.
+    pub grid_thw: [u32; 3],
+    /// The image after `smart_resize` (BICUBIC), before normalisation.
+    pub resized: RgbImage,
+    /// Row-major `[num_patches, 1176]`: each row is one 14×14 patch as (C=3, T=2, 14, 14), rows in
+    /// 2×2 merge-group order.
+    pub data: Vec<f32>,
+}
+
+impl PixelValues {
+    /// Number of 14×14 patches (rows of `data`).
+    pub fn num_patches(&self) -> usize {
+        (self.grid_thw[0] * self.grid_thw[1] * self.grid_thw[2]) as usize
+    }
+
+    /// Values per row: `3 * temporal_patch * patch * patch` (1176 for Qwen2.5-VL).
+    pub fn row_len(&self) -> usize {
+        self.data.len() / self.num_patches().max(1)
+    }
+
+    /// Number of `<|image_pad|>` tokens (merged 28×28 units) for `merge_size` 2.
+    pub fn num_image_tokens(&self, merge_size: u32) -> usize {
+        self.num_patches() / (merge_size * merge_size) as usize
+    }
+}
+
+/// Runs the Qwen2-VL image processor (Pillow path) on an RGB image.
+///
+/// ```
+/// use visionthink_core::{config::PreprocessorConfig, image::{preprocess, RgbImage}};
+/// let img = RgbImage::new(60, 30, vec![128; 60 * 30 * 3]).unwrap();
+/// let pv = preprocess(&img, &PreprocessorConfig::default()).unwrap();
+/// assert_eq!(pv.grid_thw, [1, 4, 4]); // smart_resize(30, 60) = (56, 56)
+/// assert_eq!(pv.data.len(), 16 * 1176);
+/// assert_eq!(pv.num_image_tokens(2), 4);
+/// ```
+pub fn preprocess(img: &RgbImage, cfg: &PreprocessorConfig) -> Result<PixelValues> {
+    let patch = cfg.patch_size;
+    let merge = cfg.merge_size;
+    let temporal = cfg.temporal_patch_size;
+    let factor = patch * merge;
+    let resized = if cfg.do_resize {
+        let (rh, rw) = smart_resize(
+            img.height,
+            img.width,
+            factor,
+            cfg.min_pixels,
+            cfg.max_pixels,
+        )?;
+        resize(img, rw, rh, Filter::Bicubic)?
+    } else {
+        img.clone()
+    };
+    let (h, w) = (resized.height as usize, resized.width as usize);
+    let (p, m, t) = (patch as usize, merge as usize, temporal as usize);
+    if h % (p * m) != 0 || w % (p * m) != 0 {
+        return Err(Error::ImageTooSmall {
+            width: resized.width,
+            height: resized.height,
+            reason: format!(
+                "sides must be multiples of {} when do_resize is false",
+                p * m
+            ),
+        });
+    }
+    // Channel-first normalised plane, computed exactly as numpy does.
+    let plane = h * w;
+    let mut chw = vec![0f32; 3 * plane];
+    for c in 0..3 {
+        let mean = cfg.image_mean[c];
+        let std = cfg.image_std[c];
+        for i in 0..plane {
+            let v = resized.data[i * 3 + c];
+            let mut x = if cfg.do_rescale {
+                (f64::from(v) * cfg.rescale_factor) as f32
+            } else {
+                f32::from(v)
+            };
+            if cfg.do_normalize {
+                x = (x - mean) / std;
+            }
+            chw[c * plane + i] = x;
+        }
+    }
+    let (gh, gw) = (h / p, w / p);
+    let row_len = 3 * t * p * p;
+    let mut data = Vec::with_capacity(gh * gw * row_len);
+    for bh in 0..gh / m {
+        for bw in 0..gw / m {
+            for mh in 0..m {
+                for mw in 0..m {
+                    let y0 = (bh * m + mh) * p;
+                    let x0 = (bw * m + mw) * p;
+                    for c in 0..3 {
+                        for _ in 0..t {
+                            for py in 0..p {
+                                let start = c * plane + (y0 + py) * w + x0;
+                                data.extend_from_slice(&chw[start..start + p]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(PixelValues {
+        grid_thw: [1, gh as u32, gw as u32],
+        resized,
+        data,
+    })
+}
+
+/// The VisionThink evaluation path (SPEC §4): the low-resolution image is the original resized
+/// with LANCZOS to `(w // 2, h // 2)`; a side below 28 is then scaled up by `max(28/w, 28/h)`
+/// (Python `int()` truncation). The high-resolution image is the original itself, except that it
+/// too is raised to 28 px per side when smaller (as the official `encode_image` does).
+///
+/// ```
+/// use visionthink_core::image::{inference_low_res, RgbImage};
+/// let img = RgbImage::new(100, 60, vec![7; 100 * 60 * 3]).unwrap();
+/// let low = inference_low_res(&img).unwrap();
+/// assert_eq!((low.width, low.height), (50, 30));
+/// ```
+pub fn inference_low_res(original: &RgbImage) -> Result<RgbImage> {
+    let (w, h) = (original.width / 2, original.height / 2);
+    if w == 0 || h == 0 {
+        return Err(Error::ImageTooSmall {
+            width: original.width,
+            height: original.height,
+            reason: "halving leaves a zero-sized side; the low-resolution path needs at least 2x2 pixels".into(),
+        });
+    }
+    let half = resize(original, w, h, Filter::Lanczos)?;
+    ensure_min_side(half)
+}
+
+/// The image the resize tool returns on the evaluation path: the original, raised to 28 px per
+/// side when smaller (official `encode_image` without downsampling).
+pub fn inference_high_res(original: &RgbImage) -> Result<RgbImage> {
+    ensure_min_side(original.clone())
+}
+
+fn ensure_min_side(img: RgbImage) -> Result<RgbImage> {
+    if img.width >= 28 && img.height >= 28 {
+        return Ok(img);
+    }
+    let scale = (28.0 / f64::from(img.width)).max(28.0 / f64::from(img.height));
+    let nw = (f64::from(img.width) * scale) as u32;
+    let nh = (f64::from(img.height) * scale) as u32;
+    resize(&img, nw, nh, Filter::Lanczos)
+}
+
+/// The pair of images of the VisionThink training path (SPEC §4): the area is first clamped
+/// into `[512², 2048²]` (LANCZOS, int truncation), then halved for the low-resolution image;
+/// the high-resolution image is the original resized to exactly twice the low-resolution size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingImages {
+    /// Turn-1 image.
+    pub low_res: RgbImage,
+    /// What the resize tool returns.
+    pub high_res: RgbImage,
+}
+
+/// Builds the training-path image pair (see [`TrainingImages`]).
+///
+/// ```
+/// use visionthink_core::image::{training_images, RgbImage};
+/// let img = RgbImage::new(256, 128, vec![9; 256 * 128 * 3]).unwrap();
+/// let pair = training_images(&img).unwrap();
+/// // 256x128 = 32768 px < 512² → scaled by sqrt(262144 / 32768) = 2.828 → 724x362, halved 362x181.
+/// assert_eq!((pair.low_res.width, pair.low_res.height), (362, 181));
+/// assert_eq!((pair.high_res.width, pair.high_res.height), (724, 362));
+/// ```
+pub fn training_images(original: &RgbImage) -> Result<TrainingImages> {
+    const MIN_AREA: f64 = 512.0 * 512.0;
+    const MAX_AREA: f64 = 2048.0 * 2048.0;
+    // veRL's `process_image`: shrink above the maximum, then (separately) grow below the minimum.
+    let mut clamped = original.clone();
+    for (limit, too_far) in [(MAX_AREA, true), (MIN_AREA, false)] {
+        let (w, h) = (f64::from(clamped.width), f64::from(clamped.height));
+        let area = w * h;
+        if (too_far && area > limit) || (!too_far && area < limit) {
+            let factor = (limit / area).sqrt();
+            let (nw, nh) = ((w * factor) as u32, (h * factor) as u32);
+            clamped = resize(&clamped, nw.max(1), nh.max(1), Filter::Lanczos)?;
+        }
+    }
+    let (lw, lh) = (clamped.width / 2, clamped.height / 2);
+    if lw == 0 || lh == 0 {
+        return Err(Error::ImageTooSmall {
+            width: original.width,
+            height: original.height,
+            reason: "halving leaves a zero-sized side".into(),
+        });
+    }
+    let low_res = resize(&clamped, lw, lh, Filter::Lanczos)?;
+    let high_res = resize(original, lw * 2, lh * 2, Filter::Lanczos)?;
+    Ok(TrainingImages { low_res, high_res })
+}

@@ -1,0 +1,401 @@
+//! The VisionThink protocol as a sans-I/O state machine (SPEC §1).
+//!
+//! The caller owns the model and the images. It asks an [`Episode`] for the turn-1 prompt, feeds
+//! it each model turn (text decoded with special tokens skipped) and gets back a [`Step`]: the
+//! final [`Outcome`], or a [`ToolTurn`] to append directly after the model's `<|im_end|>` — with
+//! an [`ImageRequest`] when the tool returns an image. The trainer's rollouts, the Rust SDK and
+//! the browser all drive this same machine.
+//!
+//! ```
+//! use visionthink_core::protocol::{Episode, ProtocolConfig, Step, ImageRequest};
+//! let mut ep = Episode::new("What is the code on the label?", ProtocolConfig::default());
+//! assert_eq!(ep.initial_prompt().num_images(), 1); // the low-resolution image
+//! let turn1 = "<think>Too small to read.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+//! match ep.on_model_turn(turn1).unwrap() {
+//!     Step::ToolTurn(t) => {
+//!         assert_eq!(t.image, Some(ImageRequest::HighRes));
+//!         assert_eq!(t.prompt.num_images(), 1);
+//!     }
+//!     Step::Done(_) => unreachable!(),
+//! }
+//! match ep.on_model_turn("<think>Now I can read it.</think><answer>X7Q</answer>").unwrap() {
+//!     Step::Done(o) => {
+//!         assert_eq!(o.answer.as_deref(), Some("X7Q"));
+//!         assert!(o.used_high_res);
+//!     }
+//!     Step::ToolTurn(_) => unreachable!(),
+//! }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::image::{self, Filter, RgbImage};
+use crate::prompt::{tool_response_error, tool_response_image, visionthink_turn1, Prompt};
+use regex::Regex;
+use std::sync::OnceLock;
+
+/// What image a tool asks the caller for. New tools add variants; callers fulfil any request
+/// with [`ImageRequest::fulfil`], so they need no change when a tool is added.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ImageRequest {
+    /// The episode's high-resolution image (the original on the evaluation path; twice the
+    /// low-resolution size on the training path).
+    HighRes,
+    /// The low-resolution image scaled by `factor` (LANCZOS, int truncation of the sides).
+    Scaled {
+        /// Scale relative to the low-resolution image.
+        factor: f64,
+    },
+}
+
+/// The images of one episode, from which requests are fulfilled.
+#[derive(Debug, Clone)]
+pub struct EpisodeImages {
+    /// What turn 1 shows.
+    pub low_res: RgbImage,
+    /// What [`ImageRequest::HighRes`] returns.
+    pub high_res: RgbImage,
+}
+
+impl EpisodeImages {
+    /// The evaluation-path pair of an original image (SPEC §4).
+    pub fn for_inference(original: &RgbImage) -> Result<Self> {
+        Ok(Self {
+            low_res: image::inference_low_res(original)?,
+            high_res: image::inference_high_res(original)?,
+        })
+    }
+
+    /// The training-path pair of an original image (SPEC §4).
+    pub fn for_training(original: &RgbImage) -> Result<Self> {
+        let t = image::training_images(original)?;
+        Ok(Self {
+            low_res: t.low_res,
+            high_res: t.high_res,
+        })
+    }
+}
+
+impl ImageRequest {
+    /// Produces the requested image.
+    pub fn fulfil(&self, images: &EpisodeImages) -> Result<RgbImage> {
+        match self {
+            ImageRequest::HighRes => Ok(images.high_res.clone()),
+            ImageRequest::Scaled { factor } => {
+                if !(factor.is_finite() && *factor > 0.0) {
+                    return Err(Error::Protocol(format!(
+                        "scale factor {factor} must be positive"
+                    )));
+                }
+                let w = (f64::from(images.low_res.width) * factor) as u32;
+                let h = (f64::from(images.low_res.height) * factor) as u32;
+                image::resize(&images.low_res, w, h, Filter::Lanczos)
+            }
+        }
+    }
+}
+
+/// A tool the model may call. The official protocol dispatches on `arguments.action` (the
+/// function `name` is not checked).
+pub trait Tool: Send + Sync + std::fmt::Debug {
+    /// The `action` value this tool answers to.
+    fn action(&self) -> &str;
+    /// Runs the call with its `arguments` object; `Err` becomes the error turn's text.
+    fn call(
+        &self,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<ImageRequest, String>;
+}
+
+/// The official `resize_image` tool: returns the high-resolution image (or a scaled copy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResizeTool {
+    /// `None`: the episode's high-resolution image (official). `Some(f)`: low-res × f.
+    pub factor: Option<f64>,
+}
+
+impl Tool for ResizeTool {
+    fn action(&self) -> &str {
+        "resize"
+    }
+
+    fn call(
+        &self,
+        _arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<ImageRequest, String> {
+        Ok(match self.factor {
+            None => ImageRequest::HighRes,
+            Some(factor) => ImageRequest::Scaled { factor },
+        })
+    }
+}
+
+/// Settings of an episode.
+#[derive(Debug, Clone)]
+pub struct ProtocolConfig {
+    /// Model generation rounds (official: 2).
+    pub max_rounds: usize,
+    /// Images per episode, the turn-1 image included (official: 2).
+    pub max_images: usize,
+    /// The tools; the official set is just [`ResizeTool`].
+    pub tools: Vec<std::sync::Arc<dyn Tool>>,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self {
+            max_rounds: 2,
+            max_images: 2,
+            tools: vec![std::sync::Arc::new(ResizeTool { factor: None })],
+        }
+    }
+}
+
+/// Why an episode ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The model answered without calling a tool.
+    Answered,
+    /// The model called a tool in the last allowed round.
+    RoundLimit,
+    /// The model called a tool with the image budget spent.
+    ImageLimit,
+}
+
+/// The result of an episode.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    /// The content of the last complete `<answer>…</answer>` over all turns, stripped.
+    pub answer: Option<String>,
+    /// The reward-style prediction: all turns joined by a space, then the text after the last
+    /// `<answer>` up to the next `</answer>`, stripped (SPEC §6).
+    pub prediction: String,
+    /// The `<think>` contents of every turn, joined by a blank line.
+    pub thinking: String,
+    /// Every model turn, decoded with special tokens skipped.
+    pub turns: Vec<String>,
+    /// Whether a tool turn delivered an image.
+    pub used_high_res: bool,
+    /// Tool calls made (well-formed or not).
+    pub tool_calls: usize,
+    /// Why the episode ended.
+    pub end: EndReason,
+}
+
+/// A tool turn to append after the model's `<|im_end|>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolTurn {
+    /// The tool response and the next generation prompt.
+    pub prompt: Prompt,
+    /// The image to put in `prompt`'s placeholder, if the tool returns one.
+    pub image: Option<ImageRequest>,
+    /// The error text of a malformed call (the prompt then has no image).
+    pub error: Option<String>,
+}
+
+/// What the caller does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Append this turn and generate again.
+    ToolTurn(ToolTurn),
+    /// The episode is over.
+    Done(Outcome),
+}
+
+/// One VisionThink episode.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    question: String,
+    cfg: ProtocolConfig,
+    turns: Vec<String>,
+    images: usize,
+    tool_calls: usize,
+    used_high_res: bool,
+    done: bool,
+}
+
+fn tool_call_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?s)<tool_call>(.*?)</tool_call>").expect("static regex"))
+}
+
+fn json_object_re() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    // Official: `re.compile(r'\{.*?\}\}')` without DOTALL.
+    RE.get_or_init(|| Regex::new(r"\{.*?\}\}").expect("static regex"))
+}
+
+/// The contents of every `<tool_call>…</tool_call>` in a turn (official `findall`).
+pub fn tool_call_contents(turn: &str) -> Vec<&str> {
+    tool_call_re()
+        .captures_iter(turn)
+        .filter_map(|c| c.get(1).map(|m| m.as_str()))
+        .collect()
+}
+
+/// Python's `str(e)` of a `KeyError`.
+fn key_error(key: &str) -> String {
+    format!("'{key}'")
+}
+
+/// Parses the tool calls of a turn with the official semantics: every `{…}}` inside every
+/// `<tool_call>` is a JSON object; each must have `arguments.action` naming a known tool, and
+/// there must be exactly one. Errors are the texts the official code puts in the error turn.
+pub fn parse_tool_call(
+    contents: &[&str],
+    tools: &[std::sync::Arc<dyn Tool>],
+) -> std::result::Result<ImageRequest, String> {
+    let mut objects = Vec::new();
+    for c in contents {
+        for m in json_object_re().find_iter(c) {
+            let v: serde_json::Value =
+                serde_json::from_str(m.as_str()).map_err(|e| format!("JSON decode error: {e}"))?;
+            objects.push(v);
+        }
+    }
+    if objects.is_empty() {
+        return Err("No function call JSON object found inside <tool_call></tool_call>".into());
+    }
+    let available = tools
+        .iter()
+        .map(|t| format!("`{}`", t.action()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut chosen = None;
+    for obj in &objects {
+        let args = match obj.get("arguments") {
+            Some(serde_json::Value::Object(a)) => a,
+            Some(_) => return Err("arguments must be a JSON object".into()),
+            None => return Err(key_error("arguments")),
+        };
+        let action = match args.get("action") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => return Err(key_error("action")),
+        };
+        let tool = tools.iter().find(|t| t.action() == action).ok_or_else(|| {
+            format!("Unknown Tool Type: {action}. Available function tools are: {available}")
+        })?;
+        if objects.len() != 1 {
+            return Err(format!(
+                "You should only call function `{action}` once per function call."
+            ));
+        }
+        chosen = Some((tool.clone(), args.clone()));
+    }
+    match chosen {
+        Some((tool, args)) => tool.call(&args),
+        None => Err("No function call JSON object found inside <tool_call></tool_call>".into()),
+    }
+}
+
+/// The content of the last complete `<answer>…</answer>`, stripped.
+pub fn last_answer(text: &str) -> Option<String> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"(?s)<answer>(.*?)</answer>").expect("static regex"));
+    re.captures_iter(text)
+        .last()
+        .and_then(|c| c.get(1))
+        .map(|m| crate::reward::py_strip(m.as_str()).to_string())
+}
+
+fn thinking_of(turns: &[String]) -> String {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"(?s)<think>(.*?)</think>").expect("static regex"));
+    turns
+        .iter()
+        .flat_map(|t| {
+            re.captures_iter(t)
+                .filter_map(|c| c.get(1))
+                .map(|m| crate::reward::py_strip(m.as_str()).to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+impl Episode {
+    /// A new episode for a question (an `<image>` tag in it places the image; otherwise the
+    /// image comes first, as in the official code).
+    pub fn new(question: &str, cfg: ProtocolConfig) -> Self {
+        Self {
+            question: question.to_string(),
+            cfg,
+            turns: Vec::new(),
+            images: 0,
+            tool_calls: 0,
+            used_high_res: false,
+            done: false,
+        }
+    }
+
+    /// The turn-1 prompt (VisionThink system prompt, user template, the low-resolution image).
+    pub fn initial_prompt(&mut self) -> Prompt {
+        let p = visionthink_turn1(&self.question);
+        self.images = p.num_images();
+        p
+    }
+
+    /// Starts from a turn-1 prompt built elsewhere (e.g. through a model's chat template).
+    pub fn with_initial_prompt(&mut self, prompt: &Prompt) {
+        self.images = prompt.num_images();
+    }
+
+    /// The model turns so far.
+    pub fn turns(&self) -> &[String] {
+        &self.turns
+    }
+
+    /// Feeds one model turn, decoded with special tokens skipped.
+    pub fn on_model_turn(&mut self, text: &str) -> Result<Step> {
+        if self.done {
+            return Err(Error::Protocol(
+                "the episode is over; start a new one".into(),
+            ));
+        }
+        self.turns.push(text.to_string());
+        let contents = tool_call_contents(text);
+        if contents.is_empty() {
+            return Ok(Step::Done(self.finish(EndReason::Answered)));
+        }
+        self.tool_calls += 1;
+        if self.images >= self.cfg.max_images {
+            return Ok(Step::Done(self.finish(EndReason::ImageLimit)));
+        }
+        if self.turns.len() >= self.cfg.max_rounds {
+            return Ok(Step::Done(self.finish(EndReason::RoundLimit)));
+        }
+        Ok(Step::ToolTurn(
+            match parse_tool_call(&contents, &self.cfg.tools) {
+                Ok(request) => {
+                    self.images += 1;
+                    self.used_high_res = true;
+                    ToolTurn {
+                        prompt: tool_response_image(),
+                        image: Some(request),
+                        error: None,
+                    }
+                }
+                Err(error) => ToolTurn {
+                    prompt: tool_response_error(&error),
+                    image: None,
+                    error: Some(error),
+                },
+            },
+        ))
+    }
+
+    fn finish(&mut self, end: EndReason) -> Outcome {
+        self.done = true;
+        let joined = self.turns.join(" ");
+        Outcome {
+            answer: last_answer(&joined),
+            prediction: crate::reward::extract_prediction(&self.turns),
+            thinking: thinking_of(&self.turns),
+            turns: self.turns.clone(),
+            used_high_res: self.used_high_res,
+            tool_calls: self.tool_calls,
+            end,
+        }
+    }
+}
