@@ -343,7 +343,7 @@ impl ModelConfig {
     /// let c = ModelConfig::from_json(nested).unwrap();
     /// assert_eq!(c.text.mrope_section, vec![1, 1, 0]);
     /// let err = ModelConfig::from_json(br#"{"hidden_size": 8}"#).unwrap_err();
-    /// assert!(err.to_string().contains("vocab_size"));
+    /// assert!(err.to_string().contains("missing required field `num_attention_heads`"));
     /// ```
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         const F: &str = "config.json";

@@ -17,11 +17,12 @@
 //!
 //! ```
 //! use visionthink_core::{image, prompt, rope, tokens};
-//! // A 640x480 photo: the model first sees 320x240 → smart_resize 336x252 → 12x9 = 108 tokens.
+//! // A 640x480 photo: the model first sees 320x240 → smart_resize 308x252 → 11x9 = 99 tokens
+//! // (the full image would cost 23x17 = 391).
 //! let photo = image::RgbImage::new(640, 480, vec![90; 640 * 480 * 3]).unwrap();
 //! let low = image::inference_low_res(&photo).unwrap();
 //! let pv = image::preprocess(&low, &Default::default()).unwrap();
-//! assert_eq!(pv.num_image_tokens(2), 108);
+//! assert_eq!(pv.num_image_tokens(2), 99);
 //! let p = prompt::visionthink_turn1("What animal is this?");
 //! assert!(p.render().contains(tokens::IMAGE_PLACEHOLDER));
 //! ```

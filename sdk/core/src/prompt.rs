@@ -39,20 +39,27 @@ impl Prompt {
         Self::default()
     }
 
-    /// Appends template text (control tokens recognised).
-    pub fn push_template(&mut self, text: impl Into<String>) -> &mut Self {
-        let text = text.into();
+    /// Appends template text (control tokens recognised). Adjacent text of the same kind is
+    /// merged, so equal prompts compare equal however they were built.
+    pub fn push_template(&mut self, text: impl AsRef<str>) -> &mut Self {
+        let text = text.as_ref();
         if !text.is_empty() {
-            self.segments.push(Segment::Template(text));
+            match self.segments.last_mut() {
+                Some(Segment::Template(t)) => t.push_str(text),
+                _ => self.segments.push(Segment::Template(text.to_string())),
+            }
         }
         self
     }
 
     /// Appends user-supplied text (never control tokens).
-    pub fn push_user(&mut self, text: impl Into<String>) -> &mut Self {
-        let text = text.into();
+    pub fn push_user(&mut self, text: impl AsRef<str>) -> &mut Self {
+        let text = text.as_ref();
         if !text.is_empty() {
-            self.segments.push(Segment::User(text));
+            match self.segments.last_mut() {
+                Some(Segment::User(t)) => t.push_str(text),
+                _ => self.segments.push(Segment::User(text.to_string())),
+            }
         }
         self
     }
@@ -91,7 +98,13 @@ impl Prompt {
 
     /// Appends all segments of another prompt.
     pub fn extend(&mut self, other: &Prompt) -> &mut Self {
-        self.segments.extend(other.segments.iter().cloned());
+        for s in &other.segments {
+            match s {
+                Segment::Template(t) => self.push_template(t),
+                Segment::User(t) => self.push_user(t),
+                Segment::Image => self.push_image(),
+            };
+        }
         self
     }
 
@@ -200,7 +213,7 @@ pub fn tool_response_image() -> Prompt {
         if i > 0 {
             p.push_image();
         }
-        p.push_template(*part);
+        p.push_template(part);
     }
     p
 }

@@ -101,10 +101,16 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
         reason: format!("unrecognised image format ({e}); supported: PNG, JPEG, WebP, GIF"),
     })?;
     let fmt_name = format!("{format:?}");
+    // The announced size, read straight from the header where that is trivial, so a bomb is named
+    // even when the decoder refuses to build (32-bit targets overflow on huge sizes).
+    let peeked = peek_dimensions(bytes);
+    if let Some((w, h)) = peeked {
+        check_dimensions(w, h, &limits)?;
+    }
     let decode_err = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => Error::ImageTooLarge {
-            width: 0,
-            height: 0,
+            width: peeked.map_or(0, |d| u64::from(d.0)),
+            height: peeked.map_or(0, |d| u64::from(d.1)),
             limit: format!("decoder limit: {l}"),
         },
         other => Error::ImageDecode {
@@ -126,9 +132,10 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
         });
     }
     // Read the header alone first, so the announced size is checked before any pixel buffer.
-    let (w, h) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(decode_err)?;
+    // No limits here: nothing is allocated for a header, and our own check below names the size.
+    let mut header = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    header.no_limits();
+    let (w, h) = header.into_dimensions().map_err(decode_err)?;
     check_dimensions(w, h, &limits)?;
     let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut lim = image::Limits::default();
@@ -141,6 +148,32 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
     let rgb = img.into_rgb8();
     let (width, height) = rgb.dimensions();
     RgbImage::new(width, height, rgb.into_raw())
+}
+
+/// Width and height from a PNG IHDR, a GIF logical screen or a WebP VP8X header.
+fn peek_dimensions(b: &[u8]) -> Option<(u32, u32)> {
+    let be32 = |i: usize| {
+        b.get(i..i + 4)
+            .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let le16 = |i: usize| {
+        b.get(i..i + 2)
+            .map(|s| u32::from(u16::from_le_bytes([s[0], s[1]])))
+    };
+    let le24 = |i: usize| {
+        b.get(i..i + 3)
+            .map(|s| u32::from(s[0]) | u32::from(s[1]) << 8 | u32::from(s[2]) << 16)
+    };
+    if b.starts_with(b"\x89PNG\r\n\x1a\n") && b.get(12..16) == Some(b"IHDR") {
+        return Some((be32(16)?, be32(20)?));
+    }
+    if b.starts_with(b"GIF87a") || b.starts_with(b"GIF89a") {
+        return Some((le16(6)?, le16(8)?));
+    }
+    if b.starts_with(b"RIFF") && b.get(8..16) == Some(b"WEBPVP8X") {
+        return Some((le24(24)? + 1, le24(27)? + 1));
+    }
+    None
 }
 
 fn check_dimensions(w: u32, h: u32, limits: &DecodeLimits) -> Result<()> {
@@ -280,9 +313,9 @@ impl PixelValues {
 /// use visionthink_core::{config::PreprocessorConfig, image::{preprocess, RgbImage}};
 /// let img = RgbImage::new(60, 30, vec![128; 60 * 30 * 3]).unwrap();
 /// let pv = preprocess(&img, &PreprocessorConfig::default()).unwrap();
-/// assert_eq!(pv.grid_thw, [1, 4, 4]); // smart_resize(30, 60) = (56, 56)
-/// assert_eq!(pv.data.len(), 16 * 1176);
-/// assert_eq!(pv.num_image_tokens(2), 4);
+/// assert_eq!(pv.grid_thw, [1, 4, 6]); // smart_resize(30, 60) = (56, 84): raised to min_pixels
+/// assert_eq!(pv.data.len(), 24 * 1176);
+/// assert_eq!(pv.num_image_tokens(2), 6);
 /// ```
 pub fn preprocess(img: &RgbImage, cfg: &PreprocessorConfig) -> Result<PixelValues> {
     let patch = cfg.patch_size;

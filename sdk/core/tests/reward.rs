@@ -1,0 +1,271 @@
+//! Reward table over hand-made rollouts covering every branch of the official format check,
+//! the tool penalty and both group penalties; written as a snapshot so changes show in review.
+#![allow(clippy::unwrap_used)]
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use visionthink_core::judge::{ExactJudge, Judge, JudgeRequest, RuleJudge};
+use visionthink_core::reward::*;
+
+const D: &str = "<think>r</think><answer>A</answer>";
+const T: &str = "<think>r</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn format_check_branches() {
+    let cases: Vec<(&str, Vec<String>, (bool, usize))> = vec![
+        ("direct", s(&[D]), (true, 0)),
+        (
+            "direct, final newline (Python `$`)",
+            s(&["<think>r</think><answer>A</answer>\n"]),
+            (true, 0),
+        ),
+        (
+            "direct, surrounding whitespace stripped",
+            s(&["  \n<think>r</think><answer>A</answer>\n\n"]),
+            (true, 0),
+        ),
+        (
+            "direct, text after </answer>",
+            s(&["<think>r</think><answer>A</answer> ok"]),
+            (false, 0),
+        ),
+        (
+            "direct, two answers",
+            s(&["<think>r</think><answer>A</answer><answer>B</answer>"]),
+            (false, 0),
+        ),
+        ("direct, no think", s(&["<answer>A</answer>"]), (false, 0)),
+        ("one turn with a tool call", s(&[T]), (false, 1)),
+        ("tool then answer", s(&[T, D]), (true, 1)),
+        (
+            "tool then answer with final newline",
+            s(&[T, "<think>r</think><answer>A</answer>\n"]),
+            (true, 1),
+        ),
+        (
+            "tool then answer, last turn not stripped",
+            s(&[T, " <think>r</think><answer>A</answer>"]),
+            (false, 1),
+        ),
+        (
+            "tool turn with answer tags",
+            s(&[
+                "<think>r</think><answer>A</answer><tool_call>{}</tool_call>",
+                D,
+            ]),
+            (false, 1),
+        ),
+        // The official count check is `!= 1 and != 1`: two <tool_call> with one </tool_call> passes.
+        (
+            "two openers, one closer (official `and`)",
+            s(&["<think>r</think><tool_call><tool_call>{}</tool_call>", D]),
+            (true, 1),
+        ),
+        (
+            "two full calls",
+            s(&[
+                "<think>r</think><tool_call>{}</tool_call><tool_call>{}</tool_call>",
+                D,
+            ]),
+            (false, 1),
+        ),
+        (
+            "invalid first turn stops counting",
+            s(&["<think>r</think>no call", T, D]),
+            (false, 0),
+        ),
+        ("two tool turns then answer", s(&[T, T, D]), (true, 2)),
+    ];
+    for (name, turns, want) in cases {
+        assert_eq!(format_reward(&turns), want, "{name}");
+    }
+}
+
+#[test]
+fn prediction_extraction_is_the_split_rule() {
+    assert_eq!(
+        extract_prediction(&s(&[T, "<think>x</think><answer> Paris </answer>"])),
+        "Paris"
+    );
+    assert_eq!(
+        extract_prediction(&s(&["<answer>a</answer> <answer>b"])),
+        "b"
+    );
+    assert_eq!(extract_prediction(&s(&["plain"])), "plain");
+    assert_eq!(
+        extract_prediction(&s(&["<answer>x</answer>tail</answer>"])),
+        "x"
+    );
+}
+
+fn table(cfg: &RewardConfig, groups: &[(&str, Vec<(Vec<String>, Option<bool>)>)]) -> String {
+    let mut out = format!("penalty={:?}\n", cfg.penalty);
+    for (name, group) in groups {
+        let judged: Vec<JudgedRollout> = group
+            .iter()
+            .map(|(t, c)| JudgedRollout {
+                turns: t.clone(),
+                correct: *c,
+            })
+            .collect();
+        let g = score_group(&judged, cfg);
+        out.push_str(&format!(
+            "{name}: kept={} direct_ratio={:.4}\n",
+            g.kept, g.direct_ratio
+        ));
+        for (r, (turns, c)) in g.rollouts.iter().zip(group) {
+            out.push_str(&format!(
+                "  turns={} correct={:?} format={:.1} tools={} acc={:.1} reward={:.2}\n",
+                turns.len(),
+                c,
+                r.format_score,
+                r.tool_call_count,
+                r.accuracy,
+                r.reward
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn reward_table_snapshot() {
+    let direct_ok = (s(&[D]), Some(true));
+    let direct_bad = (s(&[D]), Some(false));
+    let tool_ok = (s(&[T, D]), Some(true));
+    let tool_bad = (s(&[T, D]), Some(false));
+    let broken_ok = (s(&["A"]), Some(true));
+    let groups = vec![
+        (
+            "all direct correct (std 0: dropped)",
+            vec![direct_ok.clone(), direct_ok.clone()],
+        ),
+        (
+            "mixed direct",
+            vec![direct_ok.clone(), direct_bad.clone(), broken_ok.clone()],
+        ),
+        (
+            "tool only correct",
+            vec![tool_ok.clone(), tool_bad.clone(), direct_bad.clone()],
+        ),
+        (
+            "1 of 6 correct direct (r<0.2 → penalised)",
+            vec![
+                direct_ok.clone(),
+                tool_ok.clone(),
+                tool_ok.clone(),
+                tool_ok.clone(),
+                tool_ok.clone(),
+                tool_ok.clone(),
+            ],
+        ),
+        (
+            "judge failure drops group",
+            vec![direct_ok.clone(), (s(&[D]), None)],
+        ),
+        ("singleton", vec![tool_ok.clone()]),
+    ];
+    let mut text = String::new();
+    for penalty in [
+        PenaltyMode::Code,
+        PenaltyMode::Paper,
+        PenaltyMode::None,
+        PenaltyMode::AlwaysPenalizeTool,
+    ] {
+        text.push_str(&table(
+            &RewardConfig {
+                penalty,
+                ..RewardConfig::default()
+            },
+            &groups,
+        ));
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if std::env::var_os("VT_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(
+            format!(
+                "{}/../../tests/fixtures/snapshots/reward_table.txt",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+            &text,
+        )
+        .unwrap();
+        return;
+    }
+    assert_eq!(
+        text,
+        include_str!("../../../tests/fixtures/snapshots/reward_table.txt")
+    );
+}
+
+#[test]
+fn code_penalty_values_are_the_documented_set() {
+    let g = score_group(
+        &[
+            JudgedRollout {
+                turns: s(&[D]),
+                correct: Some(true),
+            },
+            JudgedRollout {
+                turns: s(&[T, D]),
+                correct: Some(true),
+            },
+            JudgedRollout {
+                turns: s(&["A"]),
+                correct: Some(true),
+            },
+            JudgedRollout {
+                turns: s(&[T, "x"]),
+                correct: Some(true),
+            },
+            JudgedRollout {
+                turns: s(&[D]),
+                correct: Some(false),
+            },
+            JudgedRollout {
+                turns: s(&["x"]),
+                correct: Some(false),
+            },
+        ],
+        &RewardConfig::default(),
+    );
+    let rewards: Vec<f64> = g
+        .rollouts
+        .iter()
+        .map(|r| (r.reward * 100.0).round() / 100.0)
+        .collect();
+    assert_eq!(rewards, vec![1.5, 1.4, 1.0, 0.9, 0.5, 0.0]);
+}
+
+#[test]
+fn advantages_use_unbiased_std() {
+    let a = grpo_advantages(&[1.5, 0.5, 0.5, 1.4]);
+    let m = 0.975;
+    let sd = ((0.525f64.powi(2) + 2.0 * 0.475f64.powi(2) + 0.425f64.powi(2)) / 3.0).sqrt();
+    assert!((a[0] - (1.5 - m) / (sd + 1e-6)).abs() < 1e-12);
+    assert_eq!(grpo_advantages(&[1.0]), vec![0.0]);
+    assert!(std_unbiased(&[1.0, 1.0 + 5e-5]).unwrap() < GROUP_STD_EPS);
+}
+
+#[test]
+fn judges() {
+    let req = |p: &str, g: &str| JudgeRequest::for_question("q", g, p);
+    assert!(ExactJudge.judge(&req(" B ", "B")).unwrap());
+    assert!(!ExactJudge.judge(&req("b", "B")).unwrap());
+    for (p, g, want) in [
+        ("\\boxed{12.50}", "12.5", true),
+        ("$1,234", "1234", true),
+        ("50%", "50", true),
+        ("\"Yes.\"", "yes", true),
+        ("The answer is yes", "yes", false),
+        ("3", "4", false),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", true),
+        ("", "", true),
+    ] {
+        assert_eq!(RuleJudge.judge(&req(p, g)).unwrap(), want, "{p} vs {g}");
+    }
+}
