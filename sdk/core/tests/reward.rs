@@ -102,7 +102,10 @@ fn prediction_extraction_is_the_split_rule() {
     );
 }
 
-fn table(cfg: &RewardConfig, groups: &[(&str, Vec<(Vec<String>, Option<bool>)>)]) -> String {
+/// A named group of (turns, judge verdict) rollouts.
+type Group<'a> = (&'a str, Vec<(Vec<String>, Option<bool>)>);
+
+fn table(cfg: &RewardConfig, groups: &[Group<'_>]) -> String {
     let mut out = format!("penalty={:?}\n", cfg.penalty);
     for (name, group) in groups {
         let judged: Vec<JudgedRollout> = group

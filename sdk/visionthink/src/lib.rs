@@ -1,1 +1,57 @@
-//! SDK
+//! # visionthink
+//!
+//! The Rust SDK of VisionThink: the I/O around the sans-I/O [`visionthink_core`] — reading model
+//! directories and images from disk, an HTTP judge for OpenAI-compatible endpoints, and batch
+//! scoring of rollouts. The `visionthink` binary is built from this crate.
+//!
+//! Model execution (the Qwen2.5-VL graph on candle) is not part of this crate yet; until it is,
+//! the SDK prepares exactly what a model consumes and scores what a model produced.
+//!
+//! ```
+//! use visionthink::ModelDir;
+//! # fn main() -> anyhow::Result<()> {
+//! # let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tokenizer");
+//! let model = ModelDir::open(dir)?;
+//! let mut episode = visionthink::core::protocol::Episode::new("What is the code?", Default::default());
+//! let prompt = episode.initial_prompt();
+//! let ids = model.tokenizer.encode_prompt(&prompt, &[99])?;
+//! assert_eq!(ids.iter().filter(|&&t| t == visionthink::core::tokens::IMAGE_PAD).count(), 99);
+//! # Ok(()) }
+//! ```
+
+pub use visionthink_core as core;
+
+pub mod files;
+pub mod http_judge;
+pub mod score;
+
+pub use files::{load_image, ModelDir};
+pub use http_judge::{HttpJudge, HttpJudgeConfig};
+
+/// Errors of the SDK: the core's, plus file and transport problems.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from the core (bad image, bad config, …).
+    #[error(transparent)]
+    Core(#[from] visionthink_core::Error),
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file's content is not what is expected.
+    #[error("{path}: {reason}")]
+    Content {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Result alias of the SDK.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,1 +1,501 @@
-fn main() {}
+//! The `visionthink` command-line tool. JSON goes to stdout only; errors go to stderr with the
+//! whole cause chain and a non-zero exit code.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use visionthink::core::config::PreprocessorConfig;
+use visionthink::core::image::{inference_low_res, preprocess, PixelValues, RgbImage};
+use visionthink::core::judge::{ExactJudge, Judge, RuleJudge};
+use visionthink::core::prompt;
+use visionthink::core::reward::{PenaltyMode, RewardConfig};
+use visionthink::core::rope::rope_index;
+use visionthink::core::tokenizer::QwenTokenizer;
+use visionthink::{files, load_image, score, HttpJudge, HttpJudgeConfig, ModelDir};
+
+/// The example image and tokenizer built into the binary for `visionthink demo`.
+const EXAMPLE_IMAGE: &[u8] = include_bytes!("../assets/example.png");
+const EXAMPLE_QUESTION: &str =
+    "What is the serial code printed in small type under the red circle?";
+const EMBEDDED_TOKENIZER: &[u8] =
+    include_bytes!("../../../tests/fixtures/tokenizer/tokenizer.json");
+
+#[derive(Parser)]
+#[command(
+    name = "visionthink",
+    version,
+    about = "VisionThink: look at a half-size image first, ask for the full one only when needed"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Qwen2.5-VL image processor (Pillow-exact) on an image.
+    Preprocess {
+        /// Image file (PNG, JPEG, WebP, GIF).
+        #[arg(long)]
+        image: PathBuf,
+        /// Apply the VisionThink inference downscale (half width, half height) first.
+        #[arg(long)]
+        low_res: bool,
+        /// Override the minimum area.
+        #[arg(long)]
+        min_pixels: Option<u64>,
+        /// Override the maximum area.
+        #[arg(long)]
+        max_pixels: Option<u64>,
+        /// Take limits from this model directory's preprocessor_config.json.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tokenize a fully rendered prompt and compute M-RoPE positions.
+    Tokenize {
+        /// Model directory with tokenizer.json.
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// Prompt text; each image appears as <|vision_start|><|image_pad|><|vision_end|>.
+        #[arg(long)]
+        prompt_file: PathBuf,
+        /// Images in prompt order.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        /// Override the minimum area.
+        #[arg(long)]
+        min_pixels: Option<u64>,
+        /// Override the maximum area.
+        #[arg(long)]
+        max_pixels: Option<u64>,
+        /// Downscale every image as the VisionThink low-resolution turn does.
+        #[arg(long)]
+        low_res: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the VisionThink turn-1 prompt for a question.
+    Prompt {
+        /// The question (an <image> tag places the image; otherwise it comes first).
+        #[arg(long)]
+        question: String,
+        /// Render through this model directory's chat template.
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score rollouts: format, accuracy (judge), tool and group penalties.
+    Score {
+        /// Which judge decides accuracy.
+        #[arg(long, value_enum)]
+        judge: JudgeKind,
+        /// Rollouts JSONL.
+        #[arg(long)]
+        input: PathBuf,
+        /// Scored JSONL to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Group penalty.
+        #[arg(long, value_enum, default_value = "code")]
+        penalty: Penalty,
+        /// OpenAI-compatible endpoint for `--judge http` (e.g. http://127.0.0.1:8000/v1).
+        #[arg(long)]
+        judge_url: Option<String>,
+        /// Model name for `--judge http`.
+        #[arg(long)]
+        judge_model: Option<String>,
+        /// Per-request timeout in seconds for `--judge http`.
+        #[arg(long, default_value_t = 120.0)]
+        judge_timeout: f64,
+        /// Concurrent judge requests.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+    },
+    /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
+    /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
+    Demo {
+        /// Use this image instead of the built-in example.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The question.
+        #[arg(long, default_value = EXAMPLE_QUESTION)]
+        question: String,
+        /// Write the low-resolution image the model sees first (PNG).
+        #[arg(long)]
+        save_low_res: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum JudgeKind {
+    Exact,
+    Rule,
+    Http,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Penalty {
+    Code,
+    Paper,
+    None,
+    AlwaysTool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn pixel_json(pv: &PixelValues) -> Value {
+    let mut h = Sha256::new();
+    let mut sum = 0f64;
+    for v in &pv.data {
+        h.update(v.to_le_bytes());
+        sum += f64::from(*v);
+    }
+    json!({
+        "shape": [pv.num_patches(), pv.row_len()],
+        "sum": sum,
+        "sha256_f32le": hex::encode(h.finalize()),
+    })
+}
+
+fn processor_config(
+    model_dir: Option<&Path>,
+    min: Option<u64>,
+    max: Option<u64>,
+) -> Result<PreprocessorConfig> {
+    let mut cfg = match model_dir {
+        Some(dir) => {
+            let p = dir.join("preprocessor_config.json");
+            if p.exists() {
+                let bytes = files::read_file(&p, files::MAX_FILE_BYTES)?;
+                PreprocessorConfig::from_json(&bytes)
+                    .with_context(|| format!("reading {}", p.display()))?
+            } else {
+                PreprocessorConfig::default()
+            }
+        }
+        None => PreprocessorConfig::default(),
+    };
+    if let Some(v) = min {
+        cfg.min_pixels = v;
+    }
+    if let Some(v) = max {
+        cfg.max_pixels = v;
+    }
+    if cfg.min_pixels > cfg.max_pixels {
+        bail!(
+            "min_pixels {} is larger than max_pixels {}",
+            cfg.min_pixels,
+            cfg.max_pixels
+        );
+    }
+    Ok(cfg)
+}
+
+fn read_prompt(path: &Path) -> Result<String> {
+    let bytes = files::read_file(path, files::MAX_FILE_BYTES)?;
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("prompt file {} is not UTF-8: {e}", path.display()))
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Preprocess {
+            image,
+            low_res,
+            min_pixels,
+            max_pixels,
+            model_dir,
+            json: as_json,
+        } => {
+            let cfg = processor_config(model_dir.as_deref(), min_pixels, max_pixels)?;
+            let original = load_image(&image)?;
+            let input = if low_res {
+                inference_low_res(&original)
+                    .with_context(|| format!("low-resolution copy of {}", image.display()))?
+            } else {
+                original.clone()
+            };
+            let pv = preprocess(&input, &cfg)
+                .with_context(|| format!("preprocessing {}", image.display()))?;
+            let mut v = json!({
+                "input_size_wh": [original.width, original.height],
+                "resized_hw": [pv.resized.height, pv.resized.width],
+                "grid_thw": pv.grid_thw,
+                "num_image_tokens": pv.num_image_tokens(cfg.merge_size),
+                "resized_rgb_sha256": sha256_hex(&pv.resized.data),
+                "pixel_values": pixel_json(&pv),
+            });
+            if low_res {
+                v["low_res_wh"] = json!([input.width, input.height]);
+            }
+            if as_json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "{}: {}x{} → resized {}x{} (w×h), grid {:?}, {} image tokens",
+                    image.display(),
+                    input.width,
+                    input.height,
+                    pv.resized.width,
+                    pv.resized.height,
+                    pv.grid_thw,
+                    pv.num_image_tokens(cfg.merge_size)
+                );
+            }
+        }
+        Command::Tokenize {
+            model_dir,
+            prompt_file,
+            images,
+            min_pixels,
+            max_pixels,
+            low_res,
+            json: as_json,
+        } => {
+            let model = ModelDir::open(&model_dir)?;
+            let mut cfg = model.preprocessor.clone();
+            if let Some(v) = min_pixels {
+                cfg.min_pixels = v;
+            }
+            if let Some(v) = max_pixels {
+                cfg.max_pixels = v;
+            }
+            let text = read_prompt(&prompt_file)?;
+            let mut counts = Vec::new();
+            let mut grids = Vec::new();
+            for path in &images {
+                let img = load_image(path)?;
+                let img = if low_res {
+                    inference_low_res(&img)?
+                } else {
+                    img
+                };
+                let pv = preprocess(&img, &cfg)
+                    .with_context(|| format!("preprocessing {}", path.display()))?;
+                counts.push(pv.num_image_tokens(cfg.merge_size));
+                grids.push(pv.grid_thw);
+            }
+            let ids = model
+                .tokenizer
+                .encode_rendered(&text, &counts)
+                .with_context(|| format!("tokenizing {}", prompt_file.display()))?;
+            let (pos, delta) = rope_index(&ids, &grids, cfg.merge_size)?;
+            let v = json!({"input_ids": ids, "position_ids": pos.axes, "rope_delta": delta});
+            if as_json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "{} tokens ({} images), rope_delta {delta}",
+                    ids.len(),
+                    images.len()
+                );
+            }
+        }
+        Command::Prompt {
+            question,
+            model_dir,
+            json: as_json,
+        } => {
+            let p = match model_dir {
+                Some(dir) => {
+                    let model = ModelDir::open(&dir)?;
+                    match model.chat_template {
+                        Some(t) => t.visionthink_turn1(&question)?,
+                        None => prompt::visionthink_turn1(&question),
+                    }
+                }
+                None => prompt::visionthink_turn1(&question),
+            };
+            if as_json {
+                print_json(&json!({"prompt_text": p.render()}))?;
+            } else {
+                print!("{}", p.render());
+            }
+        }
+        Command::Score {
+            judge,
+            input,
+            output,
+            penalty,
+            judge_url,
+            judge_model,
+            judge_timeout,
+            workers,
+        } => {
+            let text = read_prompt(&input)?;
+            let lines = score::parse_rollouts(&text, &input.display().to_string())?;
+            let cfg = RewardConfig {
+                penalty: match penalty {
+                    Penalty::Code => PenaltyMode::Code,
+                    Penalty::Paper => PenaltyMode::Paper,
+                    Penalty::None => PenaltyMode::None,
+                    Penalty::AlwaysTool => PenaltyMode::AlwaysPenalizeTool,
+                },
+                ..RewardConfig::default()
+            };
+            let http;
+            let judge: &(dyn Judge + Sync) = match judge {
+                JudgeKind::Exact => &ExactJudge,
+                JudgeKind::Rule => &RuleJudge,
+                JudgeKind::Http => {
+                    let url = judge_url.context("--judge http needs --judge-url")?;
+                    let model = judge_model.context("--judge http needs --judge-model")?;
+                    if !(judge_timeout.is_finite() && judge_timeout > 0.0) {
+                        bail!("--judge-timeout must be a positive number of seconds");
+                    }
+                    let mut c = HttpJudgeConfig::new(&url, &model);
+                    c.timeout = std::time::Duration::from_secs_f64(judge_timeout);
+                    c.api_key = std::env::var("VISIONTHINK_JUDGE_API_KEY").ok();
+                    http = HttpJudge::new(c);
+                    &http
+                }
+            };
+            let scored = score::score_rollouts(&lines, judge, &cfg, workers);
+            let mut out = String::new();
+            for v in &scored {
+                out.push_str(&serde_json::to_string(v)?);
+                out.push('\n');
+            }
+            // Write to a temporary file and rename, so a failure never leaves half a file.
+            let tmp = output.with_extension("jsonl.tmp");
+            std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &output)
+                .with_context(|| format!("renaming to {}", output.display()))?;
+            let failed = scored
+                .iter()
+                .filter(|v| v.get("judge_error").is_some())
+                .count();
+            if failed > 0 {
+                eprintln!("warning: the judge failed on {failed} rollout(s); their groups are marked group_kept=false");
+            }
+        }
+        Command::Demo {
+            image,
+            question,
+            save_low_res,
+            json: as_json,
+        } => demo(
+            image.as_deref(),
+            &question,
+            save_low_res.as_deref(),
+            as_json,
+        )?,
+    }
+    Ok(())
+}
+
+fn demo(
+    image: Option<&Path>,
+    question: &str,
+    save_low_res: Option<&Path>,
+    as_json: bool,
+) -> Result<()> {
+    let (original, source) = match image {
+        Some(p) => (load_image(p)?, p.display().to_string()),
+        None => (
+            visionthink::core::image::decode(EXAMPLE_IMAGE, Default::default())?,
+            "built-in example".to_string(),
+        ),
+    };
+    let tok = QwenTokenizer::from_bytes(EMBEDDED_TOKENIZER)?;
+    let cfg = PreprocessorConfig::default();
+    let mut episode = visionthink::core::protocol::Episode::new(question, Default::default());
+    let turn1 = episode.initial_prompt();
+    let images = visionthink::core::protocol::EpisodeImages::for_inference(&original)?;
+    let low = preprocess(&images.low_res, &cfg)?;
+    let full = preprocess(&images.high_res, &cfg)?;
+    let (low_tokens, full_tokens) = (low.num_image_tokens(2), full.num_image_tokens(2));
+    let ids = tok.encode_prompt(&turn1, &[low_tokens])?;
+    let tool_turn = prompt::tool_response_image();
+    let tool_ids = tok.encode_prompt(&tool_turn, &[full_tokens])?;
+    if let Some(path) = save_low_res {
+        write_png(path, &images.low_res)?;
+    }
+    let saved = 100.0 * (1.0 - low_tokens as f64 / full_tokens as f64);
+    if as_json {
+        return print_json(&json!({
+            "image": source,
+            "question": question,
+            "original_wh": [original.width, original.height],
+            "low_res_wh": [images.low_res.width, images.low_res.height],
+            "visual_tokens_low_res": low_tokens,
+            "visual_tokens_full_res": full_tokens,
+            "visual_tokens_saved_percent": saved,
+            "turn1_prompt_tokens": ids.len(),
+            "tool_turn_tokens": tool_ids.len(),
+            "prompt_text": turn1.render(),
+        }));
+    }
+    println!(
+        "VisionThink protocol on the {source} ({}x{})",
+        original.width, original.height
+    );
+    println!("question: {question}\n");
+    println!("turn 1 — the model sees the half-size image:");
+    println!(
+        "  low-res {}x{} → {}x{} after smart_resize → {low_tokens} visual tokens (full image: {full_tokens}; {saved:.1}% fewer)",
+        images.low_res.width, images.low_res.height, low.resized.width, low.resized.height
+    );
+    println!(
+        "  prompt: {} tokens with the image; its text ends with:",
+        ids.len()
+    );
+    let text = turn1.render();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(170)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    for line in tail.lines() {
+        println!("    | {line}");
+    }
+    println!("\nthen either the model answers directly: <think>…</think><answer>…</answer> (done, {low_tokens} visual tokens),");
+    println!("or it calls the tool: <tool_call>{{\"name\": \"resize_image\", \"arguments\": {{\"action\": \"resize\"}}}}</tool_call>");
+    println!(
+        "  and turn 2 appends the full image ({}x{}, {full_tokens} tokens) in a tool response of {} tokens, directly after <|im_end|>.",
+        images.high_res.width,
+        images.high_res.height,
+        tool_ids.len()
+    );
+    if let Some(p) = save_low_res {
+        println!("\nlow-res image written to {}", p.display());
+    }
+    println!("\n(no model yet: the Qwen2.5-VL executor is the next milestone; this shows the exact inputs it will get)");
+    Ok(())
+}
+
+fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
+    let buf = image::RgbImage::from_raw(img.width, img.height, img.data.clone())
+        .context("pixel buffer size")?;
+    buf.save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("writing {}", path.display()))
+}

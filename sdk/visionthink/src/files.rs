@@ -1,0 +1,133 @@
+//! Reading model directories and images from disk.
+
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+use visionthink_core::config::{GenerationConfig, ModelConfig, PreprocessorConfig};
+use visionthink_core::image::{decode, DecodeLimits, RgbImage};
+use visionthink_core::prompt::ChatTemplate;
+use visionthink_core::tokenizer::QwenTokenizer;
+
+/// Largest file the SDK reads into memory for images and JSON configs (1 GiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// Reads a whole file, naming it in errors and refusing anything larger than `max`.
+pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let err = |source| Error::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.len() > max {
+        return Err(Error::Content {
+            path: path.display().to_string(),
+            reason: format!("file of {} bytes exceeds the {max}-byte limit", meta.len()),
+        });
+    }
+    std::fs::read(path).map_err(err)
+}
+
+/// Decodes an image file (PNG, JPEG, WebP, GIF) with the default decode limits.
+pub fn load_image(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let bytes = read_file(path, MAX_FILE_BYTES)?;
+    decode(&bytes, DecodeLimits::default()).map_err(|e| Error::Content {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// A local Hugging Face model directory: `tokenizer.json` (required) and, when present,
+/// `config.json`, `preprocessor_config.json`, `generation_config.json` and a chat template
+/// (`chat_template.json`, `chat_template.jinja` or `tokenizer_config.json`).
+#[derive(Debug)]
+pub struct ModelDir {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The tokenizer.
+    pub tokenizer: QwenTokenizer,
+    /// The model config, if the directory has one.
+    pub config: Option<ModelConfig>,
+    /// Image processor settings (Qwen2.5-VL defaults when absent).
+    pub preprocessor: PreprocessorConfig,
+    /// Decoding defaults, if present.
+    pub generation: Option<GenerationConfig>,
+    /// The chat template, if present.
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl ModelDir {
+    /// Opens a directory, parsing every file it finds; a malformed file is an error that names
+    /// it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_dir() {
+            return Err(Error::Content {
+                path: path.display().to_string(),
+                reason: "not a directory".into(),
+            });
+        }
+        let file = |name: &str| path.join(name);
+        let optional = |name: &str| -> Result<Option<Vec<u8>>> {
+            let p = file(name);
+            if p.exists() {
+                read_file(&p, MAX_FILE_BYTES).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let named = |name: &str, e: visionthink_core::Error| Error::Content {
+            path: file(name).display().to_string(),
+            reason: e.to_string(),
+        };
+        let tok_bytes = read_file(&file("tokenizer.json"), MAX_FILE_BYTES)?;
+        let tokenizer =
+            QwenTokenizer::from_bytes(&tok_bytes).map_err(|e| named("tokenizer.json", e))?;
+        let config = optional("config.json")?
+            .map(|b| ModelConfig::from_json(&b))
+            .transpose()
+            .map_err(|e| named("config.json", e))?;
+        let preprocessor = optional("preprocessor_config.json")?
+            .map(|b| PreprocessorConfig::from_json(&b))
+            .transpose()
+            .map_err(|e| named("preprocessor_config.json", e))?
+            .unwrap_or_default();
+        let generation = optional("generation_config.json")?
+            .map(|b| GenerationConfig::from_json(&b))
+            .transpose()
+            .map_err(|e| named("generation_config.json", e))?;
+        let chat_template = if let Some(b) = optional("chat_template.json")? {
+            Some(
+                ChatTemplate::from_chat_template_json(&b)
+                    .map_err(|e| named("chat_template.json", e))?,
+            )
+        } else if let Some(b) = optional("chat_template.jinja")? {
+            let src = String::from_utf8(b).map_err(|e| Error::Content {
+                path: file("chat_template.jinja").display().to_string(),
+                reason: format!("not UTF-8: {e}"),
+            })?;
+            Some(ChatTemplate::new(&src).map_err(|e| named("chat_template.jinja", e))?)
+        } else if let Some(b) = optional("tokenizer_config.json")? {
+            let has_template = serde_json::from_slice::<serde_json::Value>(&b)
+                .map(|v| v.get("chat_template").is_some())
+                .unwrap_or(false);
+            if has_template {
+                Some(
+                    ChatTemplate::from_tokenizer_config(&b)
+                        .map_err(|e| named("tokenizer_config.json", e))?,
+                )
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            path,
+            tokenizer,
+            config,
+            preprocessor,
+            generation,
+            chat_template,
+        })
+    }
+}
