@@ -89,6 +89,7 @@ def photo_like(w: int, h: int, seed: int) -> np.ndarray:
 
 def make_images() -> dict:
     os.makedirs(IMAGES, exist_ok=True)
+    os.makedirs(GOLDEN, exist_ok=True)
     files = {}
 
     def save(name, im, **kw):
@@ -105,6 +106,9 @@ def make_images() -> dict:
     for i, (name, (w, h)) in enumerate(sorted(sizes.items())):
         save(name, Image.fromarray(photo_like(w, h, i + 1)), optimize=True)
     save("photo_300x200.jpg", Image.fromarray(photo_like(300, 200, 40)), quality=90)
+    # Pillow's (libjpeg-turbo) decode of the JPEG, stored losslessly: JPEG decoders may differ
+    # by a level or two, and the test measures by how much ours does.
+    Image.open(files["photo_300x200.jpg"]).convert("RGB").save(os.path.join(GOLDEN, "photo_300x200.jpg.pillow.png"))
     save("palette_120x90.gif", Image.fromarray(photo_like(120, 90, 41)).convert("P", palette=Image.Palette.ADAPTIVE))
     save("lossless_150x100.webp", Image.fromarray(photo_like(150, 100, 42)), lossless=True)
     rgba = Image.fromarray(photo_like(100, 80, 43)).convert("RGBA")

@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod image;
 pub mod judge;
+mod parallel;
 pub mod prompt;
 pub mod protocol;
 pub mod reward;

@@ -15,9 +15,10 @@ fn golden() -> Value {
     serde_json::from_str(PREPROCESS_JSON).unwrap()
 }
 
-/// JPEG is the one format whose decoders legitimately differ (IDCT and chroma upsampling:
-/// libjpeg-turbo in Pillow vs zune-jpeg here). Everything else must decode bit-identically.
-const JPEG_MAX_LEVEL_DIFF: u8 = 3;
+/// JPEG is the one format whose decoders legitimately differ (IDCT rounding and chroma
+/// upsampling: libjpeg-turbo's "fancy" upsampling in Pillow vs zune-jpeg here). Measured on the
+/// fixture: max 7 levels, mean 0.34. Everything else must decode bit-identically.
+const JPEG_MAX_LEVEL_DIFF: u8 = 8;
 
 #[test]
 fn decoded_pixels_match_pillow() {
@@ -139,23 +140,31 @@ fn preprocess_matches_reference_bit_for_bit() {
 
 #[test]
 fn jpeg_decoder_difference_is_bounded() {
-    // Pillow decodes this JPEG to the reference bytes; we re-encode nothing, so compare our decode
-    // with the PNG of the same source pattern is impossible. Instead bound the difference between
-    // our decode and the reference via the preprocess sums above, and here check that decoding is
-    // deterministic and complete.
-    let a = decode(
+    // Pillow's (libjpeg-turbo) decode of the same JPEG, stored losslessly by gen_fixtures.py.
+    let ours = decode(
         image_bytes("photo_300x200.jpg").unwrap(),
         DecodeLimits::default(),
     )
     .unwrap();
-    let b = decode(
-        image_bytes("photo_300x200.jpg").unwrap(),
+    let pillow = decode(
+        include_bytes!("../../../tests/fixtures/golden/photo_300x200.jpg.pillow.png"),
         DecodeLimits::default(),
     )
     .unwrap();
-    assert_eq!(a, b);
-    assert_eq!(a.data.len(), 300 * 200 * 3);
-    let _ = JPEG_MAX_LEVEL_DIFF;
+    assert_eq!((ours.width, ours.height), (pillow.width, pillow.height));
+    let diffs: Vec<u8> = ours
+        .data
+        .iter()
+        .zip(&pillow.data)
+        .map(|(a, b)| a.abs_diff(*b))
+        .collect();
+    let max = diffs.iter().copied().max().unwrap();
+    let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
+    assert!(
+        max <= JPEG_MAX_LEVEL_DIFF,
+        "max level difference {max} (mean {mean:.4})"
+    );
+    assert!(mean < 0.5, "mean level difference {mean}");
 }
 
 #[test]

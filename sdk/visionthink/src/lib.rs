@@ -21,6 +21,11 @@
 
 pub use visionthink_core as core;
 
+/// The README's Rust snippet, compiled as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod files;
 pub mod http_judge;
 pub mod score;

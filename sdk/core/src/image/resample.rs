@@ -140,31 +140,93 @@ fn precompute(in_size: usize, out_size: usize, filter: Filter) -> Coefficients {
 }
 
 #[inline]
-fn clip8(acc: i64) -> u8 {
+fn clip8(acc: i32) -> u8 {
+    // Arithmetic shift floors like Pillow's lookup of `in >> PRECISION_BITS`; then clip.
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-fn horizontal(src: &RgbImage, out_w: usize, c: &Coefficients) -> RgbImage {
-    let (w, h) = (src.width as usize, src.height as usize);
-    let mut out = vec![0u8; out_w * h * 3];
-    for y in 0..h {
-        let row = &src.data[y * w * 3..(y + 1) * w * 3];
-        let orow = &mut out[y * out_w * 3..(y + 1) * out_w * 3];
-        for xx in 0..out_w {
-            let k = &c.coeffs[xx * c.ksize..xx * c.ksize + c.len[xx]];
-            let x0 = c.start[xx];
-            let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-            for (i, &kv) in k.iter().enumerate() {
-                let p = &row[(x0 + i) * 3..(x0 + i) * 3 + 3];
-                acc[0] += i64::from(p[0]) * i64::from(kv);
-                acc[1] += i64::from(p[1]) * i64::from(kv);
-                acc[2] += i64::from(p[2]) * i64::from(kv);
-            }
-            orow[xx * 3] = clip8(acc[0]);
-            orow[xx * 3 + 1] = clip8(acc[1]);
-            orow[xx * 3 + 2] = clip8(acc[2]);
-        }
+/// Pillow accumulates in `INT32`; the bound `255 · Σ|k| · 2²²` stays below 2³¹ for both filters,
+/// so i32 is exact here too (and vectorises).
+const BIAS: i32 = 1 << (PRECISION_BITS - 1);
+
+/// Re-lays the taps so every output pixel reads exactly `ksize` input pixels: windows that
+/// would run past the right edge are shifted left and padded with zero coefficients (a zero tap
+/// adds exactly 0 to the integer sum, so results are unchanged). Fixed-length windows let the
+/// inner loop unroll. `None` when the input is narrower than one window.
+fn fixed_windows(c: &Coefficients, in_size: usize) -> Option<(Vec<usize>, Vec<i32>)> {
+    let k = c.ksize;
+    if in_size < k {
+        return None;
     }
+    let mut starts = Vec::with_capacity(c.start.len());
+    let mut coeffs = vec![0i32; c.start.len() * k];
+    for (xx, (&start, &len)) in c.start.iter().zip(&c.len).enumerate() {
+        let s = start.min(in_size - k);
+        let off = start - s;
+        coeffs[xx * k + off..xx * k + off + len].copy_from_slice(&c.coeffs[xx * k..xx * k + len]);
+        starts.push(s);
+    }
+    Some((starts, coeffs))
+}
+
+fn horizontal_row_fixed<const K: usize>(
+    row: &[u8],
+    orow: &mut [u8],
+    starts: &[usize],
+    coeffs: &[i32],
+) {
+    for ((o, &s), k) in orow
+        .chunks_exact_mut(3)
+        .zip(starts)
+        .zip(coeffs.chunks_exact(K))
+    {
+        let px = &row[s * 3..s * 3 + 3 * K];
+        let (mut r, mut g, mut b) = (BIAS, BIAS, BIAS);
+        for i in 0..K {
+            r += i32::from(px[3 * i]) * k[i];
+            g += i32::from(px[3 * i + 1]) * k[i];
+            b += i32::from(px[3 * i + 2]) * k[i];
+        }
+        o[0] = clip8(r);
+        o[1] = clip8(g);
+        o[2] = clip8(b);
+    }
+}
+
+fn horizontal_row_any(row: &[u8], orow: &mut [u8], c: &Coefficients) {
+    for (xx, o) in orow.chunks_exact_mut(3).enumerate() {
+        let n = c.len[xx];
+        let k = &c.coeffs[xx * c.ksize..xx * c.ksize + n];
+        let x0 = c.start[xx];
+        let px = &row[x0 * 3..(x0 + n) * 3];
+        let (mut r, mut g, mut b) = (BIAS, BIAS, BIAS);
+        for (p, &kv) in px.chunks_exact(3).zip(k) {
+            r += i32::from(p[0]) * kv;
+            g += i32::from(p[1]) * kv;
+            b += i32::from(p[2]) * kv;
+        }
+        o[0] = clip8(r);
+        o[1] = clip8(g);
+        o[2] = clip8(b);
+    }
+}
+
+fn horizontal(src: &RgbImage, out_w: usize, c: &Coefficients) -> RgbImage {
+    let w = src.width as usize;
+    let h = src.height as usize;
+    let mut out = vec![0u8; out_w * h * 3];
+    let fixed = fixed_windows(c, w);
+    crate::parallel::for_each_chunk(&mut out, out_w * 3, |y, orow| {
+        let row = &src.data[y * w * 3..(y + 1) * w * 3];
+        match (&fixed, c.ksize) {
+            (Some((s, k)), 5) => horizontal_row_fixed::<5>(row, orow, s, k),
+            (Some((s, k)), 7) => horizontal_row_fixed::<7>(row, orow, s, k),
+            (Some((s, k)), 9) => horizontal_row_fixed::<9>(row, orow, s, k),
+            (Some((s, k)), 11) => horizontal_row_fixed::<11>(row, orow, s, k),
+            (Some((s, k)), 13) => horizontal_row_fixed::<13>(row, orow, s, k),
+            _ => horizontal_row_any(row, orow, c),
+        }
+    });
     RgbImage {
         width: out_w as u32,
         height: h as u32,
@@ -176,23 +238,24 @@ fn vertical(src: &RgbImage, out_h: usize, c: &Coefficients) -> RgbImage {
     let w = src.width as usize;
     let stride = w * 3;
     let mut out = vec![0u8; stride * out_h];
-    let mut acc = vec![0i64; stride];
-    for yy in 0..out_h {
-        let k = &c.coeffs[yy * c.ksize..yy * c.ksize + c.len[yy]];
+    crate::parallel::for_each_chunk(&mut out, stride, |yy, orow| {
+        let n = c.len[yy];
+        let k = &c.coeffs[yy * c.ksize..yy * c.ksize + n];
         let y0 = c.start[yy];
-        acc.iter_mut()
-            .for_each(|a| *a = 1i64 << (PRECISION_BITS - 1));
-        for (i, &kv) in k.iter().enumerate() {
-            let row = &src.data[(y0 + i) * stride..(y0 + i + 1) * stride];
-            let kv = i64::from(kv);
+        // Accumulate straight into an i32 row per output row (the row is the unit of work).
+        let mut acc = vec![BIAS; stride];
+        for (row, &kv) in src.data[y0 * stride..(y0 + n) * stride]
+            .chunks_exact(stride)
+            .zip(k)
+        {
             for (a, &p) in acc.iter_mut().zip(row) {
-                *a += i64::from(p) * kv;
+                *a += i32::from(p) * kv;
             }
         }
-        for (o, &a) in out[yy * stride..(yy + 1) * stride].iter_mut().zip(&acc) {
+        for (o, &a) in orow.iter_mut().zip(&acc) {
             *o = clip8(a);
         }
-    }
+    });
     RgbImage {
         width: w as u32,
         height: out_h as u32,

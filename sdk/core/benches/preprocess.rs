@@ -1,0 +1,62 @@
+//! Preprocessing throughput: decode → (low-res) → smart_resize → pixel_values, on the image given
+//! as the first argument. Prints one JSON object with median milliseconds per path. Driven by
+//! `tests/bench/bench_preprocess.py`, which runs the Python reference in the same session and
+//! prints the ratios.
+
+use std::time::Instant;
+use visionthink_core::config::PreprocessorConfig;
+use visionthink_core::image::{decode, inference_low_res, preprocess, DecodeLimits};
+
+fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
+    f(); // warm-up
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t[t.len() / 2]
+}
+
+fn main() {
+    let Some(path) = std::env::args().skip(1).find(|a| !a.starts_with("--")) else {
+        eprintln!("usage: cargo bench -p visionthink-core --bench preprocess -- IMAGE.png [REPS]");
+        std::process::exit(2);
+    };
+    let reps: usize = std::env::args()
+        .skip(2)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(15);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read {path}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let cfg = PreprocessorConfig::default();
+    let run = |low: bool| {
+        let img = decode(&bytes, DecodeLimits::default()).expect("decode");
+        let img = if low {
+            inference_low_res(&img).expect("low res")
+        } else {
+            img
+        };
+        let pv = preprocess(&img, &cfg).expect("preprocess");
+        std::hint::black_box(pv.data.len());
+    };
+    let decode_ms = median_ms(
+        || {
+            drop(std::hint::black_box(decode(
+                &bytes,
+                DecodeLimits::default(),
+            )))
+        },
+        reps,
+    );
+    let full_ms = median_ms(|| run(false), reps);
+    let low_ms = median_ms(|| run(true), reps);
+    println!("{{\"decode_ms\": {decode_ms:.3}, \"full_res_ms\": {full_ms:.3}, \"low_res_ms\": {low_ms:.3}, \"reps\": {reps}}}");
+}

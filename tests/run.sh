@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The project's test command (README: "run the tests"). Installs what it needs on a fresh
+# machine, then runs, cheapest first: fmt, clippy (native and wasm32, -D warnings), native tests
+# (unit, integration, doc, CLI), the tokenizer tests again on the Oniguruma regex engine, the core
+# test suite compiled to wasm32 and run under Node, and the demo as a smoke test.
+#
+# Caches (override with VT_CACHE): cargo target dir and the wasm-bindgen test runner live
+# outside the clone, so repeated runs are incremental and a cold machine still works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VT_CACHE="${VT_CACHE:-$HOME/.cache/visionthink}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$VT_CACHE/target}"
+WASM_BINDGEN_VERSION="0.2.130" # must equal the wasm-bindgen crate version in Cargo.lock
+TOOLS="$VT_CACHE/tools"
+mkdir -p "$VT_CACHE" "$TOOLS"
+export PATH="$TOOLS/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add wasm32-unknown-unknown >/dev/null
+if ! command -v node >/dev/null 2>&1; then
+  step "installing Node.js (runs the wasm32 tests)"
+  apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+fi
+lock_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
+if [ "$lock_version" != "$WASM_BINDGEN_VERSION" ]; then
+  echo "Cargo.lock has wasm-bindgen $lock_version but tests/run.sh pins the runner at $WASM_BINDGEN_VERSION" >&2
+  exit 1
+fi
+if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
+  step "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION into $TOOLS (once, ~8 min)"
+  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$TOOLS"
+fi
+
+step "fixture provenance"
+want=$(sed -n 's/.*"tokenizer_json_sha256": "\(.*\)".*/\1/p' tests/fixtures/tokenizer/PROVENANCE.json)
+got=$(sha256sum tests/fixtures/tokenizer/tokenizer.json | cut -d' ' -f1)
+[ "$want" = "$got" ] || { echo "tokenizer.json does not match PROVENANCE.json" >&2; exit 1; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "clippy (native)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "clippy (wasm32)"
+cargo clippy -p visionthink-core -p visionthink-wasm --all-targets --target wasm32-unknown-unknown --locked -- -D warnings
+
+step "build visionthink-core for wasm32"
+cargo build -p visionthink-core --target wasm32-unknown-unknown --locked
+
+step "tests (native)"
+cargo test --workspace --locked
+
+step "tokenizer tests on the Oniguruma regex engine (the one Python tokenizers uses)"
+cargo test -p visionthink-core --no-default-features --features onig --test tokenizer --locked
+
+step "core tests on wasm32 (Node)"
+CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p visionthink-core --target wasm32-unknown-unknown --tests --locked
+
+step "examples and the README's main job"
+cargo run -q -p visionthink --locked --example protocol
+cargo run -q -p visionthink --locked -- demo >/dev/null
+
+echo
+echo "all checks passed"
