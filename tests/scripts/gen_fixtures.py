@@ -87,6 +87,20 @@ def photo_like(w: int, h: int, seed: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def png16(arr: np.ndarray, color_type: int) -> bytes:
+    """A minimal 16-bit PNG (color type 0 = grey, 2 = RGB)."""
+    import struct
+    import zlib
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
 def make_images() -> dict:
     os.makedirs(IMAGES, exist_ok=True)
     os.makedirs(GOLDEN, exist_ok=True)
@@ -115,6 +129,13 @@ def make_images() -> dict:
     rgba.putalpha(Image.fromarray((np.arange(80 * 100).reshape(80, 100) % 256).astype(np.uint8)))
     save("rgba_100x80.png", rgba)
     save("gray_90x60.png", Image.fromarray(photo_like(90, 60, 44)).convert("L"))
+    # 16-bit PNGs (Pillow cannot write them): RGB keeps the high byte, grey (mode I;16) clips.
+    rng = np.random.default_rng(45)
+    for name, arr, ctype in [("rgb16_40x30.png", rng.integers(0, 65536, (30, 40, 3), dtype=np.uint16), 2),
+                             ("gray16_40x30.png", rng.integers(0, 600, (30, 40), dtype=np.uint16), 0)]:
+        path = os.path.join(IMAGES, name)
+        open(path, "wb").write(png16(arr, ctype))
+        files[name] = path
     return files
 
 

@@ -145,9 +145,36 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbImage> {
     reader.limits(lim);
     let decoder = reader.into_decoder().map_err(decode_err)?;
     let img = image::DynamicImage::from_decoder(decoder).map_err(decode_err)?;
-    let rgb = img.into_rgb8();
-    let (width, height) = rgb.dimensions();
-    RgbImage::new(width, height, rgb.into_raw())
+    to_rgb8_like_pillow(img)
+}
+
+/// Pillow's `convert("RGB")` on what its decoders produce: 8-bit images drop alpha and replicate
+/// grey; 16-bit colour (and grey+alpha) PNGs keep the high byte (Pillow unpacks `RGB;16B` that
+/// way); 16-bit grey opens as mode `I;16`, whose conversion clips at 255.
+fn to_rgb8_like_pillow(img: image::DynamicImage) -> Result<RgbImage> {
+    use image::DynamicImage as D;
+    let (width, height) = (img.width(), img.height());
+    let data = match img {
+        D::ImageRgb16(b) => b.into_raw().iter().map(|v| (v >> 8) as u8).collect(),
+        D::ImageRgba16(b) => b
+            .into_raw()
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .map(|v| (v >> 8) as u8)
+            .collect(),
+        D::ImageLuma16(b) => b
+            .into_raw()
+            .iter()
+            .flat_map(|&v| [v.min(255) as u8; 3])
+            .collect(),
+        D::ImageLumaA16(b) => b
+            .into_raw()
+            .chunks_exact(2)
+            .flat_map(|p| [(p[0] >> 8) as u8; 3])
+            .collect(),
+        other => other.into_rgb8().into_raw(),
+    };
+    RgbImage::new(width, height, data)
 }
 
 /// Width and height from a PNG IHDR, a GIF logical screen or a WebP VP8X header.

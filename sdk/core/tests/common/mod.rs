@@ -26,6 +26,9 @@ pub fn image_bytes(name: &str) -> Option<&'static [u8]> {
         "exact_28x28.png" => Some(include_bytes!(
             "../../../../tests/fixtures/images/exact_28x28.png"
         )),
+        "gray16_40x30.png" => Some(include_bytes!(
+            "../../../../tests/fixtures/images/gray16_40x30.png"
+        )),
         "gray_90x60.png" => Some(include_bytes!(
             "../../../../tests/fixtures/images/gray_90x60.png"
         )),
@@ -52,6 +55,9 @@ pub fn image_bytes(name: &str) -> Option<&'static [u8]> {
         )),
         "photo_640x480.png" => Some(include_bytes!(
             "../../../../tests/fixtures/images/photo_640x480.png"
+        )),
+        "rgb16_40x30.png" => Some(include_bytes!(
+            "../../../../tests/fixtures/images/rgb16_40x30.png"
         )),
         "rgba_100x80.png" => Some(include_bytes!(
             "../../../../tests/fixtures/images/rgba_100x80.png"
