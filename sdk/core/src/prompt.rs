@@ -42,24 +42,24 @@ impl Prompt {
     /// Appends template text (control tokens recognised). Adjacent text of the same kind is
     /// merged, so equal prompts compare equal however they were built.
     pub fn push_template(&mut self, text: impl AsRef<str>) -> &mut Self {
-        let text = text.as_ref();
-        if !text.is_empty() {
-            match self.segments.last_mut() {
-                Some(Segment::Template(t)) => t.push_str(text),
-                _ => self.segments.push(Segment::Template(text.to_string())),
-            }
-        }
-        self
+        self.push_text(text.as_ref(), false)
     }
 
     /// Appends user-supplied text (never control tokens).
     pub fn push_user(&mut self, text: impl AsRef<str>) -> &mut Self {
-        let text = text.as_ref();
-        if !text.is_empty() {
-            match self.segments.last_mut() {
-                Some(Segment::User(t)) => t.push_str(text),
-                _ => self.segments.push(Segment::User(text.to_string())),
+        self.push_text(text.as_ref(), true)
+    }
+
+    fn push_text(&mut self, text: &str, user: bool) -> &mut Self {
+        if text.is_empty() {
+            return self;
+        }
+        match (self.segments.last_mut(), user) {
+            (Some(Segment::Template(t)), false) | (Some(Segment::User(t)), true) => {
+                t.push_str(text)
             }
+            (_, false) => self.segments.push(Segment::Template(text.to_string())),
+            (_, true) => self.segments.push(Segment::User(text.to_string())),
         }
         self
     }

@@ -79,28 +79,21 @@ fn preprocess_matches_reference_bit_for_bit() {
             [wh[0].as_u64().unwrap(), wh[1].as_u64().unwrap()],
             "{label}"
         );
-        let hw: Vec<u64> = case["resized_hw"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
+        let list = |key: &str| -> Vec<u64> {
+            case[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect()
+        };
         assert_eq!(
             vec![pv.resized.height as u64, pv.resized.width as u64],
-            hw,
+            list("resized_hw"),
             "{label}"
         );
-        let grid: Vec<u64> = case["grid_thw"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
-        assert_eq!(
-            pv.grid_thw.iter().map(|&v| v as u64).collect::<Vec<_>>(),
-            grid,
-            "{label}"
-        );
+        let grid: Vec<u64> = pv.grid_thw.iter().map(|&v| u64::from(v)).collect();
+        assert_eq!(grid, list("grid_thw"), "{label}");
         assert_eq!(
             pv.num_image_tokens(2) as u64,
             case["num_image_tokens"].as_u64().unwrap(),

@@ -437,16 +437,20 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessorConfig) -> Result<PixelValue
 /// assert_eq!((low.width, low.height), (50, 30));
 /// ```
 pub fn inference_low_res(original: &RgbImage) -> Result<RgbImage> {
-    let (w, h) = (original.width / 2, original.height / 2);
+    ensure_min_side(halve(original)?)
+}
+
+/// LANCZOS to `(w // 2, h // 2)`: the VisionThink low-resolution image of both paths.
+fn halve(img: &RgbImage) -> Result<RgbImage> {
+    let (w, h) = (img.width / 2, img.height / 2);
     if w == 0 || h == 0 {
         return Err(Error::ImageTooSmall {
-            width: original.width,
-            height: original.height,
+            width: img.width,
+            height: img.height,
             reason: "halving leaves a zero-sized side; the low-resolution path needs at least 2x2 pixels".into(),
         });
     }
-    let half = resize(original, w, h, Filter::Lanczos)?;
-    ensure_min_side(half)
+    resize(img, w, h, Filter::Lanczos)
 }
 
 /// The image the resize tool returns on the evaluation path: the original, raised to 28 px per
@@ -500,15 +504,12 @@ pub fn training_images(original: &RgbImage) -> Result<TrainingImages> {
             clamped = resize(&clamped, nw.max(1), nh.max(1), Filter::Lanczos)?;
         }
     }
-    let (lw, lh) = (clamped.width / 2, clamped.height / 2);
-    if lw == 0 || lh == 0 {
-        return Err(Error::ImageTooSmall {
-            width: original.width,
-            height: original.height,
-            reason: "halving leaves a zero-sized side".into(),
-        });
-    }
-    let low_res = resize(&clamped, lw, lh, Filter::Lanczos)?;
-    let high_res = resize(original, lw * 2, lh * 2, Filter::Lanczos)?;
+    let low_res = halve(&clamped)?;
+    let high_res = resize(
+        original,
+        low_res.width * 2,
+        low_res.height * 2,
+        Filter::Lanczos,
+    )?;
     Ok(TrainingImages { low_res, high_res })
 }
