@@ -1,0 +1,81 @@
+//! The small set of coarse operations the Qwen2.5-VL graph is written in. Each is one kernel (or
+//! a short fused sequence) on a GPU, and a few tensor ops on candle. The graph in
+//! [`crate::graph`] calls only these, so every executor runs the same graph in the same order.
+
+use crate::Result;
+
+/// Which keys each query may attend to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mask {
+    /// Causal over a sequence whose first `past` keys come from the cache: query `i` sees keys
+    /// `0 ..= past + i`.
+    Causal {
+        /// Keys already in the cache before this call's queries.
+        past: usize,
+    },
+    /// Bidirectional within consecutive segments `[cu[i], cu[i+1])` of the rows (vision windows
+    /// or whole images).
+    Segments(Vec<usize>),
+}
+
+/// An executor of the graph's operations. Tensors are row-major 2-D `[rows, cols]` unless a
+/// method says otherwise.
+pub trait Backend {
+    /// The tensor type.
+    type Tensor: Clone + std::fmt::Debug;
+
+    /// A tensor from f32 data (weights are upcast to f32 before they get here, or converted to
+    /// the backend's compute dtype by the backend).
+    fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor>;
+    /// A weight tensor (trainable where the backend supports training).
+    fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor> {
+        self.tensor(data, shape)
+    }
+    /// Copies a tensor back as f32 values.
+    fn to_vec(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// The shape.
+    fn shape(&self, t: &Self::Tensor) -> Vec<usize>;
+    /// `x · wᵀ + b` for `x [n, in]`, `w [out, in]`, `b [out]`.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// RMSNorm over the last dimension, computed in f32, times `w`.
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f64) -> Result<Self::Tensor>;
+    /// Element-wise sum.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `silu(gate) * up`.
+    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Exact (erf) GELU.
+    fn gelu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Rotary embedding with the rotate-half convention on `x [n, heads * d]`, `cos`, `sin`
+    /// `[n, d]`.
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        cos: &Self::Tensor,
+        sin: &Self::Tensor,
+        heads: usize,
+    ) -> Result<Self::Tensor>;
+    /// Scaled dot-product attention: `q [n, heads * d]`, `k`, `v [m, kv_heads * d]` (grouped
+    /// query attention when `kv_heads < heads`), scale `1/sqrt(d)`; returns `[n, heads * d]`.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        kv_heads: usize,
+        mask: &Mask,
+    ) -> Result<Self::Tensor>;
+    /// Rows of `table` at `ids`.
+    fn gather_rows(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor>;
+    /// Rows concatenated.
+    fn cat_rows(&self, parts: &[Self::Tensor]) -> Result<Self::Tensor>;
+    /// Rows `start .. start + len`.
+    fn narrow_rows(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
+    /// Same data, new 2-D shape `[rows, cols]`.
+    fn reshape(&self, x: &Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor>;
+}

@@ -1,0 +1,230 @@
+//! The candle executor of the graph: CPU by default, CUDA with the `cuda` feature. Every op is
+//! built from differentiable candle primitives (no fused softmax/rms_norm/rope kernels, which
+//! return no gradient), so the trainer can backpropagate through the same graph.
+
+use crate::backend::{Backend, Mask};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, Var, D};
+use std::sync::Mutex;
+
+/// Where and how candle computes.
+#[derive(Debug)]
+pub struct CandleBackend {
+    /// The device.
+    pub device: Device,
+    /// Compute dtype of weights and activations (f32 by default; softmax and norms run in f32).
+    pub dtype: DType,
+    /// When set, weights are created as trainable [`Var`]s and collected here.
+    trainable: Option<Mutex<Vec<Var>>>,
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Backend(e.to_string())
+    }
+}
+
+impl CandleBackend {
+    /// CPU, f32.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            trainable: None,
+        }
+    }
+
+    /// A backend on a device with a compute dtype.
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            trainable: None,
+        }
+    }
+
+    /// The first CUDA device; a typed error when the build has no CUDA or no GPU is present.
+    pub fn cuda(dtype: DType) -> Result<Self> {
+        if !candle_core::utils::cuda_is_available() {
+            return Err(Error::Backend(
+                "this build has no CUDA support (rebuild with `--features cuda`)".into(),
+            ));
+        }
+        Ok(Self::new(Device::new_cuda(0)?, dtype))
+    }
+
+    /// A CPU f32 backend whose weights are trainable variables.
+    pub fn trainable_cpu() -> Self {
+        Self {
+            trainable: Some(Mutex::new(Vec::new())),
+            ..Self::cpu()
+        }
+    }
+
+    /// The trainable variables created so far, in load order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.trainable
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|v| v.clone()))
+            .unwrap_or_default()
+    }
+
+    fn f32(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.to_dtype(DType::F32)?)
+    }
+}
+
+/// Scaled dot-product attention on `[heads, n, d]` × `[heads, m, d]` with an additive mask.
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let d = q.dim(D::Minus1)?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let p =
+        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(v.dtype())?;
+    Ok(p.matmul(v)?)
+}
+
+impl Backend for CandleBackend {
+    type Tensor = Tensor;
+
+    fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_slice(data, shape, &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        match &self.trainable {
+            Some(vars) => {
+                let var = Var::from_slice(data, shape, &self.device)?;
+                let t = var.as_tensor().clone();
+                vars.lock()
+                    .map_err(|_| Error::Backend("variable list poisoned".into()))?
+                    .push(var);
+                Ok(t)
+            }
+            None => self.tensor(data, shape),
+        }
+    }
+
+    fn to_vec(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(self.f32(t)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn shape(&self, t: &Tensor) -> Vec<usize> {
+        t.dims().to_vec()
+    }
+
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = x.matmul(&w.t()?)?;
+        Ok(match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = self.f32(x)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
+        Ok(normed.broadcast_mul(w)?)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok((a + b)?)
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        Ok((gate.silu()? * up)?)
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.gelu_erf()?)
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> Result<Tensor> {
+        let (n, width) = x.dims2()?;
+        let d = width / heads;
+        let x3 = x.reshape((n, heads, d))?;
+        let x1 = x3.narrow(2, 0, d / 2)?;
+        let x2 = x3.narrow(2, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], 2)?;
+        let cos = cos.unsqueeze(1)?;
+        let sin = sin.unsqueeze(1)?;
+        let y = (x3.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?;
+        Ok(y.reshape((n, width))?)
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        kv_heads: usize,
+        mask: &Mask,
+    ) -> Result<Tensor> {
+        let (n, width) = q.dims2()?;
+        let m = k.dim(0)?;
+        let d = width / heads;
+        let to_heads = |t: &Tensor, rows: usize, h: usize| -> Result<Tensor> {
+            let t = t.reshape((rows, h, d))?.transpose(0, 1)?.contiguous()?;
+            if h == heads {
+                return Ok(t);
+            }
+            // Grouped-query attention: each KV head serves heads / kv_heads query heads.
+            let rep = heads / h;
+            Ok(t.unsqueeze(1)?
+                .expand((h, rep, rows, d))?
+                .reshape((heads, rows, d))?)
+        };
+        let qh = to_heads(q, n, heads)?;
+        let kh = to_heads(k, m, kv_heads)?;
+        let vh = to_heads(v, m, kv_heads)?;
+        let out = match mask {
+            Mask::Causal { past } => {
+                let mut bias = vec![0f32; n * m];
+                for i in 0..n {
+                    for j in (past + i + 1).min(m)..m {
+                        bias[i * m + j] = f32::NEG_INFINITY;
+                    }
+                }
+                let bias = Tensor::from_vec(bias, (1, n, m), &self.device)?.to_dtype(qh.dtype())?;
+                sdpa(&qh, &kh, &vh, if n > 1 { Some(&bias) } else { None })?
+            }
+            Mask::Segments(cu) => {
+                let mut parts = Vec::with_capacity(cu.len());
+                for w in cu.windows(2) {
+                    let (s, len) = (w[0], w[1] - w[0]);
+                    parts.push(sdpa(
+                        &qh.narrow(1, s, len)?,
+                        &kh.narrow(1, s, len)?,
+                        &vh.narrow(1, s, len)?,
+                        None,
+                    )?);
+                }
+                Tensor::cat(&parts, 1)?
+            }
+        };
+        Ok(out.transpose(0, 1)?.contiguous()?.reshape((n, width))?)
+    }
+
+    fn gather_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(table.index_select(&idx, 0)?)
+    }
+
+    fn cat_rows(&self, parts: &[Tensor]) -> Result<Tensor> {
+        Ok(Tensor::cat(parts, 0)?)
+    }
+
+    fn narrow_rows(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        Ok(x.narrow(0, start, len)?)
+    }
+
+    fn reshape(&self, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+        Ok(x.reshape((rows, cols))?)
+    }
+}

@@ -1,0 +1,140 @@
+//! Reading HF safetensors checkpoints (single file or sharded with `model.safetensors.index.json`),
+//! memory-mapped, with bf16/f16/f32 upcast exactly to f32.
+
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The tensors of a checkpoint directory.
+pub struct WeightStore {
+    files: Vec<(PathBuf, memmap2::Mmap)>,
+    /// tensor name → index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for WeightStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WeightStore({} tensors in {} files)",
+            self.index.len(),
+            self.files.len()
+        )
+    }
+}
+
+fn load_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Load {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl WeightStore {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut names: Vec<PathBuf> = Vec::new();
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| load_err(&index_path, e.to_string()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| load_err(&index_path, format!("malformed JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| load_err(&index_path, "no `weight_map` object"))?;
+            for f in map.values() {
+                let f = f.as_str().ok_or_else(|| {
+                    load_err(&index_path, "`weight_map` values must be file names")
+                })?;
+                let p = dir.join(f);
+                if !names.contains(&p) {
+                    names.push(p);
+                }
+            }
+        } else {
+            names.push(dir.join("model.safetensors"));
+        }
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for path in names {
+            let file = std::fs::File::open(&path).map_err(|e| load_err(&path, e.to_string()))?;
+            let map = map_file(&file, &path)?;
+            let st = safetensors::SafeTensors::deserialize(&map)
+                .map_err(|e| load_err(&path, format!("invalid safetensors: {e}")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), files.len());
+            }
+            files.push((path, map));
+        }
+        Ok(Self { files, index })
+    }
+
+    /// Whether a tensor exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// A tensor as f32 values, checked against the expected shape; `names` are alternatives
+    /// (new and old HF key layouts), the first present one is used.
+    pub fn get(&self, names: &[&str], shape: &[usize]) -> Result<Vec<f32>> {
+        let Some((name, &fi)) = names.iter().find_map(|n| self.index.get_key_value(*n)) else {
+            return Err(Error::MissingTensor(names.join(" | ")));
+        };
+        let (path, map) = &self.files[fi];
+        let st = safetensors::SafeTensors::deserialize(map)
+            .map_err(|e| load_err(path, e.to_string()))?;
+        let view = st.tensor(name).map_err(|e| load_err(path, e.to_string()))?;
+        if view.shape() != shape {
+            return Err(Error::Shape {
+                name: name.clone(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let data = view.data();
+        use safetensors::Dtype;
+        let out = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::Dtype {
+                    name: name.clone(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(out)
+    }
+}
+
+/// Memory-maps a checkpoint file read-only: weights are paged in on first use and shared with
+/// the page cache instead of being copied into the heap.
+#[allow(unsafe_code)]
+fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
+    // SAFETY: the mapping is read-only and this process never writes the file. As with every
+    // mmap-based loader (safetensors, candle), a concurrent writer in another process could
+    // change the bytes under us; checkpoints are not modified while being served.
+    unsafe { memmap2::Mmap::map(file) }.map_err(|e| load_err(path, format!("cannot map: {e}")))
+}
