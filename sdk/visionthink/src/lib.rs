@@ -26,10 +26,15 @@ pub use visionthink_core as core;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
+pub mod engine;
 pub mod files;
 pub mod http_judge;
 pub mod score;
 
+pub use engine::{
+    Answer, AskOptions, DeviceChoice, Event, GenerateOptions, Precision, Session, Timings,
+    VisionThink,
+};
 pub use files::{load_image, ModelDir};
 pub use http_judge::{HttpJudge, HttpJudgeConfig};
 
@@ -48,6 +53,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Loading or running the model failed.
+    #[error("model: {0}")]
+    Model(String),
     /// A file's content is not what is expected.
     #[error("{path}: {reason}")]
     Content {

@@ -119,6 +119,65 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         workers: usize,
     },
+    /// Last-position logits of a rendered prompt (images as <|vision_start|><|image_pad|><|vision_end|>).
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt text file.
+        #[arg(long)]
+        prompt_file: PathBuf,
+        /// Images in prompt order.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate from a rendered prompt.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt text file.
+        #[arg(long)]
+        prompt_file: PathBuf,
+        /// Images in prompt order.
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        #[command(flatten)]
+        gen: GenArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer a question about an image with the VisionThink protocol (low-res first).
+    Ask {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The image.
+        #[arg(long)]
+        image: PathBuf,
+        /// The question.
+        #[arg(long)]
+        question: String,
+        /// Generation rounds (official: 2).
+        #[arg(long, default_value_t = 2)]
+        max_rounds: usize,
+        /// Images per episode, the low-res one included (official: 2).
+        #[arg(long, default_value_t = 2)]
+        max_images: usize,
+        #[command(flatten)]
+        gen: GenArgs,
+        /// Print tokens as they are generated.
+        #[arg(long)]
+        stream: bool,
+        /// Teacher forcing: feed this text as the next model turn instead of generating (repeat
+        /// for several turns).
+        #[arg(long = "force-turn")]
+        force_turns: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
     /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
     Demo {
@@ -135,6 +194,124 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// Model directory (HF layout).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Override the processor's maximum area.
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Executor.
+    #[arg(long, value_enum, default_value = "candle")]
+    backend: BackendKind,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// New-token budget per turn.
+    #[arg(long, default_value_t = 1024)]
+    max_new_tokens: usize,
+    /// Greedy decoding (the default unless --temperature > 0).
+    #[arg(long)]
+    greedy: bool,
+    /// Keep generating past end-of-turn tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Top-k cutoff (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl GenArgs {
+    fn options(&self) -> Result<visionthink::GenerateOptions> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            bail!("--temperature must be a non-negative number");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1]");
+        }
+        Ok(visionthink::GenerateOptions {
+            max_new_tokens: self.max_new_tokens,
+            ignore_eos: self.ignore_eos,
+            sampling: visionthink_model::generate::SamplingConfig {
+                temperature: if self.greedy { 0.0 } else { self.temperature },
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed: self.seed,
+            },
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendKind {
+    Candle,
+    Wgpu,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
+    let Some(dir) = &args.model_dir else {
+        bail!("no model: pass --model-dir DIR (there is no embedded default model yet: it is trained in a later milestone)");
+    };
+    if matches!(args.backend, BackendKind::Wgpu) {
+        bail!("--backend wgpu is not available yet (the WebGPU executor is a later milestone); use --backend candle");
+    }
+    let precision = match args.dtype {
+        DtypeArg::F32 => visionthink::Precision::F32,
+        DtypeArg::Bf16 => visionthink::Precision::Bf16,
+        DtypeArg::F16 => visionthink::Precision::F16,
+    };
+    let device = match args.device {
+        DeviceArg::Cpu => visionthink::DeviceChoice::Cpu,
+        DeviceArg::Cuda => visionthink::DeviceChoice::Cuda,
+    };
+    let mut vt = visionthink::VisionThink::load(dir, device, precision)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    if let Some(m) = args.max_pixels {
+        if m < vt.dir.preprocessor.min_pixels {
+            bail!(
+                "--max-pixels {m} is below the processor's min_pixels {}",
+                vt.dir.preprocessor.min_pixels
+            );
+        }
+        vt.dir.preprocessor.max_pixels = m;
+    }
+    Ok(vt)
+}
+
+fn load_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
+    paths.iter().map(|p| Ok(load_image(p)?)).collect()
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -393,6 +570,116 @@ fn run(cli: Cli) -> Result<()> {
                 .count();
             if failed > 0 {
                 eprintln!("warning: the judge failed on {failed} rollout(s); their groups are marked group_kept=false");
+            }
+        }
+        Command::Logits {
+            model,
+            prompt_file,
+            images,
+            json: as_json,
+        } => {
+            let vt = load_model(&model)?;
+            let prompt = read_prompt(&prompt_file)?;
+            let logits = vt.prompt_logits(&prompt, &load_images(&images)?)?;
+            let argmax = visionthink_model::generate::argmax(&logits);
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let top5: Vec<Value> = order
+                .iter()
+                .take(5)
+                .map(|&i| json!([i, logits[i]]))
+                .collect();
+            let v = json!({"argmax": argmax, "logits_last_first16": &logits[..16.min(logits.len())], "top5": top5});
+            if as_json {
+                print_json(&v)?;
+            } else {
+                println!(
+                    "argmax {argmax}; top5 {}",
+                    serde_json::to_string(&v["top5"])?
+                );
+            }
+        }
+        Command::Generate {
+            model,
+            prompt_file,
+            images,
+            gen,
+            json: as_json,
+        } => {
+            let vt = load_model(&model)?;
+            let prompt = read_prompt(&prompt_file)?;
+            let opts = gen.options()?;
+            let (tokens, text) =
+                vt.generate(&prompt, &load_images(&images)?, &opts, |_, piece| {
+                    if !as_json {
+                        print!("{piece}");
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                    }
+                })?;
+            if as_json {
+                print_json(&json!({"tokens": tokens, "text": text}))?;
+            } else {
+                println!();
+            }
+        }
+        Command::Ask {
+            model,
+            image,
+            question,
+            max_rounds,
+            max_images,
+            gen,
+            stream,
+            force_turns,
+            json: as_json,
+        } => {
+            let vt = load_model(&model)?;
+            let img = load_image(&image)?;
+            if max_rounds == 0 || max_images == 0 {
+                bail!("--max-rounds and --max-images must be at least 1");
+            }
+            let opts = visionthink::AskOptions {
+                generation: gen.options()?,
+                protocol: visionthink::core::protocol::ProtocolConfig {
+                    max_rounds,
+                    max_images,
+                    ..Default::default()
+                },
+                forced_turns: force_turns,
+            };
+            let answer = vt.ask_streaming(&img, &question, &opts, |ev| {
+                if stream && !as_json {
+                    match ev {
+                        visionthink::Event::Token { text, .. } => print!("{text}"),
+                        visionthink::Event::ResizeRequested => {
+                            print!("\n[resize → full-resolution image]\n")
+                        }
+                    }
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
+                if stream && as_json {
+                    if let visionthink::Event::Token { text, .. } = ev {
+                        eprint!("{text}");
+                    }
+                }
+            })?;
+            if as_json {
+                let mut v = serde_json::to_value(&answer)?;
+                v["num_turns"] = json!(answer.turns.len());
+                print_json(&v)?;
+            } else {
+                if stream {
+                    println!();
+                }
+                println!("answer: {}", answer.text);
+                println!(
+                    "full image requested: {}; visual tokens {} (full-res only: {}); {} turn(s); {:.0} ms",
+                    answer.used_high_res,
+                    answer.visual_tokens,
+                    answer.visual_tokens_full_res,
+                    answer.turns.len(),
+                    answer.timings.total_ms
+                );
             }
         }
         Command::Demo {

@@ -1,0 +1,506 @@
+//! Running a Qwen2.5-VL checkpoint: prompt logits, generation, and the VisionThink low-res-first
+//! episode with the KV cache of turn 1 reused for the tool turn.
+
+use crate::files::ModelDir;
+use crate::{Error, Result};
+use std::path::Path;
+use std::time::Instant;
+use visionthink_core::config::ModelConfig;
+use visionthink_core::image::{preprocess, PixelValues, RgbImage};
+use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConfig, Step};
+use visionthink_core::rope::{extend_rope_index, MropeBuilder};
+use visionthink_core::tokens;
+use visionthink_model::generate::{Sampler, SamplingConfig};
+use visionthink_model::{CandleBackend, KvCache, Qwen25VL, WeightStore};
+
+fn model_err(e: visionthink_model::Error) -> Error {
+    Error::Model(e.to_string())
+}
+
+/// Compute precision of the candle executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 everywhere (bf16/f16 checkpoints are upcast exactly). The CPU default.
+    #[default]
+    F32,
+    /// bf16 weights and activations (softmax and norms in f32).
+    Bf16,
+    /// f16 weights and activations (softmax and norms in f32).
+    F16,
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs the `cuda` feature).
+    Cuda,
+}
+
+/// Options of one generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// New-token budget per model turn.
+    pub max_new_tokens: usize,
+    /// Greedy or sampled selection.
+    pub sampling: SamplingConfig,
+    /// Keep generating past `<|im_end|>` / `<|endoftext|>` (for benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 1024,
+            sampling: SamplingConfig::default(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Options of [`VisionThink::ask`].
+#[derive(Debug, Clone, Default)]
+pub struct AskOptions {
+    /// Generation settings of every turn.
+    pub generation: GenerateOptions,
+    /// Rounds and images (official: 2 and 2).
+    pub protocol: ProtocolConfig,
+    /// Teacher forcing: the model is fed these turn texts instead of choosing tokens (replaying a
+    /// recorded trajectory, testing both branches of the protocol on any checkpoint). Turns
+    /// beyond the list are generated.
+    pub forced_turns: Vec<String>,
+}
+
+/// Wall-clock timings of an answer, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    /// Image preprocessing (both images).
+    pub preprocess_ms: f64,
+    /// Vision tower.
+    pub vision_ms: f64,
+    /// Prompt prefill (turn 1 and the tool turn).
+    pub prefill_ms: f64,
+    /// Token-by-token decoding.
+    pub decode_ms: f64,
+    /// Everything.
+    pub total_ms: f64,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Prompt tokens prefilled.
+    pub prefill_tokens: usize,
+}
+
+/// The answer record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Answer {
+    /// The final answer (last `<answer>…</answer>`, or the split-rule prediction when absent).
+    pub text: String,
+    /// The `<think>` contents of every turn.
+    pub thinking: String,
+    /// Whether the model asked for (and got) the full-resolution image.
+    pub used_high_res: bool,
+    /// Every model turn's text.
+    pub turns: Vec<String>,
+    /// Visual tokens actually used (low-res, plus full-res if requested).
+    pub visual_tokens: usize,
+    /// Visual tokens a full-resolution-only model would have used.
+    pub visual_tokens_full_res: usize,
+    /// Why the episode ended.
+    pub end: EndReason,
+    /// Timings.
+    pub timings: Timings,
+}
+
+/// A streamed event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<'a> {
+    /// A generated token and its text piece.
+    Token {
+        /// Model turn (0-based).
+        turn: usize,
+        /// The id.
+        id: u32,
+        /// Text decoded from the turn so far minus what was already emitted.
+        text: &'a str,
+    },
+    /// The model asked for the full image; it is being appended.
+    ResizeRequested,
+}
+
+/// A loaded VisionThink (Qwen2.5-VL) model.
+pub struct VisionThink {
+    /// Tokenizer, configs, chat template.
+    pub dir: ModelDir,
+    /// The model config.
+    pub config: ModelConfig,
+    backend: CandleBackend,
+    model: Qwen25VL<CandleBackend>,
+}
+
+impl std::fmt::Debug for VisionThink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VisionThink({})", self.dir.path.display())
+    }
+}
+
+/// A generation session: the KV cache and positions of everything fed so far.
+pub struct Session<'a> {
+    engine: &'a VisionThink,
+    cache: KvCache<CandleBackend>,
+    positions: MropeBuilder,
+    ids: Vec<u32>,
+    timings: Timings,
+}
+
+impl VisionThink {
+    /// Loads a local HF model directory on the CPU in f32.
+    ///
+    /// ```no_run
+    /// let vt = visionthink::VisionThink::from_dir("path/to/VisionThink-Efficient")?;
+    /// let image = visionthink::load_image("photo.jpg")?;
+    /// let answer = vt.ask(&image, "What is written on the sign?", &Default::default())?;
+    /// println!("{} (full image requested: {})", answer.text, answer.used_high_res);
+    /// # Ok::<(), visionthink::Error>(())
+    /// ```
+    pub fn from_dir(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load(path, DeviceChoice::Cpu, Precision::F32)
+    }
+
+    /// Loads with a device and precision.
+    pub fn load(
+        path: impl AsRef<Path>,
+        device: DeviceChoice,
+        precision: Precision,
+    ) -> Result<Self> {
+        let dir = ModelDir::open(path.as_ref())?;
+        let config = dir.config.clone().ok_or_else(|| Error::Content {
+            path: dir.path.join("config.json").display().to_string(),
+            reason: "missing: a model directory needs config.json".into(),
+        })?;
+        let dtype = match precision {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        };
+        let backend = match device {
+            DeviceChoice::Cpu => CandleBackend::new(candle_core::Device::Cpu, dtype),
+            DeviceChoice::Cuda => CandleBackend::cuda(dtype).map_err(model_err)?,
+        };
+        let store = WeightStore::open(&dir.path).map_err(model_err)?;
+        let model = Qwen25VL::load(&backend, &config, &store).map_err(model_err)?;
+        Ok(Self {
+            dir,
+            config,
+            backend,
+            model,
+        })
+    }
+
+    /// A new session with an empty cache.
+    pub fn session(&self) -> Session<'_> {
+        Session {
+            engine: self,
+            cache: self.model.new_cache(),
+            positions: MropeBuilder::new(),
+            ids: Vec::new(),
+            timings: Timings::default(),
+        }
+    }
+
+    /// Preprocesses an image with the model's processor settings.
+    pub fn preprocess(&self, image: &RgbImage) -> Result<PixelValues> {
+        Ok(preprocess(image, &self.dir.preprocessor)?)
+    }
+
+    fn merge(&self) -> u32 {
+        self.dir.preprocessor.merge_size
+    }
+
+    fn eos(&self) -> Vec<u32> {
+        match &self.dir.generation {
+            Some(g) if !g.eos_token_ids.is_empty() => {
+                let mut e = g.eos_token_ids.clone();
+                for t in [tokens::IM_END, tokens::ENDOFTEXT] {
+                    if !e.contains(&t) {
+                        e.push(t);
+                    }
+                }
+                e
+            }
+            _ => vec![tokens::IM_END, tokens::ENDOFTEXT],
+        }
+    }
+
+    /// Last-position logits of a fully rendered prompt (images as
+    /// `<|vision_start|><|image_pad|><|vision_end|>`, in order).
+    pub fn prompt_logits(&self, prompt: &str, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let pvs = images
+            .iter()
+            .map(|i| self.preprocess(i))
+            .collect::<Result<Vec<_>>>()?;
+        let counts: Vec<usize> = pvs
+            .iter()
+            .map(|p| p.num_image_tokens(self.merge()))
+            .collect();
+        let ids = self.dir.tokenizer.encode_rendered(prompt, &counts)?;
+        self.session().feed(&ids, &pvs)
+    }
+
+    /// Generates from a fully rendered prompt.
+    pub fn generate(
+        &self,
+        prompt: &str,
+        images: &[RgbImage],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(u32, &str),
+    ) -> Result<(Vec<u32>, String)> {
+        let pvs = images
+            .iter()
+            .map(|i| self.preprocess(i))
+            .collect::<Result<Vec<_>>>()?;
+        let counts: Vec<usize> = pvs
+            .iter()
+            .map(|p| p.num_image_tokens(self.merge()))
+            .collect();
+        let ids = self.dir.tokenizer.encode_rendered(prompt, &counts)?;
+        let mut s = self.session();
+        let logits = s.feed(&ids, &pvs)?;
+        let mut sampler = Sampler::new(opts.sampling.clone());
+        let out = s.generate(logits, opts, &mut sampler, None, &mut |id, piece| {
+            on_token(id, piece)
+        })?;
+        let text = self.dir.tokenizer.decode(&out, true)?;
+        Ok((out, text))
+    }
+
+    /// Answers a question about an image with the VisionThink protocol: turn 1 on the half-size
+    /// image; if the model calls the resize tool, the full image is appended in a tool turn that
+    /// continues turn 1's KV cache.
+    pub fn ask(&self, image: &RgbImage, question: &str, opts: &AskOptions) -> Result<Answer> {
+        self.ask_streaming(image, question, opts, |_| {})
+    }
+
+    /// [`Self::ask`] with a callback per generated token and protocol event.
+    pub fn ask_streaming(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        opts: &AskOptions,
+        mut on_event: impl FnMut(Event<'_>),
+    ) -> Result<Answer> {
+        let start = Instant::now();
+        let t = Instant::now();
+        let images = EpisodeImages::for_inference(image)?;
+        let low = self.preprocess(&images.low_res)?;
+        let full_tokens = self
+            .preprocess(&images.high_res)?
+            .num_image_tokens(self.merge());
+        let mut preprocess_ms = ms(t);
+        let mut episode = Episode::new(question, opts.protocol.clone());
+        let turn1 = match &self.dir.chat_template {
+            Some(tmpl) => {
+                let p = tmpl.visionthink_turn1(question)?;
+                episode.with_initial_prompt(&p);
+                p
+            }
+            None => episode.initial_prompt(),
+        };
+        let mut visual_tokens = low.num_image_tokens(self.merge());
+        let ids = self.dir.tokenizer.encode_prompt(&turn1, &[visual_tokens])?;
+        let mut session = self.session();
+        let mut logits = session.feed(&ids, std::slice::from_ref(&low))?;
+        let mut sampler = Sampler::new(opts.generation.sampling.clone());
+        let mut turn = 0;
+        let outcome = loop {
+            let forced = opts
+                .forced_turns
+                .get(turn)
+                .map(|s| {
+                    self.dir
+                        .tokenizer
+                        .encode_template(&format!("{s}<|im_end|>"))
+                })
+                .transpose()?;
+            let generated = session.generate(
+                logits,
+                &opts.generation,
+                &mut sampler,
+                forced.as_deref(),
+                &mut |id, piece| {
+                    on_event(Event::Token {
+                        turn,
+                        id,
+                        text: piece,
+                    })
+                },
+            )?;
+            let text = self.dir.tokenizer.decode(&generated, true)?;
+            match episode.on_model_turn(&text)? {
+                Step::Done(o) => break o,
+                Step::ToolTurn(tt) => {
+                    let t = Instant::now();
+                    let pvs = match &tt.image {
+                        Some(req) => {
+                            on_event(Event::ResizeRequested);
+                            let pv = self.preprocess(&req.fulfil(&images)?)?;
+                            visual_tokens += pv.num_image_tokens(self.merge());
+                            vec![pv]
+                        }
+                        None => Vec::new(),
+                    };
+                    preprocess_ms += ms(t);
+                    let counts: Vec<usize> = pvs
+                        .iter()
+                        .map(|p| p.num_image_tokens(self.merge()))
+                        .collect();
+                    let tool_ids = self.dir.tokenizer.encode_prompt(&tt.prompt, &counts)?;
+                    logits = session.feed(&tool_ids, &pvs)?;
+                    turn += 1;
+                }
+            }
+        };
+        let mut timings = session.timings;
+        timings.preprocess_ms = preprocess_ms;
+        timings.total_ms = ms(start);
+        Ok(Answer {
+            text: outcome
+                .answer
+                .clone()
+                .unwrap_or_else(|| outcome.prediction.clone()),
+            thinking: outcome.thinking.clone(),
+            used_high_res: outcome.used_high_res,
+            turns: outcome.turns.clone(),
+            visual_tokens,
+            visual_tokens_full_res: full_tokens,
+            end: outcome.end,
+            timings,
+        })
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+impl Session<'_> {
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether nothing was fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// Every token id in the cache, in order.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Timings accumulated so far.
+    pub fn timings(&self) -> Timings {
+        self.timings
+    }
+
+    /// Appends tokens (with the images whose pads they contain, in order) to the cache and
+    /// returns the last position's logits. Only the new tokens are computed.
+    pub fn feed(&mut self, ids: &[u32], images: &[PixelValues]) -> Result<Vec<f32>> {
+        let e = self.engine;
+        let (be, model) = (&e.backend, &e.model);
+        let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
+        let t = Instant::now();
+        let feats = if images.is_empty() {
+            None
+        } else {
+            let pixels: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
+            Some(
+                model
+                    .vision
+                    .forward(be, &pixels, &grids)
+                    .map_err(model_err)?,
+            )
+        };
+        self.timings.vision_ms += ms(t);
+        let t = Instant::now();
+        extend_rope_index(&mut self.positions, ids, &grids, e.merge())?;
+        let embeds = model.embed(be, ids, feats.as_ref()).map_err(model_err)?;
+        let hidden = model
+            .decode(be, &embeds, self.positions.positions(), &mut self.cache)
+            .map_err(model_err)?;
+        let logits = model.last_logits(be, &hidden).map_err(model_err)?;
+        self.ids.extend_from_slice(ids);
+        self.timings.prefill_ms += ms(t);
+        self.timings.prefill_tokens += ids.len();
+        Ok(logits)
+    }
+
+    fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        let e = self.engine;
+        self.positions.push_text(1);
+        let emb = e.model.embed(&e.backend, &[id], None).map_err(model_err)?;
+        let hidden = e
+            .model
+            .decode(
+                &e.backend,
+                &emb,
+                self.positions.positions(),
+                &mut self.cache,
+            )
+            .map_err(model_err)?;
+        self.ids.push(id);
+        e.model.last_logits(&e.backend, &hidden).map_err(model_err)
+    }
+
+    /// Generates one model turn from the given next-token logits; the turn's ids (ending with
+    /// `<|im_end|>`, as the official rollout guarantees: a turn cut by the token budget has its
+    /// last token replaced by `<|im_end|>`) are in the cache afterwards. With `forced`, those ids
+    /// are fed instead of chosen ones (teacher forcing).
+    pub fn generate(
+        &mut self,
+        mut logits: Vec<f32>,
+        opts: &GenerateOptions,
+        sampler: &mut Sampler,
+        forced: Option<&[u32]>,
+        on_token: &mut dyn FnMut(u32, &str),
+    ) -> Result<Vec<u32>> {
+        let eos = self.engine.eos();
+        let budget = forced.map_or(opts.max_new_tokens, <[u32]>::len);
+        if budget == 0 {
+            return Err(Error::Model("max_new_tokens must be at least 1".into()));
+        }
+        let t = Instant::now();
+        let mut out: Vec<u32> = Vec::new();
+        let mut emitted = 0usize;
+        for i in 0..budget {
+            let mut id = match forced {
+                Some(f) => f[i],
+                None => sampler.pick(&logits),
+            };
+            let is_eos = !opts.ignore_eos && eos.contains(&id);
+            let last = i + 1 == budget;
+            if last && !is_eos && !opts.ignore_eos {
+                id = tokens::IM_END;
+            }
+            out.push(id);
+            let text = self.engine.dir.tokenizer.decode(&out, true)?;
+            // Emit only complete UTF-8 text (a partial character decodes to U+FFFD).
+            if !text.ends_with('\u{FFFD}')
+                && text.len() >= emitted
+                && text.is_char_boundary(emitted)
+            {
+                on_token(id, &text[emitted..]);
+                emitted = text.len();
+            }
+            logits = self.step(id)?;
+            if is_eos || last {
+                break;
+            }
+        }
+        self.timings.decode_ms += ms(t);
+        self.timings.generated_tokens += out.len();
+        Ok(out)
+    }
+}

@@ -1,0 +1,282 @@
+//! The SDK and the model CLI (`logits`, `generate`, `ask`) on the tiny reference checkpoints:
+//! JSON contracts, both protocol branches, KV-cache continuation, budgets, and bad checkpoints.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use visionthink::core::protocol::{EndReason, ProtocolConfig};
+use visionthink::{AskOptions, GenerateOptions, VisionThink};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn golden() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("models/golden.json")).unwrap())
+        .unwrap()
+}
+
+fn vt_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_visionthink"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const CALL: &str = "<think>The code is too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+const ANSWER: &str = "<think>Now I can read it.</think>\n<answer>K7Q</answer>";
+
+#[test]
+fn logits_and_generate_cli_match_the_reference() {
+    let g = golden();
+    for variant in ["tied_nested", "untied_flat"] {
+        let case = &g["variants"][variant][1];
+        let dir = fixtures().join("models").join(variant);
+        let prompt = fixtures()
+            .join("golden")
+            .join(case["prompt_file"].as_str().unwrap());
+        let img = fixtures()
+            .join("images")
+            .join(case["images"][0].as_str().unwrap());
+        let args = [
+            "logits",
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--prompt-file",
+            prompt.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--backend",
+            "candle",
+            "--json",
+        ];
+        let out = vt_cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["argmax"], case["argmax"]);
+        let scale = case["logit_scale"].as_f64().unwrap();
+        for (a, b) in v["logits_last_first16"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(case["logits_first16"].as_array().unwrap())
+        {
+            assert!(
+                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4 * scale,
+                "{variant}: {a} vs {b}"
+            );
+        }
+        let ids: Vec<&Value> = v["top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p[0])
+            .collect();
+        let want: Vec<&Value> = case["top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p[0])
+            .collect();
+        assert_eq!(ids, want, "{variant}: top5 ids");
+        let out = vt_cli(&[
+            "generate",
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--prompt-file",
+            prompt.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--max-new-tokens",
+            "8",
+            "--greedy",
+            "--ignore-eos",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v["tokens"], case["greedy_tokens"],
+            "{variant}: greedy tokens"
+        );
+        assert!(v["text"].is_string());
+    }
+}
+
+#[test]
+fn ask_direct_answer_branch() {
+    let vt = VisionThink::from_dir(fixtures().join("models/tied_nested")).unwrap();
+    let img = visionthink::load_image(fixtures().join("images/photo_640x480.png")).unwrap();
+    let opts = AskOptions {
+        forced_turns: vec![ANSWER.into()],
+        ..Default::default()
+    };
+    let a = vt.ask(&img, "What is the code?", &opts).unwrap();
+    assert_eq!(a.text, "K7Q");
+    assert!(!a.used_high_res);
+    assert_eq!((a.turns.len(), a.end), (1, EndReason::Answered));
+    assert_eq!((a.visual_tokens, a.visual_tokens_full_res), (99, 391));
+    assert!(a.timings.prefill_ms > 0.0 && a.timings.vision_ms > 0.0);
+}
+
+#[test]
+fn ask_resize_branch_continues_the_cache() {
+    let vt = VisionThink::from_dir(fixtures().join("models/untied_flat")).unwrap();
+    let img = visionthink::load_image(fixtures().join("images/photo_640x480.png")).unwrap();
+    let mut events = Vec::new();
+    let opts = AskOptions {
+        forced_turns: vec![CALL.into(), ANSWER.into()],
+        ..Default::default()
+    };
+    let a = vt
+        .ask_streaming(&img, "What is the code?", &opts, |e| {
+            events.push(format!("{e:?}"))
+        })
+        .unwrap();
+    assert!(a.used_high_res);
+    assert_eq!(a.text, "K7Q");
+    assert_eq!(a.turns, vec![CALL.to_string(), ANSWER.to_string()]);
+    assert_eq!(a.visual_tokens, 99 + 391);
+    assert!(events.iter().any(|e| e == "ResizeRequested"));
+    // No re-prefill: the prompt tokens computed are turn 1 plus the tool turn, nothing twice.
+    let tok = &vt.dir.tokenizer;
+    let turn1 = tok
+        .encode_prompt(
+            &visionthink::core::prompt::visionthink_turn1("What is the code?"),
+            &[99],
+        )
+        .unwrap();
+    let tool = tok
+        .encode_prompt(&visionthink::core::prompt::tool_response_image(), &[391])
+        .unwrap();
+    assert_eq!(a.timings.prefill_tokens, turn1.len() + tool.len());
+}
+
+#[test]
+fn endless_tool_calls_and_endless_text_are_bounded() {
+    let vt = VisionThink::from_dir(fixtures().join("models/tied_nested")).unwrap();
+    let img = visionthink::load_image(fixtures().join("images/half_even_98x126.png")).unwrap();
+    // A model that keeps calling the tool: stopped by the round limit (official semantics).
+    let opts = AskOptions {
+        forced_turns: vec![CALL.into(), CALL.into(), CALL.into()],
+        protocol: ProtocolConfig {
+            max_rounds: 2,
+            max_images: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let a = vt.ask(&img, "q", &opts).unwrap();
+    assert_eq!((a.end, a.turns.len()), (EndReason::RoundLimit, 2));
+    // A model that never emits <|im_end|>: bounded by max_new_tokens, turn closed with <|im_end|>.
+    let opts = AskOptions {
+        generation: GenerateOptions {
+            max_new_tokens: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let a = vt.ask(&img, "q", &opts).unwrap();
+    assert_eq!(a.turns.len(), 1);
+    assert!(a.timings.generated_tokens <= 5);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        std::fs::copy(&p, to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_clear_errors() {
+    let base = std::env::temp_dir().join(format!("vt-badckpt-{}", std::process::id()));
+    let src = fixtures().join("models/tied_nested");
+    // Wrong shapes: a config that disagrees with the weights names the tensor and both shapes.
+    let d = base.join("shape");
+    copy_dir(&src, &d);
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 48", "\"intermediate_size\": 40");
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = VisionThink::from_dir(&d).unwrap_err().to_string();
+    assert!(
+        e.contains("mlp.gate_proj.weight") && e.contains("[48, 16]") && e.contains("[40, 16]"),
+        "{e}"
+    );
+    // Truncated safetensors.
+    let d = base.join("trunc");
+    copy_dir(&src, &d);
+    let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
+    let e = VisionThink::from_dir(&d).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("invalid safetensors"),
+        "{e}"
+    );
+    // Untied config without lm_head.
+    let d = base.join("untied");
+    copy_dir(&src, &d);
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace(
+            "\"tie_word_embeddings\": true",
+            "\"tie_word_embeddings\": false",
+        );
+    std::fs::write(d.join("config.json"), cfg).unwrap();
+    let e = VisionThink::from_dir(&d).unwrap_err().to_string();
+    assert!(e.contains("lm_head.weight"), "{e}");
+    // A config missing a required field.
+    let d = base.join("cfg");
+    copy_dir(&src, &d);
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"text_config": {"hidden_size": 16}}"#,
+    )
+    .unwrap();
+    let e = VisionThink::from_dir(&d).unwrap_err().to_string();
+    assert!(
+        e.contains("config.json") && e.contains("missing required field"),
+        "{e}"
+    );
+    // No weights at all.
+    let d = base.join("empty");
+    copy_dir(&src, &d);
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    let e = VisionThink::from_dir(&d).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn prompts_longer_than_the_context_and_placeholder_mismatches_are_errors() {
+    let vt = VisionThink::from_dir(fixtures().join("models/tied_nested")).unwrap();
+    let long = "word ".repeat(5000);
+    let e = vt.prompt_logits(&long, &[]).unwrap_err().to_string();
+    assert!(e.contains("exceeds the context of 4096"), "{e}");
+    let img = visionthink::load_image(fixtures().join("images/exact_28x28.png")).unwrap();
+    let e = vt
+        .prompt_logits("no placeholder here", &[img])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("0 image placeholder(s) but 1 image(s)"), "{e}");
+    let out = vt_cli(&[
+        "ask",
+        "--image",
+        fixtures().join("images/exact_28x28.png").to_str().unwrap(),
+        "--question",
+        "q",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model-dir"));
+}
