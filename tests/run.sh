@@ -64,6 +64,7 @@ CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 
 step "examples and the README's main job"
 cargo run -q -p visionthink --locked --example protocol
+cargo run -q -p visionthink --locked --example ask >/dev/null
 cargo run -q -p visionthink --locked -- demo >/dev/null
 
 echo

@@ -27,9 +27,10 @@ pub trait Backend {
     /// A tensor from f32 data (weights are upcast to f32 before they get here, or converted to
     /// the backend's compute dtype by the backend).
     fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor>;
-    /// A weight tensor (trainable where the backend supports training).
-    fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor> {
-        self.tensor(data, shape)
+    /// A weight tensor (trainable where the backend supports training). Takes ownership so a
+    /// backend can keep the buffer without copying it.
+    fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor> {
+        self.tensor(&data, shape)
     }
     /// Copies a tensor back as f32 values.
     fn to_vec(&self, t: &Self::Tensor) -> Result<Vec<f32>>;

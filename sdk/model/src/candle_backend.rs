@@ -69,10 +69,54 @@ impl CandleBackend {
             .unwrap_or_default()
     }
 
+    /// Attention over `[heads, n, d]` queries in blocks of rows, so the score matrix never
+    /// exceeds [`SCORE_BUDGET`] bytes (a full-attention vision block over a large image would
+    /// otherwise materialise heads × n × n floats at once). `causal_past`: causal mask with that
+    /// many cached keys before the first query.
+    fn attend_chunked(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        causal_past: Option<usize>,
+    ) -> Result<Tensor> {
+        let (heads, n, _) = q.dims3()?;
+        let m = k.dim(1)?;
+        let rows = (SCORE_BUDGET / (4 * heads * m).max(1)).clamp(1, n.max(1));
+        let mut parts = Vec::with_capacity(n.div_ceil(rows));
+        let mut r0 = 0;
+        while r0 < n {
+            let len = rows.min(n - r0);
+            let qc = q.narrow(1, r0, len)?;
+            let bias = match causal_past {
+                Some(past) if len > 1 || past + r0 + 1 < m => {
+                    let mut b = vec![0f32; len * m];
+                    for i in 0..len {
+                        for j in (past + r0 + i + 1).min(m)..m {
+                            b[i * m + j] = f32::NEG_INFINITY;
+                        }
+                    }
+                    Some(Tensor::from_vec(b, (1, len, m), &self.device)?.to_dtype(q.dtype())?)
+                }
+                _ => None,
+            };
+            parts.push(sdpa(&qc, k, v, bias.as_ref())?);
+            r0 += len;
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 1)?
+        })
+    }
+
     fn f32(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.to_dtype(DType::F32)?)
     }
 }
+
+/// Largest attention score block computed at once, in bytes.
+const SCORE_BUDGET: usize = 64 << 20;
 
 /// Scaled dot-product attention on `[heads, n, d]` × `[heads, m, d]` with an additive mask.
 fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -91,20 +135,33 @@ impl Backend for CandleBackend {
     type Tensor = Tensor;
 
     fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor::from_slice(data, shape, &self.device)?.to_dtype(self.dtype)?)
+        let t = Tensor::from_slice(data, shape, &self.device)?;
+        Ok(if self.dtype == DType::F32 {
+            t
+        } else {
+            t.to_dtype(self.dtype)?
+        })
     }
 
-    fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+    fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         match &self.trainable {
             Some(vars) => {
-                let var = Var::from_slice(data, shape, &self.device)?;
+                let var = Var::from_vec(data, shape, &self.device)?;
                 let t = var.as_tensor().clone();
                 vars.lock()
                     .map_err(|_| Error::Backend("variable list poisoned".into()))?
                     .push(var);
                 Ok(t)
             }
-            None => self.tensor(data, shape),
+            None => {
+                // Owned buffer, no copy on the CPU in f32 (the largest tensors are the embeddings).
+                let t = Tensor::from_vec(data, shape, &self.device)?;
+                Ok(if self.dtype == DType::F32 {
+                    t
+                } else {
+                    t.to_dtype(self.dtype)?
+                })
+            }
         }
     }
 
@@ -184,21 +241,12 @@ impl Backend for CandleBackend {
         let kh = to_heads(k, m, kv_heads)?;
         let vh = to_heads(v, m, kv_heads)?;
         let out = match mask {
-            Mask::Causal { past } => {
-                let mut bias = vec![0f32; n * m];
-                for i in 0..n {
-                    for j in (past + i + 1).min(m)..m {
-                        bias[i * m + j] = f32::NEG_INFINITY;
-                    }
-                }
-                let bias = Tensor::from_vec(bias, (1, n, m), &self.device)?.to_dtype(qh.dtype())?;
-                sdpa(&qh, &kh, &vh, if n > 1 { Some(&bias) } else { None })?
-            }
+            Mask::Causal { past } => self.attend_chunked(&qh, &kh, &vh, Some(*past))?,
             Mask::Segments(cu) => {
                 let mut parts = Vec::with_capacity(cu.len());
                 for w in cu.windows(2) {
                     let (s, len) = (w[0], w[1] - w[0]);
-                    parts.push(sdpa(
+                    parts.push(self.attend_chunked(
                         &qh.narrow(1, s, len)?,
                         &kh.narrow(1, s, len)?,
                         &vh.narrow(1, s, len)?,

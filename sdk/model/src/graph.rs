@@ -39,7 +39,7 @@ impl<B: Backend> Loader<'_, B> {
 
     fn tensor(&self, prefixes: &[&str], suffix: &str, shape: &[usize]) -> Result<B::Tensor> {
         let data = self.raw(prefixes, suffix, shape)?;
-        self.be.weight(&data, shape)
+        self.be.weight(data, shape)
     }
 
     fn linear(
@@ -247,7 +247,7 @@ impl<B: Backend> VisionTower<B> {
                 v.patch_size,
             ],
         )?;
-        let patch_embed = l.be.weight(&pe, &[dim, patch])?;
+        let patch_embed = l.be.weight(pe, &[dim, patch])?;
         let mut blocks = Vec::with_capacity(v.depth);
         for i in 0..v.depth {
             let pre = format!("blocks.{i}.");
@@ -256,9 +256,11 @@ impl<B: Backend> VisionTower<B> {
             // HF reshapes qkv output as (3, heads, head_dim): q, k, v are consecutive row blocks.
             let part = |j: usize| -> Result<Linear<B>> {
                 Ok(Linear {
-                    w: l.be
-                        .weight(&qkv_w[j * dim * dim..(j + 1) * dim * dim], &[dim, dim])?,
-                    b: Some(l.be.weight(&qkv_b[j * dim..(j + 1) * dim], &[dim])?),
+                    w: l.be.weight(
+                        qkv_w[j * dim * dim..(j + 1) * dim * dim].to_vec(),
+                        &[dim, dim],
+                    )?,
+                    b: Some(l.be.weight(qkv_b[j * dim..(j + 1) * dim].to_vec(), &[dim])?),
                 })
             };
             blocks.push(VisionBlock {
@@ -413,7 +415,7 @@ impl<B: Backend> Qwen25VL<B> {
         let head_dim = t.hidden_size / t.num_attention_heads;
         let p = &TEXT_PREFIXES;
         let embed_data = l.raw(p, "embed_tokens.weight", &[t.vocab_size, t.hidden_size])?;
-        let embed = be.weight(&embed_data, &[t.vocab_size, t.hidden_size])?;
+        let embed = be.weight(embed_data, &[t.vocab_size, t.hidden_size])?;
         let mut layers = Vec::with_capacity(t.num_hidden_layers);
         for i in 0..t.num_hidden_layers {
             let pre = format!("layers.{i}.");

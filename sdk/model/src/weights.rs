@@ -104,6 +104,7 @@ impl WeightStore {
             });
         }
         let data = view.data();
+        let offset = data.as_ptr() as usize - map.as_ptr() as usize;
         use safetensors::Dtype;
         let out = match view.dtype() {
             Dtype::F32 => data
@@ -125,6 +126,7 @@ impl WeightStore {
                 })
             }
         };
+        release_pages(map, offset, data.len());
         Ok(out)
     }
 }
@@ -137,4 +139,22 @@ fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
     // mmap-based loader (safetensors, candle), a concurrent writer in another process could
     // change the bytes under us; checkpoints are not modified while being served.
     unsafe { memmap2::Mmap::map(file) }.map_err(|e| load_err(path, format!("cannot map: {e}")))
+}
+
+/// Drops the pages of a tensor that has been copied out from this process's resident set, so
+/// peak memory stays near the size of the converted weights instead of that plus the file.
+#[allow(unsafe_code)]
+fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = offset / PAGE * PAGE;
+    let end = (offset + len).div_ceil(PAGE) * PAGE;
+    let end = end.min(map.len());
+    if end > start {
+        // SAFETY: the mapping is private, read-only and file-backed: MADV_DONTNEED only drops
+        // clean pages, which are re-read from the file if touched again. No data can be lost and
+        // no reference into the mapping is invalidated. Failure is harmless (memory stays mapped).
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
 }

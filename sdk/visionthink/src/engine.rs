@@ -214,6 +214,20 @@ impl VisionThink {
         Ok(preprocess(image, &self.dir.preprocessor)?)
     }
 
+    /// Visual tokens an image costs, from its size alone.
+    pub fn visual_tokens(&self, image: &RgbImage) -> Result<usize> {
+        let p = &self.dir.preprocessor;
+        let factor = p.patch_size * p.merge_size;
+        let (h, w) = visionthink_core::image::smart_resize(
+            image.height,
+            image.width,
+            factor,
+            p.min_pixels,
+            p.max_pixels,
+        )?;
+        Ok(((h / factor) * (w / factor)) as usize)
+    }
+
     fn merge(&self) -> u32 {
         self.dir.preprocessor.merge_size
     }
@@ -294,9 +308,8 @@ impl VisionThink {
         let t = Instant::now();
         let images = EpisodeImages::for_inference(image)?;
         let low = self.preprocess(&images.low_res)?;
-        let full_tokens = self
-            .preprocess(&images.high_res)?
-            .num_image_tokens(self.merge());
+        // Only the count is needed here: the full image is processed if the model asks for it.
+        let full_tokens = self.visual_tokens(&images.high_res)?;
         let mut preprocess_ms = ms(t);
         let mut episode = Episode::new(question, opts.protocol.clone());
         let turn1 = match &self.dir.chat_template {

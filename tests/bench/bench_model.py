@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Model benchmark: visionthink (candle, CPU, f32) vs PyTorch transformers (f32, CPU, same thread
+count) on the same mid-size random Qwen2.5-VL checkpoint, same machine, same session.
+
+The checkpoint has a 0.5B-scale text model (Qwen2.5-0.5B shapes: hidden 896, 24 layers, 14 heads,
+2 KV heads, MLP 4864, vocab 151936) and a 4-block vision tower of the 7B's width (1280, 16 heads),
+saved in bf16 under $VT_CACHE/bench-model (built once). Measures: vision tower on 448x448 and
+896x896 images, prefill tokens/s (512 text tokens), decode tokens/s (32 greedy tokens with the KV
+cache), peak RSS, and (ours) a VisionThink episode answered at low resolution vs the same answer
+with the full image in turn 1.
+
+Usage: python3 tests/bench/bench_model.py   (needs the venv from tests/scripts/gen_fixtures.py)
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CACHE = os.environ.get("VT_CACHE", os.path.expanduser("~/.cache/visionthink"))
+VENV = os.path.join(CACHE, "pyenv", "bin", "python")
+if os.environ.get("VT_BENCH_VENV") != "1":
+    if not os.path.exists(VENV):
+        sys.exit("run tests/scripts/gen_fixtures.py first (it creates the reference venv)")
+    os.execve(VENV, [VENV, os.path.abspath(__file__), *sys.argv[1:]], dict(os.environ, VT_BENCH_VENV="1"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+THREADS = int(os.environ.get("VT_BENCH_THREADS", os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+MODEL = os.path.join(CACHE, "bench-model")
+
+
+def build():
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    import shutil
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=32768,
+                         tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 8, 8]}),
+        vision_config=dict(depth=4, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=896,
+                           fullatt_block_indexes=[3], window_size=112),
+        tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    os.makedirs(MODEL, exist_ok=True)
+    state = {k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, os.path.join(MODEL, "model.safetensors"), metadata={"format": "pt"})
+    json.dump(json.loads(cfg.to_json_string()), open(os.path.join(MODEL, "config.json"), "w"), indent=1)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.json"):
+        shutil.copy(os.path.join(ROOT, "tests", "fixtures", "tokenizer", f), MODEL)
+
+
+def photo(size, path):
+    rng = np.random.default_rng(size)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(x / size * 6.3), 128 + 100 * np.cos(y / size * 4.1), 128 + 60 * np.sin((x + y) / size * 9)], -1)
+    img += rng.normal(0, 8, img.shape)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
+
+
+def torch_side(img448, img896):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    t = time.perf_counter()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32).eval()
+    load_s = time.perf_counter() - t
+    proc = Qwen2VLImageProcessorPil()
+    out = {"load_s": load_s}
+    with torch.inference_mode():
+        for name, path in (("vision_448_ms", img448), ("vision_896_ms", img896)):
+            px = proc(images=[Image.open(path).convert("RGB")], return_tensors="pt")
+            model.model.get_image_features(px["pixel_values"], px["image_grid_thw"])
+            best = 1e9
+            for _ in range(3):
+                s = time.perf_counter()
+                model.model.get_image_features(px["pixel_values"], px["image_grid_thw"])
+                best = min(best, time.perf_counter() - s)
+            out[name] = best * 1e3
+        ids = torch.tensor([[1000 + (i * 37) % 5000 for i in range(512)]])
+        prefill = decode = 1e9
+        for _ in range(3):
+            s = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            prefill = min(prefill, time.perf_counter() - s)
+            s = time.perf_counter()
+            g = model.generate(input_ids=ids, max_new_tokens=33, min_new_tokens=33, do_sample=False)
+            total = time.perf_counter() - s
+            decode = min(decode, (total - prefill) / 32)
+        out["prefill_tok_s"] = 512 / prefill
+        out["decode_tok_s"] = 1 / decode
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main():
+    if not os.path.exists(os.path.join(MODEL, "model.safetensors")):
+        print("building the benchmark checkpoint (once) ...", flush=True)
+        build()
+    img448, img896 = os.path.join(CACHE, "bench-448.png"), os.path.join(CACHE, "bench-896.png")
+    photo(448, img448)
+    photo(896, img896)
+    weights_mb = os.path.getsize(os.path.join(MODEL, "model.safetensors")) * 2 / 2**20  # f32 size
+    ours = json.loads(subprocess.run(
+        ["cargo", "bench", "-q", "-p", "visionthink", "--bench", "model", "--", MODEL, img448, img896],
+        cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    ref = torch_side(img448, img896)
+    print(f"mid-size random Qwen2.5-VL (0.5B-scale text, 4-block vision), f32 on CPU, {THREADS} threads; "
+          f"torch {torch.__version__}")
+    print("| measure | PyTorch transformers | visionthink (candle) | ratio |")
+    print("|---|---:|---:|---:|")
+    rows = [("vision tower 448x448 (ms)", "vision_448_ms", False), ("vision tower 896x896 (ms)", "vision_896_ms", False),
+            ("prefill, 512 tokens (tok/s)", "prefill_tok_s", True), ("decode with KV cache (tok/s)", "decode_tok_s", True),
+            ("peak RSS (MB)", "peak_rss_mb", False)]
+    for label, key, higher_better in rows:
+        a, b = ref[key], ours[key]
+        ratio = b / a if higher_better else a / b
+        print(f"| {label} | {a:.1f} | {b:.1f} | {ratio:.2f}x |")
+    print(f"| f32 weights (MB) | {weights_mb:.0f} | {weights_mb:.0f} | |")
+    print(f"| ours: peak RSS / f32 weights | | {ours['peak_rss_mb'] / weights_mb:.2f} | |")
+    print(f"| ours: VisionThink episode, low-res answer (s) | | {ours['episode_low_res_s']:.2f} "
+          f"({ours['episode_low_res_visual_tokens']} visual tokens) | |")
+    print(f"| ours: same answer at full resolution (s) | | {ours['episode_full_res_s']:.2f} "
+          f"({ours['episode_full_res_visual_tokens']} visual tokens) | {ours['episode_full_res_s'] / ours['episode_low_res_s']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
