@@ -49,6 +49,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "clippy (wasm32)"
 cargo clippy -p visionthink-core -p visionthink-wasm --all-targets --target wasm32-unknown-unknown --locked -- -D warnings
 
+step "check the optional Hugging Face Hub feature compiles"
+cargo check -p visionthink --features hub --locked
+
 step "build visionthink-core for wasm32"
 cargo build -p visionthink-core --target wasm32-unknown-unknown --locked
 

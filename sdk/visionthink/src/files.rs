@@ -131,3 +131,88 @@ impl ModelDir {
         })
     }
 }
+
+/// Resolves a model location: an existing directory as is; with the `hub` feature, a Hugging
+/// Face repo id such as `Senqiao/VisionThink-Efficient` is downloaded (config, tokenizer,
+/// processor/generation configs, chat template, safetensors — sharded or not) into the standard
+/// HF cache and its snapshot directory returned. Tests never use the network.
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let looks_like_repo = spec.split('/').count() == 2
+        && spec
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if !looks_like_repo {
+        return Err(Error::Content {
+            path: spec.to_string(),
+            reason: "not a directory".into(),
+        });
+    }
+    download(spec)
+}
+
+#[cfg(feature = "hub")]
+fn download(repo_id: &str) -> Result<PathBuf> {
+    let hub_err = |e: hf_hub::api::sync::ApiError| Error::Content {
+        path: repo_id.to_string(),
+        reason: format!("Hugging Face Hub: {e}"),
+    };
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_progress(true)
+        .build()
+        .map_err(hub_err)?;
+    let repo = api.model(repo_id.to_string());
+    let config = repo.get("config.json").map_err(hub_err)?;
+    repo.get("tokenizer.json").map_err(hub_err)?;
+    for optional in [
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+        "chat_template.json",
+    ] {
+        let _ = repo.get(optional);
+    }
+    match repo.get("model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index).map_err(|source| Error::Read {
+                path: index.display().to_string(),
+                source,
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Content {
+                path: index.display().to_string(),
+                reason: format!("malformed JSON: {e}"),
+            })?;
+            let mut shards: Vec<&str> = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .map(|m| m.values().filter_map(|f| f.as_str()).collect())
+                .unwrap_or_default();
+            shards.sort_unstable();
+            shards.dedup();
+            for shard in shards {
+                repo.get(shard).map_err(hub_err)?;
+            }
+        }
+        Err(_) => {
+            repo.get("model.safetensors").map_err(hub_err)?;
+        }
+    }
+    config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| Error::Content {
+            path: config.display().to_string(),
+            reason: "downloaded file has no parent directory".into(),
+        })
+}
+
+#[cfg(not(feature = "hub"))]
+fn download(repo_id: &str) -> Result<PathBuf> {
+    Err(Error::Content {
+        path: repo_id.to_string(),
+        reason: "not a directory; to download this model id from the Hugging Face Hub, build with `--features hub`".into(),
+    })
+}

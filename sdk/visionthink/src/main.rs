@@ -198,7 +198,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Model directory (HF layout).
+    /// Model directory (HF layout), or with `--features hub` a Hub id like owner/name.
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Override the processor's maximum area.

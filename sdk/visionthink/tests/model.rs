@@ -279,4 +279,31 @@ fn prompts_longer_than_the_context_and_placeholder_mismatches_are_errors() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--model-dir"));
+    // A Hub id without the `hub` feature says how to get it; a bad path says what it is.
+    let img = fixtures().join("images/exact_28x28.png");
+    let out = vt_cli(&[
+        "ask",
+        "--model-dir",
+        "Senqiao/VisionThink-Efficient",
+        "--image",
+        img.to_str().unwrap(),
+        "--question",
+        "q",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--features hub") || err.contains("Hugging Face Hub"),
+        "{err}"
+    );
+    let out = vt_cli(&[
+        "ask",
+        "--model-dir",
+        "/no/such/dir",
+        "--image",
+        img.to_str().unwrap(),
+        "--question",
+        "q",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
 }
