@@ -296,7 +296,8 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
         DeviceArg::Cpu => visionthink::DeviceChoice::Cpu,
         DeviceArg::Cuda => visionthink::DeviceChoice::Cuda,
     };
-    let mut vt = visionthink::VisionThink::load(dir, device, precision)
+    let dir = visionthink::files::resolve_model(&dir.display().to_string())?;
+    let mut vt = visionthink::VisionThink::load(&dir, device, precision)
         .with_context(|| format!("loading {}", dir.display()))?;
     if let Some(m) = args.max_pixels {
         if m < vt.dir.preprocessor.min_pixels {
