@@ -250,16 +250,29 @@ impl VisionThink {
     /// Last-position logits of a fully rendered prompt (images as
     /// `<|vision_start|><|image_pad|><|vision_end|>`, in order).
     pub fn prompt_logits(&self, prompt: &str, images: &[RgbImage]) -> Result<Vec<f32>> {
+        let (ids, pvs) = self.encode_rendered(prompt, images)?;
+        self.session().feed(&ids, &pvs)
+    }
+
+    /// Token ids of a rendered prompt with each image's pads expanded, and the images' pixels.
+    fn encode_rendered(
+        &self,
+        prompt: &str,
+        images: &[RgbImage],
+    ) -> Result<(Vec<u32>, Vec<PixelValues>)> {
         let pvs = images
             .iter()
             .map(|i| self.preprocess(i))
             .collect::<Result<Vec<_>>>()?;
-        let counts: Vec<usize> = pvs
-            .iter()
-            .map(|p| p.num_image_tokens(self.merge()))
-            .collect();
+        let counts = self.token_counts(&pvs);
         let ids = self.dir.tokenizer.encode_rendered(prompt, &counts)?;
-        self.session().feed(&ids, &pvs)
+        Ok((ids, pvs))
+    }
+
+    fn token_counts(&self, pvs: &[PixelValues]) -> Vec<usize> {
+        pvs.iter()
+            .map(|p| p.num_image_tokens(self.merge()))
+            .collect()
     }
 
     /// Generates from a fully rendered prompt.
@@ -270,15 +283,7 @@ impl VisionThink {
         opts: &GenerateOptions,
         mut on_token: impl FnMut(u32, &str),
     ) -> Result<(Vec<u32>, String)> {
-        let pvs = images
-            .iter()
-            .map(|i| self.preprocess(i))
-            .collect::<Result<Vec<_>>>()?;
-        let counts: Vec<usize> = pvs
-            .iter()
-            .map(|p| p.num_image_tokens(self.merge()))
-            .collect();
-        let ids = self.dir.tokenizer.encode_rendered(prompt, &counts)?;
+        let (ids, pvs) = self.encode_rendered(prompt, images)?;
         let mut s = self.session();
         let logits = s.feed(&ids, &pvs)?;
         let mut sampler = Sampler::new(opts.sampling.clone());
@@ -364,11 +369,10 @@ impl VisionThink {
                         None => Vec::new(),
                     };
                     preprocess_ms += ms(t);
-                    let counts: Vec<usize> = pvs
-                        .iter()
-                        .map(|p| p.num_image_tokens(self.merge()))
-                        .collect();
-                    let tool_ids = self.dir.tokenizer.encode_prompt(&tt.prompt, &counts)?;
+                    let tool_ids = self
+                        .dir
+                        .tokenizer
+                        .encode_prompt(&tt.prompt, &self.token_counts(&pvs))?;
                     logits = session.feed(&tool_ids, &pvs)?;
                     turn += 1;
                 }
