@@ -42,7 +42,7 @@ pub enum DeviceChoice {
 /// Options of one generation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateOptions {
-    /// New-token budget per model turn.
+    /// New-token budget per model turn (official evaluation: 8192).
     pub max_new_tokens: usize,
     /// Greedy or sampled selection.
     pub sampling: SamplingConfig,
@@ -53,7 +53,7 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
-            max_new_tokens: 1024,
+            max_new_tokens: 8192,
             sampling: SamplingConfig::default(),
             ignore_eos: false,
         }

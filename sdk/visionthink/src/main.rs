@@ -217,8 +217,8 @@ struct ModelArgs {
 
 #[derive(clap::Args)]
 struct GenArgs {
-    /// New-token budget per turn.
-    #[arg(long, default_value_t = 1024)]
+    /// New-token budget per turn (official evaluation: 8192).
+    #[arg(long, default_value_t = 8192)]
     max_new_tokens: usize,
     /// Greedy decoding (the default unless --temperature > 0).
     #[arg(long)]
