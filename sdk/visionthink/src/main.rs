@@ -123,12 +123,8 @@ enum Command {
     Logits {
         #[command(flatten)]
         model: ModelArgs,
-        /// Prompt text file.
-        #[arg(long)]
-        prompt_file: PathBuf,
-        /// Images in prompt order.
-        #[arg(long = "image")]
-        images: Vec<PathBuf>,
+        #[command(flatten)]
+        prompt: PromptArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -137,12 +133,8 @@ enum Command {
     Generate {
         #[command(flatten)]
         model: ModelArgs,
-        /// Prompt text file.
-        #[arg(long)]
-        prompt_file: PathBuf,
-        /// Images in prompt order.
-        #[arg(long = "image")]
-        images: Vec<PathBuf>,
+        #[command(flatten)]
+        prompt: PromptArgs,
         #[command(flatten)]
         gen: GenArgs,
         /// Print JSON.
@@ -213,6 +205,22 @@ struct ModelArgs {
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+}
+
+#[derive(clap::Args)]
+struct PromptArgs {
+    /// Prompt text file; each image appears as <|vision_start|><|image_pad|><|vision_end|>.
+    #[arg(long)]
+    prompt_file: PathBuf,
+    /// Images in prompt order.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+}
+
+impl PromptArgs {
+    fn load(&self) -> Result<(String, Vec<RgbImage>)> {
+        Ok((read_prompt(&self.prompt_file)?, load_images(&self.images)?))
+    }
 }
 
 #[derive(clap::Args)]
@@ -575,13 +583,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Logits {
             model,
-            prompt_file,
-            images,
+            prompt,
             json: as_json,
         } => {
             let vt = load_model(&model)?;
-            let prompt = read_prompt(&prompt_file)?;
-            let logits = vt.prompt_logits(&prompt, &load_images(&images)?)?;
+            let (text, images) = prompt.load()?;
+            let logits = vt.prompt_logits(&text, &images)?;
             let argmax = visionthink_model::generate::argmax(&logits);
             let mut order: Vec<usize> = (0..logits.len()).collect();
             order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -602,21 +609,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate {
             model,
-            prompt_file,
-            images,
+            prompt,
             gen,
             json: as_json,
         } => {
             let vt = load_model(&model)?;
-            let prompt = read_prompt(&prompt_file)?;
+            let (prompt, images) = prompt.load()?;
             let opts = gen.options()?;
-            let (tokens, text) =
-                vt.generate(&prompt, &load_images(&images)?, &opts, |_, piece| {
-                    if !as_json {
-                        print!("{piece}");
-                        let _ = std::io::Write::flush(&mut std::io::stdout());
-                    }
-                })?;
+            let (tokens, text) = vt.generate(&prompt, &images, &opts, |_, piece| {
+                if !as_json {
+                    print!("{piece}");
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                }
+            })?;
             if as_json {
                 print_json(&json!({"tokens": tokens, "text": text}))?;
             } else {
