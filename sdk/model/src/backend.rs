@@ -79,4 +79,23 @@ pub trait Backend {
     fn narrow_rows(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
     /// Same data, new 2-D shape `[rows, cols]`.
     fn reshape(&self, x: &Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor>;
+
+    /// Appends `new` after the first `used` rows of a growable buffer (the KV cache) and returns
+    /// the buffer and a view of its `used + rows(new)` valid rows. The default concatenates; a
+    /// backend may keep spare capacity and write in place to avoid copying the cache every step.
+    fn append_rows(
+        &self,
+        buffer: Option<Self::Tensor>,
+        used: usize,
+        new: &Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let all = match buffer {
+            Some(b) if used > 0 => {
+                let valid = self.narrow_rows(&b, 0, used)?;
+                self.cat_rows(&[valid, new.clone()])?
+            }
+            _ => new.clone(),
+        };
+        Ok((all.clone(), all))
+    }
 }

@@ -85,22 +85,37 @@ impl CandleBackend {
         let rows = (SCORE_BUDGET / (4 * heads * m).max(1)).clamp(1, n.max(1));
         let mut parts = Vec::with_capacity(n.div_ceil(rows));
         let mut r0 = 0;
+        let differentiable = self.trainable.is_some();
         while r0 < n {
             let len = rows.min(n - r0);
             let qc = q.narrow(1, r0, len)?;
+            // Causal: keys after the block's last row are masked for every row, so they are not
+            // computed at all; only the triangle inside the visible range needs a mask.
+            let visible = match causal_past {
+                Some(past) => (past + r0 + len).min(m),
+                None => m,
+            };
+            let (kc, vc) = if visible < m {
+                (k.narrow(1, 0, visible)?, v.narrow(1, 0, visible)?)
+            } else {
+                (k.clone(), v.clone())
+            };
             let bias = match causal_past {
-                Some(past) if len > 1 || past + r0 + 1 < m => {
-                    let mut b = vec![0f32; len * m];
+                Some(past) if len > 1 => {
+                    let mut b = vec![0f32; len * visible];
                     for i in 0..len {
-                        for j in (past + r0 + i + 1).min(m)..m {
-                            b[i * m + j] = f32::NEG_INFINITY;
+                        for j in (past + r0 + i + 1).min(visible)..visible {
+                            b[i * visible + j] = f32::NEG_INFINITY;
                         }
                     }
-                    Some(Tensor::from_vec(b, (1, len, m), &self.device)?.to_dtype(q.dtype())?)
+                    Some(
+                        Tensor::from_vec(b, (1, len, visible), &self.device)?
+                            .to_dtype(q.dtype())?,
+                    )
                 }
                 _ => None,
             };
-            parts.push(sdpa(&qc, k, v, bias.as_ref())?);
+            parts.push(sdpa(&qc, &kc, &vc, bias.as_ref(), differentiable)?);
             r0 += len;
         }
         Ok(if parts.len() == 1 {
@@ -119,16 +134,27 @@ impl CandleBackend {
 const SCORE_BUDGET: usize = 64 << 20;
 
 /// Scaled dot-product attention on `[heads, n, d]` × `[heads, m, d]` with an additive mask.
-fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+fn sdpa(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    differentiable: bool,
+) -> Result<Tensor> {
     let d = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
     };
-    let p =
-        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(v.dtype())?;
-    Ok(p.matmul(v)?)
+    let scores = scores.to_dtype(DType::F32)?;
+    // candle's fused softmax is one pass but has no backward; training uses the composed one.
+    let p = if differentiable {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?
+    };
+    Ok(p.to_dtype(v.dtype())?.matmul(v)?)
 }
 
 impl Backend for CandleBackend {
@@ -274,5 +300,39 @@ impl Backend for CandleBackend {
 
     fn reshape(&self, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
         Ok(x.reshape((rows, cols))?)
+    }
+
+    fn append_rows(
+        &self,
+        buffer: Option<Tensor>,
+        used: usize,
+        new: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (n, cols) = new.dims2()?;
+        let total = used + n;
+        // In-place writes are invisible to autograd: a trainable backend concatenates.
+        if self.trainable.is_some() {
+            let all = match buffer {
+                Some(b) if used > 0 => Tensor::cat(&[&b.narrow(0, 0, used)?, new], 0)?,
+                _ => new.clone(),
+            };
+            return Ok((all.clone(), all));
+        }
+        let new = new.contiguous()?;
+        let buffer = match buffer {
+            Some(b) if b.dim(0)? >= total => b,
+            old => {
+                // Grow geometrically so appending a token copies nothing most of the time.
+                let capacity = (total * 2).max(256);
+                let grown = Tensor::zeros((capacity, cols), new.dtype(), &self.device)?;
+                if let Some(b) = old.filter(|_| used > 0) {
+                    grown.slice_set(&b.narrow(0, 0, used)?.contiguous()?, 0, 0)?;
+                }
+                grown
+            }
+        };
+        buffer.slice_set(&new, 0, used)?;
+        let view = buffer.narrow(0, 0, total)?;
+        Ok((buffer, view))
     }
 }

@@ -127,7 +127,9 @@ pub struct Qwen25VL<B: Backend> {
 /// Keys and values of every decoder layer for the tokens processed so far.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
+    /// Per layer: the key buffer (possibly with spare rows) …
     k: Vec<Option<B::Tensor>>,
+    /// … and the value buffer; the first `len` rows of each are valid.
     v: Vec<Option<B::Tensor>>,
     len: usize,
 }
@@ -604,16 +606,11 @@ impl<B: Backend> Qwen25VL<B> {
             let q = be.rope(&layer.q.forward(be, &h)?, &cos, &sin, heads)?;
             let k = be.rope(&layer.k.forward(be, &h)?, &cos, &sin, kv_heads)?;
             let v = layer.v.forward(be, &h)?;
-            let (k_all, v_all) = match (&cache.k[li], &cache.v[li]) {
-                (Some(pk), Some(pv)) => (
-                    be.cat_rows(&[pk.clone(), k])?,
-                    be.cat_rows(&[pv.clone(), v])?,
-                ),
-                _ => (k, v),
-            };
+            let (kb, k_all) = be.append_rows(cache.k[li].take(), past, &k)?;
+            let (vb, v_all) = be.append_rows(cache.v[li].take(), past, &v)?;
+            cache.k[li] = Some(kb);
+            cache.v[li] = Some(vb);
             let a = be.attention(&q, &k_all, &v_all, heads, kv_heads, &Mask::Causal { past })?;
-            cache.k[li] = Some(k_all);
-            cache.v[li] = Some(v_all);
             x = be.add(&x, &layer.o.forward(be, &a)?)?;
             let h = be.rms_norm(&x, &layer.post_norm, t.rms_norm_eps)?;
             let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
