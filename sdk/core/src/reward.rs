@@ -1,6 +1,5 @@
 //! Rewards and GRPO arithmetic of the official code (SPEC §6, §7).
 
-use crate::error::{Error, Result};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -317,12 +316,4 @@ pub fn grpo_advantages(rewards: &[f64]) -> Vec<f64> {
         Some(sd) => rewards.iter().map(|r| (r - m) / (sd + 1e-6)).collect(),
         None => vec![0.0; rewards.len()],
     }
-}
-
-/// Checks a group id/rollout list for the scorer: every rollout needs at least one turn.
-pub fn validate_turns(id: &str, turns: &[String]) -> Result<()> {
-    if turns.is_empty() {
-        return Err(Error::Reward(format!("rollout `{id}` has no turns")));
-    }
-    Ok(())
 }
