@@ -35,6 +35,9 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2TokenizerFast  # noqa: E402
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_fixtures import low_res  # noqa: E402  (the official evaluation downscale, shared)
+
 torch.set_num_threads(1)
 OUT = os.path.join(ROOT, "fixtures", "models")
 GOLDEN = os.path.join(ROOT, "fixtures", "golden")
@@ -49,16 +52,6 @@ VARIANTS = {
     "tied_nested": dict(tie=True, fullatt=[1], seed=1, shards=1, flat=False),
     "untied_flat": dict(tie=False, fullatt=[0, 1], seed=2, shards=2, flat=True),
 }
-
-
-def low_res(img):
-    w, h = img.size
-    img = img.resize((w // 2, h // 2), Image.Resampling.LANCZOS)
-    w, h = img.size
-    if w < 28 or h < 28:
-        s = max(28 / w, 28 / h)
-        img = img.resize((int(w * s), int(h * s)), Image.Resampling.LANCZOS)
-    return img
 
 
 def build(name, v):
