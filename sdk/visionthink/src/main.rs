@@ -307,15 +307,7 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
     let dir = visionthink::files::resolve_model(&dir.display().to_string())?;
     let mut vt = visionthink::VisionThink::load(&dir, device, precision)
         .with_context(|| format!("loading {}", dir.display()))?;
-    if let Some(m) = args.max_pixels {
-        if m < vt.dir.preprocessor.min_pixels {
-            bail!(
-                "--max-pixels {m} is below the processor's min_pixels {}",
-                vt.dir.preprocessor.min_pixels
-            );
-        }
-        vt.dir.preprocessor.max_pixels = m;
-    }
+    override_limits(&mut vt.dir.preprocessor, None, args.max_pixels)?;
     Ok(vt)
 }
 
@@ -382,6 +374,12 @@ fn processor_config(
         }
         None => PreprocessorConfig::default(),
     };
+    override_limits(&mut cfg, min, max)?;
+    Ok(cfg)
+}
+
+/// Applies `--min-pixels` / `--max-pixels` over a processor config and checks the result.
+fn override_limits(cfg: &mut PreprocessorConfig, min: Option<u64>, max: Option<u64>) -> Result<()> {
     if let Some(v) = min {
         cfg.min_pixels = v;
     }
@@ -395,7 +393,7 @@ fn processor_config(
             cfg.max_pixels
         );
     }
-    Ok(cfg)
+    Ok(())
 }
 
 fn read_prompt(path: &Path) -> Result<String> {
@@ -466,12 +464,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let model = ModelDir::open(&model_dir)?;
             let mut cfg = model.preprocessor.clone();
-            if let Some(v) = min_pixels {
-                cfg.min_pixels = v;
-            }
-            if let Some(v) = max_pixels {
-                cfg.max_pixels = v;
-            }
+            override_limits(&mut cfg, min_pixels, max_pixels)?;
             let text = read_prompt(&prompt_file)?;
             let mut counts = Vec::new();
             let mut grids = Vec::new();
