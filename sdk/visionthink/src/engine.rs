@@ -490,7 +490,9 @@ impl Session<'_> {
         }
         let t = Instant::now();
         let mut out: Vec<u32> = Vec::new();
-        let mut emitted = 0usize;
+        // Incremental detokenisation: only the tokens since the last emitted piece are decoded
+        // (`prefix..read` is what was already shown), so streaming costs O(1) per token.
+        let (mut prefix, mut read) = (0usize, 0usize);
         for i in 0..budget {
             let mut id = match forced {
                 Some(f) => f[i],
@@ -502,14 +504,17 @@ impl Session<'_> {
                 id = tokens::IM_END;
             }
             out.push(id);
-            let text = self.engine.dir.tokenizer.decode(&out, true)?;
+            let tok = &self.engine.dir.tokenizer;
+            let shown = tok.decode(&out[prefix..read], true)?;
+            let text = tok.decode(&out[prefix..], true)?;
             // Emit only complete UTF-8 text (a partial character decodes to U+FFFD).
             if !text.ends_with('\u{FFFD}')
-                && text.len() >= emitted
-                && text.is_char_boundary(emitted)
+                && text.len() >= shown.len()
+                && text.is_char_boundary(shown.len())
             {
-                on_token(id, &text[emitted..]);
-                emitted = text.len();
+                on_token(id, &text[shown.len()..]);
+                prefix = read;
+                read = out.len();
             }
             logits = self.step(id)?;
             if is_eos || last {

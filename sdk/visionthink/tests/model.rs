@@ -133,12 +133,16 @@ fn ask_resize_branch_continues_the_cache() {
     let vt = VisionThink::from_dir(fixtures().join("models/untied_flat")).unwrap();
     let img = visionthink::load_image(fixtures().join("images/photo_640x480.png")).unwrap();
     let mut events = Vec::new();
+    let mut pieces: Vec<(usize, String)> = Vec::new();
     let opts = AskOptions {
         forced_turns: vec![CALL.into(), ANSWER.into()],
         ..Default::default()
     };
     let a = vt
         .ask_streaming(&img, "What is the code?", &opts, |e| {
+            if let visionthink::Event::Token { turn, text, .. } = &e {
+                pieces.push((*turn, text.to_string()));
+            }
             events.push(format!("{e:?}"))
         })
         .unwrap();
@@ -147,6 +151,15 @@ fn ask_resize_branch_continues_the_cache() {
     assert_eq!(a.turns, vec![CALL.to_string(), ANSWER.to_string()]);
     assert_eq!(a.visual_tokens, 99 + 391);
     assert!(events.iter().any(|e| e == "ResizeRequested"));
+    // The streamed pieces of each turn add up to exactly that turn's text.
+    for (turn, want) in a.turns.iter().enumerate() {
+        let got: String = pieces
+            .iter()
+            .filter(|(t, _)| *t == turn)
+            .map(|(_, p)| p.as_str())
+            .collect();
+        assert_eq!(&got, want, "streamed text of turn {turn}");
+    }
     // No re-prefill: the prompt tokens computed are turn 1 plus the tool turn, nothing twice.
     let tok = &vt.dir.tokenizer;
     let turn1 = tok
@@ -306,4 +319,29 @@ fn prompts_longer_than_the_context_and_placeholder_mismatches_are_errors() {
         "q",
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a directory"));
+}
+
+#[test]
+fn streaming_pieces_are_whole_characters_and_add_up() {
+    let vt = VisionThink::from_dir(fixtures().join("models/tied_nested")).unwrap();
+    let img = visionthink::load_image(fixtures().join("images/exact_28x28.png")).unwrap();
+    let turn = "<think>数字 🤖 café — ünïcödé</think><answer>K7Q</answer>";
+    let opts = AskOptions {
+        forced_turns: vec![turn.into()],
+        ..Default::default()
+    };
+    let mut pieces = Vec::new();
+    let a = vt
+        .ask_streaming(&img, "q", &opts, |e| {
+            if let visionthink::Event::Token { text, .. } = e {
+                assert!(
+                    !text.contains('\u{FFFD}'),
+                    "partial character streamed: {text:?}"
+                );
+                pieces.push(text.to_string());
+            }
+        })
+        .unwrap();
+    assert_eq!(pieces.concat(), a.turns[0]);
+    assert_eq!(a.turns[0], turn);
 }
