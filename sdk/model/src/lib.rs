@@ -10,11 +10,15 @@ pub mod candle_backend;
 pub mod generate;
 pub mod graph;
 pub mod weights;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_backend;
 
 pub use backend::{Backend, Mask};
 pub use candle_backend::CandleBackend;
 pub use graph::{KvCache, Qwen25VL};
 pub use weights::WeightStore;
+#[cfg(feature = "wgpu")]
+pub use wgpu_backend::{WgpuBackend, WgpuOptions};
 
 /// Errors of model loading and execution.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,18 @@ pub enum Error {
     /// The executor failed.
     #[error("backend: {0}")]
     Backend(String),
+    /// No usable GPU adapter or device (no WebGPU, no Vulkan/Metal/DX12 driver).
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    /// The model does not fit the adapter's limits (names the limit and the need).
+    #[error("adapter limit: {0}")]
+    AdapterLimit(String),
+    /// The GPU ran out of memory.
+    #[error("GPU out of memory: {0}")]
+    OutOfMemory(String),
+    /// The GPU device was lost (driver reset, tab backgrounded, …); reload the model.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
     /// From the core.
     #[error(transparent)]
     Core(#[from] visionthink_core::Error),

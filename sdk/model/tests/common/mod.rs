@@ -1,0 +1,181 @@
+//! Shared by the fidelity tests of every executor: the golden fixtures of
+//! tests/scripts/gen_model_fixtures.py and the check that a backend reproduces them.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use visionthink_core::config::{ModelConfig, PreprocessorConfig};
+use visionthink_core::image::{decode, inference_low_res, preprocess, DecodeLimits};
+use visionthink_core::rope::{rope_index, MropeBuilder};
+use visionthink_core::tokenizer::QwenTokenizer;
+use visionthink_model::{Backend, Qwen25VL, WeightStore};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn load<B: Backend>(be: &B, variant: &str) -> Qwen25VL<B> {
+    let dir = fixtures().join("models").join(variant);
+    let cfg = ModelConfig::from_json(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let store = WeightStore::open(&dir).unwrap();
+    Qwen25VL::load(be, &cfg, &store).unwrap()
+}
+
+pub struct Case {
+    pub ids: Vec<u32>,
+    pub pixels: Vec<f32>,
+    pub grids: Vec<[u32; 3]>,
+    pub counts: Vec<usize>,
+}
+
+pub fn prepare(case: &Value, tok: &QwenTokenizer) -> Case {
+    let text = std::fs::read_to_string(
+        fixtures()
+            .join("golden")
+            .join(case["prompt_file"].as_str().unwrap()),
+    )
+    .unwrap();
+    let (mut pixels, mut grids, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    for (name, low) in case["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(case["low_res"].as_array().unwrap())
+    {
+        let bytes = std::fs::read(fixtures().join("images").join(name.as_str().unwrap())).unwrap();
+        let img = decode(&bytes, DecodeLimits::default()).unwrap();
+        let img = if low.as_bool().unwrap() {
+            inference_low_res(&img).unwrap()
+        } else {
+            img
+        };
+        let pv = preprocess(&img, &PreprocessorConfig::default()).unwrap();
+        counts.push(pv.num_image_tokens(2));
+        grids.push(pv.grid_thw);
+        pixels.extend(pv.data);
+    }
+    let ids = tok.encode_rendered(&text, &counts).unwrap();
+    Case {
+        ids,
+        pixels,
+        grids,
+        counts,
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Runs every golden case on `be`: vision features and last-position logits within `tol` of the
+/// reference scale, argmax and 8 greedy tokens (KV cache) identical. Returns the worst relative
+/// differences (logits, vision features).
+pub fn check_goldens<B: Backend>(be: &B, tol: f32) -> (f32, f32) {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("models/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let probe: Vec<usize> = golden["probe_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let tok = QwenTokenizer::from_bytes(
+        &std::fs::read(fixtures().join("tokenizer/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let mut worst_logit = 0f32;
+    let mut worst_vision = 0f32;
+    for (variant, cases) in golden["variants"].as_object().unwrap() {
+        let model = load(be, variant);
+        for case in cases.as_array().unwrap() {
+            let label = format!("{variant}/{}", case["prompt_file"].as_str().unwrap());
+            let c = prepare(case, &tok);
+            assert_eq!(
+                c.ids.len() as u64,
+                case["num_tokens"].as_u64().unwrap(),
+                "{label}"
+            );
+            // Vision tower.
+            let feats = model.vision.forward(be, &c.pixels, &c.grids).unwrap();
+            let all = be.to_vec(&feats).unwrap();
+            let width = model.cfg.vision.out_hidden_size;
+            let mut offset = 0;
+            for (i, want) in case["vision_features"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .enumerate()
+            {
+                let want: Vec<f32> = want.as_array().unwrap().iter().flat_map(floats).collect();
+                let got = &all[offset..offset + c.counts[i] * width];
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = max_abs_diff(got, &want) / scale;
+                worst_vision = worst_vision.max(d);
+                assert!(
+                    d <= tol,
+                    "{label}: vision features of image {i} differ by {d} (relative)"
+                );
+                offset += c.counts[i] * width;
+            }
+            // Prefill and last-position logits.
+            let (pos, _) = rope_index(&c.ids, &c.grids, 2).unwrap();
+            let embeds = model.embed(be, &c.ids, Some(&feats)).unwrap();
+            let mut cache = model.new_cache();
+            let hidden = model.decode(be, &embeds, &pos, &mut cache).unwrap();
+            let logits = model.last_logits(be, &hidden).unwrap();
+            let scale = case["logit_scale"].as_f64().unwrap() as f32;
+            let want_probe = floats(&case["logits_probe"]);
+            let got_probe: Vec<f32> = probe.iter().map(|&i| logits[i]).collect();
+            let d = max_abs_diff(&got_probe, &want_probe).max(max_abs_diff(
+                &logits[..16],
+                &floats(&case["logits_first16"]),
+            )) / scale;
+            worst_logit = worst_logit.max(d);
+            assert!(
+                d <= tol,
+                "{label}: logits differ by {d} of the logit scale"
+            );
+            assert_eq!(
+                visionthink_model::generate::argmax(&logits) as u64,
+                case["argmax"].as_u64().unwrap(),
+                "{label}"
+            );
+            // 8 greedy tokens, decoded with the KV cache (the reference re-runs the whole sequence).
+            let mut builder = MropeBuilder::new();
+            visionthink_core::rope::extend_rope_index(&mut builder, &c.ids, &c.grids, 2).unwrap();
+            let mut next = visionthink_model::generate::argmax(&logits);
+            let mut tokens = vec![next];
+            for _ in 1..8 {
+                builder.push_text(1);
+                let e = model.embed(be, &[next], None).unwrap();
+                let h = model
+                    .decode(be, &e, builder.positions(), &mut cache)
+                    .unwrap();
+                next = visionthink_model::generate::argmax(&model.last_logits(be, &h).unwrap());
+                tokens.push(next);
+            }
+            let want: Vec<u32> = case["greedy_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(tokens, want, "{label}: greedy tokens");
+        }
+    }
+    (worst_logit, worst_vision)
+}

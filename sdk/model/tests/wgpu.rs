@@ -1,0 +1,296 @@
+//! The WebGPU executor against the candle path, kernel by kernel, and the whole model against
+//! the transformers goldens (f32 kernels within 1e-3). Runs on any wgpu adapter; CI uses Mesa's
+//! lavapipe (`WGPU_BACKEND=vulkan`), so shapes stay small.
+#![cfg(feature = "wgpu")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::OnceLock;
+use visionthink_model::{Backend, CandleBackend, Mask, WgpuBackend, WgpuOptions};
+
+/// One device for all tests of this binary (device creation on lavapipe takes a while).
+fn gpu() -> &'static std::sync::Mutex<WgpuBackend> {
+    static GPU: OnceLock<std::sync::Mutex<WgpuBackend>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let be = WgpuBackend::new_blocking(WgpuOptions::default()).unwrap_or_else(|e| {
+            panic!("no wgpu adapter ({e}); install mesa-vulkan-drivers and set WGPU_BACKEND=vulkan")
+        });
+        eprintln!("adapter: {:?}", be.info());
+        std::sync::Mutex::new(be)
+    })
+}
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let d = common::max_abs_diff(got, want) / scale;
+    assert!(d <= tol, "{what}: relative difference {d}");
+}
+
+/// Builds the same tensors on both backends and compares an op's outputs.
+struct Pair<'a> {
+    g: &'a WgpuBackend,
+    c: CandleBackend,
+}
+
+type Both = (
+    <WgpuBackend as Backend>::Tensor,
+    <CandleBackend as Backend>::Tensor,
+);
+
+impl Pair<'_> {
+    fn t(&self, shape: &[usize], seed: u64) -> Both {
+        let d = data(shape.iter().product(), seed);
+        (
+            self.g.tensor(&d, shape).unwrap(),
+            self.c.tensor(&d, shape).unwrap(),
+        )
+    }
+    fn w(&self, shape: &[usize], seed: u64) -> Both {
+        let d = data(shape.iter().product(), seed);
+        (
+            self.g.weight(d.clone(), shape).unwrap(),
+            self.c.weight(d, shape).unwrap(),
+        )
+    }
+    fn check(&self, (g, c): &Both, tol: f32, what: &str) {
+        assert_eq!(self.g.shape(g), self.c.shape(c), "{what}: shapes");
+        close(
+            &self.g.to_vec(g).unwrap(),
+            &self.c.to_vec(c).unwrap(),
+            tol,
+            what,
+        );
+    }
+}
+
+#[test]
+fn kernels_match_candle() {
+    let lock = gpu().lock().unwrap();
+    let p = Pair {
+        g: &lock,
+        c: CandleBackend::cpu(),
+    };
+    // linear: tiled matmul (several tiles, ragged edges), gemv (one row), with/without bias.
+    for (n, k, m) in [(1, 40, 70), (3, 17, 5), (70, 33, 130), (1, 300, 9)] {
+        let x = p.t(&[n, k], 1);
+        let w = p.w(&[m, k], 2);
+        let b = p.w(&[m], 3);
+        let out = (
+            p.g.linear(&x.0, &w.0, Some(&b.0)).unwrap(),
+            p.c.linear(&x.1, &w.1, Some(&b.1)).unwrap(),
+        );
+        p.check(&out, 1e-5, &format!("linear {n}x{k}x{m}"));
+        let out = (
+            p.g.linear(&x.0, &w.0, None).unwrap(),
+            p.c.linear(&x.1, &w.1, None).unwrap(),
+        );
+        p.check(&out, 1e-5, &format!("linear {n}x{k}x{m} no bias"));
+    }
+    let x = p.t(&[5, 48], 4);
+    let y = p.t(&[5, 48], 5);
+    let nw = p.w(&[48], 6);
+    p.check(
+        &(
+            p.g.rms_norm(&x.0, &nw.0, 1e-6).unwrap(),
+            p.c.rms_norm(&x.1, &nw.1, 1e-6).unwrap(),
+        ),
+        1e-5,
+        "rms_norm",
+    );
+    p.check(
+        &(p.g.add(&x.0, &y.0).unwrap(), p.c.add(&x.1, &y.1).unwrap()),
+        1e-6,
+        "add",
+    );
+    p.check(
+        &(
+            p.g.swiglu(&x.0, &y.0).unwrap(),
+            p.c.swiglu(&x.1, &y.1).unwrap(),
+        ),
+        1e-5,
+        "swiglu",
+    );
+    let big = p.t(&[7, 300], 7);
+    let big = (
+        p.g.reshape(&big.0, 7, 300).unwrap(),
+        p.c.reshape(&big.1, 7, 300).unwrap(),
+    );
+    let scaled: Vec<f32> = data(2100, 7).iter().map(|v| v * 6.0).collect();
+    let gx = p.g.tensor(&scaled, &[7, 300]).unwrap();
+    let cx = p.c.tensor(&scaled, &[7, 300]).unwrap();
+    p.check(
+        &(p.g.gelu(&gx).unwrap(), p.c.gelu(&cx).unwrap()),
+        1e-5,
+        "gelu",
+    );
+    drop(big);
+    // rope: 3 heads of 8.
+    let q = p.t(&[4, 24], 8);
+    let cs = p.t(&[4, 8], 9);
+    let sn = p.t(&[4, 8], 10);
+    p.check(
+        &(
+            p.g.rope(&q.0, &cs.0, &sn.0, 3).unwrap(),
+            p.c.rope(&q.1, &cs.1, &sn.1, 3).unwrap(),
+        ),
+        1e-5,
+        "rope",
+    );
+    // attention: causal with a cache prefix and GQA; segments (vision windows); more keys than a
+    // 64-key block.
+    for (n, m, heads, kv, d, mask) in [
+        (3, 10, 4, 2, 8, Mask::Causal { past: 7 }),
+        (1, 150, 2, 1, 16, Mask::Causal { past: 149 }),
+        (70, 70, 2, 2, 8, Mask::Causal { past: 0 }),
+        (80, 80, 2, 2, 16, Mask::Segments(vec![0, 16, 60, 80])),
+    ] {
+        let q = p.t(&[n, heads * d], 11);
+        let k = p.t(&[m, kv * d], 12);
+        let v = p.t(&[m, kv * d], 13);
+        p.check(
+            &(
+                p.g.attention(&q.0, &k.0, &v.0, heads, kv, &mask).unwrap(),
+                p.c.attention(&q.1, &k.1, &v.1, heads, kv, &mask).unwrap(),
+            ),
+            1e-5,
+            &format!("attention {mask:?}"),
+        );
+    }
+    // gather, narrow, cat, reshape.
+    let table = p.w(&[50, 12], 14);
+    let ids = [3u32, 49, 0, 3, 17];
+    let gathered = (
+        p.g.gather_rows(&table.0, &ids).unwrap(),
+        p.c.gather_rows(&table.1, &ids).unwrap(),
+    );
+    p.check(&gathered, 0.0, "gather_rows");
+    let nar = (
+        p.g.narrow_rows(&gathered.0, 1, 3).unwrap(),
+        p.c.narrow_rows(&gathered.1, 1, 3).unwrap(),
+    );
+    p.check(&nar, 0.0, "narrow_rows");
+    let cat = (
+        p.g.cat_rows(&[nar.0.clone(), gathered.0.clone()]).unwrap(),
+        p.c.cat_rows(&[nar.1.clone(), gathered.1.clone()]).unwrap(),
+    );
+    p.check(&cat, 0.0, "cat_rows");
+    p.check(
+        &(
+            p.g.reshape(&cat.0, 4, 24).unwrap(),
+            p.c.reshape(&cat.1, 4, 24).unwrap(),
+        ),
+        0.0,
+        "reshape",
+    );
+}
+
+#[test]
+fn kv_cache_appends_in_place_and_grows() {
+    let lock = gpu().lock().unwrap();
+    let g: &WgpuBackend = &lock;
+    let mut buf = None;
+    let mut used = 0;
+    let mut want = Vec::new();
+    // 300 single rows then a block of 100: crosses the initial capacity of 256 rows.
+    for step in 0..301 {
+        let rows = if step == 300 { 100 } else { 1 };
+        let d = data(rows * 6, step);
+        want.extend_from_slice(&d);
+        let t = g.tensor(&d, &[rows, 6]).unwrap();
+        let (b, view) = g.append_rows(buf.take(), used, &t).unwrap();
+        used += rows;
+        assert_eq!(g.shape(&view), vec![used, 6]);
+        buf = Some(b);
+        if step % 100 == 0 || step == 300 {
+            assert_eq!(g.to_vec(&view).unwrap(), want, "after step {step}");
+        }
+    }
+}
+
+#[test]
+fn chunked_and_int8_weights() {
+    let lock = gpu().lock().unwrap();
+    let c = CandleBackend::cpu();
+    let (rows, cols) = (300, 40);
+    let w = data(rows * cols, 20);
+    let x = data(3 * cols, 21);
+    let want = c
+        .to_vec(
+            &c.linear(
+                &c.tensor(&x, &[3, cols]).unwrap(),
+                &c.tensor(&w, &[rows, cols]).unwrap(),
+                None,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let want_row = &want[..rows];
+    let ids = [0u32, 299, 150, 77];
+    for opts in [
+        // 16 KB chunks: 300 rows of 160 bytes → 4 chunks.
+        WgpuOptions {
+            chunk_bytes: Some(16 * 1024),
+            ..Default::default()
+        },
+        WgpuOptions {
+            int8_weights: true,
+            chunk_bytes: Some(4 * 1024),
+            ..Default::default()
+        },
+    ] {
+        // A second device with these options.
+        let g = WgpuBackend::new_blocking(opts).unwrap();
+        let tol = if opts.int8_weights { 2e-2 } else { 1e-5 };
+        let gw = g.weight(w.clone(), &[rows, cols]).unwrap();
+        let out = g
+            .linear(&g.tensor(&x, &[3, cols]).unwrap(), &gw, None)
+            .unwrap();
+        close(&g.to_vec(&out).unwrap(), &want, tol, &format!("{opts:?} matmul"));
+        let out = g
+            .linear(&g.tensor(&x[..cols], &[1, cols]).unwrap(), &gw, None)
+            .unwrap();
+        close(&g.to_vec(&out).unwrap(), want_row, tol, &format!("{opts:?} gemv"));
+        let got = g.to_vec(&g.gather_rows(&gw, &ids).unwrap()).unwrap();
+        let want_g: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| w[i as usize * cols..(i as usize + 1) * cols].to_vec())
+            .collect();
+        close(&got, &want_g, tol / 2.0, &format!("{opts:?} gather"));
+    }
+    drop(lock);
+}
+
+#[test]
+fn whole_model_matches_transformers_within_1e_3() {
+    let lock = gpu().lock().unwrap();
+    let (logits, vision) = common::check_goldens(&*lock, 1e-3);
+    eprintln!("wgpu worst relative difference: logits {logits:.2e}, vision {vision:.2e}");
+}
+
+#[test]
+fn limits_too_small_name_the_limit() {
+    let lock = gpu().lock().unwrap();
+    let max = lock.info().max_binding.min(lock.info().max_buffer) as usize;
+    // An output over the binding limit is refused with a message naming the limit and the need.
+    let table = lock.tensor(&[0.0; 4], &[1, 4]).unwrap();
+    let ids = vec![0u32; max / 16 + 1];
+    let err = lock.gather_rows(&table, &ids).unwrap_err().to_string();
+    assert!(
+        err.contains("maxStorageBufferBindingSize") && err.contains(&(ids.len() * 16).to_string()),
+        "{err}"
+    );
+}
