@@ -11,7 +11,9 @@ use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConf
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::tokens;
 use visionthink_model::generate::{Sampler, SamplingConfig};
-use visionthink_model::{CandleBackend, KvCache, Qwen25VL, WeightStore};
+#[cfg(feature = "wgpu")]
+use visionthink_model::{WgpuBackend, WgpuOptions};
+use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
 
 fn model_err(e: visionthink_model::Error) -> Error {
     Error::Model(e.to_string())
@@ -37,6 +39,55 @@ pub enum DeviceChoice {
     Cpu,
     /// The first CUDA GPU (needs the `cuda` feature).
     Cuda,
+    /// The WebGPU executor (wgpu: Vulkan, Metal or DX12; f32 kernels; needs the `wgpu`
+    /// feature, on by default). `WGPU_BACKEND` selects the driver.
+    Wgpu,
+}
+
+/// A backend with its model.
+enum Exec {
+    Candle(CandleBackend, Qwen25VL<CandleBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(WgpuBackend, Qwen25VL<WgpuBackend>),
+}
+
+/// The KV cache of the backend in use.
+enum Cache {
+    Candle(KvCache<CandleBackend>),
+    #[cfg(feature = "wgpu")]
+    Wgpu(KvCache<WgpuBackend>),
+}
+
+/// Runs the vision tower on `images` (if any), embeds `ids`, extends the cache and returns the
+/// last position's logits and the vision time.
+fn forward<B: Backend>(
+    be: &B,
+    model: &Qwen25VL<B>,
+    cache: &mut KvCache<B>,
+    ids: &[u32],
+    images: &[PixelValues],
+    positions: &visionthink_core::rope::Positions,
+) -> Result<(Vec<f32>, f64)> {
+    let t = Instant::now();
+    let feats = if images.is_empty() {
+        None
+    } else {
+        let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
+        let pixels: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
+        Some(
+            model
+                .vision
+                .forward(be, &pixels, &grids)
+                .map_err(model_err)?,
+        )
+    };
+    let vision_ms = ms(t);
+    let embeds = model.embed(be, ids, feats.as_ref()).map_err(model_err)?;
+    let hidden = model
+        .decode(be, &embeds, positions, cache)
+        .map_err(model_err)?;
+    let logits = model.last_logits(be, &hidden).map_err(model_err)?;
+    Ok((logits, vision_ms))
 }
 
 /// Options of one generation.
@@ -135,8 +186,7 @@ pub struct VisionThink {
     pub dir: ModelDir,
     /// The model config.
     pub config: ModelConfig,
-    backend: CandleBackend,
-    model: Qwen25VL<CandleBackend>,
+    exec: Exec,
 }
 
 impl std::fmt::Debug for VisionThink {
@@ -148,7 +198,7 @@ impl std::fmt::Debug for VisionThink {
 /// A generation session: the KV cache and positions of everything fed so far.
 pub struct Session<'a> {
     engine: &'a VisionThink,
-    cache: KvCache<CandleBackend>,
+    cache: Cache,
     positions: MropeBuilder,
     ids: Vec<u32>,
     timings: Timings,
@@ -184,25 +234,44 @@ impl VisionThink {
             Precision::Bf16 => candle_core::DType::BF16,
             Precision::F16 => candle_core::DType::F16,
         };
-        let backend = match device {
-            DeviceChoice::Cpu => CandleBackend::new(candle_core::Device::Cpu, dtype),
-            DeviceChoice::Cuda => CandleBackend::cuda(dtype).map_err(model_err)?,
-        };
         let store = WeightStore::open(&dir.path).map_err(model_err)?;
-        let model = Qwen25VL::load(&backend, &config, &store).map_err(model_err)?;
-        Ok(Self {
-            dir,
-            config,
-            backend,
-            model,
-        })
+        let candle = |be: CandleBackend| -> Result<Exec> {
+            let model = Qwen25VL::load(&be, &config, &store).map_err(model_err)?;
+            Ok(Exec::Candle(be, model))
+        };
+        let exec = match device {
+            DeviceChoice::Cpu => candle(CandleBackend::new(candle_core::Device::Cpu, dtype))?,
+            DeviceChoice::Cuda => candle(CandleBackend::cuda(dtype).map_err(model_err)?)?,
+            #[cfg(feature = "wgpu")]
+            DeviceChoice::Wgpu => {
+                if precision != Precision::F32 {
+                    return Err(Error::Model(
+                        "the WebGPU executor computes in f32 (use --dtype f32)".into(),
+                    ));
+                }
+                let be = WgpuBackend::new_blocking(WgpuOptions::default()).map_err(model_err)?;
+                let model = Qwen25VL::load(&be, &config, &store).map_err(model_err)?;
+                Exec::Wgpu(be, model)
+            }
+            #[cfg(not(feature = "wgpu"))]
+            DeviceChoice::Wgpu => {
+                return Err(Error::Model(
+                    "this build has no WebGPU executor (enable the `wgpu` feature)".into(),
+                ))
+            }
+        };
+        Ok(Self { dir, config, exec })
     }
 
     /// A new session with an empty cache.
     pub fn session(&self) -> Session<'_> {
         Session {
             engine: self,
-            cache: self.model.new_cache(),
+            cache: match &self.exec {
+                Exec::Candle(_, m) => Cache::Candle(m.new_cache()),
+                #[cfg(feature = "wgpu")]
+                Exec::Wgpu(_, m) => Cache::Wgpu(m.new_cache()),
+            },
             positions: MropeBuilder::new(),
             ids: Vec::new(),
             timings: Timings::default(),
@@ -404,12 +473,23 @@ fn ms(t: Instant) -> f64 {
 impl Session<'_> {
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.ids.len()
     }
 
     /// Whether nothing was fed yet.
     pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+        self.ids.is_empty()
+    }
+
+    fn run(&mut self, ids: &[u32], images: &[PixelValues]) -> Result<(Vec<f32>, f64)> {
+        let pos = self.positions.positions();
+        match (&self.engine.exec, &mut self.cache) {
+            (Exec::Candle(be, m), Cache::Candle(c)) => forward(be, m, c, ids, images, pos),
+            #[cfg(feature = "wgpu")]
+            (Exec::Wgpu(be, m), Cache::Wgpu(c)) => forward(be, m, c, ids, images, pos),
+            #[cfg(feature = "wgpu")]
+            _ => Err(Error::Model("session used with another engine's cache".into())),
+        }
     }
 
     /// Every token id in the cache, in order.
@@ -425,50 +505,22 @@ impl Session<'_> {
     /// Appends tokens (with the images whose pads they contain, in order) to the cache and
     /// returns the last position's logits. Only the new tokens are computed.
     pub fn feed(&mut self, ids: &[u32], images: &[PixelValues]) -> Result<Vec<f32>> {
-        let e = self.engine;
-        let (be, model) = (&e.backend, &e.model);
         let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
         let t = Instant::now();
-        let feats = if images.is_empty() {
-            None
-        } else {
-            let pixels: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
-            Some(
-                model
-                    .vision
-                    .forward(be, &pixels, &grids)
-                    .map_err(model_err)?,
-            )
-        };
-        self.timings.vision_ms += ms(t);
-        let t = Instant::now();
-        extend_rope_index(&mut self.positions, ids, &grids, e.merge())?;
-        let embeds = model.embed(be, ids, feats.as_ref()).map_err(model_err)?;
-        let hidden = model
-            .decode(be, &embeds, self.positions.positions(), &mut self.cache)
-            .map_err(model_err)?;
-        let logits = model.last_logits(be, &hidden).map_err(model_err)?;
+        extend_rope_index(&mut self.positions, ids, &grids, self.engine.merge())?;
+        let (logits, vision_ms) = self.run(ids, images)?;
         self.ids.extend_from_slice(ids);
-        self.timings.prefill_ms += ms(t);
+        self.timings.vision_ms += vision_ms;
+        self.timings.prefill_ms += ms(t) - vision_ms;
         self.timings.prefill_tokens += ids.len();
         Ok(logits)
     }
 
     fn step(&mut self, id: u32) -> Result<Vec<f32>> {
-        let e = self.engine;
         self.positions.push_text(1);
-        let emb = e.model.embed(&e.backend, &[id], None).map_err(model_err)?;
-        let hidden = e
-            .model
-            .decode(
-                &e.backend,
-                &emb,
-                self.positions.positions(),
-                &mut self.cache,
-            )
-            .map_err(model_err)?;
+        let (logits, _) = self.run(&[id], &[])?;
         self.ids.push(id);
-        e.model.last_logits(&e.backend, &hidden).map_err(model_err)
+        Ok(logits)
     }
 
     /// Generates one model turn from the given next-token logits; the turn's ids (ending with

@@ -292,17 +292,18 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
     let Some(dir) = &args.model_dir else {
         bail!("no model: pass --model-dir DIR (there is no embedded default model yet: it is trained in a later milestone)");
     };
-    if matches!(args.backend, BackendKind::Wgpu) {
-        bail!("--backend wgpu is not available yet (the WebGPU executor is a later milestone); use --backend candle");
-    }
     let precision = match args.dtype {
         DtypeArg::F32 => visionthink::Precision::F32,
         DtypeArg::Bf16 => visionthink::Precision::Bf16,
         DtypeArg::F16 => visionthink::Precision::F16,
     };
-    let device = match args.device {
-        DeviceArg::Cpu => visionthink::DeviceChoice::Cpu,
-        DeviceArg::Cuda => visionthink::DeviceChoice::Cuda,
+    let device = match (args.backend, args.device) {
+        (BackendKind::Candle, DeviceArg::Cpu) => visionthink::DeviceChoice::Cpu,
+        (BackendKind::Candle, DeviceArg::Cuda) => visionthink::DeviceChoice::Cuda,
+        (BackendKind::Wgpu, DeviceArg::Cpu) => visionthink::DeviceChoice::Wgpu,
+        (BackendKind::Wgpu, DeviceArg::Cuda) => {
+            bail!("--backend wgpu picks its GPU through WGPU_BACKEND; --device cuda is for --backend candle")
+        }
     };
     let dir = visionthink::files::resolve_model(&dir.display().to_string())?;
     let mut vt = visionthink::VisionThink::load(&dir, device, precision)

@@ -345,3 +345,90 @@ fn streaming_pieces_are_whole_characters_and_add_up() {
     assert_eq!(pieces.concat(), a.turns[0]);
     assert_eq!(a.turns[0], turn);
 }
+
+/// `logits --backend wgpu` (contract): the same JSON keys as candle, values within 1e-3 of the
+/// logit scale, same argmax and top-5; `ask --backend wgpu` gives candle's answer record.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_backend_prints_the_same_json_as_candle() {
+    let g = golden();
+    let case = &g["variants"]["untied_flat"][0];
+    let dir = fixtures().join("models/untied_flat");
+    let prompt = fixtures()
+        .join("golden")
+        .join(case["prompt_file"].as_str().unwrap());
+    let img = fixtures()
+        .join("images")
+        .join(case["images"][0].as_str().unwrap());
+    let run = |backend: &str| -> Value {
+        let out = vt_cli(&[
+            "logits",
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--prompt-file",
+            prompt.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--backend",
+            backend,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (c, w) = (run("candle"), run("wgpu"));
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&c), keys(&w));
+    assert_eq!(c["argmax"], w["argmax"]);
+    assert_eq!(c["num_tokens"], w["num_tokens"]);
+    let ids = |v: &Value| -> Vec<Value> {
+        v["top5"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].clone())
+            .collect()
+    };
+    assert_eq!(ids(&c), ids(&w));
+    let scale = case["logit_scale"].as_f64().unwrap();
+    for (a, b) in c["logits_last_first16"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["logits_last_first16"].as_array().unwrap())
+    {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-3 * scale);
+    }
+    let ask = |backend: &str| -> Value {
+        let out = vt_cli(&[
+            "ask",
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--question",
+            "What is the code?",
+            "--max-new-tokens",
+            "6",
+            "--force-turn",
+            CALL,
+            "--backend",
+            backend,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (c, w) = (ask("candle"), ask("wgpu"));
+    for k in ["text", "used_high_res", "turns", "visual_tokens", "end"] {
+        assert_eq!(c[k], w[k], "ask {k}");
+    }
+}
