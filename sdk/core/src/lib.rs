@@ -34,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod image;
 pub mod judge;
+pub mod model_files;
 mod parallel;
 pub mod prompt;
 pub mod protocol;

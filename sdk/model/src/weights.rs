@@ -1,13 +1,31 @@
 //! Reading HF safetensors checkpoints (single file or sharded with `model.safetensors.index.json`),
-//! memory-mapped, with bf16/f16/f32 upcast exactly to f32.
+//! memory-mapped natively or from bytes (browsers), with bf16/f16/f32 upcast exactly to f32.
 
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The tensors of a checkpoint directory.
+/// The bytes of one safetensors file.
+enum Bytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The tensors of a checkpoint.
 pub struct WeightStore {
-    files: Vec<(PathBuf, memmap2::Mmap)>,
+    files: Vec<(PathBuf, Bytes)>,
     /// tensor name → index into `files`.
     index: HashMap<String, usize>,
 }
@@ -31,7 +49,30 @@ fn load_err(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 impl WeightStore {
+    /// A store over safetensors files held in memory (`(name, bytes)`, e.g. fetched by a
+    /// browser); names only label errors. Each file is validated here.
+    ///
+    /// ```
+    /// let err = visionthink_model::WeightStore::from_bytes(vec![("model.safetensors".into(), vec![1, 2, 3])]);
+    /// assert!(err.unwrap_err().to_string().contains("model.safetensors"));
+    /// ```
+    pub fn from_bytes(files: Vec<(String, Vec<u8>)>) -> Result<Self> {
+        let mut out = Vec::new();
+        let mut index = HashMap::new();
+        for (name, bytes) in files {
+            let path = PathBuf::from(name);
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|e| load_err(&path, format!("invalid safetensors: {e}")))?;
+            for t in st.names() {
+                index.insert(t.to_string(), out.len());
+            }
+            out.push((path, Bytes::Owned(bytes)));
+        }
+        Ok(Self { files: out, index })
+    }
+
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &Path) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let mut names: Vec<PathBuf> = Vec::new();
@@ -66,7 +107,7 @@ impl WeightStore {
             for name in st.names() {
                 index.insert(name.to_string(), files.len());
             }
-            files.push((path, map));
+            files.push((path, Bytes::Mapped(map)));
         }
         Ok(Self { files, index })
     }
@@ -126,11 +167,17 @@ impl WeightStore {
                 })
             }
         };
-        release_pages(map, offset, data.len());
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Bytes::Mapped(m) = map {
+            release_pages(m, offset, data.len());
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = offset;
         Ok(out)
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Memory-maps a checkpoint file read-only: weights are paged in on first use and shared with
 /// the page cache instead of being copied into the heap.
 #[allow(unsafe_code)]
@@ -141,6 +188,7 @@ fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(file) }.map_err(|e| load_err(path, format!("cannot map: {e}")))
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 /// Drops the pages of a tensor that has been copied out from this process's resident set, so
 /// peak memory stays near the size of the converted weights instead of that plus the file.
 #[allow(unsafe_code)]

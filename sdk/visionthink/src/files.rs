@@ -4,6 +4,7 @@ use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use visionthink_core::config::{GenerationConfig, ModelConfig, PreprocessorConfig};
 use visionthink_core::image::{decode, DecodeLimits, RgbImage};
+use visionthink_core::model_files::{ModelFiles, ModelFilesError};
 use visionthink_core::prompt::ChatTemplate;
 use visionthink_core::tokenizer::QwenTokenizer;
 
@@ -66,61 +67,28 @@ impl ModelDir {
                 reason: "not a directory".into(),
             });
         }
-        let file = |name: &str| path.join(name);
-        let optional = |name: &str| -> Result<Option<Vec<u8>>> {
-            let p = file(name);
+        let files = ModelFiles::parse(|name| {
+            let p = path.join(name);
             if p.exists() {
                 read_file(&p, MAX_FILE_BYTES).map(Some)
             } else {
                 Ok(None)
             }
-        };
-        let named = |name: &str, e: visionthink_core::Error| Error::Content {
-            path: file(name).display().to_string(),
-            reason: e.to_string(),
-        };
-        let tok_bytes = read_file(&file("tokenizer.json"), MAX_FILE_BYTES)?;
-        let tokenizer =
-            QwenTokenizer::from_bytes(&tok_bytes).map_err(|e| named("tokenizer.json", e))?;
-        let config = optional("config.json")?
-            .map(|b| ModelConfig::from_json(&b))
-            .transpose()
-            .map_err(|e| named("config.json", e))?;
-        let preprocessor = optional("preprocessor_config.json")?
-            .map(|b| PreprocessorConfig::from_json(&b))
-            .transpose()
-            .map_err(|e| named("preprocessor_config.json", e))?
-            .unwrap_or_default();
-        let generation = optional("generation_config.json")?
-            .map(|b| GenerationConfig::from_json(&b))
-            .transpose()
-            .map_err(|e| named("generation_config.json", e))?;
-        let chat_template = if let Some(b) = optional("chat_template.json")? {
-            Some(
-                ChatTemplate::from_chat_template_json(&b)
-                    .map_err(|e| named("chat_template.json", e))?,
-            )
-        } else if let Some(b) = optional("chat_template.jinja")? {
-            let src = String::from_utf8(b).map_err(|e| Error::Content {
-                path: file("chat_template.jinja").display().to_string(),
-                reason: format!("not UTF-8: {e}"),
-            })?;
-            Some(ChatTemplate::new(&src).map_err(|e| named("chat_template.jinja", e))?)
-        } else if let Some(b) = optional("tokenizer_config.json")? {
-            let has_template = serde_json::from_slice::<serde_json::Value>(&b)
-                .map(|v| v.get("chat_template").is_some())
-                .unwrap_or(false);
-            if has_template {
-                Some(
-                    ChatTemplate::from_tokenizer_config(&b)
-                        .map_err(|e| named("tokenizer_config.json", e))?,
-                )
-            } else {
-                None
-            }
-        } else {
-            None
-        };
+        })
+        .map_err(|e| match e {
+            ModelFilesError::Read(e) => e,
+            ModelFilesError::File { file, error } => Error::Content {
+                path: path.join(file).display().to_string(),
+                reason: error.to_string(),
+            },
+        })?;
+        let ModelFiles {
+            tokenizer,
+            config,
+            preprocessor,
+            generation,
+            chat_template,
+        } = files;
         Ok(Self {
             path,
             tokenizer,
