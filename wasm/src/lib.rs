@@ -1,4 +1,291 @@
-//! Placeholder for `visionthink-wasm`, the browser boundary (wasm-bindgen) and WebGPU executor.
+//! # visionthink-wasm
 //!
-//! Not implemented yet (issue 4). The core it will wrap, `visionthink-core`, already builds and is
-//! tested on `wasm32-unknown-unknown`.
+//! The browser build of VisionThink: [`Engine`] (exported to JavaScript by wasm-bindgen) loads
+//! a Qwen2.5-VL checkpoint from bytes and answers questions about images with the low-res-first
+//! protocol, on WebGPU (our wgpu executor) or, when WebGPU or an adapter is missing, on the CPU
+//! (candle compiled to wasm32 with SIMD128). Preprocessing, tokenization, prompts and the
+//! protocol are the shared core, unchanged.
+//!
+//! Errors reach JavaScript as `Error`s with stable names: `WebGPUNotAvailable`,
+//! `AdapterLimitError`, `ModelLoadError`, `OutOfMemory`, `DeviceLost`, `ImageError`,
+//! `InputError`, `ProtocolError`, `BackendError`, `AbortError`, `TypeError`.
+//!
+//! The npm package (`web/`) wraps this in a TypeScript API (fetching with progress and the Cache
+//! API, async iteration, Web Worker).
+
+pub mod runner;
+
+use runner::{AskOptions, Event, Host, Model, RunError};
+use std::cell::Cell;
+use std::rc::Rc;
+use visionthink_core::model_files::{ModelFiles, ModelFilesError};
+use visionthink_model::{WeightStore, WgpuBackend, WgpuOptions};
+use wasm_bindgen::prelude::*;
+
+/// A JS `Error` with a stable `name`.
+fn js_error(name: &str, message: &str) -> JsValue {
+    let e = js_sys::Error::new(message);
+    e.set_name(name);
+    e.into()
+}
+
+impl From<RunError> for JsValue {
+    fn from(e: RunError) -> Self {
+        js_error(e.name(), &e.to_string())
+    }
+}
+
+/// Load options (`{ backend: "auto" | "webgpu" | "cpu", int8: false }`).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LoadOptions {
+    backend: Option<String>,
+    int8: bool,
+}
+
+fn options<T: serde::de::DeserializeOwned + Default>(v: JsValue) -> Result<T, JsValue> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(T::default());
+    }
+    serde_wasm_bindgen::from_value(v).map_err(|e| js_error("TypeError", &format!("options: {e}")))
+}
+
+/// Reads `name` from a JS object or `Map` of `Uint8Array`s.
+fn file_bytes(files: &JsValue, name: &str) -> Result<Option<Vec<u8>>, JsValue> {
+    let v = if let Some(map) = files.dyn_ref::<js_sys::Map>() {
+        map.get(&JsValue::from_str(name))
+    } else {
+        js_sys::Reflect::get(files, &JsValue::from_str(name))?
+    };
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    let arr = v
+        .dyn_into::<js_sys::Uint8Array>()
+        .map_err(|_| js_error("TypeError", &format!("{name} must be a Uint8Array")))?;
+    Ok(Some(arr.to_vec()))
+}
+
+fn file_names(files: &JsValue) -> Vec<String> {
+    let keys = match files.dyn_ref::<js_sys::Map>() {
+        Some(m) => js_sys::Array::from(&m.keys().into()),
+        None => js_sys::Object::keys(files.unchecked_ref::<js_sys::Object>()),
+    };
+    keys.iter().filter_map(|k| k.as_string()).collect()
+}
+
+/// A loaded model.
+#[wasm_bindgen]
+pub struct Engine {
+    model: Rc<Model>,
+    cancel: Rc<Cell<bool>>,
+    notice: Option<String>,
+}
+
+struct BrowserHost {
+    cancel: Rc<Cell<bool>>,
+}
+
+fn now_ms() -> f64 {
+    let perf = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("performance"))
+        .ok()
+        .filter(|p| !p.is_undefined());
+    match perf.and_then(|p| {
+        let f = js_sys::Reflect::get(&p, &JsValue::from_str("now")).ok()?;
+        f.dyn_into::<js_sys::Function>().ok()?.call0(&p).ok()
+    }) {
+        Some(v) => v.as_f64().unwrap_or(0.0),
+        None => js_sys::Date::now(),
+    }
+}
+
+impl Host for BrowserHost {
+    fn now_ms(&self) -> f64 {
+        now_ms()
+    }
+    async fn yield_now(&self) {
+        // A macrotask (setTimeout 0), so input events and `cancel()` get to run.
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            let set_timeout =
+                js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("setTimeout"))
+                    .ok()
+                    .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+            match set_timeout {
+                Some(f) => {
+                    let _ = f.call2(&JsValue::NULL, &resolve, &JsValue::from(0));
+                }
+                None => {
+                    let _ = resolve.call0(&JsValue::NULL);
+                }
+            }
+        });
+        let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.get()
+    }
+}
+
+#[wasm_bindgen]
+impl Engine {
+    /// Loads a model from its files: `files` maps names (`config.json`, `tokenizer.json`,
+    /// `model.safetensors` or shards, optional configs and chat template) to `Uint8Array`s.
+    /// With `backend: "auto"` (default) a missing WebGPU falls back to the CPU with a
+    /// [`Engine::notice`].
+    pub async fn load(files: JsValue, options_js: JsValue) -> Result<Engine, JsValue> {
+        let opts: LoadOptions = options(options_js)?;
+        let parsed = ModelFiles::parse(|name| file_bytes(&files, name)).map_err(|e| match e {
+            ModelFilesError::Read(e) => e,
+            ModelFilesError::File { file, error } => {
+                js_error("ModelLoadError", &format!("{file}: {error}"))
+            }
+        })?;
+        let mut shards = Vec::new();
+        for name in file_names(&files) {
+            if name.ends_with(".safetensors") {
+                if let Some(b) = file_bytes(&files, &name)? {
+                    shards.push((name, b));
+                }
+            }
+        }
+        if shards.is_empty() {
+            return Err(js_error(
+                "ModelLoadError",
+                "no *.safetensors file among the model files",
+            ));
+        }
+        let store = WeightStore::from_bytes(shards).map_err(RunError::from)?;
+        let want = opts.backend.as_deref().unwrap_or("auto");
+        let gpu_opts = WgpuOptions {
+            int8_weights: opts.int8,
+            ..Default::default()
+        };
+        let (gpu, notice) = match want {
+            "cpu" => (None, None),
+            "webgpu" | "auto" => match WgpuBackend::new(gpu_opts).await {
+                Ok(be) => (Some(be), None),
+                Err(e) if want == "auto" => (
+                    None,
+                    Some(format!("WebGPU is not available ({e}); running on the CPU")),
+                ),
+                Err(e) => return Err(RunError::from(e).into()),
+            },
+            other => {
+                return Err(js_error(
+                    "TypeError",
+                    &format!("backend must be auto, webgpu or cpu, not {other:?}"),
+                ))
+            }
+        };
+        let model = Model::new(parsed, &store, gpu)?;
+        Ok(Engine {
+            model: Rc::new(model),
+            cancel: Rc::new(Cell::new(false)),
+            notice,
+        })
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.model.backend().to_string()
+    }
+
+    /// Why the engine fell back to the CPU, if it did.
+    #[wasm_bindgen(getter)]
+    pub fn notice(&self) -> Option<String> {
+        self.notice.clone()
+    }
+
+    /// Adapter facts (`{name, backend, maxBinding, maxBuffer, shaderF16}`), or `null` on CPU.
+    #[wasm_bindgen(js_name = adapterInfo)]
+    pub fn adapter_info(&self) -> JsValue {
+        match &self.model.exec {
+            runner::Exec::Gpu(be, _) => {
+                let i = be.info();
+                let o = js_sys::Object::new();
+                let set = |k: &str, v: JsValue| {
+                    let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), &v);
+                };
+                set("name", JsValue::from_str(&i.name));
+                set("backend", JsValue::from_str(&i.backend));
+                set("maxBinding", JsValue::from_f64(i.max_binding as f64));
+                set("maxBuffer", JsValue::from_f64(i.max_buffer as f64));
+                set("shaderF16", JsValue::from_bool(i.shader_f16));
+                o.into()
+            }
+            runner::Exec::Cpu(..) => JsValue::NULL,
+        }
+    }
+
+    /// Answers `question` about an encoded image (PNG/JPEG/WebP/GIF bytes). `onEvent` receives
+    /// `{type: "token", turn, id, text}` per token and `{type: "resize"}` when the model asks
+    /// for the full image. Resolves to the answer record (the Rust SDK's fields plus `backend`).
+    /// Options: `{maxNewTokens, temperature, topP, topK, seed, forcedTurns}`.
+    pub fn ask(
+        &self,
+        image: js_sys::Uint8Array,
+        question: String,
+        options_js: JsValue,
+        on_event: Option<js_sys::Function>,
+    ) -> js_sys::Promise {
+        let model = self.model.clone();
+        let cancel = self.cancel.clone();
+        cancel.set(false);
+        let bytes = image.to_vec();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let opts: AskOptions = options(options_js)?;
+            let host = BrowserHost { cancel };
+            let mut emit = |ev: Event<'_>| {
+                let Some(f) = &on_event else { return };
+                let o = js_sys::Object::new();
+                let set = |k: &str, v: JsValue| {
+                    let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), &v);
+                };
+                match ev {
+                    Event::Token { turn, id, text } => {
+                        set("type", "token".into());
+                        set("turn", JsValue::from(turn as u32));
+                        set("id", JsValue::from(id));
+                        set("text", JsValue::from_str(text));
+                    }
+                    Event::ResizeRequested => set("type", "resize".into()),
+                }
+                let _ = f.call1(&JsValue::NULL, &o);
+            };
+            let answer = model
+                .ask(&bytes, &question, &opts, &host, &mut emit)
+                .await?;
+            let ser = serde_wasm_bindgen::Serializer::json_compatible();
+            serde::Serialize::serialize(&answer, &ser)
+                .map_err(|e| js_error("BackendError", &e.to_string()))
+        })
+    }
+
+    /// Stops the running `ask` at the next token (it rejects with an `AbortError`).
+    pub fn cancel(&self) {
+        self.cancel.set(true);
+    }
+}
+
+/// The half-size image the model sees first (the official LANCZOS downscale), as
+/// `{width, height, rgba}` for display.
+#[wasm_bindgen(js_name = lowResPreview)]
+pub fn low_res_preview(image: js_sys::Uint8Array) -> Result<JsValue, JsValue> {
+    use visionthink_core::image::{decode, inference_low_res, DecodeLimits};
+    let img = decode(&image.to_vec(), DecodeLimits::default()).map_err(RunError::from)?;
+    let low = inference_low_res(&img).map_err(RunError::from)?;
+    let mut rgba = Vec::with_capacity(low.data.len() / 3 * 4);
+    for px in low.data.chunks_exact(3) {
+        rgba.extend_from_slice(&[px[0], px[1], px[2], 255]);
+    }
+    let o = js_sys::Object::new();
+    js_sys::Reflect::set(&o, &"width".into(), &JsValue::from(low.width))?;
+    js_sys::Reflect::set(&o, &"height".into(), &JsValue::from(low.height))?;
+    js_sys::Reflect::set(
+        &o,
+        &"rgba".into(),
+        &js_sys::Uint8ClampedArray::from(&rgba[..]).into(),
+    )?;
+    Ok(o.into())
+}

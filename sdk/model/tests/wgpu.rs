@@ -22,7 +22,9 @@ fn gpu() -> &'static std::sync::Mutex<WgpuBackend> {
 }
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             s = s
@@ -259,11 +261,21 @@ fn chunked_and_int8_weights() {
         let out = g
             .linear(&g.tensor(&x, &[3, cols]).unwrap(), &gw, None)
             .unwrap();
-        close(&g.to_vec(&out).unwrap(), &want, tol, &format!("{opts:?} matmul"));
+        close(
+            &g.to_vec(&out).unwrap(),
+            &want,
+            tol,
+            &format!("{opts:?} matmul"),
+        );
         let out = g
             .linear(&g.tensor(&x[..cols], &[1, cols]).unwrap(), &gw, None)
             .unwrap();
-        close(&g.to_vec(&out).unwrap(), want_row, tol, &format!("{opts:?} gemv"));
+        close(
+            &g.to_vec(&out).unwrap(),
+            want_row,
+            tol,
+            &format!("{opts:?} gemv"),
+        );
         let got = g.to_vec(&g.gather_rows(&gw, &ids).unwrap()).unwrap();
         let want_g: Vec<f32> = ids
             .iter()

@@ -11,9 +11,9 @@ use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConf
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::tokens;
 use visionthink_model::generate::{Sampler, SamplingConfig};
+use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
 #[cfg(feature = "wgpu")]
 use visionthink_model::{WgpuBackend, WgpuOptions};
-use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
 
 fn model_err(e: visionthink_model::Error) -> Error {
     Error::Model(e.to_string())
@@ -488,7 +488,9 @@ impl Session<'_> {
             #[cfg(feature = "wgpu")]
             (Exec::Wgpu(be, m), Cache::Wgpu(c)) => forward(be, m, c, ids, images, pos),
             #[cfg(feature = "wgpu")]
-            _ => Err(Error::Model("session used with another engine's cache".into())),
+            _ => Err(Error::Model(
+                "session used with another engine's cache".into(),
+            )),
         }
     }
 

@@ -133,7 +133,8 @@ impl WgpuBackend {
     /// Requests an adapter and device (native: Vulkan/Metal/DX12 per `WGPU_BACKEND`; browsers:
     /// `navigator.gpu`). Errors name what is missing.
     pub async fn new(opts: WgpuOptions) -> Result<Self> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -414,7 +415,9 @@ impl WgpuBackend {
     pub async fn read_async(&self, t: &GpuTensor) -> Result<Vec<f32>> {
         let (staging, n) = self.stage(t)?;
         let (tx, rx) = oneshot();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |r| tx.send(r));
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -494,9 +497,7 @@ impl WgpuBackend {
 
     /// Quantises a `[rows, cols]` weight to int8 with a per-row absmax scale.
     fn quantize(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
-        let max_rows = (self.chunk_limit() / cols.max(1))
-            .max(1)
-            .min(rows.max(1));
+        let max_rows = (self.chunk_limit() / cols.max(1)).max(1).min(rows.max(1));
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -508,7 +509,10 @@ impl WgpuBackend {
                 let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
                 scales.push(s);
-                q.extend(row.iter().map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8));
+                q.extend(
+                    row.iter()
+                        .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8),
+                );
             }
             chunks.push(Chunk {
                 buf: self.upload(&q),
@@ -535,7 +539,11 @@ impl Backend for WgpuBackend {
         let (rows, cols, one_d) = match shape {
             [c] => (1, *c, true),
             [r, c] => (*r, *c, false),
-            _ => return Err(Error::Backend(format!("tensors are 1-D or 2-D, not {shape:?}"))),
+            _ => {
+                return Err(Error::Backend(format!(
+                    "tensors are 1-D or 2-D, not {shape:?}"
+                )))
+            }
         };
         if data.len() != rows * cols {
             return Err(Error::Backend(format!(
@@ -645,7 +653,11 @@ impl Backend for WgpuBackend {
                 }),
                 (false, q) => (
                     if q { "matmul_q8" } else { "matmul" },
-                    if q { shaders::MATMUL_Q8 } else { shaders::MATMUL },
+                    if q {
+                        shaders::MATMUL_Q8
+                    } else {
+                        shaders::MATMUL
+                    },
                     (c.rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1),
                 ),
             };
@@ -781,7 +793,11 @@ impl Backend for WgpuBackend {
                 scale.to_bits(),
             ],
             &[q.single()?, k.single()?, v.single()?, &ranges, &out],
-            (heads as u32, n.min(65_535) as u32, n.div_ceil(65_535) as u32),
+            (
+                heads as u32,
+                n.min(65_535) as u32,
+                n.div_ceil(65_535) as u32,
+            ),
         );
         Ok(self.plain(out, n, q.cols))
     }
@@ -797,7 +813,11 @@ impl Backend for WgpuBackend {
         let idb = self.upload(bytemuck::cast_slice(ids));
         let n = ids.len() * table.cols;
         for c in table.chunks.iter() {
-            let off = if table.chunks.len() == 1 { table.off } else { 0 };
+            let off = if table.chunks.len() == 1 {
+                table.off
+            } else {
+                0
+            };
             let params = [
                 ids.len() as u32,
                 table.cols as u32,

@@ -145,10 +145,7 @@ pub fn check_goldens<B: Backend>(be: &B, tol: f32) -> (f32, f32) {
                 &floats(&case["logits_first16"]),
             )) / scale;
             worst_logit = worst_logit.max(d);
-            assert!(
-                d <= tol,
-                "{label}: logits differ by {d} of the logit scale"
-            );
+            assert!(d <= tol, "{label}: logits differ by {d} of the logit scale");
             assert_eq!(
                 visionthink_model::generate::argmax(&logits) as u64,
                 case["argmax"].as_u64().unwrap(),

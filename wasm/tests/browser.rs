@@ -1,0 +1,220 @@
+//! In headless Chromium (WebGPU on SwiftShader): the WebGPU executor's kernels against candle
+//! compiled to wasm32, whole-model logits against the transformers goldens (within 1e-3), and
+//! the full low-res-first episode on WebGPU and on the CPU fallback giving the same record.
+//! Run by tests/run.sh through wasm-bindgen-test-runner + chromedriver (flags in webdriver.json).
+#![cfg(target_arch = "wasm32")]
+#![allow(clippy::unwrap_used)]
+
+use serde_json::Value;
+use visionthink_core::image::{decode, inference_low_res, preprocess, DecodeLimits};
+use visionthink_core::model_files::ModelFiles;
+use visionthink_core::rope::rope_index;
+use visionthink_model::{Backend, CandleBackend, Mask, Qwen25VL, WeightStore, WgpuBackend};
+use visionthink_wasm::runner::{AskOptions, Host, Model};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const TOKENIZER: &[u8] = include_bytes!("../../tests/fixtures/tokenizer/tokenizer.json");
+const CONFIG: &[u8] = include_bytes!("../../tests/fixtures/models/tied_nested/config.json");
+const TEMPLATE: &[u8] =
+    include_bytes!("../../tests/fixtures/models/tied_nested/chat_template.json");
+const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/models/tied_nested/model.safetensors");
+const GOLDEN: &str = include_str!("../../tests/fixtures/models/golden.json");
+const PROMPT: &str = include_str!("../../tests/fixtures/golden/prompt_one_image_lowres.txt");
+const PHOTO: &[u8] = include_bytes!("../../tests/fixtures/images/photo_640x480.png");
+
+async fn gpu() -> WgpuBackend {
+    WgpuBackend::new(Default::default())
+        .await
+        .expect("WebGPU adapter (Chromium needs --enable-unsafe-webgpu)")
+}
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+#[wasm_bindgen_test]
+async fn kernels_match_candle_in_the_browser() {
+    let g = gpu().await;
+    let c = CandleBackend::cpu();
+    let both = |shape: &[usize], seed| {
+        let d = data(shape.iter().product(), seed);
+        (g.tensor(&d, shape).unwrap(), c.tensor(&d, shape).unwrap())
+    };
+    let x = both(&[9, 40], 1);
+    let w = both(&[70, 40], 2);
+    let b = both(&[70], 3);
+    let got = g
+        .read_async(&g.linear(&x.0, &w.0, Some(&b.0)).unwrap())
+        .await
+        .unwrap();
+    let want = c
+        .to_vec(&c.linear(&x.1, &w.1, Some(&b.1)).unwrap())
+        .unwrap();
+    assert!(rel_diff(&got, &want) < 1e-5, "linear");
+    let x1 = both(&[1, 40], 4);
+    let got = g
+        .read_async(&g.linear(&x1.0, &w.0, None).unwrap())
+        .await
+        .unwrap();
+    let want = c.to_vec(&c.linear(&x1.1, &w.1, None).unwrap()).unwrap();
+    assert!(rel_diff(&got, &want) < 1e-5, "gemv");
+    let nw = both(&[40], 5);
+    let got = g
+        .read_async(&g.rms_norm(&x.0, &nw.0, 1e-6).unwrap())
+        .await
+        .unwrap();
+    let want = c.to_vec(&c.rms_norm(&x.1, &nw.1, 1e-6).unwrap()).unwrap();
+    assert!(rel_diff(&got, &want) < 1e-5, "rms_norm");
+    let got = g.read_async(&g.gelu(&x.0).unwrap()).await.unwrap();
+    let want = c.to_vec(&c.gelu(&x.1).unwrap()).unwrap();
+    assert!(rel_diff(&got, &want) < 1e-5, "gelu");
+    let q = both(&[5, 32], 6);
+    let k = both(&[12, 16], 7);
+    let v = both(&[12, 16], 8);
+    let mask = Mask::Causal { past: 7 };
+    let got = g
+        .read_async(&g.attention(&q.0, &k.0, &v.0, 4, 2, &mask).unwrap())
+        .await
+        .unwrap();
+    let want = c
+        .to_vec(&c.attention(&q.1, &k.1, &v.1, 4, 2, &mask).unwrap())
+        .unwrap();
+    assert!(rel_diff(&got, &want) < 1e-5, "attention");
+    let cs = both(&[5, 8], 9);
+    let sn = both(&[5, 8], 10);
+    let got = g
+        .read_async(&g.rope(&q.0, &cs.0, &sn.0, 4).unwrap())
+        .await
+        .unwrap();
+    let want = c.to_vec(&c.rope(&q.1, &cs.1, &sn.1, 4).unwrap()).unwrap();
+    assert!(rel_diff(&got, &want) < 1e-5, "rope");
+}
+
+#[wasm_bindgen_test]
+async fn whole_model_logits_match_transformers_in_the_browser() {
+    let golden: Value = serde_json::from_str(GOLDEN).unwrap();
+    let case = &golden["variants"]["tied_nested"][0];
+    let files = ModelFiles::parse(|name| {
+        Ok::<_, ()>(match name {
+            "tokenizer.json" => Some(TOKENIZER.to_vec()),
+            "config.json" => Some(CONFIG.to_vec()),
+            _ => None,
+        })
+    })
+    .unwrap();
+    let cfg = files.config.clone().unwrap();
+    let store =
+        WeightStore::from_bytes(vec![("model.safetensors".into(), WEIGHTS.to_vec())]).unwrap();
+    let g = gpu().await;
+    let model = Qwen25VL::load(&g, &cfg, &store).unwrap();
+    let img = inference_low_res(&decode(PHOTO, DecodeLimits::default()).unwrap()).unwrap();
+    let pv = preprocess(&img, &files.preprocessor).unwrap();
+    let ids = files
+        .tokenizer
+        .encode_rendered(PROMPT, &[pv.num_image_tokens(2)])
+        .unwrap();
+    assert_eq!(ids.len() as u64, case["num_tokens"].as_u64().unwrap());
+    let feats = model.vision.forward(&g, &pv.data, &[pv.grid_thw]).unwrap();
+    let (pos, _) = rope_index(&ids, &[pv.grid_thw], 2).unwrap();
+    let embeds = model.embed(&g, &ids, Some(&feats)).unwrap();
+    let mut cache = model.new_cache();
+    let hidden = model.decode(&g, &embeds, &pos, &mut cache).unwrap();
+    let last = g.narrow_rows(&hidden, ids.len() - 1, 1).unwrap();
+    let logits = g
+        .read_async(&model.logits(&g, &last).unwrap())
+        .await
+        .unwrap();
+    let want: Vec<f32> = case["logits_first16"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let scale = case["logit_scale"].as_f64().unwrap() as f32;
+    let d = logits[..16]
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+        / scale;
+    assert!(d <= 1e-3, "logits differ by {d} of the logit scale");
+    assert_eq!(
+        visionthink_model::generate::argmax(&logits) as u64,
+        case["argmax"].as_u64().unwrap()
+    );
+}
+
+struct TestHost;
+impl Host for TestHost {
+    fn now_ms(&self) -> f64 {
+        js_sys::Date::now()
+    }
+    async fn yield_now(&self) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+#[wasm_bindgen_test]
+async fn episode_on_webgpu_equals_the_cpu_fallback() {
+    let call = "<think>Too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+    let opts = AskOptions {
+        max_new_tokens: 4,
+        forced_turns: vec![call.into()],
+        ..Default::default()
+    };
+    let mut answers = Vec::new();
+    for use_gpu in [true, false] {
+        let files = ModelFiles::parse(|name| {
+            Ok::<_, ()>(match name {
+                "tokenizer.json" => Some(TOKENIZER.to_vec()),
+                "config.json" => Some(CONFIG.to_vec()),
+                "chat_template.json" => Some(TEMPLATE.to_vec()),
+                _ => None,
+            })
+        })
+        .unwrap();
+        let store =
+            WeightStore::from_bytes(vec![("model.safetensors".into(), WEIGHTS.to_vec())]).unwrap();
+        let be = if use_gpu { Some(gpu().await) } else { None };
+        let model = Model::new(files, &store, be).unwrap();
+        let mut pieces = String::new();
+        let a = model
+            .ask(PHOTO, "What is the code?", &opts, &TestHost, &mut |ev| {
+                if let visionthink_wasm::runner::Event::Token { text, .. } = ev {
+                    pieces.push_str(text)
+                }
+            })
+            .await
+            .unwrap();
+        assert!(a.used_high_res);
+        assert_eq!(a.turns.len(), 2);
+        assert!(!pieces.is_empty());
+        answers.push(a);
+    }
+    assert_eq!(answers[0].backend, "webgpu");
+    assert_eq!(answers[1].backend, "cpu");
+    assert_eq!(answers[0].turns, answers[1].turns);
+    assert_eq!(answers[0].visual_tokens, answers[1].visual_tokens);
+    assert!(answers[0].visual_tokens > answers[0].visual_tokens_full_res);
+}
