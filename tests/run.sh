@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (README: "run the tests"). Installs what it needs on a fresh
 # machine, then runs, cheapest first: fmt, clippy (native and wasm32, -D warnings), native tests
-# (unit, integration, doc, CLI), the tokenizer tests again on the Oniguruma regex engine, the core
-# test suite compiled to wasm32 and run under Node, and the demo as a smoke test.
+# (unit, integration, doc, CLI; the WebGPU executor on Mesa's lavapipe), the tokenizer tests again
+# on the Oniguruma regex engine, the core test suite compiled to wasm32 and run under Node, the
+# browser tests in headless Chromium (kernels and model on WebGPU/SwiftShader, CPU fallback), the
+# npm package build, its Playwright end-to-end tests of the demo page and `npm pack`, and the
+# demo as a smoke test.
 #
 # Caches (override with VT_CACHE): cargo target dir and the wasm-bindgen test runner live
 # outside the clone, so repeated runs are incremental and a cold machine still works.
@@ -21,10 +24,21 @@ step() { printf '\n==> %s\n' "$*"; }
 step "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add wasm32-unknown-unknown >/dev/null
-if ! command -v node >/dev/null 2>&1; then
-  step "installing Node.js (runs the wasm32 tests)"
-  apt-get update -qq && apt-get install -y -qq nodejs >/dev/null
+# Node (wasm32 tests, npm package), Mesa's lavapipe (wgpu on the CPU), Debian's Chromium and
+# chromedriver (browser tests; WebGPU through SwiftShader).
+need=()
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers libvulkan1)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+export WGPU_BACKEND=vulkan
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$VT_CACHE/xdg}"
+mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
 lock_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
 if [ "$lock_version" != "$WASM_BINDGEN_VERSION" ]; then
   echo "Cargo.lock has wasm-bindgen $lock_version but tests/run.sh pins the runner at $WASM_BINDGEN_VERSION" >&2
@@ -48,6 +62,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "clippy (wasm32)"
 cargo clippy -p visionthink-core -p visionthink-wasm --all-targets --target wasm32-unknown-unknown --locked -- -D warnings
+cargo clippy -p visionthink-model --features wgpu --lib --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "check the optional Hugging Face Hub feature compiles"
 cargo check -p visionthink --features hub --locked
@@ -55,7 +70,7 @@ cargo check -p visionthink --features hub --locked
 step "build visionthink-core for wasm32"
 cargo build -p visionthink-core --target wasm32-unknown-unknown --locked
 
-step "tests (native)"
+step "tests (native; the WebGPU executor on lavapipe)"
 cargo test --workspace --locked
 
 step "tokenizer tests on the Oniguruma regex engine (the one Python tokenizers uses)"
@@ -64,6 +79,24 @@ cargo test -p visionthink-core --no-default-features --features onig --test toke
 step "core tests on wasm32 (Node)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p visionthink-core --target wasm32-unknown-unknown --tests --locked
+
+step "browser tests in headless Chromium (wasm-bindgen-test + chromedriver, WebGPU on SwiftShader)"
+(cd wasm && CHROMEDRIVER=$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=900 \
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+  cargo test -p visionthink-wasm --target wasm32-unknown-unknown --test browser --locked)
+
+step "npm package: build (wasm32 release + wasm-bindgen + tsc), Playwright e2e of the demo, npm pack"
+(
+  cd web
+  npm ci --no-audit --no-fund --loglevel=error
+  bash scripts/build.sh
+  node --test --test-concurrency=1 test/
+  rm -f visionthink-*.tgz
+  npm pack --silent >/dev/null
+  tar -tzf visionthink-*.tgz | grep -q "package/pkg/visionthink_wasm_bg.wasm"
+  tar -tzf visionthink-*.tgz | grep -q "package/dist/index.d.ts"
+  rm -f visionthink-*.tgz
+)
 
 step "examples and the README's main job"
 cargo run -q -p visionthink --locked --example protocol

@@ -98,6 +98,17 @@ struct Pending {
     dispatches: usize,
 }
 
+/// Work counters since creation (for benchmarks: dispatches and submits per decode step).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Compute dispatches recorded.
+    pub dispatches: u64,
+    /// Queue submissions.
+    pub submits: u64,
+    /// Bytes uploaded (weights, inputs, parameters).
+    pub uploaded_bytes: u64,
+}
+
 /// The WebGPU executor.
 pub struct WgpuBackend {
     device: wgpu::Device,
@@ -110,6 +121,7 @@ pub struct WgpuBackend {
     ranges: RefCell<Option<(Mask, usize, usize, wgpu::Buffer)>>,
     /// First uncaptured device error (validation, out-of-memory, internal) or loss.
     fault: Arc<Mutex<Option<Error>>>,
+    counters: std::cell::Cell<Counters>,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -188,6 +200,7 @@ impl WgpuBackend {
             pending: RefCell::new(Pending::default()),
             ranges: RefCell::new(None),
             fault,
+            counters: Default::default(),
         })
     }
 
@@ -205,6 +218,27 @@ impl WgpuBackend {
     /// The options.
     pub fn options(&self) -> WgpuOptions {
         self.opts
+    }
+
+    /// Work done so far.
+    pub fn counters(&self) -> Counters {
+        self.counters.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut Counters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    /// Waits until the GPU has finished everything submitted (native only; for timing).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn sync(&self) -> Result<()> {
+        self.submit();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend(format!("poll: {e}")))?;
+        self.check_fault()
     }
 
     /// The first device fault since creation (sticky: a faulted backend must be rebuilt).
@@ -274,6 +308,7 @@ impl WgpuBackend {
     }
 
     fn upload(&self, bytes: &[u8]) -> wgpu::Buffer {
+        self.count(|c| c.uploaded_bytes += bytes.len() as u64);
         let padded;
         let contents = if bytes.is_empty() || bytes.len() % 4 != 0 {
             let mut v = bytes.to_vec();
@@ -359,6 +394,7 @@ impl WgpuBackend {
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         });
+        self.count(|c| c.dispatches += 1);
         let full = {
             let mut p = self.pending.borrow_mut();
             p.dispatches += 1;
@@ -374,6 +410,7 @@ impl WgpuBackend {
         let mut p = self.pending.borrow_mut();
         if let Some(enc) = p.encoder.take() {
             self.queue.submit([enc.finish()]);
+            self.count(|c| c.submits += 1);
         }
         p.dispatches = 0;
     }
@@ -643,6 +680,9 @@ impl Backend for WgpuBackend {
                 0,
             ];
             let (name, body, groups) = match (n == 1, quant) {
+                (true, false) if k <= shaders::GEMV_ROWS_MAX_K => {
+                    ("gemv_rows", shaders::GEMV_ROWS, self.elementwise(c.rows))
+                }
                 (true, false) => ("gemv", shaders::GEMV, {
                     let (x, y) = grid(c.rows.div_ceil(4));
                     (x, y, 1)

@@ -254,6 +254,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 ";
 
+/// Matrix-vector product for one row with a short reduction (`k` below [`GEMV_ROWS_MAX_K`]):
+/// one invocation per output, no workgroup barriers (software adapters such as SwiftShader
+/// and lavapipe pay heavily for barriers; on GPUs the short rows stay in cache).
+pub const GEMV_ROWS: &str = r"
+struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
+           o_col: u32, b_off: u32, has_b: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let c = flat(wid, nwg, lid);
+    if (c >= p.m) { return; }
+    let wb = p.w_off + c * p.k;
+    var s = 0.0;
+    for (var k = 0u; k < p.k; k++) { s += x[p.x_off + k] * w[wb + k]; }
+    if (p.has_b != 0u) { s += b[p.b_off + c]; }
+    o[p.o_off + p.o_col + c] = s;
+}
+";
+
+/// Reduction length up to which [`GEMV_ROWS`] is used.
+pub const GEMV_ROWS_MAX_K: usize = 128;
+
 /// Matrix-vector product against int8 weights (four per u32, little-endian) with one f32
 /// scale per output row: `w[c, k] ≈ q[c, k] * scale[c]`.
 pub const GEMV_Q8: &str = r"

@@ -1,0 +1,270 @@
+//! WebGPU executor vs candle CPU, same process, same random-weight model (Qwen2.5-VL layout,
+//! small: text hidden 512 × 4 layers, vocab 151936; vision 256 × 2 blocks): weight upload,
+//! prefill, per-token decode, dispatches and submits per decode step, vision tower.
+//!
+//! `WGPU_BACKEND=vulkan cargo bench -p visionthink-model --features wgpu --bench wgpu`
+//! On lavapipe (CPU rasteriser) the numbers show executor overhead, not GPU speed.
+
+use std::collections::HashMap;
+use std::time::Instant;
+use visionthink_core::config::ModelConfig;
+use visionthink_core::rope::rope_index;
+use visionthink_model::{Backend, CandleBackend, Qwen25VL, WeightStore, WgpuBackend, WgpuOptions};
+
+const CONFIG: &str = r#"{
+ "model_type": "qwen2_5_vl", "image_token_id": 151655, "tie_word_embeddings": true,
+ "text_config": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4,
+   "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 151936,
+   "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "tie_word_embeddings": true,
+   "rope_parameters": {"rope_theta": 1000000.0, "mrope_section": [16, 8, 8]}},
+ "vision_config": {"depth": 2, "hidden_size": 256, "intermediate_size": 512, "num_heads": 4,
+   "out_hidden_size": 512, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+   "in_channels": 3, "window_size": 112, "fullatt_block_indexes": [1]}
+}"#;
+
+fn shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let t = &cfg.text;
+    let v = &cfg.vision;
+    let (h, hd) = (t.hidden_size, t.hidden_size / t.num_attention_heads);
+    let kv = t.num_key_value_heads * hd;
+    let mut s = vec![
+        ("model.embed_tokens.weight".into(), vec![t.vocab_size, h]),
+        ("model.norm.weight".into(), vec![h]),
+    ];
+    for i in 0..t.num_hidden_layers {
+        let p = format!("model.layers.{i}.");
+        for (n, sh) in [
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+            ("self_attn.q_proj.weight", vec![h, h]),
+            ("self_attn.q_proj.bias", vec![h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.k_proj.bias", vec![kv]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.bias", vec![kv]),
+            ("self_attn.o_proj.weight", vec![h, h]),
+            ("mlp.gate_proj.weight", vec![t.intermediate_size, h]),
+            ("mlp.up_proj.weight", vec![t.intermediate_size, h]),
+            ("mlp.down_proj.weight", vec![h, t.intermediate_size]),
+        ] {
+            s.push((format!("{p}{n}"), sh));
+        }
+    }
+    let d = v.hidden_size;
+    s.push((
+        "visual.patch_embed.proj.weight".into(),
+        vec![d, 3, 2, v.patch_size, v.patch_size],
+    ));
+    for i in 0..v.depth {
+        let p = format!("visual.blocks.{i}.");
+        for (n, sh) in [
+            ("norm1.weight", vec![d]),
+            ("norm2.weight", vec![d]),
+            ("attn.qkv.weight", vec![3 * d, d]),
+            ("attn.qkv.bias", vec![3 * d]),
+            ("attn.proj.weight", vec![d, d]),
+            ("attn.proj.bias", vec![d]),
+            ("mlp.gate_proj.weight", vec![v.intermediate_size, d]),
+            ("mlp.gate_proj.bias", vec![v.intermediate_size]),
+            ("mlp.up_proj.weight", vec![v.intermediate_size, d]),
+            ("mlp.up_proj.bias", vec![v.intermediate_size]),
+            ("mlp.down_proj.weight", vec![d, v.intermediate_size]),
+            ("mlp.down_proj.bias", vec![d]),
+        ] {
+            s.push((format!("{p}{n}"), sh));
+        }
+    }
+    s.push(("visual.merger.ln_q.weight".into(), vec![d]));
+    s.push(("visual.merger.mlp.0.weight".into(), vec![4 * d, 4 * d]));
+    s.push(("visual.merger.mlp.0.bias".into(), vec![4 * d]));
+    s.push((
+        "visual.merger.mlp.2.weight".into(),
+        vec![v.out_hidden_size, 4 * d],
+    ));
+    s.push(("visual.merger.mlp.2.bias".into(), vec![v.out_hidden_size]));
+    s
+}
+
+fn random_checkpoint(cfg: &ModelConfig) -> Vec<u8> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape) in shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let norm = name.contains("norm");
+        let mut bytes = Vec::with_capacity(n * 4);
+        for _ in 0..n {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let u = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            let v = if norm { 1.0 } else { u * 0.08 };
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        tensors.push((name, shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .expect("view"),
+            )
+        })
+        .collect();
+    safetensors::tensor::serialize(views, None::<HashMap<String, String>>).expect("serialize")
+}
+
+struct Row {
+    what: &'static str,
+    candle: f64,
+    wgpu: f64,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Times prefill of `n` tokens and `steps` decode steps; returns (load, prefill, per-token).
+fn run<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    store: &WeightStore,
+    sync: &dyn Fn(&B),
+    n: usize,
+    steps: usize,
+) -> (f64, f64, f64, f64) {
+    let t = Instant::now();
+    let model = Qwen25VL::load(be, cfg, store).expect("load");
+    sync(be);
+    let load = ms(t);
+    let ids: Vec<u32> = (0..n as u32).map(|i| 1000 + i * 7).collect();
+    let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
+    let mut all = ids.clone();
+    all.extend(std::iter::repeat_n(42u32, steps));
+    let (pos_all, _) = rope_index(&all, &[], 2).expect("rope");
+    let _ = pos;
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    let e = model.embed(be, &ids, None).expect("embed");
+    let h = model.decode(be, &e, &pos_all, &mut cache).expect("decode");
+    let mut logits = model.last_logits(be, &h).expect("logits");
+    let prefill = ms(t);
+    let t = Instant::now();
+    for _ in 0..steps {
+        let next = visionthink_model::generate::argmax(&logits);
+        let e = model.embed(be, &[next], None).expect("embed");
+        let h = model.decode(be, &e, &pos_all, &mut cache).expect("decode");
+        logits = model.last_logits(be, &h).expect("logits");
+    }
+    let decode = ms(t) / steps as f64;
+    // Vision: a 224×224 image (16×16 patches → 64 tokens).
+    let grid = [1u32, 16, 16];
+    let pixels: Vec<f32> = (0..256 * 1176).map(|i| (i % 97) as f32 / 97.0).collect();
+    let t = Instant::now();
+    let f = model.vision.forward(be, &pixels, &[grid]).expect("vision");
+    let _ = be.to_vec(&f).expect("read");
+    let vision = ms(t);
+    (load, prefill, decode, vision)
+}
+
+fn main() {
+    let cfg = ModelConfig::from_json(CONFIG.as_bytes()).expect("config");
+    let bytes = random_checkpoint(&cfg);
+    let store = WeightStore::from_bytes(vec![("bench.safetensors".into(), bytes)]).expect("store");
+    let (n, steps) = (128, 16);
+    let cpu = CandleBackend::cpu();
+    let c = run(&cpu, &cfg, &store, &|_| {}, n, steps);
+    let mut rows = Vec::new();
+    for int8 in [false, true] {
+        let gpu = WgpuBackend::new_blocking(WgpuOptions {
+            int8_weights: int8,
+            ..Default::default()
+        })
+        .expect("wgpu adapter (WGPU_BACKEND=vulkan with mesa-vulkan-drivers)");
+        if !int8 {
+            println!("adapter: {:?}", gpu.info());
+        }
+        let before = gpu.counters();
+        let g = run(
+            &gpu,
+            &cfg,
+            &store,
+            &|b: &WgpuBackend| b.sync().expect("sync"),
+            n,
+            steps,
+        );
+        let after = gpu.counters();
+        let tag = if int8 { " (int8)" } else { "" };
+        if !int8 {
+            println!(
+                "uploaded {:.1} MB; whole run: {} dispatches, {} submits",
+                (after.uploaded_bytes - before.uploaded_bytes) as f64 / 1e6,
+                after.dispatches - before.dispatches,
+                after.submits - before.submits
+            );
+            // Dispatches and submits of one decode step, measured in isolation.
+            let model = Qwen25VL::load(&gpu, &cfg, &store).expect("load");
+            let ids: Vec<u32> = (0..9).collect();
+            let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
+            let mut cache = model.new_cache();
+            let e = model.embed(&gpu, &ids[..8], None).expect("embed");
+            model.decode(&gpu, &e, &pos, &mut cache).expect("decode");
+            gpu.sync().expect("sync");
+            let c0 = gpu.counters();
+            let e = model.embed(&gpu, &ids[8..], None).expect("embed");
+            let h = model.decode(&gpu, &e, &pos, &mut cache).expect("decode");
+            model.last_logits(&gpu, &h).expect("logits");
+            let c1 = gpu.counters();
+            println!(
+                "one decode step: {} dispatches, {} submit(s)",
+                c1.dispatches - c0.dispatches,
+                c1.submits - c0.submits
+            );
+        }
+        rows.push((tag, g));
+    }
+    let (_, g) = rows[0];
+    let (_, q) = rows[1];
+    let table = [
+        Row {
+            what: "load + upload (ms)",
+            candle: c.0,
+            wgpu: g.0,
+        },
+        Row {
+            what: "prefill 128 tokens (ms)",
+            candle: c.1,
+            wgpu: g.1,
+        },
+        Row {
+            what: "decode (ms/token)",
+            candle: c.2,
+            wgpu: g.2,
+        },
+        Row {
+            what: "vision 224x224 (ms)",
+            candle: c.3,
+            wgpu: g.3,
+        },
+    ];
+    println!(
+        "\n| {:<26} | {:>12} | {:>12} | {:>14} | {:>12} |",
+        "", "candle CPU", "wgpu f32", "wgpu int8", "candle/wgpu"
+    );
+    println!(
+        "|{:-<28}|{:->14}|{:->14}|{:->16}|{:->14}|",
+        "", "", "", "", ""
+    );
+    let q = [q.0, q.1, q.2, q.3];
+    for (r, qv) in table.iter().zip(q) {
+        println!(
+            "| {:<26} | {:>12.1} | {:>12.1} | {:>14.1} | {:>11.2}x |",
+            r.what,
+            r.candle,
+            r.wgpu,
+            qv,
+            r.candle / r.wgpu
+        );
+    }
+}

@@ -1,0 +1,123 @@
+// The demo page: load the model (progress), pick an image, ask, watch the answer stream.
+// Query parameters: model=URL (default ../model/), worker=1, backend=auto|webgpu|cpu,
+// maxNewTokens=N, forceTurn=TEXT (teacher-force turn 1, e.g. a resize call, for testing).
+import { createEngine, lowResPreview } from "../dist/index.js";
+import { createWorkerEngine } from "../dist/worker.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const modelUrl = new URL(params.get("model") ?? "../model/", location.href).toString();
+const maxNewTokens = Number(params.get("maxNewTokens") ?? 48);
+const forced = params.getAll("forceTurn");
+let engine = null;
+let image = null;
+
+async function showImage(bytes, name) {
+  image = bytes;
+  const url = URL.createObjectURL(new Blob([bytes]));
+  $("orig").src = url;
+  try {
+    const low = await lowResPreview(bytes);
+    const c = $("lowres");
+    c.width = low.width;
+    c.height = low.height;
+    c.getContext("2d").putImageData(new ImageData(low.rgba, low.width, low.height), 0, 0);
+    $("lowcap").textContent = `what the model sees first: ${low.width}×${low.height}`;
+    $("origcap").textContent = `${name} (full resolution, sent only if asked for)`;
+  } catch (e) {
+    $("status").textContent = `${e.name}: ${e.message}`;
+    image = null;
+  }
+  $("ask").disabled = !(engine && image);
+}
+
+$("file").addEventListener("change", async (ev) => {
+  const f = ev.target.files[0];
+  if (f) await showImage(new Uint8Array(await f.arrayBuffer()), f.name);
+});
+
+async function load() {
+  const progress = {};
+  const options = {
+    model: modelUrl,
+    backend: params.get("backend") ?? "auto",
+    int8: params.get("int8") === "1",
+    onProgress: (p) => {
+      progress[p.file] = p;
+      const all = Object.values(progress);
+      const loaded = all.reduce((s, x) => s + x.loaded, 0);
+      const total = all.reduce((s, x) => s + (x.total || x.loaded), 0);
+      $("progress").value = total ? loaded / total : 0;
+      $("status").textContent = `Loading ${p.file}: ${(p.loaded / 1e6).toFixed(1)} MB${p.cached ? " (cache)" : ""}`;
+    },
+  };
+  const t = performance.now();
+  engine = params.get("worker") === "1"
+    ? await createWorkerEngine(new Worker(new URL("../dist/worker-entry.js", import.meta.url), { type: "module" }), options)
+    : await createEngine(options);
+  $("progress").value = 1;
+  $("f-backend").textContent = engine.backend + (params.get("worker") === "1" ? " (in a Web Worker)" : "");
+  if (engine.notice) $("notice").textContent = engine.notice;
+  $("status").textContent = `Ready (${engine.backend}, loaded in ${((performance.now() - t) / 1000).toFixed(1)} s)`;
+  document.body.dataset.ready = "1";
+  $("ask").disabled = !image;
+}
+
+$("ask").addEventListener("click", async () => {
+  $("ask").disabled = true;
+  $("stop").disabled = false;
+  $("answer").textContent = "";
+  for (const id of ["f-resize", "f-tokens", "f-saved", "f-text", "f-time"]) $(id).textContent = "…";
+  document.body.dataset.tokens = "0";
+  delete document.body.dataset.done;
+  let turn = 0;
+  const stream = engine.ask({
+    image,
+    question: $("question").value,
+    stream: true,
+    maxNewTokens,
+    forcedTurns: forced,
+  });
+  $("stop").onclick = () => stream.cancel();
+  try {
+    for await (const ev of stream) {
+      if (ev.type === "resize") {
+        $("answer").textContent += "\n\n[the model asked for the full-resolution image]\n\n";
+        $("f-resize").innerHTML = '<span class="badge yes">yes</span>';
+      } else {
+        if (ev.turn !== turn) turn = ev.turn;
+        $("answer").textContent += ev.text;
+        document.body.dataset.tokens = String(Number(document.body.dataset.tokens) + 1);
+      }
+    }
+    const a = await stream.result;
+    $("f-resize").innerHTML = a.used_high_res ? '<span class="badge yes">yes</span>' : '<span class="badge no">no</span>';
+    $("f-tokens").textContent = `${a.visual_tokens} (full resolution alone: ${a.visual_tokens_full_res})`;
+    const saved = a.visual_tokens_full_res - a.visual_tokens;
+    $("f-saved").textContent = saved >= 0
+      ? `${saved} (${((100 * saved) / a.visual_tokens_full_res).toFixed(0)}%)`
+      : `none: ${-saved} more than full resolution alone`;
+    $("f-text").textContent = a.text || "(empty)";
+    const t = a.timings;
+    $("f-time").textContent = `${t.total_ms.toFixed(0)} ms total, ${t.generated_tokens} tokens, ${(t.decode_ms / Math.max(1, t.generated_tokens)).toFixed(1)} ms/token`;
+    document.body.dataset.done = a.used_high_res ? "resized" : "direct";
+    $("status").textContent = `Done (${a.end})`;
+  } catch (e) {
+    $("status").textContent = `${e.name}: ${e.message}`;
+    document.body.dataset.done = "error";
+  } finally {
+    $("ask").disabled = false;
+    $("stop").disabled = true;
+  }
+});
+
+(async () => {
+  const res = await fetch(params.get("image") ?? "../example.png");
+  if (res.ok) await showImage(new Uint8Array(await res.arrayBuffer()), "example.png");
+  try {
+    await load();
+  } catch (e) {
+    $("status").textContent = `${e.name}: ${e.message}`;
+    document.body.dataset.ready = "error";
+  }
+})();

@@ -1,0 +1,240 @@
+// VisionThink for the web: `createEngine({ model, onProgress })`, then
+// `engine.ask({ image, question, stream: true })`.
+
+import init, { Engine as WasmEngine, lowResPreview as wasmLowResPreview } from "../pkg/visionthink_wasm.js";
+import {
+  clearModelCache,
+  fetchModelFiles,
+  type LoadProgress,
+  type Manifest,
+  VisionThinkError,
+} from "./cache.js";
+
+export { clearModelCache, VisionThinkError };
+export type { LoadProgress, Manifest };
+
+/** Where the model runs. */
+export type BackendChoice = "auto" | "webgpu" | "cpu";
+
+export interface EngineOptions {
+  /** Base URL of a model folder (HF layout, optional `visionthink-manifest.json`). */
+  model: string;
+  /** Bytes loaded per file. */
+  onProgress?: (p: LoadProgress) => void;
+  /** `auto` (default): WebGPU when an adapter answers within `adapterTimeoutMs`, else CPU. */
+  backend?: BackendChoice;
+  /** int8 weights on WebGPU (4× less GPU memory; measured accuracy cost in the README). */
+  int8?: boolean;
+  /** Keep weights in the Cache API (default true). */
+  cache?: boolean;
+  /** How long to wait for `navigator.gpu.requestAdapter()` (default 5000 ms). */
+  adapterTimeoutMs?: number;
+  /** The manifest, when not served next to the model. */
+  manifest?: Manifest;
+  /** URL or bytes of `visionthink_wasm_bg.wasm` (default: next to the package's glue). */
+  wasm?: string | URL | ArrayBuffer;
+}
+
+/** An image: encoded bytes (PNG, JPEG, WebP, GIF), a Blob/File, or a URL. */
+export type ImageInput = Uint8Array | ArrayBuffer | Blob | string | URL;
+
+export interface AskRequest {
+  image: ImageInput;
+  question: string;
+  stream?: boolean;
+  maxNewTokens?: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  seed?: number;
+  /** Teacher-forced turn texts (replay a recorded trajectory). */
+  forcedTurns?: string[];
+  /** Aborts the generation (rejects with an `AbortError`). */
+  signal?: AbortSignal;
+}
+
+/** A streamed event. */
+export type AskEvent =
+  | { type: "token"; turn: number; id: number; text: string }
+  | { type: "resize" };
+
+export interface Timings {
+  preprocess_ms: number;
+  vision_ms: number;
+  prefill_ms: number;
+  decode_ms: number;
+  total_ms: number;
+  generated_tokens: number;
+  prefill_tokens: number;
+}
+
+/** The answer record (same fields as the Rust SDK's `Answer`, plus `backend`). */
+export interface Answer {
+  text: string;
+  thinking: string;
+  used_high_res: boolean;
+  turns: string[];
+  visual_tokens: number;
+  visual_tokens_full_res: number;
+  end: string;
+  timings: Timings;
+  backend: "webgpu" | "cpu";
+}
+
+/** A streaming answer: iterate the events, then await `result`. */
+export interface AnswerStream extends AsyncIterable<AskEvent> {
+  result: Promise<Answer>;
+  cancel(): void;
+}
+
+export interface VisionThinkEngine {
+  readonly backend: "webgpu" | "cpu";
+  readonly notice: string | null;
+  ask(req: AskRequest & { stream: true }): AnswerStream;
+  ask(req: AskRequest & { stream?: false }): Promise<Answer>;
+  cancel(): void;
+}
+
+let ready: Promise<unknown> | null = null;
+
+/** Initialises the wasm module once. */
+export function initWasm(wasm?: string | URL | ArrayBuffer): Promise<unknown> {
+  ready ??= init(wasm === undefined ? undefined : { module_or_path: wasm });
+  return ready;
+}
+
+async function imageBytes(image: ImageInput): Promise<Uint8Array> {
+  if (image instanceof Uint8Array) return image;
+  if (image instanceof ArrayBuffer) return new Uint8Array(image);
+  if (typeof Blob !== "undefined" && image instanceof Blob) return new Uint8Array(await image.arrayBuffer());
+  const res = await fetch(image as string | URL);
+  if (!res.ok) throw new VisionThinkError("ImageError", `cannot fetch image: HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+async function probeWebGPU(timeoutMs: number): Promise<string | null> {
+  const gpu = (globalThis.navigator as Navigator & { gpu?: { requestAdapter(): Promise<unknown> } })?.gpu;
+  if (!gpu) return "navigator.gpu is missing";
+  const adapter = await Promise.race([
+    gpu.requestAdapter().catch(() => null),
+    new Promise((r) => setTimeout(() => r("timeout"), timeoutMs)),
+  ]);
+  if (adapter === "timeout") return `requestAdapter() did not answer within ${timeoutMs} ms`;
+  return adapter ? null : "requestAdapter() returned no adapter";
+}
+
+/** Turns a wasm-bindgen rejection into a named Error. */
+function named(e: unknown): Error {
+  if (e instanceof Error) return e;
+  return new VisionThinkError("BackendError", String(e));
+}
+
+/** Queue-backed async iterator of events. */
+export function eventStream(
+  start: (emit: (e: AskEvent) => void) => Promise<Answer>,
+  cancel: () => void,
+): AnswerStream {
+  const queue: AskEvent[] = [];
+  let wake: (() => void) | null = null;
+  let finished = false;
+  const result = start((e) => {
+    queue.push(e);
+    wake?.();
+  }).finally(() => {
+    finished = true;
+    wake?.();
+  });
+  result.catch(() => {});
+  return {
+    result,
+    cancel,
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        while (queue.length) yield queue.shift() as AskEvent;
+        if (finished) {
+          await result; // rethrows errors to the iterating code
+          return;
+        }
+        await new Promise<void>((r) => (wake = r));
+        wake = null;
+      }
+    },
+  };
+}
+
+class Engine implements VisionThinkEngine {
+  constructor(private inner: WasmEngine) {}
+
+  get backend(): "webgpu" | "cpu" {
+    return this.inner.backend as "webgpu" | "cpu";
+  }
+
+  get notice(): string | null {
+    return this.inner.notice ?? null;
+  }
+
+  ask(req: AskRequest & { stream: true }): AnswerStream;
+  ask(req: AskRequest & { stream?: false }): Promise<Answer>;
+  ask(req: AskRequest): AnswerStream | Promise<Answer> {
+    const { image, question, stream, signal, ...options } = req;
+    const run = async (emit: (e: AskEvent) => void): Promise<Answer> => {
+      const bytes = await imageBytes(image);
+      const onAbort = () => this.inner.cancel();
+      signal?.addEventListener("abort", onAbort);
+      try {
+        return (await this.inner.ask(bytes, question, options, emit)) as Answer;
+      } catch (e) {
+        throw named(e);
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    };
+    if (stream) return eventStream(run, () => this.inner.cancel());
+    return run(() => {});
+  }
+
+  cancel(): void {
+    this.inner.cancel();
+  }
+}
+
+/** Downloads (or reads from the cache) and loads a model. */
+export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngine> {
+  await initWasm(opts.wasm);
+  const files = await fetchModelFiles(opts.model, {
+    useCache: opts.cache,
+    onProgress: opts.onProgress,
+    manifest: opts.manifest,
+  });
+  let backend: BackendChoice = opts.backend ?? "auto";
+  let notice: string | null = null;
+  if (backend !== "cpu") {
+    const problem = await probeWebGPU(opts.adapterTimeoutMs ?? 5000);
+    if (problem && backend === "webgpu") throw new VisionThinkError("WebGPUNotAvailable", problem);
+    if (problem) {
+      backend = "cpu";
+      notice = `WebGPU is not available (${problem}); running on the CPU`;
+    }
+  }
+  try {
+    const inner = await WasmEngine.load(files, { backend, int8: opts.int8 ?? false });
+    const engine = new Engine(inner);
+    if (notice) Object.defineProperty(engine, "notice", { value: notice });
+    return engine;
+  } catch (e) {
+    throw named(e);
+  }
+}
+
+/** The half-size image the model sees first, as ImageData-compatible fields. */
+export async function lowResPreview(
+  image: ImageInput,
+  wasm?: string | URL | ArrayBuffer,
+): Promise<{ width: number; height: number; rgba: Uint8ClampedArray }> {
+  await initWasm(wasm);
+  try {
+    return wasmLowResPreview(await imageBytes(image));
+  } catch (e) {
+    throw named(e);
+  }
+}

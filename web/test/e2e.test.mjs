@@ -1,0 +1,157 @@
+// End-to-end in headless Chromium (Debian's, WebGPU on SwiftShader) through Playwright:
+// the demo page loads the model with progress, streams an answer, shows the low-res image and
+// the resize decision; the Web Worker engine; Cache API integrity (a corrupted cached weight
+// file is refetched, never used); an interrupted download (resumable error, nothing cached);
+// the CPU fallback when WebGPU is missing. Screenshots go to test-results/.
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+import { startServer, webRoot } from "../scripts/serve.mjs";
+
+const CALL =
+  '<think>The print is too small.</think>\n<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>';
+const FLAGS = [
+  "--no-sandbox",
+  "--disable-gpu-sandbox",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--disable-quic",
+  "--disable-dev-shm-usage",
+];
+const results = resolve(webRoot, "test-results");
+let srv;
+const faults = new Map();
+
+async function browser({ webgpu = true } = {}) {
+  const dir = await mkdtemp(join(tmpdir(), "vt-chromium-"));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: webgpu ? [...FLAGS, "--enable-unsafe-webgpu"] : FLAGS,
+  });
+  const page = ctx.pages()[0] ?? (await ctx.newPage());
+  const logs = [];
+  page.on("console", (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`pageerror: ${e.message}`));
+  return {
+    page,
+    logs,
+    close: async () => {
+      await ctx.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function waitReady(page, logs) {
+  try {
+    await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+  } catch (e) {
+    throw new Error(`${e.message}\n${logs.join("\n")}`);
+  }
+  const ready = await page.evaluate(() => document.body.dataset.ready);
+  assert.equal(ready, "1", `load failed: ${await page.textContent("#status")}\n${logs.join("\n")}`);
+}
+
+async function askAndWait(page) {
+  await page.click("#ask");
+  await page.waitForFunction(() => document.body.dataset.done, null, { timeout: 300_000 });
+  return page.evaluate(() => document.body.dataset.done);
+}
+
+before(async () => {
+  await mkdir(results, { recursive: true });
+  srv = await startServer({ faults });
+});
+after(async () => srv?.close());
+
+test("demo page: load with progress, stream, resize branch shown, screenshot", async () => {
+  const { page, logs, close } = await browser();
+  try {
+    const q = new URLSearchParams({ forceTurn: CALL, maxNewTokens: "12" });
+    await page.goto(`${srv.url}/demo/index.html?${q}`);
+    await waitReady(page, logs);
+    assert.match(await page.textContent("#f-backend"), /webgpu/);
+    assert.equal(await page.$eval("#progress", (p) => p.value), 1);
+    const low = await page.$eval("#lowres", (c) => [c.width, c.height]);
+    assert.deepEqual(low, [448, 336], "the half-size example image is shown");
+    assert.equal(await askAndWait(page), "resized", `${await page.textContent("#status")}\n${logs.join("\n")}`);
+    const tokens = Number(await page.evaluate(() => document.body.dataset.tokens));
+    assert.ok(tokens > 5, `streamed ${tokens} token events`);
+    assert.match(await page.textContent("#answer"), /asked for the full-resolution image/);
+    assert.match(await page.textContent("#f-resize"), /yes/);
+    assert.match(await page.textContent("#f-tokens"), /^\d+ \(full resolution alone: \d+\)$/);
+    await page.screenshot({ path: join(results, "demo-webgpu.png"), fullPage: true });
+  } finally {
+    await close();
+  }
+});
+
+test("web worker engine, then a corrupted cached weight file is refetched", async () => {
+  const { page, logs, close } = await browser();
+  try {
+    await page.goto(`${srv.url}/demo/index.html?worker=1&maxNewTokens=6`);
+    await waitReady(page, logs);
+    assert.match(await page.textContent("#f-backend"), /in a Web Worker/);
+    assert.equal(await askAndWait(page), "direct", await page.textContent("#status"));
+    // Everything is cached now; corrupt the weights in the cache (same hash header, other bytes).
+    const weights = `${srv.url}/model/model.safetensors`;
+    await page.evaluate(async (url) => {
+      const cache = await caches.open("visionthink-models-v1");
+      const hit = await cache.match(url);
+      const bytes = new Uint8Array(await hit.arrayBuffer());
+      bytes[bytes.length - 1] ^= 0xff;
+      await cache.put(url, new Response(bytes, { headers: hit.headers }));
+    }, weights);
+    const before = { w: srv.hits.get("/model/model.safetensors"), c: srv.hits.get("/model/config.json") };
+    await page.reload();
+    await waitReady(page, logs);
+    assert.equal(srv.hits.get("/model/model.safetensors"), before.w + 1, "corrupted weights refetched");
+    assert.equal(srv.hits.get("/model/config.json"), before.c, "intact files come from the cache");
+    assert.equal(await askAndWait(page), "direct");
+  } finally {
+    await close();
+  }
+});
+
+test("an interrupted download is a resumable error and leaves nothing in the cache", async () => {
+  const { page, logs, close } = await browser();
+  try {
+    faults.set("/model/model.safetensors", "abort");
+    await page.goto(`${srv.url}/demo/index.html`);
+    await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.ready), "error", logs.join("\n"));
+    assert.match(await page.textContent("#status"), /^ModelLoadError: download of model.safetensors/);
+    const cached = await page.evaluate(async (url) => {
+      const cache = await caches.open("visionthink-models-v1");
+      return [!!(await cache.match(url + "config.json")), !!(await cache.match(url + "model.safetensors"))];
+    }, `${srv.url}/model/`);
+    assert.deepEqual(cached, [true, false], "complete files cached, the broken one not");
+    faults.clear();
+    await page.reload();
+    await waitReady(page, logs);
+  } finally {
+    faults.clear();
+    await close();
+  }
+});
+
+test("no WebGPU: CPU fallback with a notice, same protocol", async () => {
+  const { page, logs, close } = await browser({ webgpu: false });
+  try {
+    const q = new URLSearchParams({ forceTurn: CALL, maxNewTokens: "4" });
+    await page.goto(`${srv.url}/demo/index.html?${q}`);
+    await waitReady(page, logs);
+    assert.match(await page.textContent("#f-backend"), /cpu/);
+    assert.match(await page.textContent("#notice"), /WebGPU is not available/);
+    assert.equal(await askAndWait(page), "resized", await page.textContent("#status"));
+    await page.screenshot({ path: join(results, "demo-cpu.png"), fullPage: true });
+  } finally {
+    await close();
+  }
+});
