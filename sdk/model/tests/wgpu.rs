@@ -233,7 +233,7 @@ fn kv_cache_appends_in_place_and_grows() {
 fn chunked_and_int8_weights() {
     let lock = gpu().lock().unwrap();
     let c = CandleBackend::cpu();
-    let (rows, cols) = (300, 40);
+    let (rows, cols) = (300, 160);
     let w = data(rows * cols, 20);
     let x = data(3 * cols, 21);
     let want = c
@@ -249,14 +249,20 @@ fn chunked_and_int8_weights() {
     let want_row = &want[..rows];
     let ids = [0u32, 299, 150, 77];
     for opts in [
-        // 16 KB chunks: 300 rows of 160 bytes → 4 chunks.
+        // 64 KB chunks: 300 rows of 640 bytes → 3 chunks; the reduction gemv (k = 160).
         WgpuOptions {
-            chunk_bytes: Some(16 * 1024),
+            chunk_bytes: Some(64 * 1024),
+            software_kernels: Some(false),
+            ..Default::default()
+        },
+        // The barrier-light gemv.
+        WgpuOptions {
+            software_kernels: Some(true),
             ..Default::default()
         },
         WgpuOptions {
             int8_weights: true,
-            chunk_bytes: Some(4 * 1024),
+            chunk_bytes: Some(16 * 1024),
             ..Default::default()
         },
     ] {
@@ -311,4 +317,64 @@ fn limits_too_small_name_the_limit() {
         err.contains("maxStorageBufferBindingSize") && err.contains(&(ids.len() * 16).to_string()),
         "{err}"
     );
+}
+
+/// The accuracy cost of int8 weights, measured on every golden case: worst logit difference
+/// relative to the logit scale, and whether argmax and top-5 survive.
+#[test]
+fn int8_weights_accuracy_cost() {
+    use serde_json::Value;
+    use visionthink_core::rope::rope_index;
+    use visionthink_core::tokenizer::QwenTokenizer;
+    let _lock = gpu().lock().unwrap();
+    let g = WgpuBackend::new_blocking(WgpuOptions {
+        int8_weights: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::fixtures().join("models/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let tok = QwenTokenizer::from_bytes(
+        &std::fs::read(common::fixtures().join("tokenizer/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let (mut worst, mut top1, mut top5, mut cases) = (0f32, 0, 0, 0);
+    for (variant, list) in golden["variants"].as_object().unwrap() {
+        let model = common::load(&g, variant);
+        for case in list.as_array().unwrap() {
+            let c = common::prepare(case, &tok);
+            let feats = model.vision.forward(&g, &c.pixels, &c.grids).unwrap();
+            let (pos, _) = rope_index(&c.ids, &c.grids, 2).unwrap();
+            let e = model.embed(&g, &c.ids, Some(&feats)).unwrap();
+            let mut cache = model.new_cache();
+            let h = model.decode(&g, &e, &pos, &mut cache).unwrap();
+            let logits = model.last_logits(&g, &h).unwrap();
+            let scale = case["logit_scale"].as_f64().unwrap() as f32;
+            let want: Vec<f32> = case["logits_first16"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            worst = worst.max(common::max_abs_diff(&logits[..16], &want) / scale);
+            let am = visionthink_model::generate::argmax(&logits) as u64;
+            top1 += usize::from(am == case["argmax"].as_u64().unwrap());
+            top5 += usize::from(
+                case["top5"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p[0].as_u64() == Some(am)),
+            );
+            cases += 1;
+        }
+    }
+    eprintln!(
+        "int8 weights: worst logit difference {worst:.2e} of the logit scale; argmax equal in \
+         {top1}/{cases}, within the reference top-5 in {top5}/{cases}"
+    );
+    assert!(worst < 0.1, "int8 logits drift by {worst} of the scale");
+    assert_eq!(top5, cases);
 }

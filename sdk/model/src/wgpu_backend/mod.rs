@@ -39,6 +39,9 @@ pub struct WgpuOptions {
     /// Split weights into chunks of at most this many bytes (default: the adapter's
     /// `maxStorageBufferBindingSize`); lets tests exercise chunking on small tensors.
     pub chunk_bytes: Option<u64>,
+    /// Force (`Some(true)`) or forbid the barrier-light kernels chosen for software adapters;
+    /// `None` decides from the adapter.
+    pub software_kernels: Option<bool>,
 }
 
 /// Adapter facts worth reporting.
@@ -54,6 +57,9 @@ pub struct AdapterInfo {
     pub max_buffer: u64,
     /// Whether `shader-f16` is available.
     pub shader_f16: bool,
+    /// A CPU implementation (lavapipe, SwiftShader, WARP): barriers are expensive there, so
+    /// matrix-vector products use the barrier-light kernel.
+    pub software: bool,
 }
 
 #[derive(Debug)]
@@ -164,6 +170,12 @@ impl WgpuBackend {
             max_binding: limits.max_storage_buffer_binding_size as u64,
             max_buffer: limits.max_buffer_size,
             shader_f16: adapter.features().contains(wgpu::Features::SHADER_F16),
+            software: ai.device_type == wgpu::DeviceType::Cpu || {
+                let n = ai.name.to_lowercase();
+                ["llvmpipe", "lavapipe", "swiftshader", "warp"]
+                    .iter()
+                    .any(|s| n.contains(s))
+            },
         };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -680,7 +692,10 @@ impl Backend for WgpuBackend {
                 0,
             ];
             let (name, body, groups) = match (n == 1, quant) {
-                (true, false) if k <= shaders::GEMV_ROWS_MAX_K => {
+                (true, false)
+                    if k <= shaders::GEMV_ROWS_MAX_K
+                        || self.opts.software_kernels.unwrap_or(self.info.software) =>
+                {
                     ("gemv_rows", shaders::GEMV_ROWS, self.elementwise(c.rows))
                 }
                 (true, false) => ("gemv", shaders::GEMV, {

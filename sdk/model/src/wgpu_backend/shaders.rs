@@ -254,9 +254,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 ";
 
-/// Matrix-vector product for one row with a short reduction (`k` below [`GEMV_ROWS_MAX_K`]):
-/// one invocation per output, no workgroup barriers (software adapters such as SwiftShader
-/// and lavapipe pay heavily for barriers; on GPUs the short rows stay in cache).
+/// Matrix-vector product for one row, one invocation per output: `x` is staged through
+/// workgroup memory 256 values at a time (two barriers per 256 columns instead of a reduction
+/// per output). Chosen for short rows and on software adapters (SwiftShader, lavapipe), which
+/// pay heavily per barrier.
 pub const GEMV_ROWS: &str = r"
 struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
            o_col: u32, b_off: u32, has_b: u32 }
@@ -265,15 +266,24 @@ struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride:
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;
+var<workgroup> xs: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let c = flat(wid, nwg, lid);
-    if (c >= p.m) { return; }
-    let wb = p.w_off + c * p.k;
+    let live = c < p.m;
+    let wb = p.w_off + min(c, p.m - 1u) * p.k;
     var s = 0.0;
-    for (var k = 0u; k < p.k; k++) { s += x[p.x_off + k] * w[wb + k]; }
+    for (var k0 = 0u; k0 < p.k; k0 += 256u) {
+        let kk = k0 + lid;
+        xs[lid] = select(0.0, x[p.x_off + min(kk, p.k - 1u)], kk < p.k);
+        workgroupBarrier();
+        let len = min(256u, p.k - k0);
+        for (var j = 0u; j < len; j++) { s += xs[j] * w[wb + k0 + j]; }
+        workgroupBarrier();
+    }
+    if (!live) { return; }
     if (p.has_b != 0u) { s += b[p.b_off + c]; }
     o[p.o_off + p.o_col + c] = s;
 }
