@@ -42,8 +42,10 @@ export async function sha256Hex(bytes: Uint8Array): Promise<string> {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** `name` inside the model folder `base` (absolute, or relative to the page/worker). */
 function join(base: string, name: string): string {
-  return new URL(name, base.endsWith("/") ? base : base + "/").toString();
+  const folder = new URL(base.endsWith("/") ? base : base + "/", globalThis.location?.href);
+  return new URL(name, folder).toString();
 }
 
 /** Reads the manifest, or discovers the standard HF files when there is none. */

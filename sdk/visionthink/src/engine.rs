@@ -44,7 +44,9 @@ pub enum DeviceChoice {
     Wgpu,
 }
 
-/// A backend with its model.
+/// A backend with its model. One per engine, built once and never moved in a hot path, so the
+/// size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Exec {
     Candle(CandleBackend, Qwen25VL<CandleBackend>),
     #[cfg(feature = "wgpu")]

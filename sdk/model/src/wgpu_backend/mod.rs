@@ -25,6 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use wgpu::util::DeviceExt;
 
+/// Shared ownership of weight chunks: `Arc` natively (so models can move between threads),
+/// `Rc` in browsers, where wgpu objects are neither `Send` nor `Sync`.
+#[cfg(not(target_arch = "wasm32"))]
+type ChunkRef<T> = Arc<T>;
+#[cfg(target_arch = "wasm32")]
+type ChunkRef<T> = std::rc::Rc<T>;
+
 /// Dispatches recorded before an intermediate submit.
 pub const FLUSH_DISPATCHES: usize = 384;
 
@@ -75,7 +82,7 @@ struct Chunk {
 /// A tensor: a view into one buffer, or a chunked / quantised weight.
 #[derive(Debug, Clone)]
 pub struct GpuTensor {
-    chunks: Arc<Vec<Chunk>>,
+    chunks: ChunkRef<Vec<Chunk>>,
     /// Element offset of the view (single-chunk tensors only).
     off: usize,
     rows: usize,
@@ -340,7 +347,7 @@ impl WgpuBackend {
 
     fn plain(&self, buf: wgpu::Buffer, rows: usize, cols: usize) -> GpuTensor {
         GpuTensor {
-            chunks: Arc::new(vec![Chunk {
+            chunks: ChunkRef::new(vec![Chunk {
                 buf,
                 row0: 0,
                 rows,
@@ -572,7 +579,7 @@ impl WgpuBackend {
             row0 += n;
         }
         Ok(GpuTensor {
-            chunks: Arc::new(chunks),
+            chunks: ChunkRef::new(chunks),
             off: 0,
             rows,
             cols,
@@ -628,7 +635,7 @@ impl Backend for WgpuBackend {
                     row0 += n;
                 }
                 Ok(GpuTensor {
-                    chunks: Arc::new(chunks),
+                    chunks: ChunkRef::new(chunks),
                     off: 0,
                     rows: *rows,
                     cols: *cols,
