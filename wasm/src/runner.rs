@@ -82,10 +82,11 @@ impl std::fmt::Display for RunError {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, RunError>;
 
-/// An executor with its model.
+/// An executor with its model (one per engine, never moved in a hot path).
+#[allow(clippy::large_enum_variant)]
 pub enum Exec {
     /// WebGPU.
-    Gpu(Box<WgpuBackend>, Qwen25VL<WgpuBackend>),
+    Gpu(WgpuBackend, Qwen25VL<WgpuBackend>),
     /// CPU (candle compiled to wasm32).
     Cpu(CandleBackend, Qwen25VL<CandleBackend>),
 }
@@ -219,7 +220,7 @@ impl Model {
         let exec = match gpu {
             Some(be) => {
                 let m = Qwen25VL::load(&be, &config, store)?;
-                Exec::Gpu(Box::new(be), m)
+                Exec::Gpu(be, m)
             }
             None => {
                 let be = CandleBackend::cpu();
@@ -442,7 +443,6 @@ impl<'a> Session<'a> {
         let v = &mut self.timings.vision_ms;
         match (&self.model.exec, &mut self.cache) {
             (Exec::Gpu(be, m), Cache::Gpu(c)) => {
-                let be: &WgpuBackend = be;
                 let logits = record(be, m, c, ids, images, pos, host, v)?;
                 Ok(be.read_async(&logits).await?)
             }
