@@ -90,11 +90,13 @@ step "npm package: build (wasm32 release + wasm-bindgen + tsc), Playwright e2e o
   cd web
   npm ci --no-audit --no-fund --loglevel=error
   bash scripts/build.sh
-  node --test --test-concurrency=1 test/
+  node --test --test-concurrency=1 test/e2e.test.mjs
   rm -f visionthink-*.tgz
   npm pack --silent >/dev/null
-  tar -tzf visionthink-*.tgz | grep -q "package/pkg/visionthink_wasm_bg.wasm"
-  tar -tzf visionthink-*.tgz | grep -q "package/dist/index.d.ts"
+  tar -tzf visionthink-*.tgz > "$VT_CACHE/npm-pack.txt"
+  for f in pkg/visionthink_wasm_bg.wasm pkg/visionthink_wasm.js dist/index.js dist/index.d.ts dist/worker.js; do
+    grep -qx "package/$f" "$VT_CACHE/npm-pack.txt" || { echo "npm pack lacks $f" >&2; exit 1; }
+  done
   rm -f visionthink-*.tgz
 )
 

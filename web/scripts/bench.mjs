@@ -1,12 +1,12 @@
 // Browser benchmark (not a test): the same model and image on WebGPU (SwiftShader here) and on
 // the CPU-wasm fallback, in headless Chromium. Prints load (fetch + upload), prefill, per-token
-// decode, vision, JS heap and the wasm size.  node test/bench.mjs [--model DIR] [--tokens N]
+// decode, vision, JS heap and the wasm size.  node scripts/bench.mjs [--model DIR] [--tokens N]
 import { readFile, mkdtemp, rm } from "node:fs/promises";
 import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
-import { startServer, webRoot } from "../scripts/serve.mjs";
+import { startServer, webRoot } from "./serve.mjs";
 
 const arg = (k, d) => {
   const i = process.argv.indexOf(k);
