@@ -35,12 +35,13 @@ impl From<RunError> for JsValue {
     }
 }
 
-/// Load options (`{ backend: "auto" | "webgpu" | "cpu", int8: false }`).
+/// Load options (`{ backend: "auto" | "webgpu" | "cpu", int8: false, f16: false }`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct LoadOptions {
     backend: Option<String>,
     int8: bool,
+    f16: bool,
 }
 
 fn options<T: serde::de::DeserializeOwned + Default>(v: JsValue) -> Result<T, JsValue> {
@@ -158,6 +159,7 @@ impl Engine {
         let want = opts.backend.as_deref().unwrap_or("auto");
         let gpu_opts = WgpuOptions {
             int8_weights: opts.int8,
+            f16_weights: opts.f16,
             ..Default::default()
         };
         let (gpu, notice) = match want {

@@ -42,6 +42,7 @@ async function load() {
     model: modelUrl,
     backend: params.get("backend") ?? "auto",
     int8: params.get("int8") === "1",
+    f16: params.get("f16") === "1",
     onProgress: (p) => {
       progress[p.file] = p;
       const all = Object.values(progress);

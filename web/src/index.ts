@@ -25,6 +25,8 @@ export interface EngineOptions {
   backend?: BackendChoice;
   /** int8 weights on WebGPU (4× less GPU memory; measured accuracy cost in the README). */
   int8?: boolean;
+  /** f16 weights on WebGPU (2× less GPU memory, f32 arithmetic, no `shader-f16` needed). */
+  f16?: boolean;
   /** Keep weights in the Cache API (default true). */
   cache?: boolean;
   /** How long to wait for `navigator.gpu.requestAdapter()` (default 5000 ms). */
@@ -217,7 +219,7 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
     }
   }
   try {
-    const inner = await WasmEngine.load(files, { backend, int8: opts.int8 ?? false });
+    const inner = await WasmEngine.load(files, { backend, int8: opts.int8 ?? false, f16: opts.f16 ?? false });
     const engine = new Engine(inner);
     if (notice) Object.defineProperty(engine, "notice", { value: notice });
     return engine;

@@ -141,7 +141,7 @@ test("an interrupted download is a resumable error and leaves nothing in the cac
   }
 });
 
-test("no WebGPU: CPU fallback with a notice, same protocol", async () => {
+test("no WebGPU: CPU fallback with a notice, same protocol; Stop cancels", async () => {
   const { page, logs, close } = await browser({ webgpu: false });
   try {
     const q = new URLSearchParams({ forceTurn: CALL, maxNewTokens: "4" });
@@ -151,6 +151,15 @@ test("no WebGPU: CPU fallback with a notice, same protocol", async () => {
     assert.match(await page.textContent("#notice"), /WebGPU is not available/);
     assert.equal(await askAndWait(page), "resized", await page.textContent("#status"));
     await page.screenshot({ path: join(results, "demo-cpu.png"), fullPage: true });
+    // Cancellation: a long generation stopped after a few streamed tokens.
+    await page.goto(`${srv.url}/demo/index.html?maxNewTokens=100000`);
+    await waitReady(page, logs);
+    await page.click("#ask");
+    await page.waitForFunction(() => Number(document.body.dataset.tokens) > 3, null, { timeout: 60_000 });
+    await page.click("#stop");
+    await page.waitForFunction(() => document.body.dataset.done, null, { timeout: 60_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.done), "error");
+    assert.match(await page.textContent("#status"), /^AbortError: cancelled/);
   } finally {
     await close();
   }

@@ -265,10 +265,28 @@ fn chunked_and_int8_weights() {
             chunk_bytes: Some(16 * 1024),
             ..Default::default()
         },
+        // f16 storage, chunked, through both matrix-vector kernels.
+        WgpuOptions {
+            f16_weights: true,
+            chunk_bytes: Some(16 * 1024),
+            software_kernels: Some(false),
+            ..Default::default()
+        },
+        WgpuOptions {
+            f16_weights: true,
+            software_kernels: Some(true),
+            ..Default::default()
+        },
     ] {
         // A second device with these options.
         let g = WgpuBackend::new_blocking(opts).unwrap();
-        let tol = if opts.int8_weights { 2e-2 } else { 1e-5 };
+        let tol = if opts.int8_weights {
+            2e-2
+        } else if opts.f16_weights {
+            2e-3
+        } else {
+            1e-5
+        };
         let gw = g.weight(w.clone(), &[rows, cols]).unwrap();
         let out = g
             .linear(&g.tensor(&x, &[3, cols]).unwrap(), &gw, None)
@@ -319,19 +337,36 @@ fn limits_too_small_name_the_limit() {
     );
 }
 
-/// The accuracy cost of int8 weights, measured on every golden case: worst logit difference
-/// relative to the logit scale, and whether argmax and top-5 survive.
+/// The accuracy cost of int8 and f16 weights, measured on every golden case: worst logit
+/// difference relative to the logit scale, and whether argmax and top-5 survive.
 #[test]
-fn int8_weights_accuracy_cost() {
+fn reduced_precision_weights_accuracy_cost() {
+    let _lock = gpu().lock().unwrap();
+    for (label, opts) in [
+        (
+            "int8",
+            WgpuOptions {
+                int8_weights: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "f16",
+            WgpuOptions {
+                f16_weights: true,
+                ..Default::default()
+            },
+        ),
+    ] {
+        reduced_precision(label, opts);
+    }
+}
+
+fn reduced_precision(label: &str, opts: WgpuOptions) {
     use serde_json::Value;
     use visionthink_core::rope::rope_index;
     use visionthink_core::tokenizer::QwenTokenizer;
-    let _lock = gpu().lock().unwrap();
-    let g = WgpuBackend::new_blocking(WgpuOptions {
-        int8_weights: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let g = WgpuBackend::new_blocking(opts).unwrap();
     let golden: Value = serde_json::from_str(
         &std::fs::read_to_string(common::fixtures().join("models/golden.json")).unwrap(),
     )
@@ -372,9 +407,37 @@ fn int8_weights_accuracy_cost() {
         }
     }
     eprintln!(
-        "int8 weights: worst logit difference {worst:.2e} of the logit scale; argmax equal in \
+        "{label} weights: worst logit difference {worst:.2e} of the logit scale; argmax equal in \
          {top1}/{cases}, within the reference top-5 in {top5}/{cases}"
     );
-    assert!(worst < 0.1, "int8 logits drift by {worst} of the scale");
+    assert!(worst < 0.1, "{label} logits drift by {worst} of the scale");
     assert_eq!(top5, cases);
+}
+
+/// A lost device surfaces as the typed `DeviceLost` error (never a hang or a panic), and a new
+/// backend works afterwards.
+#[test]
+fn device_loss_is_a_typed_error_and_a_new_device_works() {
+    let _lock = gpu().lock().unwrap();
+    let g = WgpuBackend::new_blocking(WgpuOptions::default()).unwrap();
+    let t = g.tensor(&[1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    assert_eq!(
+        g.to_vec(&g.add(&t, &t).unwrap()).unwrap(),
+        [2.0, 4.0, 6.0, 8.0]
+    );
+    g.destroy();
+    let err = g
+        .add(&t, &t)
+        .and_then(|s| g.to_vec(&s))
+        .expect_err("a destroyed device cannot compute");
+    assert!(
+        matches!(err, visionthink_model::Error::DeviceLost(_)),
+        "{err:?}"
+    );
+    let fresh = WgpuBackend::new_blocking(WgpuOptions::default()).unwrap();
+    let t = fresh.tensor(&[1.0, 2.0], &[1, 2]).unwrap();
+    assert_eq!(
+        fresh.to_vec(&fresh.add(&t, &t).unwrap()).unwrap(),
+        [2.0, 4.0]
+    );
 }

@@ -246,12 +246,20 @@ impl VisionThink {
             DeviceChoice::Cuda => candle(CandleBackend::cuda(dtype).map_err(model_err)?)?,
             #[cfg(feature = "wgpu")]
             DeviceChoice::Wgpu => {
-                if precision != Precision::F32 {
-                    return Err(Error::Model(
-                        "the WebGPU executor computes in f32 (use --dtype f32)".into(),
-                    ));
-                }
-                let be = WgpuBackend::new_blocking(WgpuOptions::default()).map_err(model_err)?;
+                // The WebGPU executor computes in f32; f16 stores the weights as f16.
+                let f16_weights = match precision {
+                    Precision::F32 => false,
+                    Precision::F16 => true,
+                    Precision::Bf16 => return Err(Error::Model(
+                        "the WebGPU executor stores weights as f32 or f16 (use --dtype f32 or f16)"
+                            .into(),
+                    )),
+                };
+                let be = WgpuBackend::new_blocking(WgpuOptions {
+                    f16_weights,
+                    ..Default::default()
+                })
+                .map_err(model_err)?;
                 let model = Qwen25VL::load(&be, &config, &store).map_err(model_err)?;
                 Exec::Wgpu(be, model)
             }

@@ -15,6 +15,8 @@
 
 pub mod shaders;
 
+use shaders::WeightKind;
+
 use crate::backend::{Backend, Mask};
 use crate::{Error, Result};
 use std::cell::RefCell;
@@ -23,7 +25,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use wgpu::util::DeviceExt;
 
 /// Shared ownership of weight chunks: `Arc` natively (so models can move between threads),
 /// `Rc` in browsers, where wgpu objects are neither `Send` nor `Sync`.
@@ -41,6 +42,9 @@ pub struct WgpuOptions {
     /// Store 2-D weights (linear layers, embeddings, head) as int8 with a per-row absmax scale:
     /// 4× less GPU memory and upload; activations, norms and biases stay f32.
     pub int8_weights: bool,
+    /// Store 2-D weights as f16 (round to nearest even), unpacked to f32 in the kernels: half
+    /// the GPU memory, f32 arithmetic, works without `shader-f16`. Ignored with `int8_weights`.
+    pub f16_weights: bool,
     /// Prefer a software adapter (for tests).
     pub force_fallback_adapter: bool,
     /// Split weights into chunks of at most this many bytes (default: the adapter's
@@ -75,8 +79,21 @@ struct Chunk {
     /// First row of the full tensor this chunk holds.
     row0: usize,
     rows: usize,
+    /// Storage of the values.
+    kind: WeightKind,
     /// int8 chunks: per-row scales.
     scales: Option<wgpu::Buffer>,
+}
+
+impl Chunk {
+    /// Bindings 2 (values) and, for int8, 5 (scales) of a weight-reading kernel.
+    fn bindings(&self) -> Vec<(u32, &wgpu::Buffer)> {
+        let mut v = vec![(2, &self.buf)];
+        if let Some(s) = &self.scales {
+            v.push((5, s));
+        }
+        v
+    }
 }
 
 /// A tensor: a view into one buffer, or a chunked / quantised weight.
@@ -94,9 +111,9 @@ pub struct GpuTensor {
 impl GpuTensor {
     fn single(&self) -> Result<&wgpu::Buffer> {
         match self.chunks.as_slice() {
-            [c] if c.scales.is_none() => Ok(&c.buf),
+            [c] if c.kind == WeightKind::F32 => Ok(&c.buf),
             _ => Err(Error::Backend(
-                "this operation needs a plain tensor, not a chunked or int8 weight".into(),
+                "this operation needs a plain f32 tensor, not a chunked, f16 or int8 weight".into(),
             )),
         }
     }
@@ -128,7 +145,7 @@ pub struct WgpuBackend {
     queue: wgpu::Queue,
     info: AdapterInfo,
     opts: WgpuOptions,
-    pipelines: RefCell<HashMap<&'static str, wgpu::ComputePipeline>>,
+    pipelines: RefCell<HashMap<String, wgpu::ComputePipeline>>,
     pending: RefCell<Pending>,
     /// The last attention ranges uploaded (masks repeat across layers).
     ranges: RefCell<Option<(Mask, usize, usize, wgpu::Buffer)>>,
@@ -239,6 +256,15 @@ impl WgpuBackend {
         self.opts
     }
 
+    /// Destroys the device now (frees its memory); every later operation fails with
+    /// [`Error::DeviceLost`]. Also how tests simulate a lost device.
+    pub fn destroy(&self) {
+        self.device.destroy();
+        if let Ok(mut slot) = self.fault.lock() {
+            slot.get_or_insert(Error::DeviceLost("the device was destroyed".into()));
+        }
+    }
+
     /// Work done so far.
     pub fn counters(&self) -> Counters {
         self.counters.get()
@@ -274,7 +300,8 @@ impl WgpuBackend {
         }
     }
 
-    fn pipeline(&self, name: &'static str, body: &'static str) -> wgpu::ComputePipeline {
+    /// The pipeline `name`, compiled from `source()` on first use.
+    fn pipeline(&self, name: &str, source: &dyn Fn() -> String) -> wgpu::ComputePipeline {
         if let Some(p) = self.pipelines.borrow().get(name) {
             return p.clone();
         }
@@ -282,7 +309,7 @@ impl WgpuBackend {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(shaders::source(body).into()),
+                source: wgpu::ShaderSource::Wgsl(source().into()),
             });
         let p = self
             .device
@@ -294,7 +321,9 @@ impl WgpuBackend {
                 compilation_options: Default::default(),
                 cache: None,
             });
-        self.pipelines.borrow_mut().insert(name, p.clone());
+        self.pipelines
+            .borrow_mut()
+            .insert(name.to_string(), p.clone());
         p
     }
 
@@ -316,6 +345,7 @@ impl WgpuBackend {
     }
 
     fn buffer(&self, elems: usize, what: &str) -> Result<wgpu::Buffer> {
+        self.check_fault()?;
         let bytes = (elems.max(1) * 4) as u64;
         self.check_size(bytes, what)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -326,23 +356,34 @@ impl WgpuBackend {
         }))
     }
 
+    /// A storage buffer holding `bytes` (zero-padded to 4-byte multiples). Created empty and
+    /// written through the queue: unlike `create_buffer_init`, this cannot panic when the
+    /// device is lost (the fault is reported by the next readback instead).
     fn upload(&self, bytes: &[u8]) -> wgpu::Buffer {
         self.count(|c| c.uploaded_bytes += bytes.len() as u64);
-        let padded;
-        let contents = if bytes.is_empty() || bytes.len() % 4 != 0 {
-            let mut v = bytes.to_vec();
-            v.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
-            padded = v;
-            &padded[..]
-        } else {
-            bytes
-        };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents,
-                usage: usage(),
-            })
+        self.upload_with(bytes, usage())
+    }
+
+    fn upload_with(&self, bytes: &[u8], usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = bytes.len().div_ceil(4).max(1) * 4;
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: size as u64,
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if !bytes.is_empty() {
+            let whole = bytes.len() / 4 * 4;
+            if whole > 0 {
+                self.queue.write_buffer(&buf, 0, &bytes[..whole]);
+            }
+            if whole < bytes.len() {
+                let mut tail = [0u8; 4];
+                tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                self.queue.write_buffer(&buf, whole as u64, &tail);
+            }
+        }
+        buf
     }
 
     fn plain(&self, buf: wgpu::Buffer, rows: usize, cols: usize) -> GpuTensor {
@@ -351,6 +392,7 @@ impl WgpuBackend {
                 buf,
                 row0: 0,
                 rows,
+                kind: WeightKind::F32,
                 scales: None,
             }]),
             off: 0,
@@ -369,40 +411,52 @@ impl WgpuBackend {
         f(enc)
     }
 
-    /// Records one dispatch of `kernel` with uniform `params` and storage `buffers` (bindings
-    /// 1…), submitting the encoder when enough work has queued up.
+    /// Records one dispatch of a kernel without weights (`body` gets the prelude), binding
+    /// `buffers` to 1, 2, …
     fn dispatch(
         &self,
-        name: &'static str,
+        name: &str,
         body: &'static str,
         params: &[u32],
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) {
-        let pipeline = self.pipeline(name, body);
+        let entries: Vec<(u32, &wgpu::Buffer)> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u32 + 1, *b))
+            .collect();
+        self.record(name, &|| shaders::source(body), params, &entries, groups);
+    }
+
+    /// Records one dispatch with uniform `params` and storage `entries` (binding, buffer),
+    /// submitting the encoder when enough work has queued up.
+    fn record(
+        &self,
+        name: &str,
+        source: &dyn Fn() -> String,
+        params: &[u32],
+        entries: &[(u32, &wgpu::Buffer)],
+        groups: (u32, u32, u32),
+    ) {
+        let pipeline = self.pipeline(name, source);
         let mut words = [0u32; 16];
         words[..params.len()].copy_from_slice(params);
-        let uniform = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::cast_slice(&words),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = vec![wgpu::BindGroupEntry {
+        let uniform = self.upload_with(bytemuck::cast_slice(&words), wgpu::BufferUsages::UNIFORM);
+        let mut bind_entries = vec![wgpu::BindGroupEntry {
             binding: 0,
             resource: uniform.as_entire_binding(),
         }];
-        for (i, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
+        for (binding, b) in entries {
+            bind_entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
                 resource: b.as_entire_binding(),
             });
         }
         let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
+            entries: &bind_entries,
         });
         self.with_encoder(|enc| {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -551,40 +605,65 @@ impl WgpuBackend {
         Ok(self.plain(out, a.rows, a.cols))
     }
 
-    /// Quantises a `[rows, cols]` weight to int8 with a per-row absmax scale.
-    fn quantize(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
-        let max_rows = (self.chunk_limit() / cols.max(1)).max(1).min(rows.max(1));
+    /// Uploads a `[rows, cols]` weight in `kind` storage, split into row chunks that fit the
+    /// binding limit. int8 uses a per-row absmax scale; f16 rounds to nearest even.
+    fn store_weight(&self, data: &[f32], rows: usize, cols: usize, kind: WeightKind) -> GpuTensor {
+        let elem_bytes = match kind {
+            WeightKind::F32 => 4,
+            WeightKind::F16 => 2,
+            WeightKind::Q8 => 1,
+        };
+        let max_rows = (self.chunk_limit() / (cols * elem_bytes).max(1))
+            .max(1)
+            .min(rows.max(1));
         let mut chunks = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
             let n = max_rows.min(rows - row0);
-            let mut q = Vec::with_capacity(n * cols);
-            let mut scales = Vec::with_capacity(n);
-            for r in row0..row0 + n {
-                let row = &data[r * cols..(r + 1) * cols];
-                let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
-                scales.push(s);
-                q.extend(
-                    row.iter()
-                        .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8),
-                );
-            }
+            let part = &data[row0 * cols..(row0 + n) * cols];
+            let (buf, scales) = match kind {
+                WeightKind::F32 => (self.upload(bytemuck::cast_slice(part)), None),
+                WeightKind::F16 => {
+                    let h: Vec<u16> = part
+                        .iter()
+                        .map(|v| half::f16::from_f32(*v).to_bits())
+                        .collect();
+                    (self.upload(bytemuck::cast_slice(&h)), None)
+                }
+                WeightKind::Q8 => {
+                    let mut q = Vec::with_capacity(part.len());
+                    let mut scales = Vec::with_capacity(n);
+                    for row in part.chunks_exact(cols.max(1)) {
+                        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+                        scales.push(s);
+                        q.extend(
+                            row.iter()
+                                .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8),
+                        );
+                    }
+                    (
+                        self.upload(&q),
+                        Some(self.upload(bytemuck::cast_slice(&scales))),
+                    )
+                }
+            };
             chunks.push(Chunk {
-                buf: self.upload(&q),
+                buf,
                 row0,
                 rows: n,
-                scales: Some(self.upload(bytemuck::cast_slice(&scales))),
+                kind,
+                scales,
             });
             row0 += n;
         }
-        Ok(GpuTensor {
+        GpuTensor {
             chunks: ChunkRef::new(chunks),
             off: 0,
             rows,
             cols,
             one_d: false,
-        })
+        }
     }
 }
 
@@ -607,6 +686,7 @@ impl Backend for WgpuBackend {
                 data.len()
             )));
         }
+        self.check_fault()?;
         self.check_size((data.len() * 4) as u64, "a tensor")?;
         let mut t = self.plain(self.upload(bytemuck::cast_slice(data)), rows, cols);
         t.one_d = one_d;
@@ -614,33 +694,19 @@ impl Backend for WgpuBackend {
     }
 
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<GpuTensor> {
-        let lim = self.chunk_limit();
         match shape {
-            [rows, cols] if self.opts.int8_weights && *rows > 1 && *cols >= 16 => {
-                self.quantize(&data, *rows, *cols)
-            }
-            [rows, cols] if data.len() * 4 > lim => {
-                let per = (lim / 4 / cols.max(&1)).max(1);
-                let mut chunks = Vec::new();
-                let mut row0 = 0;
-                while row0 < *rows {
-                    let n = per.min(rows - row0);
-                    let part = &data[row0 * cols..(row0 + n) * cols];
-                    chunks.push(Chunk {
-                        buf: self.upload(bytemuck::cast_slice(part)),
-                        row0,
-                        rows: n,
-                        scales: None,
-                    });
-                    row0 += n;
+            [rows, cols] if data.len() == rows * cols && *rows > 1 => {
+                let kind = if self.opts.int8_weights && *cols >= 16 {
+                    WeightKind::Q8
+                } else if self.opts.f16_weights {
+                    WeightKind::F16
+                } else {
+                    WeightKind::F32
+                };
+                if kind == WeightKind::F32 && data.len() * 4 <= self.chunk_limit() {
+                    return self.tensor(&data, shape);
                 }
-                Ok(GpuTensor {
-                    chunks: ChunkRef::new(chunks),
-                    off: 0,
-                    rows: *rows,
-                    cols: *cols,
-                    one_d: false,
-                })
+                Ok(self.store_weight(&data, *rows, *cols, kind))
             }
             _ => self.tensor(&data, shape),
         }
@@ -683,7 +749,6 @@ impl Backend for WgpuBackend {
             None => (xb, 0),
         };
         for c in w.chunks.iter() {
-            let quant = c.scales.is_some();
             let w_off = if w.chunks.len() == 1 { w.off } else { 0 };
             let params = [
                 n as u32,
@@ -696,40 +761,30 @@ impl Backend for WgpuBackend {
                 c.row0 as u32,
                 (b_off + c.row0) as u32,
                 b.is_some() as u32,
-                0,
             ];
-            let (name, body, groups) = match (n == 1, quant) {
-                (true, false)
-                    if k <= shaders::GEMV_ROWS_MAX_K
-                        || self.opts.software_kernels.unwrap_or(self.info.software) =>
-                {
-                    ("gemv_rows", shaders::GEMV_ROWS, self.elementwise(c.rows))
+            let rows_kernel = k <= shaders::GEMV_ROWS_MAX_K
+                || self.opts.software_kernels.unwrap_or(self.info.software);
+            let (kernel, body, groups) = if n == 1 && rows_kernel {
+                ("gemv_rows", shaders::GEMV_ROWS, self.elementwise(c.rows))
+            } else if n == 1 {
+                let (gx, gy) = grid(c.rows.div_ceil(4));
+                ("gemv", shaders::GEMV, (gx, gy, 1))
+            } else {
+                let groups = (c.rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
+                if groups.0 > 65_535 || groups.1 > 65_535 {
+                    return Err(Error::Backend(format!("linear of {n} rows is too large")));
                 }
-                (true, false) => ("gemv", shaders::GEMV, {
-                    let (x, y) = grid(c.rows.div_ceil(4));
-                    (x, y, 1)
-                }),
-                (true, true) => ("gemv_q8", shaders::GEMV_Q8, {
-                    let (x, y) = grid(c.rows.div_ceil(4));
-                    (x, y, 1)
-                }),
-                (false, q) => (
-                    if q { "matmul_q8" } else { "matmul" },
-                    if q {
-                        shaders::MATMUL_Q8
-                    } else {
-                        shaders::MATMUL
-                    },
-                    (c.rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1),
-                ),
+                ("matmul", shaders::MATMUL, groups)
             };
-            if groups.1 > 65_535 || groups.0 > 65_535 {
-                return Err(Error::Backend(format!("linear of {n} rows is too large")));
-            }
-            match &c.scales {
-                Some(s) => self.dispatch(name, body, &params, &[xb, &c.buf, bb, &out, s], groups),
-                None => self.dispatch(name, body, &params, &[xb, &c.buf, bb, &out], groups),
-            }
+            let mut entries = vec![(1, xb), (3, bb), (4, &out)];
+            entries.extend(c.bindings());
+            self.record(
+                &format!("{kernel}{}", c.kind.suffix()),
+                &|| shaders::weighted(body, c.kind),
+                &params,
+                &entries,
+                groups,
+            );
         }
         Ok(self.plain(out, n, m))
     }
@@ -888,23 +943,15 @@ impl Backend for WgpuBackend {
                 c.row0 as u32,
                 c.rows as u32,
             ];
-            let groups = self.elementwise(n);
-            match &c.scales {
-                Some(s) => self.dispatch(
-                    "gather_q8",
-                    shaders::GATHER_Q8,
-                    &params,
-                    &[&c.buf, &idb, &out, s],
-                    groups,
-                ),
-                None => self.dispatch(
-                    "gather",
-                    shaders::GATHER,
-                    &params,
-                    &[&c.buf, &idb, &out],
-                    groups,
-                ),
-            }
+            let mut entries = vec![(1, &idb), (3, &out)];
+            entries.extend(c.bindings());
+            self.record(
+                &format!("gather{}", c.kind.suffix()),
+                &|| shaders::weighted(shaders::GATHER, c.kind),
+                &params,
+                &entries,
+                self.elementwise(n),
+            );
         }
         Ok(self.plain(out, ids.len(), table.cols))
     }

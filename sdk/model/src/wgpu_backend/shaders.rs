@@ -1,6 +1,63 @@
 //! WGSL compute kernels of the WebGPU executor. Every kernel reads its sizes and element offsets
 //! from a 64-byte uniform (`P`), so views (KV-cache prefixes, narrowed rows, weight chunks) need
 //! no buffer-offset alignment. Large 1-D grids are dispatched 2-D (`x ≤ 65535`).
+//!
+//! Kernels that read weights (matmul, the two matrix-vector products, gather) are written once
+//! against `wv(index, row)` and instantiated per weight storage ([`WeightKind`]): f32, f16
+//! (two per u32, unpacked with `unpack2x16float`: half the memory, f32 arithmetic, no
+//! `shader-f16` needed) and int8 (four per u32, one f32 scale per row).
+
+/// How a weight tensor is stored on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    /// f32 values.
+    F32,
+    /// f16 values, two per u32.
+    F16,
+    /// int8 values, four per u32, with per-row f32 scales (binding 5).
+    Q8,
+}
+
+impl WeightKind {
+    /// Pipeline-name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            WeightKind::F32 => "",
+            WeightKind::F16 => "_f16",
+            WeightKind::Q8 => "_q8",
+        }
+    }
+
+    /// The weight binding and its accessor.
+    fn accessor(self) -> &'static str {
+        match self {
+            WeightKind::F32 => {
+                r"
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+fn wv(i: u32, row: u32) -> f32 { return w[i]; }
+"
+            }
+            WeightKind::F16 => {
+                r"
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+fn wv(i: u32, row: u32) -> f32 {
+    let v = unpack2x16float(w[i / 2u]);
+    return select(v.x, v.y, (i & 1u) == 1u);
+}
+"
+            }
+            WeightKind::Q8 => {
+                r"
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(5) var<storage, read> sc: array<f32>;
+fn wv(i: u32, row: u32) -> f32 {
+    return f32(extractBits(bitcast<i32>(w[i / 4u]), (i % 4u) * 8u, 8u)) * sc[row];
+}
+"
+            }
+        }
+    }
+}
 
 /// Shared prelude: the flat index of an element-wise invocation.
 const FLAT: &str = r"
@@ -116,12 +173,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 ";
 
-/// Rows of `table` at `ids` for the ids inside this chunk's row range `[row0, row0 + rows)`.
+/// Rows of the table `w` at `ids`, for the ids inside this chunk's row range
+/// `[row0, row0 + rows)` (uses `wv`).
 pub const GATHER: &str = r"
 struct P { n: u32, cols: u32, t_off: u32, o_off: u32, row0: u32, rows: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> t: array<f32>;
-@group(0) @binding(2) var<storage, read> ids: array<u32>;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> o: array<f32>;
 
 @compute @workgroup_size(256)
@@ -133,44 +190,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let c = i % p.cols;
     let id = ids[r];
     if (id < p.row0 || id >= p.row0 + p.rows) { return; }
-    o[p.o_off + i] = t[p.t_off + (id - p.row0) * p.cols + c];
+    let row = id - p.row0;
+    o[p.o_off + i] = wv(p.t_off + row * p.cols + c, row);
 }
 ";
 
-/// [`GATHER`] from an int8 table with per-row scales.
-pub const GATHER_Q8: &str = r"
-struct P { n: u32, cols: u32, t_off: u32, o_off: u32, row0: u32, rows: u32 }
+/// Parameters shared by the three weight-reading linear kernels.
+const LINEAR_P: &str = r"
+struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
+           o_col: u32, b_off: u32, has_b: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> t: array<u32>;
-@group(0) @binding(2) var<storage, read> ids: array<u32>;
-@group(0) @binding(3) var<storage, read_write> o: array<f32>;
-@group(0) @binding(4) var<storage, read> sc: array<f32>;
-
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = flat(wid, nwg, lid);
-    if (i >= p.n * p.cols) { return; }
-    let r = i / p.cols;
-    let c = i % p.cols;
-    let id = ids[r];
-    if (id < p.row0 || id >= p.row0 + p.rows) { return; }
-    let e = (id - p.row0) * p.cols + c;
-    let q = extractBits(bitcast<i32>(t[e / 4u]), (e % 4u) * 8u, 8u);
-    o[p.o_off + i] = f32(q) * sc[id - p.row0];
-}
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> o: array<f32>;
 ";
 
 /// `out[r, o_col + c] = x[r, :] · w[c, :] + b[c]`: 64×64 output tiles, 16×16 threads each
 /// computing 4×4, K in steps of 16 through workgroup memory.
 pub const MATMUL: &str = r"
-struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
-           o_col: u32, b_off: u32, has_b: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
 var<workgroup> xs: array<f32, 1024>;
 var<workgroup> ws: array<f32, 1024>;
 
@@ -189,7 +226,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
             let gr = row0 + rr;
             let gc = col0 + rr;
             xs[e] = select(0.0, x[p.x_off + gr * p.k + gk], gr < p.n && gk < p.k);
-            ws[e] = select(0.0, w[p.w_off + gc * p.k + gk], gc < p.m && gk < p.k);
+            var wval = 0.0;
+            if (gc < p.m && gk < p.k) { wval = wv(p.w_off + gc * p.k + gk, gc); }
+            ws[e] = wval;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk++) {
@@ -219,15 +258,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
 }
 ";
 
-/// Matrix-vector product for one row (decoding): 4 outputs per workgroup, 64 lanes each.
+/// Matrix-vector product for one row (decoding): 4 outputs per workgroup, 64 lanes each,
+/// reduced through workgroup memory. For GPUs and long rows.
 pub const GEMV: &str = r"
-struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
-           o_col: u32, b_off: u32, has_b: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
 var<workgroup> acc: array<f32, 256>;
 
 @compute @workgroup_size(256)
@@ -238,7 +271,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var s = 0.0;
     if (c < p.m) {
         let wb = p.w_off + c * p.k;
-        for (var k = lane; k < p.k; k += 64u) { s += x[p.x_off + k] * w[wb + k]; }
+        for (var k = lane; k < p.k; k += 64u) { s += x[p.x_off + k] * wv(wb + k, c); }
     }
     acc[lid] = s;
     workgroupBarrier();
@@ -259,13 +292,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 /// per output). Chosen for short rows and on software adapters (SwiftShader, lavapipe), which
 /// pay heavily per barrier.
 pub const GEMV_ROWS: &str = r"
-struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
-           o_col: u32, b_off: u32, has_b: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
 var<workgroup> xs: array<f32, 256>;
 
 @compute @workgroup_size(256)
@@ -273,14 +299,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let c = flat(wid, nwg, lid);
     let live = c < p.m;
-    let wb = p.w_off + min(c, p.m - 1u) * p.k;
+    let cc = min(c, p.m - 1u);
+    let wb = p.w_off + cc * p.k;
     var s = 0.0;
     for (var k0 = 0u; k0 < p.k; k0 += 256u) {
         let kk = k0 + lid;
         xs[lid] = select(0.0, x[p.x_off + min(kk, p.k - 1u)], kk < p.k);
         workgroupBarrier();
         let len = min(256u, p.k - k0);
-        for (var j = 0u; j < len; j++) { s += xs[j] * w[wb + k0 + j]; }
+        for (var j = 0u; j < len; j++) { s += xs[j] * wv(wb + k0 + j, cc); }
         workgroupBarrier();
     }
     if (!live) { return; }
@@ -289,116 +316,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 ";
 
-/// Reduction length up to which [`GEMV_ROWS`] is used.
+/// Reduction length up to which [`GEMV_ROWS`] is used on hardware adapters.
 pub const GEMV_ROWS_MAX_K: usize = 128;
-
-/// Matrix-vector product against int8 weights (four per u32, little-endian) with one f32
-/// scale per output row: `w[c, k] ≈ q[c, k] * scale[c]`.
-pub const GEMV_Q8: &str = r"
-struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
-           o_col: u32, b_off: u32, has_b: u32, s_off: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
-@group(0) @binding(5) var<storage, read> sc: array<f32>;
-var<workgroup> acc: array<f32, 256>;
-
-fn q8(c: u32, k: u32) -> f32 {
-    let e = p.w_off + c * p.k + k;
-    let word = w[e / 4u];
-    return f32(extractBits(bitcast<i32>(word), (e % 4u) * 8u, 8u));
-}
-
-@compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let lane = lid % 64u;
-    let c = (wid.y * nwg.x + wid.x) * 4u + lid / 64u;
-    var s = 0.0;
-    if (c < p.m) {
-        for (var k = lane; k < p.k; k += 64u) { s += x[p.x_off + k] * q8(c, k); }
-    }
-    acc[lid] = s;
-    workgroupBarrier();
-    for (var step = 32u; step > 0u; step >>= 1u) {
-        if (lane < step) { acc[lid] += acc[lid + step]; }
-        workgroupBarrier();
-    }
-    if (lane == 0u && c < p.m) {
-        var v = acc[lid] * sc[p.s_off + c];
-        if (p.has_b != 0u) { v += b[p.b_off + c]; }
-        o[p.o_off + p.o_col + c] = v;
-    }
-}
-";
-
-/// Tiled matmul against int8 weights (see [`GEMV_Q8`]).
-pub const MATMUL_Q8: &str = r"
-struct P { n: u32, k: u32, m: u32, x_off: u32, w_off: u32, o_off: u32, o_stride: u32,
-           o_col: u32, b_off: u32, has_b: u32, s_off: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read_write> o: array<f32>;
-@group(0) @binding(5) var<storage, read> sc: array<f32>;
-var<workgroup> xs: array<f32, 1024>;
-var<workgroup> ws: array<f32, 1024>;
-
-fn q8(c: u32, k: u32) -> f32 {
-    let e = p.w_off + c * p.k + k;
-    let word = w[e / 4u];
-    return f32(extractBits(bitcast<i32>(word), (e % 4u) * 8u, 8u));
-}
-
-@compute @workgroup_size(16, 16)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let row0 = wid.y * 64u;
-    let col0 = wid.x * 64u;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) { for (var j = 0u; j < 4u; j++) { acc[i][j] = 0.0; } }
-    for (var k0 = 0u; k0 < p.k; k0 += 16u) {
-        for (var e = lid; e < 1024u; e += 256u) {
-            let rr = e / 16u;
-            let kk = e % 16u;
-            let gk = k0 + kk;
-            let gr = row0 + rr;
-            let gc = col0 + rr;
-            xs[e] = select(0.0, x[p.x_off + gr * p.k + gk], gr < p.n && gk < p.k);
-            var wv = 0.0;
-            if (gc < p.m && gk < p.k) { wv = q8(gc, gk); }
-            ws[e] = wv;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 16u; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = xs[(l.y * 4u + i) * 16u + kk];
-                bv[i] = ws[(l.x * 4u + i) * 16u + kk];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) { acc[i][j] += av[i] * bv[j]; }
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + l.y * 4u + i;
-        if (r >= p.n) { continue; }
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + l.x * 4u + j;
-            if (c >= p.m) { continue; }
-            var v = acc[i][j] * sc[p.s_off + c];
-            if (p.has_b != 0u) { v += b[p.b_off + c]; }
-            o[p.o_off + r * p.o_stride + p.o_col + c] = v;
-        }
-    }
-}
-";
 
 /// Attention without a score matrix: one workgroup per (head, query row) streams the keys of
 /// the query's range `[ranges[2r], ranges[2r+1])` in blocks of 64 with an online softmax.
@@ -488,7 +407,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 ";
 
-/// The kernels, by name, with the prelude prepended where used.
+/// A kernel that reads no weights, with the prelude prepended.
 pub fn source(body: &str) -> String {
     format!("{FLAT}\n{body}")
+}
+
+/// A weight-reading kernel instantiated for a weight storage (`GATHER` binds its own
+/// parameters; the linear kernels share [`LINEAR_P`]).
+pub fn weighted(body: &str, kind: WeightKind) -> String {
+    let params = if body.contains("struct P") {
+        ""
+    } else {
+        LINEAR_P
+    };
+    format!("{FLAT}\n{params}\n{}\n{body}", kind.accessor())
 }
