@@ -762,9 +762,10 @@ impl Backend for WgpuBackend {
                 (b_off + c.row0) as u32,
                 b.is_some() as u32,
             ];
-            let rows_kernel = k <= shaders::GEMV_ROWS_MAX_K
-                || self.opts.software_kernels.unwrap_or(self.info.software);
-            let (kernel, body, groups) = if n == 1 && rows_kernel {
+            let software = self.opts.software_kernels.unwrap_or(self.info.software);
+            let (kernel, body, groups) = if n == 1 && k <= shaders::GEMV_ROWS_MAX_K {
+                ("gemv_short", shaders::GEMV_SHORT, self.elementwise(c.rows))
+            } else if n == 1 && software {
                 ("gemv_rows", shaders::GEMV_ROWS, self.elementwise(c.rows))
             } else if n == 1 {
                 let (gx, gy) = grid(c.rows.div_ceil(4));
