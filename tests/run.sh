@@ -97,7 +97,14 @@ step "npm package: build (wasm32 release + wasm-bindgen + tsc), Playwright e2e o
   for f in pkg/visionthink_wasm_bg.wasm pkg/visionthink_wasm.js dist/index.js dist/index.d.ts dist/worker.js; do
     grep -qx "package/$f" "$VT_CACHE/npm-pack.txt" || { echo "npm pack lacks $f" >&2; exit 1; }
   done
-  rm -f visionthink-*.tgz
+  # The tarball installs into a fresh project and its exports resolve.
+  consumer=$(mktemp -d)
+  tgz=$(ls "$PWD"/visionthink-*.tgz)
+  (cd "$consumer" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error "$tgz" >/dev/null \
+    && node --input-type=module -e 'const m = await import("visionthink"); const w = await import("visionthink/worker");
+       for (const f of ["createEngine", "clearModelCache", "lowResPreview"]) if (typeof m[f] !== "function") throw new Error(f);
+       if (typeof w.createWorkerEngine !== "function") throw new Error("createWorkerEngine");')
+  rm -rf "$consumer" visionthink-*.tgz
 )
 
 step "examples and the README's main job"
