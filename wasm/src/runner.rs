@@ -8,6 +8,7 @@ use visionthink_core::image::{decode, preprocess, smart_resize, DecodeLimits, Pi
 use visionthink_core::model_files::ModelFiles;
 use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConfig, Step};
 use visionthink_core::rope::{extend_rope_index, MropeBuilder, Positions};
+use visionthink_core::tokenizer::StreamDecoder;
 use visionthink_core::{config::ModelConfig, tokens};
 use visionthink_model::generate::{Sampler, SamplingConfig};
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WgpuBackend};
@@ -487,7 +488,7 @@ impl<'a> Session<'a> {
         let budget = forced.map_or(max_new_tokens, <[u32]>::len);
         let t = host.now_ms();
         let mut out = Vec::new();
-        let (mut prefix, mut read) = (0usize, 0usize);
+        let mut stream = StreamDecoder::default();
         for i in 0..budget {
             if host.cancelled() {
                 return Err(RunError::Cancelled);
@@ -502,15 +503,8 @@ impl<'a> Session<'a> {
                 id = tokens::IM_END;
             }
             out.push(id);
-            let shown = tok.decode(&out[prefix..read], true)?;
-            let text = tok.decode(&out[prefix..], true)?;
-            if !text.ends_with('\u{FFFD}')
-                && text.len() >= shown.len()
-                && text.is_char_boundary(shown.len())
-            {
-                on_token(id, &text[shown.len()..]);
-                prefix = read;
-                read = out.len();
+            if let Some(piece) = stream.next(tok, &out)? {
+                on_token(id, &piece);
             }
             self.positions.push_text(1);
             logits = self.run(&[id], &[], host).await?;

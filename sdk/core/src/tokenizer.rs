@@ -233,3 +233,42 @@ impl QwenTokenizer {
         self.full.token_to_id(token)
     }
 }
+
+/// Incremental detokenisation for streaming: after each new id, [`StreamDecoder::next`] returns
+/// the text it adds, decoding only the ids since the last emitted piece (O(1) per token), and
+/// holds back pieces that end inside a multi-byte character.
+///
+/// ```
+/// # use visionthink_core::tokenizer::{QwenTokenizer, StreamDecoder};
+/// # fn demo(tok: &QwenTokenizer, ids: &[u32]) -> visionthink_core::Result<String> {
+/// let mut stream = StreamDecoder::default();
+/// let mut text = String::new();
+/// for i in 1..=ids.len() {
+///     if let Some(piece) = stream.next(tok, &ids[..i])? {
+///         text.push_str(&piece);
+///     }
+/// }
+/// # Ok(text) }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamDecoder {
+    prefix: usize,
+    read: usize,
+}
+
+impl StreamDecoder {
+    /// `ids` is everything generated so far (the previous call's ids plus new ones).
+    pub fn next(&mut self, tok: &QwenTokenizer, ids: &[u32]) -> Result<Option<String>> {
+        let shown = tok.decode(&ids[self.prefix..self.read], true)?;
+        let text = tok.decode(&ids[self.prefix..], true)?;
+        if text.ends_with('\u{FFFD}')
+            || text.len() < shown.len()
+            || !text.is_char_boundary(shown.len())
+        {
+            return Ok(None);
+        }
+        self.prefix = self.read;
+        self.read = ids.len();
+        Ok(Some(text[shown.len()..].to_string()))
+    }
+}

@@ -9,6 +9,7 @@ use visionthink_core::config::ModelConfig;
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
 use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConfig, Step};
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
+use visionthink_core::tokenizer::StreamDecoder;
 use visionthink_core::tokens;
 use visionthink_model::generate::{Sampler, SamplingConfig};
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
@@ -554,9 +555,7 @@ impl Session<'_> {
         }
         let t = Instant::now();
         let mut out: Vec<u32> = Vec::new();
-        // Incremental detokenisation: only the tokens since the last emitted piece are decoded
-        // (`prefix..read` is what was already shown), so streaming costs O(1) per token.
-        let (mut prefix, mut read) = (0usize, 0usize);
+        let mut stream = StreamDecoder::default();
         for i in 0..budget {
             let mut id = match forced {
                 Some(f) => f[i],
@@ -568,17 +567,8 @@ impl Session<'_> {
                 id = tokens::IM_END;
             }
             out.push(id);
-            let tok = &self.engine.dir.tokenizer;
-            let shown = tok.decode(&out[prefix..read], true)?;
-            let text = tok.decode(&out[prefix..], true)?;
-            // Emit only complete UTF-8 text (a partial character decodes to U+FFFD).
-            if !text.ends_with('\u{FFFD}')
-                && text.len() >= shown.len()
-                && text.is_char_boundary(shown.len())
-            {
-                on_token(id, &text[shown.len()..]);
-                prefix = read;
-                read = out.len();
+            if let Some(piece) = stream.next(&self.engine.dir.tokenizer, &out)? {
+                on_token(id, &piece);
             }
             logits = self.step(id)?;
             if is_eos || last {
