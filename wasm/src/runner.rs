@@ -4,9 +4,10 @@
 //! `mapAsync`, the CPU executor yields to the event loop between tokens.
 
 use serde::Serialize;
-use visionthink_core::image::{decode, preprocess, smart_resize, DecodeLimits, PixelValues};
+pub use visionthink_core::answer::{Answer, Event, Timings};
+use visionthink_core::image::{decode, preprocess, visual_tokens, DecodeLimits, PixelValues};
 use visionthink_core::model_files::ModelFiles;
-use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConfig, Step};
+use visionthink_core::protocol::{Episode, EpisodeImages, ProtocolConfig, Step};
 use visionthink_core::rope::{extend_rope_index, MropeBuilder, Positions};
 use visionthink_core::tokenizer::StreamDecoder;
 use visionthink_core::{config::ModelConfig, tokens};
@@ -148,62 +149,14 @@ impl Default for AskOptions {
     }
 }
 
-/// Timings in milliseconds (the Rust SDK's fields).
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Timings {
-    /// Image decoding and preprocessing.
-    pub preprocess_ms: f64,
-    /// Vision tower (on WebGPU only the recording: the GPU work completes within the prefill
-    /// readback and is counted in `prefill_ms`).
-    pub vision_ms: f64,
-    /// Prompt prefill (embedding, decoder, first logits readback), without `vision_ms`.
-    pub prefill_ms: f64,
-    /// Token-by-token decoding.
-    pub decode_ms: f64,
-    /// Everything.
-    pub total_ms: f64,
-    /// Tokens generated.
-    pub generated_tokens: usize,
-    /// Prompt tokens prefilled.
-    pub prefill_tokens: usize,
-}
-
-/// The answer record (the Rust SDK's `Answer`, plus the backend).
+/// The answer record (the Rust SDK's `Answer`) and the executor that produced it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Answer {
-    /// Final answer.
-    pub text: String,
-    /// `<think>` contents.
-    pub thinking: String,
-    /// Whether the full image was requested.
-    pub used_high_res: bool,
-    /// Every model turn's text.
-    pub turns: Vec<String>,
-    /// Visual tokens used.
-    pub visual_tokens: usize,
-    /// Visual tokens of a full-resolution-only run.
-    pub visual_tokens_full_res: usize,
-    /// Why the episode ended.
-    pub end: EndReason,
-    /// Timings.
-    pub timings: Timings,
+pub struct BrowserAnswer {
+    /// The record, its fields inlined.
+    #[serde(flatten)]
+    pub answer: Answer,
     /// `"webgpu"` or `"cpu"`.
     pub backend: &'static str,
-}
-
-/// A streamed event.
-pub enum Event<'a> {
-    /// A token and its new text.
-    Token {
-        /// Turn.
-        turn: usize,
-        /// Id.
-        id: u32,
-        /// Text piece.
-        text: &'a str,
-    },
-    /// The model asked for the full image.
-    ResizeRequested,
 }
 
 impl Model {
@@ -248,29 +201,6 @@ impl Model {
         self.files.preprocessor.merge_size
     }
 
-    fn eos(&self) -> Vec<u32> {
-        let mut e = self
-            .files
-            .generation
-            .as_ref()
-            .map(|g| g.eos_token_ids.clone())
-            .unwrap_or_default();
-        for t in [tokens::IM_END, tokens::ENDOFTEXT] {
-            if !e.contains(&t) {
-                e.push(t);
-            }
-        }
-        e
-    }
-
-    /// Visual tokens an image of this size costs.
-    pub fn visual_tokens(&self, width: u32, height: u32) -> Result<usize> {
-        let p = &self.files.preprocessor;
-        let factor = p.patch_size * p.merge_size;
-        let (h, w) = smart_resize(height, width, factor, p.min_pixels, p.max_pixels)?;
-        Ok(((h / factor) * (w / factor)) as usize)
-    }
-
     /// Answers a question about an encoded image (PNG, JPEG, WebP, GIF) with the low-res-first
     /// protocol.
     pub async fn ask(
@@ -280,7 +210,7 @@ impl Model {
         opts: &AskOptions,
         host: &impl Host,
         on_event: &mut dyn FnMut(Event<'_>),
-    ) -> Result<Answer> {
+    ) -> Result<BrowserAnswer> {
         if opts.max_new_tokens == 0 {
             return Err(RunError::Options("maxNewTokens must be at least 1".into()));
         }
@@ -294,7 +224,11 @@ impl Model {
         let original = decode(image, DecodeLimits::default())?;
         let images = EpisodeImages::for_inference(&original)?;
         let low = preprocess(&images.low_res, &self.files.preprocessor)?;
-        let full_tokens = self.visual_tokens(images.high_res.width, images.high_res.height)?;
+        let full_tokens = visual_tokens(
+            images.high_res.width,
+            images.high_res.height,
+            &self.files.preprocessor,
+        )?;
         let mut preprocess_ms = host.now_ms() - start;
         let mut episode = Episode::new(question, ProtocolConfig::default());
         let turn1 = match &self.files.chat_template {
@@ -367,24 +301,13 @@ impl Model {
         let mut timings = s.timings;
         timings.preprocess_ms = preprocess_ms;
         timings.total_ms = host.now_ms() - start;
-        Ok(Answer {
-            text: outcome
-                .answer
-                .clone()
-                .unwrap_or_else(|| outcome.prediction.clone()),
-            thinking: outcome.thinking.clone(),
-            used_high_res: outcome.used_high_res,
-            turns: outcome.turns.clone(),
-            visual_tokens,
-            visual_tokens_full_res: full_tokens,
-            end: outcome.end,
-            timings,
+        Ok(BrowserAnswer {
+            answer: Answer::from_outcome(&outcome, visual_tokens, full_tokens, timings),
             backend: self.backend(),
         })
     }
 }
 
-/// Runs the graph on new tokens and returns the last position's logits.
 /// The time spent in the vision call goes to `vision_ms` (on WebGPU: recording only).
 #[allow(clippy::too_many_arguments)]
 fn record<B: Backend>(
@@ -483,7 +406,7 @@ impl<'a> Session<'a> {
         host: &impl Host,
         on_token: &mut dyn FnMut(u32, &str),
     ) -> Result<Vec<u32>> {
-        let eos = self.model.eos();
+        let eos = tokens::stop_ids(self.model.files.generation.as_ref());
         let tok = &self.model.files.tokenizer;
         let budget = forced.map_or(max_new_tokens, <[u32]>::len);
         let t = host.now_ms();

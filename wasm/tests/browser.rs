@@ -207,14 +207,17 @@ async fn episode_on_webgpu_equals_the_cpu_fallback() {
             })
             .await
             .unwrap();
-        assert!(a.used_high_res);
-        assert_eq!(a.turns.len(), 2);
+        assert!(a.answer.used_high_res);
+        assert_eq!(a.answer.turns.len(), 2);
         assert!(!pieces.is_empty());
         answers.push(a);
     }
     assert_eq!(answers[0].backend, "webgpu");
     assert_eq!(answers[1].backend, "cpu");
-    assert_eq!(answers[0].turns, answers[1].turns);
-    assert_eq!(answers[0].visual_tokens, answers[1].visual_tokens);
-    assert!(answers[0].visual_tokens > answers[0].visual_tokens_full_res);
+    assert_eq!(answers[0].answer.turns, answers[1].answer.turns);
+    assert_eq!(
+        answers[0].answer.visual_tokens,
+        answers[1].answer.visual_tokens
+    );
+    assert!(answers[0].answer.visual_tokens > answers[0].answer.visual_tokens_full_res);
 }

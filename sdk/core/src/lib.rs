@@ -30,6 +30,7 @@
 #[cfg(not(any(feature = "fancy-regex", feature = "onig")))]
 compile_error!("visionthink-core needs a tokenizer regex engine: enable feature `fancy-regex` (any target) or `onig` (native)");
 
+pub mod answer;
 pub mod config;
 pub mod error;
 pub mod image;

@@ -5,9 +5,10 @@ use crate::files::ModelDir;
 use crate::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
+pub use visionthink_core::answer::{Answer, Event, Timings};
 use visionthink_core::config::ModelConfig;
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
-use visionthink_core::protocol::{EndReason, Episode, EpisodeImages, ProtocolConfig, Step};
+use visionthink_core::protocol::{Episode, EpisodeImages, ProtocolConfig, Step};
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::tokenizer::StreamDecoder;
 use visionthink_core::tokens;
@@ -127,62 +128,6 @@ pub struct AskOptions {
     pub forced_turns: Vec<String>,
 }
 
-/// Wall-clock timings of an answer, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
-pub struct Timings {
-    /// Image preprocessing (both images).
-    pub preprocess_ms: f64,
-    /// Vision tower.
-    pub vision_ms: f64,
-    /// Prompt prefill (turn 1 and the tool turn).
-    pub prefill_ms: f64,
-    /// Token-by-token decoding.
-    pub decode_ms: f64,
-    /// Everything.
-    pub total_ms: f64,
-    /// Tokens generated.
-    pub generated_tokens: usize,
-    /// Prompt tokens prefilled.
-    pub prefill_tokens: usize,
-}
-
-/// The answer record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Answer {
-    /// The final answer (last `<answer>…</answer>`, or the split-rule prediction when absent).
-    pub text: String,
-    /// The `<think>` contents of every turn.
-    pub thinking: String,
-    /// Whether the model asked for (and got) the full-resolution image.
-    pub used_high_res: bool,
-    /// Every model turn's text.
-    pub turns: Vec<String>,
-    /// Visual tokens actually used (low-res, plus full-res if requested).
-    pub visual_tokens: usize,
-    /// Visual tokens a full-resolution-only model would have used.
-    pub visual_tokens_full_res: usize,
-    /// Why the episode ended.
-    pub end: EndReason,
-    /// Timings.
-    pub timings: Timings,
-}
-
-/// A streamed event.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event<'a> {
-    /// A generated token and its text piece.
-    Token {
-        /// Model turn (0-based).
-        turn: usize,
-        /// The id.
-        id: u32,
-        /// Text decoded from the turn so far minus what was already emitted.
-        text: &'a str,
-    },
-    /// The model asked for the full image; it is being appended.
-    ResizeRequested,
-}
-
 /// A loaded VisionThink (Qwen2.5-VL) model.
 pub struct VisionThink {
     /// Tokenizer, configs, chat template.
@@ -296,16 +241,11 @@ impl VisionThink {
 
     /// Visual tokens an image costs, from its size alone.
     pub fn visual_tokens(&self, image: &RgbImage) -> Result<usize> {
-        let p = &self.dir.preprocessor;
-        let factor = p.patch_size * p.merge_size;
-        let (h, w) = visionthink_core::image::smart_resize(
-            image.height,
+        Ok(visionthink_core::image::visual_tokens(
             image.width,
-            factor,
-            p.min_pixels,
-            p.max_pixels,
-        )?;
-        Ok(((h / factor) * (w / factor)) as usize)
+            image.height,
+            &self.dir.preprocessor,
+        )?)
     }
 
     fn merge(&self) -> u32 {
@@ -313,18 +253,7 @@ impl VisionThink {
     }
 
     fn eos(&self) -> Vec<u32> {
-        match &self.dir.generation {
-            Some(g) if !g.eos_token_ids.is_empty() => {
-                let mut e = g.eos_token_ids.clone();
-                for t in [tokens::IM_END, tokens::ENDOFTEXT] {
-                    if !e.contains(&t) {
-                        e.push(t);
-                    }
-                }
-                e
-            }
-            _ => vec![tokens::IM_END, tokens::ENDOFTEXT],
-        }
+        tokens::stop_ids(self.dir.generation.as_ref())
     }
 
     /// Last-position logits of a fully rendered prompt (images as
@@ -461,19 +390,12 @@ impl VisionThink {
         let mut timings = session.timings;
         timings.preprocess_ms = preprocess_ms;
         timings.total_ms = ms(start);
-        Ok(Answer {
-            text: outcome
-                .answer
-                .clone()
-                .unwrap_or_else(|| outcome.prediction.clone()),
-            thinking: outcome.thinking.clone(),
-            used_high_res: outcome.used_high_res,
-            turns: outcome.turns.clone(),
+        Ok(Answer::from_outcome(
+            &outcome,
             visual_tokens,
-            visual_tokens_full_res: full_tokens,
-            end: outcome.end,
+            full_tokens,
             timings,
-        })
+        ))
     }
 }
 

@@ -259,6 +259,19 @@ fn round_half_even(x: f64) -> f64 {
     }
 }
 
+/// Visual tokens (merged patches) an image of `width`×`height` costs under `cfg`, from its size
+/// alone (no pixels are touched).
+///
+/// ```
+/// let cfg = visionthink_core::config::PreprocessorConfig::default();
+/// assert_eq!(visionthink_core::image::visual_tokens(896, 672, &cfg).unwrap(), 768);
+/// ```
+pub fn visual_tokens(width: u32, height: u32, cfg: &PreprocessorConfig) -> Result<usize> {
+    let factor = cfg.patch_size * cfg.merge_size;
+    let (h, w) = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)?;
+    Ok(((h / factor) * (w / factor)) as usize)
+}
+
 /// Qwen2-VL `smart_resize` (HF `transformers`): both sides multiples of `factor`, the area within
 /// `[min_pixels, max_pixels]`, aspect ratio kept as closely as possible. Returns `(height, width)`.
 ///
