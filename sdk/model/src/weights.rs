@@ -57,18 +57,25 @@ impl WeightStore {
     /// assert!(err.unwrap_err().to_string().contains("model.safetensors"));
     /// ```
     pub fn from_bytes(files: Vec<(String, Vec<u8>)>) -> Result<Self> {
-        let mut out = Vec::new();
+        Self::index(
+            files
+                .into_iter()
+                .map(|(name, bytes)| (PathBuf::from(name), Bytes::Owned(bytes)))
+                .collect(),
+        )
+    }
+
+    /// Validates each file's safetensors header and indexes its tensor names.
+    fn index(files: Vec<(PathBuf, Bytes)>) -> Result<Self> {
         let mut index = HashMap::new();
-        for (name, bytes) in files {
-            let path = PathBuf::from(name);
-            let st = safetensors::SafeTensors::deserialize(&bytes)
-                .map_err(|e| load_err(&path, format!("invalid safetensors: {e}")))?;
-            for t in st.names() {
-                index.insert(t.to_string(), out.len());
+        for (i, (path, bytes)) in files.iter().enumerate() {
+            let st = safetensors::SafeTensors::deserialize(bytes)
+                .map_err(|e| load_err(path, format!("invalid safetensors: {e}")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), i);
             }
-            out.push((path, Bytes::Owned(bytes)));
         }
-        Ok(Self { files: out, index })
+        Ok(Self { files, index })
     }
 
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
@@ -98,18 +105,12 @@ impl WeightStore {
             names.push(dir.join("model.safetensors"));
         }
         let mut files = Vec::new();
-        let mut index = HashMap::new();
         for path in names {
             let file = std::fs::File::open(&path).map_err(|e| load_err(&path, e.to_string()))?;
             let map = map_file(&file, &path)?;
-            let st = safetensors::SafeTensors::deserialize(&map)
-                .map_err(|e| load_err(&path, format!("invalid safetensors: {e}")))?;
-            for name in st.names() {
-                index.insert(name.to_string(), files.len());
-            }
             files.push((path, Bytes::Mapped(map)));
         }
-        Ok(Self { files, index })
+        Self::index(files)
     }
 
     /// Whether a tensor exists.
