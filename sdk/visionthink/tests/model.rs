@@ -24,6 +24,17 @@ fn vt_cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs the CLI, asserts success (showing stderr otherwise) and parses its JSON output.
+fn vt_json(args: &[&str]) -> Value {
+    let out = vt_cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 const CALL: &str = "<think>The code is too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
 const ANSWER: &str = "<think>Now I can read it.</think>\n<answer>K7Q</answer>";
 
@@ -51,13 +62,7 @@ fn logits_and_generate_cli_match_the_reference() {
             "candle",
             "--json",
         ];
-        let out = vt_cli(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = vt_json(&args);
         assert_eq!(v["argmax"], case["argmax"]);
         let scale = case["logit_scale"].as_f64().unwrap();
         for (a, b) in v["logits_last_first16"]
@@ -84,7 +89,7 @@ fn logits_and_generate_cli_match_the_reference() {
             .map(|p| &p[0])
             .collect();
         assert_eq!(ids, want, "{variant}: top5 ids");
-        let out = vt_cli(&[
+        let v = vt_json(&[
             "generate",
             "--model-dir",
             dir.to_str().unwrap(),
@@ -98,12 +103,6 @@ fn logits_and_generate_cli_match_the_reference() {
             "--ignore-eos",
             "--json",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             v["tokens"], case["greedy_tokens"],
             "{variant}: greedy tokens"
@@ -361,7 +360,7 @@ fn wgpu_backend_prints_the_same_json_as_candle() {
         .join("images")
         .join(case["images"][0].as_str().unwrap());
     let run = |backend: &str| -> Value {
-        let out = vt_cli(&[
+        vt_json(&[
             "logits",
             "--model-dir",
             dir.to_str().unwrap(),
@@ -372,13 +371,7 @@ fn wgpu_backend_prints_the_same_json_as_candle() {
             "--backend",
             backend,
             "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        ])
     };
     let (c, w) = (run("candle"), run("wgpu"));
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
@@ -404,7 +397,7 @@ fn wgpu_backend_prints_the_same_json_as_candle() {
         assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-3 * scale);
     }
     let ask = |backend: &str| -> Value {
-        let out = vt_cli(&[
+        vt_json(&[
             "ask",
             "--model-dir",
             dir.to_str().unwrap(),
@@ -419,13 +412,7 @@ fn wgpu_backend_prints_the_same_json_as_candle() {
             "--backend",
             backend,
             "--json",
-        ]);
-        assert!(
-            out.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        ])
     };
     let (c, w) = (ask("candle"), ask("wgpu"));
     for k in ["text", "used_high_res", "turns", "visual_tokens", "end"] {
