@@ -1,4 +1,25 @@
-//! Placeholder for `visionthink-train`, the native multi-turn GRPO trainer.
+//! # visionthink-train
 //!
-//! Not implemented yet: this crate only reserves the name and place in the workspace (issue 5).
-//! The reward and advantage arithmetic it will use already lives in `visionthink-core`.
+//! The native VisionThink trainer: synthetic data ([`synth`]), an SFT warm start and
+//! multi-turn GRPO with the official rewards ([`train`], [`grpo`]), checkpoints with exact
+//! resume ([`checkpoint`]), and evaluation against always-high / always-low baselines
+//! ([`eval`]). Everything runs the SDK's Qwen2.5-VL graph on candle, differentiably.
+//!
+//! ```no_run
+//! use visionthink_train::config::TrainConfig;
+//! let cfg = TrainConfig::load(Some(std::path::Path::new("native-trainer/configs/synth-grpo.toml")), &["run.steps=2".into()])?;
+//! visionthink_train::train::grpo(&cfg, false, None)?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod eval;
+pub mod grpo;
+pub mod optim;
+pub mod policy;
+pub mod rng;
+pub mod rollout;
+pub mod synth;
+pub mod train;

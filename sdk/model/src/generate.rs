@@ -57,6 +57,9 @@ impl Sampler {
         if self.cfg.temperature <= 0.0 {
             return argmax(logits);
         }
+        if self.cfg.top_k == 0 && self.cfg.top_p >= 1.0 {
+            return self.sample_full(logits);
+        }
         let mut idx: Vec<usize> = (0..logits.len()).collect();
         idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         if self.cfg.top_k > 0 {
@@ -93,6 +96,35 @@ impl Sampler {
             u -= p;
         }
         idx.last().copied().unwrap_or(0) as u32
+    }
+}
+
+impl Sampler {
+    /// Pure temperature sampling over the whole vocabulary in index order: no sort, one pass
+    /// for the normaliser and one for the draw (what RL rollouts at temperature 1 spend their
+    /// sampling time on).
+    fn sample_full(&mut self, logits: &[f32]) -> u32 {
+        let t = self.cfg.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return argmax(logits);
+        }
+        let max = f64::from(max);
+        let weight = |v: f32| ((f64::from(v) - max) / t).exp();
+        let total: f64 = logits.iter().map(|&v| weight(v)).sum();
+        let mut u = self.uniform() * total;
+        let mut last = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            let w = weight(v);
+            if w > 0.0 {
+                last = i;
+                if u < w {
+                    return i as u32;
+                }
+                u -= w;
+            }
+        }
+        last as u32
     }
 }
 

@@ -124,14 +124,25 @@ pub struct Qwen25VL<B: Backend> {
     pub tied: bool,
 }
 
-/// Keys and values of every decoder layer for the tokens processed so far.
-#[derive(Debug, Clone)]
+/// Keys and values of every decoder layer for the tokens processed so far. Cloning shares the
+/// tensors (cheap); appending to a clone never changes the original's valid rows.
+#[derive(Debug)]
 pub struct KvCache<B: Backend> {
     /// Per layer: the key buffer (possibly with spare rows) …
     k: Vec<Option<B::Tensor>>,
     /// … and the value buffer; the first `len` rows of each are valid.
     v: Vec<Option<B::Tensor>>,
     len: usize,
+}
+
+impl<B: Backend> Clone for KvCache<B> {
+    fn clone(&self) -> Self {
+        Self {
+            k: self.k.clone(),
+            v: self.v.clone(),
+            len: self.len,
+        }
+    }
 }
 
 impl<B: Backend> KvCache<B> {
@@ -630,5 +641,317 @@ impl<B: Backend> Qwen25VL<B> {
         let n = be.shape(hidden)[0];
         let last = be.narrow_rows(hidden, n - 1, 1)?;
         be.to_vec(&self.logits(be, &last)?)
+    }
+}
+
+/// How a freshly initialised tensor is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitKind {
+    /// A weight matrix (or the embedding): random, scaled by the config's `initializer_range`.
+    Matrix,
+    /// A norm scale: ones.
+    Ones,
+    /// A bias: zeros.
+    Zeros,
+}
+
+/// One tensor of a checkpoint in HF layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    /// HF name (`model.visual.*`, `model.language_model.*`, `lm_head.weight`).
+    pub name: String,
+    /// HF shape.
+    pub shape: Vec<usize>,
+    /// How a new model initialises it.
+    pub init: InitKind,
+}
+
+/// Every tensor of a Qwen2.5-VL checkpoint for `cfg`, in the order [`Qwen25VL::export`] returns
+/// them (transformers 5 names). Used to initialise a model from scratch and to save one.
+///
+/// ```
+/// let cfg = visionthink_core::config::ModelConfig::from_json(br#"{"vision_config": {"depth": 1, "hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "out_hidden_size": 8}, "text_config": {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 151936, "rope_scaling": {"mrope_section": [1, 1, 0]}}}"#).unwrap();
+/// let specs = visionthink_model::graph::checkpoint_layout(&cfg);
+/// assert_eq!(specs[0].name, "model.visual.patch_embed.proj.weight");
+/// ```
+pub fn checkpoint_layout(cfg: &ModelConfig) -> Vec<TensorSpec> {
+    let mut out = Vec::new();
+    let mut push = |name: String, shape: Vec<usize>, init: InitKind| {
+        out.push(TensorSpec { name, shape, init })
+    };
+    let v = &cfg.vision;
+    let dim = v.hidden_size;
+    let unit = v.spatial_merge_size * v.spatial_merge_size;
+    let vp = "model.visual.";
+    push(
+        format!("{vp}patch_embed.proj.weight"),
+        vec![
+            dim,
+            v.in_channels,
+            v.temporal_patch_size,
+            v.patch_size,
+            v.patch_size,
+        ],
+        InitKind::Matrix,
+    );
+    for i in 0..v.depth {
+        let p = format!("{vp}blocks.{i}.");
+        push(format!("{p}norm1.weight"), vec![dim], InitKind::Ones);
+        push(format!("{p}norm2.weight"), vec![dim], InitKind::Ones);
+        push(
+            format!("{p}attn.qkv.weight"),
+            vec![3 * dim, dim],
+            InitKind::Matrix,
+        );
+        push(format!("{p}attn.qkv.bias"), vec![3 * dim], InitKind::Zeros);
+        push(
+            format!("{p}attn.proj.weight"),
+            vec![dim, dim],
+            InitKind::Matrix,
+        );
+        push(format!("{p}attn.proj.bias"), vec![dim], InitKind::Zeros);
+        let inter = v.intermediate_size;
+        for (n, o, i_) in [
+            ("gate_proj", inter, dim),
+            ("up_proj", inter, dim),
+            ("down_proj", dim, inter),
+        ] {
+            push(format!("{p}mlp.{n}.weight"), vec![o, i_], InitKind::Matrix);
+            push(format!("{p}mlp.{n}.bias"), vec![o], InitKind::Zeros);
+        }
+    }
+    push(format!("{vp}merger.ln_q.weight"), vec![dim], InitKind::Ones);
+    push(
+        format!("{vp}merger.mlp.0.weight"),
+        vec![dim * unit, dim * unit],
+        InitKind::Matrix,
+    );
+    push(
+        format!("{vp}merger.mlp.0.bias"),
+        vec![dim * unit],
+        InitKind::Zeros,
+    );
+    push(
+        format!("{vp}merger.mlp.2.weight"),
+        vec![v.out_hidden_size, dim * unit],
+        InitKind::Matrix,
+    );
+    push(
+        format!("{vp}merger.mlp.2.bias"),
+        vec![v.out_hidden_size],
+        InitKind::Zeros,
+    );
+    let t = &cfg.text;
+    let h = t.hidden_size;
+    let head_dim = h / t.num_attention_heads.max(1);
+    let (q, kv) = (
+        t.num_attention_heads * head_dim,
+        t.num_key_value_heads * head_dim,
+    );
+    let tp = "model.language_model.";
+    push(
+        format!("{tp}embed_tokens.weight"),
+        vec![t.vocab_size, h],
+        InitKind::Matrix,
+    );
+    for i in 0..t.num_hidden_layers {
+        let p = format!("{tp}layers.{i}.");
+        push(
+            format!("{p}input_layernorm.weight"),
+            vec![h],
+            InitKind::Ones,
+        );
+        push(
+            format!("{p}post_attention_layernorm.weight"),
+            vec![h],
+            InitKind::Ones,
+        );
+        for (n, o) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            push(
+                format!("{p}self_attn.{n}.weight"),
+                vec![o, h],
+                InitKind::Matrix,
+            );
+            push(format!("{p}self_attn.{n}.bias"), vec![o], InitKind::Zeros);
+        }
+        push(
+            format!("{p}self_attn.o_proj.weight"),
+            vec![h, q],
+            InitKind::Matrix,
+        );
+        let inter = t.intermediate_size;
+        push(
+            format!("{p}mlp.gate_proj.weight"),
+            vec![inter, h],
+            InitKind::Matrix,
+        );
+        push(
+            format!("{p}mlp.up_proj.weight"),
+            vec![inter, h],
+            InitKind::Matrix,
+        );
+        push(
+            format!("{p}mlp.down_proj.weight"),
+            vec![h, inter],
+            InitKind::Matrix,
+        );
+    }
+    push(format!("{tp}norm.weight"), vec![h], InitKind::Ones);
+    if !t.tie_word_embeddings {
+        push(
+            "lm_head.weight".into(),
+            vec![t.vocab_size, h],
+            InitKind::Matrix,
+        );
+    }
+    out
+}
+
+impl<B: Backend> Linear<B> {
+    fn parts(&self) -> [Vec<B::Tensor>; 2] {
+        [vec![self.w.clone()], self.b.iter().cloned().collect()]
+    }
+}
+
+impl<B: Backend> Qwen25VL<B> {
+    /// The model's tensors in the order and under the names of [`checkpoint_layout`], each as
+    /// the row blocks it is made of (the vision `qkv` is held as three separate projections).
+    pub fn export_parts(&self) -> Vec<(TensorSpec, Vec<B::Tensor>)> {
+        let mut parts: Vec<Vec<B::Tensor>> = Vec::new();
+        let vt = &self.vision;
+        parts.push(vec![vt.patch_embed.clone()]);
+        for b in &vt.blocks {
+            parts.push(vec![b.norm1.clone()]);
+            parts.push(vec![b.norm2.clone()]);
+            parts.push(vec![b.q.w.clone(), b.k.w.clone(), b.v.w.clone()]);
+            parts.push(
+                [&b.q.b, &b.k.b, &b.v.b]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+            );
+            for l in [&b.proj, &b.gate, &b.up, &b.down] {
+                parts.extend(l.parts());
+            }
+        }
+        parts.push(vec![vt.merger_norm.clone()]);
+        parts.extend(vt.merger_fc1.parts());
+        parts.extend(vt.merger_fc2.parts());
+        parts.push(vec![self.embed.clone()]);
+        for l in &self.layers {
+            parts.push(vec![l.input_norm.clone()]);
+            parts.push(vec![l.post_norm.clone()]);
+            for lin in [&l.q, &l.k, &l.v] {
+                parts.extend(lin.parts());
+            }
+            parts.push(vec![l.o.w.clone()]);
+            for lin in [&l.gate, &l.up, &l.down] {
+                parts.push(vec![lin.w.clone()]);
+            }
+        }
+        parts.push(vec![self.norm.clone()]);
+        if !self.tied {
+            parts.push(vec![self.lm_head.clone()]);
+        }
+        let mut cfg = self.cfg.clone();
+        cfg.text.tie_word_embeddings = self.tied;
+        checkpoint_layout(&cfg).into_iter().zip(parts).collect()
+    }
+
+    /// The model's weights as f32 values in HF names and shapes, ready for safetensors.
+    pub fn export(&self, be: &B) -> Result<Vec<(TensorSpec, Vec<f32>)>> {
+        self.export_parts()
+            .into_iter()
+            .map(|(spec, parts)| {
+                let mut data = Vec::with_capacity(spec.shape.iter().product());
+                for p in &parts {
+                    data.extend(be.to_vec(p)?);
+                }
+                if data.len() != spec.shape.iter().product::<usize>() {
+                    return Err(Error::Shape {
+                        name: spec.name.clone(),
+                        expected: spec.shape.clone(),
+                        found: vec![data.len()],
+                    });
+                }
+                Ok((spec, data))
+            })
+            .collect()
+    }
+}
+
+impl<B: Backend> Linear<B> {
+    fn map(&self, f: &mut dyn FnMut(&B::Tensor) -> B::Tensor) -> Self {
+        Linear {
+            w: f(&self.w),
+            b: self.b.as_ref().map(&mut *f),
+        }
+    }
+}
+
+impl<B: Backend> Qwen25VL<B> {
+    /// The same model with every weight passed through `f` (e.g. candle's `detach`, which
+    /// shares the storage: a frozen view of trainable weights that follows their updates, for
+    /// fast rollouts without autograd bookkeeping).
+    pub fn map_weights(&self, f: &mut dyn FnMut(&B::Tensor) -> B::Tensor) -> Self {
+        let vt = &self.vision;
+        let vision = VisionTower {
+            patch_embed: f(&vt.patch_embed),
+            blocks: vt
+                .blocks
+                .iter()
+                .map(|b| VisionBlock {
+                    norm1: f(&b.norm1),
+                    norm2: f(&b.norm2),
+                    q: b.q.map(f),
+                    k: b.k.map(f),
+                    v: b.v.map(f),
+                    proj: b.proj.map(f),
+                    gate: b.gate.map(f),
+                    up: b.up.map(f),
+                    down: b.down.map(f),
+                    full_attention: b.full_attention,
+                })
+                .collect(),
+            merger_norm: f(&vt.merger_norm),
+            merger_fc1: vt.merger_fc1.map(f),
+            merger_fc2: vt.merger_fc2.map(f),
+            dim: vt.dim,
+            heads: vt.heads,
+            merge: vt.merge,
+            window_size: vt.window_size,
+            patch_size: vt.patch_size,
+            rope_theta: vt.rope_theta,
+        };
+        let embed = f(&self.embed);
+        let lm_head = if self.tied {
+            embed.clone()
+        } else {
+            f(&self.lm_head)
+        };
+        Qwen25VL {
+            cfg: self.cfg.clone(),
+            vision,
+            embed,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| DecoderLayer {
+                    input_norm: f(&l.input_norm),
+                    post_norm: f(&l.post_norm),
+                    q: l.q.map(f),
+                    k: l.k.map(f),
+                    v: l.v.map(f),
+                    o: l.o.map(f),
+                    gate: l.gate.map(f),
+                    up: l.up.map(f),
+                    down: l.down.map(f),
+                })
+                .collect(),
+            norm: f(&self.norm),
+            lm_head,
+            tied: self.tied,
+        }
     }
 }

@@ -1,0 +1,153 @@
+//! Checkpoints: `OUT/step-N/` is an HF model folder plus `optimizer.safetensors` (AdamW
+//! moments) and `trainer_state.json` (step, RNG, data cursor). Every file is written to a
+//! temporary name and renamed; the folder is assembled as `OUT/.tmp-step-N` and renamed into
+//! place; `OUT/latest` (the name of the newest complete checkpoint) is replaced last. A crash or
+//! a full disk at any point leaves the previous checkpoint intact and `latest` pointing at it.
+
+use crate::optim::AdamW;
+use crate::policy::{serialize_f32, Policy, SaveDtype};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no parent")?;
+    let name = path.file_name().context("path has no file name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Where the data loader is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCursor {
+    /// Passes over the data completed.
+    pub epoch: u64,
+    /// Next position in this epoch's order.
+    pub index: usize,
+}
+
+/// Everything besides weights and moments needed to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Completed steps.
+    pub step: usize,
+    /// Optimizer steps taken.
+    pub optimizer_steps: usize,
+    /// Generator state.
+    pub rng: u64,
+    /// Data position.
+    pub cursor: DataCursor,
+    /// `sft` or `grpo`.
+    pub phase: String,
+}
+
+/// The file naming the newest complete checkpoint.
+pub const LATEST: &str = "latest";
+
+/// Saves a checkpoint of `policy`, `opt` and `state` under `out/step-{state.step}`.
+pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
+    let name = format!("step-{}", state.step);
+    let final_dir = out.join(&name);
+    let tmp = out.join(format!(".tmp-{name}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot clear {}", tmp.display()))?;
+    }
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp)?;
+        for (file, bytes) in policy.hf_files(SaveDtype::F32)? {
+            write_atomic(&tmp.join(file), &bytes)?;
+        }
+        let mut moments = Vec::new();
+        for (i, (m, v)) in opt.m.iter().zip(&opt.v).enumerate() {
+            for (k, t) in [("m", m), ("v", v)] {
+                moments.push((format!("{k}.{i}"), t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+            }
+        }
+        write_atomic(&tmp.join("optimizer.safetensors"), &serialize_f32(&moments)?)?;
+        write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        std::fs::rename(&tmp, &final_dir)?;
+        write_atomic(&out.join(LATEST), name.as_bytes())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!("checkpoint {} not written; the previous one is intact", final_dir.display())));
+    }
+    Ok(final_dir)
+}
+
+/// The newest complete checkpoint under `out`, if any.
+pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
+    let p = out.join(LATEST);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let dir = out.join(name.trim());
+    if !dir.join("trainer_state.json").exists() {
+        bail!("{} names {}, which is not a complete checkpoint", p.display(), dir.display());
+    }
+    Ok(Some(dir))
+}
+
+/// Reads a checkpoint's trainer state.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("malformed {}", p.display()))
+}
+
+/// Restores AdamW moments saved by [`save`].
+pub fn load_moments(dir: &Path, opt: &mut AdamW, optimizer_steps: usize) -> Result<()> {
+    let p = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("malformed {}", p.display()))?;
+    for i in 0..opt.m.len() {
+        for (k, slot) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
+            let view = st.tensor(&format!("{k}.{i}")).with_context(|| format!("{}: missing {k}.{i}", p.display()))?;
+            if view.shape() != slot.dims() {
+                bail!("{}: {k}.{i} has shape {:?}, the model needs {:?}", p.display(), view.shape(), slot.dims());
+            }
+            let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            *slot = Tensor::from_vec(data, view.shape(), &Device::Cpu)?;
+        }
+    }
+    opt.t = optimizer_steps;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_the_old_file_when_the_write_fails() {
+        let dir = std::env::temp_dir().join(format!("vt-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("f.json");
+        write_atomic(&p, b"old").expect("write");
+        // A folder in the way of the temporary file's rename target makes the write fail.
+        let blocked = dir.join("sub");
+        std::fs::create_dir_all(blocked.join("x")).expect("mkdir");
+        assert!(write_atomic(&blocked, b"new").is_err());
+        assert_eq!(std::fs::read(&p).expect("read"), b"old");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("ls").filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,382 @@
+//! The TOML configuration of `sft`, `train` and `eval`. Every section rejects unknown keys;
+//! defaults are the official settings of SPEC §7 where they apply. `--set a.b=value`
+//! overrides any key (the value is parsed as TOML, or taken as a string).
+
+use crate::data::BadRows;
+use crate::optim::OptimConfig;
+use crate::policy::Arch;
+use crate::rollout::ImagePath;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use visionthink_core::reward::{PenaltyMode, RewardConfig};
+
+/// What to do when a loss or gradient is NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNan {
+    /// Skip the optimizer step, log it, go on.
+    #[default]
+    Skip,
+    /// Stop the run with an error.
+    Stop,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Output folder (checkpoints, metrics, curves, report).
+    pub out: PathBuf,
+    /// Seed of initialisation, data order and sampling.
+    pub seed: u64,
+    /// Steps of this phase (SFT optimizer steps, or GRPO rollout batches).
+    pub steps: usize,
+    /// Checkpoint every this many steps (and at the end).
+    pub save_every: usize,
+    /// NaN/inf loss policy.
+    pub on_nan: OnNan,
+    /// Malformed dataset rows.
+    pub bad_rows: BadRows,
+    /// Rows evaluated at the end (0 = none).
+    pub eval_rows: usize,
+    /// Data evaluated at the end (default: none).
+    pub eval_data: Option<PathBuf>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            out: PathBuf::from("runs/default"),
+            seed: 0,
+            steps: 1,
+            save_every: 10,
+            on_nan: OnNan::Skip,
+            bad_rows: BadRows::Skip,
+            eval_rows: 0,
+            eval_data: None,
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Start from this HF folder; empty = a new model of `[model.arch]`.
+    pub init_from: Option<PathBuf>,
+    /// Tokenizer, processor settings and chat template of a new model come from this folder.
+    pub files_from: PathBuf,
+    /// Size of a new model.
+    pub arch: Arch,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            init_from: None,
+            files_from: PathBuf::from("tests/fixtures/models/tied_nested"),
+            arch: Arch::default(),
+        }
+    }
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Training set (a folder with `data.jsonl`, or Parquet files).
+    pub train: PathBuf,
+    /// SPEC §4 image path.
+    pub image_path: ImagePath,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self { train: PathBuf::from("data/train"), image_path: ImagePath::Training }
+    }
+}
+
+/// `[sft]`: the warm start on traces whose tool use does not depend on the question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftSection {
+    /// Examples per optimizer step.
+    pub batch: usize,
+    /// Probability that a trace calls the resize tool, the same for every question.
+    pub tool_fraction: f64,
+    /// Think text of a direct answer.
+    pub think_direct: String,
+    /// Think text of a resize call.
+    pub think_tool: String,
+    /// Think text after the full image arrives.
+    pub think_after: String,
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        Self {
+            batch: 16,
+            tool_fraction: 0.5,
+            think_direct: "The answer is visible in the image.".into(),
+            think_tool: "I need a closer look at the details.".into(),
+            think_after: "The full image shows the details.".into(),
+        }
+    }
+}
+
+/// `[rollout]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSection {
+    /// Rollouts per prompt (16).
+    pub n: usize,
+    /// Temperature (1.0).
+    pub temperature: f64,
+    /// Nucleus mass (1.0).
+    pub top_p: f64,
+    /// Token budget per model turn (8192).
+    pub max_new_tokens: usize,
+    /// Generation rounds (2).
+    pub max_rounds: usize,
+    /// Images per episode (2).
+    pub max_images: usize,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        Self { n: 16, temperature: 1.0, top_p: 1.0, max_new_tokens: 8192, max_rounds: 2, max_images: 2 }
+    }
+}
+
+/// `[reward]` (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardSection {
+    /// Accuracy weight (1.0).
+    pub acc_weight: f64,
+    /// Format weight (0.5).
+    pub format_weight: f64,
+    /// Tool-call penalty (0.1).
+    pub tool_call_penalty: f64,
+    /// Tool bonus (0).
+    pub use_tool_bonus: f64,
+    /// `code` (default), `paper`, `none`, `always_penalize_tool`.
+    pub penalty: PenaltyMode,
+    /// θ (0.2).
+    pub threshold: f64,
+}
+
+impl Default for RewardSection {
+    fn default() -> Self {
+        let r = RewardConfig::default();
+        Self {
+            acc_weight: r.acc_weight,
+            format_weight: r.format_weight,
+            tool_call_penalty: r.tool_call_penalty,
+            use_tool_bonus: r.use_tool_bonus,
+            penalty: r.penalty,
+            threshold: r.threshold,
+        }
+    }
+}
+
+impl RewardSection {
+    /// The core's reward settings.
+    pub fn to_core(&self) -> RewardConfig {
+        RewardConfig {
+            acc_weight: self.acc_weight,
+            format_weight: self.format_weight,
+            tool_call_penalty: self.tool_call_penalty,
+            use_tool_bonus: self.use_tool_bonus,
+            penalty: self.penalty,
+            threshold: self.threshold,
+        }
+    }
+}
+
+/// Which judge decides correctness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeKind {
+    /// Normalised exact / numeric match (offline default).
+    #[default]
+    Rule,
+    /// Stripped string equality.
+    Exact,
+    /// The official LLM judge over an OpenAI-compatible endpoint.
+    Http,
+}
+
+/// `[judge]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeSection {
+    /// Judge kind.
+    pub kind: JudgeKind,
+    /// Endpoint of the HTTP judge (`http://127.0.0.1:8000/v1`).
+    pub url: String,
+    /// Model name sent to it.
+    pub model: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Per-request timeout, seconds (official 120).
+    pub timeout_s: f64,
+    /// Pause between attempts, seconds (official 1).
+    pub retry_delay_s: f64,
+}
+
+impl Default for JudgeSection {
+    fn default() -> Self {
+        Self {
+            kind: JudgeKind::Rule,
+            url: "http://127.0.0.1:8000/v1".into(),
+            model: "judge".into(),
+            concurrency: 8,
+            timeout_s: 120.0,
+            retry_delay_s: 1.0,
+        }
+    }
+}
+
+/// `[grpo]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSection {
+    /// Prompts per rollout batch (512).
+    pub prompts_per_step: usize,
+    /// Prompts per optimizer step (32).
+    pub mini_batch_prompts: usize,
+    /// Lower clip (0.2).
+    pub clip_low: f64,
+    /// Upper clip (0.2).
+    pub clip_high: f64,
+    /// k3 KL coefficient (0.001).
+    pub kl_coef: f64,
+    /// Entropy bonus (0.001).
+    pub entropy_coef: f64,
+    /// Drop zero-variance groups and sample more prompts (DAPO; on).
+    pub dynamic_sampling: bool,
+    /// Sampling rounds per step before training on what was kept.
+    pub max_sampling_rounds: usize,
+    /// Reference model for the KL term (default: the starting checkpoint).
+    pub reference: Option<PathBuf>,
+}
+
+impl Default for GrpoSection {
+    fn default() -> Self {
+        Self {
+            prompts_per_step: 512,
+            mini_batch_prompts: 32,
+            clip_low: 0.2,
+            clip_high: 0.2,
+            kl_coef: 0.001,
+            entropy_coef: 0.001,
+            dynamic_sampling: true,
+            max_sampling_rounds: 3,
+            reference: None,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// `[run]`.
+    pub run: RunConfig,
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[data]`.
+    pub data: DataSection,
+    /// `[sft]`.
+    pub sft: SftSection,
+    /// `[rollout]`.
+    pub rollout: RolloutSection,
+    /// `[reward]`.
+    pub reward: RewardSection,
+    /// `[judge]`.
+    pub judge: JudgeSection,
+    /// `[grpo]`.
+    pub grpo: GrpoSection,
+    /// `[optim]`.
+    pub optim: OptimConfig,
+}
+
+impl TrainConfig {
+    /// Reads a TOML file (or the defaults when `path` is `None`) and applies `key=value`
+    /// overrides. Unknown keys anywhere are errors naming the key.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                text.parse().with_context(|| format!("{} is not valid TOML", p.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for o in overrides {
+            let (key, raw) = o.split_once('=').with_context(|| format!("override {o:?} is not key=value"))?;
+            let parsed: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
+                Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+                Err(_) => toml::Value::String(raw.to_string()),
+            };
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            let mut table = &mut value;
+            for p in &parts[..parts.len() - 1] {
+                let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = match entry {
+                    toml::Value::Table(t) => t,
+                    _ => bail!("override {key}: {p} is not a section"),
+                };
+            }
+            table.insert(parts[parts.len() - 1].to_string(), parsed);
+        }
+        let what = path.map_or("configuration".to_string(), |p| p.display().to_string());
+        let cfg: TrainConfig = toml::Value::Table(value).try_into().with_context(|| format!("invalid {what}"))?;
+        if cfg.rollout.n == 0 || cfg.sft.batch == 0 || cfg.grpo.prompts_per_step == 0 || cfg.grpo.mini_batch_prompts == 0 {
+            bail!("rollout.n, sft.batch, grpo.prompts_per_step and grpo.mini_batch_prompts must be at least 1");
+        }
+        if !(cfg.optim.lr.is_finite() && cfg.optim.lr > 0.0) {
+            bail!("optim.lr must be a positive number");
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_official_settings() {
+        let c = TrainConfig::load(None, &[]).expect("defaults");
+        assert_eq!(c.rollout.n, 16);
+        assert_eq!(c.rollout.temperature, 1.0);
+        assert_eq!(c.optim.lr, 1e-6);
+        assert_eq!(c.optim.weight_decay, 0.01);
+        assert_eq!(c.optim.grad_clip, 1.0);
+        assert_eq!((c.grpo.prompts_per_step, c.grpo.mini_batch_prompts), (512, 32));
+        assert_eq!((c.grpo.kl_coef, c.grpo.entropy_coef), (0.001, 0.001));
+        assert_eq!(c.data.image_path, ImagePath::Training);
+        assert_eq!(c.reward.penalty, PenaltyMode::Code);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_and_overrides_apply() {
+        let dir = std::env::temp_dir().join(format!("vt-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "[grpo]\nkl_coef = 0.0\nklcoef = 1\n").expect("write");
+        let err = format!("{:#}", TrainConfig::load(Some(&p), &[]).expect_err("unknown key"));
+        assert!(err.contains("klcoef"), "{err}");
+        std::fs::write(&p, "[grpo]\nkl_coef = 0.0\n[rollout]\nn = 4\n").expect("write");
+        let c = TrainConfig::load(Some(&p), &["rollout.n=8".into(), "run.out=x/y".into(), "reward.penalty=none".into()]).expect("load");
+        assert_eq!(c.rollout.n, 8);
+        assert_eq!(c.grpo.kl_coef, 0.0);
+        assert_eq!(c.run.out, PathBuf::from("x/y"));
+        assert_eq!(c.reward.penalty, PenaltyMode::None);
+        let err = format!("{:#}", TrainConfig::load(Some(&p), &["rollout.m=8".into()]).expect_err("unknown override"));
+        assert!(err.contains("unknown field `m`"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

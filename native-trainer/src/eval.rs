@@ -1,0 +1,178 @@
+//! Evaluation (SPEC §8: greedy, 2 rounds) of the low-res-first policy against two baselines of
+//! the same model: **always high** (turn 1 is a forced resize call, so every answer sees the
+//! full image) and **always low** (`<tool_call>` can never be generated, so every answer comes
+//! from the half-size image).
+
+use crate::data::Dataset;
+use crate::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer};
+use crate::train::judge_all;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use visionthink_core::judge::{Judge, JudgeRequest};
+use visionthink_core::model_files::ModelFiles;
+use visionthink_model::generate::SamplingConfig;
+use visionthink_model::{CandleBackend, Qwen25VL};
+
+/// Accuracy and resize ratio of one kind of question.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KindReport {
+    /// Judged correct, fraction.
+    pub accuracy: f64,
+    /// Episodes that called the resize tool, fraction.
+    pub resize_ratio: f64,
+    /// Questions.
+    pub n: usize,
+}
+
+/// The `eval --json` record (contract keys first).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EvalReport {
+    /// Per question kind.
+    pub by_kind: BTreeMap<String, KindReport>,
+    /// Accuracy of the low-res-first policy.
+    pub accuracy: f64,
+    /// Mean visual tokens per question of the low-res-first policy.
+    pub visual_tokens: f64,
+    /// Mean visual tokens per question of a full-resolution model (the full image only).
+    pub visual_tokens_always_high: f64,
+    /// Accuracy when every episode is given the full image (forced resize in turn 1).
+    pub accuracy_always_high: f64,
+    /// Accuracy when the tool is unavailable (answers from the half-size image).
+    pub accuracy_always_low: f64,
+    /// Mean visual tokens per question of the half-size image alone.
+    pub visual_tokens_always_low: f64,
+    /// `visual_tokens / visual_tokens_always_high`.
+    pub visual_tokens_ratio: f64,
+    /// `accuracy / accuracy_always_high`.
+    pub accuracy_vs_always_high: f64,
+    /// Per data source.
+    pub by_source: BTreeMap<String, KindReport>,
+    /// Per kind, for the always-low baseline.
+    pub always_low_by_kind: BTreeMap<String, KindReport>,
+    /// Per kind, for the always-high baseline.
+    pub always_high_by_kind: BTreeMap<String, KindReport>,
+    /// Rows that could not be evaluated (image errors), with the reason.
+    pub skipped: Vec<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+#[derive(Default, Clone)]
+struct Acc {
+    n: usize,
+    correct: usize,
+    resized: usize,
+}
+
+impl Acc {
+    fn report(&self) -> KindReport {
+        let d = self.n.max(1) as f64;
+        KindReport { accuracy: self.correct as f64 / d, resize_ratio: self.resized as f64 / d, n: self.n }
+    }
+}
+
+/// The text forced as turn 1 of the always-high baseline.
+pub const FORCED_RESIZE: &str = "<think>I need a closer look at the details.</think><tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+
+/// Evaluates `rows` (0 = all) of `ds`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    be: &CandleBackend,
+    model: &Qwen25VL<CandleBackend>,
+    files: &ModelFiles,
+    ds: &Dataset,
+    judge: &(dyn Judge + Send + Sync),
+    rows: usize,
+    image_path: ImagePath,
+    max_new_tokens: usize,
+) -> Result<EvalReport> {
+    let t0 = std::time::Instant::now();
+    let cfg = RolloutConfig { sampling: SamplingConfig::default(), max_new_tokens, max_rounds: 2, max_images: 2 };
+    let n = if rows == 0 { ds.examples.len() } else { rows.min(ds.examples.len()) };
+    let steers = [Steer::Free, Steer::ForceTurn1(FORCED_RESIZE.into()), Steer::BanTool];
+    let mut by: [BTreeMap<String, Acc>; 3] = Default::default();
+    let mut by_source: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut totals = [Acc::default(), Acc::default(), Acc::default()];
+    let (mut visual, mut visual_high, mut visual_low) = (0usize, 0usize, 0usize);
+    let mut skipped = Vec::new();
+    let pb = indicatif::ProgressBar::new(n as u64);
+    for i in 0..n {
+        pb.inc(1);
+        let ex = &ds.examples[i];
+        let prompt = match ds.image(i).map_err(anyhow::Error::from).and_then(|img| prepare(files, &img, &ex.problem, image_path)) {
+            Ok(p) => p,
+            Err(e) => {
+                skipped.push(format!("{}: {e:#}", ex.doc_id));
+                continue;
+            }
+        };
+        let mut reqs = Vec::new();
+        let mut trajs = Vec::new();
+        for steer in &steers {
+            let t = rollout_group(be, model, files, &prompt, 1, &cfg, steer, 0)
+                .with_context(|| format!("row {}", ex.doc_id))?
+                .remove(0);
+            reqs.push(JudgeRequest::for_question(&ex.problem, &ex.answer, &t.outcome.prediction));
+            trajs.push(t);
+        }
+        let verdicts = judge_all(judge, &reqs, 3);
+        for (k, (t, v)) in trajs.iter().zip(&verdicts).enumerate() {
+            let correct = *v == Some(true);
+            for acc in [by[k].entry(ex.kind.name().to_string()).or_default(), &mut totals[k]] {
+                acc.n += 1;
+                acc.correct += usize::from(correct);
+                acc.resized += usize::from(t.outcome.tool_calls > 0);
+            }
+            if k == 0 {
+                let s = by_source.entry(ex.data_source.clone()).or_default();
+                s.n += 1;
+                s.correct += usize::from(correct);
+                s.resized += usize::from(t.outcome.tool_calls > 0);
+                visual += t.visual_tokens;
+            }
+        }
+        visual_high += prompt.high_tokens;
+        visual_low += prompt.low_tokens;
+    }
+    pb.finish_and_clear();
+    let evaluated = totals[0].n.max(1) as f64;
+    let [free, high, low] = totals.map(|a| a.report());
+    let rep = |m: &BTreeMap<String, Acc>| m.iter().map(|(k, a)| (k.clone(), a.report())).collect::<BTreeMap<_, _>>();
+    let vt = visual as f64 / evaluated;
+    let vth = visual_high as f64 / evaluated;
+    Ok(EvalReport {
+        by_kind: rep(&by[0]),
+        accuracy: free.accuracy,
+        visual_tokens: vt,
+        visual_tokens_always_high: vth,
+        accuracy_always_high: high.accuracy,
+        accuracy_always_low: low.accuracy,
+        visual_tokens_always_low: visual_low as f64 / evaluated,
+        visual_tokens_ratio: vt / vth.max(1e-9),
+        accuracy_vs_always_high: free.accuracy / high.accuracy.max(1e-9),
+        by_source: rep(&by_source),
+        always_low_by_kind: rep(&by[2]),
+        always_high_by_kind: rep(&by[1]),
+        skipped,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// The report as Markdown.
+pub fn markdown(r: &EvalReport, title: &str) -> String {
+    let mut s = format!("# {title}\n\n| policy | accuracy | visual tokens / question |\n|---|---|---|\n");
+    s += &format!("| low-res first (VisionThink) | {:.3} | {:.1} ({:.1}% of full) |\n", r.accuracy, r.visual_tokens, 100.0 * r.visual_tokens_ratio);
+    s += &format!("| always full resolution | {:.3} | {:.1} |\n", r.accuracy_always_high, r.visual_tokens_always_high);
+    s += &format!("| always half resolution | {:.3} | {:.1} |\n\n", r.accuracy_always_low, r.visual_tokens_always_low);
+    s += "| kind | n | accuracy | resize ratio | always-high acc | always-low acc |\n|---|---|---|---|---|---|\n";
+    for (k, v) in &r.by_kind {
+        let hi = r.always_high_by_kind.get(k).map_or(f64::NAN, |x| x.accuracy);
+        let lo = r.always_low_by_kind.get(k).map_or(f64::NAN, |x| x.accuracy);
+        s += &format!("| {k} | {} | {:.3} | {:.3} | {hi:.3} | {lo:.3} |\n", v.n, v.accuracy, v.resize_ratio);
+    }
+    if !r.skipped.is_empty() {
+        s += &format!("\n{} rows skipped: {}\n", r.skipped.len(), r.skipped.join("; "));
+    }
+    s
+}

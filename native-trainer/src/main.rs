@@ -1,0 +1,137 @@
+//! `visionthink-train`: synth, sft, train (GRPO), eval.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use visionthink_train::config::TrainConfig;
+use visionthink_train::data::{BadRows, Dataset};
+use visionthink_train::rollout::ImagePath;
+use visionthink_train::{eval, synth, train};
+
+#[derive(Parser)]
+#[command(name = "visionthink-train", version, about = "Multi-turn GRPO for VisionThink on candle")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration (defaults: the official settings).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a key: `--set grpo.kl_coef=0 --set run.out=runs/x`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue from the newest checkpoint in run.out.
+    #[arg(long)]
+    resume: bool,
+    /// Test hook: exit without saving right after this step.
+    #[arg(long, hide = true)]
+    fail_at_step: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes a synthetic VisionThink set: coarse questions (colour, shape) answerable from the
+    /// half-size image, fine ones (one-pixel texture) that are not.
+    Synth {
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Questions.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Output folder (data.jsonl + images/).
+        #[arg(long)]
+        out: PathBuf,
+        /// Fraction of fine questions.
+        #[arg(long, default_value_t = 0.15)]
+        fine_fraction: f64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+    },
+    /// SFT warm start on traces whose resize decision ignores the question.
+    Sft(RunArgs),
+    /// Multi-turn GRPO.
+    Train(RunArgs),
+    /// Evaluates a model against always-high and always-low baselines.
+    Eval {
+        /// Model folder (default: the shipped model).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print the JSON report.
+        #[arg(long)]
+        json: bool,
+        /// Rows to evaluate (0 = all).
+        #[arg(long, default_value_t = 0)]
+        rows: usize,
+        /// Image path.
+        #[arg(long, value_enum, default_value = "inference")]
+        image_path: ImagePathArg,
+        /// Token budget per turn.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Write report.md and report.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Malformed rows.
+        #[arg(long, value_enum, default_value = "skip")]
+        bad_rows: BadRows,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImagePathArg {
+    Training,
+    Inference,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Synth { seed, count, out, fine_fraction, size } => {
+            anyhow::ensure!((0.0..=1.0).contains(&fine_fraction), "--fine-fraction must be in [0, 1]");
+            anyhow::ensure!(size >= 56 && size <= 4096, "--size must be in [56, 4096]");
+            let rows = synth::generate(&synth::SynthConfig { seed, count, fine_fraction, size });
+            visionthink_train::data::write_jsonl_set(&out, &rows)?;
+            let fine = rows.iter().filter(|(e, _)| e.kind == visionthink_train::data::Kind::Fine).count();
+            println!("{}", serde_json::json!({"out": out, "count": rows.len(), "fine": fine, "coarse": rows.len() - fine}));
+        }
+        Cmd::Sft(a) => {
+            let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
+            train::sft(&cfg, a.resume, a.fail_at_step)?;
+        }
+        Cmd::Train(a) => {
+            let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
+            train::grpo(&cfg, a.resume, a.fail_at_step)?;
+        }
+        Cmd::Eval { model_dir, data, json, rows, image_path, max_new_tokens, out, bad_rows } => {
+            let ds = Dataset::open(&data, bad_rows)?;
+            for s in &ds.skipped {
+                eprintln!("skipped row: {s}");
+            }
+            let (name, be, model, files) = visionthink_train::policy::load_frozen(model_dir.as_deref())?;
+            let ip = match image_path {
+                ImagePathArg::Training => ImagePath::Training,
+                ImagePathArg::Inference => ImagePath::Inference,
+            };
+            let report = eval::evaluate(&be, &model, &files, &ds, &visionthink_core::judge::RuleJudge, rows, ip, max_new_tokens)?;
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                visionthink_train::checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+                visionthink_train::checkpoint::write_atomic(&dir.join("report.md"), eval::markdown(&report, &format!("Evaluation of {name} on {}", data.display())).as_bytes())?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", eval::markdown(&report, &format!("Evaluation of {name} on {}", data.display())));
+            }
+        }
+    }
+    Ok(())
+}

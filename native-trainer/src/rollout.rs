@@ -1,0 +1,273 @@
+//! Multi-turn rollouts through the core's protocol state machine: the turn-1 prompt (half-size
+//! image) is prefilled once per prompt and its KV cache shared by the group's `n` rollouts; a
+//! resize call appends the tool turn with the full image (its vision features computed once per
+//! group) to that rollout's cache.
+
+use crate::data::Kind;
+use anyhow::{Context, Result};
+use visionthink_core::image::{preprocess, PixelValues, RgbImage};
+use visionthink_core::model_files::ModelFiles;
+use visionthink_core::protocol::{Episode, EpisodeImages, Outcome, ProtocolConfig, Step};
+use visionthink_core::rope::{extend_rope_index, MropeBuilder};
+use visionthink_core::tokens;
+use visionthink_model::generate::{Sampler, SamplingConfig};
+use visionthink_model::{CandleBackend, KvCache, Qwen25VL};
+
+/// Which SPEC §4 image path builds the two images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImagePath {
+    /// Clamp the area into [512², 2048²], halve; full = 2× the half (the official training path).
+    #[default]
+    Training,
+    /// Halve the original; the tool returns the original (the evaluation path).
+    Inference,
+}
+
+/// A prompt ready to roll out: its turn-1 ids and both images' pixels.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    /// Turn-1 ids (system, user template, half-size image pads, generation prompt).
+    pub prefix: Vec<u32>,
+    /// Half-size image pixels.
+    pub low: PixelValues,
+    /// Full image pixels.
+    pub high: PixelValues,
+    /// The question.
+    pub question: String,
+    /// Visual tokens of each image.
+    pub low_tokens: usize,
+    /// Visual tokens of the full image.
+    pub high_tokens: usize,
+}
+
+/// Builds the prompt of an example.
+pub fn prepare(files: &ModelFiles, image: &RgbImage, question: &str, path: ImagePath) -> Result<PreparedPrompt> {
+    let images = match path {
+        ImagePath::Training => EpisodeImages::for_training(image)?,
+        ImagePath::Inference => EpisodeImages::for_inference(image)?,
+    };
+    let low = preprocess(&images.low_res, &files.preprocessor)?;
+    let high = preprocess(&images.high_res, &files.preprocessor)?;
+    let merge = files.preprocessor.merge_size;
+    let (low_tokens, high_tokens) = (low.num_image_tokens(merge), high.num_image_tokens(merge));
+    let mut episode = Episode::new(question, ProtocolConfig::default());
+    let turn1 = match &files.chat_template {
+        Some(t) => t.visionthink_turn1(question)?,
+        None => episode.initial_prompt(),
+    };
+    let prefix = files.tokenizer.encode_prompt(&turn1, &[low_tokens])?;
+    Ok(PreparedPrompt { prefix, low, high, question: question.to_string(), low_tokens, high_tokens })
+}
+
+/// How turn 1 is steered (for the always-high / always-low baselines of the evaluation).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Steer {
+    /// The model decides.
+    Free,
+    /// Turn 1 is this forced text (a resize call): the model always sees the full image.
+    ForceTurn1(String),
+    /// `<tool_call>` can never be generated: the model must answer from the half-size image.
+    BanTool,
+}
+
+/// One finished rollout.
+#[derive(Debug, Clone)]
+pub struct Trajectory {
+    /// Every token after the shared prefix: model turns (each ending with `<|im_end|>`) and
+    /// tool turns.
+    pub cont: Vec<u32>,
+    /// `true` where `cont` holds a model-generated token (the loss mask).
+    pub generated: Vec<bool>,
+    /// Whether the full image was appended (its pads are in `cont`).
+    pub used_high: bool,
+    /// The protocol's outcome.
+    pub outcome: Outcome,
+    /// Visual tokens fed.
+    pub visual_tokens: usize,
+}
+
+impl Trajectory {
+    /// Ids of the generated tokens, in order.
+    pub fn generated_ids(&self) -> Vec<u32> {
+        self.cont.iter().zip(&self.generated).filter(|(_, g)| **g).map(|(t, _)| *t).collect()
+    }
+}
+
+/// Generation settings of a rollout.
+#[derive(Debug, Clone)]
+pub struct RolloutConfig {
+    /// Sampling (temperature 0 = greedy).
+    pub sampling: SamplingConfig,
+    /// Token budget per model turn.
+    pub max_new_tokens: usize,
+    /// Rounds and images.
+    pub max_rounds: usize,
+    /// Images per episode.
+    pub max_images: usize,
+}
+
+struct Ctx<'a> {
+    be: &'a CandleBackend,
+    model: &'a Qwen25VL<CandleBackend>,
+    files: &'a ModelFiles,
+}
+
+impl Ctx<'_> {
+    fn run(&self, cache: &mut KvCache<CandleBackend>, pos: &mut MropeBuilder, ids: &[u32], feats: Option<&candle_core::Tensor>, grids: &[[u32; 3]]) -> Result<Vec<f32>> {
+        extend_rope_index(pos, ids, grids, self.files.preprocessor.merge_size)?;
+        let e = self.model.embed(self.be, ids, feats)?;
+        let h = self.model.decode(self.be, &e, pos.positions(), cache)?;
+        Ok(self.model.last_logits(self.be, &h)?)
+    }
+}
+
+/// Rolls out `n` episodes of one prompt with a frozen model (see [`crate::policy::Policy::frozen`]).
+pub fn rollout_group(
+    be: &CandleBackend,
+    model: &Qwen25VL<CandleBackend>,
+    files: &ModelFiles,
+    prompt: &PreparedPrompt,
+    n: usize,
+    cfg: &RolloutConfig,
+    steer: &Steer,
+    seed: u64,
+) -> Result<Vec<Trajectory>> {
+    let ctx = Ctx { be, model, files };
+    let low_feats = model.vision.forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
+    let mut cache = model.new_cache();
+    let mut pos = MropeBuilder::new();
+    let first_logits = ctx.run(&mut cache, &mut pos, &prompt.prefix, Some(&low_feats), &[prompt.low.grid_thw])?;
+    let mut high_feats: Option<candle_core::Tensor> = None;
+    let eos = tokens::stop_ids(files.generation.as_ref());
+    let protocol = ProtocolConfig { max_rounds: cfg.max_rounds, max_images: cfg.max_images, ..Default::default() };
+    let mut out = Vec::with_capacity(n);
+    for r in 0..n {
+        let mut sampler = Sampler::new(SamplingConfig { seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64), ..cfg.sampling.clone() });
+        let mut cache = cache.clone();
+        let mut pos = pos.clone();
+        let mut logits = first_logits.clone();
+        let mut episode = Episode::new(&prompt.question, protocol.clone());
+        episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(&prompt.question));
+        let (mut cont, mut generated) = (Vec::new(), Vec::new());
+        let mut visual = prompt.low_tokens;
+        let mut used_high = false;
+        let mut turn = 0;
+        let outcome = loop {
+            let forced = match (steer, turn) {
+                (Steer::ForceTurn1(text), 0) => Some(files.tokenizer.encode_template(&format!("{text}<|im_end|>"))?),
+                _ => None,
+            };
+            let budget = forced.as_ref().map_or(cfg.max_new_tokens, Vec::len).max(1);
+            let mut ids = Vec::new();
+            for i in 0..budget {
+                let mut id = match &forced {
+                    Some(f) => f[i],
+                    None => {
+                        if *steer == Steer::BanTool {
+                            logits[tokens::TOOL_CALL as usize] = f32::NEG_INFINITY;
+                        }
+                        sampler.pick(&logits)
+                    }
+                };
+                let is_eos = eos.contains(&id);
+                let last = i + 1 == budget;
+                if last && !is_eos {
+                    // A turn cut by the budget ends with `<|im_end|>` (official rollout).
+                    id = tokens::IM_END;
+                }
+                ids.push(id);
+                if is_eos || last {
+                    break;
+                }
+                logits = ctx.run(&mut cache, &mut pos, &[id], None, &[])?;
+            }
+            cont.extend_from_slice(&ids);
+            generated.extend(std::iter::repeat_n(true, ids.len()));
+            let text = files.tokenizer.decode(&ids, true)?;
+            match episode.on_model_turn(&text)? {
+                Step::Done(o) => break o,
+                Step::ToolTurn(tt) => {
+                    // The last generated token (`<|im_end|>`) is not in the cache yet: feed it
+                    // with the tool turn.
+                    let (pvs, feats): (Vec<[u32; 3]>, Option<&candle_core::Tensor>) = match tt.image {
+                        Some(_) => {
+                            used_high = true;
+                            visual += prompt.high_tokens;
+                            if high_feats.is_none() {
+                                high_feats = Some(model.vision.forward(be, &prompt.high.data, &[prompt.high.grid_thw])?);
+                            }
+                            (vec![prompt.high.grid_thw], high_feats.as_ref())
+                        }
+                        None => (Vec::new(), None),
+                    };
+                    let counts: Vec<usize> = pvs.iter().map(|_| prompt.high_tokens).collect();
+                    let tool_ids = files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
+                    let mut feed = vec![*ids.last().context("empty turn")?];
+                    feed.extend_from_slice(&tool_ids);
+                    logits = ctx.run(&mut cache, &mut pos, &feed, feats, &pvs)?;
+                    cont.extend_from_slice(&tool_ids);
+                    generated.extend(std::iter::repeat_n(false, tool_ids.len()));
+                    turn += 1;
+                }
+            }
+        };
+        out.push(Trajectory { cont, generated, used_high, outcome, visual_tokens: visual });
+    }
+    Ok(out)
+}
+
+/// One example's evaluation record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalRecord {
+    /// Row id.
+    pub doc_id: String,
+    /// Coarse / fine.
+    pub kind: Kind,
+    /// Source.
+    pub data_source: String,
+    /// Judged correct.
+    pub correct: bool,
+    /// Called the resize tool.
+    pub resized: bool,
+    /// Visual tokens fed.
+    pub visual_tokens: usize,
+    /// The prediction.
+    pub prediction: String,
+}
+
+/// A trajectory from given model turns (teacher forcing, for SFT traces): each turn is
+/// tokenized as the model would have generated it (`turn<|im_end|>`) and the protocol's tool
+/// turns are inserted between them.
+pub fn forced_trajectory(files: &ModelFiles, prompt: &PreparedPrompt, turns: &[String]) -> Result<Trajectory> {
+    let mut episode = Episode::new(&prompt.question, ProtocolConfig::default());
+    episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(&prompt.question));
+    let (mut cont, mut generated) = (Vec::new(), Vec::new());
+    let mut visual = prompt.low_tokens;
+    let mut used_high = false;
+    for (i, turn) in turns.iter().enumerate() {
+        let ids = files.tokenizer.encode_template(&format!("{turn}<|im_end|>"))?;
+        cont.extend_from_slice(&ids);
+        generated.extend(std::iter::repeat_n(true, ids.len()));
+        let text = files.tokenizer.decode(&ids, true)?;
+        match episode.on_model_turn(&text)? {
+            Step::Done(outcome) => {
+                anyhow::ensure!(i + 1 == turns.len(), "the episode ended after turn {} of {}", i + 1, turns.len());
+                return Ok(Trajectory { cont, generated, used_high, outcome, visual_tokens: visual });
+            }
+            Step::ToolTurn(tt) => {
+                let counts = if tt.image.is_some() {
+                    used_high = true;
+                    visual += prompt.high_tokens;
+                    vec![prompt.high_tokens]
+                } else {
+                    Vec::new()
+                };
+                let tool_ids = files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
+                cont.extend_from_slice(&tool_ids);
+                generated.extend(std::iter::repeat_n(false, tool_ids.len()));
+            }
+        }
+    }
+    anyhow::bail!("the forced turns end with a tool call")
+}
