@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no parent")?;
-    let name = path.file_name().context("path has no file name")?.to_string_lossy();
+    let name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -73,11 +76,21 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
         let mut moments = Vec::new();
         for (i, (m, v)) in opt.m.iter().zip(&opt.v).enumerate() {
             for (k, t) in [("m", m), ("v", v)] {
-                moments.push((format!("{k}.{i}"), t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+                moments.push((
+                    format!("{k}.{i}"),
+                    t.dims().to_vec(),
+                    t.flatten_all()?.to_vec1::<f32>()?,
+                ));
             }
         }
-        write_atomic(&tmp.join("optimizer.safetensors"), &serialize_f32(&moments)?)?;
-        write_atomic(&tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+        write_atomic(
+            &tmp.join("optimizer.safetensors"),
+            &serialize_f32(&moments)?,
+        )?;
+        write_atomic(
+            &tmp.join("trainer_state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
         }
@@ -86,7 +99,10 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e.context(format!("checkpoint {} not written; the previous one is intact", final_dir.display())));
+        return Err(e.context(format!(
+            "checkpoint {} not written; the previous one is intact",
+            final_dir.display()
+        )));
     }
     Ok(final_dir)
 }
@@ -97,10 +113,15 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     if !p.exists() {
         return Ok(None);
     }
-    let name = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let name =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let dir = out.join(name.trim());
     if !dir.join("trainer_state.json").exists() {
-        bail!("{} names {}, which is not a complete checkpoint", p.display(), dir.display());
+        bail!(
+            "{} names {}, which is not a complete checkpoint",
+            p.display(),
+            dir.display()
+        );
     }
     Ok(Some(dir))
 }
@@ -108,7 +129,8 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
 /// Reads a checkpoint's trainer state.
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let p = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("malformed {}", p.display()))
 }
 
@@ -116,14 +138,26 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 pub fn load_moments(dir: &Path, opt: &mut AdamW, optimizer_steps: usize) -> Result<()> {
     let p = dir.join("optimizer.safetensors");
     let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("malformed {}", p.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("malformed {}", p.display()))?;
     for i in 0..opt.m.len() {
         for (k, slot) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
-            let view = st.tensor(&format!("{k}.{i}")).with_context(|| format!("{}: missing {k}.{i}", p.display()))?;
+            let view = st
+                .tensor(&format!("{k}.{i}"))
+                .with_context(|| format!("{}: missing {k}.{i}", p.display()))?;
             if view.shape() != slot.dims() {
-                bail!("{}: {k}.{i} has shape {:?}, the model needs {:?}", p.display(), view.shape(), slot.dims());
+                bail!(
+                    "{}: {k}.{i} has shape {:?}, the model needs {:?}",
+                    p.display(),
+                    view.shape(),
+                    slot.dims()
+                );
             }
-            let data: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             *slot = Tensor::from_vec(data, view.shape(), &Device::Cpu)?;
         }
     }
@@ -146,7 +180,11 @@ mod tests {
         std::fs::create_dir_all(blocked.join("x")).expect("mkdir");
         assert!(write_atomic(&blocked, b"new").is_err());
         assert_eq!(std::fs::read(&p).expect("read"), b"old");
-        let leftovers: Vec<_> = std::fs::read_dir(&dir).expect("ls").filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
         assert!(leftovers.is_empty());
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -93,7 +93,10 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        Self { train: PathBuf::from("data/train"), image_path: ImagePath::Training }
+        Self {
+            train: PathBuf::from("data/train"),
+            image_path: ImagePath::Training,
+        }
     }
 }
 
@@ -145,7 +148,14 @@ pub struct RolloutSection {
 
 impl Default for RolloutSection {
     fn default() -> Self {
-        Self { n: 16, temperature: 1.0, top_p: 1.0, max_new_tokens: 8192, max_rounds: 2, max_images: 2 }
+        Self {
+            n: 16,
+            temperature: 1.0,
+            top_p: 1.0,
+            max_new_tokens: 8192,
+            max_rounds: 2,
+            max_images: 2,
+        }
     }
 }
 
@@ -309,21 +319,29 @@ impl TrainConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-                text.parse().with_context(|| format!("{} is not valid TOML", p.display()))?
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                text.parse()
+                    .with_context(|| format!("{} is not valid TOML", p.display()))?
             }
             None => toml::Table::new(),
         };
         for o in overrides {
-            let (key, raw) = o.split_once('=').with_context(|| format!("override {o:?} is not key=value"))?;
+            let (key, raw) = o
+                .split_once('=')
+                .with_context(|| format!("override {o:?} is not key=value"))?;
             let parsed: toml::Value = match format!("v = {raw}").parse::<toml::Table>() {
-                Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+                Ok(mut t) => t
+                    .remove("v")
+                    .unwrap_or_else(|| toml::Value::String(raw.to_string())),
                 Err(_) => toml::Value::String(raw.to_string()),
             };
             let parts: Vec<&str> = key.trim().split('.').collect();
             let mut table = &mut value;
             for p in &parts[..parts.len() - 1] {
-                let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let entry = table
+                    .entry(p.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 table = match entry {
                     toml::Value::Table(t) => t,
                     _ => bail!("override {key}: {p} is not a section"),
@@ -332,8 +350,14 @@ impl TrainConfig {
             table.insert(parts[parts.len() - 1].to_string(), parsed);
         }
         let what = path.map_or("configuration".to_string(), |p| p.display().to_string());
-        let cfg: TrainConfig = toml::Value::Table(value).try_into().with_context(|| format!("invalid {what}"))?;
-        if cfg.rollout.n == 0 || cfg.sft.batch == 0 || cfg.grpo.prompts_per_step == 0 || cfg.grpo.mini_batch_prompts == 0 {
+        let cfg: TrainConfig = toml::Value::Table(value)
+            .try_into()
+            .with_context(|| format!("invalid {what}"))?;
+        if cfg.rollout.n == 0
+            || cfg.sft.batch == 0
+            || cfg.grpo.prompts_per_step == 0
+            || cfg.grpo.mini_batch_prompts == 0
+        {
             bail!("rollout.n, sft.batch, grpo.prompts_per_step and grpo.mini_batch_prompts must be at least 1");
         }
         if !(cfg.optim.lr.is_finite() && cfg.optim.lr > 0.0) {
@@ -355,7 +379,10 @@ mod tests {
         assert_eq!(c.optim.lr, 1e-6);
         assert_eq!(c.optim.weight_decay, 0.01);
         assert_eq!(c.optim.grad_clip, 1.0);
-        assert_eq!((c.grpo.prompts_per_step, c.grpo.mini_batch_prompts), (512, 32));
+        assert_eq!(
+            (c.grpo.prompts_per_step, c.grpo.mini_batch_prompts),
+            (512, 32)
+        );
         assert_eq!((c.grpo.kl_coef, c.grpo.entropy_coef), (0.001, 0.001));
         assert_eq!(c.data.image_path, ImagePath::Training);
         assert_eq!(c.reward.penalty, PenaltyMode::Code);
@@ -367,15 +394,29 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let p = dir.join("c.toml");
         std::fs::write(&p, "[grpo]\nkl_coef = 0.0\nklcoef = 1\n").expect("write");
-        let err = format!("{:#}", TrainConfig::load(Some(&p), &[]).expect_err("unknown key"));
+        let err = format!(
+            "{:#}",
+            TrainConfig::load(Some(&p), &[]).expect_err("unknown key")
+        );
         assert!(err.contains("klcoef"), "{err}");
         std::fs::write(&p, "[grpo]\nkl_coef = 0.0\n[rollout]\nn = 4\n").expect("write");
-        let c = TrainConfig::load(Some(&p), &["rollout.n=8".into(), "run.out=x/y".into(), "reward.penalty=none".into()]).expect("load");
+        let c = TrainConfig::load(
+            Some(&p),
+            &[
+                "rollout.n=8".into(),
+                "run.out=x/y".into(),
+                "reward.penalty=none".into(),
+            ],
+        )
+        .expect("load");
         assert_eq!(c.rollout.n, 8);
         assert_eq!(c.grpo.kl_coef, 0.0);
         assert_eq!(c.run.out, PathBuf::from("x/y"));
         assert_eq!(c.reward.penalty, PenaltyMode::None);
-        let err = format!("{:#}", TrainConfig::load(Some(&p), &["rollout.m=8".into()]).expect_err("unknown override"));
+        let err = format!(
+            "{:#}",
+            TrainConfig::load(Some(&p), &["rollout.m=8".into()]).expect_err("unknown override")
+        );
         assert!(err.contains("unknown field `m`"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
     }

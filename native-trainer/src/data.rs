@@ -263,7 +263,10 @@ mod tests {
         // A missing or corrupt image is an error naming the file and row.
         std::fs::write(dir.join("a.png"), b"not a png").expect("write");
         let err = ds.image(0).expect_err("corrupt");
-        assert!(err.to_string().contains("a.png") && err.to_string().contains("line1"), "{err}");
+        assert!(
+            err.to_string().contains("a.png") && err.to_string().contains("line1"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -68,7 +68,11 @@ struct Acc {
 impl Acc {
     fn report(&self) -> KindReport {
         let d = self.n.max(1) as f64;
-        KindReport { accuracy: self.correct as f64 / d, resize_ratio: self.resized as f64 / d, n: self.n }
+        KindReport {
+            accuracy: self.correct as f64 / d,
+            resize_ratio: self.resized as f64 / d,
+            n: self.n,
+        }
     }
 }
 
@@ -88,9 +92,22 @@ pub fn evaluate(
     max_new_tokens: usize,
 ) -> Result<EvalReport> {
     let t0 = std::time::Instant::now();
-    let cfg = RolloutConfig { sampling: SamplingConfig::default(), max_new_tokens, max_rounds: 2, max_images: 2 };
-    let n = if rows == 0 { ds.examples.len() } else { rows.min(ds.examples.len()) };
-    let steers = [Steer::Free, Steer::ForceTurn1(FORCED_RESIZE.into()), Steer::BanTool];
+    let cfg = RolloutConfig {
+        sampling: SamplingConfig::default(),
+        max_new_tokens,
+        max_rounds: 2,
+        max_images: 2,
+    };
+    let n = if rows == 0 {
+        ds.examples.len()
+    } else {
+        rows.min(ds.examples.len())
+    };
+    let steers = [
+        Steer::Free,
+        Steer::ForceTurn1(FORCED_RESIZE.into()),
+        Steer::BanTool,
+    ];
     let mut by: [BTreeMap<String, Acc>; 3] = Default::default();
     let mut by_source: BTreeMap<String, Acc> = BTreeMap::new();
     let mut totals = [Acc::default(), Acc::default(), Acc::default()];
@@ -100,7 +117,11 @@ pub fn evaluate(
     for i in 0..n {
         pb.inc(1);
         let ex = &ds.examples[i];
-        let prompt = match ds.image(i).map_err(anyhow::Error::from).and_then(|img| prepare(files, &img, &ex.problem, image_path)) {
+        let prompt = match ds
+            .image(i)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| prepare(files, &img, &ex.problem, image_path))
+        {
             Ok(p) => p,
             Err(e) => {
                 skipped.push(format!("{}: {e:#}", ex.doc_id));
@@ -113,13 +134,20 @@ pub fn evaluate(
             let t = rollout_group(be, model, files, &prompt, 1, &cfg, steer, 0)
                 .with_context(|| format!("row {}", ex.doc_id))?
                 .remove(0);
-            reqs.push(JudgeRequest::for_question(&ex.problem, &ex.answer, &t.outcome.prediction));
+            reqs.push(JudgeRequest::for_question(
+                &ex.problem,
+                &ex.answer,
+                &t.outcome.prediction,
+            ));
             trajs.push(t);
         }
         let verdicts = judge_all(judge, &reqs, 3);
         for (k, (t, v)) in trajs.iter().zip(&verdicts).enumerate() {
             let correct = *v == Some(true);
-            for acc in [by[k].entry(ex.kind.name().to_string()).or_default(), &mut totals[k]] {
+            for acc in [
+                by[k].entry(ex.kind.name().to_string()).or_default(),
+                &mut totals[k],
+            ] {
                 acc.n += 1;
                 acc.correct += usize::from(correct);
                 acc.resized += usize::from(t.outcome.tool_calls > 0);
@@ -138,7 +166,11 @@ pub fn evaluate(
     pb.finish_and_clear();
     let evaluated = totals[0].n.max(1) as f64;
     let [free, high, low] = totals.map(|a| a.report());
-    let rep = |m: &BTreeMap<String, Acc>| m.iter().map(|(k, a)| (k.clone(), a.report())).collect::<BTreeMap<_, _>>();
+    let rep = |m: &BTreeMap<String, Acc>| {
+        m.iter()
+            .map(|(k, a)| (k.clone(), a.report()))
+            .collect::<BTreeMap<_, _>>()
+    };
     let vt = visual as f64 / evaluated;
     let vth = visual_high as f64 / evaluated;
     Ok(EvalReport {
@@ -161,18 +193,40 @@ pub fn evaluate(
 
 /// The report as Markdown.
 pub fn markdown(r: &EvalReport, title: &str) -> String {
-    let mut s = format!("# {title}\n\n| policy | accuracy | visual tokens / question |\n|---|---|---|\n");
-    s += &format!("| low-res first (VisionThink) | {:.3} | {:.1} ({:.1}% of full) |\n", r.accuracy, r.visual_tokens, 100.0 * r.visual_tokens_ratio);
-    s += &format!("| always full resolution | {:.3} | {:.1} |\n", r.accuracy_always_high, r.visual_tokens_always_high);
-    s += &format!("| always half resolution | {:.3} | {:.1} |\n\n", r.accuracy_always_low, r.visual_tokens_always_low);
+    let mut s =
+        format!("# {title}\n\n| policy | accuracy | visual tokens / question |\n|---|---|---|\n");
+    s += &format!(
+        "| low-res first (VisionThink) | {:.3} | {:.1} ({:.1}% of full) |\n",
+        r.accuracy,
+        r.visual_tokens,
+        100.0 * r.visual_tokens_ratio
+    );
+    s += &format!(
+        "| always full resolution | {:.3} | {:.1} |\n",
+        r.accuracy_always_high, r.visual_tokens_always_high
+    );
+    s += &format!(
+        "| always half resolution | {:.3} | {:.1} |\n\n",
+        r.accuracy_always_low, r.visual_tokens_always_low
+    );
     s += "| kind | n | accuracy | resize ratio | always-high acc | always-low acc |\n|---|---|---|---|---|---|\n";
     for (k, v) in &r.by_kind {
-        let hi = r.always_high_by_kind.get(k).map_or(f64::NAN, |x| x.accuracy);
+        let hi = r
+            .always_high_by_kind
+            .get(k)
+            .map_or(f64::NAN, |x| x.accuracy);
         let lo = r.always_low_by_kind.get(k).map_or(f64::NAN, |x| x.accuracy);
-        s += &format!("| {k} | {} | {:.3} | {:.3} | {hi:.3} | {lo:.3} |\n", v.n, v.accuracy, v.resize_ratio);
+        s += &format!(
+            "| {k} | {} | {:.3} | {:.3} | {hi:.3} | {lo:.3} |\n",
+            v.n, v.accuracy, v.resize_ratio
+        );
     }
     if !r.skipped.is_empty() {
-        s += &format!("\n{} rows skipped: {}\n", r.skipped.len(), r.skipped.join("; "));
+        s += &format!(
+            "\n{} rows skipped: {}\n",
+            r.skipped.len(),
+            r.skipped.join("; ")
+        );
     }
     s
 }

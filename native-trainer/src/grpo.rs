@@ -29,7 +29,12 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        Self { clip_low: 0.2, clip_high: 0.2, kl_coef: 0.001, entropy_coef: 0.001 }
+        Self {
+            clip_low: 0.2,
+            clip_high: 0.2,
+            kl_coef: 0.001,
+            entropy_coef: 0.001,
+        }
     }
 }
 
@@ -49,7 +54,24 @@ pub struct SeqStats {
 }
 
 /// Log-probabilities of `ids` under `logits [T, V]` and the entropy of each row.
-pub fn logp_and_entropy(logits: &Tensor, ids: &[u32], with_entropy: bool) -> Result<(Tensor, Option<Tensor>)> {
+pub fn logp_and_entropy(
+    logits: &Tensor,
+    ids: &[u32],
+    with_entropy: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    if logits.device().is_cpu() {
+        let both = logits
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .apply_op1(crate::fused::LogpEntropy { ids: ids.to_vec() })?;
+        let logp = both.narrow(1, 0, 1)?.squeeze(1)?;
+        let ent = if with_entropy {
+            Some(both.narrow(1, 1, 1)?.squeeze(1)?)
+        } else {
+            None
+        };
+        return Ok((logp, ent));
+    }
     let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
     let idx = Tensor::from_slice(ids, (ids.len(), 1), logits.device())?;
     let logp = lsm.gather(&idx, 1)?.squeeze(1)?;
@@ -73,7 +95,11 @@ pub fn sequence_loss(
 ) -> Result<(Tensor, SeqStats)> {
     let t = logp.dim(0)?;
     if t == 0 || old.len() != t || reference.is_some_and(|r| r.len() != t) {
-        bail!("sequence of {t} tokens with {} old and {:?} reference log-probs", old.len(), reference.map(<[f32]>::len));
+        bail!(
+            "sequence of {t} tokens with {} old and {:?} reference log-probs",
+            old.len(),
+            reference.map(<[f32]>::len)
+        );
     }
     let dev = logp.device();
     let old_t = Tensor::from_slice(old, t, dev)?;
@@ -84,11 +110,17 @@ pub fn sequence_loss(
     let pg2 = (&clipped * neg_a)?;
     let pg = pg1.maximum(&pg2)?;
     let mut tok = pg.clone();
-    let mut stats = SeqStats { tokens: t, ..Default::default() };
+    let mut stats = SeqStats {
+        tokens: t,
+        ..Default::default()
+    };
     let ratios = ratio.to_vec1::<f32>()?;
     stats.clip_frac = ratios
         .iter()
-        .filter(|&&r| (advantage > 0.0 && f64::from(r) > 1.0 + cfg.clip_high) || (advantage < 0.0 && f64::from(r) < 1.0 - cfg.clip_low))
+        .filter(|&&r| {
+            (advantage > 0.0 && f64::from(r) > 1.0 + cfg.clip_high)
+                || (advantage < 0.0 && f64::from(r) < 1.0 - cfg.clip_low)
+        })
         .count() as f64
         / t as f64;
     stats.pg = pg.mean_all()?.to_scalar::<f32>()? as f64;
@@ -109,16 +141,19 @@ pub fn sequence_loss(
     Ok((tok.mean_all()?, stats))
 }
 
-/// Logits `[generated tokens, vocab]` of each trajectory of a group, teacher-forced, with the
-/// turn-1 prefix and each image's vision features computed once.
-pub fn group_logits(
+/// Final hidden rows `[generated tokens, hidden]` that predict each trajectory's generated
+/// tokens, teacher-forced, with the turn-1 prefix and each image's vision features computed
+/// once per group.
+pub fn group_hidden(
     be: &CandleBackend,
     model: &Qwen25VL<CandleBackend>,
     prompt: &PreparedPrompt,
     trajs: &[&Trajectory],
     merge: u32,
 ) -> Result<Vec<Tensor>> {
-    let low = model.vision.forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
+    let low = model
+        .vision
+        .forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
     let mut cache = model.new_cache();
     let mut pos = MropeBuilder::new();
     extend_rope_index(&mut pos, &prompt.prefix, &[prompt.low.grid_thw], merge)?;
@@ -127,7 +162,11 @@ pub fn group_logits(
     let p = prompt.prefix.len();
     let last_p = hidden_p.narrow(0, p - 1, 1)?;
     let high = if trajs.iter().any(|t| t.used_high) {
-        Some(model.vision.forward(be, &prompt.high.data, &[prompt.high.grid_thw])?)
+        Some(
+            model
+                .vision
+                .forward(be, &prompt.high.data, &[prompt.high.grid_thw])?,
+        )
     } else {
         None
     };
@@ -139,7 +178,11 @@ pub fn group_logits(
         let rows = if c > 1 {
             let mut cache = cache.clone();
             let mut pos = pos.clone();
-            let grids: Vec<[u32; 3]> = if t.used_high { vec![prompt.high.grid_thw] } else { Vec::new() };
+            let grids: Vec<[u32; 3]> = if t.used_high {
+                vec![prompt.high.grid_thw]
+            } else {
+                Vec::new()
+            };
             let input = &t.cont[..c - 1];
             extend_rope_index(&mut pos, input, &grids, merge)?;
             let feats = if t.used_high { high.as_ref() } else { None };
@@ -149,10 +192,44 @@ pub fn group_logits(
         } else {
             last_p.clone()
         };
-        let sel: Vec<u32> = t.generated.iter().enumerate().filter(|(_, g)| **g).map(|(i, _)| i as u32).collect();
+        let sel: Vec<u32> = t
+            .generated
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| **g)
+            .map(|(i, _)| i as u32)
+            .collect();
         let idx = Tensor::from_slice(&sel, sel.len(), rows.device())?;
-        let rows = rows.index_select(&idx, 0)?;
-        out.push(model.logits(be, &rows)?);
+        out.push(rows.index_select(&idx, 0)?);
+    }
+    Ok(out)
+}
+
+/// Log-probs (and entropies) of `ids[i]` under the rows `rows[i]`: one vocabulary projection
+/// and one fused log-softmax for the whole batch, so the head's gradient is formed once.
+pub fn batch_logp(
+    be: &CandleBackend,
+    model: &Qwen25VL<CandleBackend>,
+    rows: &[Tensor],
+    ids: &[Vec<u32>],
+    with_entropy: bool,
+) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = Tensor::cat(rows, 0)?;
+    let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+    let logits = model.logits(be, &all)?;
+    let (lp, ent) = logp_and_entropy(&logits, &flat, with_entropy)?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut start = 0;
+    for r in ids {
+        let n = r.len();
+        out.push((
+            lp.narrow(0, start, n)?,
+            ent.as_ref().map(|e| e.narrow(0, start, n)).transpose()?,
+        ));
+        start += n;
     }
     Ok(out)
 }
@@ -165,13 +242,11 @@ pub fn group_logps(
     trajs: &[&Trajectory],
     merge: u32,
 ) -> Result<Vec<Vec<f32>>> {
-    group_logits(be, model, prompt, trajs, merge)?
-        .iter()
-        .zip(trajs)
-        .map(|(l, t)| {
-            let (lp, _) = logp_and_entropy(l, &t.generated_ids(), false)?;
-            Ok(lp.to_vec1::<f32>()?)
-        })
+    let rows = group_hidden(be, model, prompt, trajs, merge)?;
+    let ids: Vec<Vec<u32>> = trajs.iter().map(|t| t.generated_ids()).collect();
+    batch_logp(be, model, &rows, &ids, false)?
+        .into_iter()
+        .map(|(lp, _)| Ok(lp.to_vec1::<f32>()?))
         .collect()
 }
 
@@ -200,7 +275,12 @@ mod tests {
         let logp = [p[0][0].ln(), p[1][2].ln()];
         let old = [logp[0] - 0.1, logp[1] + 0.5];
         let reference = [logp[0] + 0.3, logp[1] - 0.2];
-        let cfg = LossConfig { clip_low: 0.2, clip_high: 0.2, kl_coef: 0.1, entropy_coef: 0.01 };
+        let cfg = LossConfig {
+            clip_low: 0.2,
+            clip_high: 0.2,
+            kl_coef: 0.1,
+            entropy_coef: 0.01,
+        };
         // Hand computation.
         let mut loss = 0.0;
         let mut grad = [[0.0f64; 3]; 2];
@@ -229,15 +309,25 @@ mod tests {
         let (lp, ent) = logp_and_entropy(var.as_tensor(), &ids, true).expect("logp");
         let oldf: Vec<f32> = old.iter().map(|&x| x as f32).collect();
         let reff: Vec<f32> = reference.iter().map(|&x| x as f32).collect();
-        let (l, stats) = sequence_loss(&lp, ent.as_ref(), &oldf, Some(&reff), adv, &cfg).expect("loss");
+        let (l, stats) =
+            sequence_loss(&lp, ent.as_ref(), &oldf, Some(&reff), adv, &cfg).expect("loss");
         let got = l.to_scalar::<f32>().expect("scalar") as f64;
         assert!((got - loss).abs() < 1e-5, "loss {got} vs {loss}");
         assert_eq!(stats.tokens, 2);
         let grads = l.backward().expect("backward");
-        let g = grads.get(var.as_tensor()).expect("grad").to_vec2::<f32>().expect("vec");
+        let g = grads
+            .get(var.as_tensor())
+            .expect("grad")
+            .to_vec2::<f32>()
+            .expect("vec");
         for t in 0..2 {
             for j in 0..3 {
-                assert!((g[t][j] as f64 - grad[t][j]).abs() < 1e-5, "grad[{t}][{j}] {} vs {}", g[t][j], grad[t][j]);
+                assert!(
+                    (g[t][j] as f64 - grad[t][j]).abs() < 1e-5,
+                    "grad[{t}][{j}] {} vs {}",
+                    g[t][j],
+                    grad[t][j]
+                );
             }
         }
     }
@@ -249,21 +339,43 @@ mod tests {
         let var = Var::from_vec(vec![2.0f32, 0.0, 0.0], (1, 3), &Device::Cpu).expect("var");
         let (lp, _) = logp_and_entropy(var.as_tensor(), &[0], false).expect("logp");
         let logp = lp.to_vec1::<f32>().expect("v")[0];
-        let cfg = LossConfig { kl_coef: 0.0, entropy_coef: 0.0, ..Default::default() };
+        let cfg = LossConfig {
+            kl_coef: 0.0,
+            entropy_coef: 0.0,
+            ..Default::default()
+        };
         // ratio = e^0.5 ≈ 1.65 > 1.2 with A > 0: clipped.
         let (l, stats) = sequence_loss(&lp, None, &[logp - 0.5], None, 1.0, &cfg).expect("loss");
         assert!((l.to_scalar::<f32>().expect("s") + 1.2).abs() < 1e-6);
         assert_eq!(stats.clip_frac, 1.0);
-        let g = l.backward().expect("b").get(var.as_tensor()).expect("g").to_vec2::<f32>().expect("v");
+        let g = l
+            .backward()
+            .expect("b")
+            .get(var.as_tensor())
+            .expect("g")
+            .to_vec2::<f32>()
+            .expect("v");
         assert!(g[0].iter().all(|x| x.abs() < 1e-9), "{g:?}");
         // Same ratio with A < 0: the unclipped term is the max, gradient flows.
         let (l, stats) = sequence_loss(&lp, None, &[logp - 0.5], None, -1.0, &cfg).expect("loss");
         assert_eq!(stats.clip_frac, 0.0);
-        let g = l.backward().expect("b").get(var.as_tensor()).expect("g").to_vec2::<f32>().expect("v");
+        let g = l
+            .backward()
+            .expect("b")
+            .get(var.as_tensor())
+            .expect("g")
+            .to_vec2::<f32>()
+            .expect("v");
         assert!(g[0][0] > 0.1, "{g:?}");
         // k3 of a huge log-ratio is clamped to 10.
-        let cfg = LossConfig { kl_coef: 1.0, entropy_coef: 0.0, clip_low: 0.2, clip_high: 0.2 };
-        let (_, stats) = sequence_loss(&lp, None, &[logp], Some(&[logp + 30.0]), 0.0, &cfg).expect("loss");
+        let cfg = LossConfig {
+            kl_coef: 1.0,
+            entropy_coef: 0.0,
+            clip_low: 0.2,
+            clip_high: 0.2,
+        };
+        let (_, stats) =
+            sequence_loss(&lp, None, &[logp], Some(&[logp + 30.0]), 0.0, &cfg).expect("loss");
         assert!((stats.kl - 10.0).abs() < 1e-6, "{}", stats.kl);
     }
 }

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod eval;
+pub mod fused;
 pub mod grpo;
 pub mod optim;
 pub mod policy;

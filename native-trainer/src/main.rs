@@ -8,8 +8,17 @@ use visionthink_train::data::{BadRows, Dataset};
 use visionthink_train::rollout::ImagePath;
 use visionthink_train::{eval, synth, train};
 
+// Training allocates and frees many large tensors (vocabulary-sized logits and gradients);
+// mimalloc keeps freed pages for reuse instead of returning them to the kernel each time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "visionthink-train", version, about = "Multi-turn GRPO for VisionThink on candle")]
+#[command(
+    name = "visionthink-train",
+    version,
+    about = "Multi-turn GRPO for VisionThink on candle"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -94,13 +103,33 @@ enum ImagePathArg {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Synth { seed, count, out, fine_fraction, size } => {
-            anyhow::ensure!((0.0..=1.0).contains(&fine_fraction), "--fine-fraction must be in [0, 1]");
+        Cmd::Synth {
+            seed,
+            count,
+            out,
+            fine_fraction,
+            size,
+        } => {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&fine_fraction),
+                "--fine-fraction must be in [0, 1]"
+            );
             anyhow::ensure!(size >= 56 && size <= 4096, "--size must be in [56, 4096]");
-            let rows = synth::generate(&synth::SynthConfig { seed, count, fine_fraction, size });
+            let rows = synth::generate(&synth::SynthConfig {
+                seed,
+                count,
+                fine_fraction,
+                size,
+            });
             visionthink_train::data::write_jsonl_set(&out, &rows)?;
-            let fine = rows.iter().filter(|(e, _)| e.kind == visionthink_train::data::Kind::Fine).count();
-            println!("{}", serde_json::json!({"out": out, "count": rows.len(), "fine": fine, "coarse": rows.len() - fine}));
+            let fine = rows
+                .iter()
+                .filter(|(e, _)| e.kind == visionthink_train::data::Kind::Fine)
+                .count();
+            println!(
+                "{}",
+                serde_json::json!({"out": out, "count": rows.len(), "fine": fine, "coarse": rows.len() - fine})
+            );
         }
         Cmd::Sft(a) => {
             let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
@@ -110,26 +139,62 @@ fn main() -> Result<()> {
             let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
             train::grpo(&cfg, a.resume, a.fail_at_step)?;
         }
-        Cmd::Eval { model_dir, data, json, rows, image_path, max_new_tokens, out, bad_rows } => {
+        Cmd::Eval {
+            model_dir,
+            data,
+            json,
+            rows,
+            image_path,
+            max_new_tokens,
+            out,
+            bad_rows,
+        } => {
             let ds = Dataset::open(&data, bad_rows)?;
             for s in &ds.skipped {
                 eprintln!("skipped row: {s}");
             }
-            let (name, be, model, files) = visionthink_train::policy::load_frozen(model_dir.as_deref())?;
+            let (name, be, model, files) =
+                visionthink_train::policy::load_frozen(model_dir.as_deref())?;
             let ip = match image_path {
                 ImagePathArg::Training => ImagePath::Training,
                 ImagePathArg::Inference => ImagePath::Inference,
             };
-            let report = eval::evaluate(&be, &model, &files, &ds, &visionthink_core::judge::RuleJudge, rows, ip, max_new_tokens)?;
+            let report = eval::evaluate(
+                &be,
+                &model,
+                &files,
+                &ds,
+                &visionthink_core::judge::RuleJudge,
+                rows,
+                ip,
+                max_new_tokens,
+            )?;
             if let Some(dir) = out {
-                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                visionthink_train::checkpoint::write_atomic(&dir.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-                visionthink_train::checkpoint::write_atomic(&dir.join("report.md"), eval::markdown(&report, &format!("Evaluation of {name} on {}", data.display())).as_bytes())?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                visionthink_train::checkpoint::write_atomic(
+                    &dir.join("report.json"),
+                    serde_json::to_string_pretty(&report)?.as_bytes(),
+                )?;
+                visionthink_train::checkpoint::write_atomic(
+                    &dir.join("report.md"),
+                    eval::markdown(
+                        &report,
+                        &format!("Evaluation of {name} on {}", data.display()),
+                    )
+                    .as_bytes(),
+                )?;
             }
             if json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
-                print!("{}", eval::markdown(&report, &format!("Evaluation of {name} on {}", data.display())));
+                print!(
+                    "{}",
+                    eval::markdown(
+                        &report,
+                        &format!("Evaluation of {name} on {}", data.display())
+                    )
+                );
             }
         }
     }

@@ -63,10 +63,18 @@ impl Arch {
     pub fn config_json(&self) -> Result<String> {
         let head_dim = self.hidden_size / self.heads.max(1);
         if self.heads == 0 || self.hidden_size % self.heads != 0 || head_dim % 2 != 0 {
-            bail!("hidden_size {} must split into an even head size over {} heads", self.hidden_size, self.heads);
+            bail!(
+                "hidden_size {} must split into an even head size over {} heads",
+                self.hidden_size,
+                self.heads
+            );
         }
         if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            bail!("heads {} must be a multiple of kv_heads {}", self.heads, self.kv_heads);
+            bail!(
+                "heads {} must be a multiple of kv_heads {}",
+                self.heads,
+                self.kv_heads
+            );
         }
         // M-RoPE sections (t, h, w) over head_dim / 2 frequencies, in Qwen2.5-VL's 1:1.5:1.5 ratio.
         let half = head_dim / 2;
@@ -152,7 +160,10 @@ fn read_aux(dir: &Path, config_json: Option<Vec<u8>>) -> Result<Vec<(&'static st
         }
         let p = dir.join(name);
         if p.exists() {
-            aux.push((name, std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?));
+            aux.push((
+                name,
+                std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
+            ));
         }
     }
     Ok(aux)
@@ -160,10 +171,15 @@ fn read_aux(dir: &Path, config_json: Option<Vec<u8>>) -> Result<Vec<(&'static st
 
 fn parse_files(aux: &[(&'static str, Vec<u8>)]) -> Result<(ModelFiles, ModelConfig)> {
     let files = ModelFiles::parse(|name| {
-        Ok::<_, std::convert::Infallible>(aux.iter().find(|(n, _)| *n == name).map(|(_, b)| b.clone()))
+        Ok::<_, std::convert::Infallible>(
+            aux.iter().find(|(n, _)| *n == name).map(|(_, b)| b.clone()),
+        )
     })
     .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let cfg = files.config.clone().context("the model has no config.json")?;
+    let cfg = files
+        .config
+        .clone()
+        .context("the model has no config.json")?;
     Ok((files, cfg))
 }
 
@@ -181,7 +197,9 @@ impl Policy {
             let data: Vec<f32> = match spec.init {
                 InitKind::Ones => vec![1.0; n],
                 InitKind::Zeros => vec![0.0; n],
-                InitKind::Matrix => (0..n).map(|_| (rng.normal() * arch.init_std) as f32).collect(),
+                InitKind::Matrix => (0..n)
+                    .map(|_| (rng.normal() * arch.init_std) as f32)
+                    .collect(),
             };
             tensors.push((spec.name, spec.shape, data));
         }
@@ -193,15 +211,22 @@ impl Policy {
     /// Loads an HF folder with trainable weights.
     pub fn load(dir: &Path) -> Result<Self> {
         let aux = read_aux(dir, None)?;
-        let store = WeightStore::open(dir).with_context(|| format!("cannot load weights of {}", dir.display()))?;
+        let store = WeightStore::open(dir)
+            .with_context(|| format!("cannot load weights of {}", dir.display()))?;
         Self::build(aux, &store)
     }
 
     fn build(aux: Vec<(&'static str, Vec<u8>)>, store: &WeightStore) -> Result<Self> {
         let (files, cfg) = parse_files(&aux)?;
-        let be = CandleBackend::trainable_cpu();
+        let be = CandleBackend::trainable_cpu_sparse();
         let model = Qwen25VL::load(&be, &cfg, store)?;
-        Ok(Self { be, model, files, cfg, aux })
+        Ok(Self {
+            be,
+            model,
+            files,
+            cfg,
+            aux,
+        })
     }
 
     /// The parameters, in a fixed order.
@@ -229,7 +254,10 @@ impl Policy {
             .into_iter()
             .map(|(s, d)| (s.name, s.shape, d))
             .collect();
-        if let Some((name, _, _)) = tensors.iter().find(|(_, _, d)| d.iter().any(|x| !x.is_finite())) {
+        if let Some((name, _, _)) = tensors
+            .iter()
+            .find(|(_, _, d)| d.iter().any(|x| !x.is_finite()))
+        {
             bail!("refusing to save: tensor {name} holds NaN or infinity");
         }
         let weights = match dtype {
@@ -258,11 +286,18 @@ fn serialize_with(
     dtype: safetensors::Dtype,
     encode: fn(&[f32]) -> Vec<u8>,
 ) -> Result<Vec<u8>> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> =
-        tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), encode(d))).collect();
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, d)| (n.clone(), s.clone(), encode(d)))
+        .collect();
     let views = encoded
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b)?)))
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(dtype, s.clone(), b)?,
+            ))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -271,24 +306,31 @@ fn serialize_with(
 
 /// Safetensors bytes of f32 tensors.
 pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
-    serialize_with(tensors, safetensors::Dtype::F32, |d| d.iter().flat_map(|x| x.to_le_bytes()).collect())
+    serialize_with(tensors, safetensors::Dtype::F32, |d| {
+        d.iter().flat_map(|x| x.to_le_bytes()).collect()
+    })
 }
 
 /// Safetensors bytes of tensors rounded to bf16.
 pub fn serialize_bf16(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
     serialize_with(tensors, safetensors::Dtype::BF16, |d| {
-        d.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()
+        d.iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect()
     })
 }
 
 /// Loads a model folder for inference (no autograd): `(name, backend, model, files)`.
-pub fn load_frozen(dir: Option<&Path>) -> Result<(String, CandleBackend, Qwen25VL<CandleBackend>, ModelFiles)> {
+pub fn load_frozen(
+    dir: Option<&Path>,
+) -> Result<(String, CandleBackend, Qwen25VL<CandleBackend>, ModelFiles)> {
     let Some(dir) = dir else {
         bail!("no --model-dir given and this build ships no default model yet")
     };
     let aux = read_aux(dir, None)?;
     let (files, cfg) = parse_files(&aux)?;
-    let store = WeightStore::open(dir).with_context(|| format!("cannot load weights of {}", dir.display()))?;
+    let store = WeightStore::open(dir)
+        .with_context(|| format!("cannot load weights of {}", dir.display()))?;
     let be = CandleBackend::cpu();
     let model = Qwen25VL::load(&be, &cfg, &store)?;
     Ok((dir.display().to_string(), be, model, files))

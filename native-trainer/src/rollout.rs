@@ -42,7 +42,12 @@ pub struct PreparedPrompt {
 }
 
 /// Builds the prompt of an example.
-pub fn prepare(files: &ModelFiles, image: &RgbImage, question: &str, path: ImagePath) -> Result<PreparedPrompt> {
+pub fn prepare(
+    files: &ModelFiles,
+    image: &RgbImage,
+    question: &str,
+    path: ImagePath,
+) -> Result<PreparedPrompt> {
     let images = match path {
         ImagePath::Training => EpisodeImages::for_training(image)?,
         ImagePath::Inference => EpisodeImages::for_inference(image)?,
@@ -57,7 +62,14 @@ pub fn prepare(files: &ModelFiles, image: &RgbImage, question: &str, path: Image
         None => episode.initial_prompt(),
     };
     let prefix = files.tokenizer.encode_prompt(&turn1, &[low_tokens])?;
-    Ok(PreparedPrompt { prefix, low, high, question: question.to_string(), low_tokens, high_tokens })
+    Ok(PreparedPrompt {
+        prefix,
+        low,
+        high,
+        question: question.to_string(),
+        low_tokens,
+        high_tokens,
+    })
 }
 
 /// How turn 1 is steered (for the always-high / always-low baselines of the evaluation).
@@ -90,7 +102,12 @@ pub struct Trajectory {
 impl Trajectory {
     /// Ids of the generated tokens, in order.
     pub fn generated_ids(&self) -> Vec<u32> {
-        self.cont.iter().zip(&self.generated).filter(|(_, g)| **g).map(|(t, _)| *t).collect()
+        self.cont
+            .iter()
+            .zip(&self.generated)
+            .filter(|(_, g)| **g)
+            .map(|(t, _)| *t)
+            .collect()
     }
 }
 
@@ -114,7 +131,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn run(&self, cache: &mut KvCache<CandleBackend>, pos: &mut MropeBuilder, ids: &[u32], feats: Option<&candle_core::Tensor>, grids: &[[u32; 3]]) -> Result<Vec<f32>> {
+    fn run(
+        &self,
+        cache: &mut KvCache<CandleBackend>,
+        pos: &mut MropeBuilder,
+        ids: &[u32],
+        feats: Option<&candle_core::Tensor>,
+        grids: &[[u32; 3]],
+    ) -> Result<Vec<f32>> {
         extend_rope_index(pos, ids, grids, self.files.preprocessor.merge_size)?;
         let e = self.model.embed(self.be, ids, feats)?;
         let h = self.model.decode(self.be, &e, pos.positions(), cache)?;
@@ -134,28 +158,49 @@ pub fn rollout_group(
     seed: u64,
 ) -> Result<Vec<Trajectory>> {
     let ctx = Ctx { be, model, files };
-    let low_feats = model.vision.forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
+    let low_feats = model
+        .vision
+        .forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
     let mut cache = model.new_cache();
     let mut pos = MropeBuilder::new();
-    let first_logits = ctx.run(&mut cache, &mut pos, &prompt.prefix, Some(&low_feats), &[prompt.low.grid_thw])?;
+    let first_logits = ctx.run(
+        &mut cache,
+        &mut pos,
+        &prompt.prefix,
+        Some(&low_feats),
+        &[prompt.low.grid_thw],
+    )?;
     let mut high_feats: Option<candle_core::Tensor> = None;
     let eos = tokens::stop_ids(files.generation.as_ref());
-    let protocol = ProtocolConfig { max_rounds: cfg.max_rounds, max_images: cfg.max_images, ..Default::default() };
+    let protocol = ProtocolConfig {
+        max_rounds: cfg.max_rounds,
+        max_images: cfg.max_images,
+        ..Default::default()
+    };
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
-        let mut sampler = Sampler::new(SamplingConfig { seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64), ..cfg.sampling.clone() });
+        let mut sampler = Sampler::new(SamplingConfig {
+            seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64),
+            ..cfg.sampling.clone()
+        });
         let mut cache = cache.clone();
         let mut pos = pos.clone();
         let mut logits = first_logits.clone();
         let mut episode = Episode::new(&prompt.question, protocol.clone());
-        episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(&prompt.question));
+        episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(
+            &prompt.question,
+        ));
         let (mut cont, mut generated) = (Vec::new(), Vec::new());
         let mut visual = prompt.low_tokens;
         let mut used_high = false;
         let mut turn = 0;
         let outcome = loop {
             let forced = match (steer, turn) {
-                (Steer::ForceTurn1(text), 0) => Some(files.tokenizer.encode_template(&format!("{text}<|im_end|>"))?),
+                (Steer::ForceTurn1(text), 0) => Some(
+                    files
+                        .tokenizer
+                        .encode_template(&format!("{text}<|im_end|>"))?,
+                ),
                 _ => None,
             };
             let budget = forced.as_ref().map_or(cfg.max_new_tokens, Vec::len).max(1);
@@ -190,12 +235,17 @@ pub fn rollout_group(
                 Step::ToolTurn(tt) => {
                     // The last generated token (`<|im_end|>`) is not in the cache yet: feed it
                     // with the tool turn.
-                    let (pvs, feats): (Vec<[u32; 3]>, Option<&candle_core::Tensor>) = match tt.image {
+                    let (pvs, feats): (Vec<[u32; 3]>, Option<&candle_core::Tensor>) = match tt.image
+                    {
                         Some(_) => {
                             used_high = true;
                             visual += prompt.high_tokens;
                             if high_feats.is_none() {
-                                high_feats = Some(model.vision.forward(be, &prompt.high.data, &[prompt.high.grid_thw])?);
+                                high_feats = Some(model.vision.forward(
+                                    be,
+                                    &prompt.high.data,
+                                    &[prompt.high.grid_thw],
+                                )?);
                             }
                             (vec![prompt.high.grid_thw], high_feats.as_ref())
                         }
@@ -212,7 +262,13 @@ pub fn rollout_group(
                 }
             }
         };
-        out.push(Trajectory { cont, generated, used_high, outcome, visual_tokens: visual });
+        out.push(Trajectory {
+            cont,
+            generated,
+            used_high,
+            outcome,
+            visual_tokens: visual,
+        });
     }
     Ok(out)
 }
@@ -239,21 +295,40 @@ pub struct EvalRecord {
 /// A trajectory from given model turns (teacher forcing, for SFT traces): each turn is
 /// tokenized as the model would have generated it (`turn<|im_end|>`) and the protocol's tool
 /// turns are inserted between them.
-pub fn forced_trajectory(files: &ModelFiles, prompt: &PreparedPrompt, turns: &[String]) -> Result<Trajectory> {
+pub fn forced_trajectory(
+    files: &ModelFiles,
+    prompt: &PreparedPrompt,
+    turns: &[String],
+) -> Result<Trajectory> {
     let mut episode = Episode::new(&prompt.question, ProtocolConfig::default());
-    episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(&prompt.question));
+    episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(
+        &prompt.question,
+    ));
     let (mut cont, mut generated) = (Vec::new(), Vec::new());
     let mut visual = prompt.low_tokens;
     let mut used_high = false;
     for (i, turn) in turns.iter().enumerate() {
-        let ids = files.tokenizer.encode_template(&format!("{turn}<|im_end|>"))?;
+        let ids = files
+            .tokenizer
+            .encode_template(&format!("{turn}<|im_end|>"))?;
         cont.extend_from_slice(&ids);
         generated.extend(std::iter::repeat_n(true, ids.len()));
         let text = files.tokenizer.decode(&ids, true)?;
         match episode.on_model_turn(&text)? {
             Step::Done(outcome) => {
-                anyhow::ensure!(i + 1 == turns.len(), "the episode ended after turn {} of {}", i + 1, turns.len());
-                return Ok(Trajectory { cont, generated, used_high, outcome, visual_tokens: visual });
+                anyhow::ensure!(
+                    i + 1 == turns.len(),
+                    "the episode ended after turn {} of {}",
+                    i + 1,
+                    turns.len()
+                );
+                return Ok(Trajectory {
+                    cont,
+                    generated,
+                    used_high,
+                    outcome,
+                    visual_tokens: visual,
+                });
             }
             Step::ToolTurn(tt) => {
                 let counts = if tt.image.is_some() {

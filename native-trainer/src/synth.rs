@@ -57,7 +57,10 @@ impl Default for SynthConfig {
 pub fn draw(rng: &mut Rng, size: u32, color: [u8; 3], shape: usize, texture: usize) -> RgbImage {
     let base = 150 + rng.below(40) as i32;
     let contrast = 45 + rng.below(30) as i32;
-    let (lo, hi) = ((base - contrast).clamp(0, 255) as u8, (base + contrast).clamp(0, 255) as u8);
+    let (lo, hi) = (
+        (base - contrast).clamp(0, 255) as u8,
+        (base + contrast).clamp(0, 255) as u8,
+    );
     let s = size as f64;
     let radius = s * (0.22 + 0.08 * rng.uniform());
     let cx = radius + rng.uniform() * (s - 2.0 * radius);
@@ -144,21 +147,32 @@ mod tests {
         // Same shape and greys, three textures: the half-size images are identical except for
         // a thin ring of filter ringing along the shape's edge, so the texture cannot be read
         // from them; at full size every background pixel row/column differs.
-        let differing = |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x.abs_diff(**y) > 6).count();
+        let differing =
+            |a: &[u8], b: &[u8]| a.iter().zip(b).filter(|(x, y)| x.abs_diff(**y) > 6).count();
         for other in [1, 2] {
             let d = differing(&lows[0], &lows[other]);
             assert!(d * 12 < lows[0].len(), "{d}");
         }
-        let full: Vec<Vec<u8>> = (0..3).map(|t| draw(&mut Rng::new(7), 224, COLORS[0].1, 0, t).into_raw()).collect();
+        let full: Vec<Vec<u8>> = (0..3)
+            .map(|t| draw(&mut Rng::new(7), 224, COLORS[0].1, 0, t).into_raw())
+            .collect();
         assert!(differing(&full[0], &full[1]) * 3 > full[0].len());
         // The shape colour survives: red pixels are still there at half size.
-        let red = lows[0].chunks(3).filter(|p| p[0] > 180 && p[1] < 80).count();
+        let red = lows[0]
+            .chunks(3)
+            .filter(|p| p[0] > 180 && p[1] < 80)
+            .count();
         assert!(red > 500, "{red}");
     }
 
     #[test]
     fn generation_is_seeded_and_mixes_kinds() {
-        let cfg = SynthConfig { seed: 3, count: 200, fine_fraction: 0.5, size: 112 };
+        let cfg = SynthConfig {
+            seed: 3,
+            count: 200,
+            fine_fraction: 0.5,
+            size: 112,
+        };
         let a = generate(&cfg);
         let b = generate(&cfg);
         assert_eq!(a.len(), 200);

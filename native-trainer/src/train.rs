@@ -4,11 +4,13 @@
 use crate::checkpoint::{self, DataCursor, TrainerState};
 use crate::config::{JudgeKind, OnNan, TrainConfig};
 use crate::data::Dataset;
-use crate::grpo::{group_logits, group_logps, logp_and_entropy, sequence_loss, LossConfig};
+use crate::grpo::{batch_logp, group_hidden, group_logps, sequence_loss, LossConfig};
 use crate::optim::{AdamW, GradAccum};
 use crate::policy::Policy;
 use crate::rng::Rng;
-use crate::rollout::{forced_trajectory, prepare, rollout_group, PreparedPrompt, RolloutConfig, Steer, Trajectory};
+use crate::rollout::{
+    forced_trajectory, prepare, rollout_group, PreparedPrompt, RolloutConfig, Steer, Trajectory,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -27,7 +29,10 @@ pub const METRICS: &str = "metrics.jsonl";
 
 /// Appends one JSON line to the run's metrics.
 fn log_metrics(out: &Path, v: &Value) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(out.join(METRICS))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join(METRICS))?;
     writeln!(f, "{v}")?;
     Ok(())
 }
@@ -36,7 +41,9 @@ fn log_metrics(out: &Path, v: &Value) -> Result<()> {
 /// restored checkpoint does not contain are dropped, so no step appears twice).
 fn truncate_metrics(out: &Path, phase: &str, step: usize) -> Result<()> {
     let p = out.join(METRICS);
-    let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+    let Ok(text) = std::fs::read_to_string(&p) else {
+        return Ok(());
+    };
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -61,14 +68,24 @@ struct Loader<'a> {
 
 impl<'a> Loader<'a> {
     fn new(data: &'a Dataset, seed: u64, cursor: DataCursor) -> Self {
-        let order = Rng::new(seed ^ cursor.epoch.wrapping_mul(0x9E37)).permutation(data.examples.len());
-        Self { data, seed, cursor, order }
+        let order =
+            Rng::new(seed ^ cursor.epoch.wrapping_mul(0x9E37)).permutation(data.examples.len());
+        Self {
+            data,
+            seed,
+            cursor,
+            order,
+        }
     }
 
     fn next(&mut self) -> usize {
         if self.cursor.index >= self.order.len() {
-            self.cursor = DataCursor { epoch: self.cursor.epoch + 1, index: 0 };
-            self.order = Rng::new(self.seed ^ self.cursor.epoch.wrapping_mul(0x9E37)).permutation(self.data.examples.len());
+            self.cursor = DataCursor {
+                epoch: self.cursor.epoch + 1,
+                index: 0,
+            };
+            self.order = Rng::new(self.seed ^ self.cursor.epoch.wrapping_mul(0x9E37))
+                .permutation(self.data.examples.len());
         }
         let i = self.order[self.cursor.index];
         self.cursor.index += 1;
@@ -85,8 +102,14 @@ fn bar(len: usize, what: &str) -> ProgressBar {
 }
 
 /// Starts or resumes: the policy, optimizer and state of a phase.
-fn start(cfg: &TrainConfig, phase: &str, resume: bool, lr_scale_steps: usize) -> Result<(Policy, AdamW, TrainerState)> {
-    std::fs::create_dir_all(&cfg.run.out).with_context(|| format!("cannot create {}", cfg.run.out.display()))?;
+fn start(
+    cfg: &TrainConfig,
+    phase: &str,
+    resume: bool,
+    lr_scale_steps: usize,
+) -> Result<(Policy, AdamW, TrainerState)> {
+    std::fs::create_dir_all(&cfg.run.out)
+        .with_context(|| format!("cannot create {}", cfg.run.out.display()))?;
     let mut ocfg = cfg.optim.clone();
     if ocfg.total_steps == 0 {
         ocfg.total_steps = lr_scale_steps;
@@ -95,16 +118,27 @@ fn start(cfg: &TrainConfig, phase: &str, resume: bool, lr_scale_steps: usize) ->
         if let Some(dir) = checkpoint::latest(&cfg.run.out)? {
             let state = checkpoint::read_state(&dir)?;
             if state.phase != phase {
-                bail!("{} holds a {} checkpoint; this is {phase}", dir.display(), state.phase);
+                bail!(
+                    "{} holds a {} checkpoint; this is {phase}",
+                    dir.display(),
+                    state.phase
+                );
             }
             let policy = Policy::load(&dir)?;
             let mut opt = AdamW::new(ocfg, &policy.vars())?;
             checkpoint::load_moments(&dir, &mut opt, state.optimizer_steps)?;
             truncate_metrics(&cfg.run.out, phase, state.step)?;
-            eprintln!("resuming {phase} from {} (step {})", dir.display(), state.step);
+            eprintln!(
+                "resuming {phase} from {} (step {})",
+                dir.display(),
+                state.step
+            );
             return Ok((policy, opt, state));
         }
-        eprintln!("--resume: no checkpoint in {}, starting fresh", cfg.run.out.display());
+        eprintln!(
+            "--resume: no checkpoint in {}, starting fresh",
+            cfg.run.out.display()
+        );
     }
     let policy = match &cfg.model.init_from {
         Some(dir) => Policy::load(dir)?,
@@ -112,7 +146,13 @@ fn start(cfg: &TrainConfig, phase: &str, resume: bool, lr_scale_steps: usize) ->
     };
     truncate_metrics(&cfg.run.out, phase, 0)?;
     let opt = AdamW::new(ocfg, &policy.vars())?;
-    let state = TrainerState { step: 0, optimizer_steps: 0, rng: Rng::new(cfg.run.seed).state, cursor: DataCursor::default(), phase: phase.into() };
+    let state = TrainerState {
+        step: 0,
+        optimizer_steps: 0,
+        rng: Rng::new(cfg.run.seed).state,
+        cursor: DataCursor::default(),
+        phase: phase.into(),
+    };
     Ok((policy, opt, state))
 }
 
@@ -158,6 +198,9 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         let t0 = Instant::now();
         let mut acc = GradAccum::new(vars.len());
         let (mut loss_sum, mut tokens, mut n) = (0.0f64, 0usize, 0usize);
+        let mut rows = Vec::new();
+        let mut ids = Vec::new();
+        policy.be.take_sparse_rows();
         for _ in 0..cfg.sft.batch {
             let i = loader.next();
             let prompt = match prepared(&policy, cfg, &ds, i) {
@@ -171,38 +214,80 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
             let turns = if rng.uniform() < cfg.sft.tool_fraction {
                 vec![
                     format!("<think>{}</think>{tool_call}", cfg.sft.think_tool),
-                    format!("<think>{}</think><answer>{answer}</answer>", cfg.sft.think_after),
+                    format!(
+                        "<think>{}</think><answer>{answer}</answer>",
+                        cfg.sft.think_after
+                    ),
                 ]
             } else {
-                vec![format!("<think>{}</think><answer>{answer}</answer>", cfg.sft.think_direct)]
+                vec![format!(
+                    "<think>{}</think><answer>{answer}</answer>",
+                    cfg.sft.think_direct
+                )]
             };
             let traj = forced_trajectory(&policy.files, &prompt, &turns)?;
-            let logits = group_logits(&policy.be, &policy.model, &prompt, &[&traj], merge)?;
-            let (lp, _) = logp_and_entropy(&logits[0], &traj.generated_ids(), false)?;
-            let loss = (lp.mean_all()?.neg()? / cfg.sft.batch as f64)?;
+            rows.extend(group_hidden(
+                &policy.be,
+                &policy.model,
+                &prompt,
+                &[&traj],
+                merge,
+            )?);
+            ids.push(traj.generated_ids());
+        }
+        // One vocabulary projection and one backward per batch: the large embedding / head
+        // gradients are formed once.
+        let mut total: Option<Tensor> = None;
+        for (lp, _) in batch_logp(&policy.be, &policy.model, &rows, &ids, false)? {
+            let loss = (lp.mean_all()?.neg()? / rows.len() as f64)?;
             let v = loss.to_scalar::<f32>()? as f64;
             if !v.is_finite() {
                 continue;
             }
-            loss_sum += v * cfg.sft.batch as f64;
+            loss_sum += v * rows.len() as f64;
             tokens += lp.dim(0)?;
             n += 1;
-            acc.add(&vars, &loss.backward()?)?;
+            total = Some(match total {
+                Some(t) => (t + loss)?,
+                None => loss,
+            });
         }
+        let t_fwd = t0.elapsed().as_secs_f64();
+        if let Some(t) = total.take() {
+            let grads = t.backward()?;
+            acc.add(&vars, &grads, &policy.be.take_sparse_rows())?;
+        }
+        let t_bwd = t0.elapsed().as_secs_f64() - t_fwd;
         let step = state.step + 1;
         if n == 0 {
-            non_finite(cfg, &cfg.run.out, "sft", step, "no finite loss in the batch")?;
+            non_finite(
+                cfg,
+                &cfg.run.out,
+                "sft",
+                step,
+                "no finite loss in the batch",
+            )?;
         } else {
-            match opt.step(&vars, &acc, 1.0) {
+            match opt.step(&vars, &mut acc, 1.0) {
                 Ok(info) => {
                     let secs = t0.elapsed().as_secs_f64();
-                    log_metrics(&cfg.run.out, &json!({"phase": "sft", "step": step, "loss": loss_sum / n as f64, "grad_norm": info.grad_norm, "lr": info.lr, "tokens": tokens, "tokens_per_s": tokens as f64 / secs, "seconds": secs}))?;
+                    let opt_s = secs - t_fwd - t_bwd;
+                    log_metrics(
+                        &cfg.run.out,
+                        &json!({"phase": "sft", "step": step, "loss": loss_sum / n as f64, "grad_norm": info.grad_norm, "lr": info.lr, "tokens": tokens, "tokens_per_s": tokens as f64 / secs, "seconds": secs, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": opt_s}),
+                    )?;
                     pb.set_message(format!("loss {:.3}", loss_sum / n as f64));
                 }
                 Err(e) => non_finite(cfg, &cfg.run.out, "sft", step, &e.to_string())?,
             }
         }
-        state = TrainerState { step, optimizer_steps: opt.t, rng: rng.state, cursor: loader.cursor.clone(), phase: "sft".into() };
+        state = TrainerState {
+            step,
+            optimizer_steps: opt.t,
+            rng: rng.state,
+            cursor: loader.cursor.clone(),
+            phase: "sft".into(),
+        };
         if fail_at == Some(step) {
             // Test hook: die mid-run without saving (like SIGKILL).
             std::process::exit(3);
@@ -230,11 +315,21 @@ fn make_judge(cfg: &TrainConfig) -> Box<dyn Judge + Send + Sync> {
 }
 
 /// Judges every request with at most `concurrency` in flight; `None` = the judge failed.
-pub fn judge_all(judge: &(dyn Judge + Send + Sync), reqs: &[JudgeRequest], concurrency: usize) -> Vec<Option<bool>> {
+pub fn judge_all(
+    judge: &(dyn Judge + Send + Sync),
+    reqs: &[JudgeRequest],
+    concurrency: usize,
+) -> Vec<Option<bool>> {
     let mut out = vec![None; reqs.len()];
-    for (chunk_out, chunk) in out.chunks_mut(concurrency.max(1)).zip(reqs.chunks(concurrency.max(1))) {
+    for (chunk_out, chunk) in out
+        .chunks_mut(concurrency.max(1))
+        .zip(reqs.chunks(concurrency.max(1)))
+    {
         std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|r| s.spawn(move || judge.judge(r))).collect();
+            let handles: Vec<_> = chunk
+                .iter()
+                .map(|r| s.spawn(move || judge.judge(r)))
+                .collect();
             for (slot, h) in chunk_out.iter_mut().zip(handles) {
                 *slot = match h.join() {
                     Ok(Ok(v)) => Some(v),
@@ -286,19 +381,33 @@ impl Tally {
 /// Multi-turn GRPO.
 pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()> {
     let ds = open_data(cfg)?;
-    let minis_per_step = cfg.grpo.prompts_per_step.div_ceil(cfg.grpo.mini_batch_prompts);
+    let minis_per_step = cfg
+        .grpo
+        .prompts_per_step
+        .div_ceil(cfg.grpo.mini_batch_prompts);
     let (policy, mut opt, mut state) = start(cfg, "grpo", resume, cfg.run.steps * minis_per_step)?;
     let vars = policy.vars();
     let merge = policy.files.preprocessor.merge_size;
     let judge = make_judge(cfg);
     let reward_cfg = cfg.reward.to_core();
-    let loss_cfg = LossConfig { clip_low: cfg.grpo.clip_low, clip_high: cfg.grpo.clip_high, kl_coef: cfg.grpo.kl_coef, entropy_coef: cfg.grpo.entropy_coef };
+    let loss_cfg = LossConfig {
+        clip_low: cfg.grpo.clip_low,
+        clip_high: cfg.grpo.clip_high,
+        kl_coef: cfg.grpo.kl_coef,
+        entropy_coef: cfg.grpo.entropy_coef,
+    };
     // The frozen reference for the KL term: the starting weights (or a given folder).
     let reference = if cfg.grpo.kl_coef != 0.0 {
-        let dir = cfg.grpo.reference.clone().or_else(|| cfg.model.init_from.clone());
+        let dir = cfg
+            .grpo
+            .reference
+            .clone()
+            .or_else(|| cfg.model.init_from.clone());
         let r = match dir {
             Some(d) => Policy::load(&d)?,
-            None => bail!("grpo.kl_coef > 0 needs a reference: set model.init_from or grpo.reference"),
+            None => {
+                bail!("grpo.kl_coef > 0 needs a reference: set model.init_from or grpo.reference")
+            }
         };
         Some(r.frozen())
     } else {
@@ -306,7 +415,12 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
     };
     let (fbe, fmodel) = policy.frozen();
     let rollout_cfg = RolloutConfig {
-        sampling: SamplingConfig { temperature: cfg.rollout.temperature, top_p: cfg.rollout.top_p, top_k: 0, seed: 0 },
+        sampling: SamplingConfig {
+            temperature: cfg.rollout.temperature,
+            top_p: cfg.rollout.top_p,
+            top_k: 0,
+            seed: 0,
+        },
         max_new_tokens: cfg.rollout.max_new_tokens,
         max_rounds: cfg.rollout.max_rounds,
         max_images: cfg.rollout.max_images,
@@ -321,9 +435,11 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
         let mut kept: Vec<Group> = Vec::new();
         let mut all = Tally::default();
         let mut by: BTreeMap<String, Tally> = BTreeMap::new();
-        let (mut groups_seen, mut groups_dropped, mut judge_failures, mut gen_tokens) = (0usize, 0usize, 0usize, 0usize);
+        let (mut groups_seen, mut groups_dropped, mut judge_failures, mut gen_tokens) =
+            (0usize, 0usize, 0usize, 0usize);
         let mut rounds = 0;
-        while kept.len() < cfg.grpo.prompts_per_step && rounds < cfg.grpo.max_sampling_rounds.max(1) {
+        while kept.len() < cfg.grpo.prompts_per_step && rounds < cfg.grpo.max_sampling_rounds.max(1)
+        {
             rounds += 1;
             let need = cfg.grpo.prompts_per_step - kept.len();
             for _ in 0..need {
@@ -336,25 +452,62 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                         continue;
                     }
                 };
-                let trajs = rollout_group(&fbe, &fmodel, &policy.files, &prompt, cfg.rollout.n, &rollout_cfg, &Steer::Free, rng.next_u64())?;
-                let reqs: Vec<JudgeRequest> = trajs.iter().map(|t| JudgeRequest::for_question(&ex.problem, &ex.answer, &t.outcome.prediction)).collect();
+                let trajs = rollout_group(
+                    &fbe,
+                    &fmodel,
+                    &policy.files,
+                    &prompt,
+                    cfg.rollout.n,
+                    &rollout_cfg,
+                    &Steer::Free,
+                    rng.next_u64(),
+                )?;
+                let reqs: Vec<JudgeRequest> = trajs
+                    .iter()
+                    .map(|t| {
+                        JudgeRequest::for_question(&ex.problem, &ex.answer, &t.outcome.prediction)
+                    })
+                    .collect();
                 let verdicts = judge_all(judge.as_ref(), &reqs, cfg.judge.concurrency);
                 judge_failures += verdicts.iter().filter(|v| v.is_none()).count();
-                let judged: Vec<JudgedRollout> = trajs.iter().zip(&verdicts).map(|(t, v)| JudgedRollout { turns: t.outcome.turns.clone(), correct: *v }).collect();
+                let judged: Vec<JudgedRollout> = trajs
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(t, v)| JudgedRollout {
+                        turns: t.outcome.turns.clone(),
+                        correct: *v,
+                    })
+                    .collect();
                 let gs = score_group(&judged, &reward_cfg);
                 groups_seen += 1;
                 for ((t, s), v) in trajs.iter().zip(&gs.rollouts).zip(&verdicts) {
                     let len = t.generated.iter().filter(|g| **g).count();
                     gen_tokens += len;
-                    let args = (s.reward, *v == Some(true), t.used_high, len, t.visual_tokens);
+                    let args = (
+                        s.reward,
+                        *v == Some(true),
+                        t.used_high,
+                        len,
+                        t.visual_tokens,
+                    );
                     all.add(args.0, args.1, args.2, args.3, args.4);
-                    for key in [format!("kind/{}", ex.kind.name()), format!("source/{}", ex.data_source)] {
-                        by.entry(key).or_default().add(args.0, args.1, args.2, args.3, args.4);
+                    for key in [
+                        format!("kind/{}", ex.kind.name()),
+                        format!("source/{}", ex.data_source),
+                    ] {
+                        by.entry(key)
+                            .or_default()
+                            .add(args.0, args.1, args.2, args.3, args.4);
                     }
                 }
                 if gs.kept || !cfg.grpo.dynamic_sampling {
                     let rewards: Vec<f64> = gs.rollouts.iter().map(|r| r.reward).collect();
-                    kept.push(Group { prompt, trajs, advantages: grpo_advantages(&rewards), old: None });
+                    kept.push(Group {
+                        prompt,
+                        trajs,
+                        advantages: grpo_advantages(&rewards),
+                        old: None,
+                    });
                 } else {
                     groups_dropped += 1;
                 }
@@ -364,14 +517,17 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
         // Old log-probs: with one optimizer step per batch the policy has not moved, so they are
         // the detached current ones; with several, they are computed before the first update.
         let t_upd = Instant::now();
-        let minis: Vec<usize> = (0..kept.len()).step_by(cfg.grpo.mini_batch_prompts).collect();
+        let minis: Vec<usize> = (0..kept.len())
+            .step_by(cfg.grpo.mini_batch_prompts)
+            .collect();
         if minis.len() > 1 {
             for g in &mut kept {
                 let refs: Vec<&Trajectory> = g.trajs.iter().collect();
                 g.old = Some(group_logps(&fbe, &fmodel, &g.prompt, &refs, merge)?);
             }
         }
-        let (mut pg, mut kl, mut ent, mut clip, mut seqs, mut upd_tokens) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64, 0usize);
+        let (mut pg, mut kl, mut ent, mut clip, mut seqs, mut upd_tokens) =
+            (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64, 0usize);
         let mut grad_norm = f64::NAN;
         let mut lr = opt.cfg.lr_at(opt.t);
         let mut skipped = None;
@@ -382,20 +538,34 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             let mut finite = true;
             for g in chunk {
                 let refs: Vec<&Trajectory> = g.trajs.iter().collect();
-                let logits = group_logits(&policy.be, &policy.model, &g.prompt, &refs, merge)?;
                 let ref_lp = match &reference {
                     Some((rbe, rmodel)) => Some(group_logps(rbe, rmodel, &g.prompt, &refs, merge)?),
                     None => None,
                 };
+                policy.be.take_sparse_rows();
+                let rows = group_hidden(&policy.be, &policy.model, &g.prompt, &refs, merge)?;
+                let ids: Vec<Vec<u32>> = g.trajs.iter().map(Trajectory::generated_ids).collect();
+                let lps = batch_logp(
+                    &policy.be,
+                    &policy.model,
+                    &rows,
+                    &ids,
+                    cfg.grpo.entropy_coef != 0.0,
+                )?;
                 let mut total: Option<Tensor> = None;
-                for (k, (l, t)) in logits.iter().zip(&g.trajs).enumerate() {
-                    let ids = t.generated_ids();
-                    let (lp, e) = logp_and_entropy(l, &ids, cfg.grpo.entropy_coef != 0.0)?;
+                for (k, (lp, e)) in lps.into_iter().enumerate() {
                     let old = match &g.old {
                         Some(o) => o[k].clone(),
                         None => lp.to_vec1::<f32>()?,
                     };
-                    let (loss, st) = sequence_loss(&lp, e.as_ref(), &old, ref_lp.as_ref().map(|r| r[k].as_slice()), g.advantages[k], &loss_cfg)?;
+                    let (loss, st) = sequence_loss(
+                        &lp,
+                        e.as_ref(),
+                        &old,
+                        ref_lp.as_ref().map(|r| r[k].as_slice()),
+                        g.advantages[k],
+                        &loss_cfg,
+                    )?;
                     pg += st.pg;
                     kl += st.kl;
                     ent += st.entropy;
@@ -413,7 +583,8 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                         finite = false;
                         break;
                     }
-                    acc.add(&vars, &total.backward()?)?;
+                    let grads = total.backward()?;
+                    acc.add(&vars, &grads, &policy.be.take_sparse_rows())?;
                 }
             }
             if !finite {
@@ -423,7 +594,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             if acc.micro_batches == 0 {
                 continue;
             }
-            match opt.step(&vars, &acc, 1.0) {
+            match opt.step(&vars, &mut acc, 1.0) {
                 Ok(info) => {
                     grad_norm = info.grad_norm;
                     lr = info.lr;
@@ -436,7 +607,8 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             non_finite(cfg, &cfg.run.out, "grpo", step, what)?;
         }
         let d = seqs.max(1.0);
-        let by_json: serde_json::Map<String, Value> = by.iter().map(|(k, t)| (k.clone(), t.json())).collect();
+        let by_json: serde_json::Map<String, Value> =
+            by.iter().map(|(k, t)| (k.clone(), t.json())).collect();
         let mut m = json!({
             "phase": "grpo", "step": step, "groups": groups_seen, "groups_kept": kept.len(), "groups_dropped": groups_dropped,
             "judge_failures": judge_failures, "sampling_rounds": rounds,
@@ -453,10 +625,18 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             "reward {:.3} acc {:.2} resize fine {:.2} coarse {:.2}",
             all.reward / all.n.max(1.0),
             all.correct / all.n.max(1.0),
-            by.get("kind/fine").map_or(f64::NAN, |t| t.resized / t.n.max(1.0)),
-            by.get("kind/coarse").map_or(f64::NAN, |t| t.resized / t.n.max(1.0)),
+            by.get("kind/fine")
+                .map_or(f64::NAN, |t| t.resized / t.n.max(1.0)),
+            by.get("kind/coarse")
+                .map_or(f64::NAN, |t| t.resized / t.n.max(1.0)),
         ));
-        state = TrainerState { step, optimizer_steps: opt.t, rng: rng.state, cursor: loader.cursor.clone(), phase: "grpo".into() };
+        state = TrainerState {
+            step,
+            optimizer_steps: opt.t,
+            rng: rng.state,
+            cursor: loader.cursor.clone(),
+            phase: "grpo".into(),
+        };
         if fail_at == Some(step) {
             std::process::exit(3);
         }

@@ -16,6 +16,22 @@ pub struct CandleBackend {
     pub dtype: DType,
     /// When set, weights are created as trainable [`Var`]s and collected here.
     trainable: Option<Mutex<Vec<Var>>>,
+    /// When set, rows gathered from a trainable table become leaf variables recorded here, so
+    /// the table's gradient is accumulated sparsely by the trainer instead of as one dense
+    /// `[vocab, hidden]` tensor per lookup (see [`CandleBackend::take_sparse_rows`]).
+    sparse: Option<Mutex<Vec<SparseRows>>>,
+}
+
+/// Rows gathered from a trainable table by a sparse-gradient backend: the gradient of `rows`
+/// belongs to rows `ids` of the variable whose tensor id is `table`.
+#[derive(Debug, Clone)]
+pub struct SparseRows {
+    /// Tensor id of the table variable.
+    pub table: candle_core::TensorId,
+    /// Row of the table for each gathered row.
+    pub ids: Vec<u32>,
+    /// The gathered rows, a leaf variable of the graph.
+    pub rows: Var,
 }
 
 impl From<candle_core::Error> for Error {
@@ -31,6 +47,7 @@ impl CandleBackend {
             device: Device::Cpu,
             dtype: DType::F32,
             trainable: None,
+            sparse: None,
         }
     }
 
@@ -40,6 +57,7 @@ impl CandleBackend {
             device,
             dtype,
             trainable: None,
+            sparse: None,
         }
     }
 
@@ -59,6 +77,24 @@ impl CandleBackend {
             trainable: Some(Mutex::new(Vec::new())),
             ..Self::cpu()
         }
+    }
+
+    /// [`Self::trainable_cpu`] with sparse gradients for gathered rows: lookups into a trainable
+    /// table (the token embedding) record [`SparseRows`] instead of backpropagating into the
+    /// table, and the caller adds each record's row gradients into the table's gradient.
+    pub fn trainable_cpu_sparse() -> Self {
+        Self {
+            sparse: Some(Mutex::new(Vec::new())),
+            ..Self::trainable_cpu()
+        }
+    }
+
+    /// Takes the gathered-row records made since the last call.
+    pub fn take_sparse_rows(&self) -> Vec<SparseRows> {
+        self.sparse
+            .as_ref()
+            .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+            .unwrap_or_default()
     }
 
     /// The trainable variables created so far, in load order.
@@ -287,6 +323,19 @@ impl Backend for CandleBackend {
 
     fn gather_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        if let Some(sparse) = self.sparse.as_ref().filter(|_| table.is_variable()) {
+            let rows = Var::from_tensor(&table.detach().index_select(&idx, 0)?)?;
+            let t = rows.as_tensor().clone();
+            sparse
+                .lock()
+                .map_err(|_| Error::Backend("sparse row list poisoned".into()))?
+                .push(SparseRows {
+                    table: table.id(),
+                    ids: ids.to_vec(),
+                    rows,
+                });
+            return Ok(t);
+        }
         Ok(table.index_select(&idx, 0)?)
     }
 

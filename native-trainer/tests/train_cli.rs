@@ -1,0 +1,310 @@
+//! The trainer end to end through its CLI, on a tiny model and a dozen synthetic questions:
+//! SFT and GRPO steps, SIGKILL and exact resume, NaN handling, config and data errors, the
+//! eval contract. A few steps each: CI's share of training stays small.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_visionthink-train"));
+    c.current_dir(root());
+    c
+}
+
+fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vt-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// A dozen synthetic questions (half fine), generated once.
+fn data() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = tmp("data");
+        let out = run_ok(
+            cli()
+                .args([
+                    "synth",
+                    "--seed",
+                    "9",
+                    "--count",
+                    "12",
+                    "--fine-fraction",
+                    "0.5",
+                    "--size",
+                    "112",
+                    "--out",
+                ])
+                .arg(&d),
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["count"], 12);
+        d
+    })
+}
+
+fn base_args(cmd: &str, out: &Path) -> Vec<String> {
+    vec![
+        cmd.into(),
+        "--config".into(),
+        "native-trainer/configs/tiny-ci.toml".into(),
+        "--set".into(),
+        format!("run.out={:?}", out.display().to_string()),
+        "--set".into(),
+        format!("data.train={:?}", data().display().to_string()),
+    ]
+}
+
+fn metrics(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// A short SFT run whose checkpoint starts the GRPO tests.
+fn sft_checkpoint() -> &'static Path {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    C.get_or_init(|| {
+        let out = tmp("sft-init");
+        run_ok(
+            cli()
+                .args(base_args("sft", &out))
+                .args(["--set", "run.steps=2"]),
+        );
+        out.join("step-2")
+    })
+}
+
+#[test]
+fn sft_killed_with_sigkill_resumes_exactly() {
+    // Uninterrupted reference.
+    let a = tmp("resume-a");
+    run_ok(cli().args(base_args("sft", &a)));
+    // Same run, SIGKILLed once its second checkpoint is complete, then resumed.
+    let b = tmp("resume-b");
+    let mut child = cli().args(base_args("sft", &b)).spawn().expect("spawn");
+    let t = Instant::now();
+    loop {
+        let latest = std::fs::read_to_string(b.join("latest")).unwrap_or_default();
+        if latest.trim() == "step-2" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended before it could be killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let killed_at: Vec<u64> = metrics(&b)
+        .iter()
+        .filter_map(|m| m["step"].as_u64())
+        .collect();
+    assert!(killed_at.len() >= 2 && killed_at.len() < 4, "{killed_at:?}");
+    run_ok(cli().args(base_args("sft", &b)).arg("--resume"));
+    // Every step exactly once, and the same numbers and final weights as the uninterrupted run.
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    let steps: Vec<u64> = mb.iter().filter_map(|m| m["step"].as_u64()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+    for (x, y) in ma.iter().zip(&mb) {
+        assert_eq!(x["loss"], y["loss"], "losses differ after resume");
+    }
+    let wa = std::fs::read(a.join("step-4/model.safetensors")).expect("a");
+    let wb = std::fs::read(b.join("step-4/model.safetensors")).expect("b");
+    assert!(
+        wa == wb,
+        "weights after resume differ from the uninterrupted run"
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(b.join("step-4/trainer_state.json")).expect("state"))
+            .expect("json");
+    assert_eq!(state["step"], 4);
+    assert_eq!(state["optimizer_steps"], 4);
+}
+
+#[test]
+fn grpo_steps_log_metrics_and_save_loadable_checkpoints() {
+    let out = tmp("grpo");
+    let init = sft_checkpoint();
+    let mut args = base_args("train", &out);
+    args.extend([
+        "--set".into(),
+        format!("model.init_from={:?}", init.display().to_string()),
+        "--set".into(),
+        "run.steps=2".into(),
+        "--set".into(),
+        "grpo.dynamic_sampling=false".into(),
+    ]);
+    run_ok(cli().args(&args));
+    let m = metrics(&out);
+    assert_eq!(m.len(), 2);
+    for key in [
+        "reward",
+        "accuracy",
+        "resize_ratio",
+        "response_length",
+        "visual_tokens",
+        "kl",
+        "entropy",
+        "clip_frac",
+        "grad_norm",
+        "rollout_tokens_per_s",
+        "update_tokens_per_s",
+        "groups_kept",
+    ] {
+        assert!(m[0][key].is_number(), "{key} missing: {}", m[0]);
+    }
+    assert_eq!(m[0]["groups_kept"], 2);
+    assert!(
+        m[0]["by"]["kind/fine"].is_object() || m[0]["by"]["kind/coarse"].is_object(),
+        "{}",
+        m[0]["by"]
+    );
+    // At the SFT start the policy equals the reference: KL ≈ 0 on the first step.
+    assert!(
+        m[0]["kl"].as_f64().expect("kl").abs() < 1e-4,
+        "{}",
+        m[0]["kl"]
+    );
+    // The checkpoint is an HF folder the SDK loads unchanged.
+    let ckpt = out.join("step-2");
+    let vt = visionthink::VisionThink::from_dir(&ckpt).expect("SDK loads the checkpoint");
+    let img = visionthink::load_image(data().join("images/000000.png")).expect("image");
+    let opts = visionthink::AskOptions {
+        generation: visionthink::GenerateOptions {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    vt.ask(&img, "What color is the large shape?", &opts)
+        .expect("ask");
+    // eval prints the contract keys.
+    let out = run_ok(
+        cli()
+            .args(["eval", "--model-dir"])
+            .arg(&ckpt)
+            .arg("--data")
+            .arg(data())
+            .args(["--json", "--rows", "4", "--max-new-tokens", "8"]),
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("eval json");
+    for key in [
+        "accuracy",
+        "visual_tokens",
+        "visual_tokens_always_high",
+        "accuracy_always_high",
+        "accuracy_always_low",
+    ] {
+        assert!(r[key].is_number(), "{key}: {r}");
+    }
+    let kinds = r["by_kind"].as_object().expect("by_kind");
+    let n: u64 = kinds.values().map(|k| k["n"].as_u64().expect("n")).sum();
+    assert_eq!(n, 4);
+    for k in kinds.values() {
+        assert!(k["accuracy"].is_number() && k["resize_ratio"].is_number());
+    }
+    assert_eq!(
+        r["visual_tokens_always_high"], 16.0,
+        "112² images: 16 visual tokens at full size"
+    );
+}
+
+#[test]
+fn nan_loss_is_skipped_or_stops_by_flag() {
+    // A learning rate of 1e30 turns the weights into infinities after the first step.
+    let out = tmp("nan-skip");
+    let o = run_ok(cli().args(base_args("sft", &out)).args([
+        "--set",
+        "run.steps=3",
+        "--set",
+        "optim.lr=1e30",
+        "--set",
+        "optim.grad_clip=0",
+    ]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("skipped"), "{err}");
+    let m = metrics(&out);
+    assert!(m.iter().any(|l| l["skipped"].is_string()), "{m:?}");
+    let out = tmp("nan-stop");
+    let o = cli()
+        .args(base_args("sft", &out))
+        .args([
+            "--set",
+            "run.steps=3",
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "optim.grad_clip=0",
+            "--set",
+            "run.on_nan=\"stop\"",
+        ])
+        .output()
+        .expect("spawn");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("on_nan"), "{err}");
+}
+
+#[test]
+fn config_and_data_errors_name_the_problem() {
+    let out = tmp("errors");
+    let o = cli()
+        .args(base_args("train", &out))
+        .args(["--set", "grpo.kl_coeff=0"])
+        .output()
+        .expect("spawn");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kl_coeff"));
+    // A malformed row: skipped and reported, or fatal with file and line.
+    let bad = tmp("bad-data");
+    let mut text = std::fs::read_to_string(data().join("data.jsonl")).expect("read");
+    text.push_str("{\"image\": \"images/000000.png\", \"problem\": 5}\n");
+    std::fs::write(bad.join("data.jsonl"), text).expect("write");
+    std::fs::create_dir_all(bad.join("images")).expect("mkdir");
+    for e in std::fs::read_dir(data().join("images"))
+        .expect("ls")
+        .flatten()
+    {
+        std::fs::copy(e.path(), bad.join("images").join(e.file_name())).expect("copy");
+    }
+    let mut args = base_args("sft", &out);
+    args.extend([
+        "--set".into(),
+        format!("data.train={:?}", bad.display().to_string()),
+        "--set".into(),
+        "run.steps=1".into(),
+    ]);
+    let o = run_ok(cli().args(&args));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data.jsonl:13"));
+    args.extend(["--set".into(), "run.bad_rows=\"fail\"".into()]);
+    let o = cli().args(&args).output().expect("spawn");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("data.jsonl:13"));
+}
