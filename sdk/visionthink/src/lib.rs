@@ -30,6 +30,8 @@ pub mod engine;
 pub mod files;
 pub mod http_judge;
 pub mod score;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use engine::{
     Answer, AskOptions, DeviceChoice, Event, GenerateOptions, Precision, Session, Timings,

@@ -170,6 +170,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve an OpenAI-compatible /v1/chat/completions endpoint (text and image parts, SSE
+    /// streaming); it binds 127.0.0.1 unless told otherwise.
+    #[cfg(feature = "serve")]
+    Serve {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port (0 = any free port; the chosen one is printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Answer official LLM-judge requests with the deterministic rule judge.
+        #[arg(long)]
+        rule_judge: bool,
+        /// Serve only the rule judge (no model is loaded).
+        #[arg(long)]
+        no_model: bool,
+        /// Model name reported to clients.
+        #[arg(long, default_value = "visionthink")]
+        name: String,
+    },
     /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
     /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
     Demo {
@@ -681,6 +703,43 @@ fn run(cli: Cli) -> Result<()> {
                     answer.timings.total_ms
                 );
             }
+        }
+        #[cfg(feature = "serve")]
+        Command::Serve {
+            model,
+            host,
+            port,
+            rule_judge,
+            no_model,
+            name,
+        } => {
+            let vt = if no_model {
+                None
+            } else {
+                Some(load_model(&model)?)
+            };
+            let cfg = visionthink::serve::ServeConfig {
+                model_name: name,
+                rule_judge: rule_judge || no_model,
+                ..Default::default()
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                    .await
+                    .with_context(|| format!("cannot bind {host}:{port}"))?;
+                let addr = listener.local_addr()?;
+                println!("listening on http://{addr}/v1");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                axum::serve(listener, visionthink::serve::router(vt, cfg))
+                    .with_graceful_shutdown(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await?;
+                Ok::<(), anyhow::Error>(())
+            })?;
         }
         Command::Demo {
             image,
