@@ -308,3 +308,60 @@ fn config_and_data_errors_name_the_problem() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("data.jsonl:13"));
 }
+
+/// Serves `app` on 127.0.0.1 from a background runtime; returns the `/v1` base URL.
+fn spawn_server(app: axum::Router) -> String {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            let _ = axum::serve(listener, app).await;
+        })
+    });
+    format!("http://{addr}/v1")
+}
+
+#[test]
+fn grpo_with_the_http_judge_and_judge_faults() {
+    let init = sft_checkpoint();
+    let run = |url: &str, name: &str| {
+        let out = tmp(name);
+        let mut args = base_args("train", &out);
+        for kv in [
+            format!("model.init_from={:?}", init.display().to_string()),
+            "run.steps=1".into(),
+            "judge.kind=\"http\"".into(),
+            format!("judge.url={url:?}"),
+            "judge.timeout_s=1".into(),
+            "judge.retry_delay_s=0".into(),
+            "judge.concurrency=2".into(),
+        ] {
+            args.extend(["--set".into(), kv]);
+        }
+        let o = run_ok(cli().args(&args));
+        (metrics(&out).remove(0), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    // The project's own server (rule-judge mode, no model) as the judge: every rollout judged.
+    let judge_only = visionthink::serve::router(None, visionthink::serve::ServeConfig { rule_judge: true, ..Default::default() });
+    let (m, _) = run(&spawn_server(judge_only), "judge-ok");
+    assert_eq!(m["judge_failures"], 0, "{m}");
+    // A server that answers 500, one that hangs, one that returns garbage, and nothing
+    // listening: every sample fails its 3 tries, its group is dropped, the run goes on.
+    let err500 = axum::Router::new().fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops") });
+    let hang = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        "late"
+    });
+    let garbage = axum::Router::new().fallback(|| async { "<html>not json" });
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}/v1", l.local_addr().expect("addr"))
+    };
+    for (url, name) in [(spawn_server(err500), "judge-500"), (spawn_server(hang), "judge-hang"), (spawn_server(garbage), "judge-garbage"), (closed, "judge-down")] {
+        let (m, err) = run(&url, name);
+        assert_eq!(m["groups_kept"], 0, "{name}: {m}");
+        assert_eq!(m["judge_failures"], 6, "{name}: {m}");
+        assert!(err.contains("3 attempts failed"), "{name}: {err}");
+    }
+}
