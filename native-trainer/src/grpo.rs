@@ -150,17 +150,21 @@ pub fn group_hidden(
     prompt: &PreparedPrompt,
     trajs: &[&Trajectory],
     merge: u32,
+    shared: Option<&SharedPrefix>,
 ) -> Result<Vec<Tensor>> {
     let low = model
         .vision
         .forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
-    let mut cache = model.new_cache();
-    let mut pos = MropeBuilder::new();
-    extend_rope_index(&mut pos, &prompt.prefix, &[prompt.low.grid_thw], merge)?;
-    let e = model.embed(be, &prompt.prefix, Some(&low))?;
+    let reuse = shared.filter(|s| prompt.prefix.len() > s.ids.len() && prompt.prefix.starts_with(&s.ids));
+    let (mut cache, mut pos, start) = match reuse {
+        Some(s) => (s.cache.clone(), s.pos.clone(), s.ids.len()),
+        None => (model.new_cache(), MropeBuilder::new(), 0),
+    };
+    let rest = &prompt.prefix[start..];
+    extend_rope_index(&mut pos, rest, &[prompt.low.grid_thw], merge)?;
+    let e = model.embed(be, rest, Some(&low))?;
     let hidden_p = model.decode(be, &e, pos.positions(), &mut cache)?;
-    let p = prompt.prefix.len();
-    let last_p = hidden_p.narrow(0, p - 1, 1)?;
+    let last_p = hidden_p.narrow(0, rest.len() - 1, 1)?;
     let high = if trajs.iter().any(|t| t.used_high) {
         Some(
             model
@@ -205,6 +209,42 @@ pub fn group_hidden(
     Ok(out)
 }
 
+/// The text every turn-1 prompt starts with (chat template, system prompt, the user template up
+/// to the image), run once per optimizer step and shared by every sequence of the batch: its
+/// gradient is the sum over them, as if each had computed it.
+pub struct SharedPrefix {
+    /// The shared ids.
+    pub ids: Vec<u32>,
+    cache: visionthink_model::KvCache<CandleBackend>,
+    pos: MropeBuilder,
+}
+
+impl SharedPrefix {
+    /// Runs the text of `prompt` before its first image (`None` when there is none).
+    pub fn new(
+        be: &CandleBackend,
+        model: &Qwen25VL<CandleBackend>,
+        prompt: &PreparedPrompt,
+        merge: u32,
+    ) -> Result<Option<Self>> {
+        let n = prompt
+            .prefix
+            .iter()
+            .position(|&t| t == visionthink_core::tokens::VISION_START)
+            .unwrap_or(0);
+        if n == 0 {
+            return Ok(None);
+        }
+        let ids = prompt.prefix[..n].to_vec();
+        let mut cache = model.new_cache();
+        let mut pos = MropeBuilder::new();
+        extend_rope_index(&mut pos, &ids, &[], merge)?;
+        let e = model.embed(be, &ids, None)?;
+        model.decode(be, &e, pos.positions(), &mut cache)?;
+        Ok(Some(Self { ids, cache, pos }))
+    }
+}
+
 /// Log-probs (and entropies) of `ids[i]` under the rows `rows[i]`: one vocabulary projection
 /// and one fused log-softmax for the whole batch, so the head's gradient is formed once.
 pub fn batch_logp(
@@ -242,7 +282,8 @@ pub fn group_logps(
     trajs: &[&Trajectory],
     merge: u32,
 ) -> Result<Vec<Vec<f32>>> {
-    let rows = group_hidden(be, model, prompt, trajs, merge)?;
+    let shared = SharedPrefix::new(be, model, prompt, merge)?;
+    let rows = group_hidden(be, model, prompt, trajs, merge, shared.as_ref())?;
     let ids: Vec<Vec<u32>> = trajs.iter().map(|t| t.generated_ids()).collect();
     batch_logp(be, model, &rows, &ids, false)?
         .into_iter()

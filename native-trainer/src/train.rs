@@ -4,7 +4,9 @@
 use crate::checkpoint::{self, DataCursor, TrainerState};
 use crate::config::{JudgeKind, OnNan, TrainConfig};
 use crate::data::Dataset;
-use crate::grpo::{batch_logp, group_hidden, group_logps, sequence_loss, LossConfig};
+use crate::grpo::{
+    batch_logp, group_hidden, group_logps, sequence_loss, LossConfig, SharedPrefix,
+};
 use crate::optim::{AdamW, GradAccum};
 use crate::policy::Policy;
 use crate::rng::Rng;
@@ -200,6 +202,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         let (mut loss_sum, mut tokens, mut n) = (0.0f64, 0usize, 0usize);
         let mut rows = Vec::new();
         let mut ids = Vec::new();
+        let mut shared: Option<SharedPrefix> = None;
         policy.be.take_sparse_rows();
         for _ in 0..cfg.sft.batch {
             let i = loader.next();
@@ -226,12 +229,16 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
                 )]
             };
             let traj = forced_trajectory(&policy.files, &prompt, &turns)?;
+            if shared.is_none() {
+                shared = SharedPrefix::new(&policy.be, &policy.model, &prompt, merge)?;
+            }
             rows.extend(group_hidden(
                 &policy.be,
                 &policy.model,
                 &prompt,
                 &[&traj],
                 merge,
+                shared.as_ref(),
             )?);
             ids.push(traj.generated_ids());
         }
@@ -543,7 +550,15 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                     None => None,
                 };
                 policy.be.take_sparse_rows();
-                let rows = group_hidden(&policy.be, &policy.model, &g.prompt, &refs, merge)?;
+                let shared = SharedPrefix::new(&policy.be, &policy.model, &g.prompt, merge)?;
+                let rows = group_hidden(
+                    &policy.be,
+                    &policy.model,
+                    &g.prompt,
+                    &refs,
+                    merge,
+                    shared.as_ref(),
+                )?;
                 let ids: Vec<Vec<u32>> = g.trajs.iter().map(Trajectory::generated_ids).collect();
                 let lps = batch_logp(
                     &policy.be,
