@@ -129,6 +129,17 @@ impl Dataset {
     /// Reads `DIR/data.jsonl` (or a `.jsonl` path directly); with `bad = Skip`, malformed rows
     /// are listed in [`Dataset::skipped`].
     pub fn open(path: &Path, bad: BadRows) -> Result<Self, DataError> {
+        let is_parquet = path.extension().is_some_and(|x| x == "parquet")
+            || (path.is_dir() && !path.join(DATA_FILE).exists());
+        if is_parquet {
+            #[cfg(feature = "parquet")]
+            return crate::parquet_data::open(path, bad);
+            #[cfg(not(feature = "parquet"))]
+            return Err(DataError::Io {
+                path: path.display().to_string(),
+                reason: format!("no {DATA_FILE}, and this build reads no Parquet (enable the `parquet` feature)"),
+            });
+        }
         let (dir, file) = if path.is_dir() {
             (path.to_path_buf(), path.join(DATA_FILE))
         } else {

@@ -155,7 +155,8 @@ pub fn group_hidden(
     let low = model
         .vision
         .forward(be, &prompt.low.data, &[prompt.low.grid_thw])?;
-    let reuse = shared.filter(|s| prompt.prefix.len() > s.ids.len() && prompt.prefix.starts_with(&s.ids));
+    let reuse =
+        shared.filter(|s| prompt.prefix.len() > s.ids.len() && prompt.prefix.starts_with(&s.ids));
     let (mut cache, mut pos, start) = match reuse {
         Some(s) => (s.cache.clone(), s.pos.clone(), s.ids.len()),
         None => (model.new_cache(), MropeBuilder::new(), 0),

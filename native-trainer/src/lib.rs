@@ -19,6 +19,8 @@ pub mod eval;
 pub mod fused;
 pub mod grpo;
 pub mod optim;
+#[cfg(feature = "parquet")]
+pub mod parquet_data;
 pub mod policy;
 pub mod rng;
 pub mod rollout;

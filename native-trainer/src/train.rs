@@ -4,9 +4,7 @@
 use crate::checkpoint::{self, DataCursor, TrainerState};
 use crate::config::{JudgeKind, OnNan, TrainConfig};
 use crate::data::Dataset;
-use crate::grpo::{
-    batch_logp, group_hidden, group_logps, sequence_loss, LossConfig, SharedPrefix,
-};
+use crate::grpo::{batch_logp, group_hidden, group_logps, sequence_loss, LossConfig, SharedPrefix};
 use crate::optim::{AdamW, GradAccum};
 use crate::policy::Policy;
 use crate::rng::Rng;

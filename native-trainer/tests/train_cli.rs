@@ -311,8 +311,14 @@ fn config_and_data_errors_name_the_problem() {
 
 /// Serves `app` on 127.0.0.1 from a background runtime; returns the `/v1` base URL.
 fn spawn_server(app: axum::Router) -> String {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         rt.block_on(async move {
@@ -340,15 +346,25 @@ fn grpo_with_the_http_judge_and_judge_faults() {
             args.extend(["--set".into(), kv]);
         }
         let o = run_ok(cli().args(&args));
-        (metrics(&out).remove(0), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            metrics(&out).remove(0),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
     // The project's own server (rule-judge mode, no model) as the judge: every rollout judged.
-    let judge_only = visionthink::serve::router(None, visionthink::serve::ServeConfig { rule_judge: true, ..Default::default() });
+    let judge_only = visionthink::serve::router(
+        None,
+        visionthink::serve::ServeConfig {
+            rule_judge: true,
+            ..Default::default()
+        },
+    );
     let (m, _) = run(&spawn_server(judge_only), "judge-ok");
     assert_eq!(m["judge_failures"], 0, "{m}");
     // A server that answers 500, one that hangs, one that returns garbage, and nothing
     // listening: every sample fails its 3 tries, its group is dropped, the run goes on.
-    let err500 = axum::Router::new().fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops") });
+    let err500 = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops") });
     let hang = axum::Router::new().fallback(|| async {
         tokio::time::sleep(std::time::Duration::from_secs(30)).await;
         "late"
@@ -358,7 +374,12 @@ fn grpo_with_the_http_judge_and_judge_faults() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         format!("http://{}/v1", l.local_addr().expect("addr"))
     };
-    for (url, name) in [(spawn_server(err500), "judge-500"), (spawn_server(hang), "judge-hang"), (spawn_server(garbage), "judge-garbage"), (closed, "judge-down")] {
+    for (url, name) in [
+        (spawn_server(err500), "judge-500"),
+        (spawn_server(hang), "judge-hang"),
+        (spawn_server(garbage), "judge-garbage"),
+        (closed, "judge-down"),
+    ] {
         let (m, err) = run(&url, name);
         assert_eq!(m["groups_kept"], 0, "{name}: {m}");
         assert_eq!(m["judge_failures"], 6, "{name}: {m}");
