@@ -21,6 +21,7 @@ pub mod grpo;
 pub mod optim;
 #[cfg(feature = "parquet")]
 pub mod parquet_data;
+pub mod plots;
 pub mod policy;
 pub mod rng;
 pub mod rollout;

@@ -65,6 +65,12 @@ enum Cmd {
     Sft(RunArgs),
     /// Multi-turn GRPO.
     Train(RunArgs),
+    /// Draws the PNG curves of a run folder's metrics.jsonl into it.
+    Plot {
+        /// The run folder.
+        #[arg(long)]
+        run: PathBuf,
+    },
     /// Evaluates a model against always-high and always-low baselines.
     Eval {
         /// Model folder (default: the shipped model).
@@ -138,6 +144,11 @@ fn main() -> Result<()> {
         Cmd::Train(a) => {
             let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
             train::grpo(&cfg, a.resume, a.fail_at_step)?;
+        }
+        Cmd::Plot { run } => {
+            for p in visionthink_train::plots::write_curves(&run)? {
+                println!("{}", p.display());
+            }
         }
         Cmd::Eval {
             model_dir,

@@ -299,6 +299,9 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         }
         if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
             checkpoint::save(&cfg.run.out, &policy, &opt, &state)?;
+            if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
+                eprintln!("curves not drawn: {e:#}");
+            }
         }
         pb.inc(1);
     }
@@ -655,6 +658,9 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
         }
         if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
             checkpoint::save(&cfg.run.out, &policy, &opt, &state)?;
+            if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
+                eprintln!("curves not drawn: {e:#}");
+            }
         }
         pb.inc(1);
     }
