@@ -65,6 +65,19 @@ enum Cmd {
     Sft(RunArgs),
     /// Multi-turn GRPO.
     Train(RunArgs),
+    /// Writes a checkpoint's model as a clean HF folder (weights in bf16 or f32, config,
+    /// tokenizer, processor settings, template; no optimizer state).
+    Export {
+        /// A checkpoint or model folder.
+        #[arg(long)]
+        from: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Weight dtype.
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: visionthink_train::policy::SaveDtype,
+    },
     /// Draws the PNG curves of a run folder's metrics.jsonl into it.
     Plot {
         /// The run folder.
@@ -144,6 +157,16 @@ fn main() -> Result<()> {
         Cmd::Train(a) => {
             let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
             train::grpo(&cfg, a.resume, a.fail_at_step)?;
+        }
+        Cmd::Export { from, out, dtype } => {
+            let policy = visionthink_train::policy::Policy::load(&from)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let mut total = 0;
+            for (name, bytes) in policy.hf_files(dtype)? {
+                total += bytes.len();
+                visionthink_train::checkpoint::write_atomic(&out.join(&name), &bytes)?;
+            }
+            println!("{}", serde_json::json!({"out": out, "bytes": total, "parameters": policy.num_params()}));
         }
         Cmd::Plot { run } => {
             for p in visionthink_train::plots::write_curves(&run)? {

@@ -37,6 +37,13 @@ fn log_metrics(out: &Path, v: &Value) -> Result<()> {
     Ok(())
 }
 
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Keeps only metric lines of `phase` up to `step` (after a resume, the lines of steps that the
 /// restored checkpoint does not contain are dropped, so no step appears twice).
 fn truncate_metrics(out: &Path, phase: &str, step: usize) -> Result<()> {
@@ -279,7 +286,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
                     let opt_s = secs - t_fwd - t_bwd;
                     log_metrics(
                         &cfg.run.out,
-                        &json!({"phase": "sft", "step": step, "loss": loss_sum / n as f64, "grad_norm": info.grad_norm, "lr": info.lr, "tokens": tokens, "tokens_per_s": tokens as f64 / secs, "seconds": secs, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": opt_s}),
+                        &json!({"phase": "sft", "step": step, "loss": loss_sum / n as f64, "grad_norm": info.grad_norm, "lr": info.lr, "tokens": tokens, "tokens_per_s": tokens as f64 / secs, "seconds": secs, "forward_s": t_fwd, "backward_s": t_bwd, "optimizer_s": opt_s, "peak_rss_mb": peak_rss_mb()}),
                     )?;
                     pb.set_message(format!("loss {:.3}", loss_sum / n as f64));
                 }
@@ -631,7 +638,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             "pg_loss": pg / d, "kl": kl / d, "entropy": ent / d, "clip_frac": clip / d, "grad_norm": grad_norm, "lr": lr,
             "rollout_s": rollout_s, "update_s": update_s,
             "rollout_tokens_per_s": gen_tokens as f64 / rollout_s.max(1e-9), "update_tokens_per_s": upd_tokens as f64 / update_s.max(1e-9),
-            "by": by_json,
+            "by": by_json, "peak_rss_mb": peak_rss_mb(),
         });
         if let (Value::Object(dst), Value::Object(src)) = (&mut m, all.json()) {
             dst.extend(src);

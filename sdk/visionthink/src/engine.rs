@@ -173,6 +173,40 @@ impl VisionThink {
         precision: Precision,
     ) -> Result<Self> {
         let dir = ModelDir::open(path.as_ref())?;
+        let store = WeightStore::open(&dir.path).map_err(model_err)?;
+        Self::from_parts(dir, &store, device, precision)
+    }
+
+    /// Loads a model whose files are in memory (`(file name, bytes)`: `model.safetensors`,
+    /// `config.json`, `tokenizer.json`, …), e.g. one embedded in the binary.
+    ///
+    /// ```no_run
+    /// let files: Vec<(&str, &[u8])> = vec![/* ("config.json", bytes), … */];
+    /// let vt = visionthink::VisionThink::from_files("my-model", &files, Default::default(), Default::default())?;
+    /// # Ok::<(), visionthink::Error>(())
+    /// ```
+    pub fn from_files(
+        label: &str,
+        files: &[(&str, &[u8])],
+        device: DeviceChoice,
+        precision: Precision,
+    ) -> Result<Self> {
+        let dir = ModelDir::from_files(label, files)?;
+        let weights: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .filter(|(n, _)| n.ends_with(".safetensors"))
+            .map(|(n, b)| (format!("{label}/{n}"), b.to_vec()))
+            .collect();
+        let store = WeightStore::from_bytes(weights).map_err(model_err)?;
+        Self::from_parts(dir, &store, device, precision)
+    }
+
+    fn from_parts(
+        dir: ModelDir,
+        store: &WeightStore,
+        device: DeviceChoice,
+        precision: Precision,
+    ) -> Result<Self> {
         let config = dir.config.clone().ok_or_else(|| Error::Content {
             path: dir.path.join("config.json").display().to_string(),
             reason: "missing: a model directory needs config.json".into(),
@@ -182,9 +216,8 @@ impl VisionThink {
             Precision::Bf16 => candle_core::DType::BF16,
             Precision::F16 => candle_core::DType::F16,
         };
-        let store = WeightStore::open(&dir.path).map_err(model_err)?;
         let candle = |be: CandleBackend| -> Result<Exec> {
-            let model = Qwen25VL::load(&be, &config, &store).map_err(model_err)?;
+            let model = Qwen25VL::load(&be, &config, store).map_err(model_err)?;
             Ok(Exec::Candle(be, model))
         };
         let exec = match device {
@@ -206,7 +239,7 @@ impl VisionThink {
                     ..Default::default()
                 })
                 .map_err(model_err)?;
-                let model = Qwen25VL::load(&be, &config, &store).map_err(model_err)?;
+                let model = Qwen25VL::load(&be, &config, store).map_err(model_err)?;
                 Exec::Wgpu(be, model)
             }
             #[cfg(not(feature = "wgpu"))]

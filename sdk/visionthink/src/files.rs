@@ -57,6 +57,36 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
+    /// Parses a model's files held in memory (`(file name, bytes)`); `label` stands for the
+    /// folder in errors and in [`ModelDir::path`].
+    pub fn from_files(label: &str, files: &[(&str, &[u8])]) -> Result<Self> {
+        let parsed = ModelFiles::parse(|name| {
+            Ok::<_, Error>(files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.to_vec()))
+        })
+        .map_err(|e| match e {
+            ModelFilesError::Read(e) => e,
+            ModelFilesError::File { file, error } => Error::Content {
+                path: format!("{label}/{file}"),
+                reason: error.to_string(),
+            },
+        })?;
+        let ModelFiles {
+            tokenizer,
+            config,
+            preprocessor,
+            generation,
+            chat_template,
+        } = parsed;
+        Ok(Self {
+            path: PathBuf::from(label),
+            tokenizer,
+            config,
+            preprocessor,
+            generation,
+            chat_template,
+        })
+    }
+
     /// Opens a directory, parsing every file it finds; a malformed file is an error that names
     /// it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {

@@ -32,6 +32,8 @@ pub mod http_judge;
 pub mod score;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "embedded-model")]
+pub mod shipped;
 
 pub use engine::{
     Answer, AskOptions, DeviceChoice, Event, GenerateOptions, Precision, Session, Timings,

@@ -212,7 +212,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// Model directory (HF layout), or with `--features hub` a Hub id like owner/name.
+    /// Model directory (HF layout), or with `--features hub` a Hub id like owner/name. Default:
+    /// the shipped synthetic-task model embedded in the binary.
     #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Override the processor's maximum area.
@@ -311,9 +312,6 @@ enum DeviceArg {
 }
 
 fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
-    let Some(dir) = &args.model_dir else {
-        bail!("no model: pass --model-dir DIR (there is no embedded default model yet: it is trained in a later milestone)");
-    };
     let precision = match args.dtype {
         DtypeArg::F32 => visionthink::Precision::F32,
         DtypeArg::Bf16 => visionthink::Precision::Bf16,
@@ -326,6 +324,17 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
         (BackendKind::Wgpu, DeviceArg::Cuda) => {
             bail!("--backend wgpu picks its GPU through WGPU_BACKEND; --device cuda is for --backend candle")
         }
+    };
+    let Some(dir) = &args.model_dir else {
+        #[cfg(feature = "embedded-model")]
+        {
+            let mut vt = visionthink::shipped::load(device, precision)
+                .context("loading the shipped model")?;
+            override_limits(&mut vt.dir.preprocessor, None, args.max_pixels)?;
+            return Ok(vt);
+        }
+        #[cfg(not(feature = "embedded-model"))]
+        bail!("no model: pass --model-dir DIR (this build embeds no default model)");
     };
     let dir = visionthink::files::resolve_model(&dir.display().to_string())?;
     let mut vt = visionthink::VisionThink::load(&dir, device, precision)
