@@ -10,8 +10,8 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 export const webRoot = resolve(here, "..");
 export const repoRoot = resolve(webRoot, "..");
-export const defaultModel = resolve(repoRoot, "tests/fixtures/models/tied_nested");
-const exampleImage = resolve(repoRoot, "sdk/visionthink/assets/example.png");
+export const defaultModel = resolve(repoRoot, "sdk/visionthink/model");
+const exampleImage = resolve(repoRoot, "sdk/visionthink/model/example.png");
 
 const types = {
   ".html": "text/html; charset=utf-8",

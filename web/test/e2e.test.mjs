@@ -79,7 +79,7 @@ test("demo page: load with progress, stream, resize branch shown, screenshot", a
     assert.match(await page.textContent("#f-backend"), /webgpu/);
     assert.equal(await page.$eval("#progress", (p) => p.value), 1);
     const low = await page.$eval("#lowres", (c) => [c.width, c.height]);
-    assert.deepEqual(low, [448, 336], "the half-size example image is shown");
+    assert.deepEqual(low, [112, 112], "the half-size example image is shown");
     assert.equal(await askAndWait(page), "resized", `${await page.textContent("#status")}\n${logs.join("\n")}`);
     const tokens = Number(await page.evaluate(() => document.body.dataset.tokens));
     assert.ok(tokens > 5, `streamed ${tokens} token events`);

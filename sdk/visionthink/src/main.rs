@@ -793,8 +793,10 @@ fn demo(
         write_png(path, &images.low_res)?;
     }
     let saved = 100.0 * (1.0 - low_tokens as f64 / full_tokens as f64);
+    let shipped = shipped_demo()?;
     if as_json {
         return print_json(&json!({
+            "shipped_model": shipped,
             "image": source,
             "question": question,
             "original_wh": [original.width, original.height],
@@ -844,8 +846,54 @@ fn demo(
     if let Some(p) = save_low_res {
         println!("\nlow-res image written to {}", p.display());
     }
-    println!("\n(no model yet: the Qwen2.5-VL executor is the next milestone; this shows the exact inputs it will get)");
+    if let Some(runs) = shipped {
+        println!("\nthe shipped model (trained on the synthetic task) on its example image (224x224):");
+        for r in runs {
+            println!(
+                "  [{}] {}\n      → {}  (full image requested: {}; visual tokens {} vs {} at full resolution)",
+                r["kind"].as_str().unwrap_or(""),
+                r["question"].as_str().unwrap_or(""),
+                r["answer"].as_str().unwrap_or(""),
+                r["used_high_res"],
+                r["visual_tokens"],
+                r["visual_tokens_full_res"]
+            );
+        }
+    }
     Ok(())
+}
+
+/// The shipped model answering a coarse and a fine question about its example image.
+fn shipped_demo() -> Result<Option<Vec<Value>>> {
+    #[cfg(feature = "embedded-model")]
+    {
+        use visionthink::shipped;
+        let vt = shipped::load(Default::default(), Default::default())?;
+        let img = visionthink::core::image::decode(shipped::EXAMPLE_IMAGE, Default::default())?;
+        let opts = visionthink::AskOptions {
+            generation: visionthink::GenerateOptions {
+                max_new_tokens: 64,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        for (kind, q) in [("coarse", shipped::EXAMPLE_COARSE), ("fine", shipped::EXAMPLE_FINE)] {
+            let a = vt.ask(&img, q, &opts)?;
+            out.push(json!({
+                "kind": kind,
+                "question": q,
+                "answer": a.text,
+                "used_high_res": a.used_high_res,
+                "visual_tokens": a.visual_tokens,
+                "visual_tokens_full_res": a.visual_tokens_full_res,
+                "turns": a.turns,
+            }));
+        }
+        Ok(Some(out))
+    }
+    #[cfg(not(feature = "embedded-model"))]
+    Ok(None)
 }
 
 fn write_png(path: &Path, img: &RgbImage) -> Result<()> {
