@@ -22,14 +22,11 @@ fn threads() -> usize {
         .min(8)
 }
 
+/// A per-row kernel: `(row index, logits row, output row)`.
+type RowFn<'a> = dyn Fn(usize, &[f32], &mut [f32]) + Sync + 'a;
+
 /// Runs `f(row_index, row, out_chunk)` over row blocks in parallel.
-fn par_rows(
-    data: &[f32],
-    v: usize,
-    out: &mut [f32],
-    out_stride: usize,
-    f: &(dyn Fn(usize, &[f32], &mut [f32]) + Sync),
-) {
+fn par_rows(data: &[f32], v: usize, out: &mut [f32], out_stride: usize, f: &RowFn<'_>) {
     let t = data.len() / v.max(1);
     let per = t.div_ceil(threads()).max(1);
     std::thread::scope(|s| {

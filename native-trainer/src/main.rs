@@ -133,7 +133,7 @@ fn main() -> Result<()> {
                 (0.0..=1.0).contains(&fine_fraction),
                 "--fine-fraction must be in [0, 1]"
             );
-            anyhow::ensure!(size >= 56 && size <= 4096, "--size must be in [56, 4096]");
+            anyhow::ensure!((56..=4096).contains(&size), "--size must be in [56, 4096]");
             let rows = synth::generate(&synth::SynthConfig {
                 seed,
                 count,
@@ -160,13 +160,17 @@ fn main() -> Result<()> {
         }
         Cmd::Export { from, out, dtype } => {
             let policy = visionthink_train::policy::Policy::load(&from)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
             let mut total = 0;
             for (name, bytes) in policy.hf_files(dtype)? {
                 total += bytes.len();
                 visionthink_train::checkpoint::write_atomic(&out.join(&name), &bytes)?;
             }
-            println!("{}", serde_json::json!({"out": out, "bytes": total, "parameters": policy.num_params()}));
+            println!(
+                "{}",
+                serde_json::json!({"out": out, "bytes": total, "parameters": policy.num_params()})
+            );
         }
         Cmd::Plot { run } => {
             for p in visionthink_train::plots::write_curves(&run)? {

@@ -245,17 +245,21 @@ mod tests {
             .expect("sum");
         let grads = loss.backward().expect("backward");
         let mut acc = GradAccum::new(1);
-        acc.add(&[var.clone()], &grads, &[]).expect("add");
-        acc.add(&[var.clone()], &grads, &[]).expect("add");
+        acc.add(std::slice::from_ref(&var), &grads, &[])
+            .expect("add");
+        acc.add(std::slice::from_ref(&var), &grads, &[])
+            .expect("add");
         let cfg = OptimConfig {
             lr: 0.1,
             weight_decay: 0.5,
             grad_clip: 1.0,
             ..Default::default()
         };
-        let mut opt = AdamW::new(cfg, &[var.clone()]).expect("adamw");
+        let mut opt = AdamW::new(cfg, std::slice::from_ref(&var)).expect("adamw");
         // Two micro-batches of gradient (3, -4) averaged: norm 5, clipped to 1 → (0.6, -0.8).
-        let info = opt.step(&[var.clone()], &mut acc, 2.0).expect("step");
+        let info = opt
+            .step(std::slice::from_ref(&var), &mut acc, 2.0)
+            .expect("step");
         assert!((info.grad_norm - 5.0).abs() < 1e-5);
         let w = var.as_tensor().to_vec1::<f32>().expect("v");
         // w·(1 − lr·wd) − lr·g/(|g| + ε·…) = 1·0.95 − 0.1, −2·0.95 + 0.1.
@@ -279,9 +283,11 @@ mod tests {
             .expect("sum");
         let grads = loss.backward().expect("backward");
         let mut acc = GradAccum::new(1);
-        acc.add(&[var.clone()], &grads, &[]).expect("add");
-        let mut opt = AdamW::new(OptimConfig::default(), &[var.clone()]).expect("adamw");
-        assert!(opt.step(&[var.clone()], &mut acc, 1.0).is_err());
+        acc.add(std::slice::from_ref(&var), &grads, &[])
+            .expect("add");
+        let mut opt =
+            AdamW::new(OptimConfig::default(), std::slice::from_ref(&var)).expect("adamw");
+        assert!(opt.step(std::slice::from_ref(&var), &mut acc, 1.0).is_err());
         assert_eq!(var.as_tensor().to_vec1::<f32>().expect("v"), vec![1.0]);
         assert_eq!(opt.t, 0);
     }

@@ -147,6 +147,7 @@ impl Ctx<'_> {
 }
 
 /// Rolls out `n` episodes of one prompt with a frozen model (see [`crate::policy::Policy::frozen`]).
+#[allow(clippy::too_many_arguments)] // the model, its files, the prompt and four settings of one call
 pub fn rollout_group(
     be: &CandleBackend,
     model: &Qwen25VL<CandleBackend>,

@@ -61,7 +61,12 @@ impl ModelDir {
     /// folder in errors and in [`ModelDir::path`].
     pub fn from_files(label: &str, files: &[(&str, &[u8])]) -> Result<Self> {
         let parsed = ModelFiles::parse(|name| {
-            Ok::<_, Error>(files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.to_vec()))
+            Ok::<_, Error>(
+                files
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, b)| b.to_vec()),
+            )
         })
         .map_err(|e| match e {
             ModelFilesError::Read(e) => e,

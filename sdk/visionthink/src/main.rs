@@ -847,7 +847,9 @@ fn demo(
         println!("\nlow-res image written to {}", p.display());
     }
     if let Some(runs) = shipped {
-        println!("\nthe shipped model (trained on the synthetic task) on its example image (224x224):");
+        println!(
+            "\nthe shipped model (trained on the synthetic task) on its example image (224x224):"
+        );
         for r in runs {
             println!(
                 "  [{}] {}\n      → {}  (full image requested: {}; visual tokens {} vs {} at full resolution)",
@@ -878,7 +880,10 @@ fn shipped_demo() -> Result<Option<Vec<Value>>> {
             ..Default::default()
         };
         let mut out = Vec::new();
-        for (kind, q) in [("coarse", shipped::EXAMPLE_COARSE), ("fine", shipped::EXAMPLE_FINE)] {
+        for (kind, q) in [
+            ("coarse", shipped::EXAMPLE_COARSE),
+            ("fine", shipped::EXAMPLE_FINE),
+        ] {
             let a = vt.ask(&img, q, &opts)?;
             out.push(json!({
                 "kind": kind,

@@ -11,12 +11,27 @@ use crate::Result;
 /// The model's files, embedded in the binary (about 25 MB: bf16 weights, tokenizer, configs).
 pub const FILES: &[(&str, &[u8])] = &[
     ("config.json", include_bytes!("../model/config.json")),
-    ("model.safetensors", include_bytes!("../model/model.safetensors")),
+    (
+        "model.safetensors",
+        include_bytes!("../model/model.safetensors"),
+    ),
     ("tokenizer.json", include_bytes!("../model/tokenizer.json")),
-    ("tokenizer_config.json", include_bytes!("../model/tokenizer_config.json")),
-    ("chat_template.json", include_bytes!("../model/chat_template.json")),
-    ("generation_config.json", include_bytes!("../model/generation_config.json")),
-    ("preprocessor_config.json", include_bytes!("../model/preprocessor_config.json")),
+    (
+        "tokenizer_config.json",
+        include_bytes!("../model/tokenizer_config.json"),
+    ),
+    (
+        "chat_template.json",
+        include_bytes!("../model/chat_template.json"),
+    ),
+    (
+        "generation_config.json",
+        include_bytes!("../model/generation_config.json"),
+    ),
+    (
+        "preprocessor_config.json",
+        include_bytes!("../model/preprocessor_config.json"),
+    ),
 ];
 
 /// Name shown for the shipped model.
