@@ -108,7 +108,8 @@ pub struct SftSection {
     pub batch: usize,
     /// Probability that a trace calls the resize tool, the same for every question.
     pub tool_fraction: f64,
-    /// Think text of a direct answer.
+    /// Think text of a direct answer. `{name}` is replaced by the example's attribute `name`
+    /// (rows without it are skipped, and reported).
     pub think_direct: String,
     /// Think text of a resize call.
     pub think_tool: String,

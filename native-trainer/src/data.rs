@@ -44,6 +44,10 @@ pub struct Example {
     pub kind: Kind,
     /// Which generator / benchmark it comes from.
     pub data_source: String,
+    /// Known facts about the image (the synthetic set writes `color`, `shape`, `texture`); SFT
+    /// trace templates can refer to them as `{name}`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// What to do with a malformed row.
@@ -120,6 +124,8 @@ struct Row {
     kind: Option<Kind>,
     #[serde(default)]
     data_source: Option<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// The JSONL file of a dataset folder.
@@ -184,6 +190,7 @@ impl Dataset {
                     answer: r.answer,
                     kind: r.kind.unwrap_or(Kind::Unknown),
                     data_source: r.data_source.unwrap_or_else(|| "unknown".into()),
+                    attributes: r.attributes,
                 }),
                 Err(reason) => {
                     let e = DataError::Row {

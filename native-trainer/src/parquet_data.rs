@@ -95,6 +95,7 @@ fn rows_of(
                             .map(|f| f.to_string_lossy().to_string())
                             .unwrap_or_default()
                     ),
+                    attributes: Default::default(),
                     problem,
                     answer,
                     kind,

@@ -224,20 +224,30 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
                     continue;
                 }
             };
-            let answer = &ds.examples[i].answer;
+            let ex = &ds.examples[i];
+            let answer = &ex.answer;
+            let fill = |t: &str| -> Option<String> {
+                let mut out = t.to_string();
+                for (k, v) in &ex.attributes {
+                    out = out.replace(&format!("{{{k}}}"), v);
+                }
+                (!out.contains('{')).then_some(out)
+            };
+            let (Some(think_tool), Some(think_after), Some(think_direct)) = (
+                fill(&cfg.sft.think_tool),
+                fill(&cfg.sft.think_after),
+                fill(&cfg.sft.think_direct),
+            ) else {
+                eprintln!("skipped: row {} lacks an attribute the SFT templates use", ex.doc_id);
+                continue;
+            };
             let turns = if rng.uniform() < cfg.sft.tool_fraction {
                 vec![
-                    format!("<think>{}</think>{tool_call}", cfg.sft.think_tool),
-                    format!(
-                        "<think>{}</think><answer>{answer}</answer>",
-                        cfg.sft.think_after
-                    ),
+                    format!("<think>{think_tool}</think>{tool_call}"),
+                    format!("<think>{think_after}</think><answer>{answer}</answer>"),
                 ]
             } else {
-                vec![format!(
-                    "<think>{}</think><answer>{answer}</answer>",
-                    cfg.sft.think_direct
-                )]
+                vec![format!("<think>{think_direct}</think><answer>{answer}</answer>")]
             };
             let traj = forced_trajectory(&policy.files, &prompt, &turns)?;
             if shared.is_none() {
