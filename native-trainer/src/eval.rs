@@ -1,6 +1,6 @@
 //! Evaluation (SPEC §8: greedy, 2 rounds) of the low-res-first policy against two baselines of
-//! the same model: **always high** (turn 1 is a forced resize call, so every answer sees the
-//! full image) and **always low** (`<tool_call>` can never be generated, so every answer comes
+//! the same model: **always high** (turn 1 is the model's own thinking followed by a forced
+//! resize call, so every answer sees the full image) and **always low** (`<tool_call>` can never be generated, so every answer comes
 //! from the half-size image).
 
 use crate::data::Dataset;
@@ -76,9 +76,6 @@ impl Acc {
     }
 }
 
-/// The text forced as turn 1 of the always-high baseline.
-pub const FORCED_RESIZE: &str = "<think>I need a closer look at the details.</think><tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
-
 /// Evaluates `rows` (0 = all) of `ds`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
@@ -103,11 +100,7 @@ pub fn evaluate(
     } else {
         rows.min(ds.examples.len())
     };
-    let steers = [
-        Steer::Free,
-        Steer::ForceTurn1(FORCED_RESIZE.into()),
-        Steer::BanTool,
-    ];
+    let steers = [Steer::Free, Steer::ForceToolAfterThink, Steer::BanTool];
     let mut by: [BTreeMap<String, Acc>; 3] = Default::default();
     let mut by_source: BTreeMap<String, Acc> = BTreeMap::new();
     let mut totals = [Acc::default(), Acc::default(), Acc::default()];

@@ -81,7 +81,14 @@ pub enum Steer {
     ForceTurn1(String),
     /// `<tool_call>` can never be generated: the model must answer from the half-size image.
     BanTool,
+    /// Turn 1 is the model's own thinking, and as soon as it closes `</think>` the resize call
+    /// is forced: the model always sees the full image, after reasoning in its own words.
+    ForceToolAfterThink,
 }
+
+/// The official resize call (what SFT traces and the always-high baseline use).
+pub const RESIZE_CALL: &str =
+    "<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
 
 /// One finished rollout.
 #[derive(Debug, Clone)]
@@ -204,11 +211,24 @@ pub fn rollout_group(
                 ),
                 _ => None,
             };
-            let budget = forced.as_ref().map_or(cfg.max_new_tokens, Vec::len).max(1);
+            let mut forced = forced;
+            let mut budget = forced.as_ref().map_or(cfg.max_new_tokens, Vec::len).max(1);
+            let mut forced_from = 0;
             let mut ids = Vec::new();
             for i in 0..budget {
+                if *steer == Steer::ForceToolAfterThink && turn == 0 && forced.is_none() && i > 0 {
+                    let so_far = files.tokenizer.decode(&ids, true)?;
+                    if so_far.ends_with("</think>") {
+                        let tail = files
+                            .tokenizer
+                            .encode_template(&format!("{RESIZE_CALL}<|im_end|>"))?;
+                        budget = i + tail.len();
+                        forced_from = i;
+                        forced = Some(tail);
+                    }
+                }
                 let mut id = match &forced {
-                    Some(f) => f[i],
+                    Some(f) => f[i - forced_from],
                     None => {
                         if *steer == Steer::BanTool {
                             logits[tokens::TOOL_CALL as usize] = f32::NEG_INFINITY;

@@ -116,10 +116,14 @@ pub fn generate(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
                 answer: answer.to_string(),
                 kind: if fine { Kind::Fine } else { Kind::Coarse },
                 data_source: source.to_string(),
-                attributes: [("color", COLORS[color].0), ("shape", SHAPES[shape]), ("texture", TEXTURES[texture])]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                attributes: [
+                    ("color", COLORS[color].0),
+                    ("shape", SHAPES[shape]),
+                    ("texture", TEXTURES[texture]),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             };
             (ex, image)
         })

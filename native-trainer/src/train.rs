@@ -206,7 +206,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
     let mut loader = Loader::new(&ds, cfg.run.seed, state.cursor.clone());
     let pb = bar(cfg.run.steps, "sft");
     pb.set_position(state.step as u64);
-    let tool_call = "<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+    let tool_call = crate::rollout::RESIZE_CALL;
     while state.step < cfg.run.steps {
         let t0 = Instant::now();
         let mut acc = GradAccum::new(vars.len());
@@ -238,7 +238,10 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
                 fill(&cfg.sft.think_after),
                 fill(&cfg.sft.think_direct),
             ) else {
-                eprintln!("skipped: row {} lacks an attribute the SFT templates use", ex.doc_id);
+                eprintln!(
+                    "skipped: row {} lacks an attribute the SFT templates use",
+                    ex.doc_id
+                );
                 continue;
             };
             let turns = if rng.uniform() < cfg.sft.tool_fraction {
@@ -247,7 +250,9 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
                     format!("<think>{think_after}</think><answer>{answer}</answer>"),
                 ]
             } else {
-                vec![format!("<think>{think_direct}</think><answer>{answer}</answer>")]
+                vec![format!(
+                    "<think>{think_direct}</think><answer>{answer}</answer>"
+                )]
             };
             let traj = forced_trajectory(&policy.files, &prompt, &turns)?;
             if shared.is_none() {

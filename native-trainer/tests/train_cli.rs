@@ -386,3 +386,122 @@ fn grpo_with_the_http_judge_and_judge_faults() {
         assert!(err.contains("3 attempts failed"), "{name}: {err}");
     }
 }
+
+/// The analytic gradient of the SFT/GRPO scoring forward (vision tower, image features in the
+/// decoder, shared prefix, sparse embedding rows, fused log-prob) matches finite differences.
+#[test]
+fn gradients_match_finite_differences() {
+    use visionthink_train::grpo::{batch_logp, group_hidden, SharedPrefix};
+    use visionthink_train::optim::GradAccum;
+    use visionthink_train::policy::{Arch, Policy};
+    use visionthink_train::rollout::{forced_trajectory, prepare, ImagePath, RESIZE_CALL};
+    let arch = Arch {
+        hidden_size: 16,
+        layers: 1,
+        heads: 2,
+        kv_heads: 1,
+        intermediate_size: 32,
+        vision_hidden_size: 16,
+        vision_depth: 2,
+        vision_heads: 2,
+        vision_intermediate_size: 32,
+        init_std: 0.2,
+        ..Default::default()
+    };
+    let policy = Policy::from_scratch(&arch, &root().join("tests/fixtures/models/tied_nested"), 7)
+        .expect("model");
+    let ds = visionthink_train::data::Dataset::open(data(), Default::default()).expect("data");
+    let img = ds.image(0).expect("image");
+    let prompt = prepare(
+        &policy.files,
+        &img,
+        "What color is the large shape?",
+        ImagePath::Inference,
+    )
+    .expect("prompt");
+    let turns = vec![
+        format!("<think>look</think>{RESIZE_CALL}"),
+        "<think>ok</think><answer>red</answer>".to_string(),
+    ];
+    let traj = forced_trajectory(&policy.files, &prompt, &turns).expect("traj");
+    let merge = policy.files.preprocessor.merge_size;
+    let loss = |policy: &Policy| -> candle_core::Tensor {
+        policy.be.take_sparse_rows();
+        let shared = SharedPrefix::new(&policy.be, &policy.model, &prompt, merge).expect("shared");
+        let rows = group_hidden(
+            &policy.be,
+            &policy.model,
+            &prompt,
+            &[&traj],
+            merge,
+            shared.as_ref(),
+        )
+        .expect("rows");
+        let (lp, _) = batch_logp(
+            &policy.be,
+            &policy.model,
+            &rows,
+            &[traj.generated_ids()],
+            false,
+        )
+        .expect("logp")
+        .remove(0);
+        lp.mean_all().expect("mean").neg().expect("neg")
+    };
+    let vars = policy.vars();
+    let l = loss(&policy);
+    let grads = l.backward().expect("backward");
+    let mut acc = GradAccum::new(vars.len());
+    acc.add(&vars, &grads, &policy.be.take_sparse_rows())
+        .expect("add");
+    let merged = acc.merged(&vars).expect("merged");
+    // Check entries of: the patch embedding, a vision block, the merger, a decoder layer and the
+    // (tied) token embedding at a token of the prompt.
+    let checks: Vec<(usize, usize)> = vec![
+        (0, 5),
+        (0, 1000),
+        (3, 7),
+        (vars.len() / 2, 3),
+        (vars.len() - 1, 2),
+    ];
+    let embed_idx = vars
+        .iter()
+        .position(|v| v.elem_count() == 151936 * 16)
+        .expect("embedding");
+    let token = prompt.prefix[prompt.prefix.len() - 3] as usize;
+    let mut all = checks;
+    all.push((embed_idx, token * 16 + 4));
+    for (vi, ei) in all {
+        let g = merged[vi]
+            .as_ref()
+            .expect("has grad")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec")[ei] as f64;
+        let base = vars[vi]
+            .as_tensor()
+            .flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec");
+        let h = 1e-2f32;
+        let eval = |delta: f32| -> f64 {
+            let mut w = base.clone();
+            w[ei] += delta;
+            vars[vi]
+                .set(
+                    &candle_core::Tensor::from_vec(w, vars[vi].shape(), vars[vi].device())
+                        .expect("t"),
+                )
+                .expect("set");
+            loss(&policy).to_scalar::<f32>().expect("s") as f64
+        };
+        let fd = (eval(h) - eval(-h)) / (2.0 * h as f64);
+        eval(0.0);
+        assert!(
+            (fd - g).abs() <= 2e-3 + 0.05 * fd.abs().max(g.abs()),
+            "var {vi} entry {ei}: analytic {g:.6} vs finite difference {fd:.6}"
+        );
+    }
+}
