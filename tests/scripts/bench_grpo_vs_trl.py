@@ -75,7 +75,7 @@ def run_trl(args) -> dict:
     import torch
     from datasets import Dataset
     from PIL import Image
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, TrainerCallback
+    from transformers import Qwen2_5_VLForConditionalGeneration, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_num_threads(args.threads)
@@ -89,7 +89,7 @@ def run_trl(args) -> dict:
 
     data = Dataset.from_list([
         {
-            "prompt": ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            "prompt": [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}]
             + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": vt_prompt_text(r["problem"])}]}],
             "image": half(r["image"]),
             "answer": r["answer"],
@@ -107,7 +107,17 @@ def run_trl(args) -> dict:
         return out
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(args.model, torch_dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(args.model)
+    # Built by hand: AutoProcessor would also build the video processor, which needs torchvision.
+    from transformers import AutoTokenizer, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+    # (and skip the class check that looks the video processor up, for the same reason).
+    Qwen2_5_VLProcessor.check_argument_for_proper_class = lambda *a, **k: None
+    tok = AutoTokenizer.from_pretrained(args.model)
+    template = json.loads((Path(args.model) / "chat_template.json").read_text())["chat_template"]
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(args.model), tokenizer=tok, chat_template=template
+    )
     times = []
 
     class Timer(TrainerCallback):
