@@ -215,7 +215,8 @@ pub fn rollout_group(
             let mut budget = forced.as_ref().map_or(cfg.max_new_tokens, Vec::len).max(1);
             let mut forced_from = 0;
             let mut ids = Vec::new();
-            for i in 0..budget {
+            let mut i = 0;
+            while i < budget {
                 if *steer == Steer::ForceToolAfterThink && turn == 0 && forced.is_none() && i > 0 {
                     let so_far = files.tokenizer.decode(&ids, true)?;
                     if so_far.ends_with("</think>") {
@@ -247,6 +248,7 @@ pub fn rollout_group(
                     break;
                 }
                 logits = ctx.run(&mut cache, &mut pos, &[id], None, &[])?;
+                i += 1;
             }
             cont.extend_from_slice(&ids);
             generated.extend(std::iter::repeat_n(true, ids.len()));
