@@ -60,6 +60,35 @@ pub struct TrainerState {
 /// The file naming the newest complete checkpoint.
 pub const LATEST: &str = "latest";
 
+/// Removes all but the newest `keep` complete checkpoints (`step-N` folders) of `out`; the one
+/// `latest` names is always kept. `keep = 0` keeps everything.
+pub fn prune(out: &Path, keep: usize) -> Result<()> {
+    if keep == 0 {
+        return Ok(());
+    }
+    let latest = std::fs::read_to_string(out.join(LATEST)).unwrap_or_default();
+    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot list {}", out.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_prefix("step-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    steps.sort();
+    let excess = steps.len().saturating_sub(keep);
+    for (_, p) in steps.into_iter().take(excess) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy() == latest.trim())
+        {
+            continue;
+        }
+        std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// Saves a checkpoint of `policy`, `opt` and `state` under `out/step-{state.step}`.
 pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
     let name = format!("step-{}", state.step);
@@ -186,6 +215,33 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_and_latest() {
+        let dir = std::env::temp_dir().join(format!("vt-prune-{}", std::process::id()));
+        for n in [5, 10, 15, 20] {
+            std::fs::create_dir_all(dir.join(format!("step-{n}"))).expect("mkdir");
+        }
+        std::fs::create_dir_all(dir.join("other")).expect("mkdir");
+        write_atomic(&dir.join(LATEST), b"step-5").expect("latest");
+        prune(&dir, 2).expect("prune");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["latest", "other", "step-15", "step-20", "step-5"]
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -38,10 +38,8 @@ pub struct RunConfig {
     pub on_nan: OnNan,
     /// Malformed dataset rows.
     pub bad_rows: BadRows,
-    /// Rows evaluated at the end (0 = none).
-    pub eval_rows: usize,
-    /// Data evaluated at the end (default: none).
-    pub eval_data: Option<PathBuf>,
+    /// Checkpoints kept on disk (the newest; 0 = all).
+    pub keep_checkpoints: usize,
 }
 
 impl Default for RunConfig {
@@ -53,8 +51,7 @@ impl Default for RunConfig {
             save_every: 10,
             on_nan: OnNan::Skip,
             bad_rows: BadRows::Skip,
-            eval_rows: 0,
-            eval_data: None,
+            keep_checkpoints: 3,
         }
     }
 }

@@ -327,6 +327,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         }
         if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
             checkpoint::save(&cfg.run.out, &policy, &opt, &state)?;
+            checkpoint::prune(&cfg.run.out, cfg.run.keep_checkpoints)?;
             if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
                 eprintln!("curves not drawn: {e:#}");
             }
@@ -686,6 +687,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
         }
         if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
             checkpoint::save(&cfg.run.out, &policy, &opt, &state)?;
+            checkpoint::prune(&cfg.run.out, cfg.run.keep_checkpoints)?;
             if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
                 eprintln!("curves not drawn: {e:#}");
             }
