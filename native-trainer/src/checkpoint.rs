@@ -7,7 +7,7 @@
 use crate::optim::AdamW;
 use crate::policy::{serialize_f32, Policy, SaveDtype};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -187,7 +187,7 @@ pub fn load_moments(dir: &Path, opt: &mut AdamW, optimizer_steps: usize) -> Resu
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            *slot = Tensor::from_vec(data, view.shape(), &Device::Cpu)?;
+            *slot = Tensor::from_vec(data, view.shape(), slot.device())?;
         }
     }
     opt.t = optimizer_steps;

@@ -129,6 +129,21 @@ impl Arch {
     }
 }
 
+/// The training device: `VISIONTHINK_DEVICE=cuda` (with the `cuda` feature) trains on the first
+/// GPU with f32 master weights; the CPU otherwise.
+pub fn train_device() -> Result<candle_core::Device> {
+    match std::env::var("VISIONTHINK_DEVICE").as_deref() {
+        Ok("cuda") => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("VISIONTHINK_DEVICE=cuda, but this build has no CUDA (rebuild with --features cuda)");
+            }
+            Ok(candle_core::Device::new_cuda(0)?)
+        }
+        Ok("cpu") | Err(_) => Ok(candle_core::Device::Cpu),
+        Ok(other) => bail!("VISIONTHINK_DEVICE={other}: expected cpu or cuda"),
+    }
+}
+
 /// A trainable model with the files that make it an HF folder.
 pub struct Policy {
     /// The trainable backend (its variables are the parameters, in load order).
@@ -218,7 +233,7 @@ impl Policy {
 
     fn build(aux: Vec<(&'static str, Vec<u8>)>, store: &WeightStore) -> Result<Self> {
         let (files, cfg) = parse_files(&aux)?;
-        let be = CandleBackend::trainable_cpu_sparse();
+        let be = CandleBackend::trainable_sparse(train_device()?);
         let model = Qwen25VL::load(&be, &cfg, store)?;
         Ok(Self {
             be,
@@ -243,7 +258,10 @@ impl Policy {
     /// update) but records no autograd graph and uses the fused inference kernels.
     pub fn frozen(&self) -> (CandleBackend, Qwen25VL<CandleBackend>) {
         let model = self.model.map_weights(&mut |t| t.detach());
-        (CandleBackend::cpu(), model)
+        (
+            CandleBackend::new(self.be.device.clone(), candle_core::DType::F32),
+            model,
+        )
     }
 
     /// The HF folder files (`model.safetensors` in `dtype`, config, tokenizer, …) as bytes.

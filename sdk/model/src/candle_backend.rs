@@ -83,9 +83,17 @@ impl CandleBackend {
     /// table (the token embedding) record [`SparseRows`] instead of backpropagating into the
     /// table, and the caller adds each record's row gradients into the table's gradient.
     pub fn trainable_cpu_sparse() -> Self {
+        Self::trainable_sparse(Device::Cpu)
+    }
+
+    /// [`Self::trainable_cpu_sparse`] on any device (f32 master weights; CUDA with the `cuda`
+    /// feature).
+    pub fn trainable_sparse(device: Device) -> Self {
         Self {
+            device,
+            dtype: DType::F32,
+            trainable: Some(Mutex::new(Vec::new())),
             sparse: Some(Mutex::new(Vec::new())),
-            ..Self::trainable_cpu()
         }
     }
 

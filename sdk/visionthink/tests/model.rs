@@ -293,9 +293,16 @@ fn prompts_longer_than_the_context_and_placeholder_mismatches_are_errors() {
         "--max-new-tokens",
         "8",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["text"].is_string() && v["visual_tokens"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["text"].is_string() && v["visual_tokens"].as_u64().unwrap() > 0,
+        "{v}"
+    );
     // A Hub id without the `hub` feature says how to get it; a bad path says what it is.
     let img = fixtures().join("images/exact_28x28.png");
     let out = vt_cli(&[
