@@ -20,12 +20,12 @@ $T sft --config native-trainer/configs/synth-sft.toml --resume --set run.steps=6
 $T sft --config native-trainer/configs/synth-sft.toml --resume --set run.steps=800 \
   --set sft.batch=16 --set 'optim.schedule="constant"' --set optim.lr=1e-3 --set optim.warmup_steps=0 \
   --set run.save_every=100
-$T sft --config native-trainer/configs/synth-sft.toml --resume --set run.steps="${SFT_STEPS:-1500}" \
+$T sft --config native-trainer/configs/synth-sft.toml --resume --set run.steps="${SFT_STEPS:-2000}" \
   --set sft.batch=8 --set 'optim.schedule="constant"' --set optim.lr=1e-3 --set optim.warmup_steps=0 \
   --set run.save_every=100 \
   --set 'sft.think_direct="I see a {color} {shape}."' \
   --set 'sft.think_tool="I see a {color} {shape}. The fine details need a closer look."' \
   --set 'sft.think_after="Now I see a {color} {shape} on a {texture} background."'
-$T train --config native-trainer/configs/synth-grpo.toml --set "model.init_from=\"runs/synth/sft/$(cat runs/synth/sft/latest)\""
+$T train --config native-trainer/configs/synth-grpo.toml --set run.steps=30 --set "model.init_from=\"runs/synth/sft/$(cat runs/synth/sft/latest)\""
 $T eval --model-dir "runs/synth/grpo/$(cat runs/synth/grpo/latest)" --data runs/synth/data/eval --json --out runs/synth/report
 $T export --from "runs/synth/grpo/$(cat runs/synth/grpo/latest)" --out sdk/visionthink/model
