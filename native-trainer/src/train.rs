@@ -185,6 +185,40 @@ fn prepared(policy: &Policy, cfg: &TrainConfig, ds: &Dataset, i: usize) -> Resul
         .with_context(|| format!("row {} ({})", ex.doc_id, ex.image))
 }
 
+/// Records the state after `step`, checkpoints it when due (then prunes old checkpoints and
+/// redraws the curves). `fail_at` is the test hook that dies right after a step, unsaved.
+#[allow(clippy::too_many_arguments)] // the pieces of the trainer's state, each borrowed
+fn end_step(
+    cfg: &TrainConfig,
+    policy: &Policy,
+    opt: &AdamW,
+    step: usize,
+    rng: &Rng,
+    loader: &Loader<'_>,
+    phase: &str,
+    fail_at: Option<usize>,
+) -> Result<TrainerState> {
+    let state = TrainerState {
+        step,
+        optimizer_steps: opt.t,
+        rng: rng.state,
+        cursor: loader.cursor.clone(),
+        phase: phase.into(),
+    };
+    if fail_at == Some(step) {
+        // Like SIGKILL: no checkpoint of this step.
+        std::process::exit(3);
+    }
+    if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
+        checkpoint::save(&cfg.run.out, policy, opt, &state)?;
+        checkpoint::prune(&cfg.run.out, cfg.run.keep_checkpoints)?;
+        if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
+            eprintln!("curves not drawn: {e:#}");
+        }
+    }
+    Ok(state)
+}
+
 /// Handles a non-finite loss or gradient by the configured policy.
 fn non_finite(cfg: &TrainConfig, out: &Path, phase: &str, step: usize, what: &str) -> Result<()> {
     eprintln!("step {step}: {what}; optimizer step skipped");
@@ -314,24 +348,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
                 Err(e) => non_finite(cfg, &cfg.run.out, "sft", step, &e.to_string())?,
             }
         }
-        state = TrainerState {
-            step,
-            optimizer_steps: opt.t,
-            rng: rng.state,
-            cursor: loader.cursor.clone(),
-            phase: "sft".into(),
-        };
-        if fail_at == Some(step) {
-            // Test hook: die mid-run without saving (like SIGKILL).
-            std::process::exit(3);
-        }
-        if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
-            checkpoint::save(&cfg.run.out, &policy, &opt, &state)?;
-            checkpoint::prune(&cfg.run.out, cfg.run.keep_checkpoints)?;
-            if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
-                eprintln!("curves not drawn: {e:#}");
-            }
-        }
+        state = end_step(cfg, &policy, &opt, step, &rng, &loader, "sft", fail_at)?;
         pb.inc(1);
     }
     pb.finish();
@@ -675,23 +692,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             by.get("kind/coarse")
                 .map_or(f64::NAN, |t| t.resized / t.n.max(1.0)),
         ));
-        state = TrainerState {
-            step,
-            optimizer_steps: opt.t,
-            rng: rng.state,
-            cursor: loader.cursor.clone(),
-            phase: "grpo".into(),
-        };
-        if fail_at == Some(step) {
-            std::process::exit(3);
-        }
-        if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
-            checkpoint::save(&cfg.run.out, &policy, &opt, &state)?;
-            checkpoint::prune(&cfg.run.out, cfg.run.keep_checkpoints)?;
-            if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
-                eprintln!("curves not drawn: {e:#}");
-            }
-        }
+        state = end_step(cfg, &policy, &opt, step, &rng, &loader, "grpo", fail_at)?;
         pb.inc(1);
     }
     pb.finish();

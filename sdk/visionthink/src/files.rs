@@ -67,23 +67,31 @@ impl ModelDir {
                     .find(|(n, _)| *n == name)
                     .map(|(_, b)| b.to_vec()),
             )
-        })
-        .map_err(|e| match e {
-            ModelFilesError::Read(e) => e,
-            ModelFilesError::File { file, error } => Error::Content {
-                path: format!("{label}/{file}"),
-                reason: error.to_string(),
-            },
-        })?;
+        });
+        Self::from_parsed(PathBuf::from(label), parsed)
+    }
+
+    /// The parse result of [`ModelFiles::parse`] as a `ModelDir` at `path` (errors name the file
+    /// under `path`).
+    fn from_parsed(
+        path: PathBuf,
+        parsed: std::result::Result<ModelFiles, ModelFilesError<Error>>,
+    ) -> Result<Self> {
         let ModelFiles {
             tokenizer,
             config,
             preprocessor,
             generation,
             chat_template,
-        } = parsed;
+        } = parsed.map_err(|e| match e {
+            ModelFilesError::Read(e) => e,
+            ModelFilesError::File { file, error } => Error::Content {
+                path: path.join(file).display().to_string(),
+                reason: error.to_string(),
+            },
+        })?;
         Ok(Self {
-            path: PathBuf::from(label),
+            path,
             tokenizer,
             config,
             preprocessor,
@@ -109,29 +117,8 @@ impl ModelDir {
             } else {
                 Ok(None)
             }
-        })
-        .map_err(|e| match e {
-            ModelFilesError::Read(e) => e,
-            ModelFilesError::File { file, error } => Error::Content {
-                path: path.join(file).display().to_string(),
-                reason: error.to_string(),
-            },
-        })?;
-        let ModelFiles {
-            tokenizer,
-            config,
-            preprocessor,
-            generation,
-            chat_template,
-        } = files;
-        Ok(Self {
-            path,
-            tokenizer,
-            config,
-            preprocessor,
-            generation,
-            chat_template,
-        })
+        });
+        Self::from_parsed(path, files)
     }
 }
 
