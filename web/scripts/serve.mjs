@@ -29,6 +29,7 @@ export async function manifest(dir) {
   const files = [];
   for (const name of (await readdir(dir)).sort()) {
     if (name === "visionthink-manifest.json") continue;
+    if (!(await stat(join(dir, name))).isFile()) continue; // e.g. a model card's curves/ folder
     const bytes = await readFile(join(dir, name));
     files.push({ name, size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") });
   }
