@@ -343,7 +343,32 @@ pub fn load_frozen(
     dir: Option<&Path>,
 ) -> Result<(String, CandleBackend, Qwen25VL<CandleBackend>, ModelFiles)> {
     let Some(dir) = dir else {
-        bail!("no --model-dir given and this build ships no default model yet")
+        // The shipped model, embedded in the SDK.
+        let files = visionthink::shipped::FILES;
+        let aux: Vec<(&'static str, Vec<u8>)> = MODEL_FILES
+            .iter()
+            .filter_map(|name| {
+                files
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, b)| (*name, b.to_vec()))
+            })
+            .collect();
+        let (files_parsed, cfg) = parse_files(&aux)?;
+        let weights = files
+            .iter()
+            .filter(|(n, _)| n.ends_with(".safetensors"))
+            .map(|(n, b)| (n.to_string(), b.to_vec()))
+            .collect();
+        let store = WeightStore::from_bytes(weights)?;
+        let be = CandleBackend::cpu();
+        let model = Qwen25VL::load(&be, &cfg, &store)?;
+        return Ok((
+            visionthink::shipped::NAME.to_string(),
+            be,
+            model,
+            files_parsed,
+        ));
     };
     let aux = read_aux(dir, None)?;
     let (files, cfg) = parse_files(&aux)?;

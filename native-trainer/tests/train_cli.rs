@@ -505,3 +505,16 @@ fn gradients_match_finite_differences() {
         );
     }
 }
+
+#[test]
+fn eval_without_model_dir_uses_the_shipped_model() {
+    let out = run_ok(cli().args(["eval", "--data"]).arg(data()).args([
+        "--json",
+        "--rows",
+        "2",
+        "--max-new-tokens",
+        "40",
+    ]));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("eval json");
+    assert!(r["accuracy"].is_number() && r["by_kind"].is_object(), "{r}");
+}
