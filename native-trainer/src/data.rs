@@ -222,15 +222,19 @@ impl Dataset {
     pub fn image(&self, i: usize) -> Result<RgbImage, DataError> {
         let ex = &self.examples[i];
         let path = self.dir.join(&ex.image);
-        let bytes = match self.inline_images.get(i).and_then(Option::as_ref) {
-            Some(b) => b.clone(),
-            None => std::fs::read(&path).map_err(|e| DataError::Image {
-                path: path.display().to_string(),
-                doc_id: ex.doc_id.clone(),
-                reason: e.to_string(),
-            })?,
+        let read;
+        let bytes: &[u8] = match self.inline_images.get(i).and_then(Option::as_ref) {
+            Some(b) => b,
+            None => {
+                read = std::fs::read(&path).map_err(|e| DataError::Image {
+                    path: path.display().to_string(),
+                    doc_id: ex.doc_id.clone(),
+                    reason: e.to_string(),
+                })?;
+                &read
+            }
         };
-        visionthink_core::image::decode(&bytes, Default::default()).map_err(|e| DataError::Image {
+        visionthink_core::image::decode(bytes, Default::default()).map_err(|e| DataError::Image {
             path: path.display().to_string(),
             doc_id: ex.doc_id.clone(),
             reason: e.to_string(),

@@ -120,7 +120,7 @@ impl CustomOp1 for LogpEntropy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use candle_core::{Device, Var};
 
     /// Values and gradients equal the composed candle ops.
     #[test]
@@ -144,15 +144,10 @@ mod tests {
             .expect("g")
             .to_vec2::<f32>()
             .expect("v");
-        let lsm = candle_nn::ops::log_softmax(var.as_tensor(), D::Minus1).expect("lsm");
-        let idx = Tensor::from_slice(&ids, (t, 1), &Device::Cpu).expect("idx");
-        let lp = lsm.gather(&idx, 1).expect("g");
-        let ent = (lsm.exp().expect("e") * &lsm)
-            .expect("m")
-            .sum_keepdim(1)
-            .expect("s")
-            .neg()
-            .expect("n");
+        let (lp, ent) =
+            crate::grpo::composed_logp_entropy(var.as_tensor(), &ids, true).expect("composed");
+        let ent = ent.expect("entropy").unsqueeze(1).expect("col");
+        let lp = lp.unsqueeze(1).expect("col");
         let composed = Tensor::cat(&[&lp, &ent], 1).expect("cat");
         let lc = (&composed * &weights).expect("mul").sum_all().expect("sum");
         let gc = lc

@@ -53,6 +53,24 @@ pub struct SeqStats {
     pub tokens: usize,
 }
 
+/// [`logp_and_entropy`] from candle's differentiable ops (off the CPU, where the fused op does
+/// not run; and the reference the fused op is tested against).
+pub fn composed_logp_entropy(
+    logits: &Tensor,
+    ids: &[u32],
+    with_entropy: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let idx = Tensor::from_slice(ids, (ids.len(), 1), logits.device())?;
+    let logp = lsm.gather(&idx, 1)?.squeeze(1)?;
+    let ent = if with_entropy {
+        Some((lsm.exp()? * &lsm)?.sum(1)?.neg()?)
+    } else {
+        None
+    };
+    Ok((logp, ent))
+}
+
 /// Log-probabilities of `ids` under `logits [T, V]` and the entropy of each row.
 pub fn logp_and_entropy(
     logits: &Tensor,
@@ -72,15 +90,7 @@ pub fn logp_and_entropy(
         };
         return Ok((logp, ent));
     }
-    let lsm = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
-    let idx = Tensor::from_slice(ids, (ids.len(), 1), logits.device())?;
-    let logp = lsm.gather(&idx, 1)?.squeeze(1)?;
-    let ent = if with_entropy {
-        Some((lsm.exp()? * &lsm)?.sum(1)?.neg()?)
-    } else {
-        None
-    };
-    Ok((logp, ent))
+    composed_logp_entropy(logits, ids, with_entropy)
 }
 
 /// The token-mean loss of one sequence. `old` and `reference` are per-token log-probs without

@@ -338,43 +338,43 @@ pub fn serialize_bf16(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<
     })
 }
 
-/// Loads a model folder for inference (no autograd): `(name, backend, model, files)`.
+/// Loads a model folder for inference (no autograd): `(name, backend, model, files)`; `None`
+/// is the shipped model embedded in the SDK.
 pub fn load_frozen(
     dir: Option<&Path>,
 ) -> Result<(String, CandleBackend, Qwen25VL<CandleBackend>, ModelFiles)> {
-    let Some(dir) = dir else {
-        // The shipped model, embedded in the SDK.
-        let files = visionthink::shipped::FILES;
-        let aux: Vec<(&'static str, Vec<u8>)> = MODEL_FILES
-            .iter()
-            .filter_map(|name| {
-                files
+    let (name, aux, store) = match dir {
+        Some(dir) => (
+            dir.display().to_string(),
+            read_aux(dir, None)?,
+            WeightStore::open(dir)
+                .with_context(|| format!("cannot load weights of {}", dir.display()))?,
+        ),
+        None => {
+            let shipped = visionthink::shipped::FILES;
+            let file = |name: &str| {
+                shipped
                     .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, b)| (*name, b.to_vec()))
-            })
-            .collect();
-        let (files_parsed, cfg) = parse_files(&aux)?;
-        let weights = files
-            .iter()
-            .filter(|(n, _)| n.ends_with(".safetensors"))
-            .map(|(n, b)| (n.to_string(), b.to_vec()))
-            .collect();
-        let store = WeightStore::from_bytes(weights)?;
-        let be = CandleBackend::cpu();
-        let model = Qwen25VL::load(&be, &cfg, &store)?;
-        return Ok((
-            visionthink::shipped::NAME.to_string(),
-            be,
-            model,
-            files_parsed,
-        ));
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, b)| b.to_vec())
+            };
+            let aux = MODEL_FILES
+                .iter()
+                .filter_map(|&n| Some((n, file(n)?)))
+                .collect();
+            let weights = vec![(
+                "model.safetensors".to_string(),
+                file("model.safetensors").context("the shipped model has no weights")?,
+            )];
+            (
+                visionthink::shipped::NAME.to_string(),
+                aux,
+                WeightStore::from_bytes(weights)?,
+            )
+        }
     };
-    let aux = read_aux(dir, None)?;
     let (files, cfg) = parse_files(&aux)?;
-    let store = WeightStore::open(dir)
-        .with_context(|| format!("cannot load weights of {}", dir.display()))?;
     let be = CandleBackend::cpu();
     let model = Qwen25VL::load(&be, &cfg, &store)?;
-    Ok((dir.display().to_string(), be, model, files))
+    Ok((name, be, model, files))
 }

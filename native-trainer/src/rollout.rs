@@ -73,12 +73,10 @@ pub fn prepare(
 }
 
 /// How turn 1 is steered (for the always-high / always-low baselines of the evaluation).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Steer {
     /// The model decides.
     Free,
-    /// Turn 1 is this forced text (a resize call): the model always sees the full image.
-    ForceTurn1(String),
     /// `<tool_call>` can never be generated: the model must answer from the half-size image.
     BanTool,
     /// Turn 1 is the model's own thinking, and as soon as it closes `</think>` the resize call
@@ -203,16 +201,9 @@ pub fn rollout_group(
         let mut used_high = false;
         let mut turn = 0;
         let outcome = loop {
-            let forced = match (steer, turn) {
-                (Steer::ForceTurn1(text), 0) => Some(
-                    files
-                        .tokenizer
-                        .encode_template(&format!("{text}<|im_end|>"))?,
-                ),
-                _ => None,
-            };
-            let mut forced = forced;
-            let mut budget = forced.as_ref().map_or(cfg.max_new_tokens, Vec::len).max(1);
+            // Set once the always-high steer forces the resize call (turn 1, after `</think>`).
+            let mut forced: Option<Vec<u32>> = None;
+            let mut budget = cfg.max_new_tokens.max(1);
             let mut forced_from = 0;
             let mut ids = Vec::new();
             let mut i = 0;
