@@ -42,7 +42,7 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Writes a synthetic VisionThink set: coarse questions (colour, shape) answerable from the
+    /// Writes a synthetic VisionThink set: coarse questions (colour, background shade) answerable from the
     /// half-size image, fine ones (one-pixel texture) that are not.
     Synth {
         /// Seed.
@@ -104,7 +104,7 @@ enum Cmd {
         /// Token budget per turn.
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
-        /// Write report.md and report.json here.
+        /// Write report.md, report.json and samples.jsonl (every question's responses) here.
         #[arg(long)]
         out: Option<PathBuf>,
         /// Malformed rows.
@@ -221,6 +221,15 @@ fn main() -> Result<()> {
                         &format!("Evaluation of {name} on {}", data.display()),
                     )
                     .as_bytes(),
+                )?;
+                let mut lines = String::new();
+                for s in &report.samples {
+                    lines.push_str(&serde_json::to_string(s)?);
+                    lines.push('\n');
+                }
+                visionthink_train::checkpoint::write_atomic(
+                    &dir.join("samples.jsonl"),
+                    lines.as_bytes(),
                 )?;
             }
             if json {

@@ -1,8 +1,8 @@
 //! The model this crate ships: a small Qwen2.5-VL trained from scratch by `visionthink-train`
 //! (SFT warm start, then multi-turn GRPO with the VisionThink rewards) on the synthetic task of
-//! `visionthink-train synth`: coarse questions (colour or kind of a large shape) that the
-//! half-size image answers, and fine questions (a one-pixel background texture) that need the
-//! full image. It is the CLI's default model (`visionthink ask` without `--model-dir`) and the
+//! `visionthink-train synth`: coarse questions (the colour of a large shape, a light or dark
+//! background) that the half-size image answers, and fine questions (a one-pixel background
+//! texture) that need the full image. It is the CLI's default model (`visionthink ask` without `--model-dir`) and the
 //! browser demo's. How it was trained, and how well it does, is in `model/README.md`.
 
 use crate::engine::{DeviceChoice, Precision, VisionThink};
