@@ -18,5 +18,6 @@ export CUDA_HOME CUDA_PATH="$CUDA_HOME" PATH="$CUDA_HOME/bin:$PATH"
 export CUDARC_CUDA_VERSION=13000 CUDA_COMPUTE_CAP=80
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$VT_CACHE/target-cuda}"
 nvcc --version | tail -1
-cargo check -p visionthink-model -p visionthink --features visionthink/cuda --locked
+cargo check -p visionthink-model -p visionthink -p visionthink-train \
+  --features visionthink/cuda,visionthink-train/cuda --locked
 echo "cuda feature: cargo check passed"

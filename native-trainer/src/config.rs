@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub bad_rows: BadRows,
     /// Checkpoints kept on disk (the newest; 0 = all).
     pub keep_checkpoints: usize,
+    /// GRPO: append every rollout (turns, verdict, reward, advantage) to `rollouts.jsonl`.
+    pub log_rollouts: bool,
 }
 
 impl Default for RunConfig {
@@ -52,6 +54,7 @@ impl Default for RunConfig {
             on_nan: OnNan::Skip,
             bad_rows: BadRows::Skip,
             keep_checkpoints: 3,
+            log_rollouts: false,
         }
     }
 }
@@ -60,7 +63,8 @@ impl Default for RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// Start from this HF folder; empty = a new model of `[model.arch]`.
+    /// Start from this HF folder (or a run folder: its latest checkpoint); empty = a new model
+    /// of `[model.arch]`.
     pub init_from: Option<PathBuf>,
     /// Tokenizer, processor settings and chat template of a new model come from this folder.
     pub files_from: PathBuf,
@@ -105,7 +109,8 @@ pub struct SftSection {
     pub batch: usize,
     /// Probability that a trace calls the resize tool, the same for every question.
     pub tool_fraction: f64,
-    /// Think text of a direct answer. `{name}` is replaced by the example's attribute `name`
+    /// Think text of a direct answer. `{answer}` is replaced by the ground truth, `{kind}` by
+    /// the question kind (`coarse` / `fine`) and `{name}` by the example's attribute `name`
     /// (rows without it are skipped, and reported).
     pub think_direct: String,
     /// Think text of a resize call.
@@ -136,6 +141,8 @@ pub struct RolloutSection {
     pub temperature: f64,
     /// Nucleus mass (1.0).
     pub top_p: f64,
+    /// Sample among the k most likely tokens only (0 = off, the official setting).
+    pub top_k: usize,
     /// Token budget per model turn (8192).
     pub max_new_tokens: usize,
     /// Generation rounds (2).
@@ -150,6 +157,7 @@ impl Default for RolloutSection {
             n: 16,
             temperature: 1.0,
             top_p: 1.0,
+            top_k: 0,
             max_new_tokens: 8192,
             max_rounds: 2,
             max_images: 2,

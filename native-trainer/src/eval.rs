@@ -1,7 +1,8 @@
 //! Evaluation (SPEC §8: greedy, 2 rounds) of the low-res-first policy against two baselines of
 //! the same model: **always high** (turn 1 is the model's own thinking followed by a forced
-//! resize call, so every answer sees the full image) and **always low** (`<tool_call>` can never be generated, so every answer comes
-//! from the half-size image).
+//! resize call, so every answer sees the full image) and **always low** (turn 1 is the model's
+//! own thinking, then `<answer>` is forced after `</think>` and `<tool_call>` can never be
+//! generated, so every answer comes from the half-size image).
 
 use crate::data::Dataset;
 use crate::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer};
@@ -56,6 +57,27 @@ pub struct EvalReport {
     pub skipped: Vec<String>,
     /// Seconds.
     pub seconds: f64,
+    /// Every evaluated question with the three policies' outputs (written as `samples.jsonl`
+    /// by `eval --out`; not part of the JSON report).
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+}
+
+/// One evaluated question: what each policy answered.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sample {
+    /// Row id.
+    pub doc_id: String,
+    /// Question kind.
+    pub kind: String,
+    /// Data source.
+    pub data_source: String,
+    /// Ground truth.
+    pub answer: String,
+    /// Low-res-first, always-high, always-low: the responses (turns joined by a space).
+    pub responses: [String; 3],
+    /// Judged correct, same order.
+    pub correct: [bool; 3],
 }
 
 #[derive(Default, Clone)]
@@ -94,18 +116,24 @@ pub fn evaluate(
         max_new_tokens,
         max_rounds: 2,
         max_images: 2,
+        record_logps: false,
     };
     let n = if rows == 0 {
         ds.examples.len()
     } else {
         rows.min(ds.examples.len())
     };
-    let steers = [Steer::Free, Steer::ForceToolAfterThink, Steer::BanTool];
+    let steers = [
+        Steer::Free,
+        Steer::ForceToolAfterThink,
+        Steer::ForceAnswerAfterThink,
+    ];
     let mut by: [BTreeMap<String, Acc>; 3] = Default::default();
     let mut by_source: BTreeMap<String, Acc> = BTreeMap::new();
     let mut totals = [Acc::default(), Acc::default(), Acc::default()];
     let (mut visual, mut visual_high, mut visual_low) = (0usize, 0usize, 0usize);
     let mut skipped = Vec::new();
+    let mut samples = Vec::new();
     let pb = indicatif::ProgressBar::new(n as u64);
     for i in 0..n {
         pb.inc(1);
@@ -135,6 +163,14 @@ pub fn evaluate(
             trajs.push(t);
         }
         let verdicts = judge_all(judge, &reqs, 3);
+        samples.push(Sample {
+            doc_id: ex.doc_id.clone(),
+            kind: ex.kind.name().to_string(),
+            data_source: ex.data_source.clone(),
+            answer: ex.answer.clone(),
+            responses: [0, 1, 2].map(|k| trajs[k].outcome.turns.join(" ")),
+            correct: [0, 1, 2].map(|k| verdicts[k] == Some(true)),
+        });
         for (k, (t, v)) in trajs.iter().zip(&verdicts).enumerate() {
             let correct = *v == Some(true);
             for acc in [
@@ -181,6 +217,7 @@ pub fn evaluate(
         always_high_by_kind: rep(&by[1]),
         skipped,
         seconds: t0.elapsed().as_secs_f64(),
+        samples,
     })
 }
 

@@ -225,6 +225,7 @@ impl Policy {
 
     /// Loads an HF folder with trainable weights.
     pub fn load(dir: &Path) -> Result<Self> {
+        let dir = &model_dir(dir)?;
         let aux = read_aux(dir, None)?;
         let store = WeightStore::open(dir)
             .with_context(|| format!("cannot load weights of {}", dir.display()))?;
@@ -338,12 +339,23 @@ pub fn serialize_bf16(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<
     })
 }
 
-/// Loads a model folder for inference (no autograd): `(name, backend, model, files)`; `None`
-/// is the shipped model embedded in the SDK.
+/// A model folder, or a training run's output folder (its `latest` checkpoint).
+pub fn model_dir(dir: &Path) -> Result<std::path::PathBuf> {
+    if !dir.join("config.json").exists() {
+        if let Some(ckpt) = crate::checkpoint::latest(dir)? {
+            return Ok(ckpt);
+        }
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Loads a model folder (or a run folder, see [`model_dir`]) for inference (no autograd):
+/// `(name, backend, model, files)`; `None` is the shipped model embedded in the SDK.
 pub fn load_frozen(
     dir: Option<&Path>,
 ) -> Result<(String, CandleBackend, Qwen25VL<CandleBackend>, ModelFiles)> {
-    let (name, aux, store) = match dir {
+    let dir = dir.map(model_dir).transpose()?;
+    let (name, aux, store) = match dir.as_deref() {
         Some(dir) => (
             dir.display().to_string(),
             read_aux(dir, None)?,

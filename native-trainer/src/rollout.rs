@@ -77,11 +77,13 @@ pub fn prepare(
 pub enum Steer {
     /// The model decides.
     Free,
-    /// `<tool_call>` can never be generated: the model must answer from the half-size image.
-    BanTool,
     /// Turn 1 is the model's own thinking, and as soon as it closes `</think>` the resize call
     /// is forced: the model always sees the full image, after reasoning in its own words.
     ForceToolAfterThink,
+    /// The always-low counterpart: the model's own thinking, then `<answer>` is forced after
+    /// `</think>` and `<tool_call>` can never be generated, so the model answers from the
+    /// half-size image in its own words (a thought that planned a resize still gets to answer).
+    ForceAnswerAfterThink,
 }
 
 /// The official resize call (what SFT traces and the always-high baseline use).
@@ -102,6 +104,9 @@ pub struct Trajectory {
     pub outcome: Outcome,
     /// Visual tokens fed.
     pub visual_tokens: usize,
+    /// Log-probabilities of the generated tokens at sampling time, in order (empty unless
+    /// [`RolloutConfig::record_logps`]).
+    pub sample_logps: Vec<f32>,
 }
 
 impl Trajectory {
@@ -127,6 +132,10 @@ pub struct RolloutConfig {
     pub max_rounds: usize,
     /// Images per episode.
     pub max_images: usize,
+    /// Record each generated token's log-probability under the rollout model (temperature 1,
+    /// whole vocabulary) in [`Trajectory::sample_logps`]: the check that the scoring forward
+    /// sees what sampling saw. Off in training (one more pass over the vocabulary per token).
+    pub record_logps: bool,
 }
 
 struct Ctx<'a> {
@@ -149,6 +158,46 @@ impl Ctx<'_> {
         let h = self.model.decode(self.be, &e, pos.positions(), cache)?;
         Ok(self.model.last_logits(self.be, &h)?)
     }
+}
+
+/// `log_softmax(logits)[id]`, in f64.
+fn log_softmax_at(logits: &[f32], id: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let total: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    (logits[id as usize] as f64 - max - total.ln()) as f32
+}
+
+/// When the sampled token `next` closes `</think>` (alone or merged with what follows, e.g.
+/// `></`), the tokens to force from here on: the text up to and including the tag, then the
+/// resize call and `<|im_end|>` (always high) or `<answer>` (always low).
+fn force_after_think(
+    files: &ModelFiles,
+    ids: &[u32],
+    next: u32,
+    steer: Steer,
+) -> Result<Option<Vec<u32>>> {
+    const TAG: &str = "</think>";
+    let before = files.tokenizer.decode(ids, true)?;
+    let mut with = ids.to_vec();
+    with.push(next);
+    let after = files.tokenizer.decode(&with, true)?;
+    let Some(end) = after.find(TAG).map(|p| p + TAG.len()) else {
+        return Ok(None);
+    };
+    let Some(head) = after
+        .get(before.len()..end)
+        .filter(|_| after.starts_with(&before))
+    else {
+        return Ok(None);
+    };
+    let tail = if steer == Steer::ForceToolAfterThink {
+        format!("{RESIZE_CALL}<|im_end|>")
+    } else {
+        "<answer>".to_string()
+    };
+    Ok(Some(
+        files.tokenizer.encode_template(&format!("{head}{tail}"))?,
+    ))
 }
 
 /// Rolls out `n` episodes of one prompt with a frozen model (see [`crate::policy::Policy::frozen`]).
@@ -197,6 +246,7 @@ pub fn rollout_group(
             &prompt.question,
         ));
         let (mut cont, mut generated) = (Vec::new(), Vec::new());
+        let mut sample_logps = Vec::new();
         let mut visual = prompt.low_tokens;
         let mut used_high = false;
         let mut turn = 0;
@@ -208,31 +258,40 @@ pub fn rollout_group(
             let mut ids = Vec::new();
             let mut i = 0;
             while i < budget {
-                if *steer == Steer::ForceToolAfterThink && turn == 0 && forced.is_none() && i > 0 {
-                    let so_far = files.tokenizer.decode(&ids, true)?;
-                    if so_far.ends_with("</think>") {
-                        let tail = files
-                            .tokenizer
-                            .encode_template(&format!("{RESIZE_CALL}<|im_end|>"))?;
-                        budget = i + tail.len();
-                        forced_from = i;
-                        forced = Some(tail);
-                    }
-                }
                 let mut id = match &forced {
-                    Some(f) => f[i - forced_from],
-                    None => {
-                        if *steer == Steer::BanTool {
+                    Some(f) if i - forced_from < f.len() => f[i - forced_from],
+                    _ => {
+                        if *steer == Steer::ForceAnswerAfterThink {
                             logits[tokens::TOOL_CALL as usize] = f32::NEG_INFINITY;
                         }
                         sampler.pick(&logits)
                     }
                 };
+                let forcing = matches!(
+                    steer,
+                    Steer::ForceToolAfterThink | Steer::ForceAnswerAfterThink
+                );
+                if forcing && turn == 0 && forced.is_none() {
+                    if let Some(f) = force_after_think(files, &ids, id, *steer)? {
+                        budget = if *steer == Steer::ForceToolAfterThink {
+                            i + f.len()
+                        } else {
+                            // The answer itself still has the rest of the turn's budget.
+                            budget.max(i + f.len() + 1)
+                        };
+                        forced_from = i;
+                        id = f[0];
+                        forced = Some(f);
+                    }
+                }
                 let is_eos = eos.contains(&id);
                 let last = i + 1 == budget;
                 if last && !is_eos {
                     // A turn cut by the budget ends with `<|im_end|>` (official rollout).
                     id = tokens::IM_END;
+                }
+                if cfg.record_logps {
+                    sample_logps.push(log_softmax_at(&logits, id));
                 }
                 ids.push(id);
                 if is_eos || last {
@@ -282,6 +341,7 @@ pub fn rollout_group(
             used_high,
             outcome,
             visual_tokens: visual,
+            sample_logps,
         });
     }
     Ok(out)
@@ -342,6 +402,7 @@ pub fn forced_trajectory(
                     used_high,
                     outcome,
                     visual_tokens: visual,
+                    sample_logps: Vec::new(),
                 });
             }
             Step::ToolTurn(tt) => {

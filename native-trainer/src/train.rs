@@ -27,14 +27,25 @@ use visionthink_model::generate::SamplingConfig;
 /// The metrics file in the run folder.
 pub const METRICS: &str = "metrics.jsonl";
 
-/// Appends one JSON line to the run's metrics.
-fn log_metrics(out: &Path, v: &Value) -> Result<()> {
+/// Appends one JSON line to a file of the run folder.
+fn append_jsonl(path: &Path, v: &Value) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join(METRICS))?;
+        .open(path)
+        .with_context(|| format!("cannot append to {}", path.display()))?;
     writeln!(f, "{v}")?;
     Ok(())
+}
+
+/// Appends one JSON line to the run's metrics.
+fn log_metrics(out: &Path, v: &Value) -> Result<()> {
+    append_jsonl(&out.join(METRICS), v)
+}
+
+/// Appends one rollout record to the run's `rollouts.jsonl` (`run.log_rollouts`).
+fn log_rollout(out: &Path, v: &Value) -> Result<()> {
+    append_jsonl(&out.join("rollouts.jsonl"), v)
 }
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
@@ -261,7 +272,9 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
             let ex = &ds.examples[i];
             let answer = &ex.answer;
             let fill = |t: &str| -> Option<String> {
-                let mut out = t.to_string();
+                let mut out = t
+                    .replace("{answer}", answer)
+                    .replace("{kind}", ex.kind.name());
                 for (k, v) in &ex.attributes {
                     out = out.replace(&format!("{{{k}}}"), v);
                 }
@@ -472,12 +485,13 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
         sampling: SamplingConfig {
             temperature: cfg.rollout.temperature,
             top_p: cfg.rollout.top_p,
-            top_k: 0,
+            top_k: cfg.rollout.top_k,
             seed: 0,
         },
         max_new_tokens: cfg.rollout.max_new_tokens,
         max_rounds: cfg.rollout.max_rounds,
         max_images: cfg.rollout.max_images,
+        record_logps: false,
     };
     let mut rng = Rng { state: state.rng };
     let mut loader = Loader::new(&ds, cfg.run.seed, state.cursor.clone());
@@ -554,12 +568,26 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                             .add(args.0, args.1, args.2, args.3, args.4);
                     }
                 }
+                let rewards: Vec<f64> = gs.rollouts.iter().map(|r| r.reward).collect();
+                let advantages = grpo_advantages(&rewards);
+                if cfg.run.log_rollouts {
+                    let keep = gs.kept || !cfg.grpo.dynamic_sampling;
+                    for ((t, sc), a) in trajs.iter().zip(&gs.rollouts).zip(&advantages) {
+                        log_rollout(
+                            &cfg.run.out,
+                            &json!({"step": step, "doc_id": ex.doc_id,
+                                "kind": ex.kind.name(), "answer": ex.answer,
+                                "turns": t.outcome.turns, "accuracy": sc.accuracy,
+                                "format": sc.format_score, "reward": sc.reward,
+                                "advantage": if keep { Some(*a) } else { None }}),
+                        )?;
+                    }
+                }
                 if gs.kept || !cfg.grpo.dynamic_sampling {
-                    let rewards: Vec<f64> = gs.rollouts.iter().map(|r| r.reward).collect();
                     kept.push(Group {
                         prompt,
                         trajs,
-                        advantages: grpo_advantages(&rewards),
+                        advantages,
                         old: None,
                     });
                 } else {

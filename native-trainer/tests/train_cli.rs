@@ -518,3 +518,60 @@ fn eval_without_model_dir_uses_the_shipped_model() {
     let r: Value = serde_json::from_slice(&out.stdout).expect("eval json");
     assert!(r["accuracy"].is_number() && r["by_kind"].is_object(), "{r}");
 }
+
+/// What GRPO trains on must be what sampling saw: the teacher-forced scoring forward
+/// (`group_logps`: shared prefix, both images' features spliced in, M-RoPE positions rebuilt
+/// for the whole continuation) gives every generated token — turn 1, the forced resize call,
+/// and turn 2 after the full image — the log-probability the incremental rollout (KV cache,
+/// positions extended turn by turn) sampled it with. Run on the shipped model, whose thinking
+/// closes `</think>` so the always-high steer reaches turn 2.
+#[test]
+fn rollout_and_scoring_forward_agree_on_every_generated_token() {
+    use visionthink_model::generate::SamplingConfig;
+    use visionthink_train::grpo::group_logps;
+    use visionthink_train::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer};
+    let (_, be, model, files) = visionthink_train::policy::load_frozen(None).expect("shipped");
+    let ds = visionthink_train::data::Dataset::open(data(), Default::default()).expect("data");
+    let img = ds.image(0).expect("image");
+    let q =
+        "<image>\nWhat is the fine texture of the background: horizontal, vertical or checkered?";
+    let prompt = prepare(&files, &img, q, ImagePath::Inference).expect("prompt");
+    let cfg = RolloutConfig {
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_k: 5,
+            ..SamplingConfig::default()
+        },
+        max_new_tokens: 96,
+        max_rounds: 2,
+        max_images: 2,
+        record_logps: true,
+    };
+    let trajs = rollout_group(
+        &be,
+        &model,
+        &files,
+        &prompt,
+        3,
+        &cfg,
+        &Steer::ForceToolAfterThink,
+        11,
+    )
+    .expect("rollouts");
+    let merge = files.preprocessor.merge_size;
+    let mut turn2 = 0;
+    for t in &trajs {
+        assert!(t.used_high, "{:?}", t.outcome.turns);
+        let scored = group_logps(&be, &model, &prompt, &[t], merge)
+            .expect("score")
+            .remove(0);
+        assert_eq!(scored.len(), t.sample_logps.len());
+        // Forced tokens (the resize call) included; the two paths differ only by float
+        // rounding (≈1e-3 nats), far inside PPO's 0.2 clip.
+        for (i, (a, b)) in scored.iter().zip(&t.sample_logps).enumerate() {
+            assert!((a - b).abs() < 1e-2, "token {i}: scored {a} vs sampled {b}");
+        }
+        turn2 += t.outcome.turns.get(1).map_or(0, |s| s.len());
+    }
+    assert!(turn2 > 0, "no second turn was generated");
+}

@@ -60,11 +60,16 @@ impl Sampler {
         if self.cfg.top_k == 0 && self.cfg.top_p >= 1.0 {
             return self.sample_full(logits);
         }
+        // Most likely first, ties by id: the order a stable sort by logit gives.
+        let order = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
         let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if self.cfg.top_k > 0 {
+        if self.cfg.top_k > 0 && self.cfg.top_k < idx.len() {
+            // Top-k: partition in linear time, then order only the k kept (the vocabulary is
+            // 152k; a full sort per token dominated rollout time).
+            idx.select_nth_unstable_by(self.cfg.top_k - 1, order);
             idx.truncate(self.cfg.top_k);
         }
+        idx.sort_by(order);
         let t = self.cfg.temperature;
         let max = f64::from(logits[idx[0]]);
         let mut probs: Vec<f64> = idx
@@ -138,4 +143,75 @@ pub fn argmax(logits: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logits with ties at the top: ids 7 and 3 share the maximum, 11 is next, then the rest.
+    fn logits() -> Vec<f32> {
+        let mut l: Vec<f32> = (0..5000)
+            .map(|i| ((i * 37 % 101) as f32) / 50.0 - 4.0)
+            .collect();
+        l[7] = 5.0;
+        l[3] = 5.0;
+        l[11] = 4.5;
+        l
+    }
+
+    #[test]
+    fn top_k_draws_only_the_k_likeliest_in_proportion() {
+        let l = logits();
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 2,
+            seed: 9,
+            ..SamplingConfig::default()
+        });
+        let mut counts = std::collections::BTreeMap::new();
+        for _ in 0..4000 {
+            *counts.entry(s.pick(&l)).or_insert(0usize) += 1;
+        }
+        // The two kept are the tied maxima (ids 3 and 7, whatever the order), equally likely.
+        assert_eq!(counts.keys().copied().collect::<Vec<_>>(), vec![3, 7]);
+        let share = counts[&3] as f64 / 4000.0;
+        assert!((share - 0.5).abs() < 0.04, "{share}");
+        // k = 3 adds id 11 with weight e^-0.5 relative to each maximum.
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 3,
+            seed: 9,
+            ..SamplingConfig::default()
+        });
+        let n = 6000;
+        let hits = (0..n).filter(|_| s.pick(&l) == 11).count() as f64 / n as f64;
+        let want = (-0.5f64).exp() / (2.0 + (-0.5f64).exp());
+        assert!((hits - want).abs() < 0.03, "{hits} vs {want}");
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_seeds_repeat() {
+        let l = logits();
+        let mut s = Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: 1,
+            seed: 1,
+            ..SamplingConfig::default()
+        });
+        // Ties go to the lower id, as in `argmax`.
+        assert_eq!(s.pick(&l), 3);
+        assert_eq!(argmax(&l), 3);
+        let draws = |seed| {
+            let mut s = Sampler::new(SamplingConfig {
+                temperature: 1.0,
+                top_k: 50,
+                top_p: 0.9,
+                seed,
+            });
+            (0..64).map(|_| s.pick(&l)).collect::<Vec<_>>()
+        };
+        assert_eq!(draws(5), draws(5));
+        assert_ne!(draws(5), draws(6));
+    }
 }
