@@ -24,6 +24,8 @@ pub struct KindReport {
     pub resize_ratio: f64,
     /// Questions.
     pub n: usize,
+    /// Episodes that received the full image (a well-formed resize call), fraction.
+    pub full_image_ratio: f64,
 }
 
 /// The `eval --json` record (contract keys first).
@@ -85,6 +87,7 @@ struct Acc {
     n: usize,
     correct: usize,
     resized: usize,
+    full_image: usize,
 }
 
 impl Acc {
@@ -94,6 +97,7 @@ impl Acc {
             accuracy: self.correct as f64 / d,
             resize_ratio: self.resized as f64 / d,
             n: self.n,
+            full_image_ratio: self.full_image as f64 / d,
         }
     }
 }
@@ -180,12 +184,14 @@ pub fn evaluate(
                 acc.n += 1;
                 acc.correct += usize::from(correct);
                 acc.resized += usize::from(t.outcome.tool_calls > 0);
+                acc.full_image += usize::from(t.used_high);
             }
             if k == 0 {
                 let s = by_source.entry(ex.data_source.clone()).or_default();
                 s.n += 1;
                 s.correct += usize::from(correct);
                 s.resized += usize::from(t.outcome.tool_calls > 0);
+                s.full_image += usize::from(t.used_high);
                 visual += t.visual_tokens;
             }
         }
@@ -239,7 +245,7 @@ pub fn markdown(r: &EvalReport, title: &str) -> String {
         "| always half resolution | {:.3} | {:.1} |\n\n",
         r.accuracy_always_low, r.visual_tokens_always_low
     );
-    s += "| kind | n | accuracy | resize ratio | always-high acc | always-low acc |\n|---|---|---|---|---|---|\n";
+    s += "| kind | n | accuracy | resize ratio | got the full image | always-high acc | always-low acc |\n|---|---|---|---|---|---|---|\n";
     for (k, v) in &r.by_kind {
         let hi = r
             .always_high_by_kind
@@ -247,8 +253,8 @@ pub fn markdown(r: &EvalReport, title: &str) -> String {
             .map_or(f64::NAN, |x| x.accuracy);
         let lo = r.always_low_by_kind.get(k).map_or(f64::NAN, |x| x.accuracy);
         s += &format!(
-            "| {k} | {} | {:.3} | {:.3} | {hi:.3} | {lo:.3} |\n",
-            v.n, v.accuracy, v.resize_ratio
+            "| {k} | {} | {:.3} | {:.3} | {:.3} | {hi:.3} | {lo:.3} |\n",
+            v.n, v.accuracy, v.resize_ratio, v.full_image_ratio
         );
     }
     if !r.skipped.is_empty() {

@@ -229,6 +229,9 @@ fn grpo_steps_log_metrics_and_save_loadable_checkpoints() {
     assert_eq!(n, 4);
     for k in kinds.values() {
         assert!(k["accuracy"].is_number() && k["resize_ratio"].is_number());
+        // A delivered full image needs a resize call.
+        let full = k["full_image_ratio"].as_f64().expect("full_image_ratio");
+        assert!(full <= k["resize_ratio"].as_f64().expect("resize_ratio"));
     }
     assert_eq!(
         r["visual_tokens_always_high"], 16.0,
