@@ -160,15 +160,20 @@ mod tests {
         l
     }
 
+    /// Temperature 1 among the `k` likeliest.
+    fn top_k(k: usize, seed: u64) -> Sampler {
+        Sampler::new(SamplingConfig {
+            temperature: 1.0,
+            top_k: k,
+            seed,
+            ..SamplingConfig::default()
+        })
+    }
+
     #[test]
     fn top_k_draws_only_the_k_likeliest_in_proportion() {
         let l = logits();
-        let mut s = Sampler::new(SamplingConfig {
-            temperature: 1.0,
-            top_k: 2,
-            seed: 9,
-            ..SamplingConfig::default()
-        });
+        let mut s = top_k(2, 9);
         let mut counts = std::collections::BTreeMap::new();
         for _ in 0..4000 {
             *counts.entry(s.pick(&l)).or_insert(0usize) += 1;
@@ -178,12 +183,7 @@ mod tests {
         let share = counts[&3] as f64 / 4000.0;
         assert!((share - 0.5).abs() < 0.04, "{share}");
         // k = 3 adds id 11 with weight e^-0.5 relative to each maximum.
-        let mut s = Sampler::new(SamplingConfig {
-            temperature: 1.0,
-            top_k: 3,
-            seed: 9,
-            ..SamplingConfig::default()
-        });
+        let mut s = top_k(3, 9);
         let n = 6000;
         let hits = (0..n).filter(|_| s.pick(&l) == 11).count() as f64 / n as f64;
         let want = (-0.5f64).exp() / (2.0 + (-0.5f64).exp());
@@ -193,12 +193,7 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_seeds_repeat() {
         let l = logits();
-        let mut s = Sampler::new(SamplingConfig {
-            temperature: 1.0,
-            top_k: 1,
-            seed: 1,
-            ..SamplingConfig::default()
-        });
+        let mut s = top_k(1, 1);
         // Ties go to the lower id, as in `argmax`.
         assert_eq!(s.pick(&l), 3);
         assert_eq!(argmax(&l), 3);
