@@ -217,11 +217,6 @@ mod tests {
         assert!(leftovers.is_empty());
         std::fs::remove_dir_all(&dir).ok();
     }
-}
-
-#[cfg(test)]
-mod prune_tests {
-    use super::*;
 
     #[test]
     fn prune_keeps_the_newest_and_latest() {

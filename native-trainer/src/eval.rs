@@ -5,7 +5,7 @@
 //! generated, so every answer comes from the half-size image).
 
 use crate::data::Dataset;
-use crate::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer};
+use crate::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer, Trajectory};
 use crate::train::judge_all;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -91,6 +91,14 @@ struct Acc {
 }
 
 impl Acc {
+    /// Counts one episode.
+    fn add(&mut self, correct: bool, t: &Trajectory) {
+        self.n += 1;
+        self.correct += usize::from(correct);
+        self.resized += usize::from(t.outcome.tool_calls > 0);
+        self.full_image += usize::from(t.used_high);
+    }
+
     fn report(&self) -> KindReport {
         let d = self.n.max(1) as f64;
         KindReport {
@@ -181,17 +189,13 @@ pub fn evaluate(
                 by[k].entry(ex.kind.name().to_string()).or_default(),
                 &mut totals[k],
             ] {
-                acc.n += 1;
-                acc.correct += usize::from(correct);
-                acc.resized += usize::from(t.outcome.tool_calls > 0);
-                acc.full_image += usize::from(t.used_high);
+                acc.add(correct, t);
             }
             if k == 0 {
-                let s = by_source.entry(ex.data_source.clone()).or_default();
-                s.n += 1;
-                s.correct += usize::from(correct);
-                s.resized += usize::from(t.outcome.tool_calls > 0);
-                s.full_image += usize::from(t.used_high);
+                by_source
+                    .entry(ex.data_source.clone())
+                    .or_default()
+                    .add(correct, t);
                 visual += t.visual_tokens;
             }
         }

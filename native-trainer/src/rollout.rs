@@ -169,25 +169,27 @@ fn log_softmax_at(logits: &[f32], id: u32) -> f32 {
 
 /// When the sampled token `next` closes `</think>` (alone or merged with what follows, e.g.
 /// `></`), the tokens to force from here on: the text up to and including the tag, then the
-/// resize call and `<|im_end|>` (always high) or `<answer>` (always low).
+/// resize call and `<|im_end|>` (always high) or `<answer>` (always low). `decoded` is the text
+/// of `ids`; when nothing is forced it becomes the text of `ids` + `next`, so each step decodes
+/// once.
 fn force_after_think(
     files: &ModelFiles,
+    decoded: &mut String,
     ids: &[u32],
     next: u32,
     steer: Steer,
 ) -> Result<Option<Vec<u32>>> {
     const TAG: &str = "</think>";
-    let before = files.tokenizer.decode(ids, true)?;
     let mut with = ids.to_vec();
     with.push(next);
     let after = files.tokenizer.decode(&with, true)?;
-    let Some(end) = after.find(TAG).map(|p| p + TAG.len()) else {
-        return Ok(None);
-    };
-    let Some(head) = after
-        .get(before.len()..end)
-        .filter(|_| after.starts_with(&before))
-    else {
+    let head = after
+        .find(TAG)
+        .map(|p| p + TAG.len())
+        .and_then(|end| after.get(decoded.len()..end))
+        .filter(|_| after.starts_with(decoded.as_str()));
+    let Some(head) = head else {
+        *decoded = after;
         return Ok(None);
     };
     let tail = if steer == Steer::ForceToolAfterThink {
@@ -232,6 +234,10 @@ pub fn rollout_group(
         max_images: cfg.max_images,
         ..Default::default()
     };
+    let forcing = matches!(
+        steer,
+        Steer::ForceToolAfterThink | Steer::ForceAnswerAfterThink
+    );
     let mut out = Vec::with_capacity(n);
     for r in 0..n {
         let mut sampler = Sampler::new(SamplingConfig {
@@ -256,6 +262,8 @@ pub fn rollout_group(
             let mut budget = cfg.max_new_tokens.max(1);
             let mut forced_from = 0;
             let mut ids = Vec::new();
+            // The text of `ids` while a forcing steer watches for `</think>`.
+            let mut decoded = String::new();
             let mut i = 0;
             while i < budget {
                 let mut id = match &forced {
@@ -267,12 +275,8 @@ pub fn rollout_group(
                         sampler.pick(&logits)
                     }
                 };
-                let forcing = matches!(
-                    steer,
-                    Steer::ForceToolAfterThink | Steer::ForceAnswerAfterThink
-                );
                 if forcing && turn == 0 && forced.is_none() {
-                    if let Some(f) = force_after_think(files, &ids, id, *steer)? {
+                    if let Some(f) = force_after_think(files, &mut decoded, &ids, id, *steer)? {
                         budget = if *steer == Steer::ForceToolAfterThink {
                             i + f.len()
                         } else {

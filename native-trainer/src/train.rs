@@ -570,8 +570,8 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                 }
                 let rewards: Vec<f64> = gs.rollouts.iter().map(|r| r.reward).collect();
                 let advantages = grpo_advantages(&rewards);
+                let keep = gs.kept || !cfg.grpo.dynamic_sampling;
                 if cfg.run.log_rollouts {
-                    let keep = gs.kept || !cfg.grpo.dynamic_sampling;
                     for ((t, sc), a) in trajs.iter().zip(&gs.rollouts).zip(&advantages) {
                         log_rollout(
                             &cfg.run.out,
@@ -583,7 +583,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                         )?;
                     }
                 }
-                if gs.kept || !cfg.grpo.dynamic_sampling {
+                if keep {
                     kept.push(Group {
                         prompt,
                         trajs,
