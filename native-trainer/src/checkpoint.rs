@@ -67,16 +67,7 @@ pub fn prune(out: &Path, keep: usize) -> Result<()> {
         return Ok(());
     }
     let latest = std::fs::read_to_string(out.join(LATEST)).unwrap_or_default();
-    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
-        .with_context(|| format!("cannot list {}", out.display()))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let n = name.strip_prefix("step-")?.parse().ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    steps.sort();
+    let steps = step_dirs(out)?;
     let excess = steps.len().saturating_sub(keep);
     for (_, p) in steps.into_iter().take(excess) {
         if p.file_name()
@@ -87,6 +78,29 @@ pub fn prune(out: &Path, keep: usize) -> Result<()> {
         std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The `step-N` folders of `out` (complete or not), oldest first.
+fn step_dirs(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(out)
+        .with_context(|| format!("cannot list {}", out.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let n = name.strip_prefix("step-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    steps.sort();
+    Ok(steps)
+}
+
+/// The complete checkpoints of the run folder `out` as `(step, folder)`, oldest first.
+pub fn checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    Ok(step_dirs(out)?
+        .into_iter()
+        .filter(|(_, p)| p.join("trainer_state.json").exists())
+        .collect())
 }
 
 /// Saves a checkpoint of `policy`, `opt` and `state` under `out/step-{state.step}`.

@@ -231,6 +231,65 @@ pub fn evaluate(
     })
 }
 
+/// One checkpoint of a run evaluated on a validation set (`visionthink-train select`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Candidate {
+    /// The checkpoint folder.
+    pub checkpoint: std::path::PathBuf,
+    /// Its training step.
+    pub step: usize,
+    /// Accuracy of the low-res-first policy.
+    pub accuracy: f64,
+    /// Mean visual tokens per question of the low-res-first policy.
+    pub visual_tokens: f64,
+    /// Accuracy of the always-high baseline of the same checkpoint.
+    pub accuracy_always_high: f64,
+    /// Per question kind.
+    pub by_kind: BTreeMap<String, KindReport>,
+}
+
+impl Candidate {
+    /// The candidate of checkpoint `step` at `checkpoint` from its evaluation report.
+    pub fn from_report(checkpoint: std::path::PathBuf, step: usize, r: &EvalReport) -> Self {
+        Self {
+            checkpoint,
+            step,
+            accuracy: r.accuracy,
+            visual_tokens: r.visual_tokens,
+            accuracy_always_high: r.accuracy_always_high,
+            by_kind: r.by_kind.clone(),
+        }
+    }
+}
+
+/// Orders checkpoints best first: the higher accuracy, then the fewer visual tokens, then the
+/// earlier step (the least drift from the warm start).
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use visionthink_train::eval::{rank, Candidate};
+/// let c = |step: usize, accuracy: f64, visual_tokens: f64| Candidate {
+///     checkpoint: format!("run/step-{step}").into(),
+///     step,
+///     accuracy,
+///     visual_tokens,
+///     accuracy_always_high: 0.9,
+///     by_kind: BTreeMap::new(),
+/// };
+/// let mut cands = vec![c(20, 0.92, 24.0), c(15, 1.0, 25.6), c(25, 1.0, 25.6), c(10, 1.0, 30.0)];
+/// rank(&mut cands);
+/// let order: Vec<usize> = cands.iter().map(|c| c.step).collect();
+/// assert_eq!(order, [15, 25, 10, 20]);
+/// ```
+pub fn rank(cands: &mut [Candidate]) {
+    cands.sort_by(|a, b| {
+        b.accuracy
+            .total_cmp(&a.accuracy)
+            .then(a.visual_tokens.total_cmp(&b.visual_tokens))
+            .then(a.step.cmp(&b.step))
+    });
+}
+
 /// The report as Markdown.
 pub fn markdown(r: &EvalReport, title: &str) -> String {
     let mut s =

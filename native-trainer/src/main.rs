@@ -1,4 +1,4 @@
-//! `visionthink-train`: synth, sft, train (GRPO), eval.
+//! `visionthink-train`: synth, sft, train (GRPO), eval, select, export, plot.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -111,6 +111,29 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "skip")]
         bad_rows: BadRows,
     },
+    /// Evaluates every checkpoint of a run folder on a validation set (not the test set) and
+    /// prints the best one's folder: the highest accuracy, then the fewest visual tokens, then
+    /// the earliest step. The table goes to stderr, every score to `select.json` in the run.
+    Select {
+        /// The run folder (its `step-N` checkpoints).
+        #[arg(long)]
+        run: PathBuf,
+        /// Validation data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Rows to evaluate (0 = all).
+        #[arg(long, default_value_t = 0)]
+        rows: usize,
+        /// Image path.
+        #[arg(long, value_enum, default_value = "inference")]
+        image_path: ImagePathArg,
+        /// Token budget per turn.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Malformed rows.
+        #[arg(long, value_enum, default_value = "skip")]
+        bad_rows: BadRows,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -187,26 +210,9 @@ fn main() -> Result<()> {
             out,
             bad_rows,
         } => {
-            let ds = Dataset::open(&data, bad_rows)?;
-            for s in &ds.skipped {
-                eprintln!("skipped row: {s}");
-            }
-            let (name, be, model, files) =
-                visionthink_train::policy::load_frozen(model_dir.as_deref())?;
-            let ip = match image_path {
-                ImagePathArg::Training => ImagePath::Training,
-                ImagePathArg::Inference => ImagePath::Inference,
-            };
-            let report = eval::evaluate(
-                &be,
-                &model,
-                &files,
-                &ds,
-                &visionthink_core::judge::RuleJudge,
-                rows,
-                ip,
-                max_new_tokens,
-            )?;
+            let ds = open_eval_data(&data, bad_rows)?;
+            let (name, report) =
+                evaluate(model_dir.as_deref(), &ds, rows, image_path, max_new_tokens)?;
             if let Some(dir) = out {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -244,6 +250,74 @@ fn main() -> Result<()> {
                 );
             }
         }
+        Cmd::Select {
+            run,
+            data,
+            rows,
+            image_path,
+            max_new_tokens,
+            bad_rows,
+        } => {
+            let ds = open_eval_data(&data, bad_rows)?;
+            let ckpts = visionthink_train::checkpoint::checkpoints(&run)?;
+            anyhow::ensure!(
+                !ckpts.is_empty(),
+                "{} holds no complete checkpoint (step-N folder with trainer_state.json)",
+                run.display()
+            );
+            let mut cands = Vec::new();
+            for (step, dir) in ckpts {
+                let (_, r) = evaluate(Some(&dir), &ds, rows, image_path, max_new_tokens)?;
+                let c = eval::Candidate::from_report(dir, step, &r);
+                eprintln!("{}", serde_json::to_string(&c)?);
+                cands.push(c);
+            }
+            eval::rank(&mut cands);
+            let best = cands[0].checkpoint.clone();
+            visionthink_train::checkpoint::write_atomic(
+                &run.join("select.json"),
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"data": data, "best": best, "ranked": cands}),
+                )?
+                .as_bytes(),
+            )?;
+            println!("{}", best.display());
+        }
     }
     Ok(())
+}
+
+/// Opens an evaluation set, naming the skipped rows on stderr.
+fn open_eval_data(data: &std::path::Path, bad_rows: BadRows) -> Result<Dataset> {
+    let ds = Dataset::open(data, bad_rows)?;
+    for s in &ds.skipped {
+        eprintln!("skipped row: {s}");
+    }
+    Ok(ds)
+}
+
+/// Loads a model folder (`None`: the shipped model) and evaluates it with the rule judge.
+fn evaluate(
+    model_dir: Option<&std::path::Path>,
+    ds: &Dataset,
+    rows: usize,
+    image_path: ImagePathArg,
+    max_new_tokens: usize,
+) -> Result<(String, eval::EvalReport)> {
+    let (name, be, model, files) = visionthink_train::policy::load_frozen(model_dir)?;
+    let ip = match image_path {
+        ImagePathArg::Training => ImagePath::Training,
+        ImagePathArg::Inference => ImagePath::Inference,
+    };
+    let report = eval::evaluate(
+        &be,
+        &model,
+        &files,
+        ds,
+        &visionthink_core::judge::RuleJudge,
+        rows,
+        ip,
+        max_new_tokens,
+    )?;
+    Ok((name, report))
 }

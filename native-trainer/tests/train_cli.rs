@@ -192,6 +192,53 @@ fn grpo_steps_log_metrics_and_save_loadable_checkpoints() {
         "{}",
         m[0]["kl"]
     );
+    // select scores every checkpoint on a validation set and prints the best one's folder.
+    let sel = run_ok(
+        cli()
+            .args(["select", "--run"])
+            .arg(&out)
+            .arg("--data")
+            .arg(data())
+            .args(["--rows", "2", "--max-new-tokens", "8"]),
+    );
+    let best = PathBuf::from(String::from_utf8_lossy(&sel.stdout).trim());
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("select.json")).expect("select.json"),
+    )
+    .expect("select json");
+    let ranked = report["ranked"].as_array().expect("ranked");
+    let steps: Vec<u64> = ranked
+        .iter()
+        .map(|c| c["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(ranked.len(), 2, "{report}");
+    assert!(steps.contains(&1) && steps.contains(&2), "{report}");
+    assert_eq!(
+        report["best"].as_str().map(PathBuf::from),
+        Some(best.clone())
+    );
+    assert!(
+        best.join("trainer_state.json").exists(),
+        "{}",
+        best.display()
+    );
+    let acc = |c: &Value| c["accuracy"].as_f64().expect("accuracy");
+    assert!(acc(&ranked[0]) >= acc(&ranked[1]), "{report}");
+    // A folder without checkpoints is an error that names it.
+    let empty = tmp("select-empty");
+    let bad = cli()
+        .args(["select", "--run"])
+        .arg(&empty)
+        .arg("--data")
+        .arg(data())
+        .output()
+        .expect("spawn");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("holds no complete checkpoint"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     // The checkpoint is an HF folder the SDK loads unchanged.
     let ckpt = out.join("step-2");
     let vt = visionthink::VisionThink::from_dir(&ckpt).expect("SDK loads the checkpoint");
