@@ -80,6 +80,8 @@ pub struct Sample {
     pub responses: [String; 3],
     /// Judged correct, same order.
     pub correct: [bool; 3],
+    /// Received the full image (a well-formed resize call), same order.
+    pub full_image: [bool; 3],
 }
 
 #[derive(Default, Clone)]
@@ -182,6 +184,7 @@ pub fn evaluate(
             answer: ex.answer.clone(),
             responses: [0, 1, 2].map(|k| trajs[k].outcome.turns.join(" ")),
             correct: [0, 1, 2].map(|k| verdicts[k] == Some(true)),
+            full_image: [0, 1, 2].map(|k| trajs[k].used_high),
         });
         for (k, (t, v)) in trajs.iter().zip(&verdicts).enumerate() {
             let correct = *v == Some(true);
@@ -238,6 +241,11 @@ pub struct Candidate {
     pub checkpoint: std::path::PathBuf,
     /// Its training step.
     pub step: usize,
+    /// What the ranking maximises: the mean over questions of the official accuracy reward with
+    /// its tool penalty (SPEC §6) — 1 for a right answer from the half-size image, 0.9 for a
+    /// right answer after the resize, 0 for a wrong one. Accuracy alone would rank a policy
+    /// that always resizes first whenever resizing helps at all.
+    pub score: f64,
     /// Accuracy of the low-res-first policy.
     pub accuracy: f64,
     /// Mean visual tokens per question of the low-res-first policy.
@@ -251,9 +259,22 @@ pub struct Candidate {
 impl Candidate {
     /// The candidate of checkpoint `step` at `checkpoint` from its evaluation report.
     pub fn from_report(checkpoint: std::path::PathBuf, step: usize, r: &EvalReport) -> Self {
+        let tool_accuracy =
+            1.0 - visionthink_core::reward::RewardConfig::default().tool_call_penalty;
+        let score = r
+            .samples
+            .iter()
+            .map(|s| match (s.correct[0], s.full_image[0]) {
+                (false, _) => 0.0,
+                (true, false) => 1.0,
+                (true, true) => tool_accuracy,
+            })
+            .sum::<f64>()
+            / r.samples.len().max(1) as f64;
         Self {
             checkpoint,
             step,
+            score,
             accuracy: r.accuracy,
             visual_tokens: r.visual_tokens,
             accuracy_always_high: r.accuracy_always_high,
@@ -262,29 +283,30 @@ impl Candidate {
     }
 }
 
-/// Orders checkpoints best first: the higher accuracy, then the fewer visual tokens, then the
-/// earlier step (the least drift from the warm start).
+/// Orders checkpoints best first: the higher [`Candidate::score`], then the fewer visual tokens,
+/// then the earlier step (the least drift from the warm start).
 ///
 /// ```
 /// use std::collections::BTreeMap;
 /// use visionthink_train::eval::{rank, Candidate};
-/// let c = |step: usize, accuracy: f64, visual_tokens: f64| Candidate {
+/// let c = |step: usize, score: f64, visual_tokens: f64| Candidate {
 ///     checkpoint: format!("run/step-{step}").into(),
 ///     step,
-///     accuracy,
+///     score,
+///     accuracy: score,
 ///     visual_tokens,
 ///     accuracy_always_high: 0.9,
 ///     by_kind: BTreeMap::new(),
 /// };
-/// let mut cands = vec![c(20, 0.92, 24.0), c(15, 1.0, 25.6), c(25, 1.0, 25.6), c(10, 1.0, 30.0)];
+/// let mut cands = vec![c(20, 0.92, 24.0), c(15, 0.95, 25.6), c(25, 0.95, 25.6), c(10, 0.95, 30.0)];
 /// rank(&mut cands);
 /// let order: Vec<usize> = cands.iter().map(|c| c.step).collect();
 /// assert_eq!(order, [15, 25, 10, 20]);
 /// ```
 pub fn rank(cands: &mut [Candidate]) {
     cands.sort_by(|a, b| {
-        b.accuracy
-            .total_cmp(&a.accuracy)
+        b.score
+            .total_cmp(&a.score)
             .then(a.visual_tokens.total_cmp(&b.visual_tokens))
             .then(a.step.cmp(&b.step))
     });

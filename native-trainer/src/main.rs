@@ -112,8 +112,10 @@ enum Cmd {
         bad_rows: BadRows,
     },
     /// Evaluates every checkpoint of a run folder on a validation set (not the test set) and
-    /// prints the best one's folder: the highest accuracy, then the fewest visual tokens, then
-    /// the earliest step. The table goes to stderr, every score to `select.json` in the run.
+    /// prints the best one's folder: the highest mean accuracy reward with the tool penalty
+    /// (right from the half-size image 1, right after a resize 0.9, wrong 0), then the fewest
+    /// visual tokens, then the earliest step. One JSON line per checkpoint goes to stderr, the
+    /// ranking to `select.json` in the run folder.
     Select {
         /// The run folder (its `step-N` checkpoints).
         #[arg(long)]
