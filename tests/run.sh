@@ -49,6 +49,18 @@ if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$WASM_BINDGEN_VER
   cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$TOOLS"
 fi
 
+# Tests find their fixtures through paths compiled in (env!("CARGO_MANIFEST_DIR"), file!()),
+# and cargo does not rebuild when the same sources move to another folder: when the cache was
+# last built from another checkout, the workspace's own crates are rebuilt (dependencies stay).
+stamp="$CARGO_TARGET_DIR/.visionthink-checkout"
+here=$(pwd -P)
+if [ -d "$CARGO_TARGET_DIR" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$here" ]; then
+  step "cache last built from $(cat "$stamp" 2>/dev/null || echo 'an unknown checkout'): rebuilding the workspace crates"
+  cargo clean -p visionthink-core -p visionthink-model -p visionthink -p visionthink-wasm -p visionthink-train
+  cargo clean -p visionthink-core -p visionthink-model -p visionthink-wasm --target wasm32-unknown-unknown
+fi
+mkdir -p "$CARGO_TARGET_DIR" && echo "$here" > "$stamp"
+
 step "fixture provenance"
 want=$(sed -n 's/.*"tokenizer_json_sha256": "\(.*\)".*/\1/p' tests/fixtures/tokenizer/PROVENANCE.json)
 got=$(sha256sum tests/fixtures/tokenizer/tokenizer.json | cut -d' ' -f1)
