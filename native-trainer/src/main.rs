@@ -95,21 +95,11 @@ enum Cmd {
         /// Print the JSON report.
         #[arg(long)]
         json: bool,
-        /// Rows to evaluate (0 = all).
-        #[arg(long, default_value_t = 0)]
-        rows: usize,
-        /// Image path.
-        #[arg(long, value_enum, default_value = "inference")]
-        image_path: ImagePathArg,
-        /// Token budget per turn.
-        #[arg(long, default_value_t = 256)]
-        max_new_tokens: usize,
+        #[command(flatten)]
+        opts: EvalOpts,
         /// Write report.md, report.json and samples.jsonl (every question's responses) here.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Malformed rows.
-        #[arg(long, value_enum, default_value = "skip")]
-        bad_rows: BadRows,
     },
     /// Evaluates every checkpoint of a run folder on a validation set (not the test set) and
     /// prints the best one's folder: the highest mean accuracy reward with the tool penalty
@@ -123,19 +113,26 @@ enum Cmd {
         /// Validation data folder.
         #[arg(long)]
         data: PathBuf,
-        /// Rows to evaluate (0 = all).
-        #[arg(long, default_value_t = 0)]
-        rows: usize,
-        /// Image path.
-        #[arg(long, value_enum, default_value = "inference")]
-        image_path: ImagePathArg,
-        /// Token budget per turn.
-        #[arg(long, default_value_t = 256)]
-        max_new_tokens: usize,
-        /// Malformed rows.
-        #[arg(long, value_enum, default_value = "skip")]
-        bad_rows: BadRows,
+        #[command(flatten)]
+        opts: EvalOpts,
     },
+}
+
+/// Options shared by `eval` and `select`.
+#[derive(clap::Args)]
+struct EvalOpts {
+    /// Rows to evaluate (0 = all).
+    #[arg(long, default_value_t = 0)]
+    rows: usize,
+    /// Image path.
+    #[arg(long, value_enum, default_value = "inference")]
+    image_path: ImagePathArg,
+    /// Token budget per turn.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Malformed rows.
+    #[arg(long, value_enum, default_value = "skip")]
+    bad_rows: BadRows,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -206,15 +203,11 @@ fn main() -> Result<()> {
             model_dir,
             data,
             json,
-            rows,
-            image_path,
-            max_new_tokens,
+            opts,
             out,
-            bad_rows,
         } => {
-            let ds = open_eval_data(&data, bad_rows)?;
-            let (name, report) =
-                evaluate(model_dir.as_deref(), &ds, rows, image_path, max_new_tokens)?;
+            let ds = open_eval_data(&data, opts.bad_rows)?;
+            let (name, report) = evaluate(model_dir.as_deref(), &ds, &opts)?;
             if let Some(dir) = out {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -252,15 +245,8 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Cmd::Select {
-            run,
-            data,
-            rows,
-            image_path,
-            max_new_tokens,
-            bad_rows,
-        } => {
-            let ds = open_eval_data(&data, bad_rows)?;
+        Cmd::Select { run, data, opts } => {
+            let ds = open_eval_data(&data, opts.bad_rows)?;
             let ckpts = visionthink_train::checkpoint::checkpoints(&run)?;
             anyhow::ensure!(
                 !ckpts.is_empty(),
@@ -269,7 +255,7 @@ fn main() -> Result<()> {
             );
             let mut cands = Vec::new();
             for (step, dir) in ckpts {
-                let (_, r) = evaluate(Some(&dir), &ds, rows, image_path, max_new_tokens)?;
+                let (_, r) = evaluate(Some(&dir), &ds, &opts)?;
                 let c = eval::Candidate::from_report(dir, step, &r);
                 eprintln!("{}", serde_json::to_string(&c)?);
                 cands.push(c);
@@ -302,12 +288,10 @@ fn open_eval_data(data: &std::path::Path, bad_rows: BadRows) -> Result<Dataset> 
 fn evaluate(
     model_dir: Option<&std::path::Path>,
     ds: &Dataset,
-    rows: usize,
-    image_path: ImagePathArg,
-    max_new_tokens: usize,
+    opts: &EvalOpts,
 ) -> Result<(String, eval::EvalReport)> {
     let (name, be, model, files) = visionthink_train::policy::load_frozen(model_dir)?;
-    let ip = match image_path {
+    let ip = match opts.image_path {
         ImagePathArg::Training => ImagePath::Training,
         ImagePathArg::Inference => ImagePath::Inference,
     };
@@ -317,9 +301,9 @@ fn evaluate(
         &files,
         ds,
         &visionthink_core::judge::RuleJudge,
-        rows,
+        opts.rows,
         ip,
-        max_new_tokens,
+        opts.max_new_tokens,
     )?;
     Ok((name, report))
 }
