@@ -60,6 +60,15 @@ pub struct TrainerState {
 /// The file naming the newest complete checkpoint.
 pub const LATEST: &str = "latest";
 
+/// The trainer state of a checkpoint, written last: a `step-N` folder is complete once it holds
+/// this file.
+const STATE: &str = "trainer_state.json";
+
+/// Whether the checkpoint folder `dir` is complete (see [`STATE`]).
+fn is_complete(dir: &Path) -> bool {
+    dir.join(STATE).exists()
+}
+
 /// Removes all but the newest `keep` complete checkpoints (`step-N` folders) of `out`; the one
 /// `latest` names is always kept. `keep = 0` keeps everything.
 pub fn prune(out: &Path, keep: usize) -> Result<()> {
@@ -99,7 +108,7 @@ fn step_dirs(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
 pub fn checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(step_dirs(out)?
         .into_iter()
-        .filter(|(_, p)| p.join("trainer_state.json").exists())
+        .filter(|(_, p)| is_complete(p))
         .collect())
 }
 
@@ -131,7 +140,7 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
             &serialize_f32(&moments)?,
         )?;
         write_atomic(
-            &tmp.join("trainer_state.json"),
+            &tmp.join(STATE),
             serde_json::to_string_pretty(state)?.as_bytes(),
         )?;
         if final_dir.exists() {
@@ -159,7 +168,7 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     let name =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let dir = out.join(name.trim());
-    if !dir.join("trainer_state.json").exists() {
+    if !is_complete(&dir) {
         bail!(
             "{} names {}, which is not a complete checkpoint",
             p.display(),
@@ -171,7 +180,7 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
 
 /// Reads a checkpoint's trainer state.
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
-    let p = dir.join("trainer_state.json");
+    let p = dir.join(STATE);
     let text =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("malformed {}", p.display()))
