@@ -142,6 +142,7 @@ enum ImagePathArg {
 }
 
 fn main() -> Result<()> {
+    visionthink_model::candle_backend::fix_thread_count();
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Synth {

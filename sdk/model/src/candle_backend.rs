@@ -7,6 +7,26 @@ use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::sync::Mutex;
 
+/// Fixes the number of CPU threads candle's kernels use, once, for a whole process.
+///
+/// Unless `RAYON_NUM_THREADS` is set, candle works out its thread count on every matrix
+/// multiplication by reading `/proc/cpuinfo` and `/sys/devices/system/cpu/*` — a few file reads
+/// per matmul, which in token-by-token decoding of a small model is a measurable share of the
+/// time. This sets the variable to the cores this process may use (what candle would have
+/// found) when it is not set already. Call it at the start of `main`, before any thread is
+/// spawned (it changes the environment); a library embedding the SDK leaves this to its binary.
+///
+/// ```
+/// visionthink_model::candle_backend::fix_thread_count();
+/// assert!(std::env::var("RAYON_NUM_THREADS").is_ok());
+/// ```
+pub fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 /// Where and how candle computes.
 #[derive(Debug)]
 pub struct CandleBackend {

@@ -363,6 +363,7 @@ enum Penalty {
 }
 
 fn main() {
+    visionthink_model::candle_backend::fix_thread_count();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
