@@ -11,7 +11,7 @@ use visionthink_core::protocol::{Episode, EpisodeImages, Outcome, ProtocolConfig
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::tokens;
 use visionthink_model::generate::{Sampler, SamplingConfig};
-use visionthink_model::{CandleBackend, KvCache, Qwen25VL};
+use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL};
 
 /// Which SPEC §4 image path builds the two images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -202,7 +202,201 @@ fn force_after_think(
     ))
 }
 
+/// The state of one model turn being generated.
+struct TurnState {
+    /// Set once a forcing steer takes over (turn 1, after `</think>`): the tokens to emit.
+    forced: Option<Vec<u32>>,
+    /// Where in the turn the forced tokens start.
+    forced_from: usize,
+    /// Token budget of the turn (a forcing steer may change it).
+    budget: usize,
+    /// Tokens of the turn so far.
+    ids: Vec<u32>,
+    /// The text of `ids` while a forcing steer watches for `</think>`.
+    decoded: String,
+}
+
+impl TurnState {
+    fn new(max_new_tokens: usize) -> Self {
+        Self {
+            forced: None,
+            forced_from: 0,
+            budget: max_new_tokens.max(1),
+            ids: Vec::new(),
+            decoded: String::new(),
+        }
+    }
+}
+
+/// What a rollout needs after choosing a token.
+enum Next {
+    /// Feed this token and get the next logits.
+    Decode(u32),
+    /// The turn is over (end token or budget).
+    TurnEnd,
+}
+
+/// One rollout in flight.
+struct Live {
+    sampler: Sampler,
+    cache: KvCache<CandleBackend>,
+    pos: MropeBuilder,
+    logits: Vec<f32>,
+    episode: Episode,
+    cont: Vec<u32>,
+    generated: Vec<bool>,
+    sample_logps: Vec<f32>,
+    visual: usize,
+    used_high: bool,
+    turn: usize,
+    state: TurnState,
+    outcome: Option<Outcome>,
+}
+
+/// What every rollout of a group shares.
+struct Group<'a> {
+    ctx: Ctx<'a>,
+    prompt: &'a PreparedPrompt,
+    cfg: &'a RolloutConfig,
+    steer: Steer,
+    eos: Vec<u32>,
+    /// The full image's vision features, computed by the first rollout that asks for them.
+    high_feats: Option<candle_core::Tensor>,
+}
+
+impl Group<'_> {
+    fn forcing(&self) -> bool {
+        matches!(
+            self.steer,
+            Steer::ForceToolAfterThink | Steer::ForceAnswerAfterThink
+        )
+    }
+
+    /// Chooses the next token of `live`'s turn (sampled or forced).
+    fn pick(&self, live: &mut Live) -> Result<Next> {
+        let files = self.ctx.files;
+        let t = &mut live.state;
+        let i = t.ids.len();
+        let mut id = match &t.forced {
+            Some(f) if i - t.forced_from < f.len() => f[i - t.forced_from],
+            _ => {
+                if self.steer == Steer::ForceAnswerAfterThink {
+                    live.logits[tokens::TOOL_CALL as usize] = f32::NEG_INFINITY;
+                }
+                live.sampler.pick(&live.logits)
+            }
+        };
+        if self.forcing() && live.turn == 0 && t.forced.is_none() {
+            if let Some(f) = force_after_think(files, &mut t.decoded, &t.ids, id, self.steer)? {
+                t.budget = if self.steer == Steer::ForceToolAfterThink {
+                    i + f.len()
+                } else {
+                    // The answer itself still has the rest of the turn's budget.
+                    t.budget.max(i + f.len() + 1)
+                };
+                t.forced_from = i;
+                id = f[0];
+                t.forced = Some(f);
+            }
+        }
+        let is_eos = self.eos.contains(&id);
+        let last = i + 1 == t.budget;
+        if last && !is_eos {
+            // A turn cut by the budget ends with `<|im_end|>` (official rollout).
+            id = tokens::IM_END;
+        }
+        if self.cfg.record_logps {
+            live.sample_logps.push(log_softmax_at(&live.logits, id));
+        }
+        t.ids.push(id);
+        Ok(if is_eos || last {
+            Next::TurnEnd
+        } else {
+            Next::Decode(id)
+        })
+    }
+
+    /// Hands a finished turn to the protocol: the episode ends, or the tool turn (with the full
+    /// image when asked) is fed and the next turn starts.
+    fn end_turn(&mut self, live: &mut Live) -> Result<()> {
+        let (be, model, files) = (self.ctx.be, self.ctx.model, self.ctx.files);
+        let ids = std::mem::replace(&mut live.state, TurnState::new(self.cfg.max_new_tokens)).ids;
+        live.cont.extend_from_slice(&ids);
+        live.generated.extend(std::iter::repeat_n(true, ids.len()));
+        let text = files.tokenizer.decode(&ids, true)?;
+        match live.episode.on_model_turn(&text)? {
+            Step::Done(o) => live.outcome = Some(o),
+            Step::ToolTurn(tt) => {
+                let prompt = self.prompt;
+                let pvs: Vec<[u32; 3]> = match tt.image {
+                    Some(_) => {
+                        live.used_high = true;
+                        live.visual += prompt.high_tokens;
+                        if self.high_feats.is_none() {
+                            self.high_feats = Some(model.vision.forward(
+                                be,
+                                &prompt.high.data,
+                                &[prompt.high.grid_thw],
+                            )?);
+                        }
+                        vec![prompt.high.grid_thw]
+                    }
+                    None => Vec::new(),
+                };
+                let feats = if pvs.is_empty() {
+                    None
+                } else {
+                    self.high_feats.as_ref()
+                };
+                let counts: Vec<usize> = pvs.iter().map(|_| prompt.high_tokens).collect();
+                let tool_ids = files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
+                // The last generated token (`<|im_end|>`) is not in the cache yet: feed it
+                // with the tool turn.
+                let mut feed = vec![*ids.last().context("empty turn")?];
+                feed.extend_from_slice(&tool_ids);
+                live.logits = self
+                    .ctx
+                    .run(&mut live.cache, &mut live.pos, &feed, feats, &pvs)?;
+                live.cont.extend_from_slice(&tool_ids);
+                live.generated
+                    .extend(std::iter::repeat_n(false, tool_ids.len()));
+                live.turn += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one token to each of `batch` (rollout, token) and refreshes their logits: each
+    /// rollout runs its own layers over its own cache, and the vocabulary projection, which
+    /// dominates a small model's decoding, runs once for all of them.
+    fn decode_batch(&self, lives: &mut [Live], batch: &[(usize, u32)]) -> Result<()> {
+        let (be, model) = (self.ctx.be, self.ctx.model);
+        let merge = self.ctx.files.preprocessor.merge_size;
+        let mut rows = Vec::with_capacity(batch.len());
+        for &(k, id) in batch {
+            let live = &mut lives[k];
+            extend_rope_index(&mut live.pos, &[id], &[], merge)?;
+            let e = model.embed(be, &[id], None)?;
+            rows.push(model.decode(be, &e, live.pos.positions(), &mut live.cache)?);
+        }
+        let hidden = candle_core::Tensor::cat(&rows, 0)?;
+        let logits = be.to_vec(&model.logits(be, &hidden)?)?;
+        let vocab = logits.len() / batch.len().max(1);
+        for (&(k, _), row) in batch.iter().zip(logits.chunks_exact(vocab)) {
+            let l = &mut lives[k].logits;
+            l.clear();
+            l.extend_from_slice(row);
+        }
+        Ok(())
+    }
+}
+
 /// Rolls out `n` episodes of one prompt with a frozen model (see [`crate::policy::Policy::frozen`]).
+///
+/// The rollouts advance in lock-step, one token each per round, so the vocabulary projection
+/// of a round is one matrix product for the whole group instead of `n` matrix-vector products.
+/// Each rollout keeps its own sampler, cache and protocol state, so the tokens are those of
+/// rolling the episodes out one after another.
 #[allow(clippy::too_many_arguments)] // the model, its files, the prompt and four settings of one call
 pub fn rollout_group(
     be: &CandleBackend,
@@ -227,128 +421,78 @@ pub fn rollout_group(
         Some(&low_feats),
         &[prompt.low.grid_thw],
     )?;
-    let mut high_feats: Option<candle_core::Tensor> = None;
-    let eos = tokens::stop_ids(files.generation.as_ref());
     let protocol = ProtocolConfig {
         max_rounds: cfg.max_rounds,
         max_images: cfg.max_images,
         ..Default::default()
     };
-    let forcing = matches!(
-        steer,
-        Steer::ForceToolAfterThink | Steer::ForceAnswerAfterThink
-    );
-    let mut out = Vec::with_capacity(n);
-    for r in 0..n {
-        let mut sampler = Sampler::new(SamplingConfig {
-            seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64),
-            ..cfg.sampling.clone()
-        });
-        let mut cache = cache.clone();
-        let mut pos = pos.clone();
-        let mut logits = first_logits.clone();
-        let mut episode = Episode::new(&prompt.question, protocol.clone());
-        episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(
-            &prompt.question,
-        ));
-        let (mut cont, mut generated) = (Vec::new(), Vec::new());
-        let mut sample_logps = Vec::new();
-        let mut visual = prompt.low_tokens;
-        let mut used_high = false;
-        let mut turn = 0;
-        let outcome = loop {
-            // Set once the always-high steer forces the resize call (turn 1, after `</think>`).
-            let mut forced: Option<Vec<u32>> = None;
-            let mut budget = cfg.max_new_tokens.max(1);
-            let mut forced_from = 0;
-            let mut ids = Vec::new();
-            // The text of `ids` while a forcing steer watches for `</think>`.
-            let mut decoded = String::new();
-            let mut i = 0;
-            while i < budget {
-                let mut id = match &forced {
-                    Some(f) if i - forced_from < f.len() => f[i - forced_from],
-                    _ => {
-                        if *steer == Steer::ForceAnswerAfterThink {
-                            logits[tokens::TOOL_CALL as usize] = f32::NEG_INFINITY;
-                        }
-                        sampler.pick(&logits)
-                    }
-                };
-                if forcing && turn == 0 && forced.is_none() {
-                    if let Some(f) = force_after_think(files, &mut decoded, &ids, id, *steer)? {
-                        budget = if *steer == Steer::ForceToolAfterThink {
-                            i + f.len()
-                        } else {
-                            // The answer itself still has the rest of the turn's budget.
-                            budget.max(i + f.len() + 1)
-                        };
-                        forced_from = i;
-                        id = f[0];
-                        forced = Some(f);
-                    }
-                }
-                let is_eos = eos.contains(&id);
-                let last = i + 1 == budget;
-                if last && !is_eos {
-                    // A turn cut by the budget ends with `<|im_end|>` (official rollout).
-                    id = tokens::IM_END;
-                }
-                if cfg.record_logps {
-                    sample_logps.push(log_softmax_at(&logits, id));
-                }
-                ids.push(id);
-                if is_eos || last {
-                    break;
-                }
-                logits = ctx.run(&mut cache, &mut pos, &[id], None, &[])?;
-                i += 1;
+    let mut group = Group {
+        ctx,
+        prompt,
+        cfg,
+        steer: *steer,
+        eos: tokens::stop_ids(files.generation.as_ref()),
+        high_feats: None,
+    };
+    let mut lives: Vec<Live> = (0..n)
+        .map(|r| -> Result<Live> {
+            let mut episode = Episode::new(&prompt.question, protocol.clone());
+            episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(
+                &prompt.question,
+            ));
+            Ok(Live {
+                sampler: Sampler::new(SamplingConfig {
+                    seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64),
+                    ..cfg.sampling.clone()
+                }),
+                // Own buffers: the rollouts append side by side.
+                cache: cache.fork(be)?,
+                pos: pos.clone(),
+                logits: first_logits.clone(),
+                episode,
+                cont: Vec::new(),
+                generated: Vec::new(),
+                sample_logps: Vec::new(),
+                visual: prompt.low_tokens,
+                used_high: false,
+                turn: 0,
+                state: TurnState::new(cfg.max_new_tokens),
+                outcome: None,
+            })
+        })
+        .collect::<Result<_>>()?;
+    loop {
+        let mut batch = Vec::new();
+        for (k, live) in lives.iter_mut().enumerate() {
+            if live.outcome.is_some() {
+                continue;
             }
-            cont.extend_from_slice(&ids);
-            generated.extend(std::iter::repeat_n(true, ids.len()));
-            let text = files.tokenizer.decode(&ids, true)?;
-            match episode.on_model_turn(&text)? {
-                Step::Done(o) => break o,
-                Step::ToolTurn(tt) => {
-                    // The last generated token (`<|im_end|>`) is not in the cache yet: feed it
-                    // with the tool turn.
-                    let (pvs, feats): (Vec<[u32; 3]>, Option<&candle_core::Tensor>) = match tt.image
-                    {
-                        Some(_) => {
-                            used_high = true;
-                            visual += prompt.high_tokens;
-                            if high_feats.is_none() {
-                                high_feats = Some(model.vision.forward(
-                                    be,
-                                    &prompt.high.data,
-                                    &[prompt.high.grid_thw],
-                                )?);
-                            }
-                            (vec![prompt.high.grid_thw], high_feats.as_ref())
-                        }
-                        None => (Vec::new(), None),
-                    };
-                    let counts: Vec<usize> = pvs.iter().map(|_| prompt.high_tokens).collect();
-                    let tool_ids = files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
-                    let mut feed = vec![*ids.last().context("empty turn")?];
-                    feed.extend_from_slice(&tool_ids);
-                    logits = ctx.run(&mut cache, &mut pos, &feed, feats, &pvs)?;
-                    cont.extend_from_slice(&tool_ids);
-                    generated.extend(std::iter::repeat_n(false, tool_ids.len()));
-                    turn += 1;
-                }
+            match group.pick(live)? {
+                Next::Decode(id) => batch.push((k, id)),
+                Next::TurnEnd => group.end_turn(live)?,
             }
-        };
-        out.push(Trajectory {
-            cont,
-            generated,
-            used_high,
-            outcome,
-            visual_tokens: visual,
-            sample_logps,
-        });
+        }
+        if batch.is_empty() {
+            if lives.iter().all(|l| l.outcome.is_some()) {
+                break;
+            }
+            continue;
+        }
+        group.decode_batch(&mut lives, &batch)?;
     }
-    Ok(out)
+    lives
+        .into_iter()
+        .map(|l| {
+            Ok(Trajectory {
+                outcome: l.outcome.context("a rollout ended without an outcome")?,
+                cont: l.cont,
+                generated: l.generated,
+                used_high: l.used_high,
+                visual_tokens: l.visual,
+                sample_logps: l.sample_logps,
+            })
+        })
+        .collect()
 }
 
 /// One example's evaluation record.

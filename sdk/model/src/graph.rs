@@ -125,7 +125,9 @@ pub struct Qwen25VL<B: Backend> {
 }
 
 /// Keys and values of every decoder layer for the tokens processed so far. Cloning shares the
-/// tensors (cheap); appending to a clone never changes the original's valid rows.
+/// tensors (cheap); appending to a clone never changes the original's valid rows, but two
+/// clones that both append write into the same spare rows: caches that grow side by side
+/// (several continuations decoded in lock-step) each need a [`KvCache::fork`].
 #[derive(Debug)]
 pub struct KvCache<B: Backend> {
     /// Per layer: the key buffer (possibly with spare rows) …
@@ -153,6 +155,25 @@ impl<B: Backend> KvCache<B> {
             v: vec![None; layers],
             len: 0,
         }
+    }
+
+    /// A copy with buffers of its own: appending to it never interferes with `self` or with
+    /// other forks (a clone shares the spare rows, see [`KvCache`]).
+    pub fn fork(&self, be: &B) -> Result<Self> {
+        let copy = |t: &Option<B::Tensor>| -> Result<Option<B::Tensor>> {
+            match t {
+                Some(b) if self.len > 0 => {
+                    let valid = be.narrow_rows(b, 0, self.len)?;
+                    Ok(Some(be.append_rows(None, 0, &valid)?.0))
+                }
+                _ => Ok(None),
+            }
+        };
+        Ok(Self {
+            k: self.k.iter().map(copy).collect::<Result<_>>()?,
+            v: self.v.iter().map(copy).collect::<Result<_>>()?,
+            len: self.len,
+        })
     }
 
     /// Tokens in the cache.
@@ -629,6 +650,12 @@ impl<B: Backend> Qwen25VL<B> {
         }
         cache.len = past + n;
         be.rms_norm(&x, &self.norm, t.rms_norm_eps)
+    }
+
+    /// The vocabulary projection `[vocab, hidden]` (the embedding matrix when tied), for
+    /// callers that fuse it with what follows (a trainer's log-softmax).
+    pub fn lm_head(&self) -> &B::Tensor {
+        &self.lm_head
     }
 
     /// Logits `[rows, vocab]` of hidden states.
