@@ -270,8 +270,25 @@ pub fn batch_logp(
     }
     let all = Tensor::cat(rows, 0)?;
     let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-    let logits = model.logits(be, &all)?;
-    let (lp, ent) = logp_and_entropy(&logits, &flat, with_entropy)?;
+    let head = model.lm_head();
+    let (lp, ent) =
+        if all.device().is_cpu() && all.dtype() == DType::F32 && head.dtype() == DType::F32 {
+            // The projection and the log-softmax fused: the [tokens, vocab] logits never exist.
+            let both = all.contiguous()?.apply_op2(
+                &head.contiguous()?,
+                crate::fused::LinearLogpEntropy { ids: flat },
+            )?;
+            let logp = both.narrow(1, 0, 1)?.squeeze(1)?;
+            let ent = if with_entropy {
+                Some(both.narrow(1, 1, 1)?.squeeze(1)?)
+            } else {
+                None
+            };
+            (logp, ent)
+        } else {
+            let logits = model.logits(be, &all)?;
+            logp_and_entropy(&logits, &flat, with_entropy)?
+        };
     let mut out = Vec::with_capacity(rows.len());
     let mut start = 0;
     for r in ids {
