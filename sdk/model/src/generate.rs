@@ -27,6 +27,27 @@ impl Default for SamplingConfig {
     }
 }
 
+/// Top-k up to this size is found by one scan that keeps the best k in order.
+const SMALL_K: usize = 64;
+
+/// The `k` most likely ids of `logits`, most likely first, ties by the smaller id (the order
+/// a stable sort by logit gives): one pass, comparing each logit with the k-th best so far,
+/// instead of partitioning an index array of the whole vocabulary.
+fn top_k_scan(logits: &[f32], k: usize) -> Vec<usize> {
+    // Ids in ascending order: a later id never beats an equal logit already kept.
+    let better = |a: f32, b: f32| a.total_cmp(&b) == std::cmp::Ordering::Greater;
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for (i, &z) in logits.iter().enumerate() {
+        if best.len() == k && !better(z, logits[best[k - 1]]) {
+            continue;
+        }
+        let at = best.partition_point(|&j| !better(z, logits[j]));
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
+}
+
 /// A small, seeded sampler (SplitMix64 → uniform f64), deterministic across platforms.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -62,12 +83,17 @@ impl Sampler {
         }
         // Most likely first, ties by id: the order a stable sort by logit gives.
         let order = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        if self.cfg.top_k > 0 && self.cfg.top_k < idx.len() {
+        let k = self.cfg.top_k;
+        let mut idx: Vec<usize> = if k > 0 && k <= SMALL_K && k < logits.len() {
+            top_k_scan(logits, k)
+        } else {
+            (0..logits.len()).collect()
+        };
+        if k > 0 && k < idx.len() {
             // Top-k: partition in linear time, then order only the k kept (the vocabulary is
             // 152k; a full sort per token dominated rollout time).
-            idx.select_nth_unstable_by(self.cfg.top_k - 1, order);
-            idx.truncate(self.cfg.top_k);
+            idx.select_nth_unstable_by(k - 1, order);
+            idx.truncate(k);
         }
         idx.sort_by(order);
         let t = self.cfg.temperature;
@@ -168,6 +194,29 @@ mod tests {
             seed,
             ..SamplingConfig::default()
         })
+    }
+
+    /// The one-pass top-k keeps the same ids in the same order as sorting the whole
+    /// vocabulary (ties by id), on logits with many ties.
+    #[test]
+    fn top_k_scan_equals_a_full_sort() {
+        let mut state = 7u64;
+        for round in 0..200 {
+            let n = 1 + round % 97;
+            let logits: Vec<f32> = (0..n)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    ((state >> 33) % 9) as f32 - 4.0
+                })
+                .collect();
+            let mut all: Vec<usize> = (0..n).collect();
+            all.sort_by(|a, b| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b)));
+            for k in 1..=n.min(12) {
+                assert_eq!(top_k_scan(&logits, k), all[..k].to_vec(), "n {n} k {k}");
+            }
+        }
     }
 
     #[test]
