@@ -148,6 +148,105 @@ fn sft_killed_with_sigkill_resumes_exactly() {
     assert_eq!(state["optimizer_steps"], 4);
 }
 
+fn dir_size(d: &Path) -> u64 {
+    std::fs::read_dir(d)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum()
+}
+
+/// A disk that fills up while a checkpoint is written — a real ENOSPC from a small tmpfs,
+/// mounted in a user + mount namespace (`unshare -rm`, no privileges needed): the run stops with
+/// an error that says so, `latest` still names the previous checkpoint, which is complete, no
+/// partial folder is left behind, and once there is room again `--resume` carries on from it.
+#[test]
+fn a_full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
+    let allowed = Command::new("unshare")
+        .args(["-rm", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !allowed {
+        eprintln!(
+            "SKIPPED: no unprivileged user + mount namespaces here (`unshare -rm` failed); \
+             the full-disk test needs one to mount a small tmpfs"
+        );
+        return;
+    }
+    // The size of one checkpoint of the tiny model.
+    let probe = tmp("enospc-probe");
+    run_ok(
+        cli()
+            .args(base_args("sft", &probe))
+            .args(["--set", "run.steps=1"]),
+    );
+    let one = dir_size(&probe.join("step-1"));
+    // A disk with room for the first checkpoint and half of the second.
+    let (mnt, rep) = (tmp("enospc-disk"), tmp("enospc-report"));
+    let out = mnt.join("run");
+    let script = r#"set -u
+mount -t tmpfs -o "size=${VT_KB}k" tmpfs "$VT_MNT" || exit 97
+"$@" > "$VT_REP/first.out" 2> "$VT_REP/first.err"; echo $? > "$VT_REP/first.rc"
+ls -a "$VT_MNT/run" > "$VT_REP/ls"
+cp "$VT_MNT/run/latest" "$VT_REP/latest-after-full"
+ls "$VT_MNT/run/step-1" > "$VT_REP/step1"
+mount -o remount,size=1g "$VT_MNT" || exit 98
+"$@" --resume > "$VT_REP/second.out" 2> "$VT_REP/second.err"; echo $? > "$VT_REP/second.rc"
+cp "$VT_MNT/run/metrics.jsonl" "$VT_MNT/run/latest" "$VT_REP/"
+"#;
+    let status = Command::new("unshare")
+        .current_dir(root())
+        .args(["-rm", "sh", "-c", script, "sh"])
+        .arg(env!("CARGO_BIN_EXE_visionthink-train"))
+        .args(base_args("sft", &out))
+        .args(["--set", "run.steps=2"])
+        .env("VT_KB", (one * 3 / 2 / 1024).to_string())
+        .env("VT_MNT", &mnt)
+        .env("VT_REP", &rep)
+        .status()
+        .expect("unshare");
+    assert!(status.success(), "the namespace script failed: {status}");
+    let read = |f: &str| std::fs::read_to_string(rep.join(f)).expect(f);
+    // The first run fails at the second checkpoint, naming the cause and what survived.
+    assert_ne!(
+        read("first.rc").trim(),
+        "0",
+        "the run did not notice the full disk"
+    );
+    let err = read("first.err");
+    assert!(
+        err.contains("No space left on device") && err.contains("the previous one is intact"),
+        "{err}"
+    );
+    // `latest` still names step 1, complete; nothing half-written is left.
+    assert_eq!(read("latest-after-full").trim(), "step-1");
+    let files = read("step1");
+    for f in [
+        "model.safetensors",
+        "config.json",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(files.lines().any(|l| l == f), "step-1 lacks {f}: {files}");
+    }
+    let names = read("ls");
+    assert!(
+        !names.lines().any(|l| l.contains("step-2")),
+        "a partial step-2 is left: {names}"
+    );
+    // With room again, the run resumes from step 1 and does step 2 once.
+    assert_eq!(read("second.rc").trim(), "0", "{}", read("second.err"));
+    let steps: Vec<u64> = read("metrics.jsonl")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["step"]
+                .as_u64()
+                .expect("step")
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2]);
+    assert_eq!(read("latest").trim(), "step-2");
+}
+
 #[test]
 fn grpo_steps_log_metrics_and_save_loadable_checkpoints() {
     let out = tmp("grpo");
