@@ -22,6 +22,20 @@ pub enum OnNan {
     Stop,
 }
 
+/// The dtype of the training forward and backward (SFT steps and the GRPO update). The master
+/// weights, optimizer moments and checkpoints stay f32; rollouts and reference log-probs run in
+/// f32 too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeDtype {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 weights and activations, cast from the f32 master weights at every step (softmax,
+    /// norms, log-probs and the loss in f32). Meant for GPUs; on a CPU it is slower than f32.
+    Bf16,
+}
+
 /// `[run]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -42,6 +56,8 @@ pub struct RunConfig {
     pub keep_checkpoints: usize,
     /// GRPO: append every rollout (turns, verdict, reward, advantage) to `rollouts.jsonl`.
     pub log_rollouts: bool,
+    /// Dtype of the training forward / backward (`"f32"` or `"bf16"`).
+    pub compute_dtype: ComputeDtype,
 }
 
 impl Default for RunConfig {
@@ -55,6 +71,7 @@ impl Default for RunConfig {
             bad_rows: BadRows::Skip,
             keep_checkpoints: 3,
             log_rollouts: false,
+            compute_dtype: ComputeDtype::F32,
         }
     }
 }

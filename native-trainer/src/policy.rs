@@ -255,6 +255,35 @@ impl Policy {
         self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
+    /// The model the training forward runs: `None` for f32 (the policy itself), or a bf16 view
+    /// of the f32 master weights — every weight cast on the autograd graph, so gradients reach
+    /// the f32 variables. Build it after each optimizer update (a cast is a copy: it does not
+    /// follow later updates).
+    pub fn compute_view(
+        &self,
+        dtype: crate::config::ComputeDtype,
+    ) -> Result<Option<(CandleBackend, Qwen25VL<CandleBackend>)>> {
+        let dt = match dtype {
+            crate::config::ComputeDtype::F32 => return Ok(None),
+            crate::config::ComputeDtype::Bf16 => candle_core::DType::BF16,
+        };
+        let mut failed = None;
+        let model = self.model.map_weights(&mut |t| match t.to_dtype(dt) {
+            Ok(c) => c,
+            Err(e) => {
+                failed.get_or_insert(e);
+                t.clone()
+            }
+        });
+        if let Some(e) = failed {
+            bail!("cannot cast the weights to {dt:?}: {e}");
+        }
+        Ok(Some((
+            CandleBackend::differentiable(self.be.device.clone(), dt),
+            model,
+        )))
+    }
+
     /// A frozen view for generation: shares the weights' storage (it sees every optimizer
     /// update) but records no autograd graph and uses the fused inference kernels.
     pub fn frozen(&self) -> (CandleBackend, Qwen25VL<CandleBackend>) {

@@ -260,6 +260,11 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         let mut ids = Vec::new();
         let mut shared: Option<SharedPrefix> = None;
         policy.be.take_sparse_rows();
+        let view = policy.compute_view(cfg.run.compute_dtype)?;
+        let (cbe, cmodel) = match &view {
+            Some((b, m)) => (b, m),
+            None => (&policy.be, &policy.model),
+        };
         for _ in 0..cfg.sft.batch {
             let i = loader.next();
             let prompt = match prepared(&policy, cfg, &ds, i) {
@@ -303,11 +308,11 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
             };
             let traj = forced_trajectory(&policy.files, &prompt, &turns)?;
             if shared.is_none() {
-                shared = SharedPrefix::new(&policy.be, &policy.model, &prompt, merge)?;
+                shared = SharedPrefix::new(cbe, cmodel, &prompt, merge)?;
             }
             rows.extend(group_hidden(
-                &policy.be,
-                &policy.model,
+                cbe,
+                cmodel,
                 &prompt,
                 &[&traj],
                 merge,
@@ -318,7 +323,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         // One vocabulary projection and one backward per batch: the large embedding / head
         // gradients are formed once.
         let mut total: Option<Tensor> = None;
-        for (lp, _) in batch_logp(&policy.be, &policy.model, &rows, &ids, false)? {
+        for (lp, _) in batch_logp(cbe, cmodel, &rows, &ids, false)? {
             let loss = (lp.mean_all()?.neg()? / rows.len() as f64)?;
             let v = loss.to_scalar::<f32>()? as f64;
             if !v.is_finite() {
@@ -618,6 +623,8 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             let nseq: usize = chunk.iter().map(|g| g.trajs.len()).sum();
             let mut acc = GradAccum::new(vars.len());
             let mut finite = true;
+            // Built per mini-batch: a bf16 cast does not follow the previous update.
+            let view = policy.compute_view(cfg.run.compute_dtype)?;
             for g in chunk {
                 let refs: Vec<&Trajectory> = g.trajs.iter().collect();
                 let ref_lp = match &reference {
@@ -625,23 +632,14 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                     None => None,
                 };
                 policy.be.take_sparse_rows();
-                let shared = SharedPrefix::new(&policy.be, &policy.model, &g.prompt, merge)?;
-                let rows = group_hidden(
-                    &policy.be,
-                    &policy.model,
-                    &g.prompt,
-                    &refs,
-                    merge,
-                    shared.as_ref(),
-                )?;
+                let (cbe, cmodel) = match &view {
+                    Some((b, m)) => (b, m),
+                    None => (&policy.be, &policy.model),
+                };
+                let shared = SharedPrefix::new(cbe, cmodel, &g.prompt, merge)?;
+                let rows = group_hidden(cbe, cmodel, &g.prompt, &refs, merge, shared.as_ref())?;
                 let ids: Vec<Vec<u32>> = g.trajs.iter().map(Trajectory::generated_ids).collect();
-                let lps = batch_logp(
-                    &policy.be,
-                    &policy.model,
-                    &rows,
-                    &ids,
-                    cfg.grpo.entropy_coef != 0.0,
-                )?;
+                let lps = batch_logp(cbe, cmodel, &rows, &ids, cfg.grpo.entropy_coef != 0.0)?;
                 let mut total: Option<Tensor> = None;
                 for (k, (lp, e)) in lps.into_iter().enumerate() {
                     let old = match &g.old {

@@ -117,6 +117,27 @@ impl CandleBackend {
         }
     }
 
+    /// A backend for a differentiable *view* of trainable weights, such as their bf16 cast for
+    /// mixed-precision training: it computes in `dtype` and keeps every op on the autograd
+    /// graph (KV appends concatenate instead of writing in place), but creates no variables of
+    /// its own and records no sparse rows (gathers from the view backpropagate through the
+    /// cast into the f32 table).
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// let be = visionthink_model::CandleBackend::differentiable(Device::Cpu, DType::BF16);
+    /// assert_eq!(be.dtype, DType::BF16);
+    /// assert!(be.vars().is_empty());
+    /// ```
+    pub fn differentiable(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            trainable: Some(Mutex::new(Vec::new())),
+            sparse: None,
+        }
+    }
+
     /// Takes the gathered-row records made since the last call.
     pub fn take_sparse_rows(&self) -> Vec<SparseRows> {
         self.sparse
