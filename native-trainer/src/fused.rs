@@ -142,111 +142,106 @@ fn row_grad(row: &[f32], out: &mut [f32], logz: f32, g_lp: f32, g_h: f32, h: f32
     }
 }
 
+/// One row of the forward: `o = [log p(id), entropy]`.
+#[inline]
+fn forward_row(row: &[f32], id: u32, o: &mut [f32]) {
+    let (logz, pz) = simd(|| logz_and_mean(row));
+    o[0] = row[id as usize] - logz;
+    // H = logZ − Σ p z.
+    o[1] = logz - pz;
+}
+
+/// One row of the backward: `o = ∂/∂z` given the forward's `res = [log p(id), H]` and the
+/// incoming gradient `g = [g_logp, g_H]`. log Z comes from the forward's log-prob of the chosen
+/// token (no pass over the row for it).
+#[inline]
+fn backward_row(row: &[f32], id: u32, res: &[f32], g: &[f32], o: &mut [f32]) {
+    let id = id as usize;
+    let logz = row[id] - res[0];
+    simd(|| row_grad(row, o, logz, g[0], g[1], res[1]));
+    o[id] += g[0];
+}
+
 /// Rows of logits formed at once by [`LinearLogpEntropy`]: 128 × 151936 f32 is 78 MB per
 /// buffer; the projection's gradient is read and written once per block.
 const BLOCK: usize = 128;
 
-/// `out [rows, v] = h [rows, k] · wᵀ` (`w` is `[v, k]`), or with `acc`, the transposed product
-/// added into `out` as `[v, k] += gᵀ · h` — the two shapes the fused op needs, on gemm's
-/// kernels (AVX-512 where the CPU has it).
+/// The three products the fused op needs, on gemm's kernels (AVX-512 where the CPU has it):
+/// `out = a · bᵀ`, `out = a · b`, and `out += aᵀ · b`, all on row-major slices.
 mod gemm_f32 {
     use super::threads;
 
-    fn par() -> gemm::Parallelism {
-        gemm::Parallelism::Rayon(threads())
+    /// An operand of a product: a row-major slice read as stored or transposed.
+    struct Operand<'a> {
+        data: &'a [f32],
+        /// Element strides (column, row) of the matrix as the product reads it.
+        cs: usize,
+        rs: usize,
+    }
+
+    impl<'a> Operand<'a> {
+        /// `data` is stored `[rows, cols]`; read as `[rows, cols]`, or as `[cols, rows]` when
+        /// `transposed`.
+        fn new(data: &'a [f32], cols: usize, transposed: bool) -> Self {
+            let (cs, rs) = if transposed { (cols, 1) } else { (1, cols) };
+            Self { data, cs, rs }
+        }
+
+        /// Whether every element of a `[rows, cols]` read lies inside `data`.
+        fn covers(&self, rows: usize, cols: usize) -> bool {
+            rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+        }
+    }
+
+    /// `out [m, n] (+)= a [m, k] · b [k, n]`.
+    fn product(out: &mut [f32], a: Operand<'_>, b: Operand<'_>, mnk: [usize; 3], add: bool) {
+        let [m, n, k] = mnk;
+        assert!(out.len() >= m * n && a.covers(m, k) && b.covers(k, n));
+        #[allow(unsafe_code)]
+        // SAFETY: the assertion bounds every index gemm touches: `out` row-major `[m, n]` (row
+        // stride n, column stride 1), `a` and `b` within their slices by `covers` with the
+        // strides passed here. `out` is a `&mut` borrow, so it aliases neither input.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                add,
+                a.data.as_ptr(),
+                a.cs as isize,
+                a.rs as isize,
+                b.data.as_ptr(),
+                b.cs as isize,
+                b.rs as isize,
+                if add { 1.0 } else { 0.0 },
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads()),
+            );
+        }
     }
 
     /// `out [m, n] = a [m, k] · bᵀ` with `b` stored `[n, k]`.
     pub fn a_bt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-        assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= n * k);
-        #[allow(unsafe_code)]
-        // SAFETY: the assertion above bounds every index gemm touches: `out` row-major
-        // `[m, n]` (row stride n), `a` row-major `[m, k]`, `b` row-major `[n, k]` read as its
-        // transpose (column stride k, row stride 1). The slices do not alias (`&mut` vs `&`).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par(),
-            );
-        }
+        let (a, b) = (Operand::new(a, k, false), Operand::new(b, k, true));
+        product(out, a, b, [m, n, k], false);
     }
 
     /// `out [m, n] = a [m, k] · b [k, n]`, all row-major.
     pub fn a_b(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-        assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
-        #[allow(unsafe_code)]
-        // SAFETY: as in `a_bt`; here `b` is row-major `[k, n]` (column stride 1, row stride n).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                k as isize,
-                b.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par(),
-            );
-        }
+        let (a, b) = (Operand::new(a, k, false), Operand::new(b, n, false));
+        product(out, a, b, [m, n, k], false);
     }
 
     /// `out [m, n] += aᵀ · b` with `a` stored `[k, m]` and `b` row-major `[k, n]`.
     pub fn add_at_b(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-        assert!(out.len() >= m * n && a.len() >= k * m && b.len() >= k * n);
-        #[allow(unsafe_code)]
-        // SAFETY: as in `a_bt`; `a` is read transposed (column stride m, row stride 1) and
-        // `out` is read and accumulated into (`read_dst`, alpha 1).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                a.as_ptr(),
-                m as isize,
-                1,
-                b.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par(),
-            );
-        }
+        let (a, b) = (Operand::new(a, m, true), Operand::new(b, n, false));
+        product(out, a, b, [m, n, k], true);
     }
 }
 
@@ -299,11 +294,7 @@ impl candle_core::CustomOp2 for LinearLogpEntropy {
                 v,
                 &mut out[r0 * 2..(r0 + b) * 2],
                 2,
-                &|r, row, o| {
-                    let (logz, pz) = simd(|| logz_and_mean(row));
-                    o[0] = row[self.ids[r0 + r] as usize] - logz;
-                    o[1] = logz - pz;
-                },
+                &|r, row, o| forward_row(row, self.ids[r0 + r], o),
             );
         }
         Ok((CpuStorage::F32(out), Shape::from((t, 2))))
@@ -340,15 +331,7 @@ impl candle_core::CustomOp2 for LinearLogpEntropy {
                 v,
                 &mut dlogits[..b * v],
                 v,
-                &|i, row, o| {
-                    let i = r0 + i;
-                    let id = self.ids[i] as usize;
-                    // log Z from the forward's log-prob of the chosen token (no pass for it).
-                    let logz = row[id] - r[i][0];
-                    let (g_lp, g_h, ent) = (g[i][0], g[i][1], r[i][1]);
-                    simd(|| row_grad(row, o, logz, g_lp, g_h, ent));
-                    o[id] += g_lp;
-                },
+                &|i, row, o| backward_row(row, self.ids[r0 + i], &r[r0 + i], &g[r0 + i], o),
             );
             gemm_f32::a_b(
                 &mut grad_h[r0 * hd..(r0 + b) * hd],
@@ -392,10 +375,7 @@ impl CustomOp1 for LogpEntropy {
         let data = contiguous_f32(storage, layout)?;
         let mut out = vec![0f32; t * 2];
         par_rows(data, v, &mut out, 2, &|r, row, o| {
-            let (logz, pz) = simd(|| logz_and_mean(row));
-            o[0] = row[self.ids[r] as usize] - logz;
-            // H = logZ − Σ p z.
-            o[1] = logz - pz;
+            forward_row(row, self.ids[r], o)
         });
         Ok((CpuStorage::F32(out), Shape::from((t, 2))))
     }
@@ -417,12 +397,7 @@ impl CustomOp1 for LogpEntropy {
         let data = contiguous_f32(cpu, layout)?;
         let mut grad = vec![0f32; t * v];
         par_rows(data, v, &mut grad, v, &|i, row, o| {
-            let id = self.ids[i] as usize;
-            // log Z from the forward's log-prob of the chosen token (no second pass for it).
-            let logz = row[id] - r[i][0];
-            let (g_lp, g_h, h) = (g[i][0], g[i][1], r[i][1]);
-            simd(|| row_grad(row, o, logz, g_lp, g_h, h));
-            o[id] += g_lp;
+            backward_row(row, self.ids[i], &r[i], &g[i], o)
         });
         Ok(Some(Tensor::from_vec(grad, (t, v), arg.device())?))
     }
