@@ -71,6 +71,17 @@ pub fn composed_logp_entropy(
     Ok((logp, ent))
 }
 
+/// The columns of a fused op's `[T, 2]` output: log-probs, and entropies when asked for.
+fn split_logp_entropy(both: &Tensor, with_entropy: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let logp = both.narrow(1, 0, 1)?.squeeze(1)?;
+    let ent = if with_entropy {
+        Some(both.narrow(1, 1, 1)?.squeeze(1)?)
+    } else {
+        None
+    };
+    Ok((logp, ent))
+}
+
 /// Log-probabilities of `ids` under `logits [T, V]` and the entropy of each row.
 pub fn logp_and_entropy(
     logits: &Tensor,
@@ -82,13 +93,7 @@ pub fn logp_and_entropy(
             .to_dtype(DType::F32)?
             .contiguous()?
             .apply_op1(crate::fused::LogpEntropy { ids: ids.to_vec() })?;
-        let logp = both.narrow(1, 0, 1)?.squeeze(1)?;
-        let ent = if with_entropy {
-            Some(both.narrow(1, 1, 1)?.squeeze(1)?)
-        } else {
-            None
-        };
-        return Ok((logp, ent));
+        return split_logp_entropy(&both, with_entropy);
     }
     composed_logp_entropy(logits, ids, with_entropy)
 }
@@ -278,13 +283,7 @@ pub fn batch_logp(
                 &head.contiguous()?,
                 crate::fused::LinearLogpEntropy { ids: flat },
             )?;
-            let logp = both.narrow(1, 0, 1)?.squeeze(1)?;
-            let ent = if with_entropy {
-                Some(both.narrow(1, 1, 1)?.squeeze(1)?)
-            } else {
-                None
-            };
-            (logp, ent)
+            split_logp_entropy(&both, with_entropy)?
         } else {
             let logits = model.logits(be, &all)?;
             logp_and_entropy(&logits, &flat, with_entropy)?

@@ -284,6 +284,18 @@ impl Policy {
         )))
     }
 
+    /// The backend and model a training forward uses: `view`'s (from [`Policy::compute_view`])
+    /// when there is one, else the policy's own.
+    pub fn forward_parts<'a>(
+        &'a self,
+        view: &'a Option<(CandleBackend, Qwen25VL<CandleBackend>)>,
+    ) -> (&'a CandleBackend, &'a Qwen25VL<CandleBackend>) {
+        match view {
+            Some((b, m)) => (b, m),
+            None => (&self.be, &self.model),
+        }
+    }
+
     /// A frozen view for generation: shares the weights' storage (it sees every optimizer
     /// update) but records no autograd graph and uses the fused inference kernels.
     pub fn frozen(&self) -> (CandleBackend, Qwen25VL<CandleBackend>) {

@@ -261,10 +261,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
         let mut shared: Option<SharedPrefix> = None;
         policy.be.take_sparse_rows();
         let view = policy.compute_view(cfg.run.compute_dtype)?;
-        let (cbe, cmodel) = match &view {
-            Some((b, m)) => (b, m),
-            None => (&policy.be, &policy.model),
-        };
+        let (cbe, cmodel) = policy.forward_parts(&view);
         for _ in 0..cfg.sft.batch {
             let i = loader.next();
             let prompt = match prepared(&policy, cfg, &ds, i) {
@@ -625,6 +622,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             let mut finite = true;
             // Built per mini-batch: a bf16 cast does not follow the previous update.
             let view = policy.compute_view(cfg.run.compute_dtype)?;
+            let (cbe, cmodel) = policy.forward_parts(&view);
             for g in chunk {
                 let refs: Vec<&Trajectory> = g.trajs.iter().collect();
                 let ref_lp = match &reference {
@@ -632,10 +630,6 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
                     None => None,
                 };
                 policy.be.take_sparse_rows();
-                let (cbe, cmodel) = match &view {
-                    Some((b, m)) => (b, m),
-                    None => (&policy.be, &policy.model),
-                };
                 let shared = SharedPrefix::new(cbe, cmodel, &g.prompt, merge)?;
                 let rows = group_hidden(cbe, cmodel, &g.prompt, &refs, merge, shared.as_ref())?;
                 let ids: Vec<Vec<u32>> = g.trajs.iter().map(Trajectory::generated_ids).collect();
