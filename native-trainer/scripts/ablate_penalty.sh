@@ -5,11 +5,7 @@
 # and a penalty on every resize ("always_penalize_tool"), each in $OUT/ablate-<penalty>.
 # Compare the runs' metrics.jsonl (sampled resize ratio per kind: by."kind/fine".resize_ratio).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p visionthink-train --locked
-T="$CARGO_TARGET_DIR/release/visionthink-train"
-OUT="${OUT:-runs/synth}"
+source "$(dirname "$0")/common.sh"
 for penalty in code always_penalize_tool; do
   $T train --config native-trainer/configs/synth-grpo.toml --set "run.out=\"$OUT/ablate-$penalty\"" \
     --set "data.train=\"$OUT/data/train\"" --set "model.init_from=\"$OUT/sft\"" \

@@ -1,15 +1,11 @@
 #!/usr/bin/env bash
 # Reproduces the shipped model (sdk/visionthink/model) from nothing, on the CPU:
-# synthetic data → SFT warm start (two phases, the second resumed exactly from the first's
+# synthetic data → SFT warm start (three phases, each resumed exactly from the previous one's
 # checkpoint) → multi-turn GRPO → evaluation on a held-out seed → export (bf16) into the SDK.
 # Resume is exact (tested under SIGKILL), so the phases below equal one run with this schedule.
 # Set OUT to train somewhere else than runs/synth.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p visionthink-train --locked
-T="$CARGO_TARGET_DIR/release/visionthink-train"
-OUT="${OUT:-runs/synth}"
+source "$(dirname "$0")/common.sh"
 $T synth --seed 1 --count 6000 --fine-fraction 0.5 --out "$OUT/data/train"
 $T synth --seed 2 --count 300 --fine-fraction 0.15 --out "$OUT/data/eval"
 SFT=(--config native-trainer/configs/synth-sft.toml --set "run.out=\"$OUT/sft\"" --set "data.train=\"$OUT/data/train\"")
