@@ -4,6 +4,8 @@
 use crate::files::ModelDir;
 use crate::{Error, Result};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 pub use visionthink_core::answer::{Answer, Event, Timings};
 use visionthink_core::config::ModelConfig;
@@ -103,6 +105,9 @@ pub struct GenerateOptions {
     pub sampling: SamplingConfig,
     /// Keep generating past `<|im_end|>` / `<|endoftext|>` (for benchmarks).
     pub ignore_eos: bool,
+    /// Stops the generation between tokens when set or past its deadline (a server's
+    /// per-request deadline, a client that went away): the call returns [`Error::Cancelled`].
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for GenerateOptions {
@@ -111,7 +116,96 @@ impl Default for GenerateOptions {
             max_new_tokens: 8192,
             sampling: SamplingConfig::default(),
             ignore_eos: false,
+            cancel: None,
         }
+    }
+}
+
+/// A handle that stops a running generation from another thread, or once a deadline passes.
+/// Clones share one flag. The model is asked between forward passes (each token, each turn), so
+/// a cancelled call returns within one forward pass.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use visionthink::{Cancel, CancelReason};
+/// let cancel = Cancel::with_deadline(Instant::now() + Duration::from_secs(60));
+/// assert!(cancel.check().is_ok());
+/// cancel.clone().cancel(); // e.g. from the thread that saw the client disconnect
+/// assert_eq!(cancel.reason(), Some(CancelReason::Requested));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+/// Why a generation stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// [`Cancel::cancel`] was called.
+    Requested,
+    /// The deadline given to [`Cancel::with_deadline`] passed.
+    DeadlinePassed,
+}
+
+impl std::fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Requested => "cancelled",
+            Self::DeadlinePassed => "deadline passed",
+        })
+    }
+}
+
+impl PartialEq for Cancel {
+    /// The same handle (clones of one another).
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.flag, &other.flag) && self.deadline == other.deadline
+    }
+}
+
+impl Cancel {
+    /// A handle without a deadline.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A handle that also fires at `deadline`.
+    pub fn with_deadline(deadline: Instant) -> Self {
+        Self {
+            flag: Arc::default(),
+            deadline: Some(deadline),
+        }
+    }
+
+    /// Stops every generation using this handle (or a clone of it).
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the generation must stop, if it must.
+    pub fn reason(&self) -> Option<CancelReason> {
+        if self.flag.load(Ordering::Relaxed) {
+            Some(CancelReason::Requested)
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(CancelReason::DeadlinePassed)
+        } else {
+            None
+        }
+    }
+
+    /// `Err(Error::Cancelled)` when the generation must stop.
+    pub fn check(&self) -> Result<()> {
+        match self.reason() {
+            Some(r) => Err(Error::Cancelled(r)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl GenerateOptions {
+    fn check_cancel(&self) -> Result<()> {
+        self.cancel.as_ref().map_or(Ok(()), Cancel::check)
     }
 }
 
@@ -369,6 +463,7 @@ impl VisionThink {
         };
         let mut visual_tokens = low.num_image_tokens(self.merge());
         let ids = self.dir.tokenizer.encode_prompt(&turn1, &[visual_tokens])?;
+        opts.generation.check_cancel()?;
         let mut session = self.session();
         let mut logits = session.feed(&ids, std::slice::from_ref(&low))?;
         let mut sampler = Sampler::new(opts.generation.sampling.clone());
@@ -411,6 +506,7 @@ impl VisionThink {
                         None => Vec::new(),
                     };
                     preprocess_ms += ms(t);
+                    opts.generation.check_cancel()?;
                     let tool_ids = self
                         .dir
                         .tokenizer
@@ -512,6 +608,7 @@ impl Session<'_> {
         let mut out: Vec<u32> = Vec::new();
         let mut stream = StreamDecoder::default();
         for i in 0..budget {
+            opts.check_cancel()?;
             let mut id = match forced {
                 Some(f) => f[i],
                 None => sampler.pick(&logits),

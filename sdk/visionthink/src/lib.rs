@@ -36,8 +36,8 @@ pub mod serve;
 pub mod shipped;
 
 pub use engine::{
-    Answer, AskOptions, DeviceChoice, Event, GenerateOptions, Precision, Session, Timings,
-    VisionThink,
+    Answer, AskOptions, Cancel, CancelReason, DeviceChoice, Event, GenerateOptions, Precision,
+    Session, Timings, VisionThink,
 };
 pub use files::{load_image, ModelDir};
 pub use http_judge::{HttpJudge, HttpJudgeConfig};
@@ -60,6 +60,9 @@ pub enum Error {
     /// Loading or running the model failed.
     #[error("model: {0}")]
     Model(String),
+    /// The generation was stopped through its [`Cancel`] handle.
+    #[error("generation stopped: {0}")]
+    Cancelled(CancelReason),
     /// A file's content is not what is expected.
     #[error("{path}: {reason}")]
     Content {

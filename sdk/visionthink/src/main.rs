@@ -173,25 +173,7 @@ enum Command {
     /// Serve an OpenAI-compatible /v1/chat/completions endpoint (text and image parts, SSE
     /// streaming); it binds 127.0.0.1 unless told otherwise.
     #[cfg(feature = "serve")]
-    Serve {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Address to bind.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        /// Port (0 = any free port; the chosen one is printed).
-        #[arg(long, default_value_t = 8000)]
-        port: u16,
-        /// Answer official LLM-judge requests with the deterministic rule judge.
-        #[arg(long)]
-        rule_judge: bool,
-        /// Serve only the rule judge (no model is loaded).
-        #[arg(long)]
-        no_model: bool,
-        /// Model name reported to clients.
-        #[arg(long, default_value = "visionthink")]
-        name: String,
-    },
+    Serve(ServeArgs),
     /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
     /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
     Demo {
@@ -246,6 +228,50 @@ impl PromptArgs {
     }
 }
 
+/// Flags of `visionthink serve`.
+#[cfg(feature = "serve")]
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 = any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Answer official LLM-judge requests with the deterministic rule judge.
+    #[arg(long)]
+    rule_judge: bool,
+    /// Serve only the rule judge (no model is loaded).
+    #[arg(long)]
+    no_model: bool,
+    /// Model name reported to clients.
+    #[arg(long, default_value = "visionthink")]
+    name: String,
+    /// Require `Authorization: Bearer KEY` on every route but /health. Needed to bind an
+    /// address other than loopback (or pass --insecure).
+    #[arg(long, env = "VISIONTHINK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Serve a non-loopback address without an API key.
+    #[arg(long)]
+    insecure: bool,
+    /// Largest request body in bytes (images travel inline as base64); larger is a 413.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_body_bytes: usize,
+    /// Largest decoded image, in pixels (width × height); larger is a 400. Sides are
+    /// limited to 32768 px, decoder memory to 1 GiB.
+    #[arg(long, default_value_t = 89_478_485)]
+    max_image_pixels: u64,
+    /// Largest `max_tokens` a request may ask for, per model turn; larger is a 400.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens_cap: usize,
+    /// Seconds a request may take from arrival to its last token, waiting for the model
+    /// included; past it the generation stops and the answer is a 504.
+    #[arg(long, default_value_t = 300.0)]
+    request_timeout: f64,
+}
+
 #[derive(clap::Args)]
 struct GenArgs {
     /// New-token budget per turn (official evaluation: 8192).
@@ -288,6 +314,7 @@ impl GenArgs {
                 top_k: self.top_k,
                 seed: self.seed,
             },
+            cancel: None,
         })
     }
 }
@@ -715,42 +742,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         #[cfg(feature = "serve")]
-        Command::Serve {
-            model,
-            host,
-            port,
-            rule_judge,
-            no_model,
-            name,
-        } => {
-            let vt = if no_model {
-                None
-            } else {
-                Some(load_model(&model)?)
-            };
-            let cfg = visionthink::serve::ServeConfig {
-                model_name: name,
-                rule_judge: rule_judge || no_model,
-                ..Default::default()
-            };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-                    .await
-                    .with_context(|| format!("cannot bind {host}:{port}"))?;
-                let addr = listener.local_addr()?;
-                println!("listening on http://{addr}/v1");
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-                axum::serve(listener, visionthink::serve::router(vt, cfg))
-                    .with_graceful_shutdown(async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    })
-                    .await?;
-                Ok::<(), anyhow::Error>(())
-            })?;
-        }
+        Command::Serve(args) => serve(args)?,
         Command::Demo {
             image,
             question,
@@ -764,6 +756,60 @@ fn run(cli: Cli) -> Result<()> {
         )?,
     }
     Ok(())
+}
+
+/// `visionthink serve`: checks the flags and the bind address (no model is loaded for a
+/// refused bind), then serves until Ctrl-C.
+#[cfg(feature = "serve")]
+fn serve(a: ServeArgs) -> Result<()> {
+    if !(a.request_timeout > 0.0 && a.request_timeout.is_finite()) {
+        bail!("--request-timeout must be a positive number of seconds");
+    }
+    if a.max_tokens_cap == 0 {
+        bail!("--max-tokens-cap must be at least 1");
+    }
+    let cfg = visionthink::serve::ServeConfig {
+        model_name: a.name,
+        rule_judge: a.rule_judge || a.no_model,
+        max_tokens_cap: a.max_tokens_cap,
+        body_limit: a.max_body_bytes,
+        image_limits: visionthink::core::image::DecodeLimits {
+            max_pixels: a.max_image_pixels,
+            ..Default::default()
+        },
+        request_timeout: std::time::Duration::from_secs_f64(a.request_timeout),
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (host, port) = (a.host, a.port);
+    let addrs: Vec<std::net::SocketAddr> = rt
+        .block_on(tokio::net::lookup_host((host.as_str(), port)))
+        .with_context(|| format!("cannot resolve {host}"))?
+        .collect();
+    visionthink::serve::check_bind(&addrs, &cfg, a.insecure).map_err(anyhow::Error::msg)?;
+    let vt = if a.no_model {
+        None
+    } else {
+        Some(load_model(&a.model)?)
+    };
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addrs.as_slice())
+            .await
+            .with_context(|| format!("cannot bind {host}:{port}"))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}/v1");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let app = visionthink::serve::router(vt, cfg)
+            .into_make_service_with_connect_info::<visionthink::serve::Peer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok::<(), anyhow::Error>(())
+    })
 }
 
 fn demo(
