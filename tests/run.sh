@@ -4,26 +4,47 @@
 # (unit, integration, doc, CLI; the WebGPU executor on Mesa's lavapipe), the tokenizer tests again
 # on the Oniguruma regex engine, the core test suite compiled to wasm32 and run under Node, the
 # browser tests in headless Chromium (kernels and model on WebGPU/SwiftShader, CPU fallback), the
-# npm package build, its Playwright end-to-end tests of the demo page and `npm pack`, and the
-# demo as a smoke test.
+# npm package build, its Playwright end-to-end tests of the demo page and `npm pack`, the
+# examples, and every README command as a reader would run it (tests/scripts/readme_commands.sh).
+# Prints each step's duration at the end.
 #
-# Caches (override with VT_CACHE): cargo target dir and the wasm-bindgen test runner live
-# outside the clone, so repeated runs are incremental and a cold machine still works.
+# Caches (override with VT_CACHE): cargo target dir and the wasm-bindgen CLI (installed by
+# tests/scripts/tools.sh, shared with web/scripts/build.sh) live outside the clone, so repeated
+# runs are incremental and a cold machine still works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VT_CACHE="${VT_CACHE:-$HOME/.cache/visionthink}"
+# shellcheck source=scripts/tools.sh
+source tests/scripts/tools.sh
+export VT_CACHE
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$VT_CACHE/target}"
-WASM_BINDGEN_VERSION="0.2.130" # must equal the wasm-bindgen crate version in Cargo.lock
-TOOLS="$VT_CACHE/tools"
-mkdir -p "$VT_CACHE" "$TOOLS"
-export PATH="$TOOLS/bin:$PATH"
+mkdir -p "$VT_CACHE"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's duration, printed at the end (and when a step fails).
+step_names=()
+step_secs=()
+step_start=$SECONDS
+step() {
+  step_close
+  step_names+=("$*")
+  step_start=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+step_close() {
+  if [ ${#step_names[@]} -gt ${#step_secs[@]} ]; then step_secs+=($((SECONDS - step_start))); fi
+}
+step_report() {
+  step_close
+  echo
+  echo "step durations (s):"
+  for i in "${!step_secs[@]}"; do printf '  %5d  %s\n' "${step_secs[$i]}" "${step_names[$i]}"; done
+  printf '  %5d  total\n' "$SECONDS"
+}
+trap step_report EXIT
 
 step "toolchain"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-rustup target add wasm32-unknown-unknown >/dev/null
+ensure_wasm_target
 # Node (wasm32 tests, npm package), Mesa's lavapipe (wgpu on the CPU), Debian's Chromium and
 # chromedriver (browser tests; WebGPU through SwiftShader).
 need=()
@@ -32,6 +53,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers libvulkan1)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -39,15 +61,8 @@ fi
 export WGPU_BACKEND=vulkan
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$VT_CACHE/xdg}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"
-lock_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
-if [ "$lock_version" != "$WASM_BINDGEN_VERSION" ]; then
-  echo "Cargo.lock has wasm-bindgen $lock_version but tests/run.sh pins the runner at $WASM_BINDGEN_VERSION" >&2
-  exit 1
-fi
-if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
-  step "installing wasm-bindgen-cli $WASM_BINDGEN_VERSION into $TOOLS (once, ~8 min)"
-  cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --root "$TOOLS"
-fi
+step "wasm-bindgen-cli (the version in Cargo.lock)"
+ensure_wasm_bindgen
 
 # Tests find their fixtures through paths compiled in (env!("CARGO_MANIFEST_DIR"), file!()),
 # and cargo does not rebuild when the same sources move to another folder: when the cache was
@@ -119,10 +134,12 @@ step "npm package: build (wasm32 release + wasm-bindgen + tsc), Playwright e2e o
   rm -rf "$consumer" visionthink-*.tgz
 )
 
-step "examples and the README's main job"
+step "examples"
 cargo run -q -p visionthink --locked --example protocol
 cargo run -q -p visionthink --locked --example ask >/dev/null
-cargo run -q -p visionthink --locked -- demo >/dev/null
+
+step "the README's commands, as written, without the tools this script installed on PATH"
+bash tests/scripts/readme_commands.sh
 
 echo
 echo "all checks passed"

@@ -141,9 +141,18 @@ enum ImagePathArg {
     Inference,
 }
 
-fn main() -> Result<()> {
+/// Prints the error with its cause chain on one line (`error: what: why`), as the `visionthink`
+/// binary does, and exits with 1 (no debug dump or backtrace for a user's mistake).
+fn main() {
     visionthink_model::candle_backend::fix_thread_count();
     let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Synth {
             seed,

@@ -821,3 +821,23 @@ fn bf16_compute_trains_the_f32_master_weights() {
         m[0]
     );
 }
+
+/// A user's mistake is one line, `error: what: why`, each cause once: no debug dump, no
+/// backtrace even with RUST_BACKTRACE set.
+#[test]
+fn a_missing_config_is_one_clear_line() {
+    let missing = tmp("no_config").join("missing.toml");
+    let out = cli()
+        .env("RUST_BACKTRACE", "1")
+        .args(["train", "--config", missing.to_str().expect("utf-8")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "error: cannot read {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+}

@@ -64,7 +64,7 @@ impl ModelFiles {
             file: "tokenizer.json",
             error: crate::Error::Config {
                 file: "tokenizer.json",
-                reason: "missing: a model needs tokenizer.json".into(),
+                reason: "missing (a model folder needs tokenizer.json)".into(),
             },
         })?;
         let tokenizer = QwenTokenizer::from_bytes(&tok).map_err(bad("tokenizer.json"))?;

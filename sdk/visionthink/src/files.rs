@@ -13,9 +13,9 @@ pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// Reads a whole file, naming it in errors and refusing anything larger than `max`.
 pub fn read_file(path: &Path, max: u64) -> Result<Vec<u8>> {
-    let err = |source| Error::Read {
+    let err = |error| Error::Read {
         path: path.display().to_string(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(err)?;
     if meta.len() > max {
@@ -87,7 +87,12 @@ impl ModelDir {
             ModelFilesError::Read(e) => e,
             ModelFilesError::File { file, error } => Error::Content {
                 path: path.join(file).display().to_string(),
-                reason: error.to_string(),
+                // The path already names the file: "…/config.json: invalid config.json: …"
+                // would say it twice.
+                reason: match error {
+                    visionthink_core::Error::Config { file: f, reason } if f == file => reason,
+                    other => other.to_string(),
+                },
             },
         })?;
         Ok(Self {
@@ -167,9 +172,9 @@ fn download(repo_id: &str) -> Result<PathBuf> {
     }
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index).map_err(|source| Error::Read {
+            let text = std::fs::read_to_string(&index).map_err(|error| Error::Read {
                 path: index.display().to_string(),
-                source,
+                error,
             })?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Content {
                 path: index.display().to_string(),

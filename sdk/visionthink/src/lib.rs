@@ -1,11 +1,11 @@
 //! # visionthink
 //!
-//! The Rust SDK of VisionThink: the I/O around the sans-I/O [`visionthink_core`] — reading model
-//! directories and images from disk, an HTTP judge for OpenAI-compatible endpoints, and batch
-//! scoring of rollouts. The `visionthink` binary is built from this crate.
-//!
-//! Model execution (the Qwen2.5-VL graph on candle) is not part of this crate yet; until it is,
-//! the SDK prepares exactly what a model consumes and scores what a model produced.
+//! The Rust SDK of VisionThink: [`VisionThink`] loads a Qwen2.5-VL checkpoint (HF layout) and
+//! answers questions with the low-res-first protocol on candle (CPU, or CUDA with the `cuda`
+//! feature) or on the WebGPU executor (`wgpu` feature); around the sans-I/O
+//! [`visionthink_core`] it reads model directories and images from disk, judges over HTTP
+//! (any OpenAI-compatible endpoint), scores rollouts in batch, and serves an OpenAI-compatible
+//! endpoint (`serve` feature). The `visionthink` binary is built from this crate.
 //!
 //! ```
 //! use visionthink::ModelDir;
@@ -49,13 +49,14 @@ pub enum Error {
     /// An error from the core (bad image, bad config, …).
     #[error(transparent)]
     Core(#[from] visionthink_core::Error),
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A file could not be read. The OS error is part of the message (and not also the
+    /// error's `source()`, which would print it twice in a cause chain).
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Loading or running the model failed.
     #[error("model: {0}")]

@@ -498,3 +498,89 @@ fn demo_runs_on_the_built_in_example() {
     assert_eq!(v["visual_tokens_low_res"], 192);
     assert_eq!(v["visual_tokens_full_res"], 768);
 }
+
+/// The exact text of common errors: each cause printed once (an error whose message embeds its
+/// source, printed with its cause chain, used to say "No such file or directory" twice).
+#[test]
+fn common_errors_print_each_cause_once() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("error_texts");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stderr = |args: &[&str]| {
+        let out = vt(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.join("missing.png");
+    let missing = missing.to_str().unwrap();
+    assert_eq!(
+        stderr(&["preprocess", "--image", missing, "--json"]),
+        format!("error: cannot read {missing}: No such file or directory (os error 2)\n")
+    );
+    let not_image = write(&dir, "not_an_image.png", b"hello, I am text");
+    let not_image = not_image.to_str().unwrap();
+    assert_eq!(
+        stderr(&["preprocess", "--image", not_image, "--json"]),
+        format!(
+            "error: {not_image}: cannot decode image (unknown): unrecognised image format (The \
+             image format could not be determined); supported: PNG, JPEG, WebP, GIF\n"
+        )
+    );
+    let empty_model = dir.join("empty_model");
+    std::fs::create_dir_all(&empty_model).unwrap();
+    let empty_model = empty_model.to_str().unwrap();
+    let image = fixture("images/photo_300x200.jpg");
+    assert_eq!(
+        stderr(&[
+            "ask",
+            "--model-dir",
+            empty_model,
+            "--image",
+            image.to_str().unwrap(),
+            "--question",
+            "q"
+        ]),
+        format!(
+            "error: loading {empty_model}: {empty_model}/tokenizer.json: missing (a model folder \
+             needs tokenizer.json)\n"
+        )
+    );
+    // An unreachable judge: the rollout is kept with the reason, its group marked dropped.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener); // nothing listens there now
+    let rollouts = write(
+        &dir,
+        "rollouts.jsonl",
+        br#"{"id": 1, "group": 1, "turns": ["<answer>a</answer>"], "ground_truth": "a"}"#,
+    );
+    let scored = dir.join("scored.jsonl");
+    let url = format!("http://127.0.0.1:{port}/v1");
+    let out = vt(&[
+        "score",
+        "--judge",
+        "http",
+        "--judge-url",
+        &url,
+        "--judge-model",
+        "m",
+        "--input",
+        rollouts.to_str().unwrap(),
+        "--output",
+        scored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "warning: the judge failed on 1 rollout(s); their groups are marked group_kept=false\n"
+    );
+    let row: Value =
+        serde_json::from_str(std::fs::read_to_string(&scored).unwrap().trim()).unwrap();
+    assert_eq!(
+        row["judge_error"],
+        format!(
+            "judge failed: 3 attempts failed; last: request to {url}/chat/completions failed: io: \
+             Connection refused (os error 111)"
+        )
+    );
+}
