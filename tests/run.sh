@@ -73,6 +73,7 @@ if [ -d "$CARGO_TARGET_DIR" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$here" ]; t
   step "cache last built from $(cat "$stamp" 2>/dev/null || echo 'an unknown checkout'): rebuilding the workspace crates"
   cargo clean -p visionthink-core -p visionthink-model -p visionthink -p visionthink-wasm -p visionthink-train
   cargo clean -p visionthink-core -p visionthink-model -p visionthink-wasm --target wasm32-unknown-unknown
+  cargo clean -p visionthink-core -p visionthink-model -p visionthink-wasm --target wasm32-unknown-unknown --release
 fi
 mkdir -p "$CARGO_TARGET_DIR" && echo "$here" > "$stamp"
 
@@ -94,8 +95,10 @@ cargo clippy -p visionthink-model --features wgpu --lib --target wasm32-unknown-
 step "check the optional Hugging Face Hub feature compiles"
 cargo check -p visionthink --features hub --locked
 
+# Every wasm32 build below uses the release profile, the one the npm package ships: the
+# dependencies are compiled for wasm32 once and shared by the tests and the package build.
 step "build visionthink-core for wasm32"
-cargo build -p visionthink-core --target wasm32-unknown-unknown --locked
+cargo build -p visionthink-core --target wasm32-unknown-unknown --release --locked
 
 step "tests (native; the WebGPU executor on lavapipe)"
 cargo test --workspace --locked
@@ -105,12 +108,12 @@ cargo test -p visionthink-core --no-default-features --features onig --test toke
 
 step "core tests on wasm32 (Node)"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p visionthink-core --target wasm32-unknown-unknown --tests --locked
+  cargo test -p visionthink-core --target wasm32-unknown-unknown --tests --release --locked
 
 step "browser tests in headless Chromium (wasm-bindgen-test + chromedriver, WebGPU on SwiftShader)"
 (cd wasm && CHROMEDRIVER=$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=900 \
   CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-  cargo test -p visionthink-wasm --target wasm32-unknown-unknown --test browser --locked)
+  cargo test -p visionthink-wasm --target wasm32-unknown-unknown --test browser --release --locked)
 
 step "npm package: build (wasm32 release + wasm-bindgen + tsc), Playwright e2e of the demo, npm pack"
 (
