@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use visionthink_core::judge::{Judge, JudgeRequest};
 use visionthink_core::model_files::ModelFiles;
-use visionthink_model::generate::SamplingConfig;
+use visionthink_core::sampling::SamplingConfig;
 use visionthink_model::{CandleBackend, Qwen25VL};
 
 /// Accuracy and resize ratio of one kind of question.

@@ -5,12 +5,13 @@
 
 use crate::data::Kind;
 use anyhow::{Context, Result};
+use visionthink_core::driver::TurnDecoder;
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
 use visionthink_core::model_files::ModelFiles;
 use visionthink_core::protocol::{Episode, EpisodeImages, Outcome, ProtocolConfig, Step};
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
+use visionthink_core::sampling::{Sampler, SamplingConfig};
 use visionthink_core::tokens;
-use visionthink_model::generate::{Sampler, SamplingConfig};
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL};
 
 /// Which SPEC §4 image path builds the two images.
@@ -202,29 +203,25 @@ fn force_after_think(
     ))
 }
 
-/// The state of one model turn being generated.
+/// The state of one model turn being generated: the core's turn rules (stop ids, the budget
+/// cut, forced tokens) plus what the forcing steers watch.
 struct TurnState {
-    /// Set once a forcing steer takes over (turn 1, after `</think>`): the tokens to emit.
-    forced: Option<Vec<u32>>,
-    /// Where in the turn the forced tokens start.
-    forced_from: usize,
-    /// Token budget of the turn (a forcing steer may change it).
-    budget: usize,
-    /// Tokens of the turn so far.
-    ids: Vec<u32>,
-    /// The text of `ids` while a forcing steer watches for `</think>`.
+    /// Tokens, budget and forcing: the same rules as every executor.
+    decoder: TurnDecoder,
+    /// Set once a forcing steer took over (turn 1, after `</think>`).
+    steered: bool,
+    /// The text of the turn's ids while a forcing steer watches for `</think>`.
     decoded: String,
 }
 
 impl TurnState {
-    fn new(max_new_tokens: usize) -> Self {
-        Self {
-            forced: None,
-            forced_from: 0,
-            budget: max_new_tokens.max(1),
-            ids: Vec::new(),
+    fn new(max_new_tokens: usize, eos: &[u32]) -> Result<Self> {
+        Ok(Self {
+            decoder: TurnDecoder::new(max_new_tokens.max(1), eos.to_vec(), false, None)?
+                .without_stream(),
+            steered: false,
             decoded: String::new(),
-        }
+        })
     }
 }
 
@@ -276,43 +273,41 @@ impl Group<'_> {
     fn pick(&self, live: &mut Live) -> Result<Next> {
         let files = self.ctx.files;
         let t = &mut live.state;
-        let i = t.ids.len();
-        let mut id = match &t.forced {
-            Some(f) if i - t.forced_from < f.len() => f[i - t.forced_from],
-            _ => {
+        let mut id = match t.decoder.forced_next() {
+            Some(id) => id,
+            None => {
                 if self.steer == Steer::ForceAnswerAfterThink {
                     live.logits[tokens::TOOL_CALL as usize] = f32::NEG_INFINITY;
                 }
                 live.sampler.pick(&live.logits)
             }
         };
-        if self.forcing() && live.turn == 0 && t.forced.is_none() {
-            if let Some(f) = force_after_think(files, &mut t.decoded, &t.ids, id, self.steer)? {
-                t.budget = if self.steer == Steer::ForceToolAfterThink {
+        if self.forcing() && live.turn == 0 && !t.steered {
+            let ids = t.decoder.ids();
+            if let Some(f) = force_after_think(files, &mut t.decoded, ids, id, self.steer)? {
+                let i = ids.len();
+                let budget = if self.steer == Steer::ForceToolAfterThink {
                     i + f.len()
                 } else {
                     // The answer itself still has the rest of the turn's budget.
-                    t.budget.max(i + f.len() + 1)
+                    t.decoder.budget().max(i + f.len() + 1)
                 };
-                t.forced_from = i;
                 id = f[0];
-                t.forced = Some(f);
+                t.decoder.force_rest(f, budget);
+                t.steered = true;
             }
         }
-        let is_eos = self.eos.contains(&id);
-        let last = i + 1 == t.budget;
-        if last && !is_eos {
-            // A turn cut by the budget ends with `<|im_end|>` (official rollout).
-            id = tokens::IM_END;
-        }
+        // A stop id ends the turn; a turn cut by the budget ends with `<|im_end|>` (official
+        // rollout): the core's rule, as in the SDK and the browser.
+        let picked = t.decoder.push(&files.tokenizer, id)?;
         if self.cfg.record_logps {
-            live.sample_logps.push(log_softmax_at(&live.logits, id));
+            live.sample_logps
+                .push(log_softmax_at(&live.logits, picked.id));
         }
-        t.ids.push(id);
-        Ok(if is_eos || last {
+        Ok(if picked.last {
             Next::TurnEnd
         } else {
-            Next::Decode(id)
+            Next::Decode(picked.id)
         })
     }
 
@@ -320,7 +315,11 @@ impl Group<'_> {
     /// image when asked) is fed and the next turn starts.
     fn end_turn(&mut self, live: &mut Live) -> Result<()> {
         let (be, model, files) = (self.ctx.be, self.ctx.model, self.ctx.files);
-        let ids = std::mem::replace(&mut live.state, TurnState::new(self.cfg.max_new_tokens)).ids;
+        let next = TurnState::new(self.cfg.max_new_tokens, &self.eos)?;
+        let ids = std::mem::replace(&mut live.state, next)
+            .decoder
+            .ids()
+            .to_vec();
         live.cont.extend_from_slice(&ids);
         live.generated.extend(std::iter::repeat_n(true, ids.len()));
         let text = files.tokenizer.decode(&ids, true)?;
@@ -456,7 +455,7 @@ pub fn rollout_group(
                 visual: prompt.low_tokens,
                 used_high: false,
                 turn: 0,
-                state: TurnState::new(cfg.max_new_tokens),
+                state: TurnState::new(cfg.max_new_tokens, &group.eos)?,
                 outcome: None,
             })
         })

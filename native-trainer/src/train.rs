@@ -22,7 +22,7 @@ use std::time::Instant;
 use visionthink::{HttpJudge, HttpJudgeConfig};
 use visionthink_core::judge::{ExactJudge, Judge, JudgeRequest, RuleJudge};
 use visionthink_core::reward::{grpo_advantages, score_group, JudgedRollout};
-use visionthink_model::generate::SamplingConfig;
+use visionthink_core::sampling::SamplingConfig;
 
 /// The metrics file in the run folder.
 pub const METRICS: &str = "metrics.jsonl";

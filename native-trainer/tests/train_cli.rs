@@ -684,7 +684,7 @@ fn eval_without_model_dir_uses_the_shipped_model() {
 /// closes `</think>` so the always-high steer reaches turn 2.
 #[test]
 fn rollout_and_scoring_forward_agree_on_every_generated_token() {
-    use visionthink_model::generate::SamplingConfig;
+    use visionthink_core::sampling::SamplingConfig;
     use visionthink_train::grpo::group_logps;
     use visionthink_train::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer};
     let (_, be, model, files) = visionthink_train::policy::load_frozen(None).expect("shipped");

@@ -5,13 +5,13 @@
 
 use serde::Serialize;
 pub use visionthink_core::answer::{Answer, Event, Timings};
-use visionthink_core::image::{decode, preprocess, visual_tokens, DecodeLimits, PixelValues};
+use visionthink_core::config::ModelConfig;
+use visionthink_core::driver::{Action, EpisodeDriver, EpisodeOptions, FeedKind, ModelInfo};
+use visionthink_core::image::{decode, DecodeLimits, PixelValues};
 use visionthink_core::model_files::ModelFiles;
-use visionthink_core::protocol::{Episode, EpisodeImages, ProtocolConfig, Step};
+use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::rope::{extend_rope_index, MropeBuilder, Positions};
-use visionthink_core::tokenizer::StreamDecoder;
-use visionthink_core::{config::ModelConfig, tokens};
-use visionthink_model::generate::{Sampler, SamplingConfig};
+use visionthink_core::sampling::SamplingConfig;
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WgpuBackend};
 
 /// Everything that can go wrong, with the stable JS error name of each kind.
@@ -118,7 +118,8 @@ pub trait Host {
     fn cancelled(&self) -> bool;
 }
 
-/// Options of one `ask`.
+/// Options of one `ask` (JS names in camelCase; defaults are the core's, the same as the Rust
+/// SDK's).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct AskOptions {
@@ -132,20 +133,55 @@ pub struct AskOptions {
     pub top_k: usize,
     /// Sampling seed.
     pub seed: u64,
+    /// Keep generating past end-of-turn tokens (benchmarks).
+    pub ignore_eos: bool,
+    /// Model generation rounds (official: 2).
+    pub max_rounds: usize,
+    /// Images per episode, the half-size one included (official: 2).
+    pub max_images: usize,
     /// Teacher-forced turn texts (replay a trajectory).
     pub forced_turns: Vec<String>,
 }
 
 impl Default for AskOptions {
     fn default() -> Self {
+        let d = EpisodeOptions::default();
         Self {
-            max_new_tokens: 1024,
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: 0,
-            forced_turns: Vec::new(),
+            max_new_tokens: d.max_new_tokens,
+            temperature: d.sampling.temperature,
+            top_p: d.sampling.top_p,
+            top_k: d.sampling.top_k,
+            seed: d.sampling.seed,
+            ignore_eos: d.ignore_eos,
+            max_rounds: d.protocol.max_rounds,
+            max_images: d.protocol.max_images,
+            forced_turns: d.forced_turns,
         }
+    }
+}
+
+impl AskOptions {
+    /// The core driver's options, checked (a bad value is a `TypeError` in JS).
+    pub fn episode_options(&self) -> Result<EpisodeOptions> {
+        let opts = EpisodeOptions {
+            max_new_tokens: self.max_new_tokens,
+            sampling: SamplingConfig {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k: self.top_k,
+                seed: self.seed,
+            },
+            ignore_eos: self.ignore_eos,
+            protocol: ProtocolConfig {
+                max_rounds: self.max_rounds,
+                max_images: self.max_images,
+                ..ProtocolConfig::default()
+            },
+            forced_turns: self.forced_turns.clone(),
+        };
+        opts.validate()
+            .map_err(|e| RunError::Options(e.to_string()))?;
+        Ok(opts)
     }
 }
 
@@ -202,7 +238,9 @@ impl Model {
     }
 
     /// Answers a question about an encoded image (PNG, JPEG, WebP, GIF) with the low-res-first
-    /// protocol.
+    /// protocol. The token loop is the core's [`EpisodeDriver`], as in the Rust SDK; this only
+    /// runs the model on what the driver asks for, awaiting GPU readbacks and yielding to the
+    /// event loop between CPU tokens.
     pub async fn ask(
         &self,
         image: &[u8],
@@ -211,100 +249,52 @@ impl Model {
         host: &impl Host,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<BrowserAnswer> {
-        if opts.max_new_tokens == 0 {
-            return Err(RunError::Options("maxNewTokens must be at least 1".into()));
-        }
-        let valid = opts.top_p > 0.0 && opts.top_p <= 1.0 && opts.temperature >= 0.0;
-        if !valid {
-            return Err(RunError::Options(
-                "temperature must be ≥ 0 and topP in (0, 1]".into(),
-            ));
-        }
-        let start = host.now_ms();
+        let episode_opts = opts.episode_options()?;
         let original = decode(image, DecodeLimits::default())?;
-        let images = EpisodeImages::for_inference(&original)?;
-        let low = preprocess(&images.low_res, &self.files.preprocessor)?;
-        let full_tokens = visual_tokens(
-            images.high_res.width,
-            images.high_res.height,
-            &self.files.preprocessor,
+        let clock = || host.now_ms();
+        let mut driver = EpisodeDriver::new(
+            ModelInfo::from(&self.files),
+            &original,
+            question,
+            &episode_opts,
+            &clock,
         )?;
-        let mut preprocess_ms = host.now_ms() - start;
-        let mut episode = Episode::new(question, ProtocolConfig::default());
-        let turn1 = match &self.files.chat_template {
-            Some(t) => {
-                let p = t.visionthink_turn1(question)?;
-                episode.with_initial_prompt(&p);
-                p
-            }
-            None => episode.initial_prompt(),
-        };
-        let mut visual_tokens = low.num_image_tokens(self.merge());
-        let ids = self
-            .files
-            .tokenizer
-            .encode_prompt(&turn1, &[visual_tokens])?;
         let mut s = Session::new(self);
-        let mut logits = s.feed(&ids, std::slice::from_ref(&low), host).await?;
-        let mut sampler = Sampler::new(SamplingConfig {
-            temperature: opts.temperature,
-            top_p: opts.top_p,
-            top_k: opts.top_k,
-            seed: opts.seed,
-        });
-        let mut turn = 0;
-        let outcome = loop {
-            let forced = opts
-                .forced_turns
-                .get(turn)
-                .map(|t| {
-                    self.files
-                        .tokenizer
-                        .encode_template(&format!("{t}<|im_end|>"))
-                })
-                .transpose()?;
-            let generated = s
-                .generate(
-                    logits,
-                    opts.max_new_tokens,
-                    &mut sampler,
-                    forced.as_deref(),
-                    host,
-                    &mut |id, text| on_event(Event::Token { turn, id, text }),
-                )
-                .await?;
-            let text = self.files.tokenizer.decode(&generated, true)?;
-            match episode.on_model_turn(&text)? {
-                Step::Done(o) => break o,
-                Step::ToolTurn(tt) => {
+        let mut action = driver.start()?;
+        let mut decode_ms = 0.0;
+        let mut generated = 0;
+        loop {
+            match action {
+                Action::Feed(feed) => {
                     let t = host.now_ms();
-                    let pvs: Vec<PixelValues> = match &tt.image {
-                        Some(req) => {
-                            on_event(Event::ResizeRequested);
-                            let pv = preprocess(&req.fulfil(&images)?, &self.files.preprocessor)?;
-                            visual_tokens += pv.num_image_tokens(self.merge());
-                            vec![pv]
-                        }
-                        None => Vec::new(),
+                    let logits = match feed.kind {
+                        FeedKind::Prompt => s.feed(&feed.ids, &feed.images, host).await?,
+                        FeedKind::Token => s.step(&feed.ids, host).await?,
                     };
-                    preprocess_ms += host.now_ms() - t;
-                    let counts: Vec<usize> = pvs
-                        .iter()
-                        .map(|p| p.num_image_tokens(self.merge()))
-                        .collect();
-                    let ids = self.files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
-                    logits = s.feed(&ids, &pvs, host).await?;
-                    turn += 1;
+                    if feed.kind == FeedKind::Token {
+                        decode_ms += host.now_ms() - t;
+                    }
+                    let t = host.now_ms();
+                    action = driver.on_logits(&logits, on_event)?;
+                    decode_ms += host.now_ms() - t;
+                    generated += 1;
+                }
+                Action::Done(answer) => {
+                    let executor = Timings {
+                        decode_ms,
+                        generated_tokens: generated,
+                        ..s.timings
+                    };
+                    return Ok(BrowserAnswer {
+                        answer: Answer {
+                            timings: answer.timings.with_executor(&executor),
+                            ..answer
+                        },
+                        backend: self.backend(),
+                    });
                 }
             }
-        };
-        let mut timings = s.timings;
-        timings.preprocess_ms = preprocess_ms;
-        timings.total_ms = host.now_ms() - start;
-        Ok(BrowserAnswer {
-            answer: Answer::from_outcome(&outcome, visual_tokens, full_tokens, timings),
-            backend: self.backend(),
-        })
+        }
     }
 }
 
@@ -397,49 +387,16 @@ impl<'a> Session<'a> {
         Ok(logits)
     }
 
-    async fn generate(
-        &mut self,
-        mut logits: Vec<f32>,
-        max_new_tokens: usize,
-        sampler: &mut Sampler,
-        forced: Option<&[u32]>,
-        host: &impl Host,
-        on_token: &mut dyn FnMut(u32, &str),
-    ) -> Result<Vec<u32>> {
-        let eos = tokens::stop_ids(self.model.files.generation.as_ref());
-        let tok = &self.model.files.tokenizer;
-        let budget = forced.map_or(max_new_tokens, <[u32]>::len);
-        let t = host.now_ms();
-        let mut out = Vec::new();
-        let mut stream = StreamDecoder::default();
-        for i in 0..budget {
-            if host.cancelled() {
-                return Err(RunError::Cancelled);
-            }
-            let mut id = match forced {
-                Some(f) => f[i],
-                None => sampler.pick(&logits),
-            };
-            let is_eos = eos.contains(&id);
-            let last = i + 1 == budget;
-            if last && !is_eos {
-                id = tokens::IM_END;
-            }
-            out.push(id);
-            if let Some(piece) = stream.next(tok, &out)? {
-                on_token(id, &piece);
-            }
-            self.positions.push_text(1);
-            logits = self.run(&[id], &[], host).await?;
-            if matches!(self.model.exec, Exec::Cpu(..)) {
-                host.yield_now().await;
-            }
-            if is_eos || last {
-                break;
-            }
+    /// Feeds generated tokens (timed as decoding by the caller).
+    async fn step(&mut self, ids: &[u32], host: &impl Host) -> Result<Vec<f32>> {
+        if host.cancelled() {
+            return Err(RunError::Cancelled);
         }
-        self.timings.decode_ms += host.now_ms() - t;
-        self.timings.generated_tokens += out.len();
-        Ok(out)
+        self.positions.push_text(ids.len());
+        let logits = self.run(ids, &[], host).await?;
+        if matches!(self.model.exec, Exec::Cpu(..)) {
+            host.yield_now().await;
+        }
+        Ok(logits)
     }
 }

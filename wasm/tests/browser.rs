@@ -23,6 +23,9 @@ const WEIGHTS: &[u8] = include_bytes!("../../tests/fixtures/models/tied_nested/m
 const GOLDEN: &str = include_str!("../../tests/fixtures/models/golden.json");
 const PROMPT: &str = include_str!("../../tests/fixtures/golden/prompt_one_image_lowres.txt");
 const PHOTO: &[u8] = include_bytes!("../../tests/fixtures/images/photo_640x480.png");
+/// The scripted episodes' records, written by the Rust SDK on candle
+/// (sdk/visionthink/tests/episodes.rs): every executor must reproduce them.
+const RECORDS: &str = include_str!("../../tests/fixtures/episodes/records.json");
 
 async fn gpu() -> WgpuBackend {
     WgpuBackend::new(Default::default())
@@ -159,7 +162,7 @@ async fn whole_model_logits_match_transformers_in_the_browser() {
         / scale;
     assert!(d <= 1e-3, "logits differ by {d} of the logit scale");
     assert_eq!(
-        visionthink_model::generate::argmax(&logits) as u64,
+        visionthink_core::sampling::argmax(&logits) as u64,
         case["argmax"].as_u64().unwrap()
     );
 }
@@ -175,6 +178,59 @@ impl Host for TestHost {
     }
 }
 
+/// The tiny test checkpoint on WebGPU or on the CPU fallback.
+async fn tiny_model(use_gpu: bool) -> Model {
+    let files = ModelFiles::parse(|name| {
+        Ok::<_, ()>(match name {
+            "tokenizer.json" => Some(TOKENIZER.to_vec()),
+            "config.json" => Some(CONFIG.to_vec()),
+            "chat_template.json" => Some(TEMPLATE.to_vec()),
+            _ => None,
+        })
+    })
+    .unwrap();
+    let store =
+        WeightStore::from_bytes(vec![("model.safetensors".into(), WEIGHTS.to_vec())]).unwrap();
+    let be = if use_gpu { Some(gpu().await) } else { None };
+    Model::new(files, &store, be).unwrap()
+}
+
+/// The scripted episodes (direct answer, resize then answer, malformed tool call, budget cut)
+/// give the Rust SDK's records, field by field, on WebGPU and on the CPU fallback.
+#[wasm_bindgen_test]
+async fn scripted_episodes_match_the_native_record() {
+    let want: Value = serde_json::from_str(RECORDS).unwrap();
+    for use_gpu in [true, false] {
+        let model = tiny_model(use_gpu).await;
+        for (name, case) in want.as_object().unwrap() {
+            let forced: Vec<String> = case["forced_turns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect();
+            let opts = AskOptions {
+                max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
+                forced_turns: forced,
+                ..Default::default()
+            };
+            let a = model
+                .ask(PHOTO, "What is the code?", &opts, &TestHost, &mut |_| {})
+                .await
+                .unwrap();
+            let got = serde_json::to_value(&a.answer).unwrap();
+            for (field, value) in case["record"].as_object().unwrap() {
+                assert_eq!(
+                    &got[field],
+                    value,
+                    "{}: case {name}, field {field}",
+                    model.backend()
+                );
+            }
+        }
+    }
+}
+
 #[wasm_bindgen_test]
 async fn episode_on_webgpu_equals_the_cpu_fallback() {
     let call = "<think>Too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
@@ -185,19 +241,7 @@ async fn episode_on_webgpu_equals_the_cpu_fallback() {
     };
     let mut answers = Vec::new();
     for use_gpu in [true, false] {
-        let files = ModelFiles::parse(|name| {
-            Ok::<_, ()>(match name {
-                "tokenizer.json" => Some(TOKENIZER.to_vec()),
-                "config.json" => Some(CONFIG.to_vec()),
-                "chat_template.json" => Some(TEMPLATE.to_vec()),
-                _ => None,
-            })
-        })
-        .unwrap();
-        let store =
-            WeightStore::from_bytes(vec![("model.safetensors".into(), WEIGHTS.to_vec())]).unwrap();
-        let be = if use_gpu { Some(gpu().await) } else { None };
-        let model = Model::new(files, &store, be).unwrap();
+        let model = tiny_model(use_gpu).await;
         let mut pieces = String::new();
         let a = model
             .ask(PHOTO, "What is the code?", &opts, &TestHost, &mut |ev| {

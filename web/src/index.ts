@@ -44,11 +44,18 @@ export interface AskRequest {
   image: ImageInput;
   question: string;
   stream?: boolean;
+  /** New-token budget per model turn (default 8192, as in the Rust SDK and the official evaluation). */
   maxNewTokens?: number;
   temperature?: number;
   topP?: number;
   topK?: number;
   seed?: number;
+  /** Keep generating past end-of-turn tokens (benchmarks). */
+  ignoreEos?: boolean;
+  /** Model generation rounds (default 2, official). */
+  maxRounds?: number;
+  /** Images per episode, the half-size one included (default 2, official). */
+  maxImages?: number;
   /** Teacher-forced turn texts (replay a recorded trajectory). */
   forcedTurns?: string[];
   /** Aborts the generation (rejects with an `AbortError`). */

@@ -11,6 +11,9 @@
 //!   the VisionThink low-/high-resolution paths.
 //! - [`rope`]: M-RoPE position ids and `rope_delta`.
 //! - [`protocol`]: the low-res-first episode as a state machine.
+//! - [`driver`]: the token loop of an episode (turn 1, forced turns, the budget cut, tool
+//!   turns, streaming text, the answer record) for any executor to drive.
+//! - [`sampling`]: greedy / temperature / top-k / top-p token selection, seeded.
 //! - [`reward`], [`judge`]: format/accuracy rewards, penalties, GRPO advantages, judges.
 //! - [`config`]: `config.json` (flat and nested), `preprocessor_config.json`,
 //!   `generation_config.json`.
@@ -32,6 +35,7 @@ compile_error!("visionthink-core needs a tokenizer regex engine: enable feature 
 
 pub mod answer;
 pub mod config;
+pub mod driver;
 pub mod error;
 pub mod image;
 pub mod judge;
@@ -41,6 +45,7 @@ pub mod prompt;
 pub mod protocol;
 pub mod reward;
 pub mod rope;
+pub mod sampling;
 pub mod strings;
 pub mod tokenizer;
 pub mod tokens;

@@ -7,7 +7,11 @@
 
 pub mod backend;
 pub mod candle_backend;
-pub mod generate;
+/// Token selection (greedy, temperature, top-k, top-p): it uses no tensor library, so it lives
+/// in the core, where the episode driver samples identically for every executor.
+pub mod generate {
+    pub use visionthink_core::sampling::*;
+}
 pub mod graph;
 pub mod weights;
 #[cfg(feature = "wgpu")]

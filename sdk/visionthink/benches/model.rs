@@ -7,7 +7,7 @@
 use std::time::Instant;
 use visionthink::core::image::preprocess;
 use visionthink::{AskOptions, GenerateOptions, VisionThink};
-use visionthink_model::generate::Sampler;
+use visionthink_core::sampling::Sampler;
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

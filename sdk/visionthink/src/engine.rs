@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 pub use visionthink_core::answer::{Answer, Event, Timings};
 use visionthink_core::config::ModelConfig;
+use visionthink_core::driver::{
+    Action, EpisodeDriver, EpisodeOptions, FeedKind, ModelInfo, TurnDecoder,
+};
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
-use visionthink_core::protocol::{Episode, EpisodeImages, ProtocolConfig, Step};
+use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
-use visionthink_core::tokenizer::StreamDecoder;
+use visionthink_core::sampling::{Sampler, SamplingConfig};
 use visionthink_core::tokens;
-use visionthink_model::generate::{Sampler, SamplingConfig};
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
 #[cfg(feature = "wgpu")]
 use visionthink_model::{WgpuBackend, WgpuOptions};
@@ -111,11 +113,13 @@ pub struct GenerateOptions {
 }
 
 impl Default for GenerateOptions {
+    /// The core's episode defaults (one set for every executor).
     fn default() -> Self {
+        let d = EpisodeOptions::default();
         Self {
-            max_new_tokens: 8192,
-            sampling: SamplingConfig::default(),
-            ignore_eos: false,
+            max_new_tokens: d.max_new_tokens,
+            sampling: d.sampling,
+            ignore_eos: d.ignore_eos,
             cancel: None,
         }
     }
@@ -220,6 +224,19 @@ pub struct AskOptions {
     /// recorded trajectory, testing both branches of the protocol on any checkpoint). Turns
     /// beyond the list are generated.
     pub forced_turns: Vec<String>,
+}
+
+impl AskOptions {
+    /// The core driver's options (the cancel handle stays with the SDK).
+    pub fn episode_options(&self) -> EpisodeOptions {
+        EpisodeOptions {
+            max_new_tokens: self.generation.max_new_tokens,
+            sampling: self.generation.sampling.clone(),
+            ignore_eos: self.generation.ignore_eos,
+            protocol: self.protocol.clone(),
+            forced_turns: self.forced_turns.clone(),
+        }
+    }
 }
 
 /// A loaded VisionThink (Qwen2.5-VL) model.
@@ -438,6 +455,9 @@ impl VisionThink {
     }
 
     /// [`Self::ask`] with a callback per generated token and protocol event.
+    ///
+    /// The episode's token loop is the core's [`EpisodeDriver`]: this function only runs the
+    /// model on what the driver asks for.
     pub fn ask_streaming(
         &self,
         image: &RgbImage,
@@ -445,86 +465,54 @@ impl VisionThink {
         opts: &AskOptions,
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<Answer> {
-        let start = Instant::now();
-        let t = Instant::now();
-        let images = EpisodeImages::for_inference(image)?;
-        let low = self.preprocess(&images.low_res)?;
-        // Only the count is needed here: the full image is processed if the model asks for it.
-        let full_tokens = self.visual_tokens(&images.high_res)?;
-        let mut preprocess_ms = ms(t);
-        let mut episode = Episode::new(question, opts.protocol.clone());
-        let turn1 = match &self.dir.chat_template {
-            Some(tmpl) => {
-                let p = tmpl.visionthink_turn1(question)?;
-                episode.with_initial_prompt(&p);
-                p
-            }
-            None => episode.initial_prompt(),
-        };
-        let mut visual_tokens = low.num_image_tokens(self.merge());
-        let ids = self.dir.tokenizer.encode_prompt(&turn1, &[visual_tokens])?;
-        opts.generation.check_cancel()?;
+        let episode_opts = opts.episode_options();
+        let t0 = Instant::now();
+        let clock = move || ms(t0);
+        let mut driver = EpisodeDriver::new(self.info(), image, question, &episode_opts, &clock)?;
         let mut session = self.session();
-        let mut logits = session.feed(&ids, std::slice::from_ref(&low))?;
-        let mut sampler = Sampler::new(opts.generation.sampling.clone());
-        let mut turn = 0;
-        let outcome = loop {
-            let forced = opts
-                .forced_turns
-                .get(turn)
-                .map(|s| {
-                    self.dir
-                        .tokenizer
-                        .encode_template(&format!("{s}<|im_end|>"))
-                })
-                .transpose()?;
-            let generated = session.generate(
-                logits,
-                &opts.generation,
-                &mut sampler,
-                forced.as_deref(),
-                &mut |id, piece| {
-                    on_event(Event::Token {
-                        turn,
-                        id,
-                        text: piece,
-                    })
-                },
-            )?;
-            let text = self.dir.tokenizer.decode(&generated, true)?;
-            match episode.on_model_turn(&text)? {
-                Step::Done(o) => break o,
-                Step::ToolTurn(tt) => {
-                    let t = Instant::now();
-                    let pvs = match &tt.image {
-                        Some(req) => {
-                            on_event(Event::ResizeRequested);
-                            let pv = self.preprocess(&req.fulfil(&images)?)?;
-                            visual_tokens += pv.num_image_tokens(self.merge());
-                            vec![pv]
-                        }
-                        None => Vec::new(),
-                    };
-                    preprocess_ms += ms(t);
+        let mut action = driver.start()?;
+        let mut decode = Timings::default();
+        loop {
+            match action {
+                Action::Feed(feed) => {
                     opts.generation.check_cancel()?;
-                    let tool_ids = self
-                        .dir
-                        .tokenizer
-                        .encode_prompt(&tt.prompt, &self.token_counts(&pvs))?;
-                    logits = session.feed(&tool_ids, &pvs)?;
-                    turn += 1;
+                    let t = Instant::now();
+                    let logits = match feed.kind {
+                        FeedKind::Prompt => session.feed(&feed.ids, &feed.images)?,
+                        FeedKind::Token => session.step_all(&feed.ids)?,
+                    };
+                    let fed_ms = ms(t);
+                    let t = Instant::now();
+                    action = driver.on_logits(&logits, &mut on_event)?;
+                    decode.generated_tokens += 1;
+                    decode.decode_ms += ms(t);
+                    if feed.kind == FeedKind::Token {
+                        decode.decode_ms += fed_ms;
+                    }
+                }
+                Action::Done(answer) => {
+                    let executor = Timings {
+                        decode_ms: decode.decode_ms,
+                        generated_tokens: decode.generated_tokens,
+                        ..session.timings
+                    };
+                    return Ok(Answer {
+                        timings: answer.timings.with_executor(&executor),
+                        ..answer
+                    });
                 }
             }
-        };
-        let mut timings = session.timings;
-        timings.preprocess_ms = preprocess_ms;
-        timings.total_ms = ms(start);
-        Ok(Answer::from_outcome(
-            &outcome,
-            visual_tokens,
-            full_tokens,
-            timings,
-        ))
+        }
+    }
+
+    /// What the core's driver reads from this model's files.
+    pub fn info(&self) -> ModelInfo<'_> {
+        ModelInfo {
+            tokenizer: &self.dir.tokenizer,
+            preprocessor: &self.dir.preprocessor,
+            generation: self.dir.generation.as_ref(),
+            chat_template: self.dir.chat_template.as_ref(),
+        }
     }
 }
 
@@ -587,10 +575,20 @@ impl Session<'_> {
         Ok(logits)
     }
 
+    /// Feeds generated tokens (no prompt accounting: they are timed as decoding by the caller).
+    fn step_all(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        for &id in ids {
+            logits = self.step(id)?;
+        }
+        Ok(logits)
+    }
+
     /// Generates one model turn from the given next-token logits; the turn's ids (ending with
     /// `<|im_end|>`, as the official rollout guarantees: a turn cut by the token budget has its
     /// last token replaced by `<|im_end|>`) are in the cache afterwards. With `forced`, those ids
-    /// are fed instead of chosen ones (teacher forcing).
+    /// are fed instead of chosen ones (teacher forcing). The rules are the core's
+    /// [`TurnDecoder`], the ones every executor applies.
     pub fn generate(
         &mut self,
         mut logits: Vec<f32>,
@@ -599,34 +597,25 @@ impl Session<'_> {
         forced: Option<&[u32]>,
         on_token: &mut dyn FnMut(u32, &str),
     ) -> Result<Vec<u32>> {
-        let eos = self.engine.eos();
-        let budget = forced.map_or(opts.max_new_tokens, <[u32]>::len);
-        if budget == 0 {
-            return Err(Error::Model("max_new_tokens must be at least 1".into()));
-        }
+        let mut turn = TurnDecoder::new(
+            opts.max_new_tokens,
+            self.engine.eos(),
+            opts.ignore_eos,
+            forced.map(<[u32]>::to_vec),
+        )?;
         let t = Instant::now();
-        let mut out: Vec<u32> = Vec::new();
-        let mut stream = StreamDecoder::default();
-        for i in 0..budget {
+        loop {
             opts.check_cancel()?;
-            let mut id = match forced {
-                Some(f) => f[i],
-                None => sampler.pick(&logits),
-            };
-            let is_eos = !opts.ignore_eos && eos.contains(&id);
-            let last = i + 1 == budget;
-            if last && !is_eos && !opts.ignore_eos {
-                id = tokens::IM_END;
+            let picked = turn.choose(&self.engine.dir.tokenizer, &logits, sampler)?;
+            if let Some(piece) = &picked.piece {
+                on_token(picked.id, piece);
             }
-            out.push(id);
-            if let Some(piece) = stream.next(&self.engine.dir.tokenizer, &out)? {
-                on_token(id, &piece);
-            }
-            logits = self.step(id)?;
-            if is_eos || last {
+            logits = self.step(picked.id)?;
+            if picked.last {
                 break;
             }
         }
+        let out = turn.ids().to_vec();
         self.timings.decode_ms += ms(t);
         self.timings.generated_tokens += out.len();
         Ok(out)

@@ -308,7 +308,7 @@ impl GenArgs {
         Ok(visionthink::GenerateOptions {
             max_new_tokens: self.max_new_tokens,
             ignore_eos: self.ignore_eos,
-            sampling: visionthink_model::generate::SamplingConfig {
+            sampling: visionthink_core::sampling::SamplingConfig {
                 temperature: if self.greedy { 0.0 } else { self.temperature },
                 top_p: self.top_p,
                 top_k: self.top_k,
@@ -642,7 +642,7 @@ fn run(cli: Cli) -> Result<()> {
             let vt = load_model(&model)?;
             let (text, images) = prompt.load()?;
             let logits = vt.prompt_logits(&text, &images)?;
-            let argmax = visionthink_model::generate::argmax(&logits);
+            let argmax = visionthink_core::sampling::argmax(&logits);
             let mut order: Vec<usize> = (0..logits.len()).collect();
             order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
             let top5: Vec<Value> = order

@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use visionthink_core::image::DecodeLimits;
 use visionthink_core::judge::{Judge, JudgeRequest, RuleJudge};
 use visionthink_core::prompt::Prompt;
+use visionthink_core::sampling::{Sampler, SamplingConfig};
 use visionthink_core::strings::{JUDGE_QUERY_TEMPLATE, JUDGE_SYSTEM_PROMPT};
-use visionthink_model::generate::{Sampler, SamplingConfig};
 
 /// Server settings.
 #[derive(Debug, Clone)]

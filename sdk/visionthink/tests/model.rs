@@ -159,7 +159,9 @@ fn ask_resize_branch_continues_the_cache() {
             .collect();
         assert_eq!(&got, want, "streamed text of turn {turn}");
     }
-    // No re-prefill: the prompt tokens computed are turn 1 plus the tool turn, nothing twice.
+    // No re-prefill: the prompt tokens computed are turn 1, the call's closing `<|im_end|>`
+    // (the driver feeds a turn's last token together with the tool turn) and the tool turn,
+    // nothing twice.
     let tok = &vt.dir.tokenizer;
     let turn1 = tok
         .encode_prompt(
@@ -170,7 +172,7 @@ fn ask_resize_branch_continues_the_cache() {
     let tool = tok
         .encode_prompt(&visionthink::core::prompt::tool_response_image(), &[391])
         .unwrap();
-    assert_eq!(a.timings.prefill_tokens, turn1.len() + tool.len());
+    assert_eq!(a.timings.prefill_tokens, turn1.len() + 1 + tool.len());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Token selection: greedy, or temperature / top-k / top-p sampling with a seeded generator;
 //! ids above the real vocabulary (padding rows) are never chosen.
 
-use visionthink_core::tokens::MAX_REAL_ID;
+use crate::tokens::MAX_REAL_ID;
 
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,158 @@
+//! The same scripted episodes on every executor: each case's answer record (timings aside) must
+//! equal the committed one in tests/fixtures/episodes/records.json, which the browser tests
+//! (WebGPU and the CPU fallback, wasm/tests/browser.rs) and the trainer's rollouts compare
+//! against too. Cases: a direct answer, a resize call then an answer, a malformed tool call (an
+//! error turn, then the model's own turn), and a turn cut by the token budget.
+//!
+//! The model is the tiny test checkpoint with the files the browser test embeds (tokenizer,
+//! config, chat template; default preprocessor and generation settings).
+//! `VT_UPDATE_SNAPSHOTS=1 cargo test -p visionthink --test episodes` rewrites the record after an
+//! intended change.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use visionthink::{AskOptions, DeviceChoice, GenerateOptions, Precision, VisionThink};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The scripted cases: name, forced turns, token budget (shared with the browser test through
+/// records.json, which lists them).
+fn cases() -> Vec<(&'static str, Vec<String>, usize)> {
+    let call = "<think>Too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+    let broken = "<think>Hm.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"act\": 1}}\n</tool_call>";
+    vec![
+        (
+            "direct",
+            vec!["<think>Clear.</think><answer>X7</answer>".into()],
+            8,
+        ),
+        (
+            "resize_then_answer",
+            vec![
+                call.into(),
+                "<think>Now clear.</think><answer>X7</answer>".into(),
+            ],
+            8,
+        ),
+        ("malformed_tool_call", vec![broken.into()], 5),
+        ("budget_cut", vec![], 3),
+    ]
+}
+
+fn load(device: DeviceChoice) -> visionthink::Result<VisionThink> {
+    let read = |p: &str| std::fs::read(root().join(p)).unwrap();
+    let files = [
+        (
+            "tokenizer.json",
+            read("tests/fixtures/tokenizer/tokenizer.json"),
+        ),
+        (
+            "config.json",
+            read("tests/fixtures/models/tied_nested/config.json"),
+        ),
+        (
+            "chat_template.json",
+            read("tests/fixtures/models/tied_nested/chat_template.json"),
+        ),
+        (
+            "model.safetensors",
+            read("tests/fixtures/models/tied_nested/model.safetensors"),
+        ),
+    ];
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    VisionThink::from_files("tied_nested", &refs, device, Precision::F32)
+}
+
+/// Every case's record, timings removed, in the shape of records.json.
+fn records(vt: &VisionThink) -> Value {
+    let image =
+        visionthink::load_image(root().join("tests/fixtures/images/photo_640x480.png")).unwrap();
+    let mut out = serde_json::Map::new();
+    for (name, forced, budget) in cases() {
+        let opts = AskOptions {
+            generation: GenerateOptions {
+                max_new_tokens: budget,
+                ..Default::default()
+            },
+            forced_turns: forced.clone(),
+            ..Default::default()
+        };
+        let mut streamed = String::new();
+        let a = vt
+            .ask_streaming(&image, "What is the code?", &opts, |ev| {
+                if let visionthink::Event::Token { text, .. } = ev {
+                    streamed.push_str(text);
+                }
+            })
+            .unwrap();
+        // The stream carries every turn's text.
+        assert_eq!(streamed, a.turns.concat(), "{name}: streamed text");
+        let mut v = serde_json::to_value(&a).unwrap();
+        v.as_object_mut().unwrap().remove("timings");
+        out.insert(
+            name.into(),
+            json!({"forced_turns": forced, "max_new_tokens": budget, "record": v}),
+        );
+    }
+    Value::Object(out)
+}
+
+fn check(got: &Value, executor: &str) {
+    let path = root().join("tests/fixtures/episodes/records.json");
+    if std::env::var_os("VT_UPDATE_SNAPSHOTS").is_some() && executor == "candle" {
+        std::fs::write(&path, serde_json::to_string_pretty(got).unwrap() + "\n").unwrap();
+    }
+    let want: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for (name, case) in want.as_object().unwrap() {
+        let (w, g) = (&case["record"], &got[name]["record"]);
+        for (field, value) in w.as_object().unwrap() {
+            assert_eq!(&g[field], value, "{executor}: case {name}, field {field}");
+        }
+    }
+    assert_eq!(
+        got.as_object().unwrap().len(),
+        want.as_object().unwrap().len(),
+        "cases"
+    );
+}
+
+#[test]
+fn scripted_episodes_on_candle_match_the_record() {
+    let got = records(&load(DeviceChoice::Cpu).unwrap());
+    // The cases exercise what they name.
+    assert_eq!(got["direct"]["record"]["end"], "answered");
+    assert_eq!(got["direct"]["record"]["used_high_res"], false);
+    assert_eq!(got["resize_then_answer"]["record"]["used_high_res"], true);
+    assert_eq!(got["resize_then_answer"]["record"]["text"], "X7");
+    assert_eq!(got["malformed_tool_call"]["record"]["used_high_res"], false);
+    assert_eq!(
+        got["malformed_tool_call"]["record"]["turns"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        got["budget_cut"]["record"]["turns"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    check(&got, "candle");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn scripted_episodes_on_wgpu_match_the_record() {
+    match load(DeviceChoice::Wgpu) {
+        Ok(vt) => check(&records(&vt), "wgpu"),
+        Err(e) if e.to_string().contains("adapter") => {
+            eprintln!("SKIPPED: no WebGPU adapter here ({e}); tests/run.sh provides lavapipe")
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
