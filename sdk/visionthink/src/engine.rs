@@ -22,7 +22,7 @@ use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
 use visionthink_model::{WgpuBackend, WgpuOptions};
 
 fn model_err(e: visionthink_model::Error) -> Error {
-    Error::Model(e.to_string())
+    Error::Model(e)
 }
 
 /// Compute precision of the candle executor.
@@ -340,10 +340,10 @@ impl VisionThink {
                 let f16_weights = match precision {
                     Precision::F32 => false,
                     Precision::F16 => true,
-                    Precision::Bf16 => return Err(Error::Model(
+                    Precision::Bf16 => return Err(Error::Model(visionthink_model::Error::Config(
                         "the WebGPU executor stores weights as f32 or f16 (use --dtype f32 or f16)"
                             .into(),
-                    )),
+                    ))),
                 };
                 let be = WgpuBackend::new_blocking(WgpuOptions {
                     f16_weights,
@@ -355,9 +355,9 @@ impl VisionThink {
             }
             #[cfg(not(feature = "wgpu"))]
             DeviceChoice::Wgpu => {
-                return Err(Error::Model(
+                return Err(Error::Model(visionthink_model::Error::Config(
                     "this build has no WebGPU executor (enable the `wgpu` feature)".into(),
-                ))
+                )))
             }
         };
         Ok(Self { dir, config, exec })
@@ -538,9 +538,9 @@ impl Session<'_> {
             #[cfg(feature = "wgpu")]
             (Exec::Wgpu(be, m), Cache::Wgpu(c)) => forward(be, m, c, ids, images, pos),
             #[cfg(feature = "wgpu")]
-            _ => Err(Error::Model(
+            _ => Err(Error::Model(visionthink_model::Error::Input(
                 "session used with another engine's cache".into(),
-            )),
+            ))),
         }
     }
 

@@ -58,9 +58,11 @@ pub enum Error {
         /// The OS error.
         error: std::io::Error,
     },
-    /// Loading or running the model failed.
+    /// Loading or running the model failed. The model crate's kind is kept (`OutOfMemory`,
+    /// `DeviceLost`, `AdapterLimit`, `NoAdapter`, `Input`, …) so callers can react to it; its
+    /// message is part of this one (not also a `source()`, which would print it twice).
     #[error("model: {0}")]
-    Model(String),
+    Model(visionthink_model::Error),
     /// The generation was stopped through its [`Cancel`] handle.
     #[error("generation stopped: {0}")]
     Cancelled(CancelReason),
@@ -72,6 +74,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl From<visionthink_model::Error> for Error {
+    fn from(e: visionthink_model::Error) -> Self {
+        Self::Model(e)
+    }
 }
 
 /// Result alias of the SDK.

@@ -483,6 +483,12 @@ impl From<Error> for JobError {
             // Nobody reads this one: the client is gone.
             Error::Cancelled(CancelReason::Requested) => StatusCode::REQUEST_TIMEOUT,
             Error::Core(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // The prompt does not fit the model (context length, image rows).
+            Error::Model(visionthink_model::Error::Input(_)) => StatusCode::BAD_REQUEST,
+            // Transient: another request may fit, or the device comes back after a reload.
+            Error::Model(
+                visionthink_model::Error::OutOfMemory(_) | visionthink_model::Error::DeviceLost(_),
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {
