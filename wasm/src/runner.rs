@@ -261,33 +261,19 @@ impl Model {
         )?;
         let mut s = Session::new(self);
         let mut action = driver.start()?;
-        let mut decode_ms = 0.0;
-        let mut generated = 0;
         loop {
             match action {
                 Action::Feed(feed) => {
-                    let t = host.now_ms();
                     let logits = match feed.kind {
                         FeedKind::Prompt => s.feed(&feed.ids, &feed.images, host).await?,
                         FeedKind::Token => s.step(&feed.ids, host).await?,
                     };
-                    if feed.kind == FeedKind::Token {
-                        decode_ms += host.now_ms() - t;
-                    }
-                    let t = host.now_ms();
                     action = driver.on_logits(&logits, on_event)?;
-                    decode_ms += host.now_ms() - t;
-                    generated += 1;
                 }
                 Action::Done(answer) => {
-                    let executor = Timings {
-                        decode_ms,
-                        generated_tokens: generated,
-                        ..s.timings
-                    };
                     return Ok(BrowserAnswer {
                         answer: Answer {
-                            timings: answer.timings.with_executor(&executor),
+                            timings: answer.timings.with_executor(&s.timings),
                             ..answer
                         },
                         backend: self.backend(),
@@ -387,13 +373,15 @@ impl<'a> Session<'a> {
         Ok(logits)
     }
 
-    /// Feeds generated tokens (timed as decoding by the caller).
+    /// Feeds generated tokens, timed as decoding (their count is the driver's).
     async fn step(&mut self, ids: &[u32], host: &impl Host) -> Result<Vec<f32>> {
         if host.cancelled() {
             return Err(RunError::Cancelled);
         }
+        let t = host.now_ms();
         self.positions.push_text(ids.len());
         let logits = self.run(ids, &[], host).await?;
+        self.timings.decode_ms += host.now_ms() - t;
         if matches!(self.model.exec, Exec::Cpu(..)) {
             host.yield_now().await;
         }

@@ -154,8 +154,9 @@ pub enum Action {
     /// Run the model on this feed, then call [`EpisodeDriver::on_logits`] with the last
     /// position's logits.
     Feed(Feed),
-    /// The episode is over. Its timings hold the driver's preprocessing and total time; the
-    /// executor adds its own vision, prefill and decode figures ([`Timings::with_executor`]).
+    /// The episode is over. Its timings hold the driver's part (preprocessing, the tokens chosen
+    /// and the time choosing them, the total); the executor adds its own vision, prefill and
+    /// decoding forward passes ([`Timings::with_executor`]).
     Done(Answer),
 }
 
@@ -298,7 +299,8 @@ pub struct EpisodeDriver<'a> {
     low: Option<PixelValues>,
     visual_tokens: usize,
     full_tokens: usize,
-    preprocess_ms: f64,
+    /// Preprocessing, and the tokens chosen with the time spent choosing them.
+    timings: Timings,
     start_ms: f64,
     phase: Phase,
 }
@@ -334,7 +336,7 @@ impl<'a> EpisodeDriver<'a> {
             info.preprocessor,
         )?;
         let eos = tokens::stop_ids(info.generation);
-        let decoder = TurnDecoder::new(opts.max_new_tokens, eos.clone(), opts.ignore_eos, None)?;
+        let decoder = turn_decoder(info, opts, &eos, 0)?;
         Ok(Self {
             info,
             opts,
@@ -349,7 +351,10 @@ impl<'a> EpisodeDriver<'a> {
             visual_tokens: low.num_image_tokens(info.preprocessor.merge_size),
             low: Some(low),
             full_tokens,
-            preprocess_ms: clock() - start_ms,
+            timings: Timings {
+                preprocess_ms: clock() - start_ms,
+                ..Timings::default()
+            },
             start_ms,
             phase: Phase::NotStarted,
         })
@@ -373,7 +378,6 @@ impl<'a> EpisodeDriver<'a> {
             .info
             .tokenizer
             .encode_prompt(&turn1, &[self.visual_tokens])?;
-        self.decoder = self.turn_decoder(0)?;
         self.phase = Phase::Generating;
         let low = self
             .low
@@ -384,25 +388,6 @@ impl<'a> EpisodeDriver<'a> {
             images: vec![low],
             kind: FeedKind::Prompt,
         }))
-    }
-
-    fn turn_decoder(&self, turn: usize) -> Result<TurnDecoder> {
-        let forced = self
-            .opts
-            .forced_turns
-            .get(turn)
-            .map(|s| {
-                self.info
-                    .tokenizer
-                    .encode_template(&format!("{s}<|im_end|>"))
-            })
-            .transpose()?;
-        TurnDecoder::new(
-            self.opts.max_new_tokens,
-            self.eos.clone(),
-            self.opts.ignore_eos,
-            forced,
-        )
     }
 
     /// The model turn being generated (0-based).
@@ -423,6 +408,7 @@ impl<'a> EpisodeDriver<'a> {
                     .into(),
             ));
         }
+        let t = (self.clock)();
         let picked = self
             .decoder
             .choose(self.info.tokenizer, logits, &mut self.sampler)?;
@@ -433,6 +419,8 @@ impl<'a> EpisodeDriver<'a> {
                 text: piece,
             });
         }
+        self.timings.generated_tokens += 1;
+        self.timings.decode_ms += (self.clock)() - t;
         if !picked.last {
             return Ok(Action::Feed(Feed {
                 ids: vec![picked.id],
@@ -451,9 +439,8 @@ impl<'a> EpisodeDriver<'a> {
             Step::Done(outcome) => {
                 self.phase = Phase::Finished;
                 let timings = Timings {
-                    preprocess_ms: self.preprocess_ms,
                     total_ms: (self.clock)() - self.start_ms,
-                    ..Timings::default()
+                    ..self.timings
                 };
                 Ok(Action::Done(Answer::from_outcome(
                     &outcome,
@@ -474,14 +461,14 @@ impl<'a> EpisodeDriver<'a> {
                     }
                     None => Vec::new(),
                 };
-                self.preprocess_ms += (self.clock)() - t;
+                self.timings.preprocess_ms += (self.clock)() - t;
                 let counts: Vec<usize> = images
                     .iter()
                     .map(|p| p.num_image_tokens(self.info.preprocessor.merge_size))
                     .collect();
                 let tool_ids = self.info.tokenizer.encode_prompt(&tt.prompt, &counts)?;
                 self.turn += 1;
-                self.decoder = self.turn_decoder(self.turn)?;
+                self.decoder = turn_decoder(self.info, self.opts, &self.eos, self.turn)?;
                 let mut ids = Vec::with_capacity(tool_ids.len() + 1);
                 ids.push(last_id);
                 ids.extend_from_slice(&tool_ids);
@@ -495,13 +482,30 @@ impl<'a> EpisodeDriver<'a> {
     }
 }
 
+/// The decoder of model turn `turn`: teacher-forced when the options give that turn's text.
+fn turn_decoder(
+    info: ModelInfo<'_>,
+    opts: &EpisodeOptions,
+    eos: &[u32],
+    turn: usize,
+) -> Result<TurnDecoder> {
+    let forced = opts
+        .forced_turns
+        .get(turn)
+        .map(|s| info.tokenizer.encode_template(&format!("{s}<|im_end|>")))
+        .transpose()?;
+    TurnDecoder::new(opts.max_new_tokens, eos.to_vec(), opts.ignore_eos, forced)
+}
+
 impl Timings {
-    /// The driver's record (preprocessing, total) with the executor's vision, prefill and
-    /// decode figures.
+    /// The driver's record with the executor's figures: vision, prefill, and the time of the
+    /// generated tokens' forward passes added to the driver's time choosing them.
     pub fn with_executor(self, executor: &Timings) -> Timings {
         Timings {
             preprocess_ms: self.preprocess_ms,
             total_ms: self.total_ms,
+            generated_tokens: self.generated_tokens,
+            decode_ms: self.decode_ms + executor.decode_ms,
             ..*executor
         }
     }

@@ -471,33 +471,19 @@ impl VisionThink {
         let mut driver = EpisodeDriver::new(self.info(), image, question, &episode_opts, &clock)?;
         let mut session = self.session();
         let mut action = driver.start()?;
-        let mut decode = Timings::default();
         loop {
             match action {
                 Action::Feed(feed) => {
                     opts.generation.check_cancel()?;
-                    let t = Instant::now();
                     let logits = match feed.kind {
                         FeedKind::Prompt => session.feed(&feed.ids, &feed.images)?,
                         FeedKind::Token => session.step_all(&feed.ids)?,
                     };
-                    let fed_ms = ms(t);
-                    let t = Instant::now();
                     action = driver.on_logits(&logits, &mut on_event)?;
-                    decode.generated_tokens += 1;
-                    decode.decode_ms += ms(t);
-                    if feed.kind == FeedKind::Token {
-                        decode.decode_ms += fed_ms;
-                    }
                 }
                 Action::Done(answer) => {
-                    let executor = Timings {
-                        decode_ms: decode.decode_ms,
-                        generated_tokens: decode.generated_tokens,
-                        ..session.timings
-                    };
                     return Ok(Answer {
-                        timings: answer.timings.with_executor(&executor),
+                        timings: answer.timings.with_executor(&session.timings),
                         ..answer
                     });
                 }
@@ -575,12 +561,14 @@ impl Session<'_> {
         Ok(logits)
     }
 
-    /// Feeds generated tokens (no prompt accounting: they are timed as decoding by the caller).
+    /// Feeds generated tokens, timed as decoding (their count is the driver's).
     fn step_all(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let t = Instant::now();
         let mut logits = Vec::new();
         for &id in ids {
             logits = self.step(id)?;
         }
+        self.timings.decode_ms += ms(t);
         Ok(logits)
     }
 

@@ -360,12 +360,7 @@ fn parse_generation(req: &Value, cap: usize) -> Result<(GenerateOptions, bool), 
             })?),
             other => return Err(format!("`seed` must be an integer, got {other}")),
         };
-    if int_field(req, "n", 1, 1)
-        .map_err(|_| "`n` must be 1 (one choice per request)".to_string())?
-        .is_some()
-    {
-        // n = 1: the only supported value.
-    }
+    int_field(req, "n", 1, 1).map_err(|_| "`n` must be 1 (one choice per request)".to_string())?;
     for penalty in ["presence_penalty", "frequency_penalty"] {
         if num_field(req, penalty, -2.0, 2.0, false)?.is_some_and(|p| p != 0.0) {
             return Err(format!("`{penalty}` is not supported (only 0)"));
@@ -409,11 +404,11 @@ enum Job {
 
 /// What a request asks for, or why it is refused.
 fn plan_job(cfg: &ServeConfig, parsed: Vec<Message>) -> Result<Job, String> {
-    let system = parsed
+    let judge_system = parsed
         .iter()
         .find(|m| m.role == "system")
-        .map(|m| m.text.clone());
-    if cfg.rule_judge && system.as_deref() == Some(JUDGE_SYSTEM_PROMPT) {
+        .is_some_and(|m| m.text == JUDGE_SYSTEM_PROMPT);
+    if cfg.rule_judge && judge_system {
         let last_user = parsed.iter().rev().find(|m| m.role == "user");
         return match last_user.and_then(|m| judge_fields(&m.text)) {
             Some(jr) => {
@@ -426,9 +421,13 @@ fn plan_job(cfg: &ServeConfig, parsed: Vec<Message>) -> Result<Job, String> {
         };
     }
     let images: usize = parsed.iter().map(|m| m.images.len()).sum();
+    if images == 0 {
+        return Ok(Job::Chat(
+            parsed.into_iter().map(|m| (m.role, m.text)).collect(),
+        ));
+    }
     let last_user = parsed.into_iter().rev().find(|m| m.role == "user");
     match (images, last_user) {
-        (0, _) => Ok(Job::Chat(Vec::new())),
         (1, Some(mut m)) if m.images.len() == 1 => Ok(Job::Ask {
             image: m.images.remove(0),
             question: m.text,
@@ -632,15 +631,7 @@ fn validate(cfg: &ServeConfig, body: &[u8]) -> Result<(Job, GenerateOptions, boo
     }
     let messages = parse_messages(&req)?;
     let (generation, stream) = parse_generation(&req, cfg.max_tokens_cap)?;
-    let chat: Vec<(String, String)> = messages
-        .iter()
-        .map(|m| (m.role.clone(), m.text.clone()))
-        .collect();
-    let job = match plan_job(cfg, messages)? {
-        Job::Chat(_) => Job::Chat(chat),
-        other => other,
-    };
-    Ok((job, generation, stream))
+    Ok((plan_job(cfg, messages)?, generation, stream))
 }
 
 /// Counts a request in flight for as long as it lives.
