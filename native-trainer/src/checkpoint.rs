@@ -3,12 +3,17 @@
 //! temporary name and renamed; the folder is assembled as `OUT/.tmp-step-N` and renamed into
 //! place; `OUT/latest` (the name of the newest complete checkpoint) is replaced last. A crash or
 //! a full disk at any point leaves the previous checkpoint intact and `latest` pointing at it.
+//! The trainer state records the SHA-256 of every other file of its checkpoint, so a file
+//! damaged after it was written (a bad disk, a partial copy, an edit) is detected at resume, and
+//! the newest intact checkpoint is used instead.
 
 use crate::optim::AdamW;
 use crate::policy::{serialize_f32, Policy, SaveDtype};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -55,6 +60,10 @@ pub struct TrainerState {
     pub cursor: DataCursor,
     /// `sft` or `grpo`.
     pub phase: String,
+    /// SHA-256 (hex) of each other file of the checkpoint, by file name (empty in checkpoints
+    /// written before hashes were recorded: those are not verified).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 /// The file naming the newest complete checkpoint.
@@ -122,8 +131,14 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
     }
     let result = (|| -> Result<()> {
         std::fs::create_dir_all(&tmp)?;
+        let mut files = BTreeMap::new();
+        let mut put = |file: &str, bytes: &[u8]| -> Result<()> {
+            write_atomic(&tmp.join(file), bytes)?;
+            files.insert(file.to_string(), hex::encode(Sha256::digest(bytes)));
+            Ok(())
+        };
         for (file, bytes) in policy.hf_files(SaveDtype::F32)? {
-            write_atomic(&tmp.join(file), &bytes)?;
+            put(&file, &bytes)?;
         }
         let mut moments = Vec::new();
         for (i, (m, v)) in opt.m.iter().zip(&opt.v).enumerate() {
@@ -135,13 +150,14 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
                 ));
             }
         }
-        write_atomic(
-            &tmp.join("optimizer.safetensors"),
-            &serialize_f32(&moments)?,
-        )?;
+        put("optimizer.safetensors", &serialize_f32(&moments)?)?;
+        let state = TrainerState {
+            files,
+            ..state.clone()
+        };
         write_atomic(
             &tmp.join(STATE),
-            serde_json::to_string_pretty(state)?.as_bytes(),
+            serde_json::to_string_pretty(&state)?.as_bytes(),
         )?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -159,7 +175,7 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
     Ok(final_dir)
 }
 
-/// The newest complete checkpoint under `out`, if any.
+/// The newest complete checkpoint under `out`, if any (the one `latest` names), unverified.
 pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
     let p = out.join(LATEST);
     if !p.exists() {
@@ -176,6 +192,80 @@ pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
         );
     }
     Ok(Some(dir))
+}
+
+/// Checks a checkpoint: its trainer state parses and every file it lists has the recorded
+/// SHA-256. Returns the state, or what is wrong (naming the file).
+pub fn verify(dir: &Path) -> Result<TrainerState> {
+    let state = read_state(dir)?;
+    for (file, want) in &state.files {
+        let p = dir.join(file);
+        let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let got = hex::encode(Sha256::digest(&bytes));
+        if &got != want {
+            bail!(
+                "{} is damaged: its SHA-256 is {got}, the checkpoint recorded {want}",
+                p.display()
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// The newest intact checkpoint under `out` with its state: the one `latest` names if it
+/// verifies, otherwise the newest older complete checkpoint that does (each rejected one is
+/// reported on stderr with its reason). `None` when `out` has no checkpoint; an error naming
+/// every rejection when none is intact.
+pub fn latest_intact(out: &Path) -> Result<Option<(PathBuf, TrainerState)>> {
+    let named = match latest(out) {
+        Ok(Some(d)) => Some(d),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("warning: {e:#}");
+            None
+        }
+    };
+    let mut candidates: Vec<PathBuf> = checkpoints(out)
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .map(|(_, p)| p)
+        .collect();
+    if let Some(n) = &named {
+        // The named checkpoint first; newer unnamed folders (a rename that `latest` never
+        // caught up with) are not trusted.
+        let pos = candidates.iter().position(|p| p == n);
+        candidates = match pos {
+            Some(i) => candidates.split_off(i),
+            None => std::iter::once(n.clone()).chain(candidates).collect(),
+        };
+    }
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let mut rejected = Vec::new();
+    for dir in candidates {
+        match verify(&dir) {
+            Ok(state) => {
+                if !rejected.is_empty() {
+                    eprintln!(
+                        "warning: using {}, the newest intact checkpoint",
+                        dir.display()
+                    );
+                }
+                return Ok(Some((dir, state)));
+            }
+            Err(e) => {
+                eprintln!("warning: checkpoint {} not used: {e:#}", dir.display());
+                rejected.push(format!("{e:#}"));
+            }
+        }
+    }
+    bail!(
+        "no intact checkpoint in {}: {}",
+        out.display(),
+        rejected.join("; ")
+    )
 }
 
 /// Reads a checkpoint's trainer state.

@@ -158,6 +158,25 @@ impl Dataset {
             path: file.display().to_string(),
             reason: e.to_string(),
         })?;
+        Self::from_jsonl(dir, &file.display().to_string(), &text, bad)
+    }
+
+    /// Parses the rows of a JSONL text (`label` names the file in errors); image paths are
+    /// relative to `dir` and never leave it (absolute paths and `..` are malformed rows).
+    ///
+    /// ```
+    /// use visionthink_train::data::{BadRows, Dataset};
+    /// let text = "{\"image\": \"a.png\", \"problem\": \"Q?\", \"answer\": \"A\"}\n{\"image\": \"/etc/passwd\", \"problem\": \"Q\", \"answer\": \"A\"}";
+    /// let ds = Dataset::from_jsonl("d".into(), "d/data.jsonl", text, BadRows::Skip).unwrap();
+    /// assert_eq!((ds.examples.len(), ds.skipped.len()), (1, 1));
+    /// assert!(Dataset::from_jsonl("d".into(), "d/data.jsonl", text, BadRows::Fail).is_err());
+    /// ```
+    pub fn from_jsonl(
+        dir: PathBuf,
+        label: &str,
+        text: &str,
+        bad: BadRows,
+    ) -> Result<Self, DataError> {
         let mut examples = Vec::new();
         let mut skipped = Vec::new();
         for (i, line) in text.lines().enumerate() {
@@ -194,7 +213,7 @@ impl Dataset {
                 }),
                 Err(reason) => {
                     let e = DataError::Row {
-                        path: file.display().to_string(),
+                        path: label.to_string(),
                         line: i + 1,
                         reason,
                     };
@@ -206,7 +225,7 @@ impl Dataset {
             }
         }
         if examples.is_empty() {
-            return Err(DataError::Empty(file.display().to_string()));
+            return Err(DataError::Empty(label.to_string()));
         }
         let n = examples.len();
         Ok(Self {

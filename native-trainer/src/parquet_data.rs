@@ -128,6 +128,65 @@ fn rows_of(
     Ok(())
 }
 
+/// Appends the rows of one Parquet file (a `File`, or bytes in memory) to `ds`; `file` names it
+/// in errors. A file the Parquet reader cannot read is an error naming it, never a panic: the
+/// reader's own panics on corrupt input (decoders indexing past a page) are caught here.
+fn read_rows<R: parquet::file::reader::ChunkReader + 'static>(
+    reader: R,
+    file: &Path,
+    bad: BadRows,
+    ds: &mut Dataset,
+) -> Result<(), DataError> {
+    let io = |e: &dyn std::fmt::Display| DataError::Io {
+        path: file.display().to_string(),
+        reason: e.to_string(),
+    };
+    let read = std::panic::AssertUnwindSafe(|| -> Result<(), DataError> {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(reader)
+            .map_err(|e| io(&e))?
+            .with_batch_size(256)
+            .build()
+            .map_err(|e| io(&e))?;
+        let mut row = 0;
+        for batch in reader {
+            let batch = batch.map_err(|e| io(&e))?;
+            rows_of(&batch, file, row, bad, ds)?;
+            row += batch.num_rows();
+        }
+        Ok(())
+    });
+    std::panic::catch_unwind(read).unwrap_or_else(|p| {
+        let what = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("the Parquet reader failed");
+        Err(io(&format!("corrupt Parquet file: {what}")))
+    })
+}
+
+/// Parses one Parquet file held in memory (`label` names it in errors).
+///
+/// ```
+/// use visionthink_train::data::BadRows;
+/// let err = visionthink_train::parquet_data::from_bytes("x.parquet", b"PAR1 not really".to_vec(), BadRows::Fail);
+/// assert!(err.unwrap_err().to_string().contains("x.parquet"));
+/// ```
+pub fn from_bytes(label: &str, bytes: Vec<u8>, bad: BadRows) -> Result<Dataset, DataError> {
+    let path = Path::new(label);
+    let mut ds = Dataset {
+        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        examples: Vec::new(),
+        skipped: Vec::new(),
+        inline_images: Vec::new(),
+    };
+    read_rows(bytes::Bytes::from(bytes), path, bad, &mut ds)?;
+    if ds.examples.is_empty() {
+        return Err(DataError::Empty(label.to_string()));
+    }
+    Ok(ds)
+}
+
 /// Reads every `*.parquet` file of `dir` (sorted by name), or one file.
 pub fn open(path: &Path, bad: BadRows) -> Result<Dataset, DataError> {
     let io = |p: &Path, e: &dyn std::fmt::Display| DataError::Io {
@@ -154,17 +213,7 @@ pub fn open(path: &Path, bad: BadRows) -> Result<Dataset, DataError> {
     };
     for f in &files {
         let file = std::fs::File::open(f).map_err(|e| io(f, &e))?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| io(f, &e))?
-            .with_batch_size(256)
-            .build()
-            .map_err(|e| io(f, &e))?;
-        let mut row = 0;
-        for batch in reader {
-            let batch = batch.map_err(|e| io(f, &e))?;
-            rows_of(&batch, f, row, bad, &mut ds)?;
-            row += batch.num_rows();
-        }
+        read_rows(file, f, bad, &mut ds)?;
     }
     if ds.examples.is_empty() {
         return Err(DataError::Empty(path.display().to_string()));

@@ -383,7 +383,7 @@ pub fn serialize_bf16(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<
 /// A model folder, or a training run's output folder (its `latest` checkpoint).
 pub fn model_dir(dir: &Path) -> Result<std::path::PathBuf> {
     if !dir.join("config.json").exists() {
-        if let Some(ckpt) = crate::checkpoint::latest(dir)? {
+        if let Some((ckpt, _)) = crate::checkpoint::latest_intact(dir)? {
             return Ok(ckpt);
         }
     }

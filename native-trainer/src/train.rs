@@ -125,6 +125,16 @@ fn bar(len: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// With `VISIONTHINK_TRACE` set, a line on stderr as a step enters each part
+/// (`trace: grpo step 3 rollout|update|checkpoint|saved`): where a run is, for logs and for the
+/// fault tests that kill it at chosen points.
+fn trace(phase: &str, step: usize, part: &str) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("VISIONTHINK_TRACE").is_some()) {
+        eprintln!("trace: {phase} step {step} {part}");
+    }
+}
+
 /// Starts or resumes: the policy, optimizer and state of a phase.
 fn start(
     cfg: &TrainConfig,
@@ -139,8 +149,7 @@ fn start(
         ocfg.total_steps = lr_scale_steps;
     }
     if resume {
-        if let Some(dir) = checkpoint::latest(&cfg.run.out)? {
-            let state = checkpoint::read_state(&dir)?;
+        if let Some((dir, state)) = checkpoint::latest_intact(&cfg.run.out)? {
             if state.phase != phase {
                 bail!(
                     "{} holds a {} checkpoint; this is {phase}",
@@ -176,6 +185,7 @@ fn start(
         rng: Rng::new(cfg.run.seed).state,
         cursor: DataCursor::default(),
         phase: phase.into(),
+        files: Default::default(),
     };
     Ok((policy, opt, state))
 }
@@ -215,13 +225,16 @@ fn end_step(
         rng: rng.state,
         cursor: loader.cursor.clone(),
         phase: phase.into(),
+        files: Default::default(),
     };
     if fail_at == Some(step) {
         // Like SIGKILL: no checkpoint of this step.
         std::process::exit(3);
     }
     if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
+        trace(phase, step, "checkpoint");
         checkpoint::save(&cfg.run.out, policy, opt, &state)?;
+        trace(phase, step, "saved");
         checkpoint::prune(&cfg.run.out, cfg.run.keep_checkpoints)?;
         if let Err(e) = crate::plots::write_curves(&cfg.run.out) {
             eprintln!("curves not drawn: {e:#}");
@@ -253,6 +266,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<()
     pb.set_position(state.step as u64);
     let tool_call = crate::rollout::RESIZE_CALL;
     while state.step < cfg.run.steps {
+        trace("sft", state.step + 1, "update");
         let t0 = Instant::now();
         let mut acc = GradAccum::new(vars.len());
         let (mut loss_sum, mut tokens, mut n) = (0.0f64, 0usize, 0usize);
@@ -501,6 +515,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
     pb.set_position(state.step as u64);
     while state.step < cfg.run.steps {
         let step = state.step + 1;
+        trace("grpo", step, "rollout");
         let t_roll = Instant::now();
         let mut kept: Vec<Group> = Vec::new();
         let mut all = Tally::default();
@@ -598,6 +613,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, fail_at: Option<usize>) -> Result<(
             }
         }
         let rollout_s = t_roll.elapsed().as_secs_f64();
+        trace("grpo", step, "update");
         // Old log-probs: with one optimizer step per batch the policy has not moved, so they are
         // the detached current ones; with several, they are computed before the first update.
         let t_upd = Instant::now();

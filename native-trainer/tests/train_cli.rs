@@ -841,3 +841,303 @@ fn a_missing_config_is_one_clear_line() {
         )
     );
 }
+
+/// A small deterministic generator for the fault tests' kill delays.
+fn lcg(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *state >> 33
+}
+
+/// Runs the trainer with `VISIONTHINK_TRACE` on, waits for the trace line `want`, lets it run
+/// `delay` more, then SIGKILLs it. Returns the last trace line printed before the kill.
+fn kill_at(args: &[String], want: &str, delay: Duration) -> String {
+    use std::io::BufRead;
+    let mut child = cli()
+        .args(args)
+        .env("VISIONTHINK_TRACE", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut last = String::new();
+    let mut log = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(line) => {
+                if line.starts_with("trace: ") {
+                    last = line.clone();
+                }
+                log.push(line.clone());
+                if line == want {
+                    break;
+                }
+            }
+            Err(_) => panic!("no {want:?} from the trainer:\n{}", log.join("\n")),
+        }
+    }
+    std::thread::sleep(delay);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    // Lines printed before the kill landed.
+    while let Ok(line) = rx.try_recv() {
+        if line.starts_with("trace: ") {
+            last = line;
+        }
+    }
+    reader.join().ok();
+    last
+}
+
+/// GRPO SIGKILLed at many points — while rolling out, while updating, while a checkpoint is
+/// being written, at several steps and random delays — and resumed after each kill, ends with
+/// exactly the uninterrupted run's metrics and weights (byte for byte).
+#[test]
+fn grpo_killed_at_random_points_always_resumes_to_the_same_weights() {
+    let init = sft_checkpoint();
+    let args_for = |out: &Path| {
+        let mut a = base_args("train", out);
+        for kv in [
+            format!("model.init_from={:?}", init.display().to_string()),
+            "run.steps=3".into(),
+            "run.keep_checkpoints=0".into(),
+        ] {
+            a.extend(["--set".into(), kv]);
+        }
+        a
+    };
+    let a = tmp("faults-a");
+    run_ok(cli().args(args_for(&a)));
+    let b = tmp("faults-b");
+    let mut rng = 11u64;
+    // (step, part, longest extra delay in ms): in order, each after the previous one's point.
+    let points = [
+        (1, "rollout", 40),
+        (1, "update", 20),
+        (1, "checkpoint", 2),
+        (2, "rollout", 40),
+        (2, "checkpoint", 0),
+        (3, "update", 20),
+        (3, "checkpoint", 1),
+    ];
+    let mut landed = Vec::new();
+    for (i, (step, part, max_ms)) in points.iter().enumerate() {
+        let mut args = args_for(&b);
+        if i > 0 {
+            args.push("--resume".into());
+        }
+        let delay = Duration::from_millis(lcg(&mut rng) % (max_ms + 1));
+        let want = format!("trace: grpo step {step} {part}");
+        let last = kill_at(&args, &want, delay);
+        landed.push(format!("{want} +{}ms → {last}", delay.as_millis()));
+    }
+    let mut resume = args_for(&b);
+    resume.push("--resume".into());
+    run_ok(cli().args(&resume));
+    println!("kill points:\n  {}", landed.join("\n  "));
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    let steps: Vec<u64> = mb.iter().filter_map(|m| m["step"].as_u64()).collect();
+    assert_eq!(steps, vec![1, 2, 3], "every step exactly once");
+    for (x, y) in ma.iter().zip(&mb) {
+        for k in ["reward", "kl", "grad_norm", "accuracy", "response_length"] {
+            assert_eq!(
+                x[k],
+                y[k],
+                "{k} differs after the kills ({})",
+                landed.join("; ")
+            );
+        }
+    }
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let wa = std::fs::read(a.join("step-3").join(f)).expect("a");
+        let wb = std::fs::read(b.join("step-3").join(f)).expect("b");
+        assert!(
+            wa == wb,
+            "{f} after the kills differs from the uninterrupted run"
+        );
+    }
+}
+
+/// A checkpoint damaged after it was written (a weight file, the optimizer moments, the trainer
+/// state) is detected at resume by the hashes in the trainer state; the previous intact
+/// checkpoint is used, and the run still ends with the uninterrupted run's weights.
+#[test]
+fn a_damaged_checkpoint_is_detected_and_the_previous_one_used() {
+    let args_for = |out: &Path, steps: usize| {
+        let mut a = base_args("sft", out);
+        for kv in [
+            format!("run.steps={steps}"),
+            "run.keep_checkpoints=0".into(),
+        ] {
+            a.extend(["--set".into(), kv]);
+        }
+        a
+    };
+    let a = tmp("damaged-a");
+    run_ok(cli().args(args_for(&a, 3)));
+    for (file, how) in [
+        ("model.safetensors", "flip"),
+        ("optimizer.safetensors", "truncate"),
+        ("trainer_state.json", "garble"),
+    ] {
+        // The same run, its last checkpoint damaged afterwards, then resumed.
+        let b = tmp(&format!("damaged-{file}"));
+        run_ok(cli().args(args_for(&b, 3)));
+        let p = b.join("step-3").join(file);
+        let mut bytes = std::fs::read(&p).expect("read");
+        match how {
+            "flip" => {
+                let mid = bytes.len() - 5;
+                bytes[mid] ^= 0x40;
+            }
+            "truncate" => bytes.truncate(bytes.len() / 2),
+            _ => bytes = b"{\"step\": 3, \"optim".to_vec(),
+        }
+        std::fs::write(&p, &bytes).expect("damage");
+        let mut args = args_for(&b, 3);
+        args.push("--resume".into());
+        let out = run_ok(cli().args(&args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("step-3 not used") && err.contains(file),
+            "{file}: the damage is not reported:\n{err}"
+        );
+        assert!(
+            err.contains("resuming sft from") && err.contains("step-2 (step 2)"),
+            "{file}:\n{err}"
+        );
+        let wa = std::fs::read(a.join("step-3/model.safetensors")).expect("a");
+        let wb = std::fs::read(b.join("step-3/model.safetensors")).expect("b");
+        assert!(
+            wa == wb,
+            "{file}: weights after the fallback differ from the uninterrupted run"
+        );
+    }
+    // Nothing intact: a clear error, no fresh start over the damaged run.
+    let c = tmp("damaged-all");
+    run_ok(cli().args(args_for(&c, 1)));
+    std::fs::write(c.join("step-1/model.safetensors"), b"junk").expect("damage");
+    let mut args = args_for(&c, 1);
+    args.push("--resume".into());
+    let out = cli().args(&args).output().expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no intact checkpoint") && err.contains("model.safetensors is damaged"),
+        "{err}"
+    );
+}
+
+/// A judge server (the project's own, rule-judge mode) that can be stopped — its runtime and
+/// every connection dropped, as when the process dies — and started again on the same port.
+struct RestartableJudge {
+    addr: std::net::SocketAddr,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl RestartableJudge {
+    fn start_on(addr: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = visionthink::serve::router(
+            None,
+            visionthink::serve::ServeConfig {
+                rule_judge: true,
+                ..Default::default()
+            },
+        );
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, rt: Some(rt) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The judge server killed in the middle of a GRPO run (while step 2 rolls out) and restarted
+/// before step 3: step 2's judgements fail after their retries and its groups are dropped, the
+/// run goes on, and step 3 is judged by the restarted server.
+#[test]
+fn the_judge_killed_and_restarted_mid_run() {
+    use std::io::BufRead;
+    let init = sft_checkpoint();
+    let mut judge = RestartableJudge::start_on("127.0.0.1:0");
+    let out = tmp("judge-restart");
+    let mut args = base_args("train", &out);
+    for kv in [
+        format!("model.init_from={:?}", init.display().to_string()),
+        "run.steps=3".into(),
+        "judge.kind=\"http\"".into(),
+        format!("judge.url=\"http://{}/v1\"", judge.addr),
+        "judge.timeout_s=1".into(),
+        "judge.retry_delay_s=0".into(),
+        "grpo.dynamic_sampling=false".into(),
+    ] {
+        args.extend(["--set".into(), kv]);
+    }
+    let mut child = cli()
+        .args(&args)
+        .env("VISIONTHINK_TRACE", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut log = Vec::new();
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line == "trace: grpo step 2 rollout" {
+            judge.stop();
+        }
+        if line == "trace: grpo step 2 update" {
+            judge = RestartableJudge::start_on(&judge.addr.to_string());
+        }
+        log.push(line);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "the run failed:\n{}", log.join("\n"));
+    let m = metrics(&out);
+    let failures: Vec<u64> = m
+        .iter()
+        .filter_map(|x| x["judge_failures"].as_u64())
+        .collect();
+    assert_eq!(
+        failures,
+        vec![0, 6, 0],
+        "judge failures per step:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        log.iter().any(|l| l.contains("3 attempts failed")),
+        "the failures are not reported:\n{}",
+        log.join("\n")
+    );
+    judge.stop();
+}
