@@ -30,6 +30,9 @@ classify() {
       echo "skip: regenerates the committed tokenizer fixture; tests/run.sh checks it against PROVENANCE.json" ;;
     "python3 tests/scripts/make_example_image.py")
       echo "skip: regenerates the committed example image (needs Pillow)" ;;
+    "bash tests/fuzz/run.sh 600")
+      echo "skip: open-ended fuzzing (nightly, cargo-fuzz, an instrumented build, 2 h); the test step replays its corpora and regressions" ;;
+    "cargo run -p visionthink-fuzz --example seeds") echo "run-unchanged" ;;
     *) echo "unknown" ;;
   esac
 }

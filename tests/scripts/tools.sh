@@ -40,3 +40,18 @@ ensure_wasm_bindgen() {
   mkdir -p "$VT_TOOLS"
   cargo install wasm-bindgen-cli --version "$version" --root "$VT_TOOLS" --quiet
 }
+
+# ensure_cargo_fuzz    puts cargo-fuzz on PATH (installed into $VT_CACHE/tools once, ~3 min) and
+#                      the nightly toolchain libFuzzer's instrumentation needs (rustup, once).
+ensure_cargo_fuzz() {
+  case ":$PATH:" in *":$VT_TOOLS/bin:"*) ;; *) export PATH="$VT_TOOLS/bin:$PATH" ;; esac
+  if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "installing the nightly toolchain (cargo fuzz instruments with it)" >&2
+    rustup toolchain install nightly --profile minimal >/dev/null
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz into $VT_TOOLS (once, ~3 min)" >&2
+    mkdir -p "$VT_TOOLS"
+    cargo install cargo-fuzz --root "$VT_TOOLS" --quiet
+  fi
+}

@@ -248,6 +248,26 @@ impl PreprocessorConfig {
                 format!("min_pixels {} > max_pixels {}", c.min_pixels, c.max_pixels),
             ));
         }
+        let most = crate::image::MAX_RESIZED_PIXELS;
+        if c.min_pixels > most {
+            return Err(cfg_err(
+                F,
+                format!(
+                    "min_pixels {} would resize every image beyond {most} pixels",
+                    c.min_pixels
+                ),
+            ));
+        }
+        let most_t = crate::image::MAX_TEMPORAL_PATCH;
+        if c.temporal_patch_size > most_t {
+            return Err(cfg_err(
+                F,
+                format!(
+                    "temporal_patch_size {} is over {most_t}",
+                    c.temporal_patch_size
+                ),
+            ));
+        }
         Ok(c)
     }
 }

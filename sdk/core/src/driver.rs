@@ -265,6 +265,8 @@ impl TurnDecoder {
         }
         self.ids.push(id);
         let piece = match &mut self.stream {
+            // The turn's last token releases any held-back text.
+            Some(stream) if is_eos || last => stream.finish(tokenizer, &self.ids)?,
             Some(stream) => stream.next(tokenizer, &self.ids)?,
             None => None,
         };

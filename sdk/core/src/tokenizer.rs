@@ -244,9 +244,8 @@ impl QwenTokenizer {
 /// let mut stream = StreamDecoder::default();
 /// let mut text = String::new();
 /// for i in 1..=ids.len() {
-///     if let Some(piece) = stream.next(tok, &ids[..i])? {
-///         text.push_str(&piece);
-///     }
+///     let piece = if i < ids.len() { stream.next(tok, &ids[..i])? } else { stream.finish(tok, ids)? };
+///     text.extend(piece);
 /// }
 /// # Ok(text) }
 /// ```
@@ -269,6 +268,20 @@ impl StreamDecoder {
         }
         self.prefix = self.read;
         self.read = ids.len();
+        Ok(Some(text[shown.len()..].to_string()))
+    }
+
+    /// Like [`Self::next`] for the last ids of a stream: returns whatever is still held back,
+    /// so the pieces add up to the full decode even when it ends in `U+FFFD` (an incomplete or
+    /// invalid byte sequence stays the replacement character, as in the full decode).
+    pub fn finish(&mut self, tok: &QwenTokenizer, ids: &[u32]) -> Result<Option<String>> {
+        let shown = tok.decode(&ids[self.prefix..self.read], true)?;
+        let text = tok.decode(&ids[self.prefix..], true)?;
+        self.prefix = ids.len();
+        self.read = ids.len();
+        if text.len() <= shown.len() || !text.is_char_boundary(shown.len()) {
+            return Ok(None);
+        }
         Ok(Some(text[shown.len()..].to_string()))
     }
 }

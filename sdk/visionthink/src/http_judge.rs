@@ -102,18 +102,31 @@ impl HttpJudge {
             .limit(16 << 20)
             .read_to_string()
             .map_err(|e| format!("reading the reply failed: {e}"))?;
-        if !status.is_success() {
-            let snippet: String = text.chars().take(200).collect();
-            return Err(format!("HTTP {status}: {snippet}"));
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("reply is not JSON: {e}"))?;
-        let content = v
-            .pointer("/choices/0/message/content")
-            .and_then(|c| c.as_str())
-            .ok_or_else(|| "reply has no choices[0].message.content".to_string())?;
-        Ok(content.to_string())
+        reply_content(status.as_u16(), &text)
     }
+}
+
+/// The message content of an OpenAI-compatible chat-completion reply (`choices[0].message.content`),
+/// or why there is none: an HTTP status other than 2xx (with the start of the body), a body that
+/// is not JSON, or JSON without that string.
+///
+/// ```
+/// use visionthink::http_judge::reply_content;
+/// assert_eq!(reply_content(200, r#"{"choices":[{"message":{"content":"Score: 1"}}]}"#).unwrap(), "Score: 1");
+/// assert!(reply_content(502, "Bad Gateway").unwrap_err().starts_with("HTTP 502"));
+/// assert!(reply_content(200, "{}").unwrap_err().contains("choices[0].message.content"));
+/// ```
+pub fn reply_content(status: u16, body: &str) -> Result<String, String> {
+    if !(200..300).contains(&status) {
+        let snippet: String = body.chars().take(200).collect();
+        return Err(format!("HTTP {status}: {snippet}"));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("reply is not JSON: {e}"))?;
+    v.pointer("/choices/0/message/content")
+        .and_then(|c| c.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| "reply has no choices[0].message.content".to_string())
 }
 
 impl Judge for HttpJudge {

@@ -103,7 +103,7 @@ pub fn check_bind(addrs: &[SocketAddr], cfg: &ServeConfig, insecure: bool) -> Re
 
 /// Roles a chat message may have (anything else would be written into the prompt as template
 /// text, where a client could smuggle control tokens).
-const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 #[derive(Default)]
 struct Counters {
@@ -396,9 +396,19 @@ fn judge_fields(user: &str) -> Option<JudgeRequest> {
     })
 }
 
-enum Job {
+/// What a validated request asks the server to do.
+#[derive(Debug)]
+pub enum Job {
+    /// Answer with this text without running the model (a judge query scored by the rule judge).
     Text(String),
-    Ask { image: Vec<u8>, question: String },
+    /// Run the VisionThink protocol on one image (its encoded bytes, not yet decoded).
+    Ask {
+        /// The image file's bytes.
+        image: Vec<u8>,
+        /// The question.
+        question: String,
+    },
+    /// A text-only chat: `(role, text)` pairs, each role one of system/user/assistant/tool.
     Chat(Vec<(String, String)>),
 }
 
@@ -622,8 +632,19 @@ async fn chat(
     }
 }
 
-/// Parses and checks a request body: the job, its generation settings, and whether to stream.
-fn validate(cfg: &ServeConfig, body: &[u8]) -> Result<(Job, GenerateOptions, bool), String> {
+/// Parses and checks a chat-completion request body as the server does before it touches the
+/// model: the job, its generation settings, and whether to stream; or the 400 message.
+///
+/// ```
+/// use visionthink::serve::{validate, Job, ServeConfig};
+/// let body = br#"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}"#;
+/// let (job, gen, stream) = validate(&ServeConfig::default(), body).unwrap();
+/// assert!(matches!(job, Job::Chat(ref m) if m.len() == 1));
+/// assert_eq!((gen.max_new_tokens, stream), (8, false));
+/// let err = validate(&ServeConfig::default(), br#"{"messages": [{"role": "root", "content": "x"}]}"#);
+/// assert!(err.unwrap_err().contains("messages[0].role"));
+/// ```
+pub fn validate(cfg: &ServeConfig, body: &[u8]) -> Result<(Job, GenerateOptions, bool), String> {
     let req: Value =
         serde_json::from_slice(body).map_err(|e| format!("request body is not JSON: {e}"))?;
     if !req.is_object() {

@@ -267,13 +267,37 @@ fn round_half_even(x: f64) -> f64 {
 /// assert_eq!(visionthink_core::image::visual_tokens(896, 672, &cfg).unwrap(), 768);
 /// ```
 pub fn visual_tokens(width: u32, height: u32, cfg: &PreprocessorConfig) -> Result<usize> {
-    let factor = cfg.patch_size * cfg.merge_size;
+    let factor = resize_factor(cfg)?;
     let (h, w) = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)?;
     Ok(((h / factor) * (w / factor)) as usize)
 }
 
+/// The most pixels one image may be resized to: 32 768 visual tokens of 28 × 28 px (25.7 Mpx,
+/// twice Qwen2.5-VL's default `max_pixels`). A `preprocessor_config.json` whose limits would
+/// resize beyond it is refused instead of allocating gigabytes per image.
+pub const MAX_RESIZED_PIXELS: u64 = 32_768 * 28 * 28;
+
+/// The largest `temporal_patch_size` accepted (Qwen2.5-VL uses 2; each image is repeated that
+/// many times in `pixel_values`).
+pub const MAX_TEMPORAL_PATCH: u32 = 16;
+
+/// `patch_size * merge_size`, checked.
+fn resize_factor(cfg: &PreprocessorConfig) -> Result<u32> {
+    cfg.patch_size
+        .checked_mul(cfg.merge_size)
+        .filter(|f| *f > 0 && u64::from(*f) * u64::from(*f) <= MAX_RESIZED_PIXELS)
+        .ok_or_else(|| Error::Config {
+            file: "preprocessor_config.json",
+            reason: format!(
+                "patch_size {} × merge_size {} is not a usable patch size",
+                cfg.patch_size, cfg.merge_size
+            ),
+        })
+}
+
 /// Qwen2-VL `smart_resize` (HF `transformers`): both sides multiples of `factor`, the area within
 /// `[min_pixels, max_pixels]`, aspect ratio kept as closely as possible. Returns `(height, width)`.
+/// A result above [`MAX_RESIZED_PIXELS`] is an error.
 ///
 /// ```
 /// use visionthink_core::image::smart_resize;
@@ -314,6 +338,16 @@ pub fn smart_resize(
         let beta = (min_pixels as f64 / (h * w)).sqrt();
         h_bar = (h * beta / f).ceil() * f;
         w_bar = (w * beta / f).ceil() * f;
+    }
+    let area = h_bar * w_bar;
+    if factor == 0 || area.is_nan() || area > MAX_RESIZED_PIXELS as f64 {
+        return Err(Error::ImageTooLarge {
+            width: w_bar.min(u64::MAX as f64) as u64,
+            height: h_bar.min(u64::MAX as f64) as u64,
+            limit: format!(
+                "the resize target is over {MAX_RESIZED_PIXELS} pixels (factor {factor}, min_pixels {min_pixels}, max_pixels {max_pixels})"
+            ),
+        });
     }
     Ok((h_bar as u32, w_bar as u32))
 }
@@ -361,7 +395,13 @@ pub fn preprocess(img: &RgbImage, cfg: &PreprocessorConfig) -> Result<PixelValue
     let patch = cfg.patch_size;
     let merge = cfg.merge_size;
     let temporal = cfg.temporal_patch_size;
-    let factor = patch * merge;
+    let factor = resize_factor(cfg)?;
+    if !(1..=MAX_TEMPORAL_PATCH).contains(&temporal) {
+        return Err(Error::Config {
+            file: "preprocessor_config.json",
+            reason: format!("temporal_patch_size {temporal} is not in 1..={MAX_TEMPORAL_PATCH}"),
+        });
+    }
     let resized = if cfg.do_resize {
         let (rh, rw) = smart_resize(
             img.height,
