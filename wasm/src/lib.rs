@@ -268,6 +268,17 @@ impl Engine {
     pub fn cancel(&self) {
         self.cancel.set(true);
     }
+
+    /// Destroys the GPU device now, as a lost device would be (its memory is freed at once): a
+    /// running `ask` rejects with `DeviceLost` at its next readback, and so does every later one
+    /// on this engine. (The TypeScript engine then loads the model again on a fresh device at
+    /// its next `ask`.) No effect on the CPU backend.
+    #[wasm_bindgen(js_name = destroyDevice)]
+    pub fn destroy_device(&self) {
+        if let runner::Exec::Gpu(be, _) = &self.model.exec {
+            be.destroy();
+        }
+    }
 }
 
 /// The half-size image the model sees first (the official LANCZOS downscale), as

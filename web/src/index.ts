@@ -102,6 +102,13 @@ export interface VisionThinkEngine {
   ask(req: AskRequest & { stream: true }): AnswerStream;
   ask(req: AskRequest & { stream?: false }): Promise<Answer>;
   cancel(): void;
+  /**
+   * Frees the GPU now by destroying the device, as a lost device would be; a running `ask`
+   * rejects with `DeviceLost`. After a lost device (this, a driver reset, a GPU process crash)
+   * the next `ask` loads the model again on a fresh device (from the Cache API when caching is
+   * on) and answers. No effect on the CPU backend.
+   */
+  destroyDevice(): void;
 }
 
 let ready: Promise<unknown> | null = null;
@@ -172,7 +179,14 @@ export function eventStream(
 }
 
 class Engine implements VisionThinkEngine {
-  constructor(private inner: WasmEngine) {}
+  /** The device was lost: the next `ask` loads the model again first. */
+  private lost = false;
+  private reloading: Promise<void> | null = null;
+
+  constructor(
+    private inner: WasmEngine,
+    private reload: () => Promise<WasmEngine>,
+  ) {}
 
   get backend(): "webgpu" | "cpu" {
     return this.inner.backend as "webgpu" | "cpu";
@@ -182,18 +196,41 @@ class Engine implements VisionThinkEngine {
     return this.inner.notice ?? null;
   }
 
+  /** A fresh engine after a lost device (one reload however many asks wait for it). */
+  private async recover(): Promise<void> {
+    if (!this.lost) return;
+    this.reloading ??= (async () => {
+      try {
+        const fresh = await this.reload();
+        this.inner.free();
+        this.inner = fresh;
+        this.lost = false;
+      } finally {
+        this.reloading = null;
+      }
+    })();
+    await this.reloading;
+  }
+
   ask(req: AskRequest & { stream: true }): AnswerStream;
   ask(req: AskRequest & { stream?: false }): Promise<Answer>;
   ask(req: AskRequest): AnswerStream | Promise<Answer> {
     const { image, question, stream, signal, ...options } = req;
     const run = async (emit: (e: AskEvent) => void): Promise<Answer> => {
       const bytes = await imageBytes(image);
+      try {
+        await this.recover();
+      } catch (e) {
+        throw named(e);
+      }
       const onAbort = () => this.inner.cancel();
       signal?.addEventListener("abort", onAbort);
       try {
         return (await this.inner.ask(bytes, question, options, emit)) as Answer;
       } catch (e) {
-        throw named(e);
+        const err = named(e);
+        if (err.name === "DeviceLost") this.lost = true;
+        throw err;
       } finally {
         signal?.removeEventListener("abort", onAbort);
       }
@@ -204,6 +241,11 @@ class Engine implements VisionThinkEngine {
 
   cancel(): void {
     this.inner.cancel();
+  }
+
+  destroyDevice(): void {
+    this.inner.destroyDevice();
+    this.lost = true;
   }
 }
 
@@ -225,9 +267,15 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
       notice = `WebGPU is not available (${problem}); running on the CPU`;
     }
   }
+  const loadOptions = { backend, int8: opts.int8 ?? false, f16: opts.f16 ?? false };
+  // After a lost device: the files again (from the cache when it is on) onto a fresh device.
+  const reload = async () => {
+    const again = await fetchModelFiles(opts.model, { useCache: opts.cache, manifest: opts.manifest });
+    return WasmEngine.load(again, loadOptions);
+  };
   try {
-    const inner = await WasmEngine.load(files, { backend, int8: opts.int8 ?? false, f16: opts.f16 ?? false });
-    const engine = new Engine(inner);
+    const inner = await WasmEngine.load(files, loadOptions);
+    const engine = new Engine(inner, reload);
     if (notice) Object.defineProperty(engine, "notice", { value: notice });
     return engine;
   } catch (e) {

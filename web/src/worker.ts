@@ -18,7 +18,8 @@ import {
 type ToWorker =
   | { id: number; op: "load"; options: Omit<EngineOptions, "onProgress"> }
   | { id: number; op: "ask"; request: Omit<AskRequest, "signal" | "stream"> }
-  | { id: number; op: "cancel" };
+  | { id: number; op: "cancel" }
+  | { id: number; op: "destroyDevice" };
 
 type FromWorker =
   | { id: number; type: "progress"; progress: import("./cache.js").LoadProgress }
@@ -45,6 +46,10 @@ export function serveWorker(scope: WorkerScope = globalThis as unknown as Worker
     const msg = ev.data;
     if (msg.op === "cancel") {
       engine?.cancel();
+      return;
+    }
+    if (msg.op === "destroyDevice") {
+      engine?.destroyDevice();
       return;
     }
     if (msg.op === "load") {
@@ -111,5 +116,6 @@ export async function createWorkerEngine(worker: Worker, opts: EngineOptions): P
       });
     return stream ? eventStream(run, cancel) : run(() => {});
   }
-  return { backend: loaded.backend, notice: loaded.notice, ask, cancel };
+  const destroyDevice = () => worker.postMessage({ id: 0, op: "destroyDevice" } satisfies ToWorker);
+  return { backend: loaded.backend, notice: loaded.notice, ask, cancel, destroyDevice };
 }

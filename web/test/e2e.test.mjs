@@ -2,7 +2,8 @@
 // the demo page loads the model with progress, streams an answer, shows the low-res image and
 // the resize decision; the Web Worker engine; Cache API integrity (a corrupted cached weight
 // file is refetched, never used); an interrupted download (resumable error, nothing cached);
-// the CPU fallback when WebGPU is missing. Screenshots go to test-results/.
+// a device lost mid-generation (typed error, then a fresh device); the CPU fallback when WebGPU
+// is missing. Screenshots go to test-results/.
 import assert from "node:assert/strict";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -137,6 +138,38 @@ test("an interrupted download is a resumable error and leaves nothing in the cac
     await waitReady(page, logs);
   } finally {
     faults.clear();
+    await close();
+  }
+});
+
+test("a device lost in the middle of a generation: DeviceLost, then the next ask answers on a fresh device", async () => {
+  const { page, logs, close } = await browser();
+  try {
+    await page.goto(`${srv.url}/demo/blank.html`);
+    const out = await page.evaluate(async (base) => {
+      const { createEngine } = await import(`${base}/dist/index.js`);
+      const engine = await createEngine({ model: `${base}/model/`, backend: "webgpu" });
+      const image = new Uint8Array(await (await fetch(`${base}/example.png`)).arrayBuffer());
+      const question = "What is the code?";
+      let tokens = 0;
+      let first = "answered";
+      const stream = engine.ask({ image, question, stream: true, maxNewTokens: 200, ignoreEos: true });
+      try {
+        for await (const ev of stream) {
+          if (ev.type === "token" && ++tokens === 3) engine.destroyDevice();
+        }
+        await stream.result;
+      } catch (e) {
+        first = `${e.name}: ${e.message}`;
+      }
+      const again = await engine.ask({ image, question, maxNewTokens: 6 });
+      return { first, tokens, backend: engine.backend, end: again.end, generated: again.timings.generated_tokens };
+    }, srv.url);
+    assert.match(out.first, /^DeviceLost/, logs.join("\n"));
+    assert.ok(out.tokens >= 3 && out.tokens < 200, `stopped after ${out.tokens} tokens`);
+    assert.equal(out.backend, "webgpu", "the fresh engine runs on WebGPU again");
+    assert.ok(out.generated > 0, JSON.stringify(out));
+  } finally {
     await close();
   }
 });
