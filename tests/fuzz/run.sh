@@ -9,7 +9,8 @@
 # executions, executions/s, coverage (edges), corpus size, and findings (crash/timeout/oom
 # inputs left in tests/fuzz/artifacts/<target>/). A finding is fixed in the code and its input
 # moved to tests/fuzz/regressions/<target>/, which CI replays with the corpora
-# (`cargo test -p visionthink-fuzz`).
+# (`cargo test -p visionthink-fuzz`). The seed corpora come from the fixtures:
+# `cargo run -p visionthink-fuzz --example seeds`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=../scripts/tools.sh

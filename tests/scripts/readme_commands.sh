@@ -32,7 +32,6 @@ classify() {
       echo "skip: regenerates the committed example image (needs Pillow)" ;;
     "bash tests/fuzz/run.sh 600")
       echo "skip: open-ended fuzzing (nightly, cargo-fuzz, an instrumented build, 2 h); the test step replays its corpora and regressions" ;;
-    "cargo run -p visionthink-fuzz --example seeds") echo "run-unchanged" ;;
     *) echo "unknown" ;;
   esac
 }
