@@ -36,160 +36,184 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Qwen2.5-VL image processor (Pillow-exact) on an image.
-    Preprocess {
-        /// Image file (PNG, JPEG, WebP, GIF).
-        #[arg(long)]
-        image: PathBuf,
-        /// Apply the VisionThink inference downscale (half width, half height) first.
-        #[arg(long)]
-        low_res: bool,
-        /// Override the minimum area.
-        #[arg(long)]
-        min_pixels: Option<u64>,
-        /// Override the maximum area.
-        #[arg(long)]
-        max_pixels: Option<u64>,
-        /// Take limits from this model directory's preprocessor_config.json.
-        #[arg(long)]
-        model_dir: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Preprocess(PreprocessArgs),
     /// Tokenize a fully rendered prompt and compute M-RoPE positions.
-    Tokenize {
-        /// Model directory with tokenizer.json.
-        #[arg(long)]
-        model_dir: PathBuf,
-        /// Prompt text; each image appears as <|vision_start|><|image_pad|><|vision_end|>.
-        #[arg(long)]
-        prompt_file: PathBuf,
-        /// Images in prompt order.
-        #[arg(long = "image")]
-        images: Vec<PathBuf>,
-        /// Override the minimum area.
-        #[arg(long)]
-        min_pixels: Option<u64>,
-        /// Override the maximum area.
-        #[arg(long)]
-        max_pixels: Option<u64>,
-        /// Downscale every image as the VisionThink low-resolution turn does.
-        #[arg(long)]
-        low_res: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Tokenize(TokenizeArgs),
     /// Print the VisionThink turn-1 prompt for a question.
-    Prompt {
-        /// The question (an <image> tag places the image; otherwise it comes first).
-        #[arg(long)]
-        question: String,
-        /// Render through this model directory's chat template.
-        #[arg(long)]
-        model_dir: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Prompt(PromptCmdArgs),
     /// Score rollouts: format, accuracy (judge), tool and group penalties.
-    Score {
-        /// Which judge decides accuracy.
-        #[arg(long, value_enum)]
-        judge: JudgeKind,
-        /// Rollouts JSONL.
-        #[arg(long)]
-        input: PathBuf,
-        /// Scored JSONL to write.
-        #[arg(long)]
-        output: PathBuf,
-        /// Group penalty.
-        #[arg(long, value_enum, default_value = "code")]
-        penalty: Penalty,
-        /// OpenAI-compatible endpoint for `--judge http` (e.g. http://127.0.0.1:8000/v1).
-        #[arg(long)]
-        judge_url: Option<String>,
-        /// Model name for `--judge http`.
-        #[arg(long)]
-        judge_model: Option<String>,
-        /// Per-request timeout in seconds for `--judge http`.
-        #[arg(long, default_value_t = 120.0)]
-        judge_timeout: f64,
-        /// Concurrent judge requests.
-        #[arg(long, default_value_t = 8)]
-        workers: usize,
-    },
+    Score(ScoreArgs),
     /// Last-position logits of a rendered prompt (images as <|vision_start|><|image_pad|><|vision_end|>).
-    Logits {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        prompt: PromptArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Logits(LogitsArgs),
     /// Generate from a rendered prompt.
-    Generate {
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        prompt: PromptArgs,
-        #[command(flatten)]
-        gen: GenArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Generate(GenerateArgs),
     /// Answer a question about an image with the VisionThink protocol (low-res first).
-    Ask {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// The image.
-        #[arg(long)]
-        image: PathBuf,
-        /// The question.
-        #[arg(long)]
-        question: String,
-        /// Generation rounds (official: 2).
-        #[arg(long, default_value_t = 2)]
-        max_rounds: usize,
-        /// Images per episode, the low-res one included (official: 2).
-        #[arg(long, default_value_t = 2)]
-        max_images: usize,
-        #[command(flatten)]
-        gen: GenArgs,
-        /// Print tokens as they are generated.
-        #[arg(long)]
-        stream: bool,
-        /// Teacher forcing: feed this text as the next model turn instead of generating (repeat
-        /// for several turns).
-        #[arg(long = "force-turn")]
-        force_turns: Vec<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Ask(AskArgs),
     /// Serve an OpenAI-compatible /v1/chat/completions endpoint (text and image parts, SSE
     /// streaming); it binds 127.0.0.1 unless told otherwise.
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
     /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
     /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
-    Demo {
-        /// Use this image instead of the built-in example.
-        #[arg(long)]
-        image: Option<PathBuf>,
-        /// The question.
-        #[arg(long, default_value = EXAMPLE_QUESTION)]
-        question: String,
-        /// Write the low-resolution image the model sees first (PNG).
-        #[arg(long)]
-        save_low_res: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct PreprocessArgs {
+    /// Image file (PNG, JPEG, WebP, GIF).
+    #[arg(long)]
+    image: PathBuf,
+    /// Apply the VisionThink inference downscale (half width, half height) first.
+    #[arg(long)]
+    low_res: bool,
+    /// Override the minimum area.
+    #[arg(long)]
+    min_pixels: Option<u64>,
+    /// Override the maximum area.
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Take limits from this model directory's preprocessor_config.json.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct TokenizeArgs {
+    /// Model directory with tokenizer.json.
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// Prompt text; each image appears as <|vision_start|><|image_pad|><|vision_end|>.
+    #[arg(long)]
+    prompt_file: PathBuf,
+    /// Images in prompt order.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// Override the minimum area.
+    #[arg(long)]
+    min_pixels: Option<u64>,
+    /// Override the maximum area.
+    #[arg(long)]
+    max_pixels: Option<u64>,
+    /// Downscale every image as the VisionThink low-resolution turn does.
+    #[arg(long)]
+    low_res: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct PromptCmdArgs {
+    /// The question (an <image> tag places the image; otherwise it comes first).
+    #[arg(long)]
+    question: String,
+    /// Render through this model directory's chat template.
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// Which judge decides accuracy.
+    #[arg(long, value_enum)]
+    judge: JudgeKind,
+    /// Rollouts JSONL.
+    #[arg(long)]
+    input: PathBuf,
+    /// Scored JSONL to write.
+    #[arg(long)]
+    output: PathBuf,
+    /// Group penalty.
+    #[arg(long, value_enum, default_value = "code")]
+    penalty: Penalty,
+    /// OpenAI-compatible endpoint for `--judge http` (e.g. http://127.0.0.1:8000/v1).
+    #[arg(long)]
+    judge_url: Option<String>,
+    /// Model name for `--judge http`.
+    #[arg(long)]
+    judge_model: Option<String>,
+    /// Per-request timeout in seconds for `--judge http`.
+    #[arg(long, default_value_t = 120.0)]
+    judge_timeout: f64,
+    /// Concurrent judge requests.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+}
+
+#[derive(clap::Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    prompt: PromptArgs,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct AskArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The image.
+    #[arg(long)]
+    image: PathBuf,
+    /// The question.
+    #[arg(long)]
+    question: String,
+    /// Generation rounds (official: 2).
+    #[arg(long, default_value_t = 2)]
+    max_rounds: usize,
+    /// Images per episode, the low-res one included (official: 2).
+    #[arg(long, default_value_t = 2)]
+    max_images: usize,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Print tokens as they are generated.
+    #[arg(long)]
+    stream: bool,
+    /// Teacher forcing: feed this text as the next model turn instead of generating (repeat
+    /// for several turns).
+    #[arg(long = "force-turn")]
+    force_turns: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Use this image instead of the built-in example.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// The question.
+    #[arg(long, default_value = EXAMPLE_QUESTION)]
+    question: String,
+    /// Write the low-resolution image the model sees first (PNG).
+    #[arg(long)]
+    save_low_res: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -469,291 +493,320 @@ fn print_json(v: &Value) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Preprocess {
-            image,
-            low_res,
-            min_pixels,
-            max_pixels,
-            model_dir,
-            json: as_json,
-        } => {
-            let cfg = processor_config(model_dir.as_deref(), min_pixels, max_pixels)?;
-            let original = load_image(&image)?;
-            let input = if low_res {
-                inference_low_res(&original)
-                    .with_context(|| format!("low-resolution copy of {}", image.display()))?
-            } else {
-                original.clone()
-            };
-            let pv = preprocess(&input, &cfg)
-                .with_context(|| format!("preprocessing {}", image.display()))?;
-            let mut v = json!({
-                "input_size_wh": [original.width, original.height],
-                "resized_hw": [pv.resized.height, pv.resized.width],
-                "grid_thw": pv.grid_thw,
-                "num_image_tokens": pv.num_image_tokens(cfg.merge_size),
-                "resized_rgb_sha256": sha256_hex(&pv.resized.data),
-                "pixel_values": pixel_json(&pv),
-            });
-            if low_res {
-                v["low_res_wh"] = json!([input.width, input.height]);
-            }
-            if as_json {
-                print_json(&v)?;
-            } else {
-                println!(
-                    "{}: {}x{} → resized {}x{} (w×h), grid {:?}, {} image tokens",
-                    image.display(),
-                    input.width,
-                    input.height,
-                    pv.resized.width,
-                    pv.resized.height,
-                    pv.grid_thw,
-                    pv.num_image_tokens(cfg.merge_size)
-                );
-            }
-        }
-        Command::Tokenize {
-            model_dir,
-            prompt_file,
-            images,
-            min_pixels,
-            max_pixels,
-            low_res,
-            json: as_json,
-        } => {
-            let model = ModelDir::open(&model_dir)?;
-            let mut cfg = model.preprocessor.clone();
-            override_limits(&mut cfg, min_pixels, max_pixels)?;
-            let text = read_prompt(&prompt_file)?;
-            let mut counts = Vec::new();
-            let mut grids = Vec::new();
-            for path in &images {
-                let img = load_image(path)?;
-                let img = if low_res {
-                    inference_low_res(&img)?
-                } else {
-                    img
-                };
-                let pv = preprocess(&img, &cfg)
-                    .with_context(|| format!("preprocessing {}", path.display()))?;
-                counts.push(pv.num_image_tokens(cfg.merge_size));
-                grids.push(pv.grid_thw);
-            }
-            let ids = model
-                .tokenizer
-                .encode_rendered(&text, &counts)
-                .with_context(|| format!("tokenizing {}", prompt_file.display()))?;
-            let (pos, delta) = rope_index(&ids, &grids, cfg.merge_size)?;
-            let v = json!({"input_ids": ids, "position_ids": pos.axes, "rope_delta": delta});
-            if as_json {
-                print_json(&v)?;
-            } else {
-                println!(
-                    "{} tokens ({} images), rope_delta {delta}",
-                    ids.len(),
-                    images.len()
-                );
-            }
-        }
-        Command::Prompt {
-            question,
-            model_dir,
-            json: as_json,
-        } => {
-            let p = match model_dir {
-                Some(dir) => {
-                    let model = ModelDir::open(&dir)?;
-                    match model.chat_template {
-                        Some(t) => t.visionthink_turn1(&question)?,
-                        None => prompt::visionthink_turn1(&question),
-                    }
-                }
-                None => prompt::visionthink_turn1(&question),
-            };
-            if as_json {
-                print_json(&json!({"prompt_text": p.render()}))?;
-            } else {
-                print!("{}", p.render());
-            }
-        }
-        Command::Score {
-            judge,
-            input,
-            output,
-            penalty,
-            judge_url,
-            judge_model,
-            judge_timeout,
-            workers,
-        } => {
-            let text = read_prompt(&input)?;
-            let lines = score::parse_rollouts(&text, &input.display().to_string())?;
-            let cfg = RewardConfig {
-                penalty: match penalty {
-                    Penalty::Code => PenaltyMode::Code,
-                    Penalty::Paper => PenaltyMode::Paper,
-                    Penalty::None => PenaltyMode::None,
-                    Penalty::AlwaysTool => PenaltyMode::AlwaysPenalizeTool,
-                },
-                ..RewardConfig::default()
-            };
-            let http;
-            let judge: &(dyn Judge + Sync) = match judge {
-                JudgeKind::Exact => &ExactJudge,
-                JudgeKind::Rule => &RuleJudge,
-                JudgeKind::Http => {
-                    let url = judge_url.context("--judge http needs --judge-url")?;
-                    let model = judge_model.context("--judge http needs --judge-model")?;
-                    if !(judge_timeout.is_finite() && judge_timeout > 0.0) {
-                        bail!("--judge-timeout must be a positive number of seconds");
-                    }
-                    let mut c = HttpJudgeConfig::new(&url, &model);
-                    c.timeout = std::time::Duration::from_secs_f64(judge_timeout);
-                    c.api_key = std::env::var("VISIONTHINK_JUDGE_API_KEY").ok();
-                    http = HttpJudge::new(c);
-                    &http
-                }
-            };
-            let scored = score::score_rollouts(&lines, judge, &cfg, workers);
-            let mut out = String::new();
-            for v in &scored {
-                out.push_str(&serde_json::to_string(v)?);
-                out.push('\n');
-            }
-            // Write to a temporary file and rename, so a failure never leaves half a file.
-            let tmp = output.with_extension("jsonl.tmp");
-            std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &output)
-                .with_context(|| format!("renaming to {}", output.display()))?;
-            let failed = scored
-                .iter()
-                .filter(|v| v.get("judge_error").is_some())
-                .count();
-            if failed > 0 {
-                eprintln!("warning: the judge failed on {failed} rollout(s); their groups are marked group_kept=false");
-            }
-        }
-        Command::Logits {
-            model,
-            prompt,
-            json: as_json,
-        } => {
-            let vt = load_model(&model)?;
-            let (text, images) = prompt.load()?;
-            let logits = vt.prompt_logits(&text, &images)?;
-            let argmax = visionthink_core::sampling::argmax(&logits);
-            let mut order: Vec<usize> = (0..logits.len()).collect();
-            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-            let top5: Vec<Value> = order
-                .iter()
-                .take(5)
-                .map(|&i| json!([i, logits[i]]))
-                .collect();
-            let v = json!({"argmax": argmax, "logits_last_first16": &logits[..16.min(logits.len())], "top5": top5});
-            if as_json {
-                print_json(&v)?;
-            } else {
-                println!(
-                    "argmax {argmax}; top5 {}",
-                    serde_json::to_string(&v["top5"])?
-                );
-            }
-        }
-        Command::Generate {
-            model,
-            prompt,
-            gen,
-            json: as_json,
-        } => {
-            let vt = load_model(&model)?;
-            let (prompt, images) = prompt.load()?;
-            let opts = gen.options()?;
-            let (tokens, text) = vt.generate(&prompt, &images, &opts, |_, piece| {
-                if !as_json {
-                    print!("{piece}");
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                }
-            })?;
-            if as_json {
-                print_json(&json!({"tokens": tokens, "text": text}))?;
-            } else {
-                println!();
-            }
-        }
-        Command::Ask {
-            model,
-            image,
-            question,
-            max_rounds,
-            max_images,
-            gen,
-            stream,
-            force_turns,
-            json: as_json,
-        } => {
-            let vt = load_model(&model)?;
-            let img = load_image(&image)?;
-            if max_rounds == 0 || max_images == 0 {
-                bail!("--max-rounds and --max-images must be at least 1");
-            }
-            let opts = visionthink::AskOptions {
-                generation: gen.options()?,
-                protocol: visionthink::core::protocol::ProtocolConfig {
-                    max_rounds,
-                    max_images,
-                    ..Default::default()
-                },
-                forced_turns: force_turns,
-            };
-            let answer = vt.ask_streaming(&img, &question, &opts, |ev| {
-                if stream && !as_json {
-                    match ev {
-                        visionthink::Event::Token { text, .. } => print!("{text}"),
-                        visionthink::Event::ResizeRequested => {
-                            print!("\n[resize → full-resolution image]\n")
-                        }
-                    }
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                }
-                if stream && as_json {
-                    if let visionthink::Event::Token { text, .. } = ev {
-                        eprint!("{text}");
-                    }
-                }
-            })?;
-            if as_json {
-                let mut v = serde_json::to_value(&answer)?;
-                v["num_turns"] = json!(answer.turns.len());
-                print_json(&v)?;
-            } else {
-                if stream {
-                    println!();
-                }
-                println!("answer: {}", answer.text);
-                println!(
-                    "full image requested: {}; visual tokens {} (full-res only: {}); {} turn(s); {:.0} ms",
-                    answer.used_high_res,
-                    answer.visual_tokens,
-                    answer.visual_tokens_full_res,
-                    answer.turns.len(),
-                    answer.timings.total_ms
-                );
-            }
-        }
+        Command::Preprocess(a) => cmd_preprocess(a)?,
+        Command::Tokenize(a) => cmd_tokenize(a)?,
+        Command::Prompt(a) => cmd_prompt(a)?,
+        Command::Score(a) => cmd_score(a)?,
+        Command::Logits(a) => cmd_logits(a)?,
+        Command::Generate(a) => cmd_generate(a)?,
+        Command::Ask(a) => cmd_ask(a)?,
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve(args)?,
-        Command::Demo {
-            image,
-            question,
-            save_low_res,
-            json: as_json,
-        } => demo(
-            image.as_deref(),
-            &question,
-            save_low_res.as_deref(),
-            as_json,
+        Command::Demo(a) => demo(
+            a.image.as_deref(),
+            &a.question,
+            a.save_low_res.as_deref(),
+            a.json,
         )?,
+    }
+    Ok(())
+}
+
+/// `visionthink preprocess`.
+fn cmd_preprocess(a: PreprocessArgs) -> Result<()> {
+    let PreprocessArgs {
+        image,
+        low_res,
+        min_pixels,
+        max_pixels,
+        model_dir,
+        json: as_json,
+    } = a;
+    let cfg = processor_config(model_dir.as_deref(), min_pixels, max_pixels)?;
+    let original = load_image(&image)?;
+    let input = if low_res {
+        inference_low_res(&original)
+            .with_context(|| format!("low-resolution copy of {}", image.display()))?
+    } else {
+        original.clone()
+    };
+    let pv =
+        preprocess(&input, &cfg).with_context(|| format!("preprocessing {}", image.display()))?;
+    let mut v = json!({
+        "input_size_wh": [original.width, original.height],
+        "resized_hw": [pv.resized.height, pv.resized.width],
+        "grid_thw": pv.grid_thw,
+        "num_image_tokens": pv.num_image_tokens(cfg.merge_size),
+        "resized_rgb_sha256": sha256_hex(&pv.resized.data),
+        "pixel_values": pixel_json(&pv),
+    });
+    if low_res {
+        v["low_res_wh"] = json!([input.width, input.height]);
+    }
+    if as_json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "{}: {}x{} → resized {}x{} (w×h), grid {:?}, {} image tokens",
+            image.display(),
+            input.width,
+            input.height,
+            pv.resized.width,
+            pv.resized.height,
+            pv.grid_thw,
+            pv.num_image_tokens(cfg.merge_size)
+        );
+    }
+    Ok(())
+}
+
+/// `visionthink tokenize`.
+fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
+    let TokenizeArgs {
+        model_dir,
+        prompt_file,
+        images,
+        min_pixels,
+        max_pixels,
+        low_res,
+        json: as_json,
+    } = a;
+    let model = ModelDir::open(&model_dir)?;
+    let mut cfg = model.preprocessor.clone();
+    override_limits(&mut cfg, min_pixels, max_pixels)?;
+    let text = read_prompt(&prompt_file)?;
+    let mut counts = Vec::new();
+    let mut grids = Vec::new();
+    for path in &images {
+        let img = load_image(path)?;
+        let img = if low_res {
+            inference_low_res(&img)?
+        } else {
+            img
+        };
+        let pv =
+            preprocess(&img, &cfg).with_context(|| format!("preprocessing {}", path.display()))?;
+        counts.push(pv.num_image_tokens(cfg.merge_size));
+        grids.push(pv.grid_thw);
+    }
+    let ids = model
+        .tokenizer
+        .encode_rendered(&text, &counts)
+        .with_context(|| format!("tokenizing {}", prompt_file.display()))?;
+    let (pos, delta) = rope_index(&ids, &grids, cfg.merge_size)?;
+    let v = json!({"input_ids": ids, "position_ids": pos.axes, "rope_delta": delta});
+    if as_json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "{} tokens ({} images), rope_delta {delta}",
+            ids.len(),
+            images.len()
+        );
+    }
+    Ok(())
+}
+
+/// `visionthink prompt`.
+fn cmd_prompt(a: PromptCmdArgs) -> Result<()> {
+    let PromptCmdArgs {
+        question,
+        model_dir,
+        json: as_json,
+    } = a;
+    let p = match model_dir {
+        Some(dir) => {
+            let model = ModelDir::open(&dir)?;
+            match model.chat_template {
+                Some(t) => t.visionthink_turn1(&question)?,
+                None => prompt::visionthink_turn1(&question),
+            }
+        }
+        None => prompt::visionthink_turn1(&question),
+    };
+    if as_json {
+        print_json(&json!({"prompt_text": p.render()}))?;
+    } else {
+        print!("{}", p.render());
+    }
+    Ok(())
+}
+
+/// `visionthink score`.
+fn cmd_score(a: ScoreArgs) -> Result<()> {
+    let ScoreArgs {
+        judge,
+        input,
+        output,
+        penalty,
+        judge_url,
+        judge_model,
+        judge_timeout,
+        workers,
+    } = a;
+    let text = read_prompt(&input)?;
+    let lines = score::parse_rollouts(&text, &input.display().to_string())?;
+    let cfg = RewardConfig {
+        penalty: match penalty {
+            Penalty::Code => PenaltyMode::Code,
+            Penalty::Paper => PenaltyMode::Paper,
+            Penalty::None => PenaltyMode::None,
+            Penalty::AlwaysTool => PenaltyMode::AlwaysPenalizeTool,
+        },
+        ..RewardConfig::default()
+    };
+    let http;
+    let judge: &(dyn Judge + Sync) = match judge {
+        JudgeKind::Exact => &ExactJudge,
+        JudgeKind::Rule => &RuleJudge,
+        JudgeKind::Http => {
+            let url = judge_url.context("--judge http needs --judge-url")?;
+            let model = judge_model.context("--judge http needs --judge-model")?;
+            if !(judge_timeout.is_finite() && judge_timeout > 0.0) {
+                bail!("--judge-timeout must be a positive number of seconds");
+            }
+            let mut c = HttpJudgeConfig::new(&url, &model);
+            c.timeout = std::time::Duration::from_secs_f64(judge_timeout);
+            c.api_key = std::env::var("VISIONTHINK_JUDGE_API_KEY").ok();
+            http = HttpJudge::new(c);
+            &http
+        }
+    };
+    let scored = score::score_rollouts(&lines, judge, &cfg, workers);
+    let mut out = String::new();
+    for v in &scored {
+        out.push_str(&serde_json::to_string(v)?);
+        out.push('\n');
+    }
+    // Write to a temporary file and rename, so a failure never leaves half a file.
+    let tmp = output.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &output).with_context(|| format!("renaming to {}", output.display()))?;
+    let failed = scored
+        .iter()
+        .filter(|v| v.get("judge_error").is_some())
+        .count();
+    if failed > 0 {
+        eprintln!("warning: the judge failed on {failed} rollout(s); their groups are marked group_kept=false");
+    }
+    Ok(())
+}
+
+/// `visionthink logits`.
+fn cmd_logits(a: LogitsArgs) -> Result<()> {
+    let LogitsArgs {
+        model,
+        prompt,
+        json: as_json,
+    } = a;
+    let vt = load_model(&model)?;
+    let (text, images) = prompt.load()?;
+    let logits = vt.prompt_logits(&text, &images)?;
+    let argmax = visionthink_core::sampling::argmax(&logits);
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    let top5: Vec<Value> = order
+        .iter()
+        .take(5)
+        .map(|&i| json!([i, logits[i]]))
+        .collect();
+    let v = json!({"argmax": argmax, "logits_last_first16": &logits[..16.min(logits.len())], "top5": top5});
+    if as_json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "argmax {argmax}; top5 {}",
+            serde_json::to_string(&v["top5"])?
+        );
+    }
+    Ok(())
+}
+
+/// `visionthink generate`.
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let GenerateArgs {
+        model,
+        prompt,
+        gen,
+        json: as_json,
+    } = a;
+    let vt = load_model(&model)?;
+    let (prompt, images) = prompt.load()?;
+    let opts = gen.options()?;
+    let (tokens, text) = vt.generate(&prompt, &images, &opts, |_, piece| {
+        if !as_json {
+            print!("{piece}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    })?;
+    if as_json {
+        print_json(&json!({"tokens": tokens, "text": text}))?;
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+/// `visionthink ask`.
+fn cmd_ask(a: AskArgs) -> Result<()> {
+    let AskArgs {
+        model,
+        image,
+        question,
+        max_rounds,
+        max_images,
+        gen,
+        stream,
+        force_turns,
+        json: as_json,
+    } = a;
+    let vt = load_model(&model)?;
+    let img = load_image(&image)?;
+    if max_rounds == 0 || max_images == 0 {
+        bail!("--max-rounds and --max-images must be at least 1");
+    }
+    let opts = visionthink::AskOptions {
+        generation: gen.options()?,
+        protocol: visionthink::core::protocol::ProtocolConfig {
+            max_rounds,
+            max_images,
+            ..Default::default()
+        },
+        forced_turns: force_turns,
+    };
+    let answer = vt.ask_streaming(&img, &question, &opts, |ev| {
+        if stream && !as_json {
+            match ev {
+                visionthink::Event::Token { text, .. } => print!("{text}"),
+                visionthink::Event::ResizeRequested => {
+                    print!("\n[resize → full-resolution image]\n")
+                }
+            }
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+        if stream && as_json {
+            if let visionthink::Event::Token { text, .. } = ev {
+                eprint!("{text}");
+            }
+        }
+    })?;
+    if as_json {
+        let mut v = serde_json::to_value(&answer)?;
+        v["num_turns"] = json!(answer.turns.len());
+        print_json(&v)?;
+    } else {
+        if stream {
+            println!();
+        }
+        println!("answer: {}", answer.text);
+        println!(
+            "full image requested: {}; visual tokens {} (full-res only: {}); {} turn(s); {:.0} ms",
+            answer.used_high_res,
+            answer.visual_tokens,
+            answer.visual_tokens_full_res,
+            answer.turns.len(),
+            answer.timings.total_ms
+        );
     }
     Ok(())
 }
