@@ -165,9 +165,9 @@ pub fn model_output(data: &[u8]) {
     };
     let vocab = tokens::MAX_REAL_ID as usize + 1;
     let img = RgbImage::new(
-        224,
-        168,
-        (0..224 * 168 * 3).map(|i| (i * 7 % 251) as u8).collect(),
+        112,
+        84,
+        (0..112 * 84 * 3).map(|i| (i * 7 % 251) as u8).collect(),
     )
     .expect("a valid image");
     let clock = || 0.0;
@@ -175,6 +175,7 @@ pub fn model_output(data: &[u8]) {
         EpisodeDriver::new(info, &img, "What is shown?", &opts, &clock).expect("valid options");
     let mut action = driver.start().expect("turn 1 starts");
     let mut logits = vec![0f32; vocab];
+    let mut prev = 0usize;
     let mut steps = 0usize;
     let bound = opts.protocol.max_rounds * (opts.max_new_tokens + 1);
     let mut picks = picks.chunks(2);
@@ -183,14 +184,12 @@ pub fn model_output(data: &[u8]) {
             Action::Done(answer) => {
                 assert!(answer.turns.len() <= opts.protocol.max_rounds);
                 // Half size first; the full image only when the model asked for it.
-                let low = visionthink_core::image::visual_tokens(112, 84, &preprocessor)
+                let low = visionthink_core::image::visual_tokens(56, 42, &preprocessor)
                     .expect("valid size");
-                assert_eq!(answer.visual_tokens_full_res, 4 * low);
-                let want = if answer.used_high_res {
-                    low + 4 * low
-                } else {
-                    low
-                };
+                let full = visionthink_core::image::visual_tokens(112, 84, &preprocessor)
+                    .expect("valid size");
+                assert_eq!(answer.visual_tokens_full_res, full);
+                let want = if answer.used_high_res { low + full } else { low };
                 assert_eq!(answer.visual_tokens, want, "visual tokens miscounted");
                 return;
             }
@@ -205,8 +204,9 @@ pub fn model_output(data: &[u8]) {
             }
             _ => tokens::IM_END,
         };
-        logits.iter_mut().for_each(|l| *l = 0.0);
+        logits[prev] = 0.0;
         logits[id as usize] = 1.0;
+        prev = id as usize;
         action = match driver.on_logits(&logits, &mut |_| {}) {
             Ok(a) => a,
             Err(_) => return,
