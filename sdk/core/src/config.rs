@@ -230,6 +230,25 @@ impl PreprocessorConfig {
         if c.image_std.contains(&0.0) {
             return Err(cfg_err(F, "`image_std` must not contain 0"));
         }
+        // Bounds that keep every normalised value a finite f32: |x·rescale − mean| / |std| stays
+        // below 3·10¹⁴ for 8-bit pixels (real configs use values near 1/255, 0.5 and 0.27).
+        let normal = |v: f64| v.is_finite() && v.abs() <= 1e6;
+        if !c.image_mean.iter().all(|&v| normal(f64::from(v))) {
+            return Err(cfg_err(
+                F,
+                "`image_mean` values must be finite and at most 10⁶ in magnitude",
+            ));
+        }
+        if !c
+            .image_std
+            .iter()
+            .all(|&v| normal(f64::from(v)) && v.abs() >= 1e-6)
+        {
+            return Err(cfg_err(
+                F,
+                "`image_std` values must be between 10⁻⁶ and 10⁶ in magnitude",
+            ));
+        }
         if let Some(v) = get_bool(F, &m, "do_resize")? {
             c.do_resize = v;
         }
@@ -240,6 +259,12 @@ impl PreprocessorConfig {
             c.do_normalize = v;
         }
         if let Some(v) = get_f64(F, &m, "rescale_factor")? {
+            if !(v.is_finite() && v.abs() <= 1e6) {
+                return Err(cfg_err(
+                    F,
+                    format!("`rescale_factor` {v} must be finite and at most 10⁶ in magnitude"),
+                ));
+            }
             c.rescale_factor = v;
         }
         if c.min_pixels > c.max_pixels {

@@ -40,6 +40,7 @@ impl QwenTokenizer {
     pub fn from_bytes(json: &[u8]) -> Result<Self> {
         let mut value: serde_json::Value = serde_json::from_slice(json)
             .map_err(|e| Error::Tokenizer(format!("malformed JSON: {e}")))?;
+        check_bpe_merges(&value)?;
         let full =
             tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let obj = value
@@ -232,6 +233,34 @@ impl QwenTokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.full.token_to_id(token)
     }
+}
+
+/// Refuses BPE merges that the `tokenizers` crate (0.23) cannot build safely: with a
+/// `continuing_subword_prefix`, a merge's second part shorter than the prefix underflows its
+/// length arithmetic (a panic), and one that does not start with the prefix is sliced inside
+/// it. Found by fuzzing `tokenizer.json`; Qwen tables have no prefix.
+fn check_bpe_merges(value: &serde_json::Value) -> Result<()> {
+    let model = &value["model"];
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    // `type` may be absent: the crate then infers the model from its fields.
+    if !matches!(model["type"].as_str(), None | Some("BPE")) || prefix.is_empty() {
+        return Ok(());
+    }
+    for (i, m) in model["merges"].as_array().into_iter().flatten().enumerate() {
+        let second = match m {
+            serde_json::Value::String(s) => s.split_once(' ').map(|(_, b)| b),
+            serde_json::Value::Array(a) if a.len() == 2 => a[1].as_str(),
+            _ => None,
+        };
+        if let Some(b) = second {
+            if !b.starts_with(prefix) {
+                return Err(Error::Tokenizer(format!(
+                    "merge {i}: {b:?} does not start with the continuing_subword_prefix {prefix:?}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Incremental detokenisation for streaming: after each new id, [`StreamDecoder::next`] returns
