@@ -850,10 +850,8 @@ fn lcg(state: &mut u64) -> u64 {
     *state >> 33
 }
 
-/// Runs the trainer with `VISIONTHINK_TRACE` on, waits for the trace line `want`, lets it run
-/// `delay` more, then SIGKILLs it. Returns the last trace line printed before the kill.
-fn kill_at(args: &[String], want: &str, delay: Duration) -> String {
-    use std::io::BufRead;
+/// Starts the trainer with `VISIONTHINK_TRACE` on: the child and its stderr (trace lines).
+fn spawn_traced(args: &[String]) -> (std::process::Child, std::process::ChildStderr) {
     let mut child = cli()
         .args(args)
         .env("VISIONTHINK_TRACE", "1")
@@ -862,6 +860,14 @@ fn kill_at(args: &[String], want: &str, delay: Duration) -> String {
         .spawn()
         .expect("spawn");
     let stderr = child.stderr.take().expect("stderr");
+    (child, stderr)
+}
+
+/// Runs the trainer with `VISIONTHINK_TRACE` on, waits for the trace line `want`, lets it run
+/// `delay` more, then SIGKILLs it. Returns the last trace line printed before the kill.
+fn kill_at(args: &[String], want: &str, delay: Duration) -> String {
+    use std::io::BufRead;
+    let (mut child, stderr) = spawn_traced(args);
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
@@ -1100,14 +1106,7 @@ fn the_judge_killed_and_restarted_mid_run() {
     ] {
         args.extend(["--set".into(), kv]);
     }
-    let mut child = cli()
-        .args(&args)
-        .env("VISIONTHINK_TRACE", "1")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stderr = child.stderr.take().expect("stderr");
+    let (mut child, stderr) = spawn_traced(&args);
     let mut log = Vec::new();
     for line in std::io::BufReader::new(stderr)
         .lines()

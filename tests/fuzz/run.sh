@@ -41,17 +41,20 @@ one() {
   local t=$1 corpus="tests/fuzz/corpus/$1" art="tests/fuzz/artifacts/$1" log="$VT_CACHE/fuzz-$1.log"
   mkdir -p "$corpus" "$art"
   echo "==> $t: ${secs}s" >&2
+  # The seeds (taken from the fixtures) always stay: libFuzzer deletes inputs it reduces, and
+  # cmin drops the ones that add no coverage, so they are set aside before either runs.
+  local seeds
+  seeds=$(mktemp -d)
+  cp "$corpus"/seed-* "$seeds"/ 2>/dev/null || true
   local rc=0
   "${fuzz[@]}" run "${common[@]}" "$t" "$corpus" -- \
     -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -max_len="$(max_len "$t")" \
     -print_final_stats=1 -artifact_prefix="$art/" >"$log" 2>&1 || rc=$?
-  local execs rate cov before after findings seeds
+  local execs rate cov before after findings
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   before=$(find "$corpus" -type f | wc -l)
-  seeds=$(mktemp -d)
-  cp "$corpus"/seed-* "$seeds"/ 2>/dev/null || true
   "${fuzz[@]}" cmin "${common[@]}" "$t" "$corpus" -- -max_len="$(max_len "$t")" >>"$log" 2>&1 || true
   cp "$seeds"/seed-* "$corpus"/ 2>/dev/null || true
   rm -rf "$seeds"

@@ -641,7 +641,6 @@ impl ArbNumber {
 
 impl ArbRequest {
     fn to_json(&self) -> Value {
-        use std::io::Write;
         let messages: Vec<Value> = self
             .messages
             .iter()
@@ -668,9 +667,7 @@ impl ArbRequest {
                             .map(|p| match p {
                                 ArbPart::Text(t) => json!({"type": "text", "text": t}),
                                 ArbPart::Image(bytes) => {
-                                    let mut b64 = Vec::new();
-                                    let _ = write!(b64, "{}", Base64(bytes));
-                                    json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", String::from_utf8_lossy(&b64))}})
+                                    json!({"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", Base64(bytes))}})
                                 }
                                 ArbPart::BadUrl(u) => json!({"type": "image_url", "image_url": {"url": u}}),
                                 ArbPart::Unknown(t) => json!({"type": t}),
@@ -702,8 +699,12 @@ impl ArbRequest {
     }
 }
 
-/// Standard base64 (the server decodes `data:` URLs with it).
-struct Base64<'a>(&'a [u8]);
+/// Standard base64 (the server decodes `data:` URLs with it), as `Display`.
+///
+/// ```
+/// assert_eq!(visionthink_fuzz::Base64(b"hi!?").to_string(), "aGkhPw==");
+/// ```
+pub struct Base64<'a>(pub &'a [u8]);
 
 impl std::fmt::Display for Base64<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
