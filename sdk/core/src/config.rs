@@ -4,6 +4,15 @@
 use crate::error::{Error, Result};
 use serde_json::Value;
 
+/// The most pixels one image may be resized to: 32 768 visual tokens of 28 × 28 px (25.7 Mpx,
+/// twice Qwen2.5-VL's default `max_pixels`). A `preprocessor_config.json` whose limits would
+/// resize beyond it is refused instead of allocating gigabytes per image.
+pub const MAX_RESIZED_PIXELS: u64 = 32_768 * 28 * 28;
+
+/// The largest `temporal_patch_size` accepted (Qwen2.5-VL uses 2; each image is repeated that
+/// many times in `pixel_values`).
+pub const MAX_TEMPORAL_PATCH: u32 = 16;
+
 /// The image processor settings (`preprocessor_config.json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessorConfig {
@@ -175,127 +184,147 @@ impl PreprocessorConfig {
     /// assert!(PreprocessorConfig::from_json(b"{\"patch_size\": -1}").is_err());
     /// ```
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        const F: &str = "preprocessor_config.json";
-        let m = parse_object(F, bytes)?;
+        let m = parse_object(PRE, bytes)?;
         let mut c = Self::default();
-        if let Some(size) = m.get("size") {
-            match size {
-                Value::Object(s) => {
-                    if let Some(v) = get_u64(F, s, "shortest_edge")? {
-                        c.min_pixels = v;
-                    }
-                    if let Some(v) = get_u64(F, s, "longest_edge")? {
-                        c.max_pixels = v;
-                    }
-                    if let Some(v) = get_u64(F, s, "min_pixels")? {
-                        c.min_pixels = v;
-                    }
-                    if let Some(v) = get_u64(F, s, "max_pixels")? {
-                        c.max_pixels = v;
-                    }
-                }
-                Value::Null => {}
-                other => {
-                    return Err(cfg_err(
-                        F,
-                        format!("`size` must be an object, found {other}"),
-                    ))
-                }
-            }
-        }
-        if let Some(v) = get_u64(F, &m, "min_pixels")? {
-            c.min_pixels = v;
-        }
-        if let Some(v) = get_u64(F, &m, "max_pixels")? {
-            c.max_pixels = v;
-        }
+        c.read_pixel_limits(&m)?;
         let u32_field = |key: &str, default: u32| -> Result<u32> {
-            match get_u64(F, &m, key)? {
+            match get_u64(PRE, &m, key)? {
                 None => Ok(default),
-                Some(0) => Err(cfg_err(F, format!("`{key}` must be positive"))),
-                Some(v) => {
-                    u32::try_from(v).map_err(|_| cfg_err(F, format!("`{key}` = {v} is too large")))
-                }
+                Some(0) => Err(cfg_err(PRE, format!("`{key}` must be positive"))),
+                Some(v) => u32::try_from(v)
+                    .map_err(|_| cfg_err(PRE, format!("`{key}` = {v} is too large"))),
             }
         };
         c.patch_size = u32_field("patch_size", c.patch_size)?;
         c.merge_size = u32_field("merge_size", c.merge_size)?;
         c.temporal_patch_size = u32_field("temporal_patch_size", c.temporal_patch_size)?;
-        if let Some(v) = get_triple(F, &m, "image_mean")? {
-            c.image_mean = v;
+        c.read_normalisation(&m)?;
+        c.check_limits()?;
+        Ok(c)
+    }
+
+    /// `size.{shortest_edge, longest_edge, min_pixels, max_pixels}`, then the top-level
+    /// `min_pixels` / `max_pixels`, which win.
+    fn read_pixel_limits(&mut self, m: &serde_json::Map<String, Value>) -> Result<()> {
+        match m.get("size") {
+            Some(Value::Object(s)) => {
+                for (key, max) in [
+                    ("shortest_edge", false),
+                    ("longest_edge", true),
+                    ("min_pixels", false),
+                    ("max_pixels", true),
+                ] {
+                    self.set_pixel_limit(get_u64(PRE, s, key)?, max);
+                }
+            }
+            Some(Value::Null) | None => {}
+            Some(other) => {
+                return Err(cfg_err(
+                    PRE,
+                    format!("`size` must be an object, found {other}"),
+                ))
+            }
         }
-        if let Some(v) = get_triple(F, &m, "image_std")? {
-            c.image_std = v;
+        self.set_pixel_limit(get_u64(PRE, m, "min_pixels")?, false);
+        self.set_pixel_limit(get_u64(PRE, m, "max_pixels")?, true);
+        Ok(())
+    }
+
+    fn set_pixel_limit(&mut self, v: Option<u64>, max: bool) {
+        match (v, max) {
+            (Some(v), true) => self.max_pixels = v,
+            (Some(v), false) => self.min_pixels = v,
+            (None, _) => {}
         }
-        if c.image_std.contains(&0.0) {
-            return Err(cfg_err(F, "`image_std` must not contain 0"));
+    }
+
+    /// `image_mean`, `image_std`, `rescale_factor` and the three `do_*` switches, bounded so
+    /// that every normalised value is a finite f32: |x·rescale − mean| / |std| stays below
+    /// 3·10¹⁴ for 8-bit pixels (real configs use values near 1/255, 0.5 and 0.27).
+    fn read_normalisation(&mut self, m: &serde_json::Map<String, Value>) -> Result<()> {
+        if let Some(v) = get_triple(PRE, m, "image_mean")? {
+            self.image_mean = v;
         }
-        // Bounds that keep every normalised value a finite f32: |x·rescale − mean| / |std| stays
-        // below 3·10¹⁴ for 8-bit pixels (real configs use values near 1/255, 0.5 and 0.27).
+        if let Some(v) = get_triple(PRE, m, "image_std")? {
+            self.image_std = v;
+        }
+        if self.image_std.contains(&0.0) {
+            return Err(cfg_err(PRE, "`image_std` must not contain 0"));
+        }
         let normal = |v: f64| v.is_finite() && v.abs() <= 1e6;
-        if !c.image_mean.iter().all(|&v| normal(f64::from(v))) {
+        if !self.image_mean.iter().all(|&v| normal(f64::from(v))) {
             return Err(cfg_err(
-                F,
+                PRE,
                 "`image_mean` values must be finite and at most 10⁶ in magnitude",
             ));
         }
-        if !c
+        if !self
             .image_std
             .iter()
             .all(|&v| normal(f64::from(v)) && v.abs() >= 1e-6)
         {
             return Err(cfg_err(
-                F,
+                PRE,
                 "`image_std` values must be between 10⁻⁶ and 10⁶ in magnitude",
             ));
         }
-        if let Some(v) = get_bool(F, &m, "do_resize")? {
-            c.do_resize = v;
+        for (key, flag) in [
+            ("do_resize", &mut self.do_resize),
+            ("do_rescale", &mut self.do_rescale),
+            ("do_normalize", &mut self.do_normalize),
+        ] {
+            if let Some(v) = get_bool(PRE, m, key)? {
+                *flag = v;
+            }
         }
-        if let Some(v) = get_bool(F, &m, "do_rescale")? {
-            c.do_rescale = v;
-        }
-        if let Some(v) = get_bool(F, &m, "do_normalize")? {
-            c.do_normalize = v;
-        }
-        if let Some(v) = get_f64(F, &m, "rescale_factor")? {
-            if !(v.is_finite() && v.abs() <= 1e6) {
+        if let Some(v) = get_f64(PRE, m, "rescale_factor")? {
+            if !normal(v) {
                 return Err(cfg_err(
-                    F,
+                    PRE,
                     format!("`rescale_factor` {v} must be finite and at most 10⁶ in magnitude"),
                 ));
             }
-            c.rescale_factor = v;
+            self.rescale_factor = v;
         }
-        if c.min_pixels > c.max_pixels {
+        Ok(())
+    }
+
+    /// The pixel range is ordered and below [`MAX_RESIZED_PIXELS`]; the temporal patch is at
+    /// most [`MAX_TEMPORAL_PATCH`].
+    fn check_limits(&self) -> Result<()> {
+        if self.min_pixels > self.max_pixels {
             return Err(cfg_err(
-                F,
-                format!("min_pixels {} > max_pixels {}", c.min_pixels, c.max_pixels),
-            ));
-        }
-        let most = crate::image::MAX_RESIZED_PIXELS;
-        if c.min_pixels > most {
-            return Err(cfg_err(
-                F,
+                PRE,
                 format!(
-                    "min_pixels {} would resize every image beyond {most} pixels",
-                    c.min_pixels
+                    "min_pixels {} > max_pixels {}",
+                    self.min_pixels, self.max_pixels
                 ),
             ));
         }
-        let most_t = crate::image::MAX_TEMPORAL_PATCH;
-        if c.temporal_patch_size > most_t {
+        if self.min_pixels > MAX_RESIZED_PIXELS {
             return Err(cfg_err(
-                F,
+                PRE,
                 format!(
-                    "temporal_patch_size {} is over {most_t}",
-                    c.temporal_patch_size
+                    "min_pixels {} would resize every image beyond {MAX_RESIZED_PIXELS} pixels",
+                    self.min_pixels
                 ),
             ));
         }
-        Ok(c)
+        if self.temporal_patch_size > MAX_TEMPORAL_PATCH {
+            return Err(cfg_err(
+                PRE,
+                format!(
+                    "temporal_patch_size {} is over {MAX_TEMPORAL_PATCH}",
+                    self.temporal_patch_size
+                ),
+            ));
+        }
+        Ok(())
     }
 }
+
+const PRE: &str = "preprocessor_config.json";
+const MODEL: &str = "config.json";
 
 /// The vision-tower part of a Qwen2.5-VL `config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -391,203 +420,24 @@ impl ModelConfig {
     /// assert!(err.to_string().contains("missing required field `num_attention_heads`"));
     /// ```
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        const F: &str = "config.json";
-        let root = parse_object(F, bytes)?;
+        let root = parse_object(MODEL, bytes)?;
         let empty = serde_json::Map::new();
-        let text = match root.get("text_config") {
-            Some(Value::Object(t)) => t,
-            Some(Value::Null) | None => &root,
-            Some(other) => {
-                return Err(cfg_err(
-                    F,
-                    format!("`text_config` must be an object, found {other}"),
-                ))
-            }
+        let text = Section {
+            keys: sub_object(&root, "text_config")?.unwrap_or(&root),
+            root: &root,
         };
-        let vision = match root.get("vision_config") {
-            Some(Value::Object(v)) => v,
-            Some(Value::Null) | None => &empty,
-            Some(other) => {
-                return Err(cfg_err(
-                    F,
-                    format!("`vision_config` must be an object, found {other}"),
-                ))
-            }
-        };
-        // Look a key up in the text section first, then the root (nested configs keep some keys,
-        // like `tie_word_embeddings` or token ids, at the top level).
-        let lookup = |key: &str| {
-            text.get(key)
-                .filter(|v| !v.is_null())
-                .or_else(|| root.get(key).filter(|v| !v.is_null()))
-        };
-        let req_usize = |key: &str| -> Result<usize> {
-            match lookup(key) {
-                None => Err(cfg_err(F, format!("missing required field `{key}`"))),
-                Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                    cfg_err(
-                        F,
-                        format!("`{key}` must be a non-negative integer, found {v}"),
-                    )
-                }),
-            }
-        };
-        let opt_f64 = |key: &str, default: f64| -> Result<f64> {
-            match lookup(key) {
-                None => Ok(default),
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| cfg_err(F, format!("`{key}` must be a number, found {v}"))),
-            }
-        };
-        let rope = lookup("rope_parameters")
-            .or_else(|| lookup("rope_scaling"))
-            .and_then(|v| v.as_object());
-        let mut mrope_section = Vec::new();
-        let mut rope_theta = opt_f64("rope_theta", 1_000_000.0)?;
-        if let Some(r) = rope {
-            if let Some(ms) = r.get("mrope_section") {
-                let arr = ms.as_array().ok_or_else(|| {
-                    cfg_err(F, format!("`mrope_section` must be an array, found {ms}"))
-                })?;
-                for v in arr {
-                    mrope_section.push(v.as_u64().ok_or_else(|| {
-                        cfg_err(F, format!("`mrope_section` must hold integers, found {v}"))
-                    })? as usize);
-                }
-            }
-            if let Some(t) = r.get("rope_theta").and_then(Value::as_f64) {
-                rope_theta = t;
-            }
-        }
-        let hidden_size = req_usize("hidden_size")?;
-        let num_attention_heads = req_usize("num_attention_heads")?;
-        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
-            return Err(cfg_err(F, format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")));
-        }
-        let head_dim = hidden_size / num_attention_heads;
-        if mrope_section.is_empty() {
-            return Err(cfg_err(
-                F,
-                "missing required field `mrope_section` (in `rope_scaling` or `rope_parameters`)",
-            ));
-        }
-        if mrope_section.iter().sum::<usize>() * 2 != head_dim {
-            return Err(cfg_err(
-                F,
-                format!(
-                    "mrope_section {mrope_section:?} must sum to head_dim / 2 = {}",
-                    head_dim / 2
-                ),
-            ));
-        }
-        let num_key_value_heads = match lookup("num_key_value_heads") {
-            None => num_attention_heads,
-            Some(_) => req_usize("num_key_value_heads")?,
-        };
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(cfg_err(F, format!("num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}")));
-        }
-        let text_cfg = TextConfig {
-            vocab_size: req_usize("vocab_size")?,
-            hidden_size,
-            intermediate_size: req_usize("intermediate_size")?,
-            num_hidden_layers: req_usize("num_hidden_layers")?,
-            num_attention_heads,
-            num_key_value_heads,
-            rms_norm_eps: opt_f64("rms_norm_eps", 1e-6)?,
-            rope_theta,
-            mrope_section,
-            max_position_embeddings: match lookup("max_position_embeddings") {
-                None => 128_000,
-                Some(_) => req_usize("max_position_embeddings")?,
-            },
-            tie_word_embeddings: lookup("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            hidden_act: lookup("hidden_act")
-                .and_then(Value::as_str)
-                .unwrap_or("silu")
-                .to_string(),
-        };
-        let v_usize = |key: &str, alt: Option<&str>, default: Option<usize>| -> Result<usize> {
-            let v = vision.get(key).or_else(|| alt.and_then(|a| vision.get(a)));
-            match (v, default) {
-                (Some(v), _) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                    cfg_err(
-                        F,
-                        format!("`vision_config.{key}` must be a non-negative integer, found {v}"),
-                    )
-                }),
-                (None, Some(d)) => Ok(d),
-                (None, None) => Err(cfg_err(
-                    F,
-                    format!("missing required field `vision_config.{key}`"),
-                )),
-            }
-        };
-        let fullatt = match vision.get("fullatt_block_indexes") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                        cfg_err(
-                            F,
-                            format!("`fullatt_block_indexes` must hold integers, found {v}"),
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Some(other) => {
-                return Err(cfg_err(
-                    F,
-                    format!("`fullatt_block_indexes` must be an array, found {other}"),
-                ))
-            }
-        };
-        let vision_cfg = VisionConfig {
-            depth: v_usize("depth", None, None)?,
-            hidden_size: v_usize("hidden_size", Some("embed_dim"), None)?,
-            intermediate_size: v_usize("intermediate_size", None, None)?,
-            num_heads: v_usize("num_heads", None, None)?,
-            in_channels: v_usize("in_channels", Some("in_chans"), Some(3))?,
-            patch_size: v_usize("patch_size", None, Some(14))?,
-            spatial_merge_size: v_usize("spatial_merge_size", None, Some(2))?,
-            temporal_patch_size: v_usize("temporal_patch_size", None, Some(2))?,
-            window_size: v_usize("window_size", None, Some(112))?,
-            fullatt_block_indexes: fullatt,
-            out_hidden_size: v_usize("out_hidden_size", None, Some(hidden_size))?,
-            tokens_per_second: vision
-                .get("tokens_per_second")
-                .and_then(Value::as_f64)
-                .unwrap_or(2.0),
-            hidden_act: vision
-                .get("hidden_act")
-                .and_then(Value::as_str)
-                .unwrap_or("silu")
-                .to_string(),
-        };
-        if let Some(bad) = vision_cfg
-            .fullatt_block_indexes
-            .iter()
-            .find(|&&i| i >= vision_cfg.depth)
-        {
-            return Err(cfg_err(
-                F,
-                format!(
-                    "fullatt_block_indexes contains {bad}, but depth is {}",
-                    vision_cfg.depth
-                ),
-            ));
-        }
+        let vision = sub_object(&root, "vision_config")?.unwrap_or(&empty);
+        let text_cfg = TextConfig::from_section(&text)?;
+        let vision_cfg = VisionConfig::from_section(vision, text_cfg.hidden_size)?;
         let token = |key: &str, default: u32| -> Result<u32> {
-            match root.get(key).or_else(|| text.get(key)) {
+            match root.get(key).or_else(|| text.keys.get(key)) {
                 None | Some(Value::Null) => Ok(default),
                 Some(v) => v
                     .as_u64()
                     .and_then(|x| u32::try_from(x).ok())
-                    .ok_or_else(|| cfg_err(F, format!("`{key}` must be a token id, found {v}"))),
+                    .ok_or_else(|| {
+                        cfg_err(MODEL, format!("`{key}` must be a token id, found {v}"))
+                    }),
             }
         };
         Ok(Self {
@@ -597,6 +447,208 @@ impl ModelConfig {
             video_token_id: token("video_token_id", crate::tokens::VIDEO_PAD)?,
             vision_start_token_id: token("vision_start_token_id", crate::tokens::VISION_START)?,
             vision_end_token_id: token("vision_end_token_id", crate::tokens::VISION_END)?,
+        })
+    }
+}
+
+type JsonMap = serde_json::Map<String, Value>;
+
+/// `root[key]` when it is an object; `None` when absent or null.
+fn sub_object<'a>(root: &'a JsonMap, key: &str) -> Result<Option<&'a JsonMap>> {
+    match root.get(key) {
+        Some(Value::Object(t)) => Ok(Some(t)),
+        Some(Value::Null) | None => Ok(None),
+        Some(other) => Err(cfg_err(
+            MODEL,
+            format!("`{key}` must be an object, found {other}"),
+        )),
+    }
+}
+
+/// The text section of `config.json`: a key is looked up there first, then at the root
+/// (nested configs keep some keys, like `tie_word_embeddings` or token ids, at the top level).
+struct Section<'a> {
+    keys: &'a JsonMap,
+    root: &'a JsonMap,
+}
+
+impl Section<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.keys
+            .get(key)
+            .filter(|v| !v.is_null())
+            .or_else(|| self.root.get(key).filter(|v| !v.is_null()))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        match self.get(key) {
+            None => Err(cfg_err(MODEL, format!("missing required field `{key}`"))),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                cfg_err(
+                    MODEL,
+                    format!("`{key}` must be a non-negative integer, found {v}"),
+                )
+            }),
+        }
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(_) => self.usize(key),
+        }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| cfg_err(MODEL, format!("`{key}` must be a number, found {v}"))),
+        }
+    }
+
+    /// `mrope_section` and `rope_theta` from `rope_parameters` (transformers 5) or
+    /// `rope_scaling` (4), with `rope_theta` also read from the section itself.
+    fn rope(&self) -> Result<(Vec<usize>, f64)> {
+        let mut mrope_section = Vec::new();
+        let mut rope_theta = self.f64_or("rope_theta", 1_000_000.0)?;
+        let rope = self
+            .get("rope_parameters")
+            .or_else(|| self.get("rope_scaling"))
+            .and_then(|v| v.as_object());
+        if let Some(r) = rope {
+            if let Some(ms) = r.get("mrope_section") {
+                mrope_section = usize_list(ms, "mrope_section")?;
+            }
+            if let Some(t) = r.get("rope_theta").and_then(Value::as_f64) {
+                rope_theta = t;
+            }
+        }
+        Ok((mrope_section, rope_theta))
+    }
+}
+
+/// A JSON array of non-negative integers.
+fn usize_list(v: &Value, key: &str) -> Result<Vec<usize>> {
+    let arr = v
+        .as_array()
+        .ok_or_else(|| cfg_err(MODEL, format!("`{key}` must be an array, found {v}")))?;
+    arr.iter()
+        .map(|x| {
+            x.as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| cfg_err(MODEL, format!("`{key}` must hold integers, found {x}")))
+        })
+        .collect()
+}
+
+impl TextConfig {
+    /// The decoder settings, checked: heads divide the hidden size, KV heads divide the heads,
+    /// the M-RoPE sections cover half a head.
+    fn from_section(text: &Section) -> Result<Self> {
+        let (mrope_section, rope_theta) = text.rope()?;
+        let hidden_size = text.usize("hidden_size")?;
+        let num_attention_heads = text.usize("num_attention_heads")?;
+        if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+            return Err(cfg_err(MODEL, format!("hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}")));
+        }
+        let head_dim = hidden_size / num_attention_heads;
+        if mrope_section.is_empty() {
+            return Err(cfg_err(
+                MODEL,
+                "missing required field `mrope_section` (in `rope_scaling` or `rope_parameters`)",
+            ));
+        }
+        if mrope_section.iter().sum::<usize>() * 2 != head_dim {
+            return Err(cfg_err(
+                MODEL,
+                format!(
+                    "mrope_section {mrope_section:?} must sum to head_dim / 2 = {}",
+                    head_dim / 2
+                ),
+            ));
+        }
+        let num_key_value_heads = text.usize_or("num_key_value_heads", num_attention_heads)?;
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(cfg_err(MODEL, format!("num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}")));
+        }
+        Ok(Self {
+            vocab_size: text.usize("vocab_size")?,
+            hidden_size,
+            intermediate_size: text.usize("intermediate_size")?,
+            num_hidden_layers: text.usize("num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            rms_norm_eps: text.f64_or("rms_norm_eps", 1e-6)?,
+            rope_theta,
+            mrope_section,
+            max_position_embeddings: text.usize_or("max_position_embeddings", 128_000)?,
+            tie_word_embeddings: text
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            hidden_act: text
+                .get("hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or("silu")
+                .to_string(),
+        })
+    }
+}
+
+impl VisionConfig {
+    /// The vision settings (`vision_config`), with Qwen2.5-VL's defaults where optional;
+    /// `out_hidden_size` defaults to the text hidden size.
+    fn from_section(vision: &JsonMap, text_hidden: usize) -> Result<Self> {
+        let v_usize = |key: &str, alt: Option<&str>, default: Option<usize>| -> Result<usize> {
+            let v = vision.get(key).or_else(|| alt.and_then(|a| vision.get(a)));
+            match (v, default) {
+                (Some(v), _) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                    cfg_err(
+                        MODEL,
+                        format!("`vision_config.{key}` must be a non-negative integer, found {v}"),
+                    )
+                }),
+                (None, Some(d)) => Ok(d),
+                (None, None) => Err(cfg_err(
+                    MODEL,
+                    format!("missing required field `vision_config.{key}`"),
+                )),
+            }
+        };
+        let fullatt_block_indexes = match vision.get("fullatt_block_indexes") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => usize_list(v, "fullatt_block_indexes")?,
+        };
+        let depth = v_usize("depth", None, None)?;
+        if let Some(bad) = fullatt_block_indexes.iter().find(|&&i| i >= depth) {
+            return Err(cfg_err(
+                MODEL,
+                format!("fullatt_block_indexes contains {bad}, but depth is {depth}"),
+            ));
+        }
+        Ok(Self {
+            depth,
+            hidden_size: v_usize("hidden_size", Some("embed_dim"), None)?,
+            intermediate_size: v_usize("intermediate_size", None, None)?,
+            num_heads: v_usize("num_heads", None, None)?,
+            in_channels: v_usize("in_channels", Some("in_chans"), Some(3))?,
+            patch_size: v_usize("patch_size", None, Some(14))?,
+            spatial_merge_size: v_usize("spatial_merge_size", None, Some(2))?,
+            temporal_patch_size: v_usize("temporal_patch_size", None, Some(2))?,
+            window_size: v_usize("window_size", None, Some(112))?,
+            fullatt_block_indexes,
+            out_hidden_size: v_usize("out_hidden_size", None, Some(text_hidden))?,
+            tokens_per_second: vision
+                .get("tokens_per_second")
+                .and_then(Value::as_f64)
+                .unwrap_or(2.0),
+            hidden_act: vision
+                .get("hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or("silu")
+                .to_string(),
         })
     }
 }
@@ -664,4 +716,23 @@ impl GenerationConfig {
             max_new_tokens: get_u64(F, &m, "max_new_tokens")?.map(|v| v as usize),
         })
     }
+}
+/// The ids that end a model turn: `generation_config.json`'s `eos_token_id`s (when given) plus
+/// `<|im_end|>` and `<|endoftext|>`, which always do.
+///
+/// ```
+/// use visionthink_core::config::stop_ids;
+/// use visionthink_core::tokens::{ENDOFTEXT, IM_END};
+/// assert_eq!(stop_ids(None), vec![IM_END, ENDOFTEXT]);
+/// ```
+pub fn stop_ids(generation: Option<&GenerationConfig>) -> Vec<u32> {
+    let mut ids = generation
+        .map(|g| g.eos_token_ids.clone())
+        .unwrap_or_default();
+    for t in [crate::tokens::IM_END, crate::tokens::ENDOFTEXT] {
+        if !ids.contains(&t) {
+            ids.push(t);
+        }
+    }
+    ids
 }

@@ -337,7 +337,7 @@ impl<'a> EpisodeDriver<'a> {
             images.high_res.height,
             info.preprocessor,
         )?;
-        let eos = tokens::stop_ids(info.generation);
+        let eos = crate::config::stop_ids(info.generation);
         let decoder = turn_decoder(info, opts, &eos, 0)?;
         Ok(Self {
             info,

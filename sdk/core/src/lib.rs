@@ -47,6 +47,7 @@ pub mod reward;
 pub mod rope;
 pub mod sampling;
 pub mod strings;
+pub mod text;
 pub mod tokenizer;
 pub mod tokens;
 

@@ -215,24 +215,13 @@ pub struct Episode {
     done: bool,
 }
 
-fn tool_call_re() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"(?s)<tool_call>(.*?)</tool_call>").expect("static regex"))
-}
-
 fn json_object_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     // Official: `re.compile(r'\{.*?\}\}')` without DOTALL.
     RE.get_or_init(|| Regex::new(r"\{.*?\}\}").expect("static regex"))
 }
 
-/// The contents of every `<tool_call>…</tool_call>` in a turn (official `findall`).
-pub fn tool_call_contents(turn: &str) -> Vec<&str> {
-    tool_call_re()
-        .captures_iter(turn)
-        .filter_map(|c| c.get(1).map(|m| m.as_str()))
-        .collect()
-}
+pub use crate::text::tool_call_contents;
 
 /// Python's `str(e)` of a `KeyError`.
 fn key_error(key: &str) -> String {
@@ -297,7 +286,7 @@ pub fn last_answer(text: &str) -> Option<String> {
     re.captures_iter(text)
         .last()
         .and_then(|c| c.get(1))
-        .map(|m| crate::reward::py_strip(m.as_str()).to_string())
+        .map(|m| crate::text::py_strip(m.as_str()).to_string())
 }
 
 fn thinking_of(turns: &[String]) -> String {
@@ -308,7 +297,7 @@ fn thinking_of(turns: &[String]) -> String {
         .flat_map(|t| {
             re.captures_iter(t)
                 .filter_map(|c| c.get(1))
-                .map(|m| crate::reward::py_strip(m.as_str()).to_string())
+                .map(|m| crate::text::py_strip(m.as_str()).to_string())
         })
         .collect::<Vec<_>>()
         .join("\n\n")

@@ -3,20 +3,7 @@
 use regex::Regex;
 use std::sync::OnceLock;
 
-/// Python's `str.isspace()` for one character (Unicode White_Space plus the ASCII separators
-/// U+001C–U+001F that Python also counts).
-fn py_is_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
-
-/// Python's `str.strip()`.
-///
-/// ```
-/// assert_eq!(visionthink_core::reward::py_strip("\u{1f} a b \n"), "a b");
-/// ```
-pub fn py_strip(s: &str) -> &str {
-    s.trim_matches(py_is_space)
-}
+pub use crate::text::py_strip;
 
 fn direct_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -76,7 +63,7 @@ pub fn is_valid_tool_call(response: &str) -> bool {
 /// assert_eq!(format_reward(&turns), (true, 1));
 /// ```
 pub fn format_reward(turns: &[String]) -> (bool, usize) {
-    let has_call = |s: &str| !crate::protocol::tool_call_contents(s).is_empty();
+    let has_call = |s: &str| !crate::text::tool_call_contents(s).is_empty();
     match turns {
         [] => (false, 0),
         [only] => {

@@ -48,22 +48,3 @@ pub fn finish_turn(generated: &[u32]) -> Vec<u32> {
     }
     ids
 }
-
-/// The ids that end a model turn: `generation_config.json`'s `eos_token_id`s (when given) plus
-/// `<|im_end|>` and `<|endoftext|>`, which always do.
-///
-/// ```
-/// use visionthink_core::tokens::{stop_ids, ENDOFTEXT, IM_END};
-/// assert_eq!(stop_ids(None), vec![IM_END, ENDOFTEXT]);
-/// ```
-pub fn stop_ids(generation: Option<&crate::config::GenerationConfig>) -> Vec<u32> {
-    let mut ids = generation
-        .map(|g| g.eos_token_ids.clone())
-        .unwrap_or_default();
-    for t in [IM_END, ENDOFTEXT] {
-        if !ids.contains(&t) {
-            ids.push(t);
-        }
-    }
-    ids
-}

@@ -272,14 +272,7 @@ pub fn visual_tokens(width: u32, height: u32, cfg: &PreprocessorConfig) -> Resul
     Ok(((h / factor) * (w / factor)) as usize)
 }
 
-/// The most pixels one image may be resized to: 32 768 visual tokens of 28 × 28 px (25.7 Mpx,
-/// twice Qwen2.5-VL's default `max_pixels`). A `preprocessor_config.json` whose limits would
-/// resize beyond it is refused instead of allocating gigabytes per image.
-pub const MAX_RESIZED_PIXELS: u64 = 32_768 * 28 * 28;
-
-/// The largest `temporal_patch_size` accepted (Qwen2.5-VL uses 2; each image is repeated that
-/// many times in `pixel_values`).
-pub const MAX_TEMPORAL_PATCH: u32 = 16;
+pub use crate::config::{MAX_RESIZED_PIXELS, MAX_TEMPORAL_PATCH};
 
 /// `patch_size * merge_size`, checked.
 fn resize_factor(cfg: &PreprocessorConfig) -> Result<u32> {
