@@ -10,9 +10,8 @@ use visionthink_core::driver::{Action, EpisodeDriver, EpisodeOptions, FeedKind, 
 use visionthink_core::image::{decode, DecodeLimits, PixelValues};
 use visionthink_core::model_files::ModelFiles;
 use visionthink_core::protocol::ProtocolConfig;
-use visionthink_core::rope::{extend_rope_index, MropeBuilder, Positions};
 use visionthink_core::sampling::SamplingConfig;
-use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WgpuBackend};
+use visionthink_model::{CandleBackend, Feed, Qwen25VL, Session as ModelSession, WgpuBackend};
 
 /// Everything that can go wrong, with the stable JS error name of each kind.
 #[derive(Debug)]
@@ -91,11 +90,6 @@ pub enum Exec {
     Gpu(WgpuBackend, Qwen25VL<WgpuBackend>),
     /// CPU (candle compiled to wasm32).
     Cpu(CandleBackend, Qwen25VL<CandleBackend>),
-}
-
-enum Cache {
-    Gpu(KvCache<WgpuBackend>),
-    Cpu(KvCache<CandleBackend>),
 }
 
 /// A loaded model.
@@ -284,73 +278,60 @@ impl Model {
     }
 }
 
-/// The time spent in the vision call goes to `vision_ms` (on WebGPU: recording only).
-#[allow(clippy::too_many_arguments)]
-fn record<B: Backend>(
-    be: &B,
-    model: &Qwen25VL<B>,
-    cache: &mut KvCache<B>,
-    ids: &[u32],
-    images: &[PixelValues],
-    positions: &Positions,
-    host: &impl Host,
-    vision_ms: &mut f64,
-) -> visionthink_model::Result<B::Tensor> {
-    let feats = if images.is_empty() {
-        None
-    } else {
-        let t = host.now_ms();
-        let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
-        let pixels: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
-        let f = model.vision.forward(be, &pixels, &grids)?;
-        *vision_ms += host.now_ms() - t;
-        Some(f)
-    };
-    let embeds = model.embed(be, ids, feats.as_ref())?;
-    let hidden = model.decode(be, &embeds, positions, cache)?;
-    let last = be.narrow_rows(&hidden, ids.len() - 1, 1)?;
-    model.logits(be, &last)
+/// The model session on the engine's executor (each holds its own backend and cache).
+enum Running<'a> {
+    Gpu(ModelSession<'a, WgpuBackend>),
+    Cpu(ModelSession<'a, CandleBackend>),
 }
 
 struct Session<'a> {
-    model: &'a Model,
-    cache: Cache,
-    positions: MropeBuilder,
+    run: Running<'a>,
     timings: Timings,
 }
 
 impl<'a> Session<'a> {
     fn new(model: &'a Model) -> Self {
-        let cache = match &model.exec {
-            Exec::Gpu(_, m) => Cache::Gpu(m.new_cache()),
-            Exec::Cpu(_, m) => Cache::Cpu(m.new_cache()),
+        let merge = model.merge();
+        let run = match &model.exec {
+            Exec::Gpu(be, m) => Running::Gpu(ModelSession::new(be, m, merge)),
+            Exec::Cpu(be, m) => Running::Cpu(ModelSession::new(be, m, merge)),
         };
         Self {
-            model,
-            cache,
-            positions: MropeBuilder::new(),
+            run,
             timings: Timings::default(),
         }
     }
 
+    /// Feeds `ids` (with `images` for a prompt) and reads the logits back: awaiting `mapAsync`
+    /// on WebGPU; on the CPU, then yielding to the event loop. The vision call's time goes to
+    /// `vision_ms` (on WebGPU: recording only).
     async fn run(
         &mut self,
         ids: &[u32],
-        images: &[PixelValues],
+        images: Option<&[PixelValues]>,
         host: &impl Host,
     ) -> Result<Vec<f32>> {
-        let pos = self.positions.positions();
-        let v = &mut self.timings.vision_ms;
-        match (&self.model.exec, &mut self.cache) {
-            (Exec::Gpu(be, m), Cache::Gpu(c)) => {
-                let logits = record(be, m, c, ids, images, pos, host, v)?;
-                Ok(be.read_async(&logits).await?)
+        let clock = || host.now_ms();
+        match &mut self.run {
+            Running::Gpu(s) => {
+                let logits = match images {
+                    Some(images) => {
+                        let (l, vision_ms) = s.feed(ids, images, &clock)?;
+                        self.timings.vision_ms += vision_ms;
+                        l
+                    }
+                    None => s.feed_tokens(ids)?,
+                };
+                Ok(s.backend().read_async(&logits).await?)
             }
-            (Exec::Cpu(be, m), Cache::Cpu(c)) => {
-                let logits = record(be, m, c, ids, images, pos, host, v)?;
-                Ok(be.to_vec(&logits)?)
+            Running::Cpu(s) => {
+                let (logits, vision_ms) = match images {
+                    Some(images) => Feed::feed(s, ids, images, &clock)?,
+                    None => (Feed::feed_tokens(s, ids)?, 0.0),
+                };
+                self.timings.vision_ms += vision_ms;
+                Ok(logits)
             }
-            _ => Err(RunError::Options("cache of another executor".into())),
         }
     }
 
@@ -364,10 +345,8 @@ impl<'a> Session<'a> {
             return Err(RunError::Cancelled);
         }
         let t = host.now_ms();
-        let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
-        extend_rope_index(&mut self.positions, ids, &grids, self.model.merge())?;
         let vision_before = self.timings.vision_ms;
-        let logits = self.run(ids, images, host).await?;
+        let logits = self.run(ids, Some(images), host).await?;
         self.timings.prefill_ms += host.now_ms() - t - (self.timings.vision_ms - vision_before);
         self.timings.prefill_tokens += ids.len();
         Ok(logits)
@@ -379,10 +358,9 @@ impl<'a> Session<'a> {
             return Err(RunError::Cancelled);
         }
         let t = host.now_ms();
-        self.positions.push_text(ids.len());
-        let logits = self.run(ids, &[], host).await?;
+        let logits = self.run(ids, None, host).await?;
         self.timings.decode_ms += host.now_ms() - t;
-        if matches!(self.model.exec, Exec::Cpu(..)) {
+        if matches!(self.run, Running::Cpu(..)) {
             host.yield_now().await;
         }
         Ok(logits)

@@ -13,6 +13,7 @@ pub mod generate {
     pub use visionthink_core::sampling::*;
 }
 pub mod graph;
+pub mod session;
 pub mod weights;
 #[cfg(feature = "wgpu")]
 pub mod wgpu_backend;
@@ -20,6 +21,7 @@ pub mod wgpu_backend;
 pub use backend::{Backend, Mask};
 pub use candle_backend::CandleBackend;
 pub use graph::{KvCache, Qwen25VL};
+pub use session::{Feed, Session};
 pub use weights::WeightStore;
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{WgpuBackend, WgpuOptions};

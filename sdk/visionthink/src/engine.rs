@@ -14,10 +14,8 @@ use visionthink_core::driver::{
 };
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
 use visionthink_core::protocol::ProtocolConfig;
-use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::sampling::{Sampler, SamplingConfig};
-use visionthink_core::tokens;
-use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL, WeightStore};
+use visionthink_model::{CandleBackend, Feed, Qwen25VL, Session as ModelSession, WeightStore};
 #[cfg(feature = "wgpu")]
 use visionthink_model::{WgpuBackend, WgpuOptions};
 
@@ -57,45 +55,6 @@ enum Exec {
     Candle(CandleBackend, Qwen25VL<CandleBackend>),
     #[cfg(feature = "wgpu")]
     Wgpu(WgpuBackend, Qwen25VL<WgpuBackend>),
-}
-
-/// The KV cache of the backend in use.
-enum Cache {
-    Candle(KvCache<CandleBackend>),
-    #[cfg(feature = "wgpu")]
-    Wgpu(KvCache<WgpuBackend>),
-}
-
-/// Runs the vision tower on `images` (if any), embeds `ids`, extends the cache and returns the
-/// last position's logits and the vision time.
-fn forward<B: Backend>(
-    be: &B,
-    model: &Qwen25VL<B>,
-    cache: &mut KvCache<B>,
-    ids: &[u32],
-    images: &[PixelValues],
-    positions: &visionthink_core::rope::Positions,
-) -> Result<(Vec<f32>, f64)> {
-    let t = Instant::now();
-    let feats = if images.is_empty() {
-        None
-    } else {
-        let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
-        let pixels: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
-        Some(
-            model
-                .vision
-                .forward(be, &pixels, &grids)
-                .map_err(model_err)?,
-        )
-    };
-    let vision_ms = ms(t);
-    let embeds = model.embed(be, ids, feats.as_ref()).map_err(model_err)?;
-    let hidden = model
-        .decode(be, &embeds, positions, cache)
-        .map_err(model_err)?;
-    let logits = model.last_logits(be, &hidden).map_err(model_err)?;
-    Ok((logits, vision_ms))
 }
 
 /// Options of one generation.
@@ -254,11 +213,11 @@ impl std::fmt::Debug for VisionThink {
     }
 }
 
-/// A generation session: the KV cache and positions of everything fed so far.
+/// A generation session: the KV cache and positions of everything fed so far, on the engine's
+/// executor (a [`visionthink_model::Session`], chosen once when the session is made).
 pub struct Session<'a> {
     engine: &'a VisionThink,
-    cache: Cache,
-    positions: MropeBuilder,
+    model: Box<dyn Feed + 'a>,
     ids: Vec<u32>,
     timings: Timings,
 }
@@ -365,14 +324,15 @@ impl VisionThink {
 
     /// A new session with an empty cache.
     pub fn session(&self) -> Session<'_> {
+        let merge = self.merge();
+        let model: Box<dyn Feed + '_> = match &self.exec {
+            Exec::Candle(be, m) => Box::new(ModelSession::new(be, m, merge)),
+            #[cfg(feature = "wgpu")]
+            Exec::Wgpu(be, m) => Box::new(ModelSession::new(be, m, merge)),
+        };
         Session {
             engine: self,
-            cache: match &self.exec {
-                Exec::Candle(_, m) => Cache::Candle(m.new_cache()),
-                #[cfg(feature = "wgpu")]
-                Exec::Wgpu(_, m) => Cache::Wgpu(m.new_cache()),
-            },
-            positions: MropeBuilder::new(),
+            model,
             ids: Vec::new(),
             timings: Timings::default(),
         }
@@ -397,7 +357,7 @@ impl VisionThink {
     }
 
     fn eos(&self) -> Vec<u32> {
-        tokens::stop_ids(self.dir.generation.as_ref())
+        visionthink_core::config::stop_ids(self.dir.generation.as_ref())
     }
 
     /// Last-position logits of a fully rendered prompt (images as
@@ -517,19 +477,6 @@ impl Session<'_> {
         self.ids.is_empty()
     }
 
-    fn run(&mut self, ids: &[u32], images: &[PixelValues]) -> Result<(Vec<f32>, f64)> {
-        let pos = self.positions.positions();
-        match (&self.engine.exec, &mut self.cache) {
-            (Exec::Candle(be, m), Cache::Candle(c)) => forward(be, m, c, ids, images, pos),
-            #[cfg(feature = "wgpu")]
-            (Exec::Wgpu(be, m), Cache::Wgpu(c)) => forward(be, m, c, ids, images, pos),
-            #[cfg(feature = "wgpu")]
-            _ => Err(Error::Model(visionthink_model::Error::Input(
-                "session used with another engine's cache".into(),
-            ))),
-        }
-    }
-
     /// Every token id in the cache, in order.
     pub fn ids(&self) -> &[u32] {
         &self.ids
@@ -543,10 +490,11 @@ impl Session<'_> {
     /// Appends tokens (with the images whose pads they contain, in order) to the cache and
     /// returns the last position's logits. Only the new tokens are computed.
     pub fn feed(&mut self, ids: &[u32], images: &[PixelValues]) -> Result<Vec<f32>> {
-        let grids: Vec<[u32; 3]> = images.iter().map(|p| p.grid_thw).collect();
         let t = Instant::now();
-        extend_rope_index(&mut self.positions, ids, &grids, self.engine.merge())?;
-        let (logits, vision_ms) = self.run(ids, images)?;
+        let (logits, vision_ms) = self
+            .model
+            .feed(ids, images, &|| ms(t))
+            .map_err(model_err)?;
         self.ids.extend_from_slice(ids);
         self.timings.vision_ms += vision_ms;
         self.timings.prefill_ms += ms(t) - vision_ms;
@@ -555,8 +503,7 @@ impl Session<'_> {
     }
 
     fn step(&mut self, id: u32) -> Result<Vec<f32>> {
-        self.positions.push_text(1);
-        let (logits, _) = self.run(&[id], &[])?;
+        let logits = self.model.feed_tokens(&[id]).map_err(model_err)?;
         self.ids.push(id);
         Ok(logits)
     }

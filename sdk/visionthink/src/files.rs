@@ -8,6 +8,45 @@ use visionthink_core::model_files::{ModelFiles, ModelFilesError};
 use visionthink_core::prompt::ChatTemplate;
 use visionthink_core::tokenizer::QwenTokenizer;
 
+/// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed:
+/// a crash or a full disk leaves either the old file or the new one, never half of one.
+///
+/// ```
+/// let p = std::env::temp_dir().join(format!("vt-atomic-{}.txt", std::process::id()));
+/// visionthink::files::write_atomic(&p, b"ok").unwrap();
+/// assert_eq!(std::fs::read(&p).unwrap(), b"ok");
+/// # std::fs::remove_file(&p).ok();
+/// ```
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", path.display()),
+        ));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Largest file the SDK reads into memory for images and JSON configs (1 GiB).
 pub const MAX_FILE_BYTES: u64 = 1 << 30;
 

@@ -25,6 +25,35 @@ pub struct HttpJudgeConfig {
     pub retry_delay: Duration,
 }
 
+/// Which judge decides correctness, built in one place for `visionthink score` and the
+/// trainer.
+#[derive(Debug, Clone)]
+pub enum JudgeChoice {
+    /// Exact match after Python's `strip()`.
+    Exact,
+    /// The rule judge (normalised text, numbers, multiple choice letters).
+    Rule,
+    /// The official LLM-as-judge over HTTP.
+    Http(HttpJudgeConfig),
+}
+
+impl JudgeChoice {
+    /// The judge.
+    ///
+    /// ```
+    /// use visionthink_core::judge::JudgeRequest;
+    /// let judge = visionthink::http_judge::JudgeChoice::Exact.build();
+    /// assert!(judge.judge(&JudgeRequest::for_question("q", "a", "a")).unwrap());
+    /// ```
+    pub fn build(self) -> Box<dyn Judge + Send + Sync> {
+        match self {
+            JudgeChoice::Exact => Box::new(visionthink_core::judge::ExactJudge),
+            JudgeChoice::Rule => Box::new(visionthink_core::judge::RuleJudge),
+            JudgeChoice::Http(c) => Box::new(HttpJudge::new(c)),
+        }
+    }
+}
+
 impl HttpJudgeConfig {
     /// Defaults of the official client for a URL and model.
     pub fn new(url: &str, model: &str) -> Self {

@@ -8,12 +8,12 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use visionthink::core::config::PreprocessorConfig;
 use visionthink::core::image::{inference_low_res, preprocess, PixelValues, RgbImage};
-use visionthink::core::judge::{ExactJudge, Judge, RuleJudge};
 use visionthink::core::prompt;
 use visionthink::core::reward::{PenaltyMode, RewardConfig};
 use visionthink::core::rope::rope_index;
 use visionthink::core::tokenizer::QwenTokenizer;
-use visionthink::{files, load_image, score, HttpJudge, HttpJudgeConfig, ModelDir};
+use visionthink::http_judge::JudgeChoice;
+use visionthink::{files, load_image, score, HttpJudgeConfig, ModelDir};
 
 /// The example image and tokenizer built into the binary for `visionthink demo`.
 const EXAMPLE_IMAGE: &[u8] = include_bytes!("../assets/example.png");
@@ -655,10 +655,9 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         },
         ..RewardConfig::default()
     };
-    let http;
-    let judge: &(dyn Judge + Sync) = match judge {
-        JudgeKind::Exact => &ExactJudge,
-        JudgeKind::Rule => &RuleJudge,
+    let judge = match judge {
+        JudgeKind::Exact => JudgeChoice::Exact,
+        JudgeKind::Rule => JudgeChoice::Rule,
         JudgeKind::Http => {
             let url = judge_url.context("--judge http needs --judge-url")?;
             let model = judge_model.context("--judge http needs --judge-model")?;
@@ -668,20 +667,19 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
             let mut c = HttpJudgeConfig::new(&url, &model);
             c.timeout = std::time::Duration::from_secs_f64(judge_timeout);
             c.api_key = std::env::var("VISIONTHINK_JUDGE_API_KEY").ok();
-            http = HttpJudge::new(c);
-            &http
+            JudgeChoice::Http(c)
         }
-    };
-    let scored = score::score_rollouts(&lines, judge, &cfg, workers);
+    }
+    .build();
+    let scored = score::score_rollouts(&lines, judge.as_ref(), &cfg, workers);
     let mut out = String::new();
     for v in &scored {
         out.push_str(&serde_json::to_string(v)?);
         out.push('\n');
     }
-    // Write to a temporary file and rename, so a failure never leaves half a file.
-    let tmp = output.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, out).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &output).with_context(|| format!("renaming to {}", output.display()))?;
+    // Through a synced temporary file and a rename: a failure never leaves half a file.
+    visionthink::files::write_atomic(&output, out.as_bytes())
+        .with_context(|| format!("writing {}", output.display()))?;
     let failed = scored
         .iter()
         .filter(|v| v.get("judge_error").is_some())

@@ -98,6 +98,47 @@ pub fn parse_rollouts(text: &str, source: &str) -> Result<Vec<RolloutLine>> {
     Ok(out)
 }
 
+/// Judges every request with up to `workers` calls in flight (a pool of scoped threads taking
+/// the next request as they finish); the verdicts come back in request order, a failure as
+/// its message. The one place judging runs concurrently: `visionthink score` and the trainer
+/// (GRPO rewards, `eval`) both call it.
+///
+/// ```
+/// use visionthink_core::judge::{ExactJudge, JudgeRequest};
+/// let reqs = [JudgeRequest::for_question("q", "cat", "cat"), JudgeRequest::for_question("q", "cat", "dog")];
+/// assert_eq!(visionthink::score::judge_all(&ExactJudge, &reqs, 4), [Ok(true), Ok(false)]);
+/// ```
+pub fn judge_all(
+    judge: &(dyn Judge + Sync),
+    reqs: &[JudgeRequest],
+    workers: usize,
+) -> Vec<std::result::Result<bool, String>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<std::result::Result<bool, String>>>> =
+        reqs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1).min(reqs.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(req) = reqs.get(i) else { break };
+                let v = judge.judge(req).map_err(|e| e.to_string());
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(v);
+                }
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err("judge worker panicked".into()))
+        })
+        .collect()
+}
+
 /// Judges every rollout (with up to `workers` concurrent judge calls) and scores the groups.
 /// Returns one JSON object per input line, in input order.
 pub fn score_rollouts(
@@ -106,37 +147,17 @@ pub fn score_rollouts(
     cfg: &RewardConfig,
     workers: usize,
 ) -> Vec<Value> {
-    let verdicts: Vec<std::result::Result<bool, String>> = {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<std::sync::Mutex<Option<std::result::Result<bool, String>>>> =
-            lines.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..workers.max(1).min(lines.len().max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(l) = lines.get(i) else { break };
-                    let req = JudgeRequest::for_question(
-                        l.question.as_deref().unwrap_or(""),
-                        &l.ground_truth,
-                        &extract_prediction(&l.turns),
-                    );
-                    let v = judge.judge(&req).map_err(|e| e.to_string());
-                    if let Ok(mut slot) = slots[i].lock() {
-                        *slot = Some(v);
-                    }
-                });
-            }
-        });
-        slots
-            .into_iter()
-            .map(|m| {
-                m.into_inner()
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| Err("judge worker panicked".into()))
-            })
-            .collect()
-    };
+    let reqs: Vec<JudgeRequest> = lines
+        .iter()
+        .map(|l| {
+            JudgeRequest::for_question(
+                l.question.as_deref().unwrap_or(""),
+                &l.ground_truth,
+                &extract_prediction(&l.turns),
+            )
+        })
+        .collect();
+    let verdicts = judge_all(judge, &reqs, workers);
     // Groups in order of first appearance.
     let mut groups: Vec<(Value, Vec<usize>)> = Vec::new();
     for (i, l) in lines.iter().enumerate() {

@@ -1,0 +1,514 @@
+//! Qwen2.5-VL, written once against [`Backend`]: the vision tower (patch embed as a matmul, 2-D
+//! rotary, window attention with full-attention blocks, the window permutation and its inverse,
+//! patch merger) and the Qwen2 decoder with M-RoPE, GQA and a KV cache. Weight names follow HF
+//! (`model.visual.*` / `model.language_model.*`, and the older `visual.*` / `model.*`).
+
+use crate::backend::{Backend, Mask};
+use crate::weights::WeightStore;
+use crate::{Error, Result};
+use visionthink_core::config::ModelConfig;
+use visionthink_core::rope::Positions;
+
+mod params;
+
+pub use params::{checkpoint_layout, InitKind, TensorSpec};
+
+/// A linear layer's tensors.
+#[derive(Debug, Clone)]
+pub struct Linear<T> {
+    /// `[out, in]`.
+    pub w: T,
+    /// `[out]`.
+    pub b: Option<T>,
+}
+
+impl<T> Linear<T> {
+    fn forward<B: Backend<Tensor = T>>(&self, be: &B, x: &T) -> Result<T> {
+        be.linear(x, &self.w, self.b.as_ref())
+    }
+}
+
+/// One vision block.
+#[derive(Debug, Clone)]
+pub struct VisionBlock<T> {
+    norm1: T,
+    norm2: T,
+    q: Linear<T>,
+    k: Linear<T>,
+    v: Linear<T>,
+    proj: Linear<T>,
+    gate: Linear<T>,
+    up: Linear<T>,
+    down: Linear<T>,
+    full_attention: bool,
+}
+
+/// The vision tower.
+#[derive(Debug, Clone)]
+pub struct VisionTower<T> {
+    patch_embed: T,
+    blocks: Vec<VisionBlock<T>>,
+    merger_norm: T,
+    merger_fc1: Linear<T>,
+    merger_fc2: Linear<T>,
+    dim: usize,
+    heads: usize,
+    merge: usize,
+    window_size: usize,
+    patch_size: usize,
+    rope_theta: f32,
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<T> {
+    input_norm: T,
+    post_norm: T,
+    q: Linear<T>,
+    k: Linear<T>,
+    v: Linear<T>,
+    o: Linear<T>,
+    gate: Linear<T>,
+    up: Linear<T>,
+    down: Linear<T>,
+}
+
+/// The decoder's tensors.
+#[derive(Debug, Clone)]
+pub struct TextWeights<T> {
+    embed: T,
+    layers: Vec<DecoderLayer<T>>,
+    norm: T,
+    /// The embedding again when tied.
+    lm_head: T,
+}
+
+/// The whole model.
+#[derive(Debug, Clone)]
+pub struct Qwen25VL<B: Backend> {
+    /// The configuration it was built from.
+    pub cfg: ModelConfig,
+    /// Vision tower.
+    pub vision: VisionTower<B::Tensor>,
+    text: TextWeights<B::Tensor>,
+    /// Whether `lm_head` is the embedding matrix.
+    pub tied: bool,
+}
+
+/// Keys and values of every decoder layer for the tokens processed so far. Cloning shares the
+/// tensors (cheap); appending to a clone never changes the original's valid rows, but two
+/// clones that both append write into the same spare rows: caches that grow side by side
+/// (several continuations decoded in lock-step) each need a [`KvCache::fork`].
+#[derive(Debug)]
+pub struct KvCache<B: Backend> {
+    /// Per layer: the key buffer (possibly with spare rows) …
+    k: Vec<Option<B::Tensor>>,
+    /// … and the value buffer; the first `len` rows of each are valid.
+    v: Vec<Option<B::Tensor>>,
+    len: usize,
+}
+
+impl<B: Backend> Clone for KvCache<B> {
+    fn clone(&self) -> Self {
+        Self {
+            k: self.k.clone(),
+            v: self.v.clone(),
+            len: self.len,
+        }
+    }
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for `layers` layers.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            k: vec![None; layers],
+            v: vec![None; layers],
+            len: 0,
+        }
+    }
+
+    /// A copy with buffers of its own: appending to it never interferes with `self` or with
+    /// other forks (a clone shares the spare rows, see [`KvCache`]).
+    pub fn fork(&self, be: &B) -> Result<Self> {
+        let copy = |t: &Option<B::Tensor>| -> Result<Option<B::Tensor>> {
+            match t {
+                Some(b) if self.len > 0 => {
+                    let valid = be.narrow_rows(b, 0, self.len)?;
+                    Ok(Some(be.append_rows(None, 0, &valid)?.0))
+                }
+                _ => Ok(None),
+            }
+        };
+        Ok(Self {
+            k: self.k.iter().map(copy).collect::<Result<_>>()?,
+            v: self.v.iter().map(copy).collect::<Result<_>>()?,
+            len: self.len,
+        })
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The window permutation of the vision tower for a list of images (HF `get_window_index`):
+/// merged-unit order, and cumulative sequence lengths (in patches) of the windows and of the
+/// images.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowPlan {
+    /// Merged-unit index in window order.
+    pub window_index: Vec<u32>,
+    /// Inverse permutation.
+    pub reverse_index: Vec<u32>,
+    /// Window boundaries in patches (empty windows removed).
+    pub cu_window: Vec<usize>,
+    /// Image boundaries in patches.
+    pub cu_full: Vec<usize>,
+}
+
+/// Computes the [`WindowPlan`] for image grids `(t, h, w)`.
+pub fn window_plan(
+    grids: &[[u32; 3]],
+    merge: usize,
+    window_size: usize,
+    patch_size: usize,
+) -> WindowPlan {
+    let unit = merge * merge;
+    let ws = (window_size / merge / patch_size).max(1);
+    let mut window_index = Vec::new();
+    let mut cu_window = vec![0usize];
+    let mut cu_full = vec![0usize];
+    let mut offset = 0usize;
+    for g in grids {
+        let (t, gh, gw) = (g[0] as usize, g[1] as usize / merge, g[2] as usize / merge);
+        let (nwh, nww) = ((gh + ws - (gh % ws)) / ws, (gw + ws - (gw % ws)) / ws);
+        for ti in 0..t {
+            for wy in 0..nwh {
+                for wx in 0..nww {
+                    let mut count = 0;
+                    for y in wy * ws..((wy + 1) * ws).min(gh) {
+                        for x in wx * ws..((wx + 1) * ws).min(gw) {
+                            window_index.push((offset + ti * gh * gw + y * gw + x) as u32);
+                            count += 1;
+                        }
+                    }
+                    let last = *cu_window.last().unwrap_or(&0);
+                    if count > 0 {
+                        cu_window.push(last + count * unit);
+                    }
+                }
+            }
+            let last = *cu_full.last().unwrap_or(&0);
+            cu_full.push(last + gh * gw * unit);
+        }
+        offset += t * gh * gw;
+    }
+    let mut reverse_index = vec![0u32; window_index.len()];
+    for (i, &w) in window_index.iter().enumerate() {
+        reverse_index[w as usize] = i as u32;
+    }
+    WindowPlan {
+        window_index,
+        reverse_index,
+        cu_window,
+        cu_full,
+    }
+}
+
+/// `1 / theta^(2i / dim)` in f32, as torch computes it.
+fn inv_freq(theta: f32, dim: usize) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f32 / dim as f32))
+        .collect()
+}
+
+impl<T: Clone> VisionTower<T> {
+    /// Runs the tower on `pixel_values` (`[patches, 1176]` rows of all images, in order) and
+    /// returns the merged features `[patches / 4, out_hidden]` in the images' token order.
+    pub fn forward<B: Backend<Tensor = T>>(
+        &self,
+        be: &B,
+        pixel_values: &[f32],
+        grids: &[[u32; 3]],
+    ) -> Result<T> {
+        let unit = self.merge * self.merge;
+        let n: usize = grids.iter().map(|g| (g[0] * g[1] * g[2]) as usize).sum();
+        if n == 0 || pixel_values.len() % n != 0 {
+            return Err(Error::Input(format!(
+                "{} pixel values do not split into {n} patches",
+                pixel_values.len()
+            )));
+        }
+        let row = pixel_values.len() / n;
+        let x = be.tensor(pixel_values, &[n, row])?;
+        let x = be.linear(&x, &self.patch_embed, None)?;
+        let plan = window_plan(grids, self.merge, self.window_size, self.patch_size);
+        let permute = |t: &T, idx: &[u32], cols: usize| -> Result<T> {
+            let grouped = be.reshape(t, n / unit, cols * unit)?;
+            let moved = be.gather_rows(&grouped, idx)?;
+            be.reshape(&moved, n, cols)
+        };
+        let mut x = permute(&x, &plan.window_index, self.dim)?;
+        let (cos, sin) = self.rotary(be, grids, &plan.window_index)?;
+        for blk in &self.blocks {
+            let mask = Mask::Segments(if blk.full_attention {
+                plan.cu_full.clone()
+            } else {
+                plan.cu_window.clone()
+            });
+            let h = be.rms_norm(&x, &blk.norm1, 1e-6)?;
+            let q = be.rope(&blk.q.forward(be, &h)?, &cos, &sin, self.heads)?;
+            let k = be.rope(&blk.k.forward(be, &h)?, &cos, &sin, self.heads)?;
+            let v = blk.v.forward(be, &h)?;
+            let a = be.attention(&q, &k, &v, self.heads, self.heads, &mask)?;
+            x = be.add(&x, &blk.proj.forward(be, &a)?)?;
+            let h = be.rms_norm(&x, &blk.norm2, 1e-6)?;
+            let m = be.swiglu(&blk.gate.forward(be, &h)?, &blk.up.forward(be, &h)?)?;
+            x = be.add(&x, &blk.down.forward(be, &m)?)?;
+        }
+        let h = be.rms_norm(&x, &self.merger_norm, 1e-6)?;
+        let h = be.reshape(&h, n / unit, self.dim * unit)?;
+        let h = be.gelu(&self.merger_fc1.forward(be, &h)?)?;
+        let h = self.merger_fc2.forward(be, &h)?;
+        be.gather_rows(&h, &plan.reverse_index)
+    }
+
+    /// cos/sin `[patches, head_dim]` of the 2-D rotary, rows in window order.
+    fn rotary<B: Backend<Tensor = T>>(
+        &self,
+        be: &B,
+        grids: &[[u32; 3]],
+        window_index: &[u32],
+    ) -> Result<(T, T)> {
+        let head_dim = self.dim / self.heads;
+        let freqs = inv_freq(self.rope_theta, head_dim / 2);
+        let m = self.merge;
+        // (h, w) of every patch in merge-group order (the order of pixel_values rows).
+        let mut hw = Vec::new();
+        for g in grids {
+            let (t, h, w) = (g[0] as usize, g[1] as usize, g[2] as usize);
+            for _ in 0..t {
+                for bh in 0..h / m {
+                    for bw in 0..w / m {
+                        for ih in 0..m {
+                            for iw in 0..m {
+                                hw.push(((bh * m + ih) as f32, (bw * m + iw) as f32));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let unit = m * m;
+        let q = freqs.len();
+        let mut cos = Vec::with_capacity(hw.len() * head_dim);
+        let mut sin = Vec::with_capacity(hw.len() * head_dim);
+        for &wi in window_index {
+            for j in 0..unit {
+                let (h, w) = hw[wi as usize * unit + j];
+                let angles: Vec<f32> = freqs
+                    .iter()
+                    .map(|f| h * f)
+                    .chain(freqs.iter().map(|f| w * f))
+                    .collect();
+                for _ in 0..2 {
+                    cos.extend(angles.iter().map(|a| a.cos()));
+                    sin.extend(angles.iter().map(|a| a.sin()));
+                }
+            }
+        }
+        debug_assert_eq!(cos.len(), hw.len() * 4 * q);
+        Ok((
+            be.tensor(&cos, &[hw.len(), head_dim])?,
+            be.tensor(&sin, &[hw.len(), head_dim])?,
+        ))
+    }
+}
+
+impl<B: Backend> Qwen25VL<B> {
+    /// Builds the model from a checkpoint: every tensor of [`checkpoint_layout`], under its
+    /// transformers 5 name or the older one (`visual.*`, `model.*`); `lm_head.weight` absent
+    /// means tied.
+    pub fn load(be: &B, cfg: &ModelConfig, store: &WeightStore) -> Result<Self> {
+        let v = &cfg.vision;
+        if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
+            return Err(Error::Config(format!(
+                "vision hidden_size {} is not divisible by num_heads {}",
+                v.hidden_size, v.num_heads
+            )));
+        }
+        let tied = !store.contains("lm_head.weight");
+        if tied && !cfg.text.tie_word_embeddings {
+            return Err(Error::MissingTensor(
+                "lm_head.weight (config says tie_word_embeddings = false)".into(),
+            ));
+        }
+        let (vision, text) = params::walk::<B::Tensor, B::Tensor>(cfg, tied, None, &mut |v| {
+            params::load_parts(be, store, &v.spec, v.parts)
+        })?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            vision,
+            text,
+            tied,
+        })
+    }
+
+    /// A fresh KV cache.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.text.layers.len())
+    }
+
+    /// Input embeddings of `ids`, with the rows at image-pad tokens replaced, in order, by the
+    /// rows of `image_features`.
+    pub fn embed(
+        &self,
+        be: &B,
+        ids: &[u32],
+        image_features: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
+        let pad = self.cfg.image_token_id;
+        let n_pads = ids.iter().filter(|&&t| t == pad).count();
+        let have = match image_features {
+            Some(f) => be.shape(f)[0],
+            None => 0,
+        };
+        if n_pads != have {
+            return Err(Error::Input(format!(
+                "{n_pads} image tokens in the sequence but {have} image feature rows"
+            )));
+        }
+        let vocab = self.cfg.text.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let mut parts = Vec::new();
+        let (mut i, mut feat) = (0usize, 0usize);
+        while i < ids.len() {
+            let is_pad = ids[i] == pad;
+            let run = ids[i..]
+                .iter()
+                .take_while(|&&t| (t == pad) == is_pad)
+                .count();
+            match (is_pad, image_features) {
+                (true, Some(f)) => {
+                    parts.push(be.narrow_rows(f, feat, run)?);
+                    feat += run;
+                }
+                _ => parts.push(be.gather_rows(&self.text.embed, &ids[i..i + run])?),
+            }
+            i += run;
+        }
+        be.cat_rows(&parts)
+    }
+
+    /// cos/sin `[n, head_dim]` of M-RoPE for the given positions (rows `start .. start + n`).
+    fn mrope(
+        &self,
+        be: &B,
+        pos: &Positions,
+        start: usize,
+        n: usize,
+    ) -> Result<(B::Tensor, B::Tensor)> {
+        let t = &self.cfg.text;
+        let head_dim = t.hidden_size / t.num_attention_heads;
+        let freqs = inv_freq(t.rope_theta as f32, head_dim);
+        let mut axis_of = Vec::with_capacity(freqs.len());
+        for (axis, &len) in t.mrope_section.iter().enumerate() {
+            axis_of.extend(std::iter::repeat_n(axis % 3, len));
+        }
+        let mut cos = Vec::with_capacity(n * head_dim);
+        let mut sin = Vec::with_capacity(n * head_dim);
+        for r in start..start + n {
+            let angles: Vec<f32> = freqs
+                .iter()
+                .zip(&axis_of)
+                .map(|(f, &a)| pos.axes[a][r] as f32 * f)
+                .collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        Ok((
+            be.tensor(&cos, &[n, head_dim])?,
+            be.tensor(&sin, &[n, head_dim])?,
+        ))
+    }
+
+    /// Runs the decoder on `embeds` (`[n, hidden]`), the next `n` tokens after what `cache`
+    /// holds; `positions` covers the whole sequence (cache included). Returns the final hidden
+    /// states `[n, hidden]` and extends the cache.
+    pub fn decode(
+        &self,
+        be: &B,
+        embeds: &B::Tensor,
+        positions: &Positions,
+        cache: &mut KvCache<B>,
+    ) -> Result<B::Tensor> {
+        let t = &self.cfg.text;
+        let n = be.shape(embeds)[0];
+        let past = cache.len;
+        if positions.len() < past + n {
+            return Err(Error::Input(format!(
+                "positions cover {} tokens, need {}",
+                positions.len(),
+                past + n
+            )));
+        }
+        if past + n > t.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "sequence of {} tokens exceeds the context of {}",
+                past + n,
+                t.max_position_embeddings
+            )));
+        }
+        let (cos, sin) = self.mrope(be, positions, past, n)?;
+        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
+        let mut x = embeds.clone();
+        for (li, layer) in self.text.layers.iter().enumerate() {
+            let h = be.rms_norm(&x, &layer.input_norm, t.rms_norm_eps)?;
+            let q = be.rope(&layer.q.forward(be, &h)?, &cos, &sin, heads)?;
+            let k = be.rope(&layer.k.forward(be, &h)?, &cos, &sin, kv_heads)?;
+            let v = layer.v.forward(be, &h)?;
+            let (kb, k_all) = be.append_rows(cache.k[li].take(), past, &k)?;
+            let (vb, v_all) = be.append_rows(cache.v[li].take(), past, &v)?;
+            cache.k[li] = Some(kb);
+            cache.v[li] = Some(vb);
+            let a = be.attention(&q, &k_all, &v_all, heads, kv_heads, &Mask::Causal { past })?;
+            x = be.add(&x, &layer.o.forward(be, &a)?)?;
+            let h = be.rms_norm(&x, &layer.post_norm, t.rms_norm_eps)?;
+            let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
+            x = be.add(&x, &layer.down.forward(be, &m)?)?;
+        }
+        cache.len = past + n;
+        be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
+    }
+
+    /// The vocabulary projection `[vocab, hidden]` (the embedding matrix when tied), for
+    /// callers that fuse it with what follows (a trainer's log-softmax).
+    pub fn lm_head(&self) -> &B::Tensor {
+        &self.text.lm_head
+    }
+
+    /// Logits `[rows, vocab]` of hidden states.
+    pub fn logits(&self, be: &B, hidden: &B::Tensor) -> Result<B::Tensor> {
+        be.linear(hidden, &self.text.lm_head, None)
+    }
+
+    /// Logits of the last row only.
+    pub fn last_logits(&self, be: &B, hidden: &B::Tensor) -> Result<Vec<f32>> {
+        let n = be.shape(hidden)[0];
+        let last = be.narrow_rows(hidden, n - 1, 1)?;
+        be.to_vec(&self.logits(be, &last)?)
+    }
+}

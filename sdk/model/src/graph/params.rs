@@ -1,0 +1,409 @@
+//! The parameter tree of Qwen2.5-VL, named once: [`walk`] visits every tensor (HF name, shape,
+//! initialisation, how many row blocks the graph holds it as) in checkpoint order, and builds a
+//! new tree from what the visitor returns. Loading, the checkpoint layout, export and mapping
+//! (detach, cast) are four visitors of that one walk, so adding a tensor is one line in it.
+
+use super::{DecoderLayer, Linear, Qwen25VL, TextWeights, VisionBlock, VisionTower};
+use crate::backend::Backend;
+use crate::weights::WeightStore;
+use crate::{Error, Result};
+use visionthink_core::config::ModelConfig;
+
+/// How a freshly initialised tensor is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitKind {
+    /// A weight matrix (or the embedding): random, scaled by the config's `initializer_range`.
+    Matrix,
+    /// A norm scale: ones.
+    Ones,
+    /// A bias: zeros.
+    Zeros,
+}
+
+/// One tensor of a checkpoint in HF layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    /// HF name (`model.visual.*`, `model.language_model.*`, `lm_head.weight`).
+    pub name: String,
+    /// HF shape.
+    pub shape: Vec<usize>,
+    /// How a new model initialises it.
+    pub init: InitKind,
+}
+
+/// What the visitor sees of one tensor.
+pub(super) struct Visit<'a, U> {
+    /// Name, HF shape, initialisation.
+    pub spec: TensorSpec,
+    /// How many equal row blocks the graph holds it as (3 for the vision `qkv`, else 1).
+    pub parts: usize,
+    /// When walking an existing model: those blocks.
+    pub old: Option<Vec<&'a U>>,
+}
+
+type Visitor<'v, 'a, U, T> = dyn FnMut(Visit<'a, U>) -> Result<Vec<T>> + 'v;
+
+/// Calls the visitor and checks what it returns.
+struct Walker<'f, 'a, U, T> {
+    f: &'f mut dyn FnMut(Visit<'a, U>) -> Result<Vec<T>>,
+}
+
+impl<'a, U, T> Walker<'_, 'a, U, T> {
+    fn parts(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        init: InitKind,
+        parts: usize,
+        old: Option<Vec<&'a U>>,
+    ) -> Result<Vec<T>> {
+        let spec = TensorSpec { name, shape, init };
+        let name = spec.name.clone();
+        let out = (self.f)(Visit { spec, parts, old })?;
+        if out.len() != parts {
+            return Err(Error::Input(format!(
+                "{name}: {} row blocks where the graph holds {parts}",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    fn one(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        init: InitKind,
+        old: Option<&'a U>,
+    ) -> Result<T> {
+        let mut v = self.parts(name, shape, init, 1, old.map(|o| vec![o]))?;
+        v.pop()
+            .ok_or_else(|| Error::Input("empty row blocks".into()))
+    }
+
+    fn norm(&mut self, name: String, dim: usize, old: Option<&'a U>) -> Result<T> {
+        self.one(name, vec![dim], InitKind::Ones, old)
+    }
+
+    /// `{name}.weight` `[out, inp]` and, with `bias`, `{name}.bias` `[out]`.
+    fn linear(
+        &mut self,
+        name: String,
+        (out, inp): (usize, usize),
+        bias: bool,
+        old: Option<&'a Linear<U>>,
+    ) -> Result<Linear<T>> {
+        let w_name = format!("{name}.weight");
+        let w = self.one(w_name, vec![out, inp], InitKind::Matrix, old.map(|l| &l.w))?;
+        let b = match bias {
+            true => {
+                let old_b = old.and_then(|l| l.b.as_ref());
+                Some(self.one(format!("{name}.bias"), vec![out], InitKind::Zeros, old_b)?)
+            }
+            false => None,
+        };
+        Ok(Linear { w, b })
+    }
+
+    fn vision(
+        &mut self,
+        cfg: &ModelConfig,
+        old: Option<&'a VisionTower<U>>,
+    ) -> Result<VisionTower<T>> {
+        let v = &cfg.vision;
+        let (dim, p) = (v.hidden_size, "model.visual.");
+        let wide = dim * v.spatial_merge_size * v.spatial_merge_size;
+        let (c, t, ps) = (v.in_channels, v.temporal_patch_size, v.patch_size);
+        let pe_shape = vec![dim, c, t, ps, ps];
+        let pe_old = old.map(|o| &o.patch_embed);
+        let patch_embed = self.one(
+            format!("{p}patch_embed.proj.weight"),
+            pe_shape,
+            InitKind::Matrix,
+            pe_old,
+        )?;
+        let blocks = (0..v.depth)
+            .map(|i| self.vision_block(cfg, i, old.and_then(|o| o.blocks.get(i))))
+            .collect::<Result<_>>()?;
+        let o = |f: fn(&'a VisionTower<U>) -> &'a Linear<U>| old.map(f);
+        Ok(VisionTower {
+            patch_embed,
+            blocks,
+            merger_norm: self.norm(
+                format!("{p}merger.ln_q.weight"),
+                dim,
+                old.map(|o| &o.merger_norm),
+            )?,
+            merger_fc1: self.linear(
+                format!("{p}merger.mlp.0"),
+                (wide, wide),
+                true,
+                o(|o| &o.merger_fc1),
+            )?,
+            merger_fc2: self.linear(
+                format!("{p}merger.mlp.2"),
+                (v.out_hidden_size, wide),
+                true,
+                o(|o| &o.merger_fc2),
+            )?,
+            dim,
+            heads: v.num_heads,
+            merge: v.spatial_merge_size,
+            window_size: v.window_size,
+            patch_size: v.patch_size,
+            rope_theta: 10_000.0,
+        })
+    }
+
+    fn vision_block(
+        &mut self,
+        cfg: &ModelConfig,
+        i: usize,
+        ob: Option<&'a VisionBlock<U>>,
+    ) -> Result<VisionBlock<T>> {
+        let v = &cfg.vision;
+        let (dim, inter) = (v.hidden_size, v.intermediate_size);
+        let p = format!("model.visual.blocks.{i}.");
+        let norm1 = self.norm(format!("{p}norm1.weight"), dim, ob.map(|b| &b.norm1))?;
+        let norm2 = self.norm(format!("{p}norm2.weight"), dim, ob.map(|b| &b.norm2))?;
+        // HF reshapes the qkv output as (3, heads, head_dim): q, k, v are row blocks.
+        let old_w = ob.map(|b| vec![&b.q.w, &b.k.w, &b.v.w]);
+        let old_b = ob.and_then(|b| Some(vec![b.q.b.as_ref()?, b.k.b.as_ref()?, b.v.b.as_ref()?]));
+        let (wn, bn) = (format!("{p}attn.qkv.weight"), format!("{p}attn.qkv.bias"));
+        let w = self.parts(wn, vec![3 * dim, dim], InitKind::Matrix, 3, old_w)?;
+        let b = self.parts(bn, vec![3 * dim], InitKind::Zeros, 3, old_b)?;
+        let three = |v: Vec<T>| -> Result<[T; 3]> {
+            v.try_into()
+                .map_err(|_| Error::Input(format!("{p}attn.qkv: not 3 row blocks")))
+        };
+        let ([qw, kw, vw], [qb, kb, vb]) = (three(w)?, three(b)?);
+        let o = |f: fn(&'a VisionBlock<U>) -> &'a Linear<U>| ob.map(f);
+        Ok(VisionBlock {
+            norm1,
+            norm2,
+            q: Linear { w: qw, b: Some(qb) },
+            k: Linear { w: kw, b: Some(kb) },
+            v: Linear { w: vw, b: Some(vb) },
+            proj: self.linear(format!("{p}attn.proj"), (dim, dim), true, o(|b| &b.proj))?,
+            gate: self.linear(
+                format!("{p}mlp.gate_proj"),
+                (inter, dim),
+                true,
+                o(|b| &b.gate),
+            )?,
+            up: self.linear(format!("{p}mlp.up_proj"), (inter, dim), true, o(|b| &b.up))?,
+            down: self.linear(
+                format!("{p}mlp.down_proj"),
+                (dim, inter),
+                true,
+                o(|b| &b.down),
+            )?,
+            full_attention: v.fullatt_block_indexes.contains(&i),
+        })
+    }
+
+    fn text(
+        &mut self,
+        cfg: &ModelConfig,
+        tied: bool,
+        old: Option<&'a TextWeights<U>>,
+    ) -> Result<TextWeights<T>>
+    where
+        T: Clone,
+    {
+        let t = &cfg.text;
+        let (h, p) = (t.hidden_size, "model.language_model.");
+        let embed_old = old.map(|o| &o.embed);
+        let embed_shape = vec![t.vocab_size, h];
+        let embed = self.one(
+            format!("{p}embed_tokens.weight"),
+            embed_shape.clone(),
+            InitKind::Matrix,
+            embed_old,
+        )?;
+        let layers = (0..t.num_hidden_layers)
+            .map(|i| self.decoder_layer(cfg, i, old.and_then(|o| o.layers.get(i))))
+            .collect::<Result<_>>()?;
+        let norm = self.norm(format!("{p}norm.weight"), h, old.map(|o| &o.norm))?;
+        let lm_head = match tied {
+            true => embed.clone(),
+            false => {
+                let head_old = old.map(|o| &o.lm_head);
+                let name = "lm_head.weight".to_string();
+                self.one(name, embed_shape, InitKind::Matrix, head_old)?
+            }
+        };
+        Ok(TextWeights {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    fn decoder_layer(
+        &mut self,
+        cfg: &ModelConfig,
+        i: usize,
+        ol: Option<&'a DecoderLayer<U>>,
+    ) -> Result<DecoderLayer<T>> {
+        let t = &cfg.text;
+        let h = t.hidden_size;
+        let head_dim = h / t.num_attention_heads.max(1);
+        let (q, kv) = (
+            t.num_attention_heads * head_dim,
+            t.num_key_value_heads * head_dim,
+        );
+        let inter = t.intermediate_size;
+        let p = format!("model.language_model.layers.{i}.");
+        let o = |f: fn(&'a DecoderLayer<U>) -> &'a Linear<U>| ol.map(f);
+        let (in_old, post_old) = (ol.map(|l| &l.input_norm), ol.map(|l| &l.post_norm));
+        Ok(DecoderLayer {
+            input_norm: self.norm(format!("{p}input_layernorm.weight"), h, in_old)?,
+            post_norm: self.norm(format!("{p}post_attention_layernorm.weight"), h, post_old)?,
+            q: self.linear(format!("{p}self_attn.q_proj"), (q, h), true, o(|l| &l.q))?,
+            k: self.linear(format!("{p}self_attn.k_proj"), (kv, h), true, o(|l| &l.k))?,
+            v: self.linear(format!("{p}self_attn.v_proj"), (kv, h), true, o(|l| &l.v))?,
+            o: self.linear(format!("{p}self_attn.o_proj"), (h, q), false, o(|l| &l.o))?,
+            gate: self.linear(
+                format!("{p}mlp.gate_proj"),
+                (inter, h),
+                false,
+                o(|l| &l.gate),
+            )?,
+            up: self.linear(format!("{p}mlp.up_proj"), (inter, h), false, o(|l| &l.up))?,
+            down: self.linear(
+                format!("{p}mlp.down_proj"),
+                (h, inter),
+                false,
+                o(|l| &l.down),
+            )?,
+        })
+    }
+}
+
+/// The one walk over the parameter tree: the vision tower, then the decoder, in checkpoint
+/// order (transformers 5 names); `lm_head.weight` is visited only when untied. With `old`,
+/// each visit also gets that model's blocks of the tensor.
+pub(super) fn walk<'a, U, T: Clone>(
+    cfg: &ModelConfig,
+    tied: bool,
+    old: Option<(&'a VisionTower<U>, &'a TextWeights<U>)>,
+    f: &mut Visitor<'_, 'a, U, T>,
+) -> Result<(VisionTower<T>, TextWeights<T>)> {
+    let mut w = Walker { f };
+    let vision = w.vision(cfg, old.map(|o| o.0))?;
+    let text = w.text(cfg, tied, old.map(|o| o.1))?;
+    Ok((vision, text))
+}
+
+/// Reads one tensor from a checkpoint (its transformers 5 name, else the older `visual.*` /
+/// `model.*` one) and uploads it as `parts` equal row blocks of 2-D shape `[rows, rest]`.
+pub(super) fn load_parts<B: Backend>(
+    be: &B,
+    store: &WeightStore,
+    spec: &TensorSpec,
+    parts: usize,
+) -> Result<Vec<B::Tensor>> {
+    let old_name = [
+        ("model.visual.", "visual."),
+        ("model.language_model.", "model."),
+    ]
+    .into_iter()
+    .find_map(|(new, old)| {
+        spec.name
+            .strip_prefix(new)
+            .map(|rest| format!("{old}{rest}"))
+    });
+    let mut names = vec![spec.name.as_str()];
+    names.extend(old_name.as_deref());
+    let data = store.get(&names, &spec.shape)?;
+    let rows = spec.shape.first().copied().unwrap_or(1) / parts.max(1);
+    let block = data.len() / parts.max(1);
+    data.chunks_exact(block.max(1))
+        .take(parts)
+        .map(|chunk| match spec.shape.len() {
+            1 => be.weight(chunk.to_vec(), &[rows]),
+            _ => be.weight(chunk.to_vec(), &[rows, block / rows.max(1)]),
+        })
+        .collect()
+}
+
+/// Every tensor of a Qwen2.5-VL checkpoint for `cfg`, in the order [`Qwen25VL::export`] returns
+/// them (transformers 5 names). Used to initialise a model from scratch and to save one.
+///
+/// ```
+/// let cfg = visionthink_core::config::ModelConfig::from_json(br#"{"vision_config": {"depth": 1, "hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "out_hidden_size": 8}, "text_config": {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 151936, "rope_scaling": {"mrope_section": [1, 1, 0]}}}"#).unwrap();
+/// let specs = visionthink_model::graph::checkpoint_layout(&cfg);
+/// assert_eq!(specs[0].name, "model.visual.patch_embed.proj.weight");
+/// // patch embed, 12 per vision block, merger 5, embed, 12 per layer, norm, lm_head (untied)
+/// assert_eq!(specs.len(), 1 + 12 + 5 + 1 + 12 + 1 + 1);
+/// ```
+pub fn checkpoint_layout(cfg: &ModelConfig) -> Vec<TensorSpec> {
+    let mut specs = Vec::new();
+    let tied = cfg.text.tie_word_embeddings;
+    // The unit visitor cannot fail, and the walk only fails when a visitor does.
+    let _ = walk::<(), ()>(cfg, tied, None, &mut |v| {
+        specs.push(v.spec);
+        Ok(vec![(); v.parts])
+    });
+    specs
+}
+
+impl<B: Backend> Qwen25VL<B> {
+    fn walk_self<'s, T: Clone>(
+        &'s self,
+        f: &mut Visitor<'_, 's, B::Tensor, T>,
+    ) -> Result<(VisionTower<T>, TextWeights<T>)> {
+        walk(&self.cfg, self.tied, Some((&self.vision, &self.text)), f)
+    }
+
+    /// The model's tensors in the order and under the names of [`checkpoint_layout`], each as
+    /// the row blocks it is made of (the vision `qkv` is held as three separate projections).
+    pub fn export_parts(&self) -> Result<Vec<(TensorSpec, Vec<B::Tensor>)>> {
+        let mut out = Vec::new();
+        self.walk_self::<()>(&mut |v| {
+            let parts: Vec<B::Tensor> = v.old.unwrap_or_default().into_iter().cloned().collect();
+            let n = v.parts;
+            out.push((v.spec, parts));
+            Ok(vec![(); n])
+        })?;
+        Ok(out)
+    }
+
+    /// The model's weights as f32 values in HF names and shapes, ready for safetensors.
+    pub fn export(&self, be: &B) -> Result<Vec<(TensorSpec, Vec<f32>)>> {
+        self.export_parts()?
+            .into_iter()
+            .map(|(spec, parts)| {
+                let mut data = Vec::with_capacity(spec.shape.iter().product());
+                for p in &parts {
+                    data.extend(be.to_vec(p)?);
+                }
+                if data.len() != spec.shape.iter().product::<usize>() {
+                    return Err(Error::Shape {
+                        name: spec.name.clone(),
+                        expected: spec.shape.clone(),
+                        found: vec![data.len()],
+                    });
+                }
+                Ok((spec, data))
+            })
+            .collect()
+    }
+
+    /// The same model with every weight passed through `f` (e.g. candle's `detach`, which
+    /// shares the storage: a frozen view of trainable weights that follows their updates, for
+    /// fast rollouts without autograd bookkeeping). A tied head stays the embedding.
+    pub fn map_weights(&self, f: &mut dyn FnMut(&B::Tensor) -> B::Tensor) -> Result<Self> {
+        let (vision, text) = self.walk_self::<B::Tensor>(&mut |v| {
+            Ok(v.old.unwrap_or_default().into_iter().map(&mut *f).collect())
+        })?;
+        Ok(Qwen25VL {
+            cfg: self.cfg.clone(),
+            vision,
+            text,
+            tied: self.tied,
+        })
+    }
+}
