@@ -7,36 +7,16 @@
 //! damaged after it was written (a bad disk, a partial copy, an edit) is detected at resume, and
 //! the newest intact checkpoint is used instead.
 
+use crate::config::Phase;
+use crate::files::serialize_f32;
+pub use crate::files::write_atomic;
 use crate::optim::AdamW;
-use crate::policy::{serialize_f32, Policy, SaveDtype};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, synced and renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("path has no parent")?;
-    let name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
-}
 
 /// Where the data loader is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +39,7 @@ pub struct TrainerState {
     /// Data position.
     pub cursor: DataCursor,
     /// `sft` or `grpo`.
-    pub phase: String,
+    pub phase: Phase,
     /// SHA-256 (hex) of each other file of the checkpoint, by file name (empty in checkpoints
     /// written before hashes were recorded: those are not verified).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -121,8 +101,14 @@ pub fn checkpoints(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
         .collect())
 }
 
-/// Saves a checkpoint of `policy`, `opt` and `state` under `out/step-{state.step}`.
-pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> Result<PathBuf> {
+/// Saves a checkpoint under `out/step-{state.step}`: the model folder's files (`model_files`,
+/// from `Policy::hf_files`), the moments of `opt`, and `state` with every file's SHA-256.
+pub fn save(
+    out: &Path,
+    model_files: Vec<(String, Vec<u8>)>,
+    opt: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let name = format!("step-{}", state.step);
     let final_dir = out.join(&name);
     let tmp = out.join(format!(".tmp-{name}"));
@@ -137,8 +123,8 @@ pub fn save(out: &Path, policy: &Policy, opt: &AdamW, state: &TrainerState) -> R
             files.insert(file.to_string(), hex::encode(Sha256::digest(bytes)));
             Ok(())
         };
-        for (file, bytes) in policy.hf_files(SaveDtype::F32)? {
-            put(&file, &bytes)?;
+        for (file, bytes) in &model_files {
+            put(file, bytes)?;
         }
         let mut moments = Vec::new();
         for (i, (m, v)) in opt.m.iter().zip(&opt.v).enumerate() {
@@ -274,6 +260,16 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let text =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     serde_json::from_str(&text).with_context(|| format!("malformed {}", p.display()))
+}
+
+/// A model folder, or a training run's output folder (its newest intact checkpoint).
+pub fn model_dir(dir: &Path) -> Result<PathBuf> {
+    if !dir.join("config.json").exists() {
+        if let Some((ckpt, _)) = latest_intact(dir)? {
+            return Ok(ckpt);
+        }
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// Restores AdamW moments saved by [`save`].

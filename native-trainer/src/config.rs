@@ -2,14 +2,36 @@
 //! defaults are the official settings of SPEC §7 where they apply. `--set a.b=value`
 //! overrides any key (the value is parsed as TOML, or taken as a string).
 
-use crate::data::BadRows;
-use crate::optim::OptimConfig;
-use crate::policy::Arch;
-use crate::rollout::ImagePath;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use visionthink_core::reward::{PenaltyMode, RewardConfig};
+
+/// A training phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The SFT warm start.
+    Sft,
+    /// Multi-turn GRPO.
+    Grpo,
+}
+
+impl Phase {
+    /// `sft` or `grpo`, as in checkpoints and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Sft => "sft",
+            Phase::Grpo => "grpo",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What to do when a loss or gradient is NaN or infinite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -388,6 +410,217 @@ impl TrainConfig {
         }
         Ok(cfg)
     }
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Constant after warm-up (official).
+    #[default]
+    Constant,
+    /// Cosine decay to `min_lr_ratio · lr` after warm-up.
+    Cosine,
+}
+
+/// Optimizer settings (defaults: SPEC §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate (1e-6).
+    pub lr: f64,
+    /// β₁ (0.9).
+    pub beta1: f64,
+    /// β₂ (0.999).
+    pub beta2: f64,
+    /// ε (1e-8).
+    pub eps: f64,
+    /// Decoupled weight decay (0.01).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (1.0; 0 = off).
+    pub grad_clip: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Schedule after warm-up.
+    pub schedule: Schedule,
+    /// Floor of the cosine schedule, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Optimizer steps the cosine schedule spans.
+    pub total_steps: usize,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-6,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            grad_clip: 1.0,
+            warmup_steps: 0,
+            schedule: Schedule::Constant,
+            min_lr_ratio: 0.0,
+            total_steps: 0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Learning rate at optimizer step `t` (0-based).
+    pub fn lr_at(&self, t: usize) -> f64 {
+        if t < self.warmup_steps {
+            return self.lr * (t + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
+                let p = ((t - self.warmup_steps) as f64 / span as f64).min(1.0);
+                let floor = self.lr * self.min_lr_ratio;
+                floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+        }
+    }
+}
+
+/// The size of a model trained from scratch (everything else is Qwen2.5-VL's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Arch {
+    /// Decoder width.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads (GQA).
+    pub kv_heads: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Vision tower width.
+    pub vision_hidden_size: usize,
+    /// Vision blocks.
+    pub vision_depth: usize,
+    /// Vision heads.
+    pub vision_heads: usize,
+    /// Vision MLP width.
+    pub vision_intermediate_size: usize,
+    /// Std of the random initialisation.
+    pub init_std: f64,
+    /// Context length.
+    pub max_position_embeddings: usize,
+}
+
+impl Default for Arch {
+    fn default() -> Self {
+        Self {
+            hidden_size: 64,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            intermediate_size: 128,
+            vision_hidden_size: 64,
+            vision_depth: 2,
+            vision_heads: 4,
+            vision_intermediate_size: 128,
+            init_std: 0.02,
+            max_position_embeddings: 4096,
+        }
+    }
+}
+
+impl Arch {
+    /// `config.json` in the transformers 5 (nested) layout.
+    pub fn config_json(&self) -> Result<String> {
+        let head_dim = self.hidden_size / self.heads.max(1);
+        if self.heads == 0 || self.hidden_size % self.heads != 0 || head_dim % 2 != 0 {
+            bail!(
+                "hidden_size {} must split into an even head size over {} heads",
+                self.hidden_size,
+                self.heads
+            );
+        }
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            bail!(
+                "heads {} must be a multiple of kv_heads {}",
+                self.heads,
+                self.kv_heads
+            );
+        }
+        // M-RoPE sections (t, h, w) over head_dim / 2 frequencies, in Qwen2.5-VL's 1:1.5:1.5 ratio.
+        let half = head_dim / 2;
+        let t = (half as f64 / 4.0).round().max(1.0) as usize;
+        let h = (half - t) / 2;
+        let w = half - t - h;
+        let v = serde_json::json!({
+            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+            "image_token_id": 151655,
+            "model_type": "qwen2_5_vl",
+            "tie_word_embeddings": true,
+            "video_token_id": 151656,
+            "vision_end_token_id": 151653,
+            "vision_start_token_id": 151652,
+            "text_config": {
+                "bos_token_id": 151643,
+                "eos_token_id": 151645,
+                "hidden_act": "silu",
+                "hidden_size": self.hidden_size,
+                "initializer_range": self.init_std,
+                "intermediate_size": self.intermediate_size,
+                "max_position_embeddings": self.max_position_embeddings,
+                "model_type": "qwen2_5_vl_text",
+                "num_attention_heads": self.heads,
+                "num_hidden_layers": self.layers,
+                "num_key_value_heads": self.kv_heads,
+                "rms_norm_eps": 1e-6,
+                "rope_parameters": {"mrope_section": [t, h, w], "rope_theta": 1000000.0, "rope_type": "default"},
+                "tie_word_embeddings": true,
+                "use_cache": true,
+                "vocab_size": 151936
+            },
+            "vision_config": {
+                "depth": self.vision_depth,
+                "fullatt_block_indexes": [self.vision_depth.saturating_sub(1)],
+                "hidden_act": "silu",
+                "hidden_size": self.vision_hidden_size,
+                "in_channels": 3,
+                "initializer_range": self.init_std,
+                "intermediate_size": self.vision_intermediate_size,
+                "model_type": "qwen2_5_vl_vision",
+                "num_heads": self.vision_heads,
+                "out_hidden_size": self.hidden_size,
+                "patch_size": 14,
+                "spatial_merge_size": 2,
+                "temporal_patch_size": 2,
+                "tokens_per_second": 2,
+                "window_size": 112
+            }
+        });
+        Ok(serde_json::to_string_pretty(&v)?)
+    }
+}
+
+/// What to do with a malformed row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRows {
+    /// Report it (file, line, reason) and go on.
+    #[default]
+    Skip,
+    /// Stop with an error naming it.
+    Fail,
+}
+
+/// Which SPEC §4 image path builds the two images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImagePath {
+    /// Clamp the area into [512², 2048²], halve; full = 2× the half (the official training path).
+    #[default]
+    Training,
+    /// Halve the original; the tool returns the original (the evaluation path).
+    Inference,
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! per question. Malformed rows are named by file and line and either skipped (reported, never
 //! silently) or fatal, by flag.
 
+pub use crate::config::BadRows;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use visionthink_core::image::RgbImage;
@@ -48,17 +49,6 @@ pub struct Example {
     /// trace templates can refer to them as `{name}`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub attributes: std::collections::BTreeMap<String, String>,
-}
-
-/// What to do with a malformed row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum BadRows {
-    /// Report it (file, line, reason) and go on.
-    #[default]
-    Skip,
-    /// Stop with an error naming it.
-    Fail,
 }
 
 /// Errors of dataset reading.
@@ -110,132 +100,10 @@ pub struct Dataset {
     pub inline_images: Vec<Option<Vec<u8>>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Row {
-    #[serde(default)]
-    doc_id: Option<serde_json::Value>,
-    image: String,
-    #[serde(alias = "question")]
-    problem: String,
-    #[serde(alias = "original_answer")]
-    answer: String,
-    #[serde(default)]
-    kind: Option<Kind>,
-    #[serde(default)]
-    data_source: Option<String>,
-    #[serde(default)]
-    attributes: std::collections::BTreeMap<String, String>,
-}
-
 /// The JSONL file of a dataset folder.
 pub const DATA_FILE: &str = "data.jsonl";
 
 impl Dataset {
-    /// Reads `DIR/data.jsonl` (or a `.jsonl` path directly); with `bad = Skip`, malformed rows
-    /// are listed in [`Dataset::skipped`].
-    pub fn open(path: &Path, bad: BadRows) -> Result<Self, DataError> {
-        let is_parquet = path.extension().is_some_and(|x| x == "parquet")
-            || (path.is_dir() && !path.join(DATA_FILE).exists());
-        if is_parquet {
-            #[cfg(feature = "parquet")]
-            return crate::parquet_data::open(path, bad);
-            #[cfg(not(feature = "parquet"))]
-            return Err(DataError::Io {
-                path: path.display().to_string(),
-                reason: format!("no {DATA_FILE}, and this build reads no Parquet (enable the `parquet` feature)"),
-            });
-        }
-        let (dir, file) = if path.is_dir() {
-            (path.to_path_buf(), path.join(DATA_FILE))
-        } else {
-            (
-                path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                path.to_path_buf(),
-            )
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| DataError::Io {
-            path: file.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Self::from_jsonl(dir, &file.display().to_string(), &text, bad)
-    }
-
-    /// Parses the rows of a JSONL text (`label` names the file in errors); image paths are
-    /// relative to `dir` and never leave it (absolute paths and `..` are malformed rows).
-    ///
-    /// ```
-    /// use visionthink_train::data::{BadRows, Dataset};
-    /// let text = "{\"image\": \"a.png\", \"problem\": \"Q?\", \"answer\": \"A\"}\n{\"image\": \"/etc/passwd\", \"problem\": \"Q\", \"answer\": \"A\"}";
-    /// let ds = Dataset::from_jsonl("d".into(), "d/data.jsonl", text, BadRows::Skip).unwrap();
-    /// assert_eq!((ds.examples.len(), ds.skipped.len()), (1, 1));
-    /// assert!(Dataset::from_jsonl("d".into(), "d/data.jsonl", text, BadRows::Fail).is_err());
-    /// ```
-    pub fn from_jsonl(
-        dir: PathBuf,
-        label: &str,
-        text: &str,
-        bad: BadRows,
-    ) -> Result<Self, DataError> {
-        let mut examples = Vec::new();
-        let mut skipped = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed = serde_json::from_str::<Row>(line)
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    if r.image.is_empty() || r.problem.trim().is_empty() {
-                        return Err("empty `image` or `problem`".to_string());
-                    }
-                    if Path::new(&r.image).is_absolute() || r.image.contains("..") {
-                        return Err(format!(
-                            "image path {:?} must be relative to the dataset folder",
-                            r.image
-                        ));
-                    }
-                    Ok(r)
-                });
-            match parsed {
-                Ok(r) => examples.push(Example {
-                    doc_id: match r.doc_id {
-                        Some(serde_json::Value::String(s)) => s,
-                        Some(v) => v.to_string(),
-                        None => format!("line{}", i + 1),
-                    },
-                    image: r.image,
-                    problem: r.problem,
-                    answer: r.answer,
-                    kind: r.kind.unwrap_or(Kind::Unknown),
-                    data_source: r.data_source.unwrap_or_else(|| "unknown".into()),
-                    attributes: r.attributes,
-                }),
-                Err(reason) => {
-                    let e = DataError::Row {
-                        path: label.to_string(),
-                        line: i + 1,
-                        reason,
-                    };
-                    match bad {
-                        BadRows::Fail => return Err(e),
-                        BadRows::Skip => skipped.push(e.to_string()),
-                    }
-                }
-            }
-        }
-        if examples.is_empty() {
-            return Err(DataError::Empty(label.to_string()));
-        }
-        let n = examples.len();
-        Ok(Self {
-            dir,
-            examples,
-            skipped,
-            inline_images: vec![None; n],
-        })
-    }
-
     /// Decodes the image of row `i` (with the default decode limits: huge or corrupt files are
     /// errors naming the file and row).
     pub fn image(&self, i: usize) -> Result<RgbImage, DataError> {
@@ -261,21 +129,50 @@ impl Dataset {
     }
 }
 
-/// Writes a dataset folder: `images/*.png` and `data.jsonl` (written to a temporary name and
-/// renamed, so a crash never leaves a truncated index).
-pub fn write_jsonl_set(dir: &Path, rows: &[(Example, image::RgbImage)]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    std::fs::create_dir_all(dir.join("images"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut lines = String::new();
-    for (ex, img) in rows {
-        let path = dir.join(&ex.image);
-        img.save(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        lines.push_str(&serde_json::to_string(ex)?);
-        lines.push('\n');
+/// A dataset format. [`Dataset::open`] asks each format in turn whether it reads a path.
+pub trait Source {
+    /// Whether this format reads `path` (a file or a folder).
+    fn claims(&self, path: &Path) -> bool;
+    /// Reads every row; with `bad = Skip`, malformed rows are listed in [`Dataset::skipped`].
+    fn read(&self, path: &Path, bad: BadRows) -> Result<Dataset, DataError>;
+}
+
+impl Dataset {
+    /// An empty dataset whose image paths are relative to `dir`.
+    pub fn empty(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            examples: Vec::new(),
+            skipped: Vec::new(),
+            inline_images: Vec::new(),
+        }
     }
-    crate::checkpoint::write_atomic(&dir.join(DATA_FILE), lines.as_bytes())
+
+    /// Keeps a parsed row (with its image bytes when the format carries them), or, for a
+    /// malformed one, fails or lists it, as `bad` says.
+    pub fn push_row(
+        &mut self,
+        row: Result<(Example, Option<Vec<u8>>), DataError>,
+        bad: BadRows,
+    ) -> Result<(), DataError> {
+        match (row, bad) {
+            (Ok((ex, bytes)), _) => {
+                self.examples.push(ex);
+                self.inline_images.push(bytes);
+            }
+            (Err(e), BadRows::Fail) => return Err(e),
+            (Err(e), BadRows::Skip) => self.skipped.push(e.to_string()),
+        }
+        Ok(())
+    }
+
+    /// The dataset, or [`DataError::Empty`] naming `label` when no row was usable.
+    pub fn non_empty(self, label: &str) -> Result<Self, DataError> {
+        match self.examples.is_empty() {
+            true => Err(DataError::Empty(label.to_string())),
+            false => Ok(self),
+        }
+    }
 }
 
 #[cfg(test)]

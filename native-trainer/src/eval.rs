@@ -4,12 +4,14 @@
 //! own thinking, then `<answer>` is forced after `</think>` and `<tool_call>` can never be
 //! generated, so every answer comes from the half-size image).
 
-use crate::data::Dataset;
-use crate::rollout::{prepare, rollout_group, ImagePath, RolloutConfig, Steer, Trajectory};
-use crate::train::judge_all;
+use crate::data::{Dataset, Example};
+use crate::rollout::{
+    prepare, rollout_group, ImagePath, PreparedPrompt, RolloutConfig, Steer, Trajectory,
+};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use visionthink::score::judge_all;
 use visionthink_core::judge::{Judge, JudgeRequest};
 use visionthink_core::model_files::ModelFiles;
 use visionthink_core::sampling::SamplingConfig;
@@ -112,61 +114,79 @@ impl Acc {
     }
 }
 
-/// Evaluates `rows` (0 = all) of `ds`.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate(
-    be: &CandleBackend,
-    model: &Qwen25VL<CandleBackend>,
-    files: &ModelFiles,
-    ds: &Dataset,
-    judge: &(dyn Judge + Send + Sync),
-    rows: usize,
-    image_path: ImagePath,
-    max_new_tokens: usize,
-) -> Result<EvalReport> {
-    let t0 = std::time::Instant::now();
-    let cfg = RolloutConfig {
-        sampling: SamplingConfig::default(),
-        max_new_tokens,
-        max_rounds: 2,
-        max_images: 2,
-        record_logps: false,
-    };
-    let n = if rows == 0 {
-        ds.examples.len()
-    } else {
-        rows.min(ds.examples.len())
-    };
-    let steers = [
-        Steer::Free,
-        Steer::ForceToolAfterThink,
-        Steer::ForceAnswerAfterThink,
-    ];
-    let mut by: [BTreeMap<String, Acc>; 3] = Default::default();
-    let mut by_source: BTreeMap<String, Acc> = BTreeMap::new();
-    let mut totals = [Acc::default(), Acc::default(), Acc::default()];
-    let (mut visual, mut visual_high, mut visual_low) = (0usize, 0usize, 0usize);
-    let mut skipped = Vec::new();
-    let mut samples = Vec::new();
-    let pb = indicatif::ProgressBar::new(n as u64);
-    for i in 0..n {
-        pb.inc(1);
-        let ex = &ds.examples[i];
-        let prompt = match ds
-            .image(i)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| prepare(files, &img, &ex.problem, image_path))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                skipped.push(format!("{}: {e:#}", ex.doc_id));
-                continue;
-            }
+/// What an evaluation runs: a model on an executor, its files, the judge and the settings.
+pub struct Evaluator<'a> {
+    /// The executor.
+    pub be: &'a CandleBackend,
+    /// The model.
+    pub model: &'a Qwen25VL<CandleBackend>,
+    /// Its tokenizer, template and processor.
+    pub files: &'a ModelFiles,
+    /// Decides correctness.
+    pub judge: &'a (dyn Judge + Send + Sync),
+    /// Which image path builds the two images.
+    pub image_path: ImagePath,
+    /// New-token budget per turn.
+    pub max_new_tokens: usize,
+}
+
+/// The three policies, in report order: low-res-first, always high, always low.
+const STEERS: [Steer; 3] = [
+    Steer::Free,
+    Steer::ForceToolAfterThink,
+    Steer::ForceAnswerAfterThink,
+];
+
+impl Evaluator<'_> {
+    /// Evaluates `rows` (0 = all) of `ds`.
+    pub fn evaluate(&self, ds: &Dataset, rows: usize) -> Result<EvalReport> {
+        let t0 = std::time::Instant::now();
+        let n = if rows == 0 {
+            ds.examples.len()
+        } else {
+            rows.min(ds.examples.len())
+        };
+        let mut sums = Sums::default();
+        let pb = indicatif::ProgressBar::new(n as u64);
+        for i in 0..n {
+            pb.inc(1);
+            let ex = &ds.examples[i];
+            let prompt = match ds
+                .image(i)
+                .map_err(anyhow::Error::from)
+                .and_then(|img| prepare(self.files, &img, &ex.problem, self.image_path))
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    sums.skipped.push(format!("{}: {e:#}", ex.doc_id));
+                    continue;
+                }
+            };
+            let (trajs, verdicts) = self.row(ex, &prompt)?;
+            sums.add(ex, &prompt, &trajs, &verdicts);
+        }
+        pb.finish_and_clear();
+        Ok(sums.report(t0.elapsed().as_secs_f64()))
+    }
+
+    /// The three policies' episodes on one question (greedy, 2 rounds) and their verdicts
+    /// (`None`: the judge failed).
+    fn row(
+        &self,
+        ex: &Example,
+        prompt: &PreparedPrompt,
+    ) -> Result<(Vec<Trajectory>, Vec<Option<bool>>)> {
+        let cfg = RolloutConfig {
+            sampling: SamplingConfig::default(),
+            max_new_tokens: self.max_new_tokens,
+            max_rounds: 2,
+            max_images: 2,
+            record_logps: false,
         };
         let mut reqs = Vec::new();
         let mut trajs = Vec::new();
-        for steer in &steers {
-            let t = rollout_group(be, model, files, &prompt, 1, &cfg, steer, 0)
+        for steer in &STEERS {
+            let t = rollout_group(self.be, self.model, self.files, prompt, 1, &cfg, steer, 0)
                 .with_context(|| format!("row {}", ex.doc_id))?
                 .remove(0);
             reqs.push(JudgeRequest::for_question(
@@ -176,8 +196,36 @@ pub fn evaluate(
             ));
             trajs.push(t);
         }
-        let verdicts = judge_all(judge, &reqs, 3);
-        samples.push(Sample {
+        let verdicts = judge_all(self.judge, &reqs, 3)
+            .into_iter()
+            .map(|v| v.map_err(|e| eprintln!("{e}")).ok())
+            .collect();
+        Ok((trajs, verdicts))
+    }
+}
+
+/// Running sums of an evaluation.
+#[derive(Default)]
+struct Sums {
+    by: [BTreeMap<String, Acc>; 3],
+    by_source: BTreeMap<String, Acc>,
+    totals: [Acc; 3],
+    visual: usize,
+    visual_high: usize,
+    visual_low: usize,
+    skipped: Vec<String>,
+    samples: Vec<Sample>,
+}
+
+impl Sums {
+    fn add(
+        &mut self,
+        ex: &Example,
+        prompt: &PreparedPrompt,
+        trajs: &[Trajectory],
+        verdicts: &[Option<bool>],
+    ) {
+        self.samples.push(Sample {
             doc_id: ex.doc_id.clone(),
             kind: ex.kind.name().to_string(),
             data_source: ex.data_source.clone(),
@@ -186,52 +234,54 @@ pub fn evaluate(
             correct: [0, 1, 2].map(|k| verdicts[k] == Some(true)),
             full_image: [0, 1, 2].map(|k| trajs[k].used_high),
         });
-        for (k, (t, v)) in trajs.iter().zip(&verdicts).enumerate() {
+        for (k, (t, v)) in trajs.iter().zip(verdicts).enumerate() {
             let correct = *v == Some(true);
             for acc in [
-                by[k].entry(ex.kind.name().to_string()).or_default(),
-                &mut totals[k],
+                self.by[k].entry(ex.kind.name().to_string()).or_default(),
+                &mut self.totals[k],
             ] {
                 acc.add(correct, t);
             }
             if k == 0 {
-                by_source
+                self.by_source
                     .entry(ex.data_source.clone())
                     .or_default()
                     .add(correct, t);
-                visual += t.visual_tokens;
+                self.visual += t.visual_tokens;
             }
         }
-        visual_high += prompt.high_tokens;
-        visual_low += prompt.low_tokens;
+        self.visual_high += prompt.high_tokens;
+        self.visual_low += prompt.low_tokens;
     }
-    pb.finish_and_clear();
-    let evaluated = totals[0].n.max(1) as f64;
-    let [free, high, low] = totals.map(|a| a.report());
-    let rep = |m: &BTreeMap<String, Acc>| {
-        m.iter()
-            .map(|(k, a)| (k.clone(), a.report()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let vt = visual as f64 / evaluated;
-    let vth = visual_high as f64 / evaluated;
-    Ok(EvalReport {
-        by_kind: rep(&by[0]),
-        accuracy: free.accuracy,
-        visual_tokens: vt,
-        visual_tokens_always_high: vth,
-        accuracy_always_high: high.accuracy,
-        accuracy_always_low: low.accuracy,
-        visual_tokens_always_low: visual_low as f64 / evaluated,
-        visual_tokens_ratio: vt / vth.max(1e-9),
-        accuracy_vs_always_high: free.accuracy / high.accuracy.max(1e-9),
-        by_source: rep(&by_source),
-        always_low_by_kind: rep(&by[2]),
-        always_high_by_kind: rep(&by[1]),
-        skipped,
-        seconds: t0.elapsed().as_secs_f64(),
-        samples,
-    })
+
+    fn report(self, seconds: f64) -> EvalReport {
+        let evaluated = self.totals[0].n.max(1) as f64;
+        let [free, high, low] = self.totals.map(|a| a.report());
+        let rep = |m: &BTreeMap<String, Acc>| {
+            m.iter()
+                .map(|(k, a)| (k.clone(), a.report()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let vt = self.visual as f64 / evaluated;
+        let vth = self.visual_high as f64 / evaluated;
+        EvalReport {
+            by_kind: rep(&self.by[0]),
+            accuracy: free.accuracy,
+            visual_tokens: vt,
+            visual_tokens_always_high: vth,
+            accuracy_always_high: high.accuracy,
+            accuracy_always_low: low.accuracy,
+            visual_tokens_always_low: self.visual_low as f64 / evaluated,
+            visual_tokens_ratio: vt / vth.max(1e-9),
+            accuracy_vs_always_high: free.accuracy / high.accuracy.max(1e-9),
+            by_source: rep(&self.by_source),
+            always_low_by_kind: rep(&self.by[2]),
+            always_high_by_kind: rep(&self.by[1]),
+            skipped: self.skipped,
+            seconds,
+            samples: self.samples,
+        }
+    }
 }
 
 /// One checkpoint of a run evaluated on a validation set (`visionthink-train select`).

@@ -8,16 +8,21 @@
 //! ```no_run
 //! use visionthink_train::config::TrainConfig;
 //! let cfg = TrainConfig::load(Some(std::path::Path::new("native-trainer/configs/synth-grpo.toml")), &["run.steps=2".into()])?;
-//! visionthink_train::train::grpo(&cfg, false, None)?;
+//! visionthink_train::train::grpo(&cfg, false, &Default::default())?;
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod data_sources;
 pub mod eval;
+pub mod files;
 pub mod fused;
 pub mod grpo;
+pub mod grpo_phase;
+pub mod jsonl_data;
+pub mod metrics;
 pub mod optim;
 #[cfg(feature = "parquet")]
 pub mod parquet_data;
@@ -25,5 +30,7 @@ pub mod plots;
 pub mod policy;
 pub mod rng;
 pub mod rollout;
+pub mod run;
+pub mod sft_phase;
 pub mod synth;
 pub mod train;

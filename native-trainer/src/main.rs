@@ -2,9 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
-use visionthink_train::config::TrainConfig;
+use std::path::{Path, PathBuf};
+use visionthink_train::config::{Phase, TrainConfig};
 use visionthink_train::data::{BadRows, Dataset};
+use visionthink_train::files::write_atomic;
+use visionthink_train::policy::SaveDtype;
 use visionthink_train::rollout::ImagePath;
 use visionthink_train::{eval, synth, train};
 
@@ -76,7 +78,7 @@ enum Cmd {
         out: PathBuf,
         /// Weight dtype.
         #[arg(long, value_enum, default_value = "bf16")]
-        dtype: visionthink_train::policy::SaveDtype,
+        dtype: SaveDtype,
     },
     /// Draws the PNG curves of a run folder's metrics.jsonl into it.
     Plot {
@@ -160,54 +162,23 @@ fn run(cli: Cli) -> Result<()> {
             out,
             fine_fraction,
             size,
-        } => {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&fine_fraction),
-                "--fine-fraction must be in [0, 1]"
-            );
-            anyhow::ensure!((56..=4096).contains(&size), "--size must be in [56, 4096]");
-            let rows = synth::generate(&synth::SynthConfig {
+        } => cmd_synth(
+            synth::SynthConfig {
                 seed,
                 count,
                 fine_fraction,
                 size,
-            });
-            visionthink_train::data::write_jsonl_set(&out, &rows)?;
-            let fine = rows
-                .iter()
-                .filter(|(e, _)| e.kind == visionthink_train::data::Kind::Fine)
-                .count();
-            println!(
-                "{}",
-                serde_json::json!({"out": out, "count": rows.len(), "fine": fine, "coarse": rows.len() - fine})
-            );
-        }
-        Cmd::Sft(a) => {
-            let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
-            train::sft(&cfg, a.resume, a.fail_at_step)?;
-        }
-        Cmd::Train(a) => {
-            let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
-            train::grpo(&cfg, a.resume, a.fail_at_step)?;
-        }
-        Cmd::Export { from, out, dtype } => {
-            let policy = visionthink_train::policy::Policy::load(&from)?;
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            let mut total = 0;
-            for (name, bytes) in policy.hf_files(dtype)? {
-                total += bytes.len();
-                visionthink_train::checkpoint::write_atomic(&out.join(&name), &bytes)?;
-            }
-            println!(
-                "{}",
-                serde_json::json!({"out": out, "bytes": total, "parameters": policy.num_params()})
-            );
-        }
+            },
+            &out,
+        ),
+        Cmd::Sft(a) => cmd_phase(Phase::Sft, a),
+        Cmd::Train(a) => cmd_phase(Phase::Grpo, a),
+        Cmd::Export { from, out, dtype } => cmd_export(&from, &out, dtype),
         Cmd::Plot { run } => {
             for p in visionthink_train::plots::write_curves(&run)? {
                 println!("{}", p.display());
             }
+            Ok(())
         }
         Cmd::Eval {
             model_dir,
@@ -215,73 +186,131 @@ fn run(cli: Cli) -> Result<()> {
             json,
             opts,
             out,
-        } => {
-            let ds = open_eval_data(&data, opts.bad_rows)?;
-            let (name, report) = evaluate(model_dir.as_deref(), &ds, &opts)?;
-            if let Some(dir) = out {
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create {}", dir.display()))?;
-                visionthink_train::checkpoint::write_atomic(
-                    &dir.join("report.json"),
-                    serde_json::to_string_pretty(&report)?.as_bytes(),
-                )?;
-                visionthink_train::checkpoint::write_atomic(
-                    &dir.join("report.md"),
-                    eval::markdown(
-                        &report,
-                        &format!("Evaluation of {name} on {}", data.display()),
-                    )
-                    .as_bytes(),
-                )?;
-                let mut lines = String::new();
-                for s in &report.samples {
-                    lines.push_str(&serde_json::to_string(s)?);
-                    lines.push('\n');
-                }
-                visionthink_train::checkpoint::write_atomic(
-                    &dir.join("samples.jsonl"),
-                    lines.as_bytes(),
-                )?;
-            }
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!(
-                    "{}",
-                    eval::markdown(
-                        &report,
-                        &format!("Evaluation of {name} on {}", data.display())
-                    )
-                );
-            }
-        }
-        Cmd::Select { run, data, opts } => {
-            let ds = open_eval_data(&data, opts.bad_rows)?;
-            let ckpts = visionthink_train::checkpoint::checkpoints(&run)?;
-            anyhow::ensure!(
-                !ckpts.is_empty(),
-                "{} holds no complete checkpoint (step-N folder with trainer_state.json)",
-                run.display()
-            );
-            let mut cands = Vec::new();
-            for (step, dir) in ckpts {
-                let (_, r) = evaluate(Some(&dir), &ds, &opts)?;
-                let c = eval::Candidate::from_report(dir, step, &r);
-                eprintln!("{}", serde_json::to_string(&c)?);
-                cands.push(c);
-            }
-            eval::rank(&mut cands);
-            let best = cands[0].checkpoint.clone();
-            visionthink_train::checkpoint::write_atomic(
-                &run.join("select.json"),
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"data": data, "best": best, "ranked": cands}),
-                )?
-                .as_bytes(),
-            )?;
-            println!("{}", best.display());
-        }
+        } => cmd_eval(model_dir.as_deref(), &data, json, &opts, out.as_deref()),
+        Cmd::Select { run, data, opts } => cmd_select(&run, &data, &opts),
     }
+}
+
+/// `synth`.
+fn cmd_synth(cfg: synth::SynthConfig, out: &Path) -> Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&cfg.fine_fraction),
+        "--fine-fraction must be in [0, 1]"
+    );
+    anyhow::ensure!(
+        (56..=4096).contains(&cfg.size),
+        "--size must be in [56, 4096]"
+    );
+    let rows = synth::generate(&cfg);
+    visionthink_train::jsonl_data::write_jsonl_set(out, &rows)?;
+    let fine = rows
+        .iter()
+        .filter(|(e, _)| e.kind == visionthink_train::data::Kind::Fine)
+        .count();
+    println!(
+        "{}",
+        serde_json::json!({"out": out, "count": rows.len(), "fine": fine, "coarse": rows.len() - fine})
+    );
+    Ok(())
+}
+
+/// `sft` and `train`. `--fail-at-step N` ends the process with status 3 right after step N's
+/// update, before its checkpoint (the fault tests' SIGKILL between steps).
+fn cmd_phase(phase: Phase, a: RunArgs) -> Result<()> {
+    let cfg = TrainConfig::load(a.config.as_deref(), &a.overrides)?;
+    let fail_at = a.fail_at_step;
+    let die = move |_: Phase, step: usize| {
+        if fail_at == Some(step) {
+            std::process::exit(3);
+        }
+    };
+    let hooks = train::Hooks {
+        after_update: fail_at.map(|_| &die as &dyn Fn(Phase, usize)),
+    };
+    match phase {
+        Phase::Sft => train::sft(&cfg, a.resume, &hooks),
+        Phase::Grpo => train::grpo(&cfg, a.resume, &hooks),
+    }
+}
+
+/// `export`.
+fn cmd_export(from: &Path, out: &Path, dtype: SaveDtype) -> Result<()> {
+    let policy = visionthink_train::policy::Policy::load(from)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut total = 0;
+    for (name, bytes) in policy.hf_files(dtype)? {
+        total += bytes.len();
+        write_atomic(&out.join(&name), &bytes)?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"out": out, "bytes": total, "parameters": policy.num_params()})
+    );
+    Ok(())
+}
+
+/// `eval`.
+fn cmd_eval(
+    model_dir: Option<&Path>,
+    data: &Path,
+    json: bool,
+    opts: &EvalOpts,
+    out: Option<&Path>,
+) -> Result<()> {
+    let ds = open_eval_data(data, opts.bad_rows)?;
+    let (name, report) = evaluate(model_dir, &ds, opts)?;
+    let title = format!("Evaluation of {name} on {}", data.display());
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        write_atomic(
+            &dir.join("report.md"),
+            eval::markdown(&report, &title).as_bytes(),
+        )?;
+        let mut lines = String::new();
+        for s in &report.samples {
+            lines.push_str(&serde_json::to_string(s)?);
+            lines.push('\n');
+        }
+        write_atomic(&dir.join("samples.jsonl"), lines.as_bytes())?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", eval::markdown(&report, &title));
+    }
+    Ok(())
+}
+
+/// `select`.
+fn cmd_select(run: &Path, data: &Path, opts: &EvalOpts) -> Result<()> {
+    let ds = open_eval_data(data, opts.bad_rows)?;
+    let ckpts = visionthink_train::checkpoint::checkpoints(run)?;
+    anyhow::ensure!(
+        !ckpts.is_empty(),
+        "{} holds no complete checkpoint (step-N folder with trainer_state.json)",
+        run.display()
+    );
+    let mut cands = Vec::new();
+    for (step, dir) in ckpts {
+        let (_, r) = evaluate(Some(&dir), &ds, opts)?;
+        let c = eval::Candidate::from_report(dir, step, &r);
+        eprintln!("{}", serde_json::to_string(&c)?);
+        cands.push(c);
+    }
+    eval::rank(&mut cands);
+    let best = cands[0].checkpoint.clone();
+    write_atomic(
+        &run.join("select.json"),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"data": data, "best": best, "ranked": cands}),
+        )?
+        .as_bytes(),
+    )?;
+    println!("{}", best.display());
     Ok(())
 }
 
@@ -305,15 +334,14 @@ fn evaluate(
         ImagePathArg::Training => ImagePath::Training,
         ImagePathArg::Inference => ImagePath::Inference,
     };
-    let report = eval::evaluate(
-        &be,
-        &model,
-        &files,
-        ds,
-        &visionthink_core::judge::RuleJudge,
-        opts.rows,
-        ip,
-        opts.max_new_tokens,
-    )?;
+    let evaluator = eval::Evaluator {
+        be: &be,
+        model: &model,
+        files: &files,
+        judge: &visionthink_core::judge::RuleJudge,
+        image_path: ip,
+        max_new_tokens: opts.max_new_tokens,
+    };
+    let report = evaluator.evaluate(ds, opts.rows)?;
     Ok((name, report))
 }

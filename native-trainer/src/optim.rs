@@ -2,83 +2,11 @@
 //! rate schedule (candle's `AdamW` has none of the last three and keeps moments in the
 //! parameter dtype). Non-finite gradients are detected before anything is changed.
 
+pub use crate::config::{OptimConfig, Schedule};
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
-use serde::{Deserialize, Serialize};
 use visionthink_model::candle_backend::SparseRows;
-
-/// Learning-rate schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    /// Constant after warm-up (official).
-    #[default]
-    Constant,
-    /// Cosine decay to `min_lr_ratio · lr` after warm-up.
-    Cosine,
-}
-
-/// Optimizer settings (defaults: SPEC §7).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimConfig {
-    /// Peak learning rate (1e-6).
-    pub lr: f64,
-    /// β₁ (0.9).
-    pub beta1: f64,
-    /// β₂ (0.999).
-    pub beta2: f64,
-    /// ε (1e-8).
-    pub eps: f64,
-    /// Decoupled weight decay (0.01).
-    pub weight_decay: f64,
-    /// Global gradient-norm clip (1.0; 0 = off).
-    pub grad_clip: f64,
-    /// Linear warm-up steps.
-    pub warmup_steps: usize,
-    /// Schedule after warm-up.
-    pub schedule: Schedule,
-    /// Floor of the cosine schedule, as a fraction of `lr`.
-    pub min_lr_ratio: f64,
-    /// Optimizer steps the cosine schedule spans.
-    pub total_steps: usize,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            lr: 1e-6,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            grad_clip: 1.0,
-            warmup_steps: 0,
-            schedule: Schedule::Constant,
-            min_lr_ratio: 0.0,
-            total_steps: 0,
-        }
-    }
-}
-
-impl OptimConfig {
-    /// Learning rate at optimizer step `t` (0-based).
-    pub fn lr_at(&self, t: usize) -> f64 {
-        if t < self.warmup_steps {
-            return self.lr * (t + 1) as f64 / self.warmup_steps as f64;
-        }
-        match self.schedule {
-            Schedule::Constant => self.lr,
-            Schedule::Cosine => {
-                let span = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-                let p = ((t - self.warmup_steps) as f64 / span as f64).min(1.0);
-                let floor = self.lr * self.min_lr_ratio;
-                floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
-            }
-        }
-    }
-}
 
 /// Accumulated gradients of the parameters (sums over micro-batches). Dense gradients come
 /// from candle's `GradStore`; rows gathered by a sparse-gradient backend

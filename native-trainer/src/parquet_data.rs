@@ -11,6 +11,10 @@ use arrow_array::{
 };
 use std::path::Path;
 
+/// The Parquet format (the `parquet` feature).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parquet;
+
 fn string_at(col: &ArrayRef, i: usize) -> Option<String> {
     if col.is_null(i) {
         return None;
@@ -107,23 +111,14 @@ fn rows_of(
                 bytes,
             ))
         })();
-        match parsed {
-            Ok((ex, bytes)) => {
-                out.examples.push(ex);
-                out.inline_images.push(Some(bytes));
-            }
-            Err(reason) => {
-                let e = DataError::Row {
-                    path: file.display().to_string(),
-                    line: row,
-                    reason,
-                };
-                match bad {
-                    BadRows::Fail => return Err(e),
-                    BadRows::Skip => out.skipped.push(e.to_string()),
-                }
-            }
-        }
+        let row = parsed
+            .map(|(ex, bytes)| (ex, Some(bytes)))
+            .map_err(|reason| DataError::Row {
+                path: file.display().to_string(),
+                line: row,
+                reason,
+            });
+        out.push_row(row, bad)?;
     }
     Ok(())
 }
@@ -174,17 +169,9 @@ fn read_rows<R: parquet::file::reader::ChunkReader + 'static>(
 /// ```
 pub fn from_bytes(label: &str, bytes: Vec<u8>, bad: BadRows) -> Result<Dataset, DataError> {
     let path = Path::new(label);
-    let mut ds = Dataset {
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        examples: Vec::new(),
-        skipped: Vec::new(),
-        inline_images: Vec::new(),
-    };
+    let mut ds = Dataset::empty(path.parent().map(Path::to_path_buf).unwrap_or_default());
     read_rows(bytes::Bytes::from(bytes), path, bad, &mut ds)?;
-    if ds.examples.is_empty() {
-        return Err(DataError::Empty(label.to_string()));
-    }
-    Ok(ds)
+    ds.non_empty(label)
 }
 
 /// Reads every `*.parquet` file of `dir` (sorted by name), or one file.
@@ -205,20 +192,12 @@ pub fn open(path: &Path, bad: BadRows) -> Result<Dataset, DataError> {
     } else {
         vec![path.to_path_buf()]
     };
-    let mut ds = Dataset {
-        dir: path.to_path_buf(),
-        examples: Vec::new(),
-        skipped: Vec::new(),
-        inline_images: Vec::new(),
-    };
+    let mut ds = Dataset::empty(path.to_path_buf());
     for f in &files {
         let file = std::fs::File::open(f).map_err(|e| io(f, &e))?;
         read_rows(file, f, bad, &mut ds)?;
     }
-    if ds.examples.is_empty() {
-        return Err(DataError::Empty(path.display().to_string()));
-    }
-    Ok(ds)
+    ds.non_empty(&path.display().to_string())
 }
 
 #[cfg(test)]

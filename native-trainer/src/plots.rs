@@ -91,7 +91,7 @@ fn series(lines: &[Value], phase: &str, name: &str, get: impl Fn(&Value) -> Opti
 
 /// Writes the curves of `run_dir/metrics.jsonl` into `run_dir`; returns the files written.
 pub fn write_curves(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let p = run_dir.join(crate::train::METRICS);
+    let p = run_dir.join(crate::metrics::METRICS);
     let text =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let lines: Vec<Value> = text

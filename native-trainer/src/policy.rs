@@ -2,6 +2,9 @@
 //! loaded from an HF folder, and saved back as an HF folder (safetensors + config + tokenizer
 //! files) that the SDK, the CLI and the browser load unchanged.
 
+use crate::checkpoint::model_dir;
+pub use crate::config::Arch;
+pub use crate::files::{serialize_bf16, serialize_f32};
 use crate::rng::Rng;
 use anyhow::{bail, Context, Result};
 use candle_core::Var;
@@ -11,123 +14,6 @@ use visionthink_core::config::ModelConfig;
 use visionthink_core::model_files::{ModelFiles, MODEL_FILES};
 use visionthink_model::graph::{checkpoint_layout, InitKind};
 use visionthink_model::{CandleBackend, Qwen25VL, WeightStore};
-
-/// The size of a model trained from scratch (everything else is Qwen2.5-VL's).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Arch {
-    /// Decoder width.
-    pub hidden_size: usize,
-    /// Decoder layers.
-    pub layers: usize,
-    /// Attention heads.
-    pub heads: usize,
-    /// Key/value heads (GQA).
-    pub kv_heads: usize,
-    /// MLP width.
-    pub intermediate_size: usize,
-    /// Vision tower width.
-    pub vision_hidden_size: usize,
-    /// Vision blocks.
-    pub vision_depth: usize,
-    /// Vision heads.
-    pub vision_heads: usize,
-    /// Vision MLP width.
-    pub vision_intermediate_size: usize,
-    /// Std of the random initialisation.
-    pub init_std: f64,
-    /// Context length.
-    pub max_position_embeddings: usize,
-}
-
-impl Default for Arch {
-    fn default() -> Self {
-        Self {
-            hidden_size: 64,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            intermediate_size: 128,
-            vision_hidden_size: 64,
-            vision_depth: 2,
-            vision_heads: 4,
-            vision_intermediate_size: 128,
-            init_std: 0.02,
-            max_position_embeddings: 4096,
-        }
-    }
-}
-
-impl Arch {
-    /// `config.json` in the transformers 5 (nested) layout.
-    pub fn config_json(&self) -> Result<String> {
-        let head_dim = self.hidden_size / self.heads.max(1);
-        if self.heads == 0 || self.hidden_size % self.heads != 0 || head_dim % 2 != 0 {
-            bail!(
-                "hidden_size {} must split into an even head size over {} heads",
-                self.hidden_size,
-                self.heads
-            );
-        }
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
-            bail!(
-                "heads {} must be a multiple of kv_heads {}",
-                self.heads,
-                self.kv_heads
-            );
-        }
-        // M-RoPE sections (t, h, w) over head_dim / 2 frequencies, in Qwen2.5-VL's 1:1.5:1.5 ratio.
-        let half = head_dim / 2;
-        let t = (half as f64 / 4.0).round().max(1.0) as usize;
-        let h = (half - t) / 2;
-        let w = half - t - h;
-        let v = serde_json::json!({
-            "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-            "image_token_id": 151655,
-            "model_type": "qwen2_5_vl",
-            "tie_word_embeddings": true,
-            "video_token_id": 151656,
-            "vision_end_token_id": 151653,
-            "vision_start_token_id": 151652,
-            "text_config": {
-                "bos_token_id": 151643,
-                "eos_token_id": 151645,
-                "hidden_act": "silu",
-                "hidden_size": self.hidden_size,
-                "initializer_range": self.init_std,
-                "intermediate_size": self.intermediate_size,
-                "max_position_embeddings": self.max_position_embeddings,
-                "model_type": "qwen2_5_vl_text",
-                "num_attention_heads": self.heads,
-                "num_hidden_layers": self.layers,
-                "num_key_value_heads": self.kv_heads,
-                "rms_norm_eps": 1e-6,
-                "rope_parameters": {"mrope_section": [t, h, w], "rope_theta": 1000000.0, "rope_type": "default"},
-                "tie_word_embeddings": true,
-                "use_cache": true,
-                "vocab_size": 151936
-            },
-            "vision_config": {
-                "depth": self.vision_depth,
-                "fullatt_block_indexes": [self.vision_depth.saturating_sub(1)],
-                "hidden_act": "silu",
-                "hidden_size": self.vision_hidden_size,
-                "in_channels": 3,
-                "initializer_range": self.init_std,
-                "intermediate_size": self.vision_intermediate_size,
-                "model_type": "qwen2_5_vl_vision",
-                "num_heads": self.vision_heads,
-                "out_hidden_size": self.hidden_size,
-                "patch_size": 14,
-                "spatial_merge_size": 2,
-                "temporal_patch_size": 2,
-                "tokens_per_second": 2,
-                "window_size": 112
-            }
-        });
-        Ok(serde_json::to_string_pretty(&v)?)
-    }
-}
 
 /// The training device: `VISIONTHINK_DEVICE=cuda` (with the `cuda` feature) trains on the first
 /// GPU with f32 master weights; the CPU otherwise.
@@ -274,7 +160,7 @@ impl Policy {
                 failed.get_or_insert(e);
                 t.clone()
             }
-        });
+        })?;
         if let Some(e) = failed {
             bail!("cannot cast the weights to {dt:?}: {e}");
         }
@@ -298,12 +184,12 @@ impl Policy {
 
     /// A frozen view for generation: shares the weights' storage (it sees every optimizer
     /// update) but records no autograd graph and uses the fused inference kernels.
-    pub fn frozen(&self) -> (CandleBackend, Qwen25VL<CandleBackend>) {
-        let model = self.model.map_weights(&mut |t| t.detach());
-        (
+    pub fn frozen(&self) -> Result<(CandleBackend, Qwen25VL<CandleBackend>)> {
+        let model = self.model.map_weights(&mut |t| t.detach())?;
+        Ok((
             CandleBackend::new(self.be.device.clone(), candle_core::DType::F32),
             model,
-        )
+        ))
     }
 
     /// The HF folder files (`model.safetensors` in `dtype`, config, tokenizer, …) as bytes.
@@ -341,56 +227,7 @@ pub enum SaveDtype {
     Bf16,
 }
 
-fn serialize_with(
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    dtype: safetensors::Dtype,
-    encode: fn(&[f32]) -> Vec<u8>,
-) -> Result<Vec<u8>> {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.clone(), s.clone(), encode(d)))
-        .collect();
-    let views = encoded
-        .iter()
-        .map(|(n, s, b)| {
-            Ok((
-                n.clone(),
-                safetensors::tensor::TensorView::new(dtype, s.clone(), b)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    Ok(safetensors::serialize(views, Some(meta))?)
-}
-
-/// Safetensors bytes of f32 tensors.
-pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
-    serialize_with(tensors, safetensors::Dtype::F32, |d| {
-        d.iter().flat_map(|x| x.to_le_bytes()).collect()
-    })
-}
-
-/// Safetensors bytes of tensors rounded to bf16.
-pub fn serialize_bf16(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
-    serialize_with(tensors, safetensors::Dtype::BF16, |d| {
-        d.iter()
-            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-            .collect()
-    })
-}
-
-/// A model folder, or a training run's output folder (its `latest` checkpoint).
-pub fn model_dir(dir: &Path) -> Result<std::path::PathBuf> {
-    if !dir.join("config.json").exists() {
-        if let Some((ckpt, _)) = crate::checkpoint::latest_intact(dir)? {
-            return Ok(ckpt);
-        }
-    }
-    Ok(dir.to_path_buf())
-}
-
-/// Loads a model folder (or a run folder, see [`model_dir`]) for inference (no autograd):
+/// Loads a model folder (or a run folder, see [`checkpoint::model_dir`](crate::checkpoint::model_dir)) for inference (no autograd):
 /// `(name, backend, model, files)`; `None` is the shipped model embedded in the SDK.
 pub fn load_frozen(
     dir: Option<&Path>,

@@ -3,6 +3,7 @@
 //! resize call appends the tool turn with the full image (its vision features computed once per
 //! group) to that rollout's cache.
 
+pub use crate::config::ImagePath;
 use crate::data::Kind;
 use anyhow::{Context, Result};
 use visionthink_core::driver::TurnDecoder;
@@ -13,17 +14,6 @@ use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::sampling::{Sampler, SamplingConfig};
 use visionthink_core::tokens;
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL};
-
-/// Which SPEC §4 image path builds the two images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImagePath {
-    /// Clamp the area into [512², 2048²], halve; full = 2× the half (the official training path).
-    #[default]
-    Training,
-    /// Halve the original; the tool returns the original (the evaluation path).
-    Inference,
-}
 
 /// A prompt ready to roll out: its turn-1 ids and both images' pixels.
 #[derive(Debug, Clone)]
@@ -430,7 +420,7 @@ pub fn rollout_group(
         prompt,
         cfg,
         steer: *steer,
-        eos: tokens::stop_ids(files.generation.as_ref()),
+        eos: visionthink_core::config::stop_ids(files.generation.as_ref()),
         high_feats: None,
     };
     let mut lives: Vec<Live> = (0..n)

@@ -104,7 +104,7 @@ pub fn draw(
     })
 }
 
-/// Generates the examples and their images (not written anywhere: see [`crate::data::write_jsonl_set`]).
+/// Generates the examples and their images (not written anywhere: see [`crate::jsonl_data::write_jsonl_set`]).
 pub fn generate(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
     let mut rng = Rng::new(cfg.seed ^ 0x5EED_5EED);
     (0..cfg.count)
