@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 use visionthink_core::config::ModelConfig;
 use visionthink_core::rope::rope_index;
+use visionthink_model::wgpu_backend::WeightStorage;
 use visionthink_model::{Backend, CandleBackend, Qwen25VL, WeightStore, WgpuBackend, WgpuOptions};
 
 const CONFIG: &str = r#"{
@@ -178,7 +179,11 @@ fn main() {
     let mut rows = Vec::new();
     for int8 in [false, true] {
         let gpu = WgpuBackend::new_blocking(WgpuOptions {
-            int8_weights: int8,
+            weights: if int8 {
+                WeightStorage::Int8
+            } else {
+                WeightStorage::F32
+            },
             ..Default::default()
         })
         .expect("wgpu adapter (WGPU_BACKEND=vulkan with mesa-vulkan-drivers)");

@@ -2,7 +2,7 @@
 //! a short fused sequence) on a GPU, and a few tensor ops on candle. The graph in
 //! [`crate::graph`] calls only these, so every executor runs the same graph in the same order.
 
-use crate::Result;
+use crate::error::Result;
 
 /// Which keys each query may attend to.
 #[derive(Debug, Clone, PartialEq, Eq)]

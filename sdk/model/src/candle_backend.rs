@@ -3,7 +3,7 @@
 //! return no gradient), so the trainer can backpropagate through the same graph.
 
 use crate::backend::{Backend, Mask};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use std::sync::Mutex;
 

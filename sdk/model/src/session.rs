@@ -3,8 +3,8 @@
 //! the backend (and model) that filled it.
 
 use crate::backend::Backend;
+use crate::error::{Error, Result};
 use crate::graph::{KvCache, Qwen25VL};
-use crate::{Error, Result};
 use visionthink_core::image::PixelValues;
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 

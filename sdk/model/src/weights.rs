@@ -1,7 +1,7 @@
 //! Reading HF safetensors checkpoints (single file or sharded with `model.safetensors.index.json`),
 //! memory-mapped natively or from bytes (browsers), with bf16/f16/f32 upcast exactly to f32.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -7,6 +7,7 @@
 mod common;
 
 use std::sync::OnceLock;
+use visionthink_model::wgpu_backend::WeightStorage;
 use visionthink_model::{Backend, CandleBackend, Mask, WgpuBackend, WgpuOptions};
 
 /// One device for all tests of this binary (device creation on lavapipe takes a while).
@@ -262,28 +263,28 @@ fn chunked_and_int8_weights() {
             ..Default::default()
         },
         WgpuOptions {
-            int8_weights: true,
+            weights: WeightStorage::Int8,
             chunk_bytes: Some(16 * 1024),
             ..Default::default()
         },
         // f16 storage, chunked, through both matrix-vector kernels.
         WgpuOptions {
-            f16_weights: true,
+            weights: WeightStorage::F16,
             chunk_bytes: Some(16 * 1024),
             software_kernels: Some(false),
             ..Default::default()
         },
         WgpuOptions {
-            f16_weights: true,
+            weights: WeightStorage::F16,
             software_kernels: Some(true),
             ..Default::default()
         },
     ] {
         // A second device with these options.
         let g = WgpuBackend::new_blocking(opts).unwrap();
-        let tol = if opts.int8_weights {
+        let tol = if opts.weights == WeightStorage::Int8 {
             2e-2
-        } else if opts.f16_weights {
+        } else if opts.weights == WeightStorage::F16 {
             2e-3
         } else {
             1e-5
@@ -347,14 +348,14 @@ fn reduced_precision_weights_accuracy_cost() {
         (
             "int8",
             WgpuOptions {
-                int8_weights: true,
+                weights: WeightStorage::Int8,
                 ..Default::default()
             },
         ),
         (
             "f16",
             WgpuOptions {
-                f16_weights: true,
+                weights: WeightStorage::F16,
                 ..Default::default()
             },
         ),

@@ -4,84 +4,17 @@
 //! (`model.visual.*` / `model.language_model.*`, and the older `visual.*` / `model.*`).
 
 use crate::backend::{Backend, Mask};
+use crate::error::{Error, Result};
 use crate::weights::WeightStore;
-use crate::{Error, Result};
 use visionthink_core::config::ModelConfig;
 use visionthink_core::rope::Positions;
 
 mod params;
 
-pub use params::{checkpoint_layout, InitKind, TensorSpec};
-
-/// A linear layer's tensors.
-#[derive(Debug, Clone)]
-pub struct Linear<T> {
-    /// `[out, in]`.
-    pub w: T,
-    /// `[out]`.
-    pub b: Option<T>,
-}
-
-impl<T> Linear<T> {
-    fn forward<B: Backend<Tensor = T>>(&self, be: &B, x: &T) -> Result<T> {
-        be.linear(x, &self.w, self.b.as_ref())
-    }
-}
-
-/// One vision block.
-#[derive(Debug, Clone)]
-pub struct VisionBlock<T> {
-    norm1: T,
-    norm2: T,
-    q: Linear<T>,
-    k: Linear<T>,
-    v: Linear<T>,
-    proj: Linear<T>,
-    gate: Linear<T>,
-    up: Linear<T>,
-    down: Linear<T>,
-    full_attention: bool,
-}
-
-/// The vision tower.
-#[derive(Debug, Clone)]
-pub struct VisionTower<T> {
-    patch_embed: T,
-    blocks: Vec<VisionBlock<T>>,
-    merger_norm: T,
-    merger_fc1: Linear<T>,
-    merger_fc2: Linear<T>,
-    dim: usize,
-    heads: usize,
-    merge: usize,
-    window_size: usize,
-    patch_size: usize,
-    rope_theta: f32,
-}
-
-/// One decoder layer.
-#[derive(Debug, Clone)]
-pub struct DecoderLayer<T> {
-    input_norm: T,
-    post_norm: T,
-    q: Linear<T>,
-    k: Linear<T>,
-    v: Linear<T>,
-    o: Linear<T>,
-    gate: Linear<T>,
-    up: Linear<T>,
-    down: Linear<T>,
-}
-
-/// The decoder's tensors.
-#[derive(Debug, Clone)]
-pub struct TextWeights<T> {
-    embed: T,
-    layers: Vec<DecoderLayer<T>>,
-    norm: T,
-    /// The embedding again when tied.
-    lm_head: T,
-}
+pub use params::{
+    checkpoint_layout, DecoderLayer, InitKind, Linear, TensorSpec, TextWeights, VisionBlock,
+    VisionTower,
+};
 
 /// The whole model.
 #[derive(Debug, Clone)]
@@ -350,9 +283,51 @@ impl<B: Backend> Qwen25VL<B> {
                 "lm_head.weight (config says tie_word_embeddings = false)".into(),
             ));
         }
-        let (vision, text) = params::walk::<B::Tensor, B::Tensor>(cfg, tied, None, &mut |v| {
-            params::load_parts(be, store, &v.spec, v.parts)
+        // The walk names every tensor; the blocks are then read and created one tensor at a
+        // time in the loader's creation order, and a second walk puts them in place.
+        let mut specs = Vec::new();
+        let slots = params::walk::<(), params::Slot>(cfg, tied, None, &mut |v| {
+            let e = specs.len();
+            let parts = v.parts;
+            specs.push((v.spec, parts));
+            Ok((0..parts).map(|p| (e, p)).collect())
         })?;
+        let mut made: Vec<Vec<Option<B::Tensor>>> = specs
+            .iter()
+            .map(|(_, n)| (0..*n).map(|_| None).collect())
+            .collect();
+        let mut read: Vec<Vec<Option<params::Block>>> = vec![Vec::new(); specs.len()];
+        for (e, p) in params::creation_order(&specs) {
+            if read[e].is_empty() {
+                let (spec, parts) = &specs[e];
+                read[e] = params::read_parts(store, spec, *parts)?
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+            }
+            let missing = || Error::MissingTensor(specs[e].0.name.clone());
+            let (data, shape) = read[e]
+                .get_mut(p)
+                .and_then(Option::take)
+                .ok_or_else(missing)?;
+            made[e][p] = Some(be.weight(data, &shape)?);
+        }
+        let (vision, text) = params::walk::<params::Slot, B::Tensor>(
+            cfg,
+            tied,
+            Some((&slots.0, &slots.1)),
+            &mut |v| {
+                v.old
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|&(e, p)| {
+                        made[e][p]
+                            .take()
+                            .ok_or_else(|| Error::MissingTensor(format!("row block {e}.{p}")))
+                    })
+                    .collect()
+            },
+        )?;
         Ok(Self {
             cfg: cfg.clone(),
             vision,
@@ -510,5 +485,63 @@ impl<B: Backend> Qwen25VL<B> {
         let n = be.shape(hidden)[0];
         let last = be.narrow_rows(hidden, n - 1, 1)?;
         be.to_vec(&self.logits(be, &last)?)
+    }
+}
+
+impl<B: Backend> Qwen25VL<B> {
+    fn walk_self<'s, T: Clone>(
+        &'s self,
+        f: &mut params::Visitor<'_, 's, B::Tensor, T>,
+    ) -> Result<(VisionTower<T>, TextWeights<T>)> {
+        params::walk(&self.cfg, self.tied, Some((&self.vision, &self.text)), f)
+    }
+
+    /// The model's tensors in the order and under the names of [`checkpoint_layout`], each as
+    /// the row blocks it is made of (the vision `qkv` is held as three separate projections).
+    pub fn export_parts(&self) -> Result<Vec<(TensorSpec, Vec<B::Tensor>)>> {
+        let mut out = Vec::new();
+        self.walk_self::<()>(&mut |v| {
+            let parts: Vec<B::Tensor> = v.old.unwrap_or_default().into_iter().cloned().collect();
+            let n = v.parts;
+            out.push((v.spec, parts));
+            Ok(vec![(); n])
+        })?;
+        Ok(out)
+    }
+
+    /// The model's weights as f32 values in HF names and shapes, ready for safetensors.
+    pub fn export(&self, be: &B) -> Result<Vec<(TensorSpec, Vec<f32>)>> {
+        self.export_parts()?
+            .into_iter()
+            .map(|(spec, parts)| {
+                let mut data = Vec::with_capacity(spec.shape.iter().product());
+                for p in &parts {
+                    data.extend(be.to_vec(p)?);
+                }
+                if data.len() != spec.shape.iter().product::<usize>() {
+                    return Err(Error::Shape {
+                        name: spec.name.clone(),
+                        expected: spec.shape.clone(),
+                        found: vec![data.len()],
+                    });
+                }
+                Ok((spec, data))
+            })
+            .collect()
+    }
+
+    /// The same model with every weight passed through `f` (e.g. candle's `detach`, which
+    /// shares the storage: a frozen view of trainable weights that follows their updates, for
+    /// fast rollouts without autograd bookkeeping). A tied head stays the embedding.
+    pub fn map_weights(&self, f: &mut dyn FnMut(&B::Tensor) -> B::Tensor) -> Result<Self> {
+        let (vision, text) = self.walk_self::<B::Tensor>(&mut |v| {
+            Ok(v.old.unwrap_or_default().into_iter().map(&mut *f).collect())
+        })?;
+        Ok(Qwen25VL {
+            cfg: self.cfg.clone(),
+            vision,
+            text,
+            tied: self.tied,
+        })
     }
 }

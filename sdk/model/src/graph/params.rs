@@ -3,11 +3,80 @@
 //! new tree from what the visitor returns. Loading, the checkpoint layout, export and mapping
 //! (detach, cast) are four visitors of that one walk, so adding a tensor is one line in it.
 
-use super::{DecoderLayer, Linear, Qwen25VL, TextWeights, VisionBlock, VisionTower};
 use crate::backend::Backend;
+use crate::error::{Error, Result};
 use crate::weights::WeightStore;
-use crate::{Error, Result};
 use visionthink_core::config::ModelConfig;
+
+/// A linear layer's tensors.
+#[derive(Debug, Clone)]
+pub struct Linear<T> {
+    /// `[out, in]`.
+    pub w: T,
+    /// `[out]`.
+    pub b: Option<T>,
+}
+
+impl<T> Linear<T> {
+    pub(crate) fn forward<B: Backend<Tensor = T>>(&self, be: &B, x: &T) -> Result<T> {
+        be.linear(x, &self.w, self.b.as_ref())
+    }
+}
+
+/// One vision block.
+#[derive(Debug, Clone)]
+pub struct VisionBlock<T> {
+    pub(crate) norm1: T,
+    pub(crate) norm2: T,
+    pub(crate) q: Linear<T>,
+    pub(crate) k: Linear<T>,
+    pub(crate) v: Linear<T>,
+    pub(crate) proj: Linear<T>,
+    pub(crate) gate: Linear<T>,
+    pub(crate) up: Linear<T>,
+    pub(crate) down: Linear<T>,
+    pub(crate) full_attention: bool,
+}
+
+/// The vision tower.
+#[derive(Debug, Clone)]
+pub struct VisionTower<T> {
+    pub(crate) patch_embed: T,
+    pub(crate) blocks: Vec<VisionBlock<T>>,
+    pub(crate) merger_norm: T,
+    pub(crate) merger_fc1: Linear<T>,
+    pub(crate) merger_fc2: Linear<T>,
+    pub(crate) dim: usize,
+    pub(crate) heads: usize,
+    pub(crate) merge: usize,
+    pub(crate) window_size: usize,
+    pub(crate) patch_size: usize,
+    pub(crate) rope_theta: f32,
+}
+
+/// One decoder layer.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer<T> {
+    pub(crate) input_norm: T,
+    pub(crate) post_norm: T,
+    pub(crate) q: Linear<T>,
+    pub(crate) k: Linear<T>,
+    pub(crate) v: Linear<T>,
+    pub(crate) o: Linear<T>,
+    pub(crate) gate: Linear<T>,
+    pub(crate) up: Linear<T>,
+    pub(crate) down: Linear<T>,
+}
+
+/// The decoder's tensors.
+#[derive(Debug, Clone)]
+pub struct TextWeights<T> {
+    pub(crate) embed: T,
+    pub(crate) layers: Vec<DecoderLayer<T>>,
+    pub(crate) norm: T,
+    /// The embedding again when tied.
+    pub(crate) lm_head: T,
+}
 
 /// How a freshly initialised tensor is filled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +101,7 @@ pub struct TensorSpec {
 }
 
 /// What the visitor sees of one tensor.
-pub(super) struct Visit<'a, U> {
+pub(crate) struct Visit<'a, U> {
     /// Name, HF shape, initialisation.
     pub spec: TensorSpec,
     /// How many equal row blocks the graph holds it as (3 for the vision `qkv`, else 1).
@@ -41,7 +110,7 @@ pub(super) struct Visit<'a, U> {
     pub old: Option<Vec<&'a U>>,
 }
 
-type Visitor<'v, 'a, U, T> = dyn FnMut(Visit<'a, U>) -> Result<Vec<T>> + 'v;
+pub(crate) type Visitor<'v, 'a, U, T> = dyn FnMut(Visit<'a, U>) -> Result<Vec<T>> + 'v;
 
 /// Calls the visitor and checks what it returns.
 struct Walker<'f, 'a, U, T> {
@@ -285,7 +354,7 @@ impl<'a, U, T> Walker<'_, 'a, U, T> {
 /// The one walk over the parameter tree: the vision tower, then the decoder, in checkpoint
 /// order (transformers 5 names); `lm_head.weight` is visited only when untied. With `old`,
 /// each visit also gets that model's blocks of the tensor.
-pub(super) fn walk<'a, U, T: Clone>(
+pub(crate) fn walk<'a, U, T: Clone>(
     cfg: &ModelConfig,
     tied: bool,
     old: Option<(&'a VisionTower<U>, &'a TextWeights<U>)>,
@@ -297,14 +366,20 @@ pub(super) fn walk<'a, U, T: Clone>(
     Ok((vision, text))
 }
 
+/// One row block read from a checkpoint: its values and shape.
+pub(crate) type Block = (Vec<f32>, Vec<usize>);
+
+/// A row block of the walk: (entry, block).
+pub(crate) type Slot = (usize, usize);
+
 /// Reads one tensor from a checkpoint (its transformers 5 name, else the older `visual.*` /
-/// `model.*` one) and uploads it as `parts` equal row blocks of 2-D shape `[rows, rest]`.
-pub(super) fn load_parts<B: Backend>(
-    be: &B,
+/// `model.*` one) as `parts` equal row blocks, each with its 2-D shape `[rows, rest]` (1-D
+/// tensors stay 1-D).
+pub(crate) fn read_parts(
     store: &WeightStore,
     spec: &TensorSpec,
     parts: usize,
-) -> Result<Vec<B::Tensor>> {
+) -> Result<Vec<Block>> {
     let old_name = [
         ("model.visual.", "visual."),
         ("model.language_model.", "model."),
@@ -318,22 +393,64 @@ pub(super) fn load_parts<B: Backend>(
     let mut names = vec![spec.name.as_str()];
     names.extend(old_name.as_deref());
     let data = store.get(&names, &spec.shape)?;
-    let rows = spec.shape.first().copied().unwrap_or(1) / parts.max(1);
-    let block = data.len() / parts.max(1);
-    data.chunks_exact(block.max(1))
-        .take(parts)
-        .map(|chunk| match spec.shape.len() {
-            1 => be.weight(chunk.to_vec(), &[rows]),
-            _ => be.weight(chunk.to_vec(), &[rows, block / rows.max(1)]),
+    let parts = parts.max(1);
+    let rows = spec.shape.first().copied().unwrap_or(1) / parts;
+    let block = data.len() / parts;
+    if block * parts != data.len() || rows * parts != spec.shape.first().copied().unwrap_or(1) {
+        return Err(Error::Shape {
+            name: spec.name.clone(),
+            expected: vec![parts, rows],
+            found: spec.shape.clone(),
+        });
+    }
+    Ok((0..parts)
+        .map(|p| {
+            let chunk = data[p * block..(p + 1) * block].to_vec();
+            let shape = match spec.shape.len() {
+                1 => vec![rows],
+                _ => vec![rows, block / rows.max(1)],
+            };
+            (chunk, shape)
         })
-        .collect()
+        .collect())
+}
+
+/// The order in which [`Qwen25VL::load`](super::Qwen25VL::load) creates the row blocks of
+/// `specs` (the walk's entries, with their block counts): the decoder's embedding and layers,
+/// the untied head, the vision tower (each block's q, k, v weight and bias in turn), then the
+/// final norm. That is the order the loader has always created weights in, and a trainable
+/// backend numbers its variables in creation order: the trainer's optimizer moments are saved
+/// by that number, and its gradient norm sums in it.
+pub(crate) fn creation_order(specs: &[(TensorSpec, usize)]) -> Vec<Slot> {
+    let tp = "model.language_model.";
+    let group = |name: &str| match name {
+        n if n.starts_with(&format!("{tp}embed_tokens")) => 0,
+        n if n.starts_with(&format!("{tp}layers.")) => 1,
+        "lm_head.weight" => 2,
+        n if n.starts_with("model.visual.") => 3,
+        _ => 4,
+    };
+    let mut slots: Vec<((u8, usize, usize), Slot)> = Vec::new();
+    for (e, (spec, parts)) in specs.iter().enumerate() {
+        for p in 0..*parts {
+            // A qkv bias's blocks interleave with its weight's (the entry just before it).
+            let key = match spec.name.ends_with("attn.qkv.bias") {
+                true => (group(&spec.name), e.saturating_sub(1), 2 * p + 1),
+                false if spec.name.ends_with("attn.qkv.weight") => (group(&spec.name), e, 2 * p),
+                false => (group(&spec.name), e, p),
+            };
+            slots.push((key, (e, p)));
+        }
+    }
+    slots.sort_by_key(|s| s.0);
+    slots.into_iter().map(|s| s.1).collect()
 }
 
 /// Every tensor of a Qwen2.5-VL checkpoint for `cfg`, in the order [`Qwen25VL::export`] returns
 /// them (transformers 5 names). Used to initialise a model from scratch and to save one.
 ///
 /// ```
-/// let cfg = visionthink_core::config::ModelConfig::from_json(br#"{"vision_config": {"depth": 1, "hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "out_hidden_size": 8}, "text_config": {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 151936, "rope_scaling": {"mrope_section": [1, 1, 0]}}}"#).unwrap();
+/// let cfg = visionthink_core::config::ModelConfig::from_json(br#"{"vision_config": {"depth": 1, "hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "out_hidden_size": 8}, "text_config": {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 151936, "rope_scaling": {"mrope_section": [1, 1, 0]}}}"#).expect("config");
 /// let specs = visionthink_model::graph::checkpoint_layout(&cfg);
 /// assert_eq!(specs[0].name, "model.visual.patch_embed.proj.weight");
 /// // patch embed, 12 per vision block, merger 5, embed, 12 per layer, norm, lm_head (untied)
@@ -350,60 +467,70 @@ pub fn checkpoint_layout(cfg: &ModelConfig) -> Vec<TensorSpec> {
     specs
 }
 
-impl<B: Backend> Qwen25VL<B> {
-    fn walk_self<'s, T: Clone>(
-        &'s self,
-        f: &mut Visitor<'_, 's, B::Tensor, T>,
-    ) -> Result<(VisionTower<T>, TextWeights<T>)> {
-        walk(&self.cfg, self.tied, Some((&self.vision, &self.text)), f)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// The model's tensors in the order and under the names of [`checkpoint_layout`], each as
-    /// the row blocks it is made of (the vision `qkv` is held as three separate projections).
-    pub fn export_parts(&self) -> Result<Vec<(TensorSpec, Vec<B::Tensor>)>> {
-        let mut out = Vec::new();
-        self.walk_self::<()>(&mut |v| {
-            let parts: Vec<B::Tensor> = v.old.unwrap_or_default().into_iter().cloned().collect();
-            let n = v.parts;
-            out.push((v.spec, parts));
-            Ok(vec![(); n])
-        })?;
-        Ok(out)
-    }
-
-    /// The model's weights as f32 values in HF names and shapes, ready for safetensors.
-    pub fn export(&self, be: &B) -> Result<Vec<(TensorSpec, Vec<f32>)>> {
-        self.export_parts()?
-            .into_iter()
-            .map(|(spec, parts)| {
-                let mut data = Vec::with_capacity(spec.shape.iter().product());
-                for p in &parts {
-                    data.extend(be.to_vec(p)?);
-                }
-                if data.len() != spec.shape.iter().product::<usize>() {
-                    return Err(Error::Shape {
-                        name: spec.name.clone(),
-                        expected: spec.shape.clone(),
-                        found: vec![data.len()],
-                    });
-                }
-                Ok((spec, data))
-            })
-            .collect()
-    }
-
-    /// The same model with every weight passed through `f` (e.g. candle's `detach`, which
-    /// shares the storage: a frozen view of trainable weights that follows their updates, for
-    /// fast rollouts without autograd bookkeeping). A tied head stays the embedding.
-    pub fn map_weights(&self, f: &mut dyn FnMut(&B::Tensor) -> B::Tensor) -> Result<Self> {
-        let (vision, text) = self.walk_self::<B::Tensor>(&mut |v| {
-            Ok(v.old.unwrap_or_default().into_iter().map(&mut *f).collect())
-        })?;
-        Ok(Qwen25VL {
-            cfg: self.cfg.clone(),
-            vision,
-            text,
-            tied: self.tied,
+    #[test]
+    fn creation_order_is_the_loaders_historical_order() {
+        let cfg = ModelConfig::from_json(br#"{"vision_config": {"depth": 1, "hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "out_hidden_size": 8}, "text_config": {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 32, "rope_scaling": {"mrope_section": [1, 1, 0]}}}"#).expect("config");
+        let mut specs = Vec::new();
+        walk::<(), ()>(&cfg, false, None, &mut |v| {
+            let parts = v.parts;
+            specs.push((v.spec, parts));
+            Ok(vec![(); parts])
         })
+        .expect("walk");
+        let order: Vec<String> = creation_order(&specs)
+            .into_iter()
+            .map(|(e, p)| {
+                let name = specs[e].0.name.replace("model.language_model.", "t.");
+                let name = name.replace("model.visual.", "v.");
+                match specs[e].1 {
+                    1 => name,
+                    _ => format!("{name}[{p}]"),
+                }
+            })
+            .collect();
+        let expect = [
+            "t.embed_tokens.weight",
+            "t.layers.0.input_layernorm.weight",
+            "t.layers.0.post_attention_layernorm.weight",
+            "t.layers.0.self_attn.q_proj.weight",
+            "t.layers.0.self_attn.q_proj.bias",
+            "t.layers.0.self_attn.k_proj.weight",
+            "t.layers.0.self_attn.k_proj.bias",
+            "t.layers.0.self_attn.v_proj.weight",
+            "t.layers.0.self_attn.v_proj.bias",
+            "t.layers.0.self_attn.o_proj.weight",
+            "t.layers.0.mlp.gate_proj.weight",
+            "t.layers.0.mlp.up_proj.weight",
+            "t.layers.0.mlp.down_proj.weight",
+            "lm_head.weight",
+            "v.patch_embed.proj.weight",
+            "v.blocks.0.norm1.weight",
+            "v.blocks.0.norm2.weight",
+            "v.blocks.0.attn.qkv.weight[0]",
+            "v.blocks.0.attn.qkv.bias[0]",
+            "v.blocks.0.attn.qkv.weight[1]",
+            "v.blocks.0.attn.qkv.bias[1]",
+            "v.blocks.0.attn.qkv.weight[2]",
+            "v.blocks.0.attn.qkv.bias[2]",
+            "v.blocks.0.attn.proj.weight",
+            "v.blocks.0.attn.proj.bias",
+            "v.blocks.0.mlp.gate_proj.weight",
+            "v.blocks.0.mlp.gate_proj.bias",
+            "v.blocks.0.mlp.up_proj.weight",
+            "v.blocks.0.mlp.up_proj.bias",
+            "v.blocks.0.mlp.down_proj.weight",
+            "v.blocks.0.mlp.down_proj.bias",
+            "v.merger.ln_q.weight",
+            "v.merger.mlp.0.weight",
+            "v.merger.mlp.0.bias",
+            "v.merger.mlp.2.weight",
+            "v.merger.mlp.2.bias",
+            "t.norm.weight",
+        ];
+        assert_eq!(order, expect);
     }
 }

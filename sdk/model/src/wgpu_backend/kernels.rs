@@ -1,0 +1,431 @@
+//! The WGSL compute kernels (in `wgsl/*.wgsl`), each named by a typed [`Kernel`] id, with its
+//! parameter struct and its bindings. Every kernel reads its sizes and element offsets from a
+//! uniform struct `P`, so views (KV-cache prefixes, narrowed rows, weight chunks) need no
+//! buffer-offset alignment; the Rust struct of each kernel has the same fields in the same order
+//! (a test compares them with the WGSL). Outputs are always written from element 0 of a fresh
+//! buffer. Large 1-D grids are dispatched 2-D (`x ≤ 65535`).
+//!
+//! Kernels that read weights (matmul, the three matrix-vector products, gather) are written once
+//! against `wv(index, row)` and instantiated per [`WeightStorage`]: f32, f16 (two per u32,
+//! unpacked with `unpack2x16float`: half the memory, f32 arithmetic, no `shader-f16` needed) and
+//! int8 (four per u32, one f32 scale per row).
+
+/// How a 2-D weight is stored on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WeightStorage {
+    /// f32 values.
+    #[default]
+    F32,
+    /// f16 values, two per u32 (round to nearest even), unpacked to f32 in the kernels.
+    F16,
+    /// int8 values, four per u32, with a per-row absmax f32 scale (binding 5).
+    Int8,
+}
+
+impl WeightStorage {
+    /// Parses `f32`, `f16` or `int8` (the CLI, the wasm options and the TypeScript API all
+    /// pass this string).
+    ///
+    /// ```
+    /// use visionthink_model::wgpu_backend::WeightStorage;
+    /// assert_eq!(WeightStorage::parse("int8").unwrap(), WeightStorage::Int8);
+    /// assert!(WeightStorage::parse("q4").unwrap_err().to_string().contains("f32, f16 or int8"));
+    /// ```
+    pub fn parse(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "int8" => Ok(Self::Int8),
+            other => Err(crate::error::Error::Config(format!(
+                "weight storage {other:?} is not one of f32, f16 or int8"
+            ))),
+        }
+    }
+
+    /// The storage the older boolean options ask for: `int8` wins over `f16`.
+    ///
+    /// ```
+    /// use visionthink_model::wgpu_backend::WeightStorage;
+    /// assert_eq!(WeightStorage::from_flags(true, true), WeightStorage::Int8);
+    /// assert_eq!(WeightStorage::from_flags(false, false), WeightStorage::F32);
+    /// ```
+    pub fn from_flags(int8: bool, f16: bool) -> Self {
+        match (int8, f16) {
+            (true, _) => Self::Int8,
+            (false, true) => Self::F16,
+            (false, false) => Self::F32,
+        }
+    }
+
+    /// The name [`Self::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+            Self::Int8 => 1,
+        }
+    }
+
+    /// The weight binding and its accessor `wv`.
+    fn accessor(self) -> &'static str {
+        match self {
+            Self::F32 => include_str!("wgsl/weights_f32.wgsl"),
+            Self::F16 => include_str!("wgsl/weights_f16.wgsl"),
+            Self::Int8 => include_str!("wgsl/weights_int8.wgsl"),
+        }
+    }
+}
+
+/// Shared prelude: the flat index of an element-wise invocation.
+const FLAT: &str = include_str!("wgsl/flat.wgsl");
+/// Parameters and bindings shared by the linear kernels.
+const LINEAR_P: &str = include_str!("wgsl/linear_params.wgsl");
+
+/// Reduction length up to which [`Kernel::GemvShort`] is used.
+pub const GEMV_SHORT_MAX_K: usize = 128;
+
+/// A compute kernel: the key of the pipeline cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// `o = a + b` or `o = silu(a) * b` ([`BinaryOp`]).
+    Binary,
+    /// Exact GELU through erfc (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
+    Gelu,
+    /// RMSNorm: one workgroup per row, f32 accumulation.
+    RmsNorm,
+    /// Rotary embedding, rotate-half convention.
+    Rope,
+    /// Attention without a score matrix: one workgroup per (head, query row) streams the keys
+    /// of the query's range in blocks of 64 with an online softmax; GQA heads share a KV head.
+    Attention,
+    /// Rows of a weight table at ids, for the ids inside one chunk's rows.
+    Gather(WeightStorage),
+    /// `out = x · wᵀ + b`: 64×64 output tiles, 16×16 threads each computing 4×4.
+    Matmul(WeightStorage),
+    /// One-row product: 4 outputs per workgroup, 64 lanes each (GPUs, long rows).
+    Gemv(WeightStorage),
+    /// One-row product, one invocation per output, `x` staged 256 values at a time (software
+    /// adapters, which pay heavily per barrier).
+    GemvRows(WeightStorage),
+    /// One-row product for rows up to [`GEMV_SHORT_MAX_K`] long: no barrier at all.
+    GemvShort(WeightStorage),
+}
+
+/// How a kernel binds a storage buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read only.
+    Read,
+    /// Written (the output).
+    Write,
+}
+
+impl Kernel {
+    /// The WGSL source, prelude included.
+    pub fn source(self) -> String {
+        let plain = |body: &str| format!("{FLAT}\n{body}");
+        let weighted = |body: &str, w: WeightStorage, params: &str| {
+            format!("{FLAT}\n{params}\n{}\n{body}", w.accessor())
+        };
+        match self {
+            Kernel::Binary => plain(include_str!("wgsl/binary.wgsl")),
+            Kernel::Gelu => plain(include_str!("wgsl/gelu.wgsl")),
+            Kernel::RmsNorm => plain(include_str!("wgsl/rms_norm.wgsl")),
+            Kernel::Rope => plain(include_str!("wgsl/rope.wgsl")),
+            Kernel::Attention => plain(include_str!("wgsl/attention.wgsl")),
+            Kernel::Gather(w) => weighted(include_str!("wgsl/gather.wgsl"), w, ""),
+            Kernel::Matmul(w) => weighted(include_str!("wgsl/matmul.wgsl"), w, LINEAR_P),
+            Kernel::Gemv(w) => weighted(include_str!("wgsl/gemv.wgsl"), w, LINEAR_P),
+            Kernel::GemvRows(w) => weighted(include_str!("wgsl/gemv_rows.wgsl"), w, LINEAR_P),
+            Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
+        }
+    }
+
+    /// The storage bindings after the uniform (binding 0), in binding order.
+    pub fn bindings(self) -> Vec<(u32, Access)> {
+        use Access::{Read as R, Write as W};
+        let int8 = |w: WeightStorage, mut v: Vec<(u32, Access)>| {
+            if w == WeightStorage::Int8 {
+                v.push((5, R));
+            }
+            v
+        };
+        match self {
+            Kernel::Binary | Kernel::RmsNorm => vec![(1, R), (2, R), (3, W)],
+            Kernel::Gelu => vec![(1, R), (2, W)],
+            Kernel::Rope => vec![(1, R), (2, R), (3, R), (4, W)],
+            Kernel::Attention => vec![(1, R), (2, R), (3, R), (4, R), (5, W)],
+            Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
+            Kernel::Matmul(w) | Kernel::Gemv(w) | Kernel::GemvRows(w) | Kernel::GemvShort(w) => {
+                int8(w, vec![(1, R), (2, R), (3, R), (4, W)])
+            }
+        }
+    }
+
+    /// A label for debuggers.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kernel::Binary => "binary",
+            Kernel::Gelu => "gelu",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::Rope => "rope",
+            Kernel::Attention => "attention",
+            Kernel::Gather(_) => "gather",
+            Kernel::Matmul(_) => "matmul",
+            Kernel::Gemv(_) => "gemv",
+            Kernel::GemvRows(_) => "gemv_rows",
+            Kernel::GemvShort(_) => "gemv_short",
+        }
+    }
+}
+
+/// A kernel's uniform parameters: the WGSL struct `P`, field by field.
+pub trait Params {
+    /// The field names, in order (checked against the WGSL in a test).
+    const FIELDS: &'static [&'static str];
+    /// The fields as 32-bit words, in order.
+    fn words(&self) -> Vec<u32>;
+}
+
+/// A scalar of a parameter struct.
+trait Word {
+    fn word(self) -> u32;
+}
+
+impl Word for u32 {
+    fn word(self) -> u32 {
+        self
+    }
+}
+
+impl Word for f32 {
+    fn word(self) -> u32 {
+        self.to_bits()
+    }
+}
+
+/// Defines a parameter struct and its [`Params`] impl from one field list.
+macro_rules! params {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+        impl Params for $name {
+            const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
+            fn words(&self) -> Vec<u32> {
+                vec![$(Word::word(self.$field)),*]
+            }
+        }
+    };
+}
+
+/// The operation of [`Kernel::Binary`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BinaryOp {
+    /// `a + b`.
+    Add = 0,
+    /// `silu(a) * b`.
+    Swiglu = 1,
+}
+
+params!(
+    /// [`Kernel::Binary`].
+    BinaryP {
+        /// Elements.
+        n: u32,
+        /// Element offset of `a`.
+        a_off: u32,
+        /// Element offset of `b`.
+        b_off: u32,
+        /// A [`BinaryOp`].
+        mode: u32,
+    }
+);
+
+params!(
+    /// [`Kernel::Gelu`].
+    GeluP {
+        /// Elements.
+        n: u32,
+        /// Element offset of the input.
+        a_off: u32,
+    }
+);
+
+params!(
+    /// [`Kernel::RmsNorm`].
+    RmsNormP {
+        /// Rows.
+        rows: u32,
+        /// Columns (the normalised width).
+        cols: u32,
+        /// Element offset of `x`.
+        x_off: u32,
+        /// Element offset of the scale.
+        w_off: u32,
+        /// Epsilon.
+        eps: f32,
+    }
+);
+
+params!(
+    /// [`Kernel::Rope`]: `x [n, heads · d]`, `cos`, `sin` `[n, d]`.
+    RopeP {
+        /// Rows.
+        n: u32,
+        /// Heads.
+        heads: u32,
+        /// Head dimension.
+        d: u32,
+        /// Element offset of `x`.
+        x_off: u32,
+        /// Element offset of `cos`.
+        c_off: u32,
+        /// Element offset of `sin`.
+        s_off: u32,
+    }
+);
+
+params!(
+    /// [`Kernel::Gather`].
+    GatherP {
+        /// Ids.
+        n: u32,
+        /// Columns of the table.
+        cols: u32,
+        /// Element offset of the table.
+        t_off: u32,
+        /// First row of the table this chunk holds.
+        row0: u32,
+        /// Rows of this chunk.
+        rows: u32,
+    }
+);
+
+params!(
+    /// The linear kernels: `out[r, o_col + c] = x[r, :] · w[c, :] + b[c]` for the `m` output
+    /// columns of one weight chunk.
+    LinearP {
+        /// Input rows.
+        n: u32,
+        /// Reduction length (input columns).
+        k: u32,
+        /// Output columns of this chunk (its weight rows).
+        m: u32,
+        /// Element offset of `x`.
+        x_off: u32,
+        /// Element offset of the weight.
+        w_off: u32,
+        /// Output row stride (all chunks' columns).
+        o_stride: u32,
+        /// First output column of this chunk.
+        o_col: u32,
+        /// Element offset of this chunk's bias.
+        b_off: u32,
+        /// 1 with a bias.
+        has_b: u32,
+    }
+);
+
+params!(
+    /// [`Kernel::Attention`].
+    AttentionP {
+        /// Query rows.
+        n: u32,
+        /// Query heads.
+        heads: u32,
+        /// Key/value heads.
+        kv_heads: u32,
+        /// Head dimension (≤ 256).
+        d: u32,
+        /// Element offset of `q`.
+        q_off: u32,
+        /// Element offset of `k`.
+        k_off: u32,
+        /// Element offset of `v`.
+        v_off: u32,
+        /// `1 / sqrt(d)`.
+        scale: f32,
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field names of `struct P` in a kernel's source.
+    fn wgsl_fields(src: &str) -> Vec<String> {
+        let start = src.find("struct P {").expect("struct P") + "struct P {".len();
+        let end = start + src[start..].find('}').expect("end of P");
+        src[start..end]
+            .split(',')
+            .filter_map(|f| f.split(':').next())
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn rust_parameter_structs_match_the_wgsl_ones() {
+        let w = WeightStorage::Int8;
+        for (kernel, fields) in [
+            (Kernel::Binary, BinaryP::FIELDS),
+            (Kernel::Gelu, GeluP::FIELDS),
+            (Kernel::RmsNorm, RmsNormP::FIELDS),
+            (Kernel::Rope, RopeP::FIELDS),
+            (Kernel::Attention, AttentionP::FIELDS),
+            (Kernel::Gather(w), GatherP::FIELDS),
+            (Kernel::Matmul(w), LinearP::FIELDS),
+            (Kernel::Gemv(w), LinearP::FIELDS),
+            (Kernel::GemvRows(w), LinearP::FIELDS),
+            (Kernel::GemvShort(w), LinearP::FIELDS),
+        ] {
+            assert_eq!(wgsl_fields(&kernel.source()), fields, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn declared_bindings_match_the_wgsl_ones() {
+        for w in [WeightStorage::F32, WeightStorage::F16, WeightStorage::Int8] {
+            for kernel in [
+                Kernel::Binary,
+                Kernel::Gelu,
+                Kernel::RmsNorm,
+                Kernel::Rope,
+                Kernel::Attention,
+                Kernel::Gather(w),
+                Kernel::Matmul(w),
+                Kernel::Gemv(w),
+                Kernel::GemvRows(w),
+                Kernel::GemvShort(w),
+            ] {
+                let src = kernel.source();
+                let mut found: Vec<(u32, Access)> = src
+                    .lines()
+                    .filter_map(|l| {
+                        let rest = l.split("@binding(").nth(1)?;
+                        let b: u32 = rest.split(')').next()?.parse().ok()?;
+                        let access = match l {
+                            _ if l.contains("uniform") => return None,
+                            _ if l.contains("read_write") => Access::Write,
+                            _ => Access::Read,
+                        };
+                        Some((b, access))
+                    })
+                    .collect();
+                found.sort_by_key(|b| b.0);
+                assert_eq!(found, kernel.bindings(), "{kernel:?}");
+            }
+        }
+    }
+}

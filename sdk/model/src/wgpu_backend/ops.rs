@@ -1,0 +1,522 @@
+//! The [`Backend`] operations of the WebGPU executor: shape checks, then one typed dispatch
+//! (or a copy) per operation; weights stored per [`WeightStorage`] and split into row chunks.
+
+use super::kernels::{
+    AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeP, WeightStorage,
+    GEMV_SHORT_MAX_K,
+};
+use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
+use crate::backend::{Backend, Mask};
+use crate::error::{Error, Result};
+
+impl WgpuBackend {
+    fn ranges_buffer(&self, mask: &Mask, n: usize, m: usize) -> Result<wgpu::Buffer> {
+        if let Some((mk, nn, mm, buf)) = self.ranges.borrow().as_ref() {
+            if mk == mask && *nn == n && *mm == m {
+                return Ok(buf.clone());
+            }
+        }
+        let mut r = Vec::with_capacity(2 * n);
+        match mask {
+            Mask::Causal { past } => {
+                if past + n != m {
+                    return Err(Error::Backend(format!(
+                        "causal attention over {m} keys with {past} cached + {n} new"
+                    )));
+                }
+                for i in 0..n {
+                    r.extend([0u32, (past + i + 1) as u32]);
+                }
+            }
+            Mask::Segments(cu) => {
+                if cu.last() != Some(&n) || n != m {
+                    return Err(Error::Backend(format!(
+                        "segments {cu:?} do not cover {n} queries and {m} keys"
+                    )));
+                }
+                for w in cu.windows(2) {
+                    for _ in w[0]..w[1] {
+                        r.extend([w[0] as u32, w[1] as u32]);
+                    }
+                }
+            }
+        }
+        let buf = self.upload(bytemuck::cast_slice(&r));
+        *self.ranges.borrow_mut() = Some((mask.clone(), n, m, buf.clone()));
+        Ok(buf)
+    }
+
+    fn elementwise(&self, n: usize) -> (u32, u32, u32) {
+        let (x, y) = grid(n.div_ceil(256));
+        (x, y, 1)
+    }
+
+    fn same_shape(&self, a: &GpuTensor, b: &GpuTensor, op: &str) -> Result<()> {
+        if a.len() != b.len() {
+            return Err(Error::Backend(format!(
+                "{op}: shapes [{}, {}] and [{}, {}] differ",
+                a.rows, a.cols, b.rows, b.cols
+            )));
+        }
+        Ok(())
+    }
+
+    fn binary(&self, a: &GpuTensor, b: &GpuTensor, op: BinaryOp, what: &str) -> Result<GpuTensor> {
+        self.same_shape(a, b, what)?;
+        let out = self.buffer(a.len(), what)?;
+        let params = BinaryP {
+            n: a.len() as u32,
+            a_off: a.off as u32,
+            b_off: b.off as u32,
+            mode: op as u32,
+        };
+        self.dispatch(
+            Kernel::Binary,
+            &params,
+            &[a.single()?, b.single()?, &out],
+            self.elementwise(a.len()),
+        );
+        Ok(self.plain(out, a.rows, a.cols))
+    }
+
+    /// Uploads a `[rows, cols]` weight in `kind` storage, split into row chunks that fit the
+    /// binding limit. int8 uses a per-row absmax scale; f16 rounds to nearest even.
+    fn store_weight(
+        &self,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        kind: WeightStorage,
+    ) -> GpuTensor {
+        let elem_bytes = kind.bytes();
+        let max_rows = (self.chunk_limit() / (cols * elem_bytes).max(1))
+            .max(1)
+            .min(rows.max(1));
+        let mut chunks = Vec::new();
+        let mut row0 = 0;
+        while row0 < rows {
+            let n = max_rows.min(rows - row0);
+            let part = &data[row0 * cols..(row0 + n) * cols];
+            let (buf, scales) = match kind {
+                WeightStorage::F32 => (self.upload(bytemuck::cast_slice(part)), None),
+                WeightStorage::F16 => {
+                    let h: Vec<u16> = part
+                        .iter()
+                        .map(|v| half::f16::from_f32(*v).to_bits())
+                        .collect();
+                    (self.upload(bytemuck::cast_slice(&h)), None)
+                }
+                WeightStorage::Int8 => {
+                    let mut q = Vec::with_capacity(part.len());
+                    let mut scales = Vec::with_capacity(n);
+                    for row in part.chunks_exact(cols.max(1)) {
+                        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+                        scales.push(s);
+                        q.extend(
+                            row.iter()
+                                .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8 as u8),
+                        );
+                    }
+                    (
+                        self.upload(&q),
+                        Some(self.upload(bytemuck::cast_slice(&scales))),
+                    )
+                }
+            };
+            chunks.push(Chunk {
+                buf,
+                row0,
+                rows: n,
+                kind,
+                scales,
+            });
+            row0 += n;
+        }
+        GpuTensor {
+            chunks: ChunkRef::new(chunks),
+            off: 0,
+            rows,
+            cols,
+            one_d: false,
+        }
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Tensor = GpuTensor;
+
+    fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
+        let (rows, cols, one_d) = match shape {
+            [c] => (1, *c, true),
+            [r, c] => (*r, *c, false),
+            _ => {
+                return Err(Error::Backend(format!(
+                    "tensors are 1-D or 2-D, not {shape:?}"
+                )))
+            }
+        };
+        if data.len() != rows * cols {
+            return Err(Error::Backend(format!(
+                "{} values for shape {shape:?}",
+                data.len()
+            )));
+        }
+        self.fault.check()?;
+        self.check_size((data.len() * 4) as u64, "a tensor")?;
+        let mut t = self.plain(self.upload(bytemuck::cast_slice(data)), rows, cols);
+        t.one_d = one_d;
+        Ok(t)
+    }
+
+    fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<GpuTensor> {
+        match shape {
+            [rows, cols] if data.len() == rows * cols && *rows > 1 => {
+                // int8 rows need at least 16 values for a meaningful per-row scale.
+                let kind = match self.opts.weights {
+                    WeightStorage::Int8 if *cols < 16 => WeightStorage::F32,
+                    w => w,
+                };
+                if kind == WeightStorage::F32 && data.len() * 4 <= self.chunk_limit() {
+                    return self.tensor(&data, shape);
+                }
+                Ok(self.store_weight(&data, *rows, *cols, kind))
+            }
+            _ => self.tensor(&data, shape),
+        }
+    }
+
+    fn to_vec(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = t;
+            Err(Error::Backend(
+                "synchronous readback is impossible in a browser: use read_async".into(),
+            ))
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            pollster::block_on(self.read_async(t))
+        }
+    }
+
+    fn shape(&self, t: &GpuTensor) -> Vec<usize> {
+        if t.one_d {
+            vec![t.cols]
+        } else {
+            vec![t.rows, t.cols]
+        }
+    }
+
+    fn linear(&self, x: &GpuTensor, w: &GpuTensor, b: Option<&GpuTensor>) -> Result<GpuTensor> {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        if w.cols != k {
+            return Err(Error::Backend(format!(
+                "linear: input has {k} columns, weight is [{}, {}]",
+                w.rows, w.cols
+            )));
+        }
+        let out = self.buffer(n * m, "a linear output")?;
+        let xb = x.single()?;
+        let (bb, b_off) = match b {
+            Some(b) => (b.single()?, b.off),
+            None => (xb, 0),
+        };
+        for c in w.chunks.iter() {
+            let w_off = if w.chunks.len() == 1 { w.off } else { 0 };
+            let params = LinearP {
+                n: n as u32,
+                k: k as u32,
+                m: c.rows as u32,
+                x_off: x.off as u32,
+                w_off: w_off as u32,
+                o_stride: m as u32,
+                o_col: c.row0 as u32,
+                b_off: (b_off + c.row0) as u32,
+                has_b: b.is_some() as u32,
+            };
+            let software = self.opts.software_kernels.unwrap_or(self.info.software);
+            let (kernel, groups) = if n == 1 && k <= GEMV_SHORT_MAX_K {
+                (Kernel::GemvShort(c.kind), self.elementwise(c.rows))
+            } else if n == 1 && software {
+                (Kernel::GemvRows(c.kind), self.elementwise(c.rows))
+            } else if n == 1 {
+                let (gx, gy) = grid(c.rows.div_ceil(4));
+                (Kernel::Gemv(c.kind), (gx, gy, 1))
+            } else {
+                let groups = (c.rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
+                if groups.0 > 65_535 || groups.1 > 65_535 {
+                    return Err(Error::Backend(format!("linear of {n} rows is too large")));
+                }
+                (Kernel::Matmul(c.kind), groups)
+            };
+            let mut buffers = vec![xb, &c.buf, bb, &out];
+            buffers.extend(&c.scales);
+            self.dispatch(kernel, &params, &buffers, groups);
+        }
+        Ok(self.plain(out, n, m))
+    }
+
+    fn rms_norm(&self, x: &GpuTensor, w: &GpuTensor, eps: f64) -> Result<GpuTensor> {
+        if w.len() != x.cols {
+            return Err(Error::Backend(format!(
+                "rms_norm: {} columns, weight of {}",
+                x.cols,
+                w.len()
+            )));
+        }
+        let out = self.buffer(x.len(), "an rms_norm output")?;
+        let (gx, gy) = grid(x.rows);
+        let params = RmsNormP {
+            rows: x.rows as u32,
+            cols: x.cols as u32,
+            x_off: x.off as u32,
+            w_off: w.off as u32,
+            eps: eps as f32,
+        };
+        self.dispatch(
+            Kernel::RmsNorm,
+            &params,
+            &[x.single()?, w.single()?, &out],
+            (gx, gy, 1),
+        );
+        Ok(self.plain(out, x.rows, x.cols))
+    }
+
+    fn add(&self, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
+        self.binary(a, b, BinaryOp::Add, "add")
+    }
+
+    fn swiglu(&self, gate: &GpuTensor, up: &GpuTensor) -> Result<GpuTensor> {
+        self.binary(gate, up, BinaryOp::Swiglu, "swiglu")
+    }
+
+    fn gelu(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        let out = self.buffer(x.len(), "a gelu output")?;
+        let params = GeluP {
+            n: x.len() as u32,
+            a_off: x.off as u32,
+        };
+        self.dispatch(
+            Kernel::Gelu,
+            &params,
+            &[x.single()?, &out],
+            self.elementwise(x.len()),
+        );
+        Ok(self.plain(out, x.rows, x.cols))
+    }
+
+    fn rope(
+        &self,
+        x: &GpuTensor,
+        cos: &GpuTensor,
+        sin: &GpuTensor,
+        heads: usize,
+    ) -> Result<GpuTensor> {
+        let d = cos.cols;
+        if heads * d != x.cols || cos.rows != x.rows || sin.len() != cos.len() || d % 2 != 0 {
+            return Err(Error::Backend(format!(
+                "rope: x [{}, {}], cos [{}, {d}], {heads} heads",
+                x.rows, x.cols, cos.rows
+            )));
+        }
+        let out = self.buffer(x.len(), "a rope output")?;
+        let params = RopeP {
+            n: x.rows as u32,
+            heads: heads as u32,
+            d: d as u32,
+            x_off: x.off as u32,
+            c_off: cos.off as u32,
+            s_off: sin.off as u32,
+        };
+        self.dispatch(
+            Kernel::Rope,
+            &params,
+            &[x.single()?, cos.single()?, sin.single()?, &out],
+            self.elementwise(x.len()),
+        );
+        Ok(self.plain(out, x.rows, x.cols))
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        heads: usize,
+        kv_heads: usize,
+        mask: &Mask,
+    ) -> Result<GpuTensor> {
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || q.cols % heads != 0 {
+            return Err(Error::Backend(format!(
+                "attention: {heads} heads, {kv_heads} kv heads, q width {}",
+                q.cols
+            )));
+        }
+        let d = q.cols / heads;
+        if d > 256 || k.cols != kv_heads * d || v.cols != k.cols || v.rows != k.rows {
+            return Err(Error::Backend(format!(
+                "attention: head dim {d} (max 256), k [{}, {}], v [{}, {}]",
+                k.rows, k.cols, v.rows, v.cols
+            )));
+        }
+        let (n, m) = (q.rows, k.rows);
+        let ranges = self.ranges_buffer(mask, n, m)?;
+        let out = self.buffer(q.len(), "an attention output")?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let params = AttentionP {
+            n: n as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            d: d as u32,
+            q_off: q.off as u32,
+            k_off: k.off as u32,
+            v_off: v.off as u32,
+            scale,
+        };
+        self.dispatch(
+            Kernel::Attention,
+            &params,
+            &[q.single()?, k.single()?, v.single()?, &ranges, &out],
+            (
+                heads as u32,
+                n.min(65_535) as u32,
+                n.div_ceil(65_535) as u32,
+            ),
+        );
+        Ok(self.plain(out, n, q.cols))
+    }
+
+    fn gather_rows(&self, table: &GpuTensor, ids: &[u32]) -> Result<GpuTensor> {
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
+            return Err(Error::Backend(format!(
+                "gather: row {bad} of a {}-row table",
+                table.rows
+            )));
+        }
+        let out = self.buffer(ids.len() * table.cols, "a gather output")?;
+        let idb = self.upload(bytemuck::cast_slice(ids));
+        let n = ids.len() * table.cols;
+        for c in table.chunks.iter() {
+            let off = if table.chunks.len() == 1 {
+                table.off
+            } else {
+                0
+            };
+            let params = GatherP {
+                n: ids.len() as u32,
+                cols: table.cols as u32,
+                t_off: off as u32,
+                row0: c.row0 as u32,
+                rows: c.rows as u32,
+            };
+            let mut buffers = vec![&idb, &c.buf, &out];
+            buffers.extend(&c.scales);
+            self.dispatch(
+                Kernel::Gather(c.kind),
+                &params,
+                &buffers,
+                self.elementwise(n),
+            );
+        }
+        Ok(self.plain(out, ids.len(), table.cols))
+    }
+
+    fn cat_rows(&self, parts: &[GpuTensor]) -> Result<GpuTensor> {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        if parts.iter().any(|p| p.cols != cols) {
+            return Err(Error::Backend("cat_rows: column counts differ".into()));
+        }
+        if let [only] = parts {
+            return Ok(only.clone());
+        }
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        let out = self.buffer(rows * cols, "a concatenation")?;
+        let mut at = 0u64;
+        for p in parts {
+            let src = p.single()?;
+            let bytes = (p.len() * 4) as u64;
+            if bytes > 0 {
+                self.with_encoder(|enc| {
+                    enc.copy_buffer_to_buffer(src, (p.off * 4) as u64, &out, at, bytes)
+                });
+            }
+            at += bytes;
+        }
+        Ok(self.plain(out, rows, cols))
+    }
+
+    fn narrow_rows(&self, x: &GpuTensor, start: usize, len: usize) -> Result<GpuTensor> {
+        if start + len > x.rows {
+            return Err(Error::Backend(format!(
+                "narrow_rows {start}+{len} of {} rows",
+                x.rows
+            )));
+        }
+        x.single()?;
+        Ok(GpuTensor {
+            off: x.off + start * x.cols,
+            rows: len,
+            one_d: false,
+            ..x.clone()
+        })
+    }
+
+    fn reshape(&self, x: &GpuTensor, rows: usize, cols: usize) -> Result<GpuTensor> {
+        if rows * cols != x.len() {
+            return Err(Error::Backend(format!(
+                "reshape [{}, {}] to [{rows}, {cols}]",
+                x.rows, x.cols
+            )));
+        }
+        x.single()?;
+        Ok(GpuTensor {
+            rows,
+            cols,
+            one_d: false,
+            ..x.clone()
+        })
+    }
+
+    fn append_rows(
+        &self,
+        buffer: Option<GpuTensor>,
+        used: usize,
+        new: &GpuTensor,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let cols = new.cols;
+        let need = used + new.rows;
+        let buf = match buffer {
+            Some(b) if b.rows >= need && b.cols == cols => b,
+            old => {
+                let cap = (need * 2).max(256).div_ceil(64) * 64;
+                let fresh = self.plain(self.buffer(cap * cols, "the KV cache")?, cap, cols);
+                if let Some(o) = old.filter(|_| used > 0) {
+                    let (src, dst) = (o.single()?, fresh.single()?);
+                    let bytes = (used * cols * 4) as u64;
+                    self.with_encoder(|enc| {
+                        enc.copy_buffer_to_buffer(src, (o.off * 4) as u64, dst, 0, bytes)
+                    });
+                }
+                fresh
+            }
+        };
+        if new.len() > 0 {
+            let (src, dst) = (new.single()?, buf.single()?);
+            self.with_encoder(|enc| {
+                enc.copy_buffer_to_buffer(
+                    src,
+                    (new.off * 4) as u64,
+                    dst,
+                    ((buf.off + used * cols) * 4) as u64,
+                    (new.len() * 4) as u64,
+                )
+            });
+        }
+        let view = GpuTensor {
+            rows: need,
+            ..buf.clone()
+        };
+        Ok((buf, view))
+    }
+}
