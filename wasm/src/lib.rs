@@ -19,6 +19,7 @@ use runner::{AskOptions, Event, Host, Model, RunError};
 use std::cell::Cell;
 use std::rc::Rc;
 use visionthink_core::model_files::{ModelFiles, ModelFilesError};
+use visionthink_model::wgpu_backend::WeightStorage;
 use visionthink_model::{WeightStore, WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
 
@@ -35,13 +36,32 @@ impl From<RunError> for JsValue {
     }
 }
 
-/// Load options (`{ backend: "auto" | "webgpu" | "cpu", int8: false, f16: false }`).
+/// Load options (`{ backend: "auto" | "webgpu" | "cpu", weights: "f32" | "f16" | "int8" }`;
+/// the older `int8: true` / `f16: true` are still read).
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct LoadOptions {
     backend: Option<String>,
+    weights: Option<String>,
     int8: bool,
     f16: bool,
+}
+
+impl LoadOptions {
+    /// The weight storage, parsed once here (`TypeError` for an unknown name, or for
+    /// `weights` given together with the older flags).
+    fn weight_storage(&self) -> Result<WeightStorage, JsValue> {
+        match (&self.weights, self.int8 || self.f16) {
+            (Some(_), true) => Err(js_error(
+                "TypeError",
+                "options: give `weights` or the older `int8` / `f16`, not both",
+            )),
+            (Some(w), false) => {
+                WeightStorage::parse(w).map_err(|e| js_error("TypeError", &format!("options: {e}")))
+            }
+            (None, _) => Ok(WeightStorage::from_flags(self.int8, self.f16)),
+        }
+    }
 }
 
 fn options<T: serde::de::DeserializeOwned + Default>(v: JsValue) -> Result<T, JsValue> {
@@ -158,8 +178,7 @@ impl Engine {
         let store = WeightStore::from_bytes(shards).map_err(RunError::from)?;
         let want = opts.backend.as_deref().unwrap_or("auto");
         let gpu_opts = WgpuOptions {
-            int8_weights: opts.int8,
-            f16_weights: opts.f16,
+            weights: opts.weight_storage()?,
             ..Default::default()
         };
         let (gpu, notice) = match want {

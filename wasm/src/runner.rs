@@ -39,34 +39,15 @@ impl From<visionthink_core::Error> for RunError {
 }
 
 impl RunError {
-    /// The JS `Error.name`.
+    /// The JS `Error.name`: the model's and the core's own names (the SDK uses the same).
     pub fn name(&self) -> &'static str {
-        use visionthink_model::Error as M;
         match self {
-            RunError::Model(M::NoAdapter(_)) => "WebGPUNotAvailable",
-            RunError::Model(M::AdapterLimit(_)) => "AdapterLimitError",
-            RunError::Model(M::OutOfMemory(_)) => "OutOfMemory",
-            RunError::Model(M::DeviceLost(_)) => "DeviceLost",
-            RunError::Model(M::Input(_)) => "InputError",
-            RunError::Model(M::Backend(_)) => "BackendError",
-            RunError::Model(_) => "ModelLoadError",
-            RunError::Core(e) if is_image_error(e) => "ImageError",
-            RunError::Core(_) => "ProtocolError",
+            RunError::Model(e) => e.name(),
+            RunError::Core(e) => e.name(),
             RunError::Cancelled => "AbortError",
             RunError::Options(_) => "TypeError",
         }
     }
-}
-
-fn is_image_error(e: &visionthink_core::Error) -> bool {
-    use visionthink_core::Error as C;
-    matches!(
-        e,
-        C::ImageDecode { .. }
-            | C::ImageTooLarge { .. }
-            | C::ImageTooSmall { .. }
-            | C::AspectRatio { .. }
-    )
 }
 
 impl std::fmt::Display for RunError {

@@ -41,6 +41,7 @@ async function load() {
   const options = {
     model: modelUrl,
     backend: params.get("backend") ?? "auto",
+    ...(params.get("weights") ? { weights: params.get("weights") } : {}),
     int8: params.get("int8") === "1",
     f16: params.get("f16") === "1",
     onProgress: (p) => {

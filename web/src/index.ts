@@ -16,6 +16,9 @@ export type { LoadProgress, Manifest };
 /** Where the model runs. */
 export type BackendChoice = "auto" | "webgpu" | "cpu";
 
+/** How WebGPU stores 2-D weights. */
+export type WeightStorage = "f32" | "f16" | "int8";
+
 export interface EngineOptions {
   /** Base URL of a model folder (HF layout, optional `visionthink-manifest.json`). */
   model: string;
@@ -23,9 +26,15 @@ export interface EngineOptions {
   onProgress?: (p: LoadProgress) => void;
   /** `auto` (default): WebGPU when an adapter answers within `adapterTimeoutMs`, else CPU. */
   backend?: BackendChoice;
-  /** int8 weights on WebGPU (4× less GPU memory; measured accuracy cost in the README). */
+  /**
+   * How WebGPU stores the weights: `"f32"` (default), `"f16"` (2× less GPU memory, f32
+   * arithmetic, no `shader-f16` needed) or `"int8"` (4× less; measured accuracy cost in the
+   * README). Parsed by the engine; an unknown name is a `TypeError`.
+   */
+  weights?: WeightStorage;
+  /** Older spelling of `weights: "int8"` (wins over `f16`). */
   int8?: boolean;
-  /** f16 weights on WebGPU (2× less GPU memory, f32 arithmetic, no `shader-f16` needed). */
+  /** Older spelling of `weights: "f16"`. */
   f16?: boolean;
   /** Keep weights in the Cache API (default true). */
   cache?: boolean;
@@ -267,7 +276,13 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
       notice = `WebGPU is not available (${problem}); running on the CPU`;
     }
   }
-  const loadOptions = { backend, int8: opts.int8 ?? false, f16: opts.f16 ?? false };
+  // Passed through as given: the engine parses `weights` and applies the older flags' rule.
+  const loadOptions = {
+    backend,
+    ...(opts.weights !== undefined ? { weights: opts.weights } : {}),
+    int8: opts.int8 ?? false,
+    f16: opts.f16 ?? false,
+  };
   // After a lost device: the files again (from the cache when it is on) onto a fresh device.
   const reload = async () => {
     const again = await fetchModelFiles(opts.model, { useCache: opts.cache, manifest: opts.manifest });

@@ -88,5 +88,24 @@ pub enum Error {
     Reward(String),
 }
 
+impl Error {
+    /// The error's stable name (the JS `Error.name` in the browser package): `ImageError` for
+    /// an image that cannot be used, `ProtocolError` for everything else of the core.
+    ///
+    /// ```
+    /// let e = visionthink_core::Error::Protocol("x".into());
+    /// assert_eq!(e.name(), "ProtocolError");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Error::ImageDecode { .. }
+            | Error::ImageTooLarge { .. }
+            | Error::ImageTooSmall { .. }
+            | Error::AspectRatio { .. } => "ImageError",
+            _ => "ProtocolError",
+        }
+    }
+}
+
 /// Result alias of the core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,8 +1,9 @@
 //! Running a Qwen2.5-VL checkpoint: prompt logits, generation, and the VisionThink low-res-first
 //! episode with the KV cache of turn 1 reused for the tool turn.
 
+pub use crate::error::CancelReason;
+use crate::error::{Error, Result};
 use crate::files::ModelDir;
-use crate::{Error, Result};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use visionthink_core::driver::{
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
 use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::sampling::{Sampler, SamplingConfig};
+#[cfg(feature = "wgpu")]
+use visionthink_model::wgpu_backend::WeightStorage;
 use visionthink_model::{CandleBackend, Feed, Qwen25VL, Session as ModelSession, WeightStore};
 #[cfg(feature = "wgpu")]
 use visionthink_model::{WgpuBackend, WgpuOptions};
@@ -100,24 +103,6 @@ impl Default for GenerateOptions {
 pub struct Cancel {
     flag: Arc<AtomicBool>,
     deadline: Option<Instant>,
-}
-
-/// Why a generation stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelReason {
-    /// [`Cancel::cancel`] was called.
-    Requested,
-    /// The deadline given to [`Cancel::with_deadline`] passed.
-    DeadlinePassed,
-}
-
-impl std::fmt::Display for CancelReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Requested => "cancelled",
-            Self::DeadlinePassed => "deadline passed",
-        })
-    }
 }
 
 impl PartialEq for Cancel {
@@ -296,16 +281,16 @@ impl VisionThink {
             #[cfg(feature = "wgpu")]
             DeviceChoice::Wgpu => {
                 // The WebGPU executor computes in f32; f16 stores the weights as f16.
-                let f16_weights = match precision {
-                    Precision::F32 => false,
-                    Precision::F16 => true,
+                let weights = match precision {
+                    Precision::F32 => WeightStorage::F32,
+                    Precision::F16 => WeightStorage::F16,
                     Precision::Bf16 => return Err(Error::Model(visionthink_model::Error::Config(
                         "the WebGPU executor stores weights as f32 or f16 (use --dtype f32 or f16)"
                             .into(),
                     ))),
                 };
                 let be = WgpuBackend::new_blocking(WgpuOptions {
-                    f16_weights,
+                    weights,
                     ..Default::default()
                 })
                 .map_err(model_err)?;
@@ -491,10 +476,7 @@ impl Session<'_> {
     /// returns the last position's logits. Only the new tokens are computed.
     pub fn feed(&mut self, ids: &[u32], images: &[PixelValues]) -> Result<Vec<f32>> {
         let t = Instant::now();
-        let (logits, vision_ms) = self
-            .model
-            .feed(ids, images, &|| ms(t))
-            .map_err(model_err)?;
+        let (logits, vision_ms) = self.model.feed(ids, images, &|| ms(t)).map_err(model_err)?;
         self.ids.extend_from_slice(ids);
         self.timings.vision_ms += vision_ms;
         self.timings.prefill_ms += ms(t) - vision_ms;

@@ -1,6 +1,6 @@
 //! Reading model directories and images from disk.
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use visionthink_core::config::{GenerationConfig, ModelConfig, PreprocessorConfig};
 use visionthink_core::image::{decode, DecodeLimits, RgbImage};

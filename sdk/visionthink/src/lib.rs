@@ -27,6 +27,7 @@ pub use visionthink_core as core;
 pub struct ReadmeDoctests;
 
 pub mod engine;
+mod error;
 pub mod files;
 pub mod http_judge;
 pub mod score;
@@ -42,45 +43,4 @@ pub use engine::{
 pub use files::{load_image, ModelDir};
 pub use http_judge::{HttpJudge, HttpJudgeConfig};
 
-/// Errors of the SDK: the core's, plus file and transport problems.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// An error from the core (bad image, bad config, …).
-    #[error(transparent)]
-    Core(#[from] visionthink_core::Error),
-    /// A file could not be read. The OS error is part of the message (and not also the
-    /// error's `source()`, which would print it twice in a cause chain).
-    #[error("cannot read {path}: {error}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The OS error.
-        error: std::io::Error,
-    },
-    /// Loading or running the model failed. The model crate's kind is kept (`OutOfMemory`,
-    /// `DeviceLost`, `AdapterLimit`, `NoAdapter`, `Input`, …) so callers can react to it; its
-    /// message is part of this one (not also a `source()`, which would print it twice).
-    #[error("model: {0}")]
-    Model(visionthink_model::Error),
-    /// The generation was stopped through its [`Cancel`] handle.
-    #[error("generation stopped: {0}")]
-    Cancelled(CancelReason),
-    /// A file's content is not what is expected.
-    #[error("{path}: {reason}")]
-    Content {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl From<visionthink_model::Error> for Error {
-    fn from(e: visionthink_model::Error) -> Self {
-        Self::Model(e)
-    }
-}
-
-/// Result alias of the SDK.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use error::{Error, Result};

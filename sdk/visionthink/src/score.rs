@@ -5,7 +5,7 @@
 //! Output line: `id`, `group`, `format_score`, `tool_call_count`, `accuracy`, `reward`,
 //! `group_kept` (and `judge_error` when the judge failed).
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 use serde_json::{json, Value};
 use visionthink_core::judge::{Judge, JudgeRequest};
 use visionthink_core::reward::{extract_prediction, score_group, JudgedRollout, RewardConfig};

@@ -20,7 +20,7 @@
 //! The model runs on a blocking thread, one request at a time.
 
 use crate::engine::{AskOptions, Cancel, CancelReason, GenerateOptions, VisionThink};
-use crate::Error;
+use crate::error::Error;
 use axum::extract::connect_info::Connected;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};

@@ -6,7 +6,7 @@
 //! browser demo's. How it was trained, and how well it does, is in `model/README.md`.
 
 use crate::engine::{DeviceChoice, Precision, VisionThink};
-use crate::Result;
+use crate::error::Result;
 
 /// The model's files, embedded in the binary (about 25 MB: bf16 weights, tokenizer, configs).
 pub const FILES: &[(&str, &[u8])] = &[

@@ -5,7 +5,7 @@
 //! passes matters; [`PassOrder`] says which one is used and the golden fixtures say which one the
 //! pinned Pillow version uses.
 
-use super::RgbImage;
+use super::rgb::RgbImage;
 
 /// The two resampling filters the VisionThink pipeline needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
