@@ -403,15 +403,17 @@ pub(crate) fn read_parts(
             found: spec.shape.clone(),
         });
     }
-    Ok((0..parts)
-        .map(|p| {
-            let chunk = data[p * block..(p + 1) * block].to_vec();
-            let shape = match spec.shape.len() {
-                1 => vec![rows],
-                _ => vec![rows, block / rows.max(1)],
-            };
-            (chunk, shape)
-        })
+    let shape = match spec.shape.len() {
+        1 => vec![rows],
+        _ => vec![rows, block / rows.max(1)],
+    };
+    if parts == 1 {
+        // The whole tensor: handed over without a copy (an embedding is hundreds of MB).
+        return Ok(vec![(data, shape)]);
+    }
+    Ok(data
+        .chunks_exact(block.max(1))
+        .map(|chunk| (chunk.to_vec(), shape.clone()))
         .collect())
 }
 
