@@ -18,6 +18,7 @@ pub mod generate {
 }
 pub mod graph;
 pub mod session;
+pub mod storage;
 pub mod weights;
 #[cfg(feature = "wgpu")]
 pub mod wgpu_backend;
@@ -26,6 +27,7 @@ pub use backend::{Backend, Mask};
 pub use candle_backend::CandleBackend;
 pub use graph::{KvCache, Qwen25VL};
 pub use session::{Feed, Session};
+pub use storage::WeightStorage;
 pub use weights::WeightStore;
 #[cfg(feature = "wgpu")]
 pub use wgpu_backend::{WgpuBackend, WgpuOptions};

@@ -16,8 +16,7 @@ use visionthink_core::driver::{
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
 use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::sampling::{Sampler, SamplingConfig};
-#[cfg(feature = "wgpu")]
-use visionthink_model::wgpu_backend::WeightStorage;
+pub use visionthink_model::WeightStorage;
 use visionthink_model::{CandleBackend, Feed, Qwen25VL, Session as ModelSession, WeightStore};
 #[cfg(feature = "wgpu")]
 use visionthink_model::{WgpuBackend, WgpuOptions};
@@ -36,6 +35,42 @@ pub enum Precision {
     Bf16,
     /// f16 weights and activations (softmax and norms in f32).
     F16,
+}
+
+/// How to load a model: where, in which precision, and how the WebGPU executor stores weights.
+///
+/// ```no_run
+/// use visionthink::{DeviceChoice, LoadOptions, WeightStorage};
+/// let opts = LoadOptions { device: DeviceChoice::Wgpu, wgpu_weights: Some(WeightStorage::Int8), ..Default::default() };
+/// let vt = visionthink::VisionThink::load_with("path/to/model", &opts)?;
+/// # Ok::<(), visionthink::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: DeviceChoice,
+    /// Compute precision of the candle executor; for the WebGPU executor (which computes in
+    /// f32), `F16` stores the weights as f16 unless `wgpu_weights` says otherwise.
+    pub precision: Precision,
+    /// The WebGPU executor's weight storage (`f32`, `f16`, `int8`); only with
+    /// [`DeviceChoice::Wgpu`], and only with the default `F32` precision.
+    pub wgpu_weights: Option<WeightStorage>,
+}
+
+impl LoadOptions {
+    /// The WebGPU executor's weight storage these options ask for.
+    fn wgpu_storage(&self) -> Result<WeightStorage> {
+        let config = |m: &str| Err(Error::Model(visionthink_model::Error::Config(m.into())));
+        match (self.wgpu_weights, self.precision) {
+            (Some(w), Precision::F32) => Ok(w),
+            (Some(_), _) => config("give the WebGPU weight storage or a precision, not both"),
+            (None, Precision::F32) => Ok(WeightStorage::F32),
+            (None, Precision::F16) => Ok(WeightStorage::F16),
+            (None, Precision::Bf16) => config(
+                "the WebGPU executor stores weights as f32, f16 or int8 (use --dtype f32 or f16, or --weights)",
+            ),
+        }
+    }
 }
 
 /// Where to run.
@@ -227,9 +262,19 @@ impl VisionThink {
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Self> {
+        let opts = LoadOptions {
+            device,
+            precision,
+            wgpu_weights: None,
+        };
+        Self::load_with(path, &opts)
+    }
+
+    /// Loads with [`LoadOptions`].
+    pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let dir = ModelDir::open(path.as_ref())?;
         let store = WeightStore::open(&dir.path).map_err(model_err)?;
-        Self::from_parts(dir, &store, device, precision)
+        Self::from_parts(dir, &store, opts)
     }
 
     /// Loads a model whose files are in memory (`(file name, bytes)`: `model.safetensors`,
@@ -246,6 +291,20 @@ impl VisionThink {
         device: DeviceChoice,
         precision: Precision,
     ) -> Result<Self> {
+        let opts = LoadOptions {
+            device,
+            precision,
+            wgpu_weights: None,
+        };
+        Self::from_files_with(label, files, &opts)
+    }
+
+    /// [`Self::from_files`] with [`LoadOptions`].
+    pub fn from_files_with(
+        label: &str,
+        files: &[(&str, &[u8])],
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let dir = ModelDir::from_files(label, files)?;
         let weights: Vec<(String, Vec<u8>)> = files
             .iter()
@@ -253,15 +312,17 @@ impl VisionThink {
             .map(|(n, b)| (format!("{label}/{n}"), b.to_vec()))
             .collect();
         let store = WeightStore::from_bytes(weights).map_err(model_err)?;
-        Self::from_parts(dir, &store, device, precision)
+        Self::from_parts(dir, &store, opts)
     }
 
-    fn from_parts(
-        dir: ModelDir,
-        store: &WeightStore,
-        device: DeviceChoice,
-        precision: Precision,
-    ) -> Result<Self> {
+    fn from_parts(dir: ModelDir, store: &WeightStore, opts: &LoadOptions) -> Result<Self> {
+        let (device, precision) = (opts.device, opts.precision);
+        if opts.wgpu_weights.is_some() && device != DeviceChoice::Wgpu {
+            return Err(Error::Model(visionthink_model::Error::Config(
+                "a WebGPU weight storage was given for another executor (--weights is for --backend wgpu)"
+                    .into(),
+            )));
+        }
         let config = dir.config.clone().ok_or_else(|| Error::Content {
             path: dir.path.join("config.json").display().to_string(),
             reason: "missing: a model directory needs config.json".into(),
@@ -280,15 +341,8 @@ impl VisionThink {
             DeviceChoice::Cuda => candle(CandleBackend::cuda(dtype).map_err(model_err)?)?,
             #[cfg(feature = "wgpu")]
             DeviceChoice::Wgpu => {
-                // The WebGPU executor computes in f32; f16 stores the weights as f16.
-                let weights = match precision {
-                    Precision::F32 => WeightStorage::F32,
-                    Precision::F16 => WeightStorage::F16,
-                    Precision::Bf16 => return Err(Error::Model(visionthink_model::Error::Config(
-                        "the WebGPU executor stores weights as f32 or f16 (use --dtype f32 or f16)"
-                            .into(),
-                    ))),
-                };
+                // The WebGPU executor computes in f32 and stores weights as asked.
+                let weights = opts.wgpu_storage()?;
                 let be = WgpuBackend::new_blocking(WgpuOptions {
                     weights,
                     ..Default::default()

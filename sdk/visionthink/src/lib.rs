@@ -37,8 +37,8 @@ pub mod serve;
 pub mod shipped;
 
 pub use engine::{
-    Answer, AskOptions, Cancel, CancelReason, DeviceChoice, Event, GenerateOptions, Precision,
-    Session, Timings, VisionThink,
+    Answer, AskOptions, Cancel, CancelReason, DeviceChoice, Event, GenerateOptions, LoadOptions,
+    Precision, Session, Timings, VisionThink, WeightStorage,
 };
 pub use files::{load_image, ModelDir};
 pub use http_judge::{HttpJudge, HttpJudgeConfig};

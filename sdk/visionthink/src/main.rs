@@ -234,6 +234,10 @@ struct ModelArgs {
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    /// How the WebGPU executor stores weights: f32, f16 or int8 (default: f16 with --dtype f16,
+    /// else f32). Only with --backend wgpu.
+    #[arg(long, value_name = "f32|f16|int8")]
+    weights: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -376,11 +380,20 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
             bail!("--backend wgpu picks its GPU through WGPU_BACKEND; --device cuda is for --backend candle")
         }
     };
+    let opts = visionthink::LoadOptions {
+        device,
+        precision,
+        wgpu_weights: args
+            .weights
+            .as_deref()
+            .map(visionthink::WeightStorage::parse)
+            .transpose()?,
+    };
     let Some(dir) = &args.model_dir else {
         #[cfg(feature = "embedded-model")]
         {
-            let mut vt = visionthink::shipped::load(device, precision)
-                .context("loading the shipped model")?;
+            let mut vt =
+                visionthink::shipped::load_with(&opts).context("loading the shipped model")?;
             override_limits(&mut vt.dir.preprocessor, None, args.max_pixels)?;
             return Ok(vt);
         }
@@ -388,7 +401,7 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
         bail!("no model: pass --model-dir DIR (this build embeds no default model)");
     };
     let dir = visionthink::files::resolve_model(&dir.display().to_string())?;
-    let mut vt = visionthink::VisionThink::load(&dir, device, precision)
+    let mut vt = visionthink::VisionThink::load_with(&dir, &opts)
         .with_context(|| format!("loading {}", dir.display()))?;
     override_limits(&mut vt.dir.preprocessor, None, args.max_pixels)?;
     Ok(vt)

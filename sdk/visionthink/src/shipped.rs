@@ -5,7 +5,7 @@
 //! texture) that need the full image. It is the CLI's default model (`visionthink ask` without `--model-dir`) and the
 //! browser demo's. How it was trained, and how well it does, is in `model/README.md`.
 
-use crate::engine::{DeviceChoice, Precision, VisionThink};
+use crate::engine::{DeviceChoice, LoadOptions, Precision, VisionThink};
 use crate::error::Result;
 
 /// The model's files, embedded in the binary (about 25 MB: bf16 weights, tokenizer, configs).
@@ -57,4 +57,9 @@ pub const EXAMPLE_FINE: &str =
 /// ```
 pub fn load(device: DeviceChoice, precision: Precision) -> Result<VisionThink> {
     VisionThink::from_files(NAME, FILES, device, precision)
+}
+
+/// [`load`] with [`LoadOptions`].
+pub fn load_with(opts: &LoadOptions) -> Result<VisionThink> {
+    VisionThink::from_files_with(NAME, FILES, opts)
 }

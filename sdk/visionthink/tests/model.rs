@@ -433,3 +433,65 @@ fn wgpu_backend_prints_the_same_json_as_candle() {
         assert_eq!(c[k], w[k], "ask {k}");
     }
 }
+
+/// `--weights f32|f16|int8` (parsed once, at the CLI): the reduced storages answer with
+/// candle's argmax on a golden case; an unknown name, a storage for the candle executor, and a
+/// storage together with `--dtype f16` are errors that say so.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_weight_storage_is_chosen_by_name() {
+    let g = golden();
+    let case = &g["variants"]["untied_flat"][0];
+    let dir = fixtures().join("models/untied_flat");
+    let prompt = fixtures()
+        .join("golden")
+        .join(case["prompt_file"].as_str().expect("prompt"));
+    let img = fixtures()
+        .join("images")
+        .join(case["images"][0].as_str().expect("image"));
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "logits",
+            "--model-dir",
+            dir.to_str().expect("dir"),
+            "--prompt-file",
+            prompt.to_str().expect("prompt"),
+            "--image",
+            img.to_str().expect("image"),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| -> Value {
+        let a = args(extra);
+        vt_json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let candle = run(&[]);
+    for w in ["f32", "f16", "int8"] {
+        let out = run(&["--backend", "wgpu", "--weights", w]);
+        assert_eq!(out["argmax"], candle["argmax"], "--weights {w}");
+    }
+    for (extra, says) in [
+        (
+            vec!["--backend", "wgpu", "--weights", "q4"],
+            "f32, f16 or int8",
+        ),
+        (vec!["--weights", "int8"], "--weights is for --backend wgpu"),
+        (
+            vec!["--backend", "wgpu", "--weights", "int8", "--dtype", "f16"],
+            "not both",
+        ),
+    ] {
+        let a = args(&extra);
+        let out = vt_cli(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{extra:?}: {err}"
+        );
+    }
+}

@@ -10,78 +10,14 @@
 //! unpacked with `unpack2x16float`: half the memory, f32 arithmetic, no `shader-f16` needed) and
 //! int8 (four per u32, one f32 scale per row).
 
-/// How a 2-D weight is stored on the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum WeightStorage {
-    /// f32 values.
-    #[default]
-    F32,
-    /// f16 values, two per u32 (round to nearest even), unpacked to f32 in the kernels.
-    F16,
-    /// int8 values, four per u32, with a per-row absmax f32 scale (binding 5).
-    Int8,
-}
+pub use crate::storage::WeightStorage;
 
-impl WeightStorage {
-    /// Parses `f32`, `f16` or `int8` (the CLI, the wasm options and the TypeScript API all
-    /// pass this string).
-    ///
-    /// ```
-    /// use visionthink_model::wgpu_backend::WeightStorage;
-    /// assert_eq!(WeightStorage::parse("int8").unwrap(), WeightStorage::Int8);
-    /// assert!(WeightStorage::parse("q4").unwrap_err().to_string().contains("f32, f16 or int8"));
-    /// ```
-    pub fn parse(s: &str) -> crate::error::Result<Self> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "int8" => Ok(Self::Int8),
-            other => Err(crate::error::Error::Config(format!(
-                "weight storage {other:?} is not one of f32, f16 or int8"
-            ))),
-        }
-    }
-
-    /// The storage the older boolean options ask for: `int8` wins over `f16`.
-    ///
-    /// ```
-    /// use visionthink_model::wgpu_backend::WeightStorage;
-    /// assert_eq!(WeightStorage::from_flags(true, true), WeightStorage::Int8);
-    /// assert_eq!(WeightStorage::from_flags(false, false), WeightStorage::F32);
-    /// ```
-    pub fn from_flags(int8: bool, f16: bool) -> Self {
-        match (int8, f16) {
-            (true, _) => Self::Int8,
-            (false, true) => Self::F16,
-            (false, false) => Self::F32,
-        }
-    }
-
-    /// The name [`Self::parse`] reads.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Int8 => "int8",
-        }
-    }
-
-    /// Bytes per stored value.
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 => 2,
-            Self::Int8 => 1,
-        }
-    }
-
-    /// The weight binding and its accessor `wv`.
-    fn accessor(self) -> &'static str {
-        match self {
-            Self::F32 => include_str!("wgsl/weights_f32.wgsl"),
-            Self::F16 => include_str!("wgsl/weights_f16.wgsl"),
-            Self::Int8 => include_str!("wgsl/weights_int8.wgsl"),
-        }
+/// The weight binding and its accessor `wv` for a storage.
+fn accessor(w: WeightStorage) -> &'static str {
+    match w {
+        WeightStorage::F32 => include_str!("wgsl/weights_f32.wgsl"),
+        WeightStorage::F16 => include_str!("wgsl/weights_f16.wgsl"),
+        WeightStorage::Int8 => include_str!("wgsl/weights_int8.wgsl"),
     }
 }
 
@@ -134,7 +70,7 @@ impl Kernel {
     pub fn source(self) -> String {
         let plain = |body: &str| format!("{FLAT}\n{body}");
         let weighted = |body: &str, w: WeightStorage, params: &str| {
-            format!("{FLAT}\n{params}\n{}\n{body}", w.accessor())
+            format!("{FLAT}\n{params}\n{}\n{body}", accessor(w))
         };
         match self {
             Kernel::Binary => plain(include_str!("wgsl/binary.wgsl")),
