@@ -32,5 +32,6 @@ pub mod rng;
 pub mod rollout;
 pub mod run;
 pub mod sft_phase;
+pub mod shapes;
 pub mod synth;
 pub mod train;

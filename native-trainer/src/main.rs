@@ -80,6 +80,24 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "bf16")]
         dtype: SaveDtype,
     },
+    /// Writes a random checkpoint of a real Qwen2.5-VL shape (3B or 7B) in the hub's layout:
+    /// bf16 shards with model.safetensors.index.json, config.json, and the shipped model's
+    /// tokenizer, template and processor files. For load and speed measurements at real size;
+    /// the answers are noise. Prints `{"out", "bytes", "seconds"}`.
+    RandomCheckpoint {
+        /// The shape.
+        #[arg(long, value_enum)]
+        shape: visionthink_train::shapes::Shape,
+        /// Output folder (a cache folder: 7.5 GB for 3B, 16.6 GB for 7B).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Largest shard in bytes.
+        #[arg(long, default_value_t = 4_000_000_000)]
+        shard_bytes: u64,
+    },
     /// Draws the PNG curves of a run folder's metrics.jsonl into it.
     Plot {
         /// The run folder.
@@ -174,6 +192,22 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Sft(a) => cmd_phase(Phase::Sft, a),
         Cmd::Train(a) => cmd_phase(Phase::Grpo, a),
         Cmd::Export { from, out, dtype } => cmd_export(&from, &out, dtype),
+        Cmd::RandomCheckpoint {
+            shape,
+            out,
+            seed,
+            shard_bytes,
+        } => {
+            let t = std::time::Instant::now();
+            let bytes =
+                visionthink_train::shapes::write_checkpoint(shape, &out, seed, shard_bytes)?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                serde_json::json!({"out": out, "bytes": bytes, "seconds": secs})
+            );
+            Ok(())
+        }
         Cmd::Plot { run } => {
             for p in visionthink_train::plots::write_curves(&run)? {
                 println!("{}", p.display());

@@ -59,6 +59,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     /// The WebGPU executor's weight storage these options ask for.
+    #[cfg(feature = "wgpu")]
     fn wgpu_storage(&self) -> Result<WeightStorage> {
         let config = |m: &str| Err(Error::Model(visionthink_model::Error::Config(m.into())));
         match (self.wgpu_weights, self.precision) {
