@@ -242,6 +242,37 @@ fn sdpa(
     Ok(p.to_dtype(v.dtype())?.matmul(v)?)
 }
 
+impl CandleBackend {
+    /// `x · wᵀ` through [`crate::gemv::gemv_bf16`] when that is the fast path: one row,
+    /// bf16 weights held contiguously on the CPU, inference (no autograd). `None` otherwise.
+    fn bf16_row(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+        let one_row = x.dims().len() == 2 && x.dims()[0] == 1;
+        if self.trainable.is_some() || !one_row || w.dtype() != DType::BF16 || !w.device().is_cpu()
+        {
+            return Ok(None);
+        }
+        let (m, k) = w.dims2()?;
+        if x.dims()[1] != k {
+            return Ok(None);
+        }
+        let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (storage, layout) = w.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Ok(None);
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            return Ok(None);
+        };
+        let weights = cpu.as_slice::<half::bf16>()?;
+        let y = crate::gemv::gemv_bf16(&xs, &weights[start..end]);
+        drop(storage);
+        let y: Vec<half::bf16> = y.into_iter().map(half::bf16::from_f32).collect();
+        Ok(Some(
+            Tensor::from_vec(y, (1, m), &self.device)?.to_dtype(x.dtype())?,
+        ))
+    }
+}
+
 impl Backend for CandleBackend {
     type Tensor = Tensor;
 
@@ -285,7 +316,10 @@ impl Backend for CandleBackend {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        let y = x.matmul(&w.t()?)?;
+        let y = match self.bf16_row(x, w)? {
+            Some(y) => y,
+            None => x.matmul(&w.t()?)?,
+        };
         Ok(match b {
             Some(b) => y.broadcast_add(b)?,
             None => y,

@@ -16,6 +16,7 @@ mod error;
 pub mod generate {
     pub use visionthink_core::sampling::*;
 }
+pub mod gemv;
 pub mod graph;
 pub mod session;
 pub mod storage;

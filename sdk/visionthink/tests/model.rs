@@ -495,3 +495,53 @@ fn wgpu_weight_storage_is_chosen_by_name() {
         );
     }
 }
+
+/// `--dtype bf16` (weights and activations in bf16; one-row products through the bf16
+/// matrix-vector kernel): the same argmax and generated ids as f32 on a golden case, logits
+/// within bf16's precision of the logit scale.
+#[test]
+fn bf16_compute_agrees_with_f32() {
+    let g = golden();
+    let case = &g["variants"]["untied_flat"][0];
+    let dir = fixtures().join("models/untied_flat");
+    let prompt = fixtures()
+        .join("golden")
+        .join(case["prompt_file"].as_str().expect("prompt"));
+    let img = fixtures()
+        .join("images")
+        .join(case["images"][0].as_str().expect("image"));
+    let run = |cmd: &str, dtype: &str| -> Value {
+        let mut args = vec![
+            cmd,
+            "--model-dir",
+            dir.to_str().expect("dir"),
+            "--prompt-file",
+            prompt.to_str().expect("prompt"),
+            "--image",
+            img.to_str().expect("image"),
+            "--dtype",
+            dtype,
+            "--json",
+        ];
+        if cmd == "generate" {
+            args.extend(["--max-new-tokens", "8"]);
+        }
+        vt_json(&args)
+    };
+    let (f, b) = (run("logits", "f32"), run("logits", "bf16"));
+    assert_eq!(f["argmax"], b["argmax"]);
+    let scale = case["logit_scale"].as_f64().expect("scale");
+    for (x, y) in f["logits_last_first16"]
+        .as_array()
+        .expect("logits")
+        .iter()
+        .zip(b["logits_last_first16"].as_array().expect("logits"))
+    {
+        let (x, y) = (x.as_f64().expect("x"), y.as_f64().expect("y"));
+        assert!((x - y).abs() <= 0.05 * scale, "{x} vs {y}");
+    }
+    assert_eq!(
+        run("generate", "f32")["tokens"],
+        run("generate", "bf16")["tokens"]
+    );
+}
