@@ -110,16 +110,11 @@ pub fn tool_call(data: &[u8]) {
     });
 }
 
-/// The episode driver fed whatever tokens the input picks (two bytes per token: a table of
-/// protocol-relevant tokens, or any id of the vocabulary), with the fixture tokenizer, a small
-/// image and small budgets. It must end (answer or a clear error) within `max_rounds` turns of
-/// at most `max_new_tokens` tokens each, never panic, and account visual tokens consistently.
-pub fn model_output(data: &[u8]) {
-    use visionthink_core::driver::{Action, EpisodeDriver, EpisodeOptions, ModelInfo};
-    let tok = qwen_tokenizer();
-    // Tokens the protocol reacts to, and JSON pieces, so the fuzzer reaches tool calls quickly.
+/// Tokens the protocol reacts to, and JSON pieces, so the fuzzer reaches tool calls quickly.
+fn protocol_tokens() -> &'static [u32] {
     static TABLE: OnceLock<Vec<u32>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
+    TABLE.get_or_init(|| {
+        let tok = qwen_tokenizer();
         let mut t = vec![
             tokens::IM_END,
             tokens::ENDOFTEXT,
@@ -149,7 +144,36 @@ pub fn model_output(data: &[u8]) {
             t.extend(tok.encode_template(s).unwrap_or_default());
         }
         t
-    });
+    })
+}
+
+/// An episode's answer on the 112×84 image: within the round budget, and half size first with
+/// the full image counted only when the model asked for it.
+fn check_answer(
+    answer: &visionthink_core::answer::Answer,
+    opts: &visionthink_core::driver::EpisodeOptions,
+    preprocessor: &PreprocessorConfig,
+) {
+    assert!(answer.turns.len() <= opts.protocol.max_rounds);
+    let low = visionthink_core::image::visual_tokens(56, 42, preprocessor).expect("valid size");
+    let full = visionthink_core::image::visual_tokens(112, 84, preprocessor).expect("valid size");
+    assert_eq!(answer.visual_tokens_full_res, full);
+    let want = if answer.used_high_res {
+        low + full
+    } else {
+        low
+    };
+    assert_eq!(answer.visual_tokens, want, "visual tokens miscounted");
+}
+
+/// The episode driver fed whatever tokens the input picks (two bytes per token: a table of
+/// protocol-relevant tokens, or any id of the vocabulary), with the fixture tokenizer, a small
+/// image and small budgets. It must end (answer or a clear error) within `max_rounds` turns of
+/// at most `max_new_tokens` tokens each, never panic, and account visual tokens consistently.
+pub fn model_output(data: &[u8]) {
+    use visionthink_core::driver::{Action, EpisodeDriver, EpisodeOptions, ModelInfo};
+    let tok = qwen_tokenizer();
+    let table = protocol_tokens();
     let preprocessor = PreprocessorConfig::default();
     let info = ModelInfo {
         tokenizer: tok,
@@ -182,19 +206,7 @@ pub fn model_output(data: &[u8]) {
     heap::limited(HEAP_LIMIT, || loop {
         match action {
             Action::Done(answer) => {
-                assert!(answer.turns.len() <= opts.protocol.max_rounds);
-                // Half size first; the full image only when the model asked for it.
-                let low = visionthink_core::image::visual_tokens(56, 42, &preprocessor)
-                    .expect("valid size");
-                let full = visionthink_core::image::visual_tokens(112, 84, &preprocessor)
-                    .expect("valid size");
-                assert_eq!(answer.visual_tokens_full_res, full);
-                let want = if answer.used_high_res {
-                    low + full
-                } else {
-                    low
-                };
-                assert_eq!(answer.visual_tokens, want, "visual tokens miscounted");
+                check_answer(&answer, &opts, &preprocessor);
                 return;
             }
             Action::Feed(_) => {}
