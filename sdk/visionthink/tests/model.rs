@@ -359,20 +359,26 @@ fn streaming_pieces_are_whole_characters_and_add_up() {
     assert_eq!(a.turns[0], turn);
 }
 
+/// The first golden case of the untied checkpoint: the case, the model folder, its prompt file
+/// and its image.
+fn untied_flat_case() -> (Value, PathBuf, PathBuf, PathBuf) {
+    let case = golden()["variants"]["untied_flat"][0].clone();
+    let dir = fixtures().join("models/untied_flat");
+    let prompt = fixtures()
+        .join("golden")
+        .join(case["prompt_file"].as_str().expect("prompt"));
+    let img = fixtures()
+        .join("images")
+        .join(case["images"][0].as_str().expect("image"));
+    (case, dir, prompt, img)
+}
+
 /// `logits --backend wgpu` (contract): the same JSON keys as candle, values within 1e-3 of the
 /// logit scale, same argmax and top-5; `ask --backend wgpu` gives candle's answer record.
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backend_prints_the_same_json_as_candle() {
-    let g = golden();
-    let case = &g["variants"]["untied_flat"][0];
-    let dir = fixtures().join("models/untied_flat");
-    let prompt = fixtures()
-        .join("golden")
-        .join(case["prompt_file"].as_str().unwrap());
-    let img = fixtures()
-        .join("images")
-        .join(case["images"][0].as_str().unwrap());
+    let (case, dir, prompt, img) = untied_flat_case();
     let run = |backend: &str| -> Value {
         vt_json(&[
             "logits",
@@ -440,15 +446,7 @@ fn wgpu_backend_prints_the_same_json_as_candle() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_weight_storage_is_chosen_by_name() {
-    let g = golden();
-    let case = &g["variants"]["untied_flat"][0];
-    let dir = fixtures().join("models/untied_flat");
-    let prompt = fixtures()
-        .join("golden")
-        .join(case["prompt_file"].as_str().expect("prompt"));
-    let img = fixtures()
-        .join("images")
-        .join(case["images"][0].as_str().expect("image"));
+    let (_, dir, prompt, img) = untied_flat_case();
     let args = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
             "logits",
@@ -501,15 +499,7 @@ fn wgpu_weight_storage_is_chosen_by_name() {
 /// within bf16's precision of the logit scale.
 #[test]
 fn bf16_compute_agrees_with_f32() {
-    let g = golden();
-    let case = &g["variants"]["untied_flat"][0];
-    let dir = fixtures().join("models/untied_flat");
-    let prompt = fixtures()
-        .join("golden")
-        .join(case["prompt_file"].as_str().expect("prompt"));
-    let img = fixtures()
-        .join("images")
-        .join(case["images"][0].as_str().expect("image"));
+    let (case, dir, prompt, img) = untied_flat_case();
     let run = |cmd: &str, dtype: &str| -> Value {
         let mut args = vec![
             cmd,
