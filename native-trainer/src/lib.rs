@@ -3,7 +3,7 @@
 //! The native VisionThink trainer: synthetic data ([`synth`]), an SFT warm start and
 //! multi-turn GRPO with the official rewards ([`train`], [`grpo`]), checkpoints with exact
 //! resume ([`checkpoint`]), and evaluation against always-high / always-low baselines
-//! ([`eval`]). Everything runs the SDK's Qwen2.5-VL graph on candle, differentiably.
+//! ([`eval`]), or of a served model through the SDK's remote engine ([`remote_eval`]). Everything runs the SDK's Qwen2.5-VL graph on candle, differentiably.
 //!
 //! ```no_run
 //! use visionthink_train::config::TrainConfig;
@@ -28,6 +28,7 @@ pub mod optim;
 pub mod parquet_data;
 pub mod plots;
 pub mod policy;
+pub mod remote_eval;
 pub mod rng;
 pub mod rollout;
 pub mod run;

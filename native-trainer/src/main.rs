@@ -120,6 +120,8 @@ enum Cmd {
         /// Write report.md, report.json and samples.jsonl (every question's responses) here.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteEvalOpts,
     },
     /// Evaluates every checkpoint of a run folder on a validation set (not the test set) and
     /// prints the best one's folder: the highest mean accuracy reward with the tool penalty
@@ -136,6 +138,30 @@ enum Cmd {
         #[command(flatten)]
         opts: EvalOpts,
     },
+}
+
+/// `eval` of a served model.
+#[derive(clap::Args)]
+struct RemoteEvalOpts {
+    /// Evaluate the model an OpenAI-compatible chat server serves (vLLM, `visionthink serve`),
+    /// e.g. http://127.0.0.1:8000/v1, instead of a model folder: accuracy, tool use, visual
+    /// tokens and latency of the low-res-first protocol (report.md and report.json with --out).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Model name on the server (default: the first one `GET /models` lists).
+    #[arg(long, requires = "endpoint")]
+    remote_model: Option<String>,
+    /// Bearer token for the server.
+    #[arg(
+        long,
+        env = "VISIONTHINK_REMOTE_API_KEY",
+        hide_env_values = true,
+        requires = "endpoint"
+    )]
+    remote_api_key: Option<String>,
+    /// Questions in flight at once (a server batches them).
+    #[arg(long, default_value_t = 1, requires = "endpoint")]
+    concurrency: usize,
 }
 
 /// Options shared by `eval` and `select`.
@@ -220,6 +246,21 @@ fn run(cli: Cli) -> Result<()> {
             json,
             opts,
             out,
+            remote,
+        } if remote.endpoint.is_some() => {
+            anyhow::ensure!(
+                model_dir.is_none(),
+                "give --model-dir or --endpoint, not both"
+            );
+            cmd_eval_remote(&remote, &data, json, &opts, out.as_deref())
+        }
+        Cmd::Eval {
+            model_dir,
+            data,
+            json,
+            opts,
+            out,
+            ..
         } => cmd_eval(model_dir.as_deref(), &data, json, &opts, out.as_deref()),
         Cmd::Select { run, data, opts } => cmd_select(&run, &data, &opts),
     }
@@ -315,6 +356,52 @@ fn cmd_eval(
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", eval::markdown(&report, &title));
+    }
+    Ok(())
+}
+
+/// `eval --endpoint`: the protocol against a served model.
+fn cmd_eval_remote(
+    remote: &RemoteEvalOpts,
+    data: &Path,
+    json: bool,
+    opts: &EvalOpts,
+    out: Option<&Path>,
+) -> Result<()> {
+    let url = remote.endpoint.as_deref().unwrap_or_default();
+    anyhow::ensure!(
+        matches!(opts.image_path, ImagePathArg::Inference),
+        "a served model is evaluated on the inference image path"
+    );
+    let ds = open_eval_data(data, opts.bad_rows)?;
+    let mut cfg = visionthink::RemoteConfig::new(url);
+    cfg.model = remote.remote_model.clone();
+    cfg.api_key = remote.remote_api_key.clone().filter(|k| !k.is_empty());
+    let engine = visionthink::RemoteEngine::connect(cfg)?;
+    let label = format!("{url} / {}", engine.model());
+    let report = visionthink_train::remote_eval::evaluate(
+        &engine,
+        &label,
+        &ds,
+        opts.rows,
+        opts.max_new_tokens,
+        remote.concurrency,
+        &visionthink_core::judge::RuleJudge,
+    )?;
+    let title = format!("Evaluation of {} on {}", engine.model(), data.display());
+    let md = visionthink_train::remote_eval::markdown(&report, &title);
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        write_atomic(&dir.join("report.md"), md.as_bytes())?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{md}");
     }
     Ok(())
 }

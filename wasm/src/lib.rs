@@ -11,8 +11,10 @@
 //! `InputError`, `ProtocolError`, `BackendError`, `AbortError`, `TypeError`.
 //!
 //! The npm package (`web/`) wraps this in a TypeScript API (fetching with progress and the Cache
-//! API, async iteration, Web Worker).
+//! API, async iteration, Web Worker). [`chat::ChatSession`] runs the same protocol against a chat
+//! server (`createEngine({ endpoint })`).
 
+pub mod chat;
 pub mod runner;
 
 use runner::{AskOptions, Event, Host, Model, RunError};

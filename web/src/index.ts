@@ -1,7 +1,11 @@
 // VisionThink for the web: `createEngine({ model, onProgress })`, then
 // `engine.ask({ image, question, stream: true })`.
 
-import init, { Engine as WasmEngine, lowResPreview as wasmLowResPreview } from "../pkg/visionthink_wasm.js";
+import init, {
+  ChatSession,
+  Engine as WasmEngine,
+  lowResPreview as wasmLowResPreview,
+} from "../pkg/visionthink_wasm.js";
 import {
   clearModelCache,
   fetchModelFiles,
@@ -21,7 +25,22 @@ export type WeightStorage = "f32" | "f16" | "int8";
 
 export interface EngineOptions {
   /** Base URL of a model folder (HF layout, optional `visionthink-manifest.json`). */
-  model: string;
+  model?: string;
+  /**
+   * Base URL of an OpenAI-compatible chat server (vLLM serving VisionThink, `visionthink
+   * serve`, …), e.g. `https://host/v1`, instead of `model`: the protocol runs in this page (the
+   * core compiled to wasm builds every request and reads every reply) and the server runs the
+   * model. The server must allow this page's origin (CORS).
+   */
+  endpoint?: string;
+  /** Model name on the server (default: the first one `GET /models` lists). */
+  remoteModel?: string;
+  /** Bearer token for the server (never embed a secret key in a public page). */
+  apiKey?: string;
+  /** Ask the server to stream tokens (server-sent events; default true). */
+  remoteStream?: boolean;
+  /** Extra attempts after a network error, 408, 429 or 5xx (default 2; a stream only before its first token). */
+  remoteRetries?: number;
   /** Bytes loaded per file. */
   onProgress?: (p: LoadProgress) => void;
   /** `auto` (default): WebGPU when an adapter answers within `adapterTimeoutMs`, else CPU. */
@@ -86,6 +105,9 @@ export interface Timings {
   prefill_tokens: number;
 }
 
+/** Where an engine runs the model. */
+export type EngineBackend = "webgpu" | "cpu" | "remote";
+
 /** The answer record (same fields as the Rust SDK's `Answer`, plus `backend`). */
 export interface Answer {
   text: string;
@@ -96,7 +118,7 @@ export interface Answer {
   visual_tokens_full_res: number;
   end: string;
   timings: Timings;
-  backend: "webgpu" | "cpu";
+  backend: EngineBackend;
 }
 
 /** A streaming answer: iterate the events, then await `result`. */
@@ -106,7 +128,7 @@ export interface AnswerStream extends AsyncIterable<AskEvent> {
 }
 
 export interface VisionThinkEngine {
-  readonly backend: "webgpu" | "cpu";
+  readonly backend: EngineBackend;
   readonly notice: string | null;
   ask(req: AskRequest & { stream: true }): AnswerStream;
   ask(req: AskRequest & { stream?: false }): Promise<Answer>;
@@ -258,10 +280,238 @@ class Engine implements VisionThinkEngine {
   }
 }
 
-/** Downloads (or reads from the cache) and loads a model. */
-export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngine> {
+/** One failed request: why, and whether another attempt may pass. */
+class RemoteFailure extends Error {
+  constructor(
+    message: string,
+    readonly retry: boolean,
+  ) {
+    super(message);
+  }
+}
+
+/** The `error.message` of an OpenAI-style error body, or the body's start. */
+function errorMessage(body: string): string {
+  try {
+    const v = JSON.parse(body);
+    const m = v?.error?.message ?? v?.message ?? v?.detail;
+    if (typeof m === "string") return m;
+  } catch {
+    // not JSON
+  }
+  return body.slice(0, 300);
+}
+
+/** Server-sent chat completion chunks up to `data: [DONE]`: the content deltas joined. */
+async function readStream(
+  res: Response,
+  onChunk: (text: string) => void,
+): Promise<{ text: string; prompt: number; completion: number }> {
+  if (!res.body) throw new RemoteFailure("the stream has no body", true);
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  let text = "";
+  let prompt = 0;
+  let completion = 0;
+  let chunks = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new RemoteFailure(`the stream ended before \`data: [DONE]\` (after ${chunks} chunk(s))`, chunks === 0);
+    buf += value;
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl).replace(/\r$/, "");
+      buf = buf.slice(nl + 1);
+      if (line === "" || line.startsWith(":") || /^(event|id|retry):/.test(line)) continue;
+      if (!line.startsWith("data:")) throw new RemoteFailure(`the stream is not server-sent events: ${line.slice(0, 300)}`, false);
+      const data = line.slice(5).trimStart();
+      if (data === "[DONE]") {
+        await reader.cancel().catch(() => {});
+        return { text, prompt, completion };
+      }
+      let v;
+      try {
+        v = JSON.parse(data);
+      } catch {
+        throw new RemoteFailure(`a streamed event is not JSON: ${data.slice(0, 300)}`, false);
+      }
+      if (v.error) throw new RemoteFailure(`the server reported: ${v.error.message ?? JSON.stringify(v.error)}`, false);
+      if (v.usage) {
+        prompt = v.usage.prompt_tokens ?? 0;
+        completion = v.usage.completion_tokens ?? 0;
+      }
+      if (!Array.isArray(v.choices)) throw new RemoteFailure(`a streamed event has no \`choices\`: ${data.slice(0, 300)}`, false);
+      const piece = v.choices[0]?.delta?.content;
+      if (typeof piece === "string" && piece) {
+        text += piece;
+        onChunk(piece);
+      }
+      chunks++;
+    }
+  }
+}
+
+/** The low-res-first protocol against a chat server (see `EngineOptions.endpoint`). */
+class RemoteEngine implements VisionThinkEngine {
+  readonly backend = "remote" as const;
+  readonly notice = null;
+  private controllers = new Set<AbortController>();
+
+  constructor(
+    private base: string,
+    private model: string,
+    private opts: EngineOptions,
+  ) {}
+
+  private headers(): Record<string, string> {
+    const h: Record<string, string> = { "Content-Type": "application/json" };
+    if (this.opts.apiKey) h.Authorization = `Bearer ${this.opts.apiKey}`;
+    return h;
+  }
+
+  /** One request, retried as configured; resolves to the reply's text and usage. */
+  private async complete(body: unknown, signal: AbortSignal, onChunk: (t: string) => void) {
+    const retries = this.opts.remoteRetries ?? 2;
+    for (let attempt = 0; ; attempt++) {
+      let emitted = false;
+      try {
+        return await this.attempt(body, signal, (t) => {
+          emitted = true;
+          onChunk(t);
+        });
+      } catch (e) {
+        if (signal.aborted) throw new VisionThinkError("AbortError", "cancelled");
+        const f = e instanceof RemoteFailure ? e : new RemoteFailure(`request failed: ${e}`, true);
+        if (f.retry && !emitted && attempt < retries) {
+          await new Promise((r) => setTimeout(r, 1000));
+          continue;
+        }
+        const tries = attempt > 0 ? ` (after ${attempt + 1} attempts)` : "";
+        throw new VisionThinkError("RemoteError", `remote engine ${this.base}: ${f.message}${tries}`);
+      }
+    }
+  }
+
+  private async attempt(body: unknown, signal: AbortSignal, onChunk: (t: string) => void) {
+    const res = await fetch(`${this.base}/chat/completions`, {
+      method: "POST",
+      headers: this.headers(),
+      body: JSON.stringify(body),
+      signal,
+    });
+    if (!res.ok) {
+      const text = await res.text().catch(() => "");
+      const retry = res.status === 408 || res.status === 429 || res.status >= 500;
+      throw new RemoteFailure(`HTTP ${res.status}: ${errorMessage(text)}`, retry);
+    }
+    if ((body as { stream?: boolean }).stream) return readStream(res, onChunk);
+    const raw = await res.text();
+    let v;
+    try {
+      v = JSON.parse(raw);
+    } catch {
+      throw new RemoteFailure(`the reply is not JSON: ${raw.slice(0, 300)}`, false);
+    }
+    const content = v?.choices?.[0]?.message?.content;
+    if (!v?.choices?.length) throw new RemoteFailure(`the reply has no choice: ${raw.slice(0, 300)}`, false);
+    if (typeof content !== "string") throw new RemoteFailure("the reply's choice has no message content", false);
+    onChunk(content);
+    return { text: content, prompt: v.usage?.prompt_tokens ?? 0, completion: v.usage?.completion_tokens ?? 0 };
+  }
+
+  ask(req: AskRequest & { stream: true }): AnswerStream;
+  ask(req: AskRequest & { stream?: false }): Promise<Answer>;
+  ask(req: AskRequest): AnswerStream | Promise<Answer> {
+    const { image, question, stream, signal, forcedTurns, ...options } = req;
+    const controller = new AbortController();
+    const run = async (emit: (e: AskEvent) => void): Promise<Answer> => {
+      const onAbort = () => controller.abort();
+      signal?.addEventListener("abort", onAbort);
+      this.controllers.add(controller);
+      let session: ChatSession | null = null;
+      try {
+        const bytes = await imageBytes(image);
+        try {
+          session = new ChatSession(bytes, question, this.model, this.opts.remoteStream ?? true, options);
+        } catch (e) {
+          throw named(e);
+        }
+        let step = session.start();
+        for (let turn = 0; ; turn++) {
+          if (step.done) return { ...step.answer, backend: "remote" } as Answer;
+          if (step.resized) emit({ type: "resize" });
+          let text: string;
+          const forced = forcedTurns?.[turn];
+          if (forced !== undefined) {
+            text = forced;
+          } else {
+            const t0 = performance.now();
+            const reply = await this.complete(step.body, controller.signal, (t) =>
+              emit({ type: "token", turn, id: 0, text: t }),
+            );
+            session.addUsage(reply.prompt, reply.completion, performance.now() - t0);
+            text = reply.text;
+          }
+          try {
+            step = session.onReply(text);
+          } catch (e) {
+            throw named(e);
+          }
+        }
+      } finally {
+        session?.free();
+        signal?.removeEventListener("abort", onAbort);
+        this.controllers.delete(controller);
+      }
+    };
+    if (stream) return eventStream(run, () => controller.abort());
+    return run(() => {});
+  }
+
+  cancel(): void {
+    for (const c of this.controllers) c.abort();
+  }
+
+  destroyDevice(): void {}
+}
+
+/** The remote engine: the model name from `GET /models` unless given. */
+async function createRemoteEngine(opts: EngineOptions & { endpoint: string }): Promise<VisionThinkEngine> {
   await initWasm(opts.wasm);
-  const files = await fetchModelFiles(opts.model, {
+  const base = opts.endpoint.replace(/\/+$/, "").replace(/\/chat\/completions$/, "");
+  let model = opts.remoteModel;
+  if (!model) {
+    let res: Response;
+    try {
+      res = await fetch(`${base}/models`, {
+        headers: opts.apiKey ? { Authorization: `Bearer ${opts.apiKey}` } : {},
+      });
+    } catch (e) {
+      throw new VisionThinkError("RemoteError", `remote engine ${base}: GET /models failed: ${e}`);
+    }
+    const text = await res.text();
+    if (!res.ok) throw new VisionThinkError("RemoteError", `remote engine ${base}: GET /models: HTTP ${res.status}: ${errorMessage(text)}`);
+    try {
+      model = JSON.parse(text)?.data?.[0]?.id;
+    } catch {
+      model = undefined;
+    }
+    if (typeof model !== "string")
+      throw new VisionThinkError("RemoteError", `remote engine ${base}: GET /models lists no model (pass remoteModel)`);
+  }
+  return new RemoteEngine(base, model, opts);
+}
+
+/** Downloads (or reads from the cache) and loads a model; or, with `endpoint`, connects to a chat server. */
+export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngine> {
+  if (opts.endpoint !== undefined) {
+    if (opts.model !== undefined) throw new TypeError("createEngine: give `model` or `endpoint`, not both");
+    return createRemoteEngine(opts as EngineOptions & { endpoint: string });
+  }
+  if (opts.model === undefined) throw new TypeError("createEngine: give `model` (a model folder URL) or `endpoint`");
+  const modelUrl = opts.model;
+  await initWasm(opts.wasm);
+  const files = await fetchModelFiles(modelUrl, {
     useCache: opts.cache,
     onProgress: opts.onProgress,
     manifest: opts.manifest,
@@ -285,7 +535,7 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
   };
   // After a lost device: the files again (from the cache when it is on) onto a fresh device.
   const reload = async () => {
-    const again = await fetchModelFiles(opts.model, { useCache: opts.cache, manifest: opts.manifest });
+    const again = await fetchModelFiles(modelUrl, { useCache: opts.cache, manifest: opts.manifest });
     return WasmEngine.load(again, loadOptions);
   };
   try {

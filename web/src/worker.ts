@@ -9,6 +9,7 @@ import {
   type AskEvent,
   type AskRequest,
   createEngine,
+  type EngineBackend,
   type EngineOptions,
   eventStream,
   type VisionThinkEngine,
@@ -23,7 +24,7 @@ type ToWorker =
 
 type FromWorker =
   | { id: number; type: "progress"; progress: import("./cache.js").LoadProgress }
-  | { id: number; type: "loaded"; backend: "webgpu" | "cpu"; notice: string | null }
+  | { id: number; type: "loaded"; backend: EngineBackend; notice: string | null }
   | { id: number; type: "event"; event: AskEvent }
   | { id: number; type: "result"; answer: Answer }
   | { id: number; type: "error"; name: string; message: string; resumable: boolean };

@@ -197,3 +197,57 @@ test("no WebGPU: CPU fallback with a notice, same protocol; Stop cancels", async
     await close();
   }
 });
+
+test("remote engine: createEngine({ endpoint }) runs the protocol against `visionthink serve` as the CLI does locally", async () => {
+  // The Rust binary the workspace tests built (tests/run.sh builds it before this step).
+  const { spawn, execFileSync } = await import("node:child_process");
+  const { existsSync } = await import("node:fs");
+  const { createInterface } = await import("node:readline");
+  const target = process.env.CARGO_TARGET_DIR ?? resolve(webRoot, "../target");
+  const bin = process.env.VT_BIN ?? join(target, "debug", "visionthink");
+  assert.ok(existsSync(bin), `no visionthink binary at ${bin}: run cargo build -p visionthink (or set VT_BIN)`);
+  const image = resolve(webRoot, "../sdk/visionthink/model/example.png");
+  const fine = "What is the fine texture of the background: horizontal, vertical or checkered?";
+  const local = JSON.parse(execFileSync(bin, ["ask", "--image", image, "--question", fine, "--json"], { encoding: "utf8" }));
+  const server = spawn(bin, ["serve", "--port", "0", "--allow-origin", srv.url], { stdio: ["ignore", "pipe", "inherit"] });
+  const { page, logs, close } = await browser({ webgpu: false });
+  try {
+    const banner = await new Promise((ok, fail) => {
+      createInterface({ input: server.stdout }).once("line", ok);
+      server.once("exit", (c) => fail(new Error(`visionthink serve exited with ${c}`)));
+    });
+    const endpoint = banner.replace(/^listening on /, "").trim();
+    await page.goto(`${srv.url}/demo/blank.html`);
+    const out = await page.evaluate(
+      async ({ base, endpoint, fine }) => {
+        const { createEngine } = await import(`${base}/dist/index.js`);
+        const image = new Uint8Array(await (await fetch(`${base}/example.png`)).arrayBuffer());
+        const engine = await createEngine({ endpoint, remoteModel: "visionthink-raw" });
+        const events = [];
+        const stream = engine.ask({ image, question: fine, stream: true });
+        for await (const ev of stream) events.push(ev.type);
+        const answer = await stream.result;
+        // A model the server does not know: the server's error, typed.
+        let refused = "";
+        try {
+          const listed = await createEngine({ endpoint });
+          await listed.ask({ image: new Uint8Array([1, 2, 3]), question: "q" });
+        } catch (e) {
+          refused = `${e.name}: ${e.message}`;
+        }
+        return { answer, events, backend: engine.backend, refused };
+      },
+      { base: srv.url, endpoint, fine },
+    );
+    assert.equal(out.backend, "remote");
+    assert.equal(out.answer.backend, "remote");
+    for (const k of ["text", "used_high_res", "turns", "visual_tokens", "visual_tokens_full_res", "end"])
+      assert.deepEqual(out.answer[k], local[k], `${k}\n${logs.join("\n")}`);
+    assert.equal(out.answer.used_high_res, true);
+    assert.ok(out.events.includes("resize") && out.events.includes("token"), JSON.stringify(out.events));
+    assert.match(out.refused, /^ImageError/, "a bad image is refused before any request");
+  } finally {
+    await close();
+    server.kill();
+  }
+});

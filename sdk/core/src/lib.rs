@@ -13,6 +13,8 @@
 //! - [`protocol`]: the low-res-first episode as a state machine.
 //! - [`driver`]: the token loop of an episode (turn 1, forced turns, the budget cut, tool
 //!   turns, streaming text, the answer record) for any executor to drive.
+//! - [`chat`]: the same episode over a chat API (messages instead of tokens), for remote
+//!   engines such as vLLM.
 //! - [`sampling`]: greedy / temperature / top-k / top-p token selection, seeded.
 //! - [`reward`], [`judge`]: format/accuracy rewards, penalties, GRPO advantages, judges.
 //! - [`config`]: `config.json` (flat and nested), `preprocessor_config.json`,
@@ -34,6 +36,7 @@
 compile_error!("visionthink-core needs a tokenizer regex engine: enable feature `fancy-regex` (any target) or `onig` (native)");
 
 pub mod answer;
+pub mod chat;
 pub mod config;
 pub mod driver;
 pub mod error;

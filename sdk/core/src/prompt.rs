@@ -23,6 +23,11 @@ pub enum Segment {
     Template(String),
     /// Text a user (or a model, in an error message) supplied: always plain text.
     User(String),
+    /// The text of a chat message a client sent (a server's raw chat): control (special)
+    /// tokens stay text, the non-special added tokens (`<tool_call>`, `</tool_call>`) are
+    /// recognised as HF tokenizers recognise them — a model's own tool call, sent back as an
+    /// assistant message, is the token it generated.
+    Message(String),
     /// One image; expanded to its visual tokens at tokenization.
     Image,
 }
@@ -42,24 +47,26 @@ impl Prompt {
     /// Appends template text (control tokens recognised). Adjacent text of the same kind is
     /// merged, so equal prompts compare equal however they were built.
     pub fn push_template(&mut self, text: impl AsRef<str>) -> &mut Self {
-        self.push_text(text.as_ref(), false)
+        self.push_text(Segment::Template(text.as_ref().to_string()))
     }
 
     /// Appends user-supplied text (never control tokens).
     pub fn push_user(&mut self, text: impl AsRef<str>) -> &mut Self {
-        self.push_text(text.as_ref(), true)
+        self.push_text(Segment::User(text.as_ref().to_string()))
     }
 
-    fn push_text(&mut self, text: &str, user: bool) -> &mut Self {
-        if text.is_empty() {
-            return self;
-        }
-        match (self.segments.last_mut(), user) {
-            (Some(Segment::Template(t)), false) | (Some(Segment::User(t)), true) => {
-                t.push_str(text)
-            }
-            (_, false) => self.segments.push(Segment::Template(text.to_string())),
-            (_, true) => self.segments.push(Segment::User(text.to_string())),
+    /// Appends the text of a client's chat message (see [`Segment::Message`]).
+    pub fn push_message(&mut self, text: impl AsRef<str>) -> &mut Self {
+        self.push_text(Segment::Message(text.as_ref().to_string()))
+    }
+
+    fn push_text(&mut self, seg: Segment) -> &mut Self {
+        match (self.segments.last_mut(), seg) {
+            (_, Segment::Template(t) | Segment::User(t) | Segment::Message(t)) if t.is_empty() => {}
+            (Some(Segment::Template(a)), Segment::Template(b))
+            | (Some(Segment::User(a)), Segment::User(b))
+            | (Some(Segment::Message(a)), Segment::Message(b)) => a.push_str(&b),
+            (_, seg) => self.segments.push(seg),
         }
         self
     }
@@ -102,6 +109,7 @@ impl Prompt {
             match s {
                 Segment::Template(t) => self.push_template(t),
                 Segment::User(t) => self.push_user(t),
+                Segment::Message(t) => self.push_message(t),
                 Segment::Image => self.push_image(),
             };
         }
@@ -127,7 +135,7 @@ impl Prompt {
         let mut out = String::new();
         for s in &self.segments {
             match s {
-                Segment::Template(t) | Segment::User(t) => out.push_str(t),
+                Segment::Template(t) | Segment::User(t) | Segment::Message(t) => out.push_str(t),
                 Segment::Image => out.push_str(IMAGE_PLACEHOLDER),
             }
         }

@@ -18,6 +18,9 @@ pub struct QwenTokenizer {
     plain: tokenizers::Tokenizer,
     /// Added tokens, longest first (for leftmost-longest matching).
     added: Vec<(String, u32)>,
+    /// The added tokens that are not special (`<tool_call>`, `</tool_call>`, `<|fim_…|>`, …),
+    /// longest first: recognised in chat message text, as HF does, where control tokens are not.
+    added_text: Vec<(String, u32)>,
 }
 
 impl std::fmt::Debug for QwenTokenizer {
@@ -47,6 +50,7 @@ impl QwenTokenizer {
             .as_object_mut()
             .ok_or_else(|| Error::Tokenizer("top level must be an object".into()))?;
         let mut added = Vec::new();
+        let mut added_text = Vec::new();
         if let Some(list) = obj.get("added_tokens").and_then(|v| v.as_array()) {
             for t in list {
                 let content = t.get("content").and_then(|c| c.as_str());
@@ -54,8 +58,14 @@ impl QwenTokenizer {
                     .get("id")
                     .and_then(|c| c.as_u64())
                     .and_then(|i| u32::try_from(i).ok());
+                let special = t.get("special").and_then(|v| v.as_bool()).unwrap_or(true);
                 match (content, id) {
-                    (Some(c), Some(i)) if !c.is_empty() => added.push((c.to_string(), i)),
+                    (Some(c), Some(i)) if !c.is_empty() => {
+                        if !special {
+                            added_text.push((c.to_string(), i));
+                        }
+                        added.push((c.to_string(), i));
+                    }
                     _ => {
                         return Err(Error::Tokenizer(format!(
                             "malformed added token entry: {t}"
@@ -90,23 +100,24 @@ impl QwenTokenizer {
             }
         }
         added.sort_by_key(|a| std::cmp::Reverse(a.0.len()));
-        Ok(Self { full, plain, added })
+        added_text.sort_by_key(|a| std::cmp::Reverse(a.0.len()));
+        Ok(Self {
+            full,
+            plain,
+            added,
+            added_text,
+        })
     }
 
-    /// Finds the leftmost-longest added token in `text`: `(start, end, id)`.
-    fn find_added(&self, text: &str) -> Option<(usize, usize, u32)> {
+    /// Finds the leftmost-longest token of `table` in `text`: `(start, end, id)`.
+    fn find_added(table: &[(String, u32)], text: &str) -> Option<(usize, usize, u32)> {
         let bytes = text.as_bytes();
         for start in 0..bytes.len() {
-            if bytes[start] != b'<'
-                && !self
-                    .added
-                    .iter()
-                    .any(|(c, _)| c.as_bytes()[0] == bytes[start])
-            {
+            if bytes[start] != b'<' && !table.iter().any(|(c, _)| c.as_bytes()[0] == bytes[start]) {
                 continue;
             }
-            // `added` is sorted longest first, so the first hit is the longest at this start.
-            for (c, id) in &self.added {
+            // The table is sorted longest first, so the first hit is the longest at this start.
+            for (c, id) in table {
                 if bytes[start..].starts_with(c.as_bytes()) {
                     return Some((start, start + c.len(), *id));
                 }
@@ -115,8 +126,12 @@ impl QwenTokenizer {
         None
     }
 
-    fn split_template<'a>(&self, mut text: &'a str, out: &mut Vec<Piece<'a>>) {
-        while let Some((s, e, id)) = self.find_added(text) {
+    fn split_template<'a>(&self, text: &'a str, out: &mut Vec<Piece<'a>>) {
+        Self::split_at(&self.added, text, out);
+    }
+
+    fn split_at<'a>(table: &[(String, u32)], mut text: &'a str, out: &mut Vec<Piece<'a>>) {
+        while let Some((s, e, id)) = Self::find_added(table, text) {
             if s > 0 {
                 out.push(Piece::Plain(&text[..s]));
             }
@@ -173,7 +188,7 @@ impl QwenTokenizer {
     }
 
     /// Encodes a [`Prompt`]: template text with added tokens recognised, user text as plain text,
-    /// each image as `<|vision_start|>`, `image_tokens[i]` × `<|image_pad|>`, `<|vision_end|>`.
+    /// chat message text with only the non-special added tokens recognised, each image as `<|vision_start|>`, `image_tokens[i]` × `<|image_pad|>`, `<|vision_end|>`.
     pub fn encode_prompt(&self, prompt: &Prompt, image_tokens: &[usize]) -> Result<Vec<u32>> {
         if prompt.num_images() != image_tokens.len() {
             return Err(Error::ImageCountMismatch {
@@ -187,6 +202,7 @@ impl QwenTokenizer {
             match seg {
                 Segment::Template(t) => self.split_template(t, &mut pieces),
                 Segment::User(t) => pieces.push(Piece::Plain(t)),
+                Segment::Message(t) => Self::split_at(&self.added_text, t, &mut pieces),
                 Segment::Image => {
                     pieces.push(Piece::Id(tokens::VISION_START));
                     pieces.push(Piece::Pads(images.next().copied().unwrap_or(0)));

@@ -188,7 +188,7 @@ impl Cancel {
 }
 
 impl GenerateOptions {
-    fn check_cancel(&self) -> Result<()> {
+    pub(crate) fn check_cancel(&self) -> Result<()> {
         self.cancel.as_ref().map_or(Ok(()), Cancel::check)
     }
 }
@@ -216,6 +216,48 @@ impl AskOptions {
             protocol: self.protocol.clone(),
             forced_turns: self.forced_turns.clone(),
         }
+    }
+}
+
+/// Something that answers a question about an image with the low-res-first protocol: a local
+/// model ([`VisionThink`]) or a chat server ([`RemoteEngine`](crate::RemoteEngine)). The answer
+/// record is the core's either way.
+///
+/// ```no_run
+/// fn answer(engine: &dyn visionthink::Engine) -> visionthink::Result<String> {
+///     let image = visionthink::load_image("photo.jpg")?;
+///     Ok(engine.ask(&image, "What is written on the sign?", &Default::default())?.text)
+/// }
+/// let local = visionthink::VisionThink::from_dir("path/to/model")?;
+/// let remote = visionthink::RemoteEngine::connect(visionthink::RemoteConfig::new("http://127.0.0.1:8000/v1"))?;
+/// println!("{} / {}", answer(&local)?, answer(&remote)?);
+/// # Ok::<(), visionthink::Error>(())
+/// ```
+pub trait Engine {
+    /// Runs one episode, reporting each generated piece of text and the resize as it happens.
+    fn ask_streaming(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        opts: &AskOptions,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Answer>;
+
+    /// Runs one episode.
+    fn ask(&self, image: &RgbImage, question: &str, opts: &AskOptions) -> Result<Answer> {
+        self.ask_streaming(image, question, opts, &mut |_| {})
+    }
+}
+
+impl Engine for VisionThink {
+    fn ask_streaming(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        opts: &AskOptions,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Answer> {
+        VisionThink::ask_streaming(self, image, question, opts, on_event)
     }
 }
 

@@ -24,6 +24,17 @@ pub enum Error {
     /// The generation was stopped through its [`Cancel`](crate::Cancel) handle.
     #[error("generation stopped: {0}")]
     Cancelled(CancelReason),
+    /// A remote engine's server could not be reached or answered something that is not a chat
+    /// completion (after the configured retries).
+    #[error("remote engine {url}: {reason}")]
+    Remote {
+        /// The server's base URL.
+        url: String,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+        /// What went wrong.
+        reason: String,
+    },
     /// A file's content is not what is expected.
     #[error("{path}: {reason}")]
     Content {
@@ -38,7 +49,7 @@ impl Error {
     /// The error's stable name, the same as the browser package's JS `Error.name` for the
     /// same kinds (`ImageError`, `ProtocolError`, `OutOfMemory`, `DeviceLost`,
     /// `AdapterLimitError`, `WebGPUNotAvailable`, `InputError`, `BackendError`,
-    /// `ModelLoadError`, `AbortError`), plus `ReadError` and `ContentError` for files.
+    /// `ModelLoadError`, `AbortError`), plus `ReadError` and `ContentError` for files and `RemoteError` for a remote engine.
     ///
     /// ```
     /// let e = visionthink::Error::from(visionthink_model::Error::OutOfMemory("4 GB".into()));
@@ -51,6 +62,7 @@ impl Error {
             Error::Cancelled(_) => "AbortError",
             Error::Read { .. } => "ReadError",
             Error::Content { .. } => "ContentError",
+            Error::Remote { .. } => "RemoteError",
         }
     }
 }

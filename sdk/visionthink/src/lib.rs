@@ -5,7 +5,8 @@
 //! feature) or on the WebGPU executor (`wgpu` feature); around the sans-I/O
 //! [`visionthink_core`] it reads model directories and images from disk, judges over HTTP
 //! (any OpenAI-compatible endpoint), scores rollouts in batch, and serves an OpenAI-compatible
-//! endpoint (`serve` feature). The `visionthink` binary is built from this crate.
+//! endpoint (`serve` feature). [`RemoteEngine`] runs the same protocol against a chat server
+//! (vLLM, `visionthink serve`); both are an [`Engine`]. The `visionthink` binary is built from this crate.
 //!
 //! ```
 //! use visionthink::ModelDir;
@@ -30,6 +31,7 @@ pub mod engine;
 mod error;
 pub mod files;
 pub mod http_judge;
+pub mod remote;
 pub mod score;
 #[cfg(feature = "serve")]
 pub mod serve;
@@ -37,10 +39,11 @@ pub mod serve;
 pub mod shipped;
 
 pub use engine::{
-    Answer, AskOptions, Cancel, CancelReason, DeviceChoice, Event, GenerateOptions, LoadOptions,
-    Precision, Session, Timings, VisionThink, WeightStorage,
+    Answer, AskOptions, Cancel, CancelReason, DeviceChoice, Engine, Event, GenerateOptions,
+    LoadOptions, Precision, Session, Timings, VisionThink, WeightStorage,
 };
 pub use files::{load_image, ModelDir};
 pub use http_judge::{HttpJudge, HttpJudgeConfig};
+pub use remote::{RemoteConfig, RemoteEngine};
 
 pub use error::{Error, Result};

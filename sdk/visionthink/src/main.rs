@@ -198,6 +198,53 @@ struct AskArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Running the protocol on a chat server instead of a local model.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// Base URL of an OpenAI-compatible chat server (vLLM, `visionthink serve`, …), e.g.
+    /// http://127.0.0.1:8000/v1: the protocol runs against it instead of a local model.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Model name on the server (default: the first one `GET /models` lists).
+    #[arg(long, requires = "endpoint")]
+    remote_model: Option<String>,
+    /// Bearer token for the server.
+    #[arg(
+        long,
+        env = "VISIONTHINK_REMOTE_API_KEY",
+        hide_env_values = true,
+        requires = "endpoint"
+    )]
+    remote_api_key: Option<String>,
+    /// Seconds one request to the server may take.
+    #[arg(long, default_value_t = 600.0)]
+    remote_timeout: f64,
+    /// Extra attempts after a connection failure, 408, 429 or 5xx.
+    #[arg(long, default_value_t = 2)]
+    remote_retries: u32,
+}
+
+impl RemoteArgs {
+    /// The remote engine, when `--endpoint` is given.
+    fn engine(&self, stream: bool) -> Result<Option<visionthink::RemoteEngine>> {
+        let Some(url) = &self.endpoint else {
+            return Ok(None);
+        };
+        if !(self.remote_timeout > 0.0 && self.remote_timeout.is_finite()) {
+            bail!("--remote-timeout must be a positive number of seconds");
+        }
+        let mut cfg = visionthink::RemoteConfig::new(url);
+        cfg.model = self.remote_model.clone();
+        cfg.api_key = self.remote_api_key.clone().filter(|k| !k.is_empty());
+        cfg.timeout = std::time::Duration::from_secs_f64(self.remote_timeout);
+        cfg.retries = self.remote_retries;
+        cfg.stream = stream;
+        Ok(Some(visionthink::RemoteEngine::connect(cfg)?))
+    }
 }
 
 #[derive(clap::Args)]
@@ -292,8 +339,15 @@ struct ServeArgs {
     #[arg(long, default_value_t = 89_478_485)]
     max_image_pixels: u64,
     /// Largest `max_tokens` a request may ask for, per model turn; larger is a 400.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 8192)]
     max_tokens_cap: usize,
+    /// Images one request to the `-raw` model may carry; more is a 400.
+    #[arg(long, default_value_t = 8)]
+    max_images_per_request: usize,
+    /// A browser origin allowed to call the server (CORS), e.g. https://app.example (repeat
+    /// for several; `*` for any). Pages using the npm package's remote engine need it.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
     /// Seconds a request may take from arrival to its last token, waiting for the model
     /// included; past it the generation stops and the answer is a 504.
     #[arg(long, default_value_t = 300.0)]
@@ -770,8 +824,18 @@ fn cmd_ask(a: AskArgs) -> Result<()> {
         stream,
         force_turns,
         json: as_json,
+        remote,
     } = a;
-    let vt = load_model(&model)?;
+    let remote = remote.engine(stream)?;
+    let local = match remote {
+        Some(_) => None,
+        None => Some(load_model(&model)?),
+    };
+    let engine: &dyn visionthink::Engine = match (&remote, &local) {
+        (Some(r), _) => r,
+        (None, Some(l)) => l,
+        (None, None) => bail!("no engine"),
+    };
     let img = load_image(&image)?;
     if max_rounds == 0 || max_images == 0 {
         bail!("--max-rounds and --max-images must be at least 1");
@@ -785,7 +849,7 @@ fn cmd_ask(a: AskArgs) -> Result<()> {
         },
         forced_turns: force_turns,
     };
-    let answer = vt.ask_streaming(&img, &question, &opts, |ev| {
+    let answer = engine.ask_streaming(&img, &question, &opts, &mut |ev| {
         if stream && !as_json {
             match ev {
                 visionthink::Event::Token { text, .. } => print!("{text}"),
@@ -843,6 +907,8 @@ fn serve(a: ServeArgs) -> Result<()> {
         },
         request_timeout: std::time::Duration::from_secs_f64(a.request_timeout),
         api_key: a.api_key.filter(|k| !k.is_empty()),
+        max_images: a.max_images_per_request,
+        allowed_origins: a.allow_origins,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use visionthink_core::chat::{ChatMessage, Part};
 use visionthink_core::image::DecodeLimits;
 use visionthink_core::judge::{Judge, JudgeRequest, RuleJudge};
 use visionthink_core::prompt::Prompt;
@@ -59,6 +60,19 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// When set, every route but `/health` needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Images one request to the raw model may carry; more is a 400.
+    pub max_images: usize,
+    /// Browser origins allowed to call the server (CORS), e.g. `https://app.example`; `*`
+    /// allows any. Empty: no CORS headers (browsers refuse cross-origin calls).
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServeConfig {
+    /// The second model id, `{model_name}-raw` (`visionthink-raw` by default): chats answered
+    /// as a plain OpenAI-compatible VLM server answers them, without the protocol.
+    pub fn raw_model_name(&self) -> String {
+        format!("{}-raw", self.model_name)
+    }
 }
 
 impl Default for ServeConfig {
@@ -66,11 +80,13 @@ impl Default for ServeConfig {
         Self {
             model_name: "visionthink".into(),
             rule_judge: false,
-            max_tokens_cap: 4096,
+            max_tokens_cap: 8192,
             body_limit: 64 << 20,
             image_limits: DecodeLimits::default(),
             request_timeout: Duration::from_secs(300),
             api_key: None,
+            max_images: 8,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -152,7 +168,52 @@ pub fn router(vt: Option<VisionThink>, cfg: ServeConfig) -> Router {
         .merge(protected)
         .route("/health", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
+}
+
+/// CORS for the configured origins: a preflight (`OPTIONS` with the origin) is answered here,
+/// before authorization (browsers send it without credentials); every other answer to an
+/// allowed origin carries `Access-Control-Allow-Origin`.
+async fn cors(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let allowed = req
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| {
+            o.to_str().is_ok_and(|o| {
+                s.cfg
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a == "*" || a.trim_end_matches('/') == o)
+            })
+        })
+        .cloned();
+    let Some(origin) = allowed else {
+        return next.run(req).await;
+    };
+    let mut resp = if req.method() == axum::http::Method::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    resp
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -195,9 +256,10 @@ async fn authorize(State(s): State<Arc<AppState>>, req: Request, next: Next) -> 
 }
 
 async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
-    Json(
-        json!({"object": "list", "data": [{"id": s.cfg.model_name, "object": "model", "owned_by": "visionthink"}]}),
-    )
+    Json(json!({"object": "list", "data": [
+        {"id": s.cfg.model_name, "object": "model", "owned_by": "visionthink"},
+        {"id": s.cfg.raw_model_name(), "object": "model", "owned_by": "visionthink"},
+    ]}))
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
@@ -225,49 +287,54 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// One chat message, validated.
+/// One chat message, validated: its text parts joined, its images, and every part in order.
 struct Message {
     role: String,
     text: String,
     images: Vec<Vec<u8>>,
+    parts: Vec<ContentPart>,
 }
 
-/// One message's text parts joined, and its images (decoded from `data:` URLs).
-fn parse_content(content: &Value) -> Result<(String, Vec<Vec<u8>>), String> {
+/// One content part, in message order.
+#[derive(Debug)]
+enum ContentPart {
+    Text(String),
+    Image(Vec<u8>),
+}
+
+/// A message's content parts in order (images decoded from `data:` URLs, not yet as images).
+fn parse_content(content: &Value) -> Result<Vec<ContentPart>, String> {
     match content {
-        Value::String(s) => Ok((s.clone(), Vec::new())),
-        Value::Array(parts) => {
-            let mut text = String::new();
-            let mut images = Vec::new();
-            for p in parts {
-                match p["type"].as_str() {
-                    Some("text") => text.push_str(
-                        p["text"]
-                            .as_str()
-                            .ok_or("a text part has no `text` string")?,
-                    ),
-                    Some("image_url") => {
-                        let url = p["image_url"]["url"]
-                            .as_str()
-                            .or_else(|| p["image_url"].as_str())
-                            .ok_or("an image_url part has no url")?;
-                        let data = url
-                            .strip_prefix("data:")
-                            .and_then(|r| r.split_once(";base64,"))
-                            .map(|(_, b)| b)
-                            .ok_or("only data: URLs with base64 images are accepted (the server fetches nothing)")?;
-                        images.push(
-                            base64::engine::general_purpose::STANDARD
-                                .decode(data.trim())
-                                .map_err(|e| format!("image data is not base64: {e}"))?,
-                        );
-                    }
-                    other => return Err(format!("unsupported content part type {other:?}")),
+        Value::String(s) => Ok(vec![ContentPart::Text(s.clone())]),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match p["type"].as_str() {
+                Some("text") => Ok(ContentPart::Text(
+                    p["text"]
+                        .as_str()
+                        .ok_or("a text part has no `text` string")?
+                        .to_string(),
+                )),
+                Some("image_url") => {
+                    let url = p["image_url"]["url"]
+                        .as_str()
+                        .or_else(|| p["image_url"].as_str())
+                        .ok_or("an image_url part has no url")?;
+                    let data = url
+                        .strip_prefix("data:")
+                        .and_then(|r| r.split_once(";base64,"))
+                        .map(|(_, b)| b)
+                        .ok_or("only data: URLs with base64 images are accepted (the server fetches nothing)")?;
+                    Ok(ContentPart::Image(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(data.trim())
+                            .map_err(|e| format!("image data is not base64: {e}"))?,
+                    ))
                 }
-            }
-            Ok((text, images))
-        }
-        Value::Null => Ok((String::new(), Vec::new())),
+                other => Err(format!("unsupported content part type {other:?}")),
+            })
+            .collect(),
+        Value::Null => Ok(Vec::new()),
         _ => Err("message content must be a string or a list of parts".into()),
     }
 }
@@ -291,9 +358,22 @@ fn parse_messages(req: &Value) -> Result<Vec<Message>, String> {
                     ))
                 }
             };
-            let (text, images) =
+            let parts =
                 parse_content(&m["content"]).map_err(|e| format!("`messages[{i}]`: {e}"))?;
-            Ok(Message { role, text, images })
+            let mut text = String::new();
+            let mut images = Vec::new();
+            for p in &parts {
+                match p {
+                    ContentPart::Text(t) => text.push_str(t),
+                    ContentPart::Image(b) => images.push(b.clone()),
+                }
+            }
+            Ok(Message {
+                role,
+                text,
+                images,
+                parts,
+            })
         })
         .collect()
 }
@@ -410,10 +490,18 @@ pub enum Job {
     },
     /// A text-only chat: `(role, text)` pairs, each role one of system/user/assistant/tool.
     Chat(Vec<(String, String)>),
+    /// The raw model: the chat rendered with the model's chat template, every image as given,
+    /// one assistant turn generated (what a plain OpenAI-compatible VLM server does).
+    Raw {
+        /// The messages; their image parts index `images`.
+        messages: Vec<ChatMessage>,
+        /// The images' encoded bytes, in order.
+        images: Vec<Vec<u8>>,
+    },
 }
 
 /// What a request asks for, or why it is refused.
-fn plan_job(cfg: &ServeConfig, parsed: Vec<Message>) -> Result<Job, String> {
+fn plan_job(cfg: &ServeConfig, parsed: Vec<Message>, raw: bool) -> Result<Job, String> {
     let judge_system = parsed
         .iter()
         .find(|m| m.role == "system")
@@ -431,6 +519,9 @@ fn plan_job(cfg: &ServeConfig, parsed: Vec<Message>) -> Result<Job, String> {
         };
     }
     let images: usize = parsed.iter().map(|m| m.images.len()).sum();
+    if raw {
+        return raw_job(cfg, parsed, images);
+    }
     if images == 0 {
         return Ok(Job::Chat(
             parsed.into_iter().map(|m| (m.role, m.text)).collect(),
@@ -447,6 +538,38 @@ fn plan_job(cfg: &ServeConfig, parsed: Vec<Message>) -> Result<Job, String> {
                 .into(),
         ),
     }
+}
+
+/// The chat as given, for the raw model: every part in order, images numbered as they come.
+fn raw_job(cfg: &ServeConfig, parsed: Vec<Message>, images: usize) -> Result<Job, String> {
+    if images > cfg.max_images {
+        return Err(format!(
+            "at most {} image(s) may be provided in one request, got {images}",
+            cfg.max_images
+        ));
+    }
+    let mut all = Vec::with_capacity(images);
+    let messages = parsed
+        .into_iter()
+        .map(|m| ChatMessage {
+            role: m.role,
+            parts: m
+                .parts
+                .into_iter()
+                .map(|p| match p {
+                    ContentPart::Text(t) => Part::Text(t),
+                    ContentPart::Image(bytes) => {
+                        all.push(bytes);
+                        Part::Image(all.len() - 1)
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(Job::Raw {
+        messages,
+        images: all,
+    })
 }
 
 /// Cancels the request's generation when dropped before [`Self::disarm`]: the handler's future
@@ -507,7 +630,29 @@ impl From<Error> for JobError {
     }
 }
 
-type JobResult = Result<(String, Value), JobError>;
+/// What a finished job answers.
+struct Done {
+    content: String,
+    /// `stop`, or `length` when the token budget cut the turn.
+    finish_reason: &'static str,
+    /// Prompt and completion token counts (the raw model reports them).
+    usage: Option<Value>,
+    /// The protocol's record (`visionthink` key of the reply).
+    visionthink: Value,
+}
+
+impl Done {
+    fn text(content: String, visionthink: Value) -> Self {
+        Self {
+            content,
+            finish_reason: "stop",
+            usage: None,
+            visionthink,
+        }
+    }
+}
+
+type JobResult = Result<Done, JobError>;
 
 /// The client's socket (a duplicate of its descriptor), watched for a hang-up while its
 /// request runs: hyper notices a closed connection only when it writes, which a non-streaming
@@ -589,6 +734,11 @@ async fn chat(
             return error(StatusCode::BAD_REQUEST, e);
         }
     };
+    let model = if matches!(job, Job::Raw { .. }) {
+        s.cfg.raw_model_name()
+    } else {
+        s.cfg.model_name.clone()
+    };
     let cancel = Cancel::with_deadline(arrived + s.cfg.request_timeout);
     generation.cancel = Some(cancel.clone());
     let guard = CancelOnDrop {
@@ -615,19 +765,29 @@ async fn chat(
     // the request's bookkeeping after the model stops.
     let handle = tokio::spawn(work);
     if stream {
-        return stream_response(id, s.cfg.model_name.clone(), rx, handle, guard);
+        return stream_response(id, model, rx, handle, guard);
     }
     drop(rx);
     let mut guard = guard;
     let out = handle.await;
     guard.disarm();
-    match out.unwrap_or_else(|e| Err(JobError { status: StatusCode::INTERNAL_SERVER_ERROR, message: format!("internal error: {e}") })) {
-        Ok((content, extra)) => Json(json!({
-            "id": id, "object": "chat.completion", "model": s.cfg.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "visionthink": extra,
-        }))
-        .into_response(),
+    match out.unwrap_or_else(|e| {
+        Err(JobError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("internal error: {e}"),
+        })
+    }) {
+        Ok(done) => {
+            let mut reply = json!({
+                "id": id, "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.content}, "finish_reason": done.finish_reason}],
+            });
+            match done.usage {
+                Some(usage) => reply["usage"] = usage,
+                None => reply["visionthink"] = done.visionthink,
+            }
+            Json(reply).into_response()
+        }
         Err(e) => error(e.status, e.message),
     }
 }
@@ -652,7 +812,12 @@ pub fn validate(cfg: &ServeConfig, body: &[u8]) -> Result<(Job, GenerateOptions,
     }
     let messages = parse_messages(&req)?;
     let (generation, stream) = parse_generation(&req, cfg.max_tokens_cap)?;
-    Ok((plan_job(cfg, messages)?, generation, stream))
+    let raw = match &req["model"] {
+        Value::Null => false,
+        Value::String(m) => *m == cfg.raw_model_name(),
+        other => return Err(format!("`model` must be a string, got {other}")),
+    };
+    Ok((plan_job(cfg, messages, raw)?, generation, stream))
 }
 
 /// Counts a request in flight for as long as it lives.
@@ -697,7 +862,7 @@ async fn run(
     let job = match job {
         Job::Text(t) => {
             let _ = tx.send(t.clone());
-            return Ok((t, Value::Null));
+            return Ok(Done::text(t, Value::Null));
         }
         Job::Ask { image, question } => {
             let limits = s.cfg.image_limits;
@@ -713,6 +878,26 @@ async fn run(
             Ready::Ask(img, question)
         }
         Job::Chat(messages) => Ready::Chat(messages),
+        Job::Raw { messages, images } => {
+            let limits = s.cfg.image_limits;
+            let decoded = tokio::task::spawn_blocking(move || {
+                images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        visionthink_core::image::decode(b, limits)
+                            .map_err(|e| format!("image {}: {e}", i + 1))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await
+            .map_err(|e| JobError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("image decoding failed: {e}"),
+            })?
+            .map_err(JobError::bad_request)?;
+            Ready::Raw(messages, decoded)
+        }
     };
     let model = s.vt.clone().ok_or_else(|| JobError {
         status: StatusCode::SERVICE_UNAVAILABLE,
@@ -773,6 +958,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 enum Ready {
     Ask(visionthink_core::image::RgbImage, String),
     Chat(Vec<(String, String)>),
+    Raw(Vec<ChatMessage>, Vec<visionthink_core::image::RgbImage>),
 }
 
 fn run_model_job(
@@ -795,7 +981,7 @@ fn run_model_job(
                 }
             })?;
             let extra = json!({"turns": answer.turns, "used_high_res": answer.used_high_res, "visual_tokens": answer.visual_tokens, "visual_tokens_full_res": answer.visual_tokens_full_res, "thinking": answer.thinking});
-            Ok((answer.text.clone(), extra))
+            Ok(Done::text(answer.text.clone(), extra))
         }
         Ready::Chat(messages) => {
             let mut p = Prompt::new();
@@ -824,7 +1010,43 @@ fn run_model_job(
                     let _ = tx.send(piece.to_string());
                 })?;
             let text = vt.dir.tokenizer.decode(&out, true).map_err(Error::from)?;
-            Ok((text, json!({"generated_tokens": out.len()})))
+            Ok(Done::text(text, json!({"generated_tokens": out.len()})))
+        }
+        Ready::Raw(messages, images) => {
+            let p =
+                visionthink_core::chat::render_messages(&messages, vt.dir.chat_template.as_ref())
+                    .map_err(Error::from)?;
+            let pvs = images
+                .iter()
+                .map(|i| vt.preprocess(i))
+                .collect::<crate::error::Result<Vec<_>>>()?;
+            let merge = vt.dir.preprocessor.merge_size;
+            let counts: Vec<usize> = pvs.iter().map(|p| p.num_image_tokens(merge)).collect();
+            let ids = vt
+                .dir
+                .tokenizer
+                .encode_prompt(&p, &counts)
+                .map_err(Error::from)?;
+            generation.cancel.as_ref().map_or(Ok(()), Cancel::check)?;
+            let mut session = vt.session();
+            let logits = session.feed(&ids, &pvs)?;
+            let mut sampler = Sampler::new(generation.sampling.clone());
+            let out =
+                session.generate(logits, generation, &mut sampler, None, &mut |_, piece| {
+                    tokens.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.send(piece.to_string());
+                })?;
+            let text = vt.dir.tokenizer.decode(&out, true).map_err(Error::from)?;
+            // The turn decoder ends a turn the budget cuts with `<|im_end|>` as well.
+            let cut = out.len() >= generation.max_new_tokens;
+            Ok(Done {
+                content: text,
+                finish_reason: if cut { "length" } else { "stop" },
+                usage: Some(
+                    json!({"prompt_tokens": ids.len(), "completion_tokens": out.len(), "total_tokens": ids.len() + out.len()}),
+                ),
+                visionthink: Value::Null,
+            })
         }
     }
 }
@@ -856,7 +1078,14 @@ fn stream_response(
             let out = handle.await;
             guard.disarm();
             match out {
-                Ok(Ok((_, extra))) => json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "visionthink": extra}),
+                Ok(Ok(done)) => {
+                    let mut last = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": done.finish_reason}]});
+                    match done.usage {
+                        Some(usage) => last["usage"] = usage,
+                        None => last["visionthink"] = done.visionthink,
+                    }
+                    last
+                }
                 Ok(Err(e)) => json!({"error": {"message": e.message, "type": if e.status.is_server_error() { "server_error" } else { "invalid_request_error" }, "code": e.status.as_u16()}}),
                 Err(e) => json!({"error": {"message": e.to_string(), "type": "server_error"}}),
             }
@@ -887,8 +1116,15 @@ mod tests {
     fn content_parts() {
         let png = base64::engine::general_purpose::STANDARD.encode([1u8, 2, 3]);
         let v = json!([{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}}, {"type": "text", "text": "b"}]);
-        let (t, i) = parse_content(&v).expect("ok");
-        assert_eq!((t.as_str(), i), ("ab", vec![vec![1u8, 2, 3]]));
+        let parts = parse_content(&v).expect("ok");
+        let kinds: Vec<String> = parts
+            .iter()
+            .map(|p| match p {
+                ContentPart::Text(t) => t.clone(),
+                ContentPart::Image(b) => format!("{b:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["a", "[1, 2, 3]", "b"]);
         assert!(parse_content(
             &json!([{"type": "image_url", "image_url": {"url": "http://x/y.png"}}])
         )
@@ -937,7 +1173,7 @@ mod tests {
         for (field, value) in [
             ("max_tokens", json!(-5)),
             ("max_tokens", json!(0)),
-            ("max_tokens", json!(4097)),
+            ("max_tokens", json!(8193)),
             ("max_tokens", json!(1.5)),
             ("max_tokens", json!("12")),
             ("max_completion_tokens", json!(-1)),
@@ -992,20 +1228,69 @@ mod tests {
             assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
             assert!(e.message.contains("boom in the kernel"), "{}", e.message);
             let ok = with_model(model.clone(), deadline, t, |v| {
-                Ok((format!("{}", v + 1), Value::Null))
+                Ok(Done::text(format!("{}", v + 1), Value::Null))
             })
             .await
             .unwrap_or_else(|e| panic!("{}", e.message));
-            assert_eq!(ok.0, "42");
+            assert_eq!(ok.content, "42");
             // A model busy past the deadline is a 504, not a hang.
             let _held = model.clone().lock_owned().await;
             let soon = Instant::now() + Duration::from_millis(20);
-            let e = with_model(model.clone(), soon, t, |_| Ok((String::new(), Value::Null)))
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("busy"));
+            let e = with_model(model.clone(), soon, t, |_| {
+                Ok(Done::text(String::new(), Value::Null))
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("busy"));
             assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
         });
+    }
+
+    #[test]
+    fn the_raw_model_keeps_every_part_in_order() {
+        let png = |b: u8| {
+            format!(
+                "data:image/png;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode([b])
+            )
+        };
+        let img = |b: u8| json!({"type": "image_url", "image_url": {"url": png(b)}});
+        let body = json!({"model": "visionthink-raw", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "a"}, img(1), {"type": "text", "text": "b"}]},
+            {"role": "assistant", "content": "c"},
+            {"role": "user", "content": [img(2), {"type": "text", "text": "d"}]},
+        ]});
+        let cfg = ServeConfig::default();
+        let (job, _, _) =
+            validate(&cfg, body.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let Job::Raw { messages, images } = job else {
+            panic!("a raw job")
+        };
+        assert_eq!(images, vec![vec![1u8], vec![2u8]]);
+        let text: Vec<String> = messages.iter().map(|m| m.text_with("[img]")).collect();
+        assert_eq!(text, ["a[img]b", "c", "[img]d"]);
+        // The protocol model takes one image; the raw one up to the limit.
+        let mut cfg = ServeConfig {
+            max_images: 1,
+            ..ServeConfig::default()
+        };
+        let e = validate(&cfg, body.to_string().as_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("at most 1 image"), "{e}");
+        cfg.max_images = 2;
+        let mut protocol = body.clone();
+        protocol["model"] = json!("visionthink");
+        let e = validate(&cfg, protocol.to_string().as_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("send one image"), "{e}");
+        let mut bad = body;
+        bad["model"] = json!(7);
+        let e = validate(&cfg, bad.to_string().as_bytes())
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("`model`"), "{e}");
     }
 
     #[test]

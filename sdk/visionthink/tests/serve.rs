@@ -315,6 +315,42 @@ fn an_api_key_guards_every_route_but_health() {
 }
 
 #[test]
+fn allowed_origins_get_cors_headers_and_a_preflight_without_the_key() {
+    let s = start_with(
+        &["--no-model", "--allow-origin", "http://app.test"],
+        &[("VISIONTHINK_API_KEY", "k")],
+    );
+    let models = format!("{}/models", s.url);
+    let call = |method: &str, origin: &str, key: Option<&str>| {
+        let mut req = ureq::http::Request::builder()
+            .method(method)
+            .uri(&models)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST");
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let r = agent().run(req.body(()).expect("request")).expect("call");
+        let allow = r
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        (r.status().as_u16(), allow)
+    };
+    let (status, allow) = call("OPTIONS", "http://app.test", None);
+    assert_eq!((status, allow.as_deref()), (204, Some("http://app.test")));
+    let (status, allow) = call("GET", "http://app.test", Some("k"));
+    assert_eq!((status, allow.as_deref()), (200, Some("http://app.test")));
+    // The key is still needed for the call itself; other origins get no CORS headers.
+    assert_eq!(call("GET", "http://app.test", None).0, 401);
+    let (status, allow) = call("GET", "http://evil.test", Some("k"));
+    assert_eq!((status, allow), (200, None));
+    let (_, body) = get(&models, Some("k"));
+    assert!(body.contains("visionthink-raw"), "{body}");
+}
+
+#[test]
 fn binding_beyond_loopback_without_a_key_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_visionthink"))
         .args(["serve", "--no-model", "--host", "0.0.0.0", "--port", "0"])

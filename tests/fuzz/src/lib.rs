@@ -604,6 +604,8 @@ struct ArbRequest {
     n: Option<ArbNumber>,
     stream: Option<ArbNumber>,
     presence_penalty: Option<ArbNumber>,
+    /// Some(true): the raw model; Some(false): the protocol model by name; None: no `model`.
+    raw: Option<bool>,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -707,6 +709,14 @@ impl ArbRequest {
                 req.insert(k.into(), v.to_json());
             }
         }
+        if let Some(raw) = self.raw {
+            let model = if raw {
+                "visionthink-raw"
+            } else {
+                "visionthink"
+            };
+            req.insert("model".into(), json!(model));
+        }
         Value::Object(req)
     }
 }
@@ -741,7 +751,8 @@ impl std::fmt::Display for Base64<'_> {
 /// A server request body, checked as the server does before it touches the model. First byte:
 /// even → the rest is the raw body; odd → a structured request built with `arbitrary`.
 /// Properties: a valid chat has only the four roles and a token budget within the cap; a
-/// request with an image has exactly one; sampling values are in range.
+/// request with an image has exactly one (the raw model: at most the limit, each named once);
+/// sampling values are in range.
 pub fn serve_request(data: &[u8]) {
     use visionthink::serve::{validate, Job, ServeConfig, ROLES};
     let (mode, rest) = data.split_first().unwrap_or((&0, &[]));
@@ -768,6 +779,21 @@ pub fn serve_request(data: &[u8]) {
                     }
                     Job::Ask { image, .. } => assert!(image.len() <= body.len()),
                     Job::Text(t) => assert!(t.starts_with("Score: ")),
+                    Job::Raw { messages, images } => {
+                        assert!(!messages.is_empty() && images.len() <= cfg.max_images);
+                        assert!(messages.iter().all(|m| ROLES.contains(&m.role.as_str())));
+                        // Every image part names one of the request's images, each once.
+                        let mut named: Vec<usize> = messages
+                            .iter()
+                            .flat_map(|m| &m.parts)
+                            .filter_map(|p| match p {
+                                visionthink::core::chat::Part::Image(i) => Some(*i),
+                                visionthink::core::chat::Part::Text(_) => None,
+                            })
+                            .collect();
+                        named.sort_unstable();
+                        assert_eq!(named, (0..images.len()).collect::<Vec<_>>());
+                    }
                 }
             }
             Err(message) => assert!(!message.is_empty()),
