@@ -9,7 +9,14 @@ saved in bf16 under $VT_CACHE/bench-model (built once). Measures: vision tower o
 cache), peak RSS, and (ours) a VisionThink episode answered at low resolution vs the same answer
 with the full image in turn 1.
 
-Usage: python3 tests/bench/bench_model.py   (needs the venv from tests/scripts/gen_fixtures.py)
+Also: a long prefill (5,678 text tokens, once each), and decode as a fraction of the
+memory-bandwidth bound (this machine's read bandwidth, measured by the Rust bench with the same
+thread count, against the f32 weight bytes one decode step reads).
+
+Usage: python3 tests/bench/bench_model.py [--json]   (needs the venv from tests/scripts/gen_fixtures.py)
+With --json the last line is one JSON object of ratios (ours / peer for speeds, > 1 = we are
+faster): prefill_512_ratio, prefill_long_ratio, vision_448_ratio, vision_896_ratio, decode_ratio,
+decode_bandwidth_fraction.
 """
 import json
 import os
@@ -95,6 +102,10 @@ def torch_side(img448, img896):
             decode = min(decode, (total - prefill) / 32)
         out["prefill_tok_s"] = 512 / prefill
         out["decode_tok_s"] = 1 / decode
+        long = torch.tensor([[1000 + (i * 37) % 5000 for i in range(5678)]])
+        s = time.perf_counter()
+        model(input_ids=long, use_cache=False)
+        out["prefill_long_tok_s"] = 5678 / (time.perf_counter() - s)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -116,18 +127,34 @@ def main():
     print("| measure | PyTorch transformers | visionthink (candle) | ratio |")
     print("|---|---:|---:|---:|")
     rows = [("vision tower 448x448 (ms)", "vision_448_ms", False), ("vision tower 896x896 (ms)", "vision_896_ms", False),
-            ("prefill, 512 tokens (tok/s)", "prefill_tok_s", True), ("decode with KV cache (tok/s)", "decode_tok_s", True),
+            ("prefill, 512 tokens (tok/s)", "prefill_tok_s", True),
+            ("prefill, 5678 tokens (tok/s)", "prefill_long_tok_s", True),
+            ("decode with KV cache (tok/s)", "decode_tok_s", True),
             ("peak RSS (MB)", "peak_rss_mb", False)]
+    ratios = {}
     for label, key, higher_better in rows:
         a, b = ref[key], ours[key]
         ratio = b / a if higher_better else a / b
+        ratios[key] = ratio
         print(f"| {label} | {a:.1f} | {b:.1f} | {ratio:.2f}x |")
+    print(f"| ours: read bandwidth, {THREADS} threads (GB/s) | | {ours['read_bandwidth_gb_s']:.1f} | |")
+    print(f"| ours: decode / bandwidth bound ({ours['decode_weight_bytes'] / 1e6:.0f} MB per token) | | "
+          f"{100 * ours['decode_bandwidth_fraction']:.0f} % | |")
     print(f"| f32 weights (MB) | {weights_mb:.0f} | {weights_mb:.0f} | |")
     print(f"| ours: peak RSS / f32 weights | | {ours['peak_rss_mb'] / weights_mb:.2f} | |")
     print(f"| ours: VisionThink episode, low-res answer (s) | | {ours['episode_low_res_s']:.2f} "
           f"({ours['episode_low_res_visual_tokens']} visual tokens) | |")
     print(f"| ours: same answer at full resolution (s) | | {ours['episode_full_res_s']:.2f} "
           f"({ours['episode_full_res_visual_tokens']} visual tokens) | {ours['episode_full_res_s'] / ours['episode_low_res_s']:.2f}x |")
+    if "--json" in sys.argv:
+        print(json.dumps({
+            "prefill_512_ratio": ratios["prefill_tok_s"],
+            "prefill_long_ratio": ratios["prefill_long_tok_s"],
+            "vision_448_ratio": ratios["vision_448_ms"],
+            "vision_896_ratio": ratios["vision_896_ms"],
+            "decode_ratio": ratios["decode_tok_s"],
+            "decode_bandwidth_fraction": ours["decode_bandwidth_fraction"],
+        }))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 """Preprocessing benchmark: ours (Rust, release) vs the reference (HF Qwen2VLImageProcessorPil +
 Pillow) on the same 2048x1536 photo-like PNG, same machine, same session. Prints a table.
 
-Usage: python3 tests/bench/bench_preprocess.py [--reps N]
+Usage: python3 tests/bench/bench_preprocess.py [--reps N] [--json]
+With --json the last line is one JSON object of ratios (> 1 = we are faster): full_res_ratio and
+low_res_ratio (HF ÷ ours on each path), low_vs_full_ratio (our full-res ÷ our low-res time).
 Needs the fixture venv (created by tests/scripts/gen_fixtures.py) and cargo.
 """
 import json
@@ -77,3 +79,9 @@ print(f"|---|---:|---:|---:|")
 for name, a, b in rows:
     print(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
 print(f"| ours: full-res / low-res | | {rs['full_res_ms'] / rs['low_res_ms']:.2f}x | |")
+if "--json" in sys.argv:
+    print(json.dumps({
+        "full_res_ratio": py_full / rs["full_res_ms"],
+        "low_res_ratio": py_low / rs["low_res_ms"],
+        "low_vs_full_ratio": rs["full_res_ms"] / rs["low_res_ms"],
+    }))

@@ -66,6 +66,11 @@ impl<'m, B: Backend> Session<'m, B> {
         self.cache.is_empty()
     }
 
+    /// Whether `n` more tokens fit the model's context.
+    pub fn fits(&self, n: usize) -> bool {
+        self.cache.len() + n <= self.model.cfg.text.max_position_embeddings
+    }
+
     /// Appends prompt tokens with the images whose pads they contain (in order): extends the
     /// M-RoPE positions, runs the vision tower, embeds and decodes. Returns the last position's
     /// logits `[1, vocab]` and the milliseconds the vision tower took by `clock`.
@@ -94,6 +99,58 @@ impl<'m, B: Backend> Session<'m, B> {
     pub fn feed_tokens(&mut self, ids: &[u32]) -> Result<B::Tensor> {
         self.positions.push_text(ids.len());
         self.forward(ids, None)
+    }
+
+    /// Appends one token to each of `sessions` (all on one model) and returns the logits
+    /// `[n, vocab]`, row `i` for session `i`: the decoder layers run per session (its own cache
+    /// and positions), the output head once for all rows — for a small model the vocabulary
+    /// projection is most of a decode step, and a batch reads its weights once instead of once
+    /// per sequence. The rows are the ones each session would get alone.
+    ///
+    /// ```
+    /// # fn demo<B: visionthink_model::Backend>(be: &B, model: &visionthink_model::Qwen25VL<B>) -> visionthink_model::Result<()> {
+    /// use visionthink_model::Session;
+    /// let (mut a, mut b) = (Session::new(be, model, 2), Session::new(be, model, 2));
+    /// a.feed_tokens(&[151644, 872])?;
+    /// b.feed_tokens(&[151644, 77091, 198])?;
+    /// let logits = Session::step_batch(&mut [&mut a, &mut b], &[9707, 40])?;
+    /// assert_eq!(be.shape(&logits)[0], 2);
+    /// assert_eq!((a.len(), b.len()), (3, 4));
+    /// # Ok(()) }
+    /// ```
+    pub fn step_batch(sessions: &mut [&mut Session<'m, B>], ids: &[u32]) -> Result<B::Tensor> {
+        let Some(first) = sessions.first() else {
+            return Err(Error::Input("an empty batch".into()));
+        };
+        if sessions.len() != ids.len() {
+            return Err(Error::Input(format!(
+                "{} sessions but {} tokens",
+                sessions.len(),
+                ids.len()
+            )));
+        }
+        let (be, model) = (first.be, first.model);
+        if sessions.iter().any(|s| !std::ptr::eq(s.model, model)) {
+            return Err(Error::Input(
+                "a batch must hold sessions of one model".into(),
+            ));
+        }
+        // Checked before any session moves, so a failed batch leaves every session as it was.
+        if let Some(i) = sessions.iter().position(|s| !s.fits(1)) {
+            return Err(Error::Input(format!(
+                "session {i} of the batch is full: {} tokens, the context is {}",
+                sessions[i].len(),
+                model.cfg.text.max_position_embeddings
+            )));
+        }
+        let mut rows = Vec::with_capacity(ids.len());
+        for (s, &id) in sessions.iter_mut().zip(ids) {
+            s.positions.push_text(1);
+            let embeds = model.embed(be, &[id], None)?;
+            rows.push(model.decode(be, &embeds, s.positions.positions(), &mut s.cache)?);
+        }
+        let hidden = be.cat_rows(&rows)?;
+        model.logits(be, &hidden)
     }
 
     fn forward(&mut self, ids: &[u32], feats: Option<&B::Tensor>) -> Result<B::Tensor> {

@@ -3,6 +3,11 @@
 //! same session and prints the comparison table).
 //!
 //! `cargo bench -p visionthink --bench model -- MODEL_DIR IMAGE_448 IMAGE_896`
+//!
+//! Besides the model figures it measures this machine's read bandwidth with as many threads as
+//! the model uses (a STREAM-like sum over 1 GiB, best of 3) and the weight bytes one decode step
+//! must read (every text-decoder matrix, f32, and the output head once), so decode can be stated
+//! as a fraction of the memory-bandwidth bound.
 
 use std::time::Instant;
 use visionthink::core::image::preprocess;
@@ -23,6 +28,54 @@ fn peak_rss_mb() -> f64 {
                 .and_then(|v| v.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Read bandwidth in GB/s: `threads` threads each sum their share of a 1 GiB f32 buffer
+/// (touched first, so page faults are not timed), best of 3.
+fn read_bandwidth_gb_s(threads: usize) -> f64 {
+    let n = (1usize << 30) / 4;
+    let buf: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let chunk = n.div_ceil(threads.max(1));
+    let mut best = f64::MAX;
+    let mut sink = 0.0f32;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let sums: Vec<f32> = std::thread::scope(|s| {
+            let hs: Vec<_> = buf
+                .chunks(chunk)
+                .map(|c| {
+                    s.spawn(move || {
+                        // Eight independent accumulators: the loop is bound by loads, not adds.
+                        let mut acc = [0.0f32; 8];
+                        for v in c.chunks_exact(8) {
+                            for (a, x) in acc.iter_mut().zip(v) {
+                                *a += *x;
+                            }
+                        }
+                        acc.iter().sum::<f32>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(0.0)).collect()
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+        sink += sums.iter().sum::<f32>();
+    }
+    std::hint::black_box(sink);
+    (n * 4) as f64 / best / 1e9
+}
+
+/// Bytes one decode step reads from the weights in f32: every decoder-layer matrix and bias,
+/// the norms, and the output head (the embedding row of the new token is negligible).
+fn decode_weight_bytes(c: &visionthink_core::config::TextConfig) -> f64 {
+    let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let kv = h / c.num_attention_heads * c.num_key_value_heads;
+    let layer = h * h + h // q
+        + 2 * (h * kv + kv) // k, v
+        + h * h // o
+        + 3 * h * f // gate, up, down
+        + 2 * h; // norms
+    (4 * (c.num_hidden_layers * layer + h + v * h)) as f64
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +132,30 @@ fn main() -> anyhow::Result<()> {
     }
     out.insert("prefill_tok_s".into(), (512.0 / prefill).into());
     out.insert("decode_tok_s".into(), (1.0 / decode).into());
+    // A long prefill (a full-resolution document page is about this many tokens), once.
+    let long_n = 5678u32;
+    let long: Vec<u32> = (0..long_n).map(|i| 1000 + (i * 37) % 5000).collect();
+    let t = Instant::now();
+    vt.session().feed(&long, &[])?;
+    out.insert(
+        "prefill_long_tok_s".into(),
+        (f64::from(long_n) / t.elapsed().as_secs_f64()).into(),
+    );
+    out.insert("prefill_long_tokens".into(), long_n.into());
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(threads);
+    let bw = read_bandwidth_gb_s(threads);
+    let bytes = decode_weight_bytes(&vt.config.text);
+    out.insert("read_bandwidth_gb_s".into(), bw.into());
+    out.insert("decode_weight_bytes".into(), bytes.into());
+    // The bound: a step can be no faster than reading its weights once.
+    out.insert(
+        "decode_bandwidth_fraction".into(),
+        (bytes / (bw * 1e9) / decode).into(),
+    );
     // The VisionThink episode on the 896x896 image: answered at low resolution vs the same
     // answer with the full image in turn 1 (what a full-resolution model pays).
     let image = visionthink::load_image(img896)?;

@@ -412,11 +412,33 @@ impl VisionThink {
             #[cfg(feature = "wgpu")]
             Exec::Wgpu(be, m) => Box::new(ModelSession::new(be, m, merge)),
         };
+        self.session_with(model)
+    }
+
+    /// A session whose forward passes `model` runs (e.g. a [`Batcher`](crate::batch::Batcher)'s
+    /// model thread).
+    pub fn session_with<'a>(&'a self, model: Box<dyn Feed + 'a>) -> Session<'a> {
         Session {
             engine: self,
             model,
             ids: Vec::new(),
             timings: Timings::default(),
+        }
+    }
+
+    /// The model thread of a [`Batcher`](crate::batch::Batcher): runs until every sender of
+    /// `rx` is gone.
+    pub(crate) fn run_batches(
+        &self,
+        rx: std::sync::mpsc::Receiver<crate::batch::Cmd>,
+        cfg: crate::batch::BatchConfig,
+        stats: &crate::batch::BatchStats,
+    ) {
+        let merge = self.merge();
+        match &self.exec {
+            Exec::Candle(be, m) => crate::batch::run(be, m, merge, &rx, cfg, stats),
+            #[cfg(feature = "wgpu")]
+            Exec::Wgpu(be, m) => crate::batch::run(be, m, merge, &rx, cfg, stats),
         }
     }
 
@@ -507,11 +529,28 @@ impl VisionThink {
         opts: &AskOptions,
         mut on_event: impl FnMut(Event<'_>),
     ) -> Result<Answer> {
+        self.ask_in(self.session(), image, question, opts, &mut on_event)
+    }
+
+    /// [`Self::ask_streaming`] in a given (empty) session, e.g. one of a
+    /// [`Batcher`](crate::batch::Batcher).
+    pub fn ask_in(
+        &self,
+        mut session: Session<'_>,
+        image: &RgbImage,
+        question: &str,
+        opts: &AskOptions,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<Answer> {
+        if !session.is_empty() {
+            return Err(Error::Model(visionthink_model::Error::Input(
+                "an episode starts in an empty session".into(),
+            )));
+        }
         let episode_opts = opts.episode_options();
         let t0 = Instant::now();
         let clock = move || ms(t0);
         let mut driver = EpisodeDriver::new(self.info(), image, question, &episode_opts, &clock)?;
-        let mut session = self.session();
         let mut action = driver.start()?;
         loop {
             match action {
@@ -521,7 +560,7 @@ impl VisionThink {
                         FeedKind::Prompt => session.feed(&feed.ids, &feed.images)?,
                         FeedKind::Token => session.step_all(&feed.ids)?,
                     };
-                    action = driver.on_logits(&logits, &mut on_event)?;
+                    action = driver.on_logits(&logits, on_event)?;
                 }
                 Action::Done(answer) => {
                     return Ok(Answer {

@@ -27,6 +27,7 @@ pub use visionthink_core as core;
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
+pub mod batch;
 pub mod engine;
 mod error;
 pub mod files;

@@ -348,6 +348,15 @@ struct ServeArgs {
     /// for several; `*` for any). Pages using the npm package's remote engine need it.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
+    /// Requests decoded together (continuous batching).
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests that may wait for a place in the batch; one more is a 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Milliseconds a decode step waits for the other requests' steps.
+    #[arg(long, default_value_t = 2.0)]
+    batch_window_ms: f64,
     /// Seconds a request may take from arrival to its last token, waiting for the model
     /// included; past it the generation stops and the answer is a 504.
     #[arg(long, default_value_t = 300.0)]
@@ -896,6 +905,12 @@ fn serve(a: ServeArgs) -> Result<()> {
     if a.max_tokens_cap == 0 {
         bail!("--max-tokens-cap must be at least 1");
     }
+    if a.max_batch == 0 {
+        bail!("--max-batch must be at least 1");
+    }
+    if !(a.batch_window_ms >= 0.0 && a.batch_window_ms.is_finite()) {
+        bail!("--batch-window-ms must be a number ≥ 0");
+    }
     let cfg = visionthink::serve::ServeConfig {
         model_name: a.name,
         rule_judge: a.rule_judge || a.no_model,
@@ -909,6 +924,9 @@ fn serve(a: ServeArgs) -> Result<()> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         max_images: a.max_images_per_request,
         allowed_origins: a.allow_origins,
+        max_batch: a.max_batch,
+        max_queue: a.max_queue,
+        batch_window: std::time::Duration::from_secs_f64(a.batch_window_ms.max(0.0) / 1e3),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -934,9 +952,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         let app = visionthink::serve::router(vt, cfg)
             .into_make_service_with_connect_info::<visionthink::serve::Peer>();
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .with_graceful_shutdown(visionthink::serve::shutdown_signal())
             .await?;
         Ok::<(), anyhow::Error>(())
     })

@@ -17,8 +17,14 @@
 //! needs `Authorization: Bearer KEY`. `/metrics` reports request counters in the Prometheus text
 //! format.
 //!
-//! The model runs on a blocking thread, one request at a time.
+//! Up to `max_batch` requests run at once, each on a blocking thread of its own; their forward
+//! passes run on one model thread that decodes them together (continuous batching, see
+//! [`crate::batch`]): requests join and leave the batch between any two tokens. Up to
+//! `max_queue` more wait for a place; one more is a 503 with `Retry-After`. `/metrics` adds the
+//! queue depth, batch counters and a request-duration histogram. On SIGTERM (or Ctrl-C) the
+//! listener closes and requests in flight finish ([`shutdown_signal`]).
 
+use crate::batch::{BatchConfig, Batcher};
 use crate::engine::{AskOptions, Cancel, CancelReason, GenerateOptions, VisionThink};
 use crate::error::Error;
 use axum::extract::connect_info::Connected;
@@ -65,6 +71,12 @@ pub struct ServeConfig {
     /// Browser origins allowed to call the server (CORS), e.g. `https://app.example`; `*`
     /// allows any. Empty: no CORS headers (browsers refuse cross-origin calls).
     pub allowed_origins: Vec<String>,
+    /// Requests the model works on at once (their decode steps are batched).
+    pub max_batch: usize,
+    /// Requests that may wait for a place in the batch; one more is a 503 with `Retry-After`.
+    pub max_queue: usize,
+    /// How long a decode step waits for the other requests' steps (see [`crate::batch`]).
+    pub batch_window: Duration,
 }
 
 impl ServeConfig {
@@ -87,6 +99,9 @@ impl Default for ServeConfig {
             api_key: None,
             max_images: 8,
             allowed_origins: Vec::new(),
+            max_batch: 16,
+            max_queue: 64,
+            batch_window: Duration::from_millis(2),
         }
     }
 }
@@ -117,6 +132,30 @@ pub fn check_bind(addrs: &[SocketAddr], cfg: &ServeConfig, insecure: bool) -> Re
     ))
 }
 
+/// Resolves at Ctrl-C or SIGTERM: hand it to `axum::serve(…).with_graceful_shutdown` so the
+/// listener closes (new connections are refused) and requests in flight finish first.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 /// Roles a chat message may have (anything else would be written into the prompt as template
 /// text, where a client could smuggle control tokens).
 pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
@@ -131,12 +170,86 @@ struct Counters {
     deadline: AtomicU64,
     in_flight: AtomicU64,
     generated_tokens: AtomicU64,
+    queue_full: AtomicU64,
+}
+
+/// Admission to the model: `slots` places in the batch, and a bounded number of requests
+/// waiting for one.
+struct Gate {
+    slots: Arc<tokio::sync::Semaphore>,
+    waiting: AtomicU64,
+    max_waiting: u64,
+}
+
+impl Gate {
+    fn new(slots: usize, max_waiting: usize) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
+            waiting: AtomicU64::new(0),
+            max_waiting: max_waiting as u64,
+        }
+    }
+}
+
+/// The model, the thread that batches its forward passes, and the way in.
+struct Model {
+    vt: Arc<VisionThink>,
+    batcher: Batcher,
 }
 
 struct AppState {
-    vt: Option<Arc<tokio::sync::Mutex<VisionThink>>>,
+    model: Option<Arc<Model>>,
+    gate: Gate,
     cfg: ServeConfig,
     counters: Counters,
+    latency: Latency,
+}
+
+/// Request durations (arrival to the last byte of the answer) as a Prometheus histogram.
+struct Latency {
+    buckets: Vec<(f64, AtomicU64)>,
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Latency {
+    fn new() -> Self {
+        let bounds = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+        Self {
+            buckets: bounds.iter().map(|&b| (b, AtomicU64::new(0))).collect(),
+            sum_us: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, n) in &self.buckets {
+            if secs <= *bound {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "visionthink_request_duration_seconds";
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, n) in &self.buckets {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
 }
 
 /// The router (mount it in an application, or run [`serve`]). `vt = None` serves only the
@@ -154,10 +267,22 @@ struct AppState {
 /// ```
 pub fn router(vt: Option<VisionThink>, cfg: ServeConfig) -> Router {
     let limit = cfg.body_limit;
+    let model = vt.map(|v| {
+        let vt = Arc::new(v);
+        let batcher = Batcher::start(
+            vt.clone(),
+            BatchConfig {
+                window: cfg.batch_window,
+            },
+        );
+        Arc::new(Model { vt, batcher })
+    });
     let state = Arc::new(AppState {
-        vt: vt.map(|v| Arc::new(tokio::sync::Mutex::new(v))),
+        model,
+        gate: Gate::new(cfg.max_batch, cfg.max_queue),
         cfg,
         counters: Counters::default(),
+        latency: Latency::new(),
     });
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -284,6 +409,32 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
         get(&c.in_flight),
         get(&c.generated_tokens),
     );
+    let mut body = body;
+    {
+        use std::fmt::Write as _;
+        let _ = write!(
+            body,
+            "# TYPE visionthink_queue_depth gauge\nvisionthink_queue_depth {}\n\
+             # TYPE visionthink_queue_rejected_total counter\nvisionthink_queue_rejected_total {}\n",
+            get(&s.gate.waiting),
+            get(&c.queue_full),
+        );
+        if let Some(m) = &s.model {
+            let b = m.batcher.stats();
+            let _ = write!(
+                body,
+                "# TYPE visionthink_batch_steps_total counter\nvisionthink_batch_steps_total {}\n\
+                 # TYPE visionthink_batch_rows_total counter\nvisionthink_batch_rows_total {}\n\
+                 # TYPE visionthink_prefills_total counter\nvisionthink_prefills_total {}\n\
+                 # TYPE visionthink_batch_open_sessions gauge\nvisionthink_batch_open_sessions {}\n",
+                get(&b.batches),
+                get(&b.rows),
+                get(&b.prefills),
+                get(&b.open),
+            );
+        }
+        s.latency.render(&mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
@@ -606,6 +757,18 @@ impl JobError {
             message: message.into(),
         }
     }
+
+    /// The answer: the error JSON, with `Retry-After` on a 503 (the queue is full, or the
+    /// device is coming back).
+    fn response(self) -> Response {
+        let retry = self.status == StatusCode::SERVICE_UNAVAILABLE;
+        let mut r = error(self.status, self.message);
+        if retry {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
 }
 
 impl From<Error> for JobError {
@@ -734,6 +897,22 @@ async fn chat(
             return error(StatusCode::BAD_REQUEST, e);
         }
     };
+    // A full queue is refused before anything is streamed (a 503 a client can act on).
+    let g = &s.gate;
+    if !matches!(job, Job::Text(_))
+        && g.slots.available_permits() == 0
+        && g.waiting.load(Ordering::Relaxed) >= g.max_waiting
+    {
+        s.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+        return JobError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "the server is busy: the batch is full and {} requests wait in the queue; retry later",
+                g.max_waiting
+            ),
+        }
+        .response();
+    }
     let model = if matches!(job, Job::Raw { .. }) {
         s.cfg.raw_model_name()
     } else {
@@ -758,6 +937,7 @@ async fn chat(
         let _in_flight = InFlight::enter(&state.counters);
         let out = watch_peer(run(&state, job, generation, tx, arrived), peer, cancel).await;
         state.counters.record(&out);
+        state.latency.observe(arrived.elapsed());
         out
     };
     // The job runs as a task of its own: when the client goes away and this handler (or the
@@ -788,7 +968,7 @@ async fn chat(
             }
             Json(reply).into_response()
         }
-        Err(e) => error(e.status, e.message),
+        Err(e) => e.response(),
     }
 }
 
@@ -849,9 +1029,8 @@ impl Counters {
     }
 }
 
-/// Decodes the image (off the async threads), waits for the model until the deadline, then runs
-/// the job on a blocking thread. A panic in the job is a 500 for this request only: the model
-/// lock is not poisoned (tokio's mutex has no poisoning), so later requests are served.
+/// Decodes the image (off the async threads), waits for a place in the batch until the deadline,
+/// then runs the job on a blocking thread whose forward passes the batcher runs.
 async fn run(
     s: &Arc<AppState>,
     job: Job,
@@ -899,39 +1078,76 @@ async fn run(
             Ready::Raw(messages, decoded)
         }
     };
-    let model = s.vt.clone().ok_or_else(|| JobError {
+    let model = s.model.clone().ok_or_else(|| JobError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         message: "this server has no model (rule judge only)".into(),
     })?;
     let deadline = arrived + s.cfg.request_timeout;
     let state = s.clone();
-    with_model(model, deadline, s.cfg.request_timeout, move |vt| {
-        run_model_job(vt, job, &generation, &tx, &state.counters.generated_tokens)
+    with_model(&s.gate, model, deadline, s.cfg.request_timeout, move |m| {
+        run_model_job(m, job, &generation, &tx, &state.counters.generated_tokens)
     })
     .await
+    .inspect_err(|e| {
+        if e.status == StatusCode::SERVICE_UNAVAILABLE && e.message.contains("queue") {
+            s.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
-/// Waits for the model until `deadline`, then runs `f` on a blocking thread. A panic in `f` is a
-/// 500 for this request only: the lock is released while unwinding and tokio's mutex has no
-/// poisoning, so later requests are served.
-async fn with_model<T: Send + 'static>(
-    model: Arc<tokio::sync::Mutex<T>>,
+/// Counts a request waiting for a place in the batch for as long as it waits.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a place in the batch (waiting until `deadline` behind at most `max_waiting` others),
+/// then runs `f` on a blocking thread. A full queue is a 503, a deadline passed while waiting a
+/// 504. A panic in `f` is a 500 for this request only: the place is given back while unwinding,
+/// so later requests are served.
+async fn with_model<T: Send + Sync + 'static>(
+    gate: &Gate,
+    model: Arc<T>,
     deadline: Instant,
     timeout: Duration,
     f: impl FnOnce(&T) -> JobResult + Send + 'static,
 ) -> JobResult {
-    let guard = tokio::time::timeout_at(deadline.into(), model.lock_owned())
-        .await
-        .map_err(|_| JobError {
-            status: StatusCode::GATEWAY_TIMEOUT,
-            message: format!(
-                "generation stopped: {} (the model was busy for the whole {:.1} s request timeout)",
-                CancelReason::DeadlinePassed,
-                timeout.as_secs_f64()
-            ),
-        })?;
+    let permit = match gate.slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            if gate.waiting.fetch_add(1, Ordering::Relaxed) >= gate.max_waiting {
+                gate.waiting.fetch_sub(1, Ordering::Relaxed);
+                return Err(JobError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!(
+                        "the server is busy: the batch is full and {} requests wait in the queue; retry later",
+                        gate.max_waiting
+                    ),
+                });
+            }
+            let _waiting = Waiting(&gate.waiting);
+            tokio::time::timeout_at(deadline.into(), gate.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| JobError {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    message: format!(
+                        "generation stopped: {} (the model was busy for the whole {:.1} s request timeout)",
+                        CancelReason::DeadlinePassed,
+                        timeout.as_secs_f64()
+                    ),
+                })?
+                .map_err(|e| JobError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: format!("the server is shutting down: {e}"),
+                })?
+        }
+    };
     let out = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&guard)))
+        let _permit = permit;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&model)))
     })
     .await;
     match out {
@@ -962,19 +1178,21 @@ enum Ready {
 }
 
 fn run_model_job(
-    vt: &VisionThink,
+    m: &Model,
     job: Ready,
     generation: &GenerateOptions,
     tx: &tokio::sync::mpsc::UnboundedSender<String>,
     tokens: &AtomicU64,
 ) -> JobResult {
+    let vt = &*m.vt;
     match job {
         Ready::Ask(img, question) => {
             let opts = AskOptions {
                 generation: generation.clone(),
                 ..Default::default()
             };
-            let answer = vt.ask_streaming(&img, &question, &opts, |ev| {
+            let session = m.batcher.session(vt);
+            let answer = vt.ask_in(session, &img, &question, &opts, &mut |ev| {
                 if let crate::Event::Token { text, .. } = ev {
                     tokens.fetch_add(1, Ordering::Relaxed);
                     let _ = tx.send(text.to_string());
@@ -1001,7 +1219,7 @@ fn run_model_job(
                 .encode_prompt(&p, &[])
                 .map_err(Error::from)?;
             generation.cancel.as_ref().map_or(Ok(()), Cancel::check)?;
-            let mut session = vt.session();
+            let mut session = m.batcher.session(vt);
             let logits = session.feed(&ids, &[])?;
             let mut sampler = Sampler::new(generation.sampling.clone());
             let out =
@@ -1028,7 +1246,7 @@ fn run_model_job(
                 .encode_prompt(&p, &counts)
                 .map_err(Error::from)?;
             generation.cancel.as_ref().map_or(Ok(()), Cancel::check)?;
-            let mut session = vt.session();
+            let mut session = m.batcher.session(vt);
             let logits = session.feed(&ids, &pvs)?;
             let mut sampler = Sampler::new(generation.sampling.clone());
             let out =
@@ -1212,37 +1430,61 @@ mod tests {
     }
 
     #[test]
-    fn a_panicking_request_leaves_the_model_usable() {
+    fn a_panicking_request_leaves_the_model_usable_and_the_queue_is_bounded() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
-        let model = Arc::new(tokio::sync::Mutex::new(41));
+        let model = Arc::new(41);
+        let gate = Gate::new(1, 1);
         let deadline = Instant::now() + Duration::from_secs(60);
         let t = Duration::from_secs(60);
         rt.block_on(async {
-            let e = with_model(model.clone(), deadline, t, |_| panic!("boom in the kernel"))
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("the panic is an error"));
+            let e = with_model(&gate, model.clone(), deadline, t, |_| {
+                panic!("boom in the kernel")
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("the panic is an error"));
             assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
             assert!(e.message.contains("boom in the kernel"), "{}", e.message);
-            let ok = with_model(model.clone(), deadline, t, |v| {
+            let ok = with_model(&gate, model.clone(), deadline, t, |v| {
                 Ok(Done::text(format!("{}", v + 1), Value::Null))
             })
             .await
             .unwrap_or_else(|e| panic!("{}", e.message));
             assert_eq!(ok.content, "42");
-            // A model busy past the deadline is a 504, not a hang.
-            let _held = model.clone().lock_owned().await;
+            // The only place taken: one request may wait, past the deadline it is a 504 …
+            let _held = gate.slots.clone().acquire_owned().await;
             let soon = Instant::now() + Duration::from_millis(20);
-            let e = with_model(model.clone(), soon, t, |_| {
+            let e = with_model(&gate, model.clone(), soon, t, |_| {
                 Ok(Done::text(String::new(), Value::Null))
             })
             .await
             .err()
             .unwrap_or_else(|| panic!("busy"));
             assert_eq!(e.status, StatusCode::GATEWAY_TIMEOUT);
+            assert_eq!(
+                gate.waiting.load(Ordering::Relaxed),
+                0,
+                "it no longer waits"
+            );
+            // … and while one waits, the next one is a 503 with Retry-After.
+            gate.waiting.store(1, Ordering::Relaxed);
+            let e = with_model(&gate, model.clone(), deadline, t, |_| {
+                Ok(Done::text(String::new(), Value::Null))
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("full"));
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            let r = e.response();
+            assert_eq!(
+                r.headers()
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
         });
     }
 

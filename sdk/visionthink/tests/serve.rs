@@ -297,6 +297,80 @@ fn a_request_past_its_deadline_is_a_504_and_the_next_one_is_served() {
 }
 
 #[test]
+#[cfg(unix)]
+fn sigterm_lets_requests_in_flight_finish_and_refuses_new_ones() {
+    let mut s = start(&["--model-dir", "tests/fixtures/models/tied_nested"]);
+    // The tiny random model never ends a turn by itself: this runs its whole budget.
+    let body = json!({"messages": [{"role": "user", "content": "count"}], "max_tokens": 300});
+    let url = s.url.clone();
+    let in_flight = std::thread::spawn(move || post(&url, &body));
+    wait_for("the generation to start", || metric(&s, TOKENS) > 0);
+    let pid = s.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let (status, answer) = in_flight.join().expect("thread");
+    assert_eq!(status, 200, "the request in flight finishes: {answer}");
+    let v: Value = serde_json::from_str(&answer).expect("JSON");
+    assert!(
+        v["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+    // The server has stopped: it exits cleanly and nothing listens any more.
+    let exit = s.child.wait().expect("wait");
+    assert!(exit.success(), "exit status {exit:?}");
+    let addr = base(&s).strip_prefix("http://").expect("http").to_string();
+    assert!(
+        std::net::TcpStream::connect(&addr).is_err(),
+        "still listening on {addr}"
+    );
+}
+
+#[test]
+fn a_full_queue_is_a_503_with_retry_after_and_nothing_is_lost() {
+    let s = start(&[
+        "--model-dir",
+        "tests/fixtures/models/tied_nested",
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "1",
+    ]);
+    let long = json!({"messages": [{"role": "user", "content": "count"}], "max_tokens": 400});
+    let (u1, u2) = (s.url.clone(), s.url.clone());
+    let (b1, b2) = (long.clone(), long.clone());
+    let first = std::thread::spawn(move || post(&u1, &b1));
+    wait_for("the first request to run", || {
+        metric(&s, IN_FLIGHT) == 1 && metric(&s, TOKENS) > 0
+    });
+    let second = std::thread::spawn(move || post(&u2, &b2));
+    wait_for("the second request to wait", || {
+        metric(&s, "visionthink_queue_depth") == 1
+    });
+    let mut r = agent()
+        .post(&format!("{}/chat/completions", s.url))
+        .header("Content-Type", "application/json")
+        .send(long.to_string())
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body = r.body_mut().read_to_string().expect("body");
+    assert!(body.contains("busy"), "{body}");
+    // The two accepted requests are both answered.
+    for h in [first, second] {
+        let (status, body) = h.join().expect("thread");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(metric(&s, "visionthink_queue_rejected_total"), 1);
+    assert_eq!(metric(&s, "visionthink_requests_completed_total"), 2);
+}
+
+#[test]
 fn an_api_key_guards_every_route_but_health() {
     let s = start_with(&["--no-model"], &[("VISIONTHINK_API_KEY", "s3cret")]);
     let models = format!("{}/models", s.url);

@@ -33,9 +33,16 @@ use device::Fault;
 use kernels::{Kernel, Params};
 use record::Recorder;
 pub use record::{Counters, FLUSH_DISPATCHES};
-use std::cell::RefCell;
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks one of the executor's own mutexes (they make it `Sync`, so one model can serve several
+/// threads). A panic while one was held left nothing half-written that matters (a cache entry,
+/// counters), so a poisoned lock is used as it is.
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Shared ownership of weight chunks: `Arc` natively (so models can move between threads),
 /// `Rc` in browsers, where wgpu objects are neither `Send` nor `Sync`.
@@ -106,7 +113,7 @@ pub struct WgpuBackend {
     info: AdapterInfo,
     opts: WgpuOptions,
     /// The last attention ranges uploaded (masks repeat across layers).
-    ranges: RefCell<Option<(Mask, usize, usize, wgpu::Buffer)>>,
+    ranges: Mutex<Option<(Mask, usize, usize, wgpu::Buffer)>>,
     /// First uncaptured device error (validation, out-of-memory, internal) or loss.
     fault: Fault,
 }
@@ -133,7 +140,7 @@ impl WgpuBackend {
             rec: Recorder::new(device, queue, info.uniform_align),
             info,
             opts,
-            ranges: RefCell::new(None),
+            ranges: Mutex::new(None),
             fault,
         })
     }

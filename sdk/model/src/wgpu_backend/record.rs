@@ -3,7 +3,7 @@
 //! submit), the command encoder, uploads, and readback.
 
 use super::kernels::{Access, Kernel, Params};
-use std::cell::{Cell, RefCell};
+use super::locked;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -32,13 +32,13 @@ const PARAM_BYTES: u64 = 64;
 pub(super) struct Recorder {
     pub(super) device: wgpu::Device,
     pub(super) queue: wgpu::Queue,
-    pipelines: RefCell<HashMap<Kernel, Pipeline>>,
-    pending: RefCell<Pending>,
+    pipelines: Mutex<HashMap<Kernel, Pipeline>>,
+    pending: Mutex<Pending>,
     /// The parameter pool: one slot per recorded dispatch.
     uniforms: wgpu::Buffer,
     /// Bytes per parameter slot (the adapter's uniform offset alignment, at least 64).
     param_slot: u64,
-    counters: Cell<Counters>,
+    counters: Mutex<Counters>,
 }
 
 /// A compiled kernel and the layout of its bind group.
@@ -75,28 +75,26 @@ impl Recorder {
         Self {
             device,
             queue,
-            pipelines: RefCell::new(HashMap::new()),
-            pending: RefCell::new(Pending::default()),
+            pipelines: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             uniforms,
             param_slot,
-            counters: Cell::new(Counters::default()),
+            counters: Mutex::new(Counters::default()),
         }
     }
 
     /// Work done so far.
     pub(super) fn counters(&self) -> Counters {
-        self.counters.get()
+        *locked(&self.counters)
     }
 
     pub(super) fn count(&self, f: impl FnOnce(&mut Counters)) {
-        let mut c = self.counters.get();
-        f(&mut c);
-        self.counters.set(c);
+        f(&mut locked(&self.counters));
     }
 
     /// The pipeline of `kernel`, compiled on first use.
     fn pipeline(&self, kernel: Kernel) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
-        if let Some(p) = self.pipelines.borrow().get(&kernel) {
+        if let Some(p) = locked(&self.pipelines).get(&kernel) {
             return (p.pipeline.clone(), p.layout.clone());
         }
         let label = Some(kernel.label());
@@ -151,7 +149,7 @@ impl Recorder {
             });
         let p = Pipeline { pipeline, layout };
         let out = (p.pipeline.clone(), p.layout.clone());
-        self.pipelines.borrow_mut().insert(kernel, p);
+        locked(&self.pipelines).insert(kernel, p);
         out
     }
 
@@ -166,7 +164,7 @@ impl Recorder {
     ) {
         let (pipeline, layout) = self.pipeline(kernel);
         let offset = {
-            let mut p = self.pending.borrow_mut();
+            let mut p = locked(&self.pending);
             let offset = p.params.len();
             let mut words = params.words();
             words.resize((self.param_slot / 4) as usize, 0);
@@ -203,7 +201,7 @@ impl Recorder {
         });
         self.count(|c| c.dispatches += 1);
         let full = {
-            let mut p = self.pending.borrow_mut();
+            let mut p = locked(&self.pending);
             p.dispatches += 1;
             p.dispatches >= FLUSH_DISPATCHES
         };
@@ -213,7 +211,7 @@ impl Recorder {
     }
 
     pub(super) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
-        let mut p = self.pending.borrow_mut();
+        let mut p = locked(&self.pending);
         let enc = p.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
@@ -224,7 +222,7 @@ impl Recorder {
     /// Submits recorded work (without waiting): the parameter slots are written into the pool
     /// first, in one write, which the queue orders before the commands that read them.
     pub fn submit(&self) {
-        let mut p = self.pending.borrow_mut();
+        let mut p = locked(&self.pending);
         if !p.params.is_empty() {
             self.queue.write_buffer(&self.uniforms, 0, &p.params);
             p.params.clear();
