@@ -102,10 +102,10 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 
     /// Appends one token to each of `sessions` (all on one model) and returns the logits
-    /// `[n, vocab]`, row `i` for session `i`: the decoder layers run per session (its own cache
-    /// and positions), the output head once for all rows — for a small model the vocabulary
-    /// projection is most of a decode step, and a batch reads its weights once instead of once
-    /// per sequence. The rows are the ones each session would get alone.
+    /// `[n, vocab]`, row `i` for session `i`: the projections, MLPs and the output head run once
+    /// on all rows (a batch reads the weights once instead of once per sequence), rotary
+    /// embedding and attention per session against its own cache and positions
+    /// ([`Qwen25VL::decode_rows`]).
     ///
     /// ```
     /// # fn demo<B: visionthink_model::Backend>(be: &B, model: &visionthink_model::Qwen25VL<B>) -> visionthink_model::Result<()> {
@@ -143,13 +143,15 @@ impl<'m, B: Backend> Session<'m, B> {
                 model.cfg.text.max_position_embeddings
             )));
         }
-        let mut rows = Vec::with_capacity(ids.len());
-        for (s, &id) in sessions.iter_mut().zip(ids) {
+        for s in sessions.iter_mut() {
             s.positions.push_text(1);
-            let embeds = model.embed(be, &[id], None)?;
-            rows.push(model.decode(be, &embeds, s.positions.positions(), &mut s.cache)?);
         }
-        let hidden = be.cat_rows(&rows)?;
+        let embeds = model.embed(be, ids, None)?;
+        let mut rows: Vec<_> = sessions
+            .iter_mut()
+            .map(|s| (s.positions.positions(), &mut s.cache))
+            .collect();
+        let hidden = model.decode_rows(be, &embeds, &mut rows)?;
         model.logits(be, &hidden)
     }
 

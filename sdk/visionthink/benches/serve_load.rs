@@ -20,6 +20,8 @@ struct Row {
     tokens: u64,
     latencies_ms: Vec<f64>,
     mean_batch: f64,
+    prefill_busy: f64,
+    decode_busy: f64,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -138,6 +140,8 @@ fn run(clients: usize, max_batch: usize, seconds: f64) -> anyhow::Result<Row> {
         tokens: delta("visionthink_generated_tokens_total") as u64,
         latencies_ms,
         mean_batch: delta("visionthink_batch_rows_total") / batches.max(1.0),
+        prefill_busy: delta("visionthink_model_busy_seconds_total{work=\"prefill\"}") / secs,
+        decode_busy: delta("visionthink_model_busy_seconds_total{work=\"decode\"}") / secs,
     })
 }
 
@@ -158,13 +162,13 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "unknown CPU".into());
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     println!("visionthink serve, shipped model, VisionThink requests (example image, coarse/fine), {seconds} s per row; {cpu}, {threads} threads");
-    println!("| clients | max batch | requests | req/s | p50 (ms) | p99 (ms) | tokens/s | mean batch | failed |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| clients | max batch | requests | req/s | p50 (ms) | p99 (ms) | tokens/s | mean batch | model busy: prefill / decode | failed |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut rows = Vec::new();
     for (clients, max_batch) in [(1, 16), (4, 16), (16, 16), (16, 1)] {
         let r = run(clients, max_batch, seconds)?;
         println!(
-            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {} |",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} % / {:.0} % | {} |",
             r.clients,
             r.max_batch,
             r.requests,
@@ -173,6 +177,8 @@ fn main() -> anyhow::Result<()> {
             percentile(&r.latencies_ms, 0.99),
             r.tokens as f64 / r.seconds,
             r.mean_batch,
+            100.0 * r.prefill_busy,
+            100.0 * r.decode_busy,
             r.failed
         );
         rows.push(r);

@@ -60,6 +60,10 @@ pub struct BatchStats {
     pub prefills: AtomicU64,
     /// Sessions open now.
     pub open: AtomicU64,
+    /// Microseconds the model thread spent on prompts.
+    pub prefill_us: AtomicU64,
+    /// Microseconds the model thread spent on decode batches.
+    pub step_us: AtomicU64,
 }
 
 type Reply = Result<(Vec<f32>, f64), ModelError>;
@@ -276,6 +280,9 @@ pub(crate) fn run<B: Backend>(
                         Feed::feed(session, &ids, &images, &clock)
                     }))
                     .unwrap_or_else(|p| Err(panic_error(p.as_ref())));
+                    stats
+                        .prefill_us
+                        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                     if out.is_err() {
                         // A failed prefill may have advanced the positions.
                         slot.session = None;
@@ -304,7 +311,11 @@ pub(crate) fn run<B: Backend>(
         if waiting.is_empty() || !due {
             continue;
         }
+        let t = Instant::now();
         step(&mut slots, &mut waiting, stats);
+        stats
+            .step_us
+            .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
         first_wait = None;
     }
 }
@@ -350,14 +361,16 @@ fn step<B: Backend>(
             .map(|s| s.backend())
             .ok_or_else(|| ModelError::Input("an empty batch".into()))?;
         let logits = ModelSession::step_batch(&mut sessions, &tokens)?;
-        be.to_vec(&logits)
+        // Each row is read straight into the vector its request receives (one copy).
+        (0..tokens.len())
+            .map(|i| be.to_vec(&be.narrow_rows(&logits, i, 1)?))
+            .collect::<Result<Vec<_>, _>>()
     }))
     .unwrap_or_else(|p| Err(panic_error(p.as_ref())));
     match out {
-        Ok(all) => {
-            let vocab = all.len() / members.len();
-            for ((_, _, slot), row) in members.iter().zip(all.chunks_exact(vocab.max(1))) {
-                let _ = slot.reply.send(Ok((row.to_vec(), 0.0)));
+        Ok(rows) => {
+            for ((_, _, slot), row) in members.iter().zip(rows) {
+                let _ = slot.reply.send(Ok((row, 0.0)));
             }
         }
         Err(e) => {

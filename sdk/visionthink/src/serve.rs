@@ -426,11 +426,16 @@ async fn metrics(State(s): State<Arc<AppState>>) -> Response {
                 "# TYPE visionthink_batch_steps_total counter\nvisionthink_batch_steps_total {}\n\
                  # TYPE visionthink_batch_rows_total counter\nvisionthink_batch_rows_total {}\n\
                  # TYPE visionthink_prefills_total counter\nvisionthink_prefills_total {}\n\
-                 # TYPE visionthink_batch_open_sessions gauge\nvisionthink_batch_open_sessions {}\n",
+                 # TYPE visionthink_batch_open_sessions gauge\nvisionthink_batch_open_sessions {}\n\
+                 # TYPE visionthink_model_busy_seconds_total counter\n\
+                 visionthink_model_busy_seconds_total{{work=\"prefill\"}} {}\n\
+                 visionthink_model_busy_seconds_total{{work=\"decode\"}} {}\n",
                 get(&b.batches),
                 get(&b.rows),
                 get(&b.prefills),
                 get(&b.open),
+                get(&b.prefill_us) as f64 / 1e6,
+                get(&b.step_us) as f64 / 1e6,
             );
         }
         s.latency.render(&mut body);

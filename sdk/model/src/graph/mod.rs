@@ -469,6 +469,82 @@ impl<B: Backend> Qwen25VL<B> {
         be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
     }
 
+    /// One decode step for several sequences: `embeds` (`[n, hidden]`) holds the next token of
+    /// each of `rows` (its positions, covering that token, and its cache). The projections, norms
+    /// and MLP run once on all rows; rotary embedding, the cache append and attention run per
+    /// row against its own cache. Returns the final hidden states `[n, hidden]`; every cache
+    /// grows by one. Context limits are the caller's to check first (see
+    /// [`crate::Session::step_batch`]): an error here may leave some caches extended.
+    pub fn decode_rows(
+        &self,
+        be: &B,
+        embeds: &B::Tensor,
+        rows: &mut [(&Positions, &mut KvCache<B>)],
+    ) -> Result<B::Tensor> {
+        let t = &self.cfg.text;
+        let n = rows.len();
+        if be.shape(embeds)[0] != n || n == 0 {
+            return Err(Error::Input(format!(
+                "{} rows of embeddings for {n} sequences",
+                be.shape(embeds)[0]
+            )));
+        }
+        let mut cos = Vec::with_capacity(n);
+        let mut sin = Vec::with_capacity(n);
+        let mut pasts = Vec::with_capacity(n);
+        for (positions, cache) in rows.iter() {
+            let past = cache.len;
+            if positions.len() < past + 1 || past + 1 > t.max_position_embeddings {
+                return Err(Error::Input(format!(
+                    "a sequence of {} tokens cannot take one more (positions {}, context {})",
+                    past,
+                    positions.len(),
+                    t.max_position_embeddings
+                )));
+            }
+            let (c, s) = self.mrope(be, positions, past, 1)?;
+            cos.push(c);
+            sin.push(s);
+            pasts.push(past);
+        }
+        let (cos, sin) = (be.cat_rows(&cos)?, be.cat_rows(&sin)?);
+        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
+        let mut x = embeds.clone();
+        for (li, layer) in self.text.layers.iter().enumerate() {
+            let h = be.rms_norm(&x, &layer.input_norm, t.rms_norm_eps)?;
+            let q = be.rope(&layer.q.forward(be, &h)?, &cos, &sin, heads)?;
+            let k = be.rope(&layer.k.forward(be, &h)?, &cos, &sin, kv_heads)?;
+            let v = layer.v.forward(be, &h)?;
+            let mut attended = Vec::with_capacity(n);
+            for (i, (_, cache)) in rows.iter_mut().enumerate() {
+                let past = pasts[i];
+                let (k1, v1) = (be.narrow_rows(&k, i, 1)?, be.narrow_rows(&v, i, 1)?);
+                let (kb, k_all) = be.append_rows(cache.k[li].take(), past, &k1)?;
+                let (vb, v_all) = be.append_rows(cache.v[li].take(), past, &v1)?;
+                cache.k[li] = Some(kb);
+                cache.v[li] = Some(vb);
+                let q1 = be.narrow_rows(&q, i, 1)?;
+                attended.push(be.attention(
+                    &q1,
+                    &k_all,
+                    &v_all,
+                    heads,
+                    kv_heads,
+                    &Mask::Causal { past },
+                )?);
+            }
+            let a = be.cat_rows(&attended)?;
+            x = be.add(&x, &layer.o.forward(be, &a)?)?;
+            let h = be.rms_norm(&x, &layer.post_norm, t.rms_norm_eps)?;
+            let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
+            x = be.add(&x, &layer.down.forward(be, &m)?)?;
+        }
+        for ((_, cache), past) in rows.iter_mut().zip(pasts) {
+            cache.len = past + 1;
+        }
+        be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
+    }
+
     /// The vocabulary projection `[vocab, hidden]` (the embedding matrix when tied), for
     /// callers that fuse it with what follows (a trainer's log-softmax).
     pub fn lm_head(&self) -> &B::Tensor {
