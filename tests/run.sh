@@ -54,6 +54,9 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# OpenMPI (data-parallel training under mpirun; the `mpi` crate's bindings need libclang).
+command -v mpicc >/dev/null 2>&1 || need+=(libopenmpi-dev openmpi-bin)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -85,8 +88,8 @@ got=$(sha256sum tests/fixtures/tokenizer/tokenizer.json | cut -d' ' -f1)
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "clippy (native; with the optional Hugging Face Hub feature)"
-cargo clippy --workspace --all-targets --features visionthink/hub --locked -- -D warnings
+step "clippy (native; with the optional Hugging Face Hub and MPI features)"
+cargo clippy --workspace --all-targets --features visionthink/hub,visionthink-train/mpi --locked -- -D warnings
 
 step "clippy (wasm32)"
 cargo clippy -p visionthink-core -p visionthink-wasm --all-targets --target wasm32-unknown-unknown --locked -- -D warnings
@@ -100,8 +103,8 @@ cargo build -p visionthink-core --target wasm32-unknown-unknown --release --lock
 # The wasm crate's tests run in the browser below; leaving it out here keeps the features of
 # this build equal to those of `cargo run -p visionthink` (examples, the README's demo), so
 # those reuse every crate compiled here.
-step "tests (native; the WebGPU executor on lavapipe)"
-cargo test --workspace --exclude visionthink-wasm --locked
+step "tests (native; the WebGPU executor on lavapipe; data-parallel GRPO under mpirun)"
+cargo test --workspace --exclude visionthink-wasm --features visionthink-train/mpi --locked
 
 step "tokenizer tests on the Oniguruma regex engine (the one Python tokenizers uses)"
 cargo test -p visionthink-core --no-default-features --features onig --test tokenizer --locked

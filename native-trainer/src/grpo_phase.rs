@@ -3,6 +3,7 @@
 //! equal (dynamic sampling, resampling up to `grpo.max_sampling_rounds`), then updates the
 //! policy with the clipped surrogate (plus KL and entropy terms) in mini-batches.
 
+use crate::collective::Collective;
 use crate::config::{Phase, TrainConfig};
 use crate::data::{Dataset, Example};
 use crate::grpo::{batch_logp, group_hidden, group_logps, sequence_loss, LossConfig, SharedPrefix};
@@ -24,19 +25,40 @@ use visionthink_core::reward::{grpo_advantages, score_group, JudgedRollout, Rewa
 use visionthink_core::sampling::SamplingConfig;
 use visionthink_model::{CandleBackend, Qwen25VL};
 
-/// Runs (or, with `resume`, continues) the GRPO phase for `run.steps` steps.
+/// Runs (or, with `resume`, continues) the GRPO phase for `run.steps` steps; data-parallel when
+/// started by an MPI launcher (see [`crate::collective`]).
 pub fn grpo(cfg: &TrainConfig, resume: bool, hooks: &Hooks<'_>) -> Result<()> {
+    let comm = crate::collective::from_env()?;
+    grpo_with(cfg, resume, hooks, comm.as_ref())
+}
+
+/// [`grpo`] on a given collective engine (every rank calls it with the same arguments).
+pub fn grpo_with(
+    cfg: &TrainConfig,
+    resume: bool,
+    hooks: &Hooks<'_>,
+    comm: &dyn Collective,
+) -> Result<()> {
     let ds = run::open_data(cfg)?;
     let minis_per_step = cfg
         .grpo
         .prompts_per_step
         .div_ceil(cfg.grpo.mini_batch_prompts);
     let lr_steps = cfg.run.steps * minis_per_step;
-    let (policy, mut opt, mut state) = run::start(cfg, Phase::Grpo, resume, lr_steps)?;
-    let run = GrpoRun::new(cfg, &policy)?;
+    let writer = comm.rank() == 0;
+    let (policy, mut opt, mut state) = run::start(cfg, Phase::Grpo, resume, lr_steps, writer)?;
+    if comm.size() > 1 {
+        let weights = format!("{} at step {}", policy.weights_fingerprint()?, state.step);
+        crate::collective::check_same(comm, &serde_json::to_value(cfg)?, &weights)?;
+    }
+    let run = GrpoRun::new(cfg, &policy, comm)?;
     let mut rng = Rng { state: state.rng };
     let mut loader = Loader::new(&ds, cfg.run.seed, state.cursor.clone());
-    let pb = run::bar(cfg.run.steps, Phase::Grpo);
+    let pb = if writer {
+        run::bar(cfg.run.steps, Phase::Grpo)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     pb.set_position(state.step as u64);
     while state.step < cfg.run.steps {
         let step = state.step + 1;
@@ -49,12 +71,18 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, hooks: &Hooks<'_>) -> Result<()> {
         let upd = run.update(&mut batch.kept, &mut opt)?;
         let update_s = t_upd.elapsed().as_secs_f64();
         if let Some(what) = &upd.skipped {
-            run::non_finite(cfg, Phase::Grpo, step, what)?;
+            if writer {
+                run::non_finite(cfg, Phase::Grpo, step, what)?;
+            } else if cfg.run.on_nan == crate::config::OnNan::Stop {
+                bail!("step {step}: {what} (run.on_nan = \"stop\")");
+            }
         }
-        metrics::log(
-            &cfg.run.out,
-            &record(step, &batch, &upd, rollout_s, update_s),
-        )?;
+        if writer {
+            metrics::log(
+                &cfg.run.out,
+                &record(step, &batch, &upd, rollout_s, update_s),
+            )?;
+        }
         pb.set_message(format!(
             "reward {:.3} acc {:.2} resize fine {:.2} coarse {:.2}",
             batch.all.means().reward,
@@ -75,6 +103,7 @@ pub fn grpo(cfg: &TrainConfig, resume: bool, hooks: &Hooks<'_>) -> Result<()> {
             opt: &opt,
             rng: &rng,
             loader: &loader,
+            writer,
         };
         state = end.finish(step, hooks)?;
         pb.inc(1);
@@ -103,6 +132,7 @@ pub fn make_judge(cfg: &TrainConfig) -> Box<dyn Judge + Send + Sync> {
 struct GrpoRun<'a> {
     cfg: &'a TrainConfig,
     policy: &'a Policy,
+    comm: &'a dyn Collective,
     vars: Vec<Var>,
     merge: u32,
     judge: Box<dyn Judge + Send + Sync>,
@@ -123,10 +153,29 @@ struct Group {
     old: Option<Vec<Vec<f32>>>,
 }
 
+/// A kept group in the step's global order: its position among the step's prompts, and the
+/// group itself on the rank that rolled it out (`None` on the others).
+struct Kept {
+    slot: usize,
+    group: Option<Group>,
+}
+
+/// What a rank tells the others after a sampling round: the prompts it kept, and its tallies.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct RoundReport {
+    kept: Vec<usize>,
+    all: Tally,
+    by: BTreeMap<String, Tally>,
+    groups_seen: usize,
+    groups_dropped: usize,
+    judge_failures: usize,
+    gen_tokens: usize,
+}
+
 /// A step's rollouts: the kept groups and the counts for the metrics.
 #[derive(Default)]
 struct Collected {
-    kept: Vec<Group>,
+    kept: Vec<Kept>,
     all: Tally,
     by: BTreeMap<String, Tally>,
     groups_seen: usize,
@@ -151,7 +200,7 @@ struct Update {
 }
 
 impl<'a> GrpoRun<'a> {
-    fn new(cfg: &'a TrainConfig, policy: &'a Policy) -> Result<Self> {
+    fn new(cfg: &'a TrainConfig, policy: &'a Policy, comm: &'a dyn Collective) -> Result<Self> {
         // The frozen reference for the KL term: the starting weights (or a given folder).
         let reference = if cfg.grpo.kl_coef != 0.0 {
             let dir = cfg
@@ -169,6 +218,7 @@ impl<'a> GrpoRun<'a> {
         Ok(Self {
             cfg,
             policy,
+            comm,
             vars: policy.vars(),
             merge: policy.files.preprocessor.merge_size,
             judge: make_judge(cfg),
@@ -197,7 +247,9 @@ impl<'a> GrpoRun<'a> {
     }
 
     /// Rolls out prompts until `grpo.prompts_per_step` groups are kept or the sampling rounds
-    /// run out.
+    /// run out. Prompt `j` of the step (its slot) is rolled out by rank `j mod N`, with the
+    /// seed the step's RNG draws for it on every rank; after each round the ranks tell each
+    /// other which slots they kept.
     fn collect(
         &self,
         step: usize,
@@ -206,12 +258,21 @@ impl<'a> GrpoRun<'a> {
         rng: &mut Rng,
     ) -> Result<Collected> {
         let g = &self.cfg.grpo;
+        let (rank, size) = (self.comm.rank(), self.comm.size());
         let mut c = Collected::default();
+        let mut slot = 0usize;
         while c.kept.len() < g.prompts_per_step && c.rounds < g.max_sampling_rounds.max(1) {
             c.rounds += 1;
             let need = g.prompts_per_step - c.kept.len();
+            let mut mine = Collected::default();
             for _ in 0..need {
                 let i = loader.next_index();
+                let seed = rng.next_u64();
+                let this = slot;
+                slot += 1;
+                if this % size != rank {
+                    continue;
+                }
                 let prompt = match run::prepared(self.policy, self.cfg, ds, i) {
                     Ok(p) => p,
                     Err(e) => {
@@ -219,10 +280,65 @@ impl<'a> GrpoRun<'a> {
                         continue;
                     }
                 };
-                self.roll_prompt(step, &ds.examples[i], prompt, rng.next_u64(), &mut c)?;
+                self.roll_prompt(step, &ds.examples[i], prompt, seed, this, &mut mine)?;
             }
+            self.merge_round(&mut c, mine)?;
         }
         Ok(c)
+    }
+
+    /// Adds a round's results of every rank to `c`: the kept groups in slot order (this rank's
+    /// with their rollouts), the tallies summed.
+    fn merge_round(&self, c: &mut Collected, mine: Collected) -> Result<()> {
+        if self.comm.size() == 1 {
+            c.kept.extend(mine.kept);
+            c.all.merge(&mine.all);
+            for (k, t) in &mine.by {
+                c.by.entry(k.clone()).or_default().merge(t);
+            }
+            c.groups_seen += mine.groups_seen;
+            c.groups_dropped += mine.groups_dropped;
+            c.judge_failures += mine.judge_failures;
+            c.gen_tokens += mine.gen_tokens;
+            return Ok(());
+        }
+        let report = RoundReport {
+            kept: mine.kept.iter().map(|k| k.slot).collect(),
+            all: mine.all.clone(),
+            by: mine.by.clone(),
+            groups_seen: mine.groups_seen,
+            groups_dropped: mine.groups_dropped,
+            judge_failures: mine.judge_failures,
+            gen_tokens: mine.gen_tokens,
+        };
+        let all = self.comm.all_gather_bytes(&serde_json::to_vec(&report)?)?;
+        let mut own: BTreeMap<usize, Group> = mine
+            .kept
+            .into_iter()
+            .filter_map(|k| Some((k.slot, k.group?)))
+            .collect();
+        let mut round: Vec<Kept> = Vec::new();
+        for (r, bytes) in all.iter().enumerate() {
+            let rep: RoundReport = serde_json::from_slice(bytes)
+                .map_err(|e| anyhow::anyhow!("rank {r} sent an unreadable round report: {e}"))?;
+            for slot in rep.kept {
+                round.push(Kept {
+                    slot,
+                    group: own.remove(&slot),
+                });
+            }
+            c.all.merge(&rep.all);
+            for (k, t) in &rep.by {
+                c.by.entry(k.clone()).or_default().merge(t);
+            }
+            c.groups_seen += rep.groups_seen;
+            c.groups_dropped += rep.groups_dropped;
+            c.judge_failures += rep.judge_failures;
+            c.gen_tokens += rep.gen_tokens;
+        }
+        round.sort_by_key(|k| k.slot);
+        c.kept.extend(round);
+        Ok(())
     }
 
     /// One prompt's group: rolled out, judged, scored, tallied, logged, and kept unless dynamic
@@ -233,6 +349,7 @@ impl<'a> GrpoRun<'a> {
         ex: &Example,
         prompt: PreparedPrompt,
         seed: u64,
+        slot: usize,
         c: &mut Collected,
     ) -> Result<()> {
         let (fbe, fmodel) = &self.frozen;
@@ -302,15 +419,18 @@ impl<'a> GrpoRun<'a> {
                     reward: sc.reward,
                     advantage: keep.then_some(*a),
                 };
-                metrics::log_rollout(&self.cfg.run.out, &record)?;
+                metrics::log_rollout_of(&self.cfg.run.out, self.comm.rank(), &record)?;
             }
         }
         if keep {
-            c.kept.push(Group {
-                prompt,
-                trajs,
-                advantages,
-                old: None,
+            c.kept.push(Kept {
+                slot,
+                group: Some(Group {
+                    prompt,
+                    trajs,
+                    advantages,
+                    old: None,
+                }),
             });
         } else {
             c.groups_dropped += 1;
@@ -320,14 +440,14 @@ impl<'a> GrpoRun<'a> {
 
     /// The policy update over the kept groups, one optimizer step per mini-batch of
     /// `grpo.mini_batch_prompts` groups.
-    fn update(&self, kept: &mut [Group], opt: &mut AdamW) -> Result<Update> {
+    fn update(&self, kept: &mut [Kept], opt: &mut AdamW) -> Result<Update> {
         let per_mini = self.cfg.grpo.mini_batch_prompts;
         // Old log-probs: with one optimizer step per batch the policy has not moved, so they are
         // the detached current ones; with several, they are computed before the first update.
         let minis: Vec<usize> = (0..kept.len()).step_by(per_mini).collect();
         if minis.len() > 1 {
             let (fbe, fmodel) = &self.frozen;
-            for g in kept.iter_mut() {
+            for g in kept.iter_mut().filter_map(|k| k.group.as_mut()) {
                 let refs: Vec<&Trajectory> = g.trajs.iter().collect();
                 g.old = Some(group_logps(fbe, fmodel, &g.prompt, &refs, self.merge)?);
             }
@@ -347,31 +467,74 @@ impl<'a> GrpoRun<'a> {
             let chunk = &kept[m0..(m0 + per_mini).min(kept.len())];
             self.update_mini(chunk, opt, &mut u)?;
         }
+        if self.comm.size() > 1 {
+            let sums = crate::collective::sum_f64(
+                self.comm,
+                &[u.pg, u.kl, u.ent, u.clip, u.seqs, u.tokens as f64],
+            )?;
+            (u.pg, u.kl, u.ent, u.clip, u.seqs) = (sums[0], sums[1], sums[2], sums[3], sums[4]);
+            u.tokens = sums[5] as usize;
+        }
         Ok(u)
     }
 
     /// One mini-batch: the loss of every sequence, one backward per group, one optimizer step.
-    fn update_mini(&self, chunk: &[Group], opt: &mut AdamW, u: &mut Update) -> Result<()> {
-        let nseq: usize = chunk.iter().map(|g| g.trajs.len()).sum();
+    /// Each rank backpropagates its own groups of the mini-batch (every loss over the whole
+    /// mini-batch's sequence count); the gradients are summed over the ranks before the step.
+    fn update_mini(&self, chunk: &[Kept], opt: &mut AdamW, u: &mut Update) -> Result<()> {
+        let nseq: usize = chunk
+            .iter()
+            .map(|k| {
+                k.group
+                    .as_ref()
+                    .map_or(self.cfg.rollout.n, |g| g.trajs.len())
+            })
+            .sum();
         let mut acc = GradAccum::new(self.vars.len());
         // Built per mini-batch: a bf16 cast does not follow the previous update.
         let view = self.policy.compute_view(self.cfg.run.compute_dtype)?;
         let (cbe, cmodel) = self.policy.forward_parts(&view);
-        for g in chunk {
+        let mut non_finite = false;
+        for g in chunk.iter().filter_map(|k| k.group.as_ref()) {
             let Some(total) = self.group_loss(g, (cbe, cmodel), nseq, u)? else {
                 continue;
             };
             if !total.to_scalar::<f32>()?.is_finite() {
-                u.skipped = Some("non-finite loss".to_string());
-                return Ok(());
+                non_finite = true;
+                break;
             }
             let grads = total.backward()?;
             acc.add(&self.vars, &grads, &self.policy.be.take_sparse_rows())?;
         }
-        if acc.micro_batches == 0 {
+        if self.comm.size() == 1 {
+            if non_finite {
+                u.skipped = Some("non-finite loss".to_string());
+                return Ok(());
+            }
+            if acc.micro_batches == 0 {
+                return Ok(());
+            }
+            return self.step(opt, acc.merged(&self.vars)?, u);
+        }
+        // Every rank decides the same: skip if any rank saw a non-finite loss, step if any rank
+        // has gradients.
+        let flags = crate::collective::sum_f64(
+            self.comm,
+            &[f64::from(u8::from(non_finite)), acc.micro_batches as f64],
+        )?;
+        if flags[0] > 0.0 {
+            u.skipped = Some("non-finite loss".to_string());
             return Ok(());
         }
-        match opt.step(&self.vars, &mut acc, 1.0) {
+        if flags[1] == 0.0 {
+            return Ok(());
+        }
+        let grads = self.sum_over_ranks(acc.merged(&self.vars)?)?;
+        self.step(opt, grads, u)
+    }
+
+    fn step(&self, opt: &mut AdamW, grads: Vec<Option<Tensor>>, u: &mut Update) -> Result<()> {
+        match opt.step_grads(&self.vars, grads, 1.0) {
             Ok(info) => {
                 u.grad_norm = info.grad_norm;
                 u.lr = info.lr;
@@ -379,6 +542,39 @@ impl<'a> GrpoRun<'a> {
             Err(e) => u.skipped = Some(e.to_string()),
         }
         Ok(())
+    }
+
+    /// Every parameter's gradient summed over the ranks (a parameter no rank has a gradient
+    /// for stays `None`, as it would in one process).
+    fn sum_over_ranks(&self, grads: Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> {
+        let sizes: Vec<usize> = self.vars.iter().map(|v| v.elem_count()).collect();
+        let total: usize = sizes.iter().sum::<usize>() + sizes.len();
+        let mut buf = Vec::with_capacity(total);
+        for (g, &n) in grads.iter().zip(&sizes) {
+            match g {
+                Some(t) => buf.extend(t.flatten_all()?.to_vec1::<f32>()?),
+                None => buf.extend(std::iter::repeat_n(0.0f32, n)),
+            }
+        }
+        // One presence flag per parameter after the values.
+        buf.extend(grads.iter().map(|g| f32::from(u8::from(g.is_some()))));
+        self.comm.all_reduce_sum(&mut buf)?;
+        let (values, present) = buf.split_at(total - sizes.len());
+        let mut out = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for ((v, &n), &p) in self.vars.iter().zip(&sizes).zip(present) {
+            out.push(if p > 0.0 {
+                Some(Tensor::from_slice(
+                    &values[at..at + n],
+                    v.shape(),
+                    v.device(),
+                )?)
+            } else {
+                None
+            });
+            at += n;
+        }
+        Ok(out)
     }
 
     /// The summed loss of one group's sequences (each over `nseq`), with the terms added to `u`.

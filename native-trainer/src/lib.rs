@@ -13,6 +13,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod data_sources;

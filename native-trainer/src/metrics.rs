@@ -38,6 +38,15 @@ pub fn log_rollout(out: &Path, record: &RolloutRecord<'_>) -> Result<()> {
     append_jsonl(&out.join(ROLLOUTS), record)
 }
 
+/// [`log_rollout`] of data-parallel rank `rank`: rank 0 writes `rollouts.jsonl`, rank `r`
+/// `rollouts.rank-r.jsonl` (the ranks never write one file at once).
+pub fn log_rollout_of(out: &Path, rank: usize, record: &RolloutRecord<'_>) -> Result<()> {
+    match rank {
+        0 => log_rollout(out, record),
+        r => append_jsonl(&out.join(format!("rollouts.rank-{r}.jsonl")), record),
+    }
+}
+
 /// Keeps only metric lines of `phase` up to `step` (and every line of other phases).
 pub fn truncate(out: &Path, phase: Phase, step: usize) -> Result<()> {
     let p = out.join(METRICS);
@@ -112,7 +121,7 @@ pub struct SftStep {
 }
 
 /// Sums over rollouts, reported as means.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct Tally {
     /// Rollouts.
     pub n: f64,
@@ -140,6 +149,16 @@ pub struct RolloutStats {
 }
 
 impl Tally {
+    /// Adds another tally's rollouts (another rank's, in data-parallel training).
+    pub fn merge(&mut self, o: &Tally) {
+        self.n += o.n;
+        self.reward += o.reward;
+        self.correct += o.correct;
+        self.resized += o.resized;
+        self.length += o.length;
+        self.visual += o.visual;
+    }
+
     /// Adds one rollout.
     pub fn add(&mut self, r: RolloutStats) {
         self.n += 1.0;

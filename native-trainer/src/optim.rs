@@ -120,6 +120,17 @@ impl AdamW {
     /// a non-finite norm changes nothing and is an error the caller logs.
     pub fn step(&mut self, vars: &[Var], acc: &mut GradAccum, divisor: f64) -> Result<StepInfo> {
         let grads = acc.merged(vars)?;
+        self.step_grads(vars, grads, divisor)
+    }
+
+    /// [`Self::step`] with the summed gradients given (e.g. summed over data-parallel ranks):
+    /// one per parameter, `None` where it got none.
+    pub fn step_grads(
+        &mut self,
+        vars: &[Var],
+        grads: Vec<Option<Tensor>>,
+        divisor: f64,
+    ) -> Result<StepInfo> {
         let scale = 1.0 / divisor.max(1.0);
         let mut sq = 0.0f64;
         for g in grads.iter().flatten() {

@@ -131,6 +131,21 @@ impl Policy {
         })
     }
 
+    /// A short fingerprint of the weights (count, sum, sum of squares): data-parallel ranks
+    /// compare theirs before training.
+    pub fn weights_fingerprint(&self) -> Result<String> {
+        let (mut n, mut sum, mut sq) = (0usize, 0.0f64, 0.0f64);
+        for v in self.vars() {
+            let t = v.as_tensor().to_dtype(candle_core::DType::F32)?;
+            n += t.elem_count();
+            sum += f64::from(t.sum_all()?.to_scalar::<f32>()?);
+            sq += f64::from(t.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+        Ok(format!(
+            "{n} parameters, sum {sum:.9e}, sum of squares {sq:.9e}"
+        ))
+    }
+
     /// The parameters, in a fixed order.
     pub fn vars(&self) -> Vec<Var> {
         self.be.vars()

@@ -88,11 +88,13 @@ pub fn trace(phase: Phase, step: usize, part: &str) {
 
 /// A phase's policy, optimizer and state, resumed from the newest intact checkpoint
 /// (`resume`) or started fresh; `lr_scale_steps` sizes the schedule when the config does not.
+/// `writer`: this process writes the run folder's files (rank 0 of a data-parallel job).
 pub fn start(
     cfg: &TrainConfig,
     phase: Phase,
     resume: bool,
     lr_scale_steps: usize,
+    writer: bool,
 ) -> Result<(Policy, AdamW, TrainerState)> {
     std::fs::create_dir_all(&cfg.run.out)
         .with_context(|| format!("cannot create {}", cfg.run.out.display()))?;
@@ -112,7 +114,9 @@ pub fn start(
             let policy = Policy::load(&dir)?;
             let mut opt = AdamW::new(ocfg, &policy.vars())?;
             checkpoint::load_moments(&dir, &mut opt, state.optimizer_steps)?;
-            metrics::truncate(&cfg.run.out, phase, state.step)?;
+            if writer {
+                metrics::truncate(&cfg.run.out, phase, state.step)?;
+            }
             eprintln!(
                 "resuming {phase} from {} (step {})",
                 dir.display(),
@@ -129,7 +133,9 @@ pub fn start(
         Some(dir) => Policy::load(dir)?,
         None => Policy::from_scratch(&cfg.model.arch, &cfg.model.files_from, cfg.run.seed)?,
     };
-    metrics::truncate(&cfg.run.out, phase, 0)?;
+    if writer {
+        metrics::truncate(&cfg.run.out, phase, 0)?;
+    }
     let opt = AdamW::new(ocfg, &policy.vars())?;
     let state = TrainerState {
         step: 0,
@@ -178,6 +184,8 @@ pub struct StepEnd<'a> {
     pub rng: &'a Rng,
     /// The data position.
     pub loader: &'a Loader<'a>,
+    /// This process writes the checkpoints (rank 0 of a data-parallel job).
+    pub writer: bool,
 }
 
 impl StepEnd<'_> {
@@ -196,7 +204,7 @@ impl StepEnd<'_> {
         if let Some(hook) = hooks.after_update {
             hook(phase, step);
         }
-        if step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps {
+        if self.writer && (step % cfg.run.save_every.max(1) == 0 || step == cfg.run.steps) {
             trace(phase, step, "checkpoint");
             let files = self.policy.hf_files(SaveDtype::F32)?;
             checkpoint::save(&cfg.run.out, files, self.opt, &state)?;

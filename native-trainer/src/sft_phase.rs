@@ -18,7 +18,7 @@ use visionthink_model::{CandleBackend, Qwen25VL};
 /// Runs (or, with `resume`, continues) the SFT phase for `run.steps` steps.
 pub fn sft(cfg: &TrainConfig, resume: bool, hooks: &Hooks<'_>) -> Result<()> {
     let ds = run::open_data(cfg)?;
-    let (policy, mut opt, mut state) = run::start(cfg, Phase::Sft, resume, cfg.run.steps)?;
+    let (policy, mut opt, mut state) = run::start(cfg, Phase::Sft, resume, cfg.run.steps, true)?;
     let vars = policy.vars();
     let mut rng = Rng { state: state.rng };
     let mut loader = Loader::new(&ds, cfg.run.seed, state.cursor.clone());
@@ -78,6 +78,7 @@ pub fn sft(cfg: &TrainConfig, resume: bool, hooks: &Hooks<'_>) -> Result<()> {
             opt: &opt,
             rng: &rng,
             loader: &loader,
+            writer: true,
         };
         state = end.finish(step, hooks)?;
         pb.inc(1);

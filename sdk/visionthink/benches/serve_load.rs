@@ -51,8 +51,8 @@ fn run(clients: usize, max_batch: usize, seconds: f64) -> anyhow::Result<Row> {
         .build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
-    let app = router(Some(vt), cfg)
-        .into_make_service_with_connect_info::<visionthink::serve::Peer>();
+    let app =
+        router(Some(vt), cfg).into_make_service_with_connect_info::<visionthink::serve::Peer>();
     rt.spawn(async move { axum::serve(listener, app).await });
     let url = format!("http://{addr}/v1/chat/completions");
     let image = format!(
@@ -76,7 +76,11 @@ fn run(clients: usize, max_batch: usize, seconds: f64) -> anyhow::Result<Row> {
         .build()
         .into();
     // One warm-up request.
-    agent.post(&url).send(body(0))?.body_mut().read_to_string()?;
+    agent
+        .post(&url)
+        .send(body(0))?
+        .body_mut()
+        .read_to_string()?;
     let metrics = |agent: &ureq::Agent| -> anyhow::Result<String> {
         Ok(agent
             .get(&format!("http://{addr}/metrics"))
