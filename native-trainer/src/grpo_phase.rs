@@ -185,6 +185,20 @@ struct Collected {
     rounds: usize,
 }
 
+impl Collected {
+    /// Adds a round report's tallies and counts (its kept groups are the caller's).
+    fn absorb(&mut self, rep: &RoundReport) {
+        self.all.merge(&rep.all);
+        for (k, t) in &rep.by {
+            self.by.entry(k.clone()).or_default().merge(t);
+        }
+        self.groups_seen += rep.groups_seen;
+        self.groups_dropped += rep.groups_dropped;
+        self.judge_failures += rep.judge_failures;
+        self.gen_tokens += rep.gen_tokens;
+    }
+}
+
 /// Sums of the update's loss terms.
 struct Update {
     pg: f64,
@@ -290,27 +304,20 @@ impl<'a> GrpoRun<'a> {
     /// Adds a round's results of every rank to `c`: the kept groups in slot order (this rank's
     /// with their rollouts), the tallies summed.
     fn merge_round(&self, c: &mut Collected, mine: Collected) -> Result<()> {
-        if self.comm.size() == 1 {
-            c.kept.extend(mine.kept);
-            c.all.merge(&mine.all);
-            for (k, t) in &mine.by {
-                c.by.entry(k.clone()).or_default().merge(t);
-            }
-            c.groups_seen += mine.groups_seen;
-            c.groups_dropped += mine.groups_dropped;
-            c.judge_failures += mine.judge_failures;
-            c.gen_tokens += mine.gen_tokens;
-            return Ok(());
-        }
         let report = RoundReport {
             kept: mine.kept.iter().map(|k| k.slot).collect(),
-            all: mine.all.clone(),
-            by: mine.by.clone(),
+            all: mine.all,
+            by: mine.by,
             groups_seen: mine.groups_seen,
             groups_dropped: mine.groups_dropped,
             judge_failures: mine.judge_failures,
             gen_tokens: mine.gen_tokens,
         };
+        if self.comm.size() == 1 {
+            c.absorb(&report);
+            c.kept.extend(mine.kept);
+            return Ok(());
+        }
         let all = self.comm.all_gather_bytes(&serde_json::to_vec(&report)?)?;
         let mut own: BTreeMap<usize, Group> = mine
             .kept
@@ -321,20 +328,11 @@ impl<'a> GrpoRun<'a> {
         for (r, bytes) in all.iter().enumerate() {
             let rep: RoundReport = serde_json::from_slice(bytes)
                 .map_err(|e| anyhow::anyhow!("rank {r} sent an unreadable round report: {e}"))?;
-            for slot in rep.kept {
-                round.push(Kept {
-                    slot,
-                    group: own.remove(&slot),
-                });
-            }
-            c.all.merge(&rep.all);
-            for (k, t) in &rep.by {
-                c.by.entry(k.clone()).or_default().merge(t);
-            }
-            c.groups_seen += rep.groups_seen;
-            c.groups_dropped += rep.groups_dropped;
-            c.judge_failures += rep.judge_failures;
-            c.gen_tokens += rep.gen_tokens;
+            c.absorb(&rep);
+            round.extend(rep.kept.iter().map(|&slot| Kept {
+                slot,
+                group: own.remove(&slot),
+            }));
         }
         round.sort_by_key(|k| k.slot);
         c.kept.extend(round);
@@ -407,20 +405,7 @@ impl<'a> GrpoRun<'a> {
         let advantages = grpo_advantages(&rewards);
         let keep = gs.kept || !self.cfg.grpo.dynamic_sampling;
         if self.cfg.run.log_rollouts {
-            for ((t, sc), a) in trajs.iter().zip(&gs.rollouts).zip(&advantages) {
-                let record = RolloutRecord {
-                    step,
-                    doc_id: &ex.doc_id,
-                    kind: ex.kind.name(),
-                    answer: &ex.answer,
-                    turns: &t.outcome.turns,
-                    accuracy: sc.accuracy,
-                    format: sc.format_score,
-                    reward: sc.reward,
-                    advantage: keep.then_some(*a),
-                };
-                metrics::log_rollout_of(&self.cfg.run.out, self.comm.rank(), &record)?;
-            }
+            self.log_rollouts(step, ex, &trajs, &gs.rollouts, &advantages, keep)?;
         }
         if keep {
             c.kept.push(Kept {
@@ -434,6 +419,33 @@ impl<'a> GrpoRun<'a> {
             });
         } else {
             c.groups_dropped += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes a group's rollouts to this rank's rollout log.
+    fn log_rollouts(
+        &self,
+        step: usize,
+        ex: &Example,
+        trajs: &[Trajectory],
+        scores: &[visionthink_core::reward::RolloutScore],
+        advantages: &[f64],
+        keep: bool,
+    ) -> Result<()> {
+        for ((t, sc), a) in trajs.iter().zip(scores).zip(advantages) {
+            let record = RolloutRecord {
+                step,
+                doc_id: &ex.doc_id,
+                kind: ex.kind.name(),
+                answer: &ex.answer,
+                turns: &t.outcome.turns,
+                accuracy: sc.accuracy,
+                format: sc.format_score,
+                reward: sc.reward,
+                advantage: keep.then_some(*a),
+            };
+            metrics::log_rollout_of(&self.cfg.run.out, self.comm.rank(), &record)?;
         }
         Ok(())
     }

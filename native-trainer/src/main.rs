@@ -1,6 +1,6 @@
 //! `visionthink-train`: synth, sft, train (GRPO), eval, select, export, plot.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use visionthink_train::config::{Phase, TrainConfig};
@@ -143,22 +143,11 @@ enum Cmd {
 /// `eval` of a served model.
 #[derive(clap::Args)]
 struct RemoteEvalOpts {
-    /// Evaluate the model an OpenAI-compatible chat server serves (vLLM, `visionthink serve`),
-    /// e.g. http://127.0.0.1:8000/v1, instead of a model folder: accuracy, tool use, visual
-    /// tokens and latency of the low-res-first protocol (report.md and report.json with --out).
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// Model name on the server (default: the first one `GET /models` lists).
-    #[arg(long, requires = "endpoint")]
-    remote_model: Option<String>,
-    /// Bearer token for the server.
-    #[arg(
-        long,
-        env = "VISIONTHINK_REMOTE_API_KEY",
-        hide_env_values = true,
-        requires = "endpoint"
-    )]
-    remote_api_key: Option<String>,
+    /// With --endpoint: evaluate the model an OpenAI-compatible chat server serves (vLLM,
+    /// `visionthink serve`) instead of a model folder — accuracy, tool use, visual tokens and
+    /// latency of the low-res-first protocol (report.md and report.json with --out).
+    #[command(flatten)]
+    remote: visionthink::remote::RemoteArgs,
     /// Questions in flight at once (a server batches them).
     #[arg(long, default_value_t = 1, requires = "endpoint")]
     concurrency: usize,
@@ -247,21 +236,11 @@ fn run(cli: Cli) -> Result<()> {
             opts,
             out,
             remote,
-        } if remote.endpoint.is_some() => {
-            anyhow::ensure!(
-                model_dir.is_none(),
-                "give --model-dir or --endpoint, not both"
-            );
-            cmd_eval_remote(&remote, &data, json, &opts, out.as_deref())
-        }
-        Cmd::Eval {
-            model_dir,
-            data,
-            json,
-            opts,
-            out,
-            ..
-        } => cmd_eval(model_dir.as_deref(), &data, json, &opts, out.as_deref()),
+        } => match (&remote.remote.endpoint, model_dir) {
+            (Some(_), Some(_)) => bail!("give --model-dir or --endpoint, not both"),
+            (Some(_), None) => cmd_eval_remote(&remote, &data, json, &opts, out.as_deref()),
+            (None, dir) => cmd_eval(dir.as_deref(), &data, json, &opts, out.as_deref()),
+        },
         Cmd::Select { run, data, opts } => cmd_select(&run, &data, &opts),
     }
 }
@@ -368,15 +347,15 @@ fn cmd_eval_remote(
     opts: &EvalOpts,
     out: Option<&Path>,
 ) -> Result<()> {
-    let url = remote.endpoint.as_deref().unwrap_or_default();
     anyhow::ensure!(
         matches!(opts.image_path, ImagePathArg::Inference),
         "a served model is evaluated on the inference image path"
     );
+    let Some(cfg) = remote.remote.config().map_err(anyhow::Error::msg)? else {
+        bail!("eval of a served model needs --endpoint");
+    };
+    let url = cfg.url.clone();
     let ds = open_eval_data(data, opts.bad_rows)?;
-    let mut cfg = visionthink::RemoteConfig::new(url);
-    cfg.model = remote.remote_model.clone();
-    cfg.api_key = remote.remote_api_key.clone().filter(|k| !k.is_empty());
     let engine = visionthink::RemoteEngine::connect(cfg)?;
     let label = format!("{url} / {}", engine.model());
     let report = visionthink_train::remote_eval::evaluate(

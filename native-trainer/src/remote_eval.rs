@@ -133,10 +133,27 @@ pub fn evaluate<E: Engine + Sync>(
     };
     let mut opts = AskOptions::default();
     opts.generation.max_new_tokens = max_new_tokens;
+    let (answered, skipped, failed) = ask_all(engine, ds, n, &opts, concurrency);
+    let mut report = summarize(ds, &answered, judge);
+    report.engine = label.to_string();
+    report.skipped = skipped;
+    report.failed = failed;
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Runs the first `n` rows, `concurrency` at a time: the answered rows in row order, and the
+/// skipped and failed ones with their reasons.
+fn ask_all<E: Engine + Sync>(
+    engine: &E,
+    ds: &Dataset,
+    n: usize,
+    opts: &AskOptions,
+    concurrency: usize,
+) -> (Vec<Row>, Vec<String>, Vec<String>) {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let pb = indicatif::ProgressBar::new(n as u64);
-    type Outcome = std::result::Result<Row, RowError>;
-    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+    let outcomes: Vec<std::result::Result<Row, RowError>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..concurrency.min(n.max(1)))
             .map(|_| {
                 s.spawn(|| {
@@ -146,7 +163,7 @@ pub fn evaluate<E: Engine + Sync>(
                         if i >= n {
                             return got;
                         }
-                        got.push(ask_row(engine, ds, i, &opts));
+                        got.push(ask_row(engine, ds, i, opts));
                         pb.inc(1);
                     }
                 })
@@ -168,6 +185,16 @@ pub fn evaluate<E: Engine + Sync>(
         }
     }
     answered.sort_by_key(|r| r.index);
+    (answered, skipped, failed)
+}
+
+/// Judges the answered rows and sums them up per kind and source (the caller fills in the
+/// engine, the skipped and failed rows and the time).
+fn summarize(
+    ds: &Dataset,
+    answered: &[Row],
+    judge: &(dyn Judge + Send + Sync),
+) -> RemoteEvalReport {
     let reqs: Vec<JudgeRequest> = answered
         .iter()
         .map(|r| {
@@ -181,23 +208,20 @@ pub fn evaluate<E: Engine + Sync>(
         BTreeMap::<String, Acc>::new(),
         BTreeMap::<String, Acc>::new(),
     );
-    let mut full_tokens = 0usize;
-    let mut turns = 0usize;
+    let (mut full_tokens, mut turns) = (0usize, 0usize);
     for (r, v) in answered.iter().zip(&verdicts) {
         let ex = &ds.examples[r.index];
         let correct = matches!(v, Ok(true));
         if let Err(e) = v {
             eprintln!("judge: {e}");
         }
-        total.add(correct, &r.answer);
-        by_kind
-            .entry(ex.kind.name().to_string())
-            .or_default()
-            .add(correct, &r.answer);
-        by_source
-            .entry(ex.data_source.clone())
-            .or_default()
-            .add(correct, &r.answer);
+        for acc in [
+            &mut total,
+            by_kind.entry(ex.kind.name().to_string()).or_default(),
+            by_source.entry(ex.data_source.clone()).or_default(),
+        ] {
+            acc.add(correct, &r.answer);
+        }
         full_tokens += r.answer.visual_tokens_full_res;
         turns += r.answer.turns.len();
     }
@@ -211,8 +235,8 @@ pub fn evaluate<E: Engine + Sync>(
             .map(|(k, a)| (k.clone(), a.report()))
             .collect::<BTreeMap<_, _>>()
     };
-    Ok(RemoteEvalReport {
-        engine: label.to_string(),
+    RemoteEvalReport {
+        engine: String::new(),
         accuracy: t.accuracy,
         resize_ratio: t.resize_ratio,
         full_image_ratio: t.full_image_ratio,
@@ -225,10 +249,10 @@ pub fn evaluate<E: Engine + Sync>(
         latency_ms_p95: percentile(&ms, 0.95),
         by_kind: rep(&by_kind),
         by_source: rep(&by_source),
-        skipped,
-        failed,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+        skipped: Vec::new(),
+        failed: Vec::new(),
+        seconds: 0.0,
+    }
 }
 
 /// What the judge compares with the ground truth: the split-rule prediction of the turns, as

@@ -21,6 +21,11 @@ static CLOCK: fn() -> f64 = now_ms;
 #[wasm_bindgen]
 pub struct ChatSession {
     episode: ChatEpisode<'static>,
+    body: Body,
+}
+
+/// What every request body carries besides the conversation.
+struct Body {
     urls: Vec<String>,
     model: String,
     stream: bool,
@@ -54,11 +59,13 @@ impl ChatSession {
         .map_err(RunError::from)?;
         Ok(Self {
             episode,
-            urls: Vec::new(),
-            model,
-            stream,
-            max_tokens: eo.max_new_tokens,
-            sampling: eo.sampling,
+            body: Body {
+                urls: Vec::new(),
+                model,
+                stream,
+                max_tokens: eo.max_new_tokens,
+                sampling: eo.sampling,
+            },
         })
     }
 
@@ -66,14 +73,7 @@ impl ChatSession {
     /// `/chat/completions`).
     pub fn start(&mut self) -> Result<JsValue, JsValue> {
         let action = self.episode.start().map_err(RunError::from)?;
-        Self::step(
-            action,
-            &mut self.urls,
-            &self.model,
-            self.stream,
-            self.max_tokens,
-            &self.sampling,
-        )
+        self.body.step(action)
     }
 
     /// Takes the reply's text: the next request (`resized: true` when it carries the full
@@ -81,14 +81,7 @@ impl ChatSession {
     #[wasm_bindgen(js_name = onReply)]
     pub fn on_reply(&mut self, text: &str) -> Result<JsValue, JsValue> {
         let action = self.episode.on_reply(text).map_err(RunError::from)?;
-        Self::step(
-            action,
-            &mut self.urls,
-            &self.model,
-            self.stream,
-            self.max_tokens,
-            &self.sampling,
-        )
+        self.body.step(action)
     }
 
     /// Adds one reply's `usage` counts and the milliseconds its request took to the record.
@@ -100,21 +93,22 @@ impl ChatSession {
     }
 }
 
-impl ChatSession {
-    fn step(
-        action: ChatAction<'_>,
-        urls: &mut Vec<String>,
-        model: &str,
-        stream: bool,
-        max_tokens: usize,
-        sampling: &SamplingConfig,
-    ) -> Result<JsValue, JsValue> {
+impl Body {
+    /// What to do next, as JS: the request body to POST, or the answer.
+    fn step(&mut self, action: ChatAction<'_>) -> Result<JsValue, JsValue> {
         let v = match action {
             ChatAction::Done(answer) => serde_json::json!({"done": true, "answer": answer}),
             ChatAction::Request(req) => {
+                let urls = &mut self.urls;
                 let resized = !urls.is_empty() && req.images.len() > urls.len();
                 encode_images(urls, req.images).map_err(RunError::from)?;
-                let body = req.openai_body(urls, model, max_tokens, sampling, stream);
+                let body = req.openai_body(
+                    urls,
+                    &self.model,
+                    self.max_tokens,
+                    &self.sampling,
+                    self.stream,
+                );
                 serde_json::json!({"done": false, "resized": resized, "body": body})
             }
         };

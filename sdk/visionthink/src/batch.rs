@@ -25,7 +25,7 @@
 //! # Ok::<(), visionthink::Error>(())
 //! ```
 
-use crate::engine::{Session, VisionThink};
+use crate::engine::{OnExecutor, Session, VisionThink};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -69,7 +69,7 @@ pub struct BatchStats {
 type Reply = Result<(Vec<f32>, f64), ModelError>;
 
 /// What a request's session asks the model thread for.
-pub(crate) enum Cmd {
+enum Cmd {
     Open {
         id: u64,
         reply: Sender<Reply>,
@@ -112,7 +112,13 @@ impl Batcher {
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("visionthink-batcher".into())
-            .spawn(move || vt.run_batches(rx, cfg, &thread_stats))
+            .spawn(move || {
+                vt.on_executor(ModelThread {
+                    rx,
+                    cfg,
+                    stats: &thread_stats,
+                })
+            })
             .ok();
         Self {
             tx,
@@ -149,6 +155,21 @@ impl Drop for Batcher {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The model thread's work, on whichever executor the engine has.
+struct ModelThread<'s> {
+    rx: Receiver<Cmd>,
+    cfg: BatchConfig,
+    stats: &'s BatchStats,
+}
+
+impl OnExecutor for ModelThread<'_> {
+    type Output = ();
+
+    fn run<B: Backend>(self, be: &B, model: &Qwen25VL<B>, merge: u32) {
+        run(be, model, merge, &self.rx, self.cfg, self.stats);
     }
 }
 
@@ -224,7 +245,7 @@ fn panic_error(p: &(dyn std::any::Any + Send)) -> ModelError {
 }
 
 /// The model thread's loop (see the module docs). Ends when every sender is gone.
-pub(crate) fn run<B: Backend>(
+fn run<B: Backend>(
     be: &B,
     model: &Qwen25VL<B>,
     merge: u32,
@@ -232,14 +253,20 @@ pub(crate) fn run<B: Backend>(
     cfg: BatchConfig,
     stats: &BatchStats,
 ) {
-    let mut slots: HashMap<u64, Slot<'_, B>> = HashMap::new();
-    let mut waiting: HashMap<u64, u32> = HashMap::new();
-    let mut first_wait: Option<Instant> = None;
+    let mut t = Thread {
+        be,
+        model,
+        merge,
+        stats,
+        slots: HashMap::new(),
+        waiting: HashMap::new(),
+        first_wait: None,
+    };
     let mut open = true;
-    while open || !waiting.is_empty() {
-        let cmd = match first_wait {
+    while open || !t.waiting.is_empty() {
+        let cmd = match t.first_wait {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_timeout(cfg.window.saturating_sub(t.elapsed())),
+            Some(w) => rx.recv_timeout(cfg.window.saturating_sub(w.elapsed())),
         };
         let mut next = match cmd {
             Ok(c) => Some(c),
@@ -251,72 +278,88 @@ pub(crate) fn run<B: Backend>(
         };
         // Everything that has arrived, without waiting.
         while let Some(c) = next.take().or_else(|| rx.try_recv().ok()) {
-            match c {
-                Cmd::Open { id, reply } => {
-                    slots.insert(
-                        id,
-                        Slot {
-                            session: Some(ModelSession::new(be, model, merge)),
-                            reply,
-                        },
-                    );
-                }
-                Cmd::Close { id } => {
-                    slots.remove(&id);
-                    waiting.remove(&id);
-                }
-                Cmd::Feed { id, ids, images } => {
-                    let Some(slot) = slots.get_mut(&id) else {
-                        continue;
-                    };
-                    let Some(session) = slot.session.as_mut() else {
-                        let _ = slot.reply.send(Err(failed_before()));
-                        continue;
-                    };
-                    stats.prefills.fetch_add(1, Ordering::Relaxed);
-                    let t = Instant::now();
-                    let clock = move || t.elapsed().as_secs_f64() * 1e3;
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        Feed::feed(session, &ids, &images, &clock)
-                    }))
-                    .unwrap_or_else(|p| Err(panic_error(p.as_ref())));
-                    stats
-                        .prefill_us
-                        .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-                    if out.is_err() {
-                        // A failed prefill may have advanced the positions.
-                        slot.session = None;
-                    }
-                    let _ = slot.reply.send(out);
-                }
-                Cmd::Step { id, token } => match slots.get(&id) {
-                    Some(Slot {
-                        session: None,
-                        reply,
-                    }) => {
-                        let _ = reply.send(Err(failed_before()));
-                    }
-                    Some(_) => {
-                        waiting.insert(id, token);
-                        first_wait.get_or_insert_with(Instant::now);
-                    }
-                    None => {}
-                },
-            }
+            t.handle(c);
         }
-        stats.open.store(slots.len() as u64, Ordering::Relaxed);
-        let due = first_wait.is_some_and(|t| t.elapsed() >= cfg.window)
-            || waiting.len() >= slots.len()
+        stats.open.store(t.slots.len() as u64, Ordering::Relaxed);
+        let due = t.first_wait.is_some_and(|w| w.elapsed() >= cfg.window)
+            || t.waiting.len() >= t.slots.len()
             || !open;
-        if waiting.is_empty() || !due {
+        if t.waiting.is_empty() || !due {
             continue;
         }
-        let t = Instant::now();
-        step(&mut slots, &mut waiting, stats);
+        let started = Instant::now();
+        step(&mut t.slots, &mut t.waiting, stats);
         stats
             .step_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        t.first_wait = None;
+    }
+}
+
+/// The model thread's state: the open sessions and the decode steps waiting for a batch.
+struct Thread<'m, B: Backend> {
+    be: &'m B,
+    model: &'m Qwen25VL<B>,
+    merge: u32,
+    stats: &'m BatchStats,
+    slots: HashMap<u64, Slot<'m, B>>,
+    waiting: HashMap<u64, u32>,
+    first_wait: Option<Instant>,
+}
+
+impl<B: Backend> Thread<'_, B> {
+    /// Takes one command: opens or closes a session, runs a prompt now, or queues a step.
+    fn handle(&mut self, c: Cmd) {
+        match c {
+            Cmd::Open { id, reply } => {
+                let session = Some(ModelSession::new(self.be, self.model, self.merge));
+                self.slots.insert(id, Slot { session, reply });
+            }
+            Cmd::Close { id } => {
+                self.slots.remove(&id);
+                self.waiting.remove(&id);
+            }
+            Cmd::Feed { id, ids, images } => self.prefill(id, &ids, &images),
+            Cmd::Step { id, token } => match self.slots.get(&id) {
+                Some(Slot {
+                    session: None,
+                    reply,
+                }) => {
+                    let _ = reply.send(Err(failed_before()));
+                }
+                Some(_) => {
+                    self.waiting.insert(id, token);
+                    self.first_wait.get_or_insert_with(Instant::now);
+                }
+                None => {}
+            },
+        }
+    }
+
+    /// Runs a prompt on its session at once and answers.
+    fn prefill(&mut self, id: u64, ids: &[u32], images: &[PixelValues]) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(session) = slot.session.as_mut() else {
+            let _ = slot.reply.send(Err(failed_before()));
+            return;
+        };
+        self.stats.prefills.fetch_add(1, Ordering::Relaxed);
+        let t = Instant::now();
+        let clock = move || t.elapsed().as_secs_f64() * 1e3;
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Feed::feed(session, ids, images, &clock)
+        }))
+        .unwrap_or_else(|p| Err(panic_error(p.as_ref())));
+        self.stats
+            .prefill_us
             .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
-        first_wait = None;
+        if out.is_err() {
+            // A failed prefill may have advanced the positions.
+            slot.session = None;
+        }
+        let _ = slot.reply.send(out);
     }
 }
 

@@ -261,6 +261,20 @@ impl Engine for VisionThink {
     }
 }
 
+/// Work generic over the executor (see [`VisionThink::on_executor`]): e.g. a batcher's model
+/// thread, which runs on whichever backend the engine was loaded with.
+pub(crate) trait OnExecutor {
+    /// What the work returns.
+    type Output;
+    /// Runs with the executor `be`, its model and the processor's merge size.
+    fn run<B: visionthink_model::Backend>(
+        self,
+        be: &B,
+        model: &Qwen25VL<B>,
+        merge: u32,
+    ) -> Self::Output;
+}
+
 /// A loaded VisionThink (Qwen2.5-VL) model.
 pub struct VisionThink {
     /// Tokenizer, configs, chat template.
@@ -426,19 +440,13 @@ impl VisionThink {
         }
     }
 
-    /// The model thread of a [`Batcher`](crate::batch::Batcher): runs until every sender of
-    /// `rx` is gone.
-    pub(crate) fn run_batches(
-        &self,
-        rx: std::sync::mpsc::Receiver<crate::batch::Cmd>,
-        cfg: crate::batch::BatchConfig,
-        stats: &crate::batch::BatchStats,
-    ) {
+    /// Runs `f` on this engine's executor and model, whichever backend they are.
+    pub(crate) fn on_executor<F: OnExecutor>(&self, f: F) -> F::Output {
         let merge = self.merge();
         match &self.exec {
-            Exec::Candle(be, m) => crate::batch::run(be, m, merge, &rx, cfg, stats),
+            Exec::Candle(be, m) => f.run(be, m, merge),
             #[cfg(feature = "wgpu")]
-            Exec::Wgpu(be, m) => crate::batch::run(be, m, merge, &rx, cfg, stats),
+            Exec::Wgpu(be, m) => f.run(be, m, merge),
         }
     }
 

@@ -199,52 +199,7 @@ struct AskArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    remote: RemoteArgs,
-}
-
-/// Running the protocol on a chat server instead of a local model.
-#[derive(clap::Args)]
-struct RemoteArgs {
-    /// Base URL of an OpenAI-compatible chat server (vLLM, `visionthink serve`, …), e.g.
-    /// http://127.0.0.1:8000/v1: the protocol runs against it instead of a local model.
-    #[arg(long)]
-    endpoint: Option<String>,
-    /// Model name on the server (default: the first one `GET /models` lists).
-    #[arg(long, requires = "endpoint")]
-    remote_model: Option<String>,
-    /// Bearer token for the server.
-    #[arg(
-        long,
-        env = "VISIONTHINK_REMOTE_API_KEY",
-        hide_env_values = true,
-        requires = "endpoint"
-    )]
-    remote_api_key: Option<String>,
-    /// Seconds one request to the server may take.
-    #[arg(long, default_value_t = 600.0)]
-    remote_timeout: f64,
-    /// Extra attempts after a connection failure, 408, 429 or 5xx.
-    #[arg(long, default_value_t = 2)]
-    remote_retries: u32,
-}
-
-impl RemoteArgs {
-    /// The remote engine, when `--endpoint` is given.
-    fn engine(&self, stream: bool) -> Result<Option<visionthink::RemoteEngine>> {
-        let Some(url) = &self.endpoint else {
-            return Ok(None);
-        };
-        if !(self.remote_timeout > 0.0 && self.remote_timeout.is_finite()) {
-            bail!("--remote-timeout must be a positive number of seconds");
-        }
-        let mut cfg = visionthink::RemoteConfig::new(url);
-        cfg.model = self.remote_model.clone();
-        cfg.api_key = self.remote_api_key.clone().filter(|k| !k.is_empty());
-        cfg.timeout = std::time::Duration::from_secs_f64(self.remote_timeout);
-        cfg.retries = self.remote_retries;
-        cfg.stream = stream;
-        Ok(Some(visionthink::RemoteEngine::connect(cfg)?))
-    }
+    remote: visionthink::remote::RemoteArgs,
 }
 
 #[derive(clap::Args)]
@@ -835,7 +790,13 @@ fn cmd_ask(a: AskArgs) -> Result<()> {
         json: as_json,
         remote,
     } = a;
-    let remote = remote.engine(stream)?;
+    let remote = match remote.config().map_err(anyhow::Error::msg)? {
+        Some(mut cfg) => {
+            cfg.stream = stream;
+            Some(visionthink::RemoteEngine::connect(cfg)?)
+        }
+        None => None,
+    };
     let local = match remote {
         Some(_) => None,
         None => Some(load_model(&model)?),

@@ -66,6 +66,51 @@ impl RemoteConfig {
     }
 }
 
+/// The command-line flags of a remote engine, shared by `visionthink ask` and
+/// `visionthink-train eval` (flatten them into a clap command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// Base URL of an OpenAI-compatible chat server (vLLM, `visionthink serve`, …), e.g.
+    /// http://127.0.0.1:8000/v1: the protocol runs against it instead of a local model.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Model name on the server (default: the first one `GET /models` lists).
+    #[arg(long, requires = "endpoint")]
+    pub remote_model: Option<String>,
+    /// Bearer token for the server.
+    #[arg(
+        long,
+        env = "VISIONTHINK_REMOTE_API_KEY",
+        hide_env_values = true,
+        requires = "endpoint"
+    )]
+    pub remote_api_key: Option<String>,
+    /// Seconds one request to the server may take.
+    #[arg(long, default_value_t = 600.0)]
+    pub remote_timeout: f64,
+    /// Extra attempts after a connection failure, 408, 429 or 5xx.
+    #[arg(long, default_value_t = 2)]
+    pub remote_retries: u32,
+}
+
+impl RemoteArgs {
+    /// The engine's settings when `--endpoint` is given, or why the flags are wrong.
+    pub fn config(&self) -> std::result::Result<Option<RemoteConfig>, String> {
+        let Some(url) = &self.endpoint else {
+            return Ok(None);
+        };
+        if !(self.remote_timeout > 0.0 && self.remote_timeout.is_finite()) {
+            return Err("--remote-timeout must be a positive number of seconds".into());
+        }
+        let mut cfg = RemoteConfig::new(url);
+        cfg.model = self.remote_model.clone();
+        cfg.api_key = self.remote_api_key.clone().filter(|k| !k.is_empty());
+        cfg.timeout = Duration::from_secs_f64(self.remote_timeout);
+        cfg.retries = self.remote_retries;
+        Ok(Some(cfg))
+    }
+}
+
 /// A server that runs the model; [`Engine`] runs the protocol on it.
 ///
 /// ```no_run
@@ -433,45 +478,56 @@ fn read_stream(
                 snippet(l)
             )));
         };
-        let data = data.trim_start();
-        if data == "[DONE]" {
-            return Ok(reply);
+        match stream_event(data.trim_start(), &mut reply, on_chunk)? {
+            Some(()) => chunks += 1,
+            None => return Ok(reply),
         }
-        let v: Value = serde_json::from_str(data).map_err(|e| {
-            Failure::fatal(format!(
-                "a streamed event is not JSON ({e}): {}",
-                snippet(data)
-            ))
-        })?;
-        if let Some(err) = v.get("error") {
-            let msg = err
-                .get("message")
-                .and_then(Value::as_str)
-                .map_or_else(|| err.to_string(), str::to_string);
-            return Err(Failure::fatal(format!("the server reported: {msg}")));
-        }
-        if v.get("usage").is_some_and(Value::is_object) {
-            reply.prompt_tokens = usage(&v, "prompt_tokens");
-            reply.completion_tokens = usage(&v, "completion_tokens");
-        }
-        let Some(choices) = v.get("choices").and_then(Value::as_array) else {
-            return Err(Failure::fatal(format!(
-                "a streamed event has no `choices`: {}",
-                snippet(data)
-            )));
-        };
-        if let Some(piece) = choices
-            .first()
-            .and_then(|c| c.pointer("/delta/content"))
-            .and_then(Value::as_str)
-        {
-            if !piece.is_empty() {
-                reply.text.push_str(piece);
-                on_chunk(piece);
-            }
-        }
-        chunks += 1;
     }
+}
+
+/// One `data:` payload of the stream: a chunk added to `reply` (`Some`), or the end (`None`).
+fn stream_event(
+    data: &str,
+    reply: &mut Reply,
+    on_chunk: &mut dyn FnMut(&str),
+) -> std::result::Result<Option<()>, Failure> {
+    if data == "[DONE]" {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(data).map_err(|e| {
+        Failure::fatal(format!(
+            "a streamed event is not JSON ({e}): {}",
+            snippet(data)
+        ))
+    })?;
+    if let Some(err) = v.get("error") {
+        let msg = err
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| err.to_string(), str::to_string);
+        return Err(Failure::fatal(format!("the server reported: {msg}")));
+    }
+    if v.get("usage").is_some_and(Value::is_object) {
+        reply.prompt_tokens = usage(&v, "prompt_tokens");
+        reply.completion_tokens = usage(&v, "completion_tokens");
+    }
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return Err(Failure::fatal(format!(
+            "a streamed event has no `choices`: {}",
+            snippet(data)
+        )));
+    };
+    if let Some(piece) = choices
+        .first()
+        .and_then(|c| c.pointer("/delta/content"))
+        .and_then(Value::as_str)
+    {
+        if !piece.is_empty() {
+            reply.text.push_str(piece);
+            on_chunk(piece);
+        }
+    }
+    Ok(Some(()))
 }
 
 #[cfg(test)]

@@ -8,46 +8,17 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use visionthink::{Engine as _, RemoteConfig, RemoteEngine};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{root, start_with, Server};
 
 fn serve() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visionthink"))
-        .current_dir(root())
-        .args(["serve", "--port", "0"])
-        .env_remove("VISIONTHINK_API_KEY")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("banner")
-        .to_string();
-    Server { child, url }
+    start_with(&[], &[])
 }
 
 fn ask_json(args: &[&str]) -> Value {

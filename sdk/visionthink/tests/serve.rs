@@ -4,54 +4,15 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use visionthink::core::judge::{Judge, JudgeRequest};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{root, start_with, Server};
 
 fn start(args: &[&str]) -> Server {
     start_with(args, &[])
-}
-
-fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_visionthink"))
-        .current_dir(root())
-        .args(["serve", "--port", "0"])
-        .args(args)
-        .env_remove("VISIONTHINK_API_KEY")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("banner")
-        .to_string();
-    assert!(
-        url.starts_with("http://127.0.0.1:"),
-        "binds loopback by default: {url}"
-    );
-    Server { child, url }
 }
 
 fn post(url: &str, body: &Value) -> (u16, String) {

@@ -460,13 +460,26 @@ impl<B: Backend> Qwen25VL<B> {
             cache.k[li] = Some(kb);
             cache.v[li] = Some(vb);
             let a = be.attention(&q, &k_all, &v_all, heads, kv_heads, &Mask::Causal { past })?;
-            x = be.add(&x, &layer.o.forward(be, &a)?)?;
-            let h = be.rms_norm(&x, &layer.post_norm, t.rms_norm_eps)?;
-            let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
-            x = be.add(&x, &layer.down.forward(be, &m)?)?;
+            x = self.layer_tail(be, layer, &x, &a)?;
         }
         cache.len = past + n;
         be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
+    }
+
+    /// A decoder layer after attention: the output projection added to the residual, then the
+    /// post-attention norm and the SwiGLU MLP added to it.
+    fn layer_tail(
+        &self,
+        be: &B,
+        layer: &params::DecoderLayer<B::Tensor>,
+        x: &B::Tensor,
+        attended: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let eps = self.cfg.text.rms_norm_eps;
+        let x = be.add(x, &layer.o.forward(be, attended)?)?;
+        let h = be.rms_norm(&x, &layer.post_norm, eps)?;
+        let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
+        be.add(&x, &layer.down.forward(be, &m)?)
     }
 
     /// One decode step for several sequences: `embeds` (`[n, hidden]`) holds the next token of
@@ -534,10 +547,7 @@ impl<B: Backend> Qwen25VL<B> {
                 )?);
             }
             let a = be.cat_rows(&attended)?;
-            x = be.add(&x, &layer.o.forward(be, &a)?)?;
-            let h = be.rms_norm(&x, &layer.post_norm, t.rms_norm_eps)?;
-            let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
-            x = be.add(&x, &layer.down.forward(be, &m)?)?;
+            x = self.layer_tail(be, layer, &x, &a)?;
         }
         for ((_, cache), past) in rows.iter_mut().zip(pasts) {
             cache.len = past + 1;

@@ -35,14 +35,7 @@ use record::Recorder;
 pub use record::{Counters, FLUSH_DISPATCHES};
 #[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
-use std::sync::{Mutex, MutexGuard};
-
-/// Locks one of the executor's own mutexes (they make it `Sync`, so one model can serve several
-/// threads). A panic while one was held left nothing half-written that matters (a cache entry,
-/// counters), so a poisoned lock is used as it is.
-pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use std::sync::Mutex;
 
 /// Shared ownership of weight chunks: `Arc` natively (so models can move between threads),
 /// `Rc` in browsers, where wgpu objects are neither `Send` nor `Sync`.

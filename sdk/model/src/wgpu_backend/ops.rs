@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 impl WgpuBackend {
     fn ranges_buffer(&self, mask: &Mask, n: usize, m: usize) -> Result<wgpu::Buffer> {
-        if let Some((mk, nn, mm, buf)) = super::locked(&self.ranges).as_ref() {
+        if let Some((mk, nn, mm, buf)) = super::record::locked(&self.ranges).as_ref() {
             if mk == mask && *nn == n && *mm == m {
                 return Ok(buf.clone());
             }
@@ -42,7 +42,7 @@ impl WgpuBackend {
             }
         }
         let buf = self.upload(bytemuck::cast_slice(&r));
-        *super::locked(&self.ranges) = Some((mask.clone(), n, m, buf.clone()));
+        *super::record::locked(&self.ranges) = Some((mask.clone(), n, m, buf.clone()));
         Ok(buf)
     }
 

@@ -3,11 +3,10 @@
 //! submit), the command encoder, uploads, and readback.
 
 use super::kernels::{Access, Kernel, Params};
-use super::locked;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 /// Dispatches recorded before an intermediate submit (and parameter slots in the pool).
@@ -315,4 +314,11 @@ impl<T> Future for Receiver<T> {
         s.waker = Some(cx.waker().clone());
         Poll::Pending
     }
+}
+
+/// Locks one of the executor's own mutexes (they make it `Sync`, so one model can serve several
+/// threads). A panic while one was held left nothing half-written that matters (a cache entry,
+/// counters), so a poisoned lock is used as it is.
+pub(super) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
