@@ -676,6 +676,48 @@ fn eval_without_model_dir_uses_the_shipped_model() {
     assert!(r["accuracy"].is_number() && r["by_kind"].is_object(), "{r}");
 }
 
+/// `eval --endpoint` runs the protocol against a served model: against `visionthink serve`'s
+/// raw model (the shipped model) it finds the local evaluation's low-res-first accuracy, tool
+/// use and visual tokens on the same rows.
+#[test]
+fn eval_of_a_served_model_matches_the_local_eval() {
+    let vt = visionthink::shipped::load(Default::default(), Default::default()).expect("model");
+    let url = spawn_server(visionthink::serve::router(Some(vt), Default::default()));
+    let rows = ["--rows", "4", "--max-new-tokens", "64", "--json"];
+    let local = run_ok(cli().args(["eval", "--data"]).arg(data()).args(rows));
+    let remote = run_ok(cli().args(["eval", "--data"]).arg(data()).args(rows).args([
+        "--endpoint",
+        &url,
+        "--remote-model",
+        "visionthink-raw",
+        "--concurrency",
+        "2",
+    ]));
+    let (l, r): (Value, Value) = (
+        serde_json::from_slice(&local.stdout).expect("json"),
+        serde_json::from_slice(&remote.stdout).expect("json"),
+    );
+    assert_eq!(r["engine"], format!("{url} / visionthink-raw"));
+    assert_eq!(r["accuracy"], l["accuracy"], "{r}\n{l}");
+    assert_eq!(r["visual_tokens"], l["visual_tokens"], "{r}\n{l}");
+    assert_eq!(
+        r["visual_tokens_always_high"],
+        l["visual_tokens_always_high"]
+    );
+    for (kind, v) in l["by_kind"].as_object().expect("kinds") {
+        assert_eq!(
+            r["by_kind"][kind]["resize_ratio"], v["resize_ratio"],
+            "{kind}"
+        );
+        assert_eq!(r["by_kind"][kind]["n"], v["n"], "{kind}");
+    }
+    assert!(
+        r["latency_ms_p95"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{r}"
+    );
+    assert_eq!(r["failed"], serde_json::json!([]));
+}
+
 /// What GRPO trains on must be what sampling saw: the teacher-forced scoring forward
 /// (`group_logps`: shared prefix, both images' features spliced in, M-RoPE positions rebuilt
 /// for the whole continuation) gives every generated token — turn 1, the forced resize call,
