@@ -1,7 +1,8 @@
 //! Data-parallel training over an existing collective engine: [`Collective`] is what the GRPO
 //! loop needs from one (sums of gradients and metrics, the gathering of per-rank results), with
-//! [`Single`] for one process and [`Mpi`] (feature `mpi`: the `mpi` crate on the system's MPI,
-//! OpenMPI from Debian here) for `mpirun -np N visionthink-train train …`.
+//! `Single` for one process, `Mpi` (feature `mpi`: the `mpi` crate on the system's MPI, OpenMPI
+//! from Debian here) for `mpirun -np N visionthink-train train …`, and `Nccl` (feature `cuda`:
+//! cudarc's NCCL bindings, one process per GPU).
 //!
 //! The same code runs on every rank. Prompts are handed out by their global position in a step
 //! (prompt `j` of the step belongs to rank `j mod N`), and each prompt's rollouts depend only on
@@ -48,9 +49,21 @@ impl Collective for Single {
     }
 }
 
-/// The engine of this process: MPI when the binary has the `mpi` feature and was started by an
-/// MPI launcher (`mpirun`; its environment says so), else one process.
+/// The engine of this process: NCCL when `VISIONTHINK_NCCL_ID_FILE` is set (feature `cuda`; one
+/// process per GPU), MPI when the binary has the `mpi` feature and was started by an MPI launcher
+/// (`mpirun`; its environment says so), else one process.
 pub fn from_env() -> Result<Box<dyn Collective>> {
+    if std::env::var_os("VISIONTHINK_NCCL_ID_FILE").is_some() {
+        #[cfg(feature = "cuda")]
+        {
+            return Ok(Box::new(Nccl::from_env()?));
+        }
+        #[cfg(not(feature = "cuda"))]
+        bail!(
+            "VISIONTHINK_NCCL_ID_FILE asks for NCCL, but this binary has no CUDA support: build it \
+             with `--features cuda`"
+        );
+    }
     let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
         .iter()
         .any(|v| std::env::var_os(v).is_some());
@@ -161,6 +174,159 @@ pub fn sum_f64(c: &dyn Collective, values: &[f64]) -> Result<Vec<f64>> {
 #[cfg(feature = "mpi")]
 pub use mpi_engine::Mpi;
 
+#[cfg(feature = "cuda")]
+pub use nccl_engine::Nccl;
+
+/// Seconds a collective (or the wait for NCCL's id) may take before the rank gives up.
+fn collective_timeout() -> f64 {
+    std::env::var("VISIONTHINK_COLLECTIVE_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .unwrap_or(1800.0)
+}
+
+#[cfg(feature = "cuda")]
+mod nccl_engine {
+    use super::Collective;
+    use anyhow::{anyhow, bail, Context, Result};
+    use candle_core::cuda_backend::cudarc::driver::{CudaContext, CudaStream};
+    use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use std::sync::Arc;
+
+    /// One process per GPU with NCCL between them (the `cuda` feature). Rank and world size come
+    /// from the launcher's environment (`RANK`, `WORLD_SIZE`, as `torchrun` sets them); each
+    /// process sees its one GPU (`CUDA_VISIBLE_DEVICES`, device 0 for NCCL and for the model).
+    /// Rank 0 creates NCCL's unique id and writes it to `VISIONTHINK_NCCL_ID_FILE`, a path that
+    /// must not exist yet (a stale id from an earlier run is refused); the other ranks wait for it.
+    /// Buffers are copied to the GPU for each collective and back (the trainer sums host-side
+    /// gradients).
+    pub struct Nccl {
+        comm: Comm,
+        stream: Arc<CudaStream>,
+        rank: usize,
+        size: usize,
+    }
+
+    impl std::fmt::Debug for Nccl {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Nccl(rank {} of {})", self.rank, self.size)
+        }
+    }
+
+    fn number(name: &str) -> Result<usize> {
+        std::env::var(name)
+            .with_context(|| {
+                format!("{name} is not set (launch one process per GPU, e.g. with torchrun)")
+            })?
+            .parse()
+            .with_context(|| format!("{name} is not a number"))
+    }
+
+    impl Nccl {
+        /// Joins the job described by the environment.
+        pub fn from_env() -> Result<Self> {
+            let (rank, size) = (number("RANK")?, number("WORLD_SIZE")?);
+            if rank >= size {
+                bail!("RANK {rank} is not below WORLD_SIZE {size}");
+            }
+            let path = std::env::var("VISIONTHINK_NCCL_ID_FILE")
+                .context("VISIONTHINK_NCCL_ID_FILE is not set")?;
+            let id = if rank == 0 {
+                if std::path::Path::new(&path).exists() {
+                    bail!("{path} exists: remove it, or give each run a fresh VISIONTHINK_NCCL_ID_FILE");
+                }
+                let id = Id::new().map_err(|e| anyhow!("ncclGetUniqueId: {e:?}"))?;
+                let bytes: Vec<u8> = id.internal().iter().map(|&c| c as u8).collect();
+                let tmp = format!("{path}.tmp");
+                std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {tmp}"))?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {path}"))?;
+                id
+            } else {
+                wait_for_id(&path, rank)?
+            };
+            let ctx = CudaContext::new(0).map_err(|e| anyhow!("CUDA device 0: {e:?}"))?;
+            let stream = ctx.default_stream();
+            let comm = Comm::from_rank(stream.clone(), rank, size, id)
+                .map_err(|e| anyhow!("ncclCommInitRank (rank {rank} of {size}): {e:?}"))?;
+            Ok(Self {
+                comm,
+                stream,
+                rank,
+                size,
+            })
+        }
+    }
+
+    /// Rank 0's id, once its file is complete.
+    fn wait_for_id(path: &str, rank: usize) -> Result<Id> {
+        let timeout = super::collective_timeout();
+        let t = std::time::Instant::now();
+        loop {
+            match std::fs::read(path) {
+                Ok(b) if b.len() == 128 => {
+                    let mut raw = [0 as std::ffi::c_char; 128];
+                    for (d, s) in raw.iter_mut().zip(&b) {
+                        *d = *s as std::ffi::c_char;
+                    }
+                    return Ok(Id::uninit(raw));
+                }
+                _ if t.elapsed().as_secs_f64() > timeout => bail!(
+                    "rank {rank}: no NCCL id in {path} after {timeout} s (is rank 0 running?)"
+                ),
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn cuda<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> Result<T> {
+        r.map_err(|e| anyhow!("{what}: {e:?}"))
+    }
+
+    impl Collective for Nccl {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+
+        fn size(&self) -> usize {
+            self.size
+        }
+
+        fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<()> {
+            let mut d = cuda(self.stream.clone_htod(&*buf), "copy to the GPU")?;
+            cuda(
+                self.comm.all_reduce_in_place(&mut d, &ReduceOp::Sum),
+                "ncclAllReduce",
+            )?;
+            cuda(self.stream.memcpy_dtoh(&d, buf), "copy from the GPU")?;
+            cuda(self.stream.synchronize(), "synchronize")
+        }
+
+        fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+            let len = [mine.len() as u64];
+            let d_len = cuda(self.stream.clone_htod(&len[..]), "copy to the GPU")?;
+            let mut d_lens = cuda(self.stream.alloc_zeros::<u64>(self.size), "alloc")?;
+            cuda(self.comm.all_gather(&d_len, &mut d_lens), "ncclAllGather")?;
+            let lens = cuda(self.stream.clone_dtoh(&d_lens), "copy from the GPU")?;
+            let max = lens.iter().copied().max().unwrap_or(0) as usize;
+            if max == 0 {
+                return Ok(vec![Vec::new(); self.size]);
+            }
+            let mut padded = mine.to_vec();
+            padded.resize(max, 0);
+            let d_mine = cuda(self.stream.clone_htod(&padded[..]), "copy to the GPU")?;
+            let mut d_all = cuda(self.stream.alloc_zeros::<u8>(max * self.size), "alloc")?;
+            cuda(self.comm.all_gather(&d_mine, &mut d_all), "ncclAllGather")?;
+            let all = cuda(self.stream.clone_dtoh(&d_all), "copy from the GPU")?;
+            Ok(lens
+                .iter()
+                .enumerate()
+                .map(|(r, &l)| all[r * max..r * max + l as usize].to_vec())
+                .collect())
+        }
+    }
+}
+
 #[cfg(feature = "mpi")]
 mod mpi_engine {
     use super::Collective;
@@ -218,11 +384,7 @@ mod mpi_engine {
                 bail!("MPI was initialised already in this process");
             };
             let world = universe.world();
-            let timeout = std::env::var("VISIONTHINK_COLLECTIVE_TIMEOUT_S")
-                .ok()
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| *v > 0.0 && v.is_finite())
-                .unwrap_or(1800.0);
+            let timeout = super::collective_timeout();
             let busy_since = std::sync::Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
             let (rank, size) = (world.rank(), world.size());
             let watched = busy_since.clone();

@@ -30,6 +30,16 @@ classify() {
     "python3 tests/scripts/make_example_image.py") echo "run-unchanged" ;;
     "bash tests/fuzz/run.sh 600")
       echo "skip: open-ended fuzzing (nightly, cargo-fuzz, an instrumented build, 2 h); the test step replays its corpora and regressions" ;;
+    "vllm serve Senqiao/VisionThink-Efficient --limit-mm-per-prompt '{\"image\": 2}'")
+      echo "skip: needs a GPU and the official 7B checkpoint from the Hub; the remote engine is tested against visionthink serve and a vLLM-like server (sdk/visionthink/tests/remote.rs)" ;;
+    "visionthink ask --endpoint http://GPU_HOST:8000/v1 "*)
+      echo "skip: talks to the vLLM server above; the same command runs against visionthink serve in sdk/visionthink/tests/remote.rs" ;;
+    "visionthink-train eval --endpoint http://GPU_HOST:8000/v1 "*)
+      echo "skip: talks to the vLLM server above; eval --endpoint runs against visionthink serve in native-trainer/tests/train_cli.rs" ;;
+    "cargo build --release -p visionthink-train --features mpi")
+      echo "skip: a release build of the trainer (~10 min); the test step builds the same feature and runs mpirun (native-trainer/tests/data_parallel.rs)" ;;
+    "mpirun -np 2 -x RAYON_NUM_THREADS=1 target/release/visionthink-train train "*)
+      echo "skip: 30 GRPO steps on two ranks; native-trainer/tests/data_parallel.rs runs 3 under mpirun and compares them with one process" ;;
     *) echo "unknown" ;;
   esac
 }
