@@ -40,6 +40,8 @@ classify() {
       echo "skip: a release build of the trainer (~10 min); the test step builds the same feature and runs mpirun (native-trainer/tests/data_parallel.rs)" ;;
     "mpirun -np 2 -x RAYON_NUM_THREADS=1 target/release/visionthink-train train "*)
       echo "skip: 30 GRPO steps on two ranks; native-trainer/tests/data_parallel.rs runs 3 under mpirun and compares them with one process" ;;
+    "torchrun --standalone --nproc-per-node 2 --no-python "*)
+      echo "skip: needs two GPUs, NCCL and a CUDA build; tests/check_cuda.sh compiles the NCCL path" ;;
     *) echo "unknown" ;;
   esac
 }
