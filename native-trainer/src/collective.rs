@@ -178,6 +178,7 @@ pub use mpi_engine::Mpi;
 pub use nccl_engine::Nccl;
 
 /// Seconds a collective (or the wait for NCCL's id) may take before the rank gives up.
+#[cfg(any(feature = "mpi", feature = "cuda"))]
 fn collective_timeout() -> f64 {
     std::env::var("VISIONTHINK_COLLECTIVE_TIMEOUT_S")
         .ok()

@@ -85,13 +85,15 @@ pub fn grpo_with(
         }
         pb.set_message(format!(
             "reward {:.3} acc {:.2} resize fine {:.2} coarse {:.2}",
-            batch.all.means().reward,
-            batch.all.means().accuracy,
+            batch.t.all.means().reward,
+            batch.t.all.means().accuracy,
             batch
+                .t
                 .by
                 .get("kind/fine")
                 .map_or(f64::NAN, Tally::resize_ratio),
             batch
+                .t
                 .by
                 .get("kind/coarse")
                 .map_or(f64::NAN, Tally::resize_ratio),
@@ -160,43 +162,44 @@ struct Kept {
     group: Option<Group>,
 }
 
-/// What a rank tells the others after a sampling round: the prompts it kept, and its tallies.
+/// A step's rollout counts: what the metrics report, and what ranks add up after each round.
 #[derive(serde::Serialize, serde::Deserialize, Default)]
-struct RoundReport {
-    kept: Vec<usize>,
+struct Tallies {
     all: Tally,
     by: BTreeMap<String, Tally>,
     groups_seen: usize,
     groups_dropped: usize,
     judge_failures: usize,
     gen_tokens: usize,
+}
+
+impl Tallies {
+    /// Adds another's counts (another round's, or another rank's).
+    fn merge(&mut self, o: &Tallies) {
+        self.all.merge(&o.all);
+        for (k, t) in &o.by {
+            self.by.entry(k.clone()).or_default().merge(t);
+        }
+        self.groups_seen += o.groups_seen;
+        self.groups_dropped += o.groups_dropped;
+        self.judge_failures += o.judge_failures;
+        self.gen_tokens += o.gen_tokens;
+    }
+}
+
+/// What a rank tells the others after a sampling round: the prompts it kept, and its tallies.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RoundReport {
+    kept: Vec<usize>,
+    tallies: Tallies,
 }
 
 /// A step's rollouts: the kept groups and the counts for the metrics.
 #[derive(Default)]
 struct Collected {
     kept: Vec<Kept>,
-    all: Tally,
-    by: BTreeMap<String, Tally>,
-    groups_seen: usize,
-    groups_dropped: usize,
-    judge_failures: usize,
-    gen_tokens: usize,
+    t: Tallies,
     rounds: usize,
-}
-
-impl Collected {
-    /// Adds a round report's tallies and counts (its kept groups are the caller's).
-    fn absorb(&mut self, rep: &RoundReport) {
-        self.all.merge(&rep.all);
-        for (k, t) in &rep.by {
-            self.by.entry(k.clone()).or_default().merge(t);
-        }
-        self.groups_seen += rep.groups_seen;
-        self.groups_dropped += rep.groups_dropped;
-        self.judge_failures += rep.judge_failures;
-        self.gen_tokens += rep.gen_tokens;
-    }
 }
 
 /// Sums of the update's loss terms.
@@ -304,20 +307,15 @@ impl<'a> GrpoRun<'a> {
     /// Adds a round's results of every rank to `c`: the kept groups in slot order (this rank's
     /// with their rollouts), the tallies summed.
     fn merge_round(&self, c: &mut Collected, mine: Collected) -> Result<()> {
-        let report = RoundReport {
-            kept: mine.kept.iter().map(|k| k.slot).collect(),
-            all: mine.all,
-            by: mine.by,
-            groups_seen: mine.groups_seen,
-            groups_dropped: mine.groups_dropped,
-            judge_failures: mine.judge_failures,
-            gen_tokens: mine.gen_tokens,
-        };
         if self.comm.size() == 1 {
-            c.absorb(&report);
+            c.t.merge(&mine.t);
             c.kept.extend(mine.kept);
             return Ok(());
         }
+        let report = RoundReport {
+            kept: mine.kept.iter().map(|k| k.slot).collect(),
+            tallies: mine.t,
+        };
         let all = self.comm.all_gather_bytes(&serde_json::to_vec(&report)?)?;
         let mut own: BTreeMap<usize, Group> = mine
             .kept
@@ -328,7 +326,7 @@ impl<'a> GrpoRun<'a> {
         for (r, bytes) in all.iter().enumerate() {
             let rep: RoundReport = serde_json::from_slice(bytes)
                 .map_err(|e| anyhow::anyhow!("rank {r} sent an unreadable round report: {e}"))?;
-            c.absorb(&rep);
+            c.t.merge(&rep.tallies);
             round.extend(rep.kept.iter().map(|&slot| Kept {
                 slot,
                 group: own.remove(&slot),
@@ -372,7 +370,7 @@ impl<'a> GrpoRun<'a> {
                 .into_iter()
                 .map(|v| v.map_err(|e| eprintln!("{e}")).ok())
                 .collect();
-        c.judge_failures += verdicts.iter().filter(|v| v.is_none()).count();
+        c.t.judge_failures += verdicts.iter().filter(|v| v.is_none()).count();
         let judged: Vec<JudgedRollout> = trajs
             .iter()
             .zip(&verdicts)
@@ -382,10 +380,10 @@ impl<'a> GrpoRun<'a> {
             })
             .collect();
         let gs = score_group(&judged, &self.reward_cfg);
-        c.groups_seen += 1;
+        c.t.groups_seen += 1;
         for ((t, s), v) in trajs.iter().zip(&gs.rollouts).zip(&verdicts) {
             let length = t.generated.iter().filter(|g| **g).count();
-            c.gen_tokens += length;
+            c.t.gen_tokens += length;
             let stats = RolloutStats {
                 reward: s.reward,
                 correct: *v == Some(true),
@@ -393,12 +391,12 @@ impl<'a> GrpoRun<'a> {
                 length,
                 visual: t.visual_tokens,
             };
-            c.all.add(stats);
+            c.t.all.add(stats);
             for key in [
                 format!("kind/{}", ex.kind.name()),
                 format!("source/{}", ex.data_source),
             ] {
-                c.by.entry(key).or_default().add(stats);
+                c.t.by.entry(key).or_default().add(stats);
             }
         }
         let rewards: Vec<f64> = gs.rollouts.iter().map(|r| r.reward).collect();
@@ -418,7 +416,7 @@ impl<'a> GrpoRun<'a> {
                 }),
             });
         } else {
-            c.groups_dropped += 1;
+            c.t.groups_dropped += 1;
         }
         Ok(())
     }
@@ -646,10 +644,10 @@ fn record(step: usize, c: &Collected, u: &Update, rollout_s: f64, update_s: f64)
     GrpoStep {
         phase: Phase::Grpo,
         step,
-        groups: c.groups_seen,
+        groups: c.t.groups_seen,
         groups_kept: c.kept.len(),
-        groups_dropped: c.groups_dropped,
-        judge_failures: c.judge_failures,
+        groups_dropped: c.t.groups_dropped,
+        judge_failures: c.t.judge_failures,
         sampling_rounds: c.rounds,
         pg_loss: u.pg / d,
         kl: u.kl / d,
@@ -659,10 +657,10 @@ fn record(step: usize, c: &Collected, u: &Update, rollout_s: f64, update_s: f64)
         lr: u.lr,
         rollout_s,
         update_s,
-        rollout_tokens_per_s: c.gen_tokens as f64 / rollout_s.max(1e-9),
+        rollout_tokens_per_s: c.t.gen_tokens as f64 / rollout_s.max(1e-9),
         update_tokens_per_s: u.tokens as f64 / update_s.max(1e-9),
-        by: c.by.iter().map(|(k, t)| (k.clone(), t.means())).collect(),
+        by: c.t.by.iter().map(|(k, t)| (k.clone(), t.means())).collect(),
         peak_rss_mb: metrics::peak_rss_mb(),
-        all: c.all.means(),
+        all: c.t.all.means(),
     }
 }

@@ -314,16 +314,9 @@ fn cmd_eval(
     let ds = open_eval_data(data, opts.bad_rows)?;
     let (name, report) = evaluate(model_dir, &ds, opts)?;
     let title = format!("Evaluation of {name} on {}", data.display());
+    let md = eval::markdown(&report, &title);
     if let Some(dir) = out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_atomic(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
-        write_atomic(
-            &dir.join("report.md"),
-            eval::markdown(&report, &title).as_bytes(),
-        )?;
+        write_reports(dir, &report, &md)?;
         let mut lines = String::new();
         for s in &report.samples {
             lines.push_str(&serde_json::to_string(s)?);
@@ -331,10 +324,25 @@ fn cmd_eval(
         }
         write_atomic(&dir.join("samples.jsonl"), lines.as_bytes())?;
     }
+    print_report(json, &report, &md)
+}
+
+/// Writes an evaluation's `report.json` and `report.md` into `dir`.
+fn write_reports(dir: &Path, report: &impl serde::Serialize, md: &str) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_atomic(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(report)?.as_bytes(),
+    )?;
+    write_atomic(&dir.join("report.md"), md.as_bytes())
+}
+
+/// Prints an evaluation: one JSON line with `--json`, else the Markdown.
+fn print_report(json: bool, report: &impl serde::Serialize, md: &str) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(report)?);
     } else {
-        print!("{}", eval::markdown(&report, &title));
+        print!("{md}");
     }
     Ok(())
 }
@@ -370,19 +378,9 @@ fn cmd_eval_remote(
     let title = format!("Evaluation of {} on {}", engine.model(), data.display());
     let md = visionthink_train::remote_eval::markdown(&report, &title);
     if let Some(dir) = out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        write_atomic(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
-        write_atomic(&dir.join("report.md"), md.as_bytes())?;
+        write_reports(dir, &report, &md)?;
     }
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{md}");
-    }
-    Ok(())
+    print_report(json, &report, &md)
 }
 
 /// `select`.

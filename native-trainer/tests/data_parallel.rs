@@ -68,8 +68,10 @@ fn args(data: &Path, out: &Path) -> Vec<String> {
     a
 }
 
-fn data() -> PathBuf {
-    let d = tmp("data");
+/// Synthetic questions in a folder of this test's own (the tests run at once, and each removes
+/// its folders).
+fn data(test: &str) -> PathBuf {
+    let d = tmp(&format!("data-{test}"));
     check(
         Command::new(BIN)
             .current_dir(root())
@@ -129,7 +131,7 @@ fn grad_norms(out: &Path) -> Vec<f64> {
 
 #[test]
 fn two_ranks_train_the_weights_of_one_process_and_resume_in_one() {
-    let d = data();
+    let d = data("match");
     let one = tmp("one");
     check(
         Command::new(BIN)
@@ -188,11 +190,15 @@ fn two_ranks_train_the_weights_of_one_process_and_resume_in_one() {
     );
     let diff = max_abs_diff(&a, &part.join("step-3/model.safetensors"));
     assert!(diff < 1e-5, "resumed weights differ by {diff}");
+    // Three runs of checkpoints are about 1 GB: kept only when the test fails.
+    for dir in [d, one, two, part] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 #[test]
 fn ranks_with_different_settings_refuse_to_train() {
-    let d = data();
+    let d = data("mismatch");
     let out = tmp("mismatch");
     let a = args(&d, &out);
     let r = mpirun(1)
@@ -210,4 +216,7 @@ fn ranks_with_different_settings_refuse_to_train() {
         "{err}"
     );
     assert!(!out.join("step-1").exists(), "nothing was trained");
+    for dir in [d, out] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

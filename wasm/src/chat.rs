@@ -100,7 +100,7 @@ impl Body {
             ChatAction::Done(answer) => serde_json::json!({"done": true, "answer": answer}),
             ChatAction::Request(req) => {
                 let urls = &mut self.urls;
-                let resized = !urls.is_empty() && req.images.len() > urls.len();
+                let resized = req.resized;
                 encode_images(urls, req.images).map_err(RunError::from)?;
                 let body = req.openai_body(
                     urls,

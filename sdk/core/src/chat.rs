@@ -31,6 +31,7 @@
 //! let call = "<think>Too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
 //! let ChatAction::Request(req) = ep.on_reply(call).unwrap() else { unreachable!() };
 //! assert_eq!(req.messages.len(), 4); // … assistant, user with the full image
+//! assert!(req.resized);
 //! assert_eq!(req.images[1].width, 112);
 //! let ChatAction::Done(answer) = ep.on_reply("<think>Now I see.</think><answer>HELLO</answer>").unwrap() else { unreachable!() };
 //! assert_eq!(answer.text, "HELLO");
@@ -82,6 +83,9 @@ pub struct ChatRequest<'a> {
     pub messages: &'a [ChatMessage],
     /// The images in order of first appearance.
     pub images: &'a [RgbImage],
+    /// The last message is a tool turn that returns an image (the model's resize call was
+    /// answered): what a caller reports as the resize event.
+    pub resized: bool,
 }
 
 /// What the caller does next.
@@ -190,7 +194,7 @@ impl ChatRequest<'_> {
     /// ```
     /// use visionthink_core::chat::{ChatMessage, ChatRequest, Part};
     /// let messages = [ChatMessage { role: "user".into(), parts: vec![Part::Text("Look: ".into()), Part::Image(0)] }];
-    /// let req = ChatRequest { messages: &messages, images: &[] };
+    /// let req = ChatRequest { messages: &messages, images: &[], resized: false };
     /// let json = req.openai_messages(&["data:image/png;base64,AA==".into()]);
     /// assert_eq!(json[0]["content"][1]["image_url"]["url"], "data:image/png;base64,AA==");
     /// ```
@@ -455,13 +459,14 @@ impl<'a> ChatEpisode<'a> {
         }
         self.messages = prompt_messages(&p, 0)?;
         self.images.push(self.pair.low_res.clone());
-        Ok(self.request())
+        Ok(self.request(false))
     }
 
-    fn request(&self) -> ChatAction<'_> {
+    fn request(&self, resized: bool) -> ChatAction<'_> {
         ChatAction::Request(ChatRequest {
             messages: &self.messages,
             images: &self.images,
+            resized,
         })
     }
 
@@ -512,7 +517,7 @@ impl<'a> ChatEpisode<'a> {
                     }
                 }
                 self.messages.extend(turn);
-                Ok(self.request())
+                Ok(self.request(tt.image.is_some()))
             }
         }
     }
@@ -639,6 +644,7 @@ mod tests {
         match ep.on_reply(broken).unwrap_or_else(|e| panic!("{e}")) {
             ChatAction::Request(r) => {
                 assert_eq!(r.images.len(), 1, "an error turn has no image");
+                assert!(!r.resized);
                 let last = r
                     .messages
                     .last()

@@ -345,8 +345,7 @@ impl Engine for RemoteEngine {
             let body = match action {
                 ChatAction::Done(answer) => return Ok(answer),
                 ChatAction::Request(req) => {
-                    // A tool turn that carries a new image (an error turn carries none).
-                    if turn > 0 && req.images.len() > urls.len() {
+                    if req.resized {
                         on_event(Event::ResizeRequested);
                     }
                     encode_images(&mut urls, req.images)?;

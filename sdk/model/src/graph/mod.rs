@@ -448,22 +448,53 @@ impl<B: Backend> Qwen25VL<B> {
             )));
         }
         let (cos, sin) = self.mrope(be, positions, past, n)?;
-        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
         let mut x = embeds.clone();
         for (li, layer) in self.text.layers.iter().enumerate() {
-            let h = be.rms_norm(&x, &layer.input_norm, t.rms_norm_eps)?;
-            let q = be.rope(&layer.q.forward(be, &h)?, &cos, &sin, heads)?;
-            let k = be.rope(&layer.k.forward(be, &h)?, &cos, &sin, kv_heads)?;
-            let v = layer.v.forward(be, &h)?;
-            let (kb, k_all) = be.append_rows(cache.k[li].take(), past, &k)?;
-            let (vb, v_all) = be.append_rows(cache.v[li].take(), past, &v)?;
-            cache.k[li] = Some(kb);
-            cache.v[li] = Some(vb);
-            let a = be.attention(&q, &k_all, &v_all, heads, kv_heads, &Mask::Causal { past })?;
+            let (q, k, v) = self.layer_head(be, layer, &x, &cos, &sin)?;
+            let a = self.attend(be, cache, li, &q, &k, &v)?;
             x = self.layer_tail(be, layer, &x, &a)?;
         }
         cache.len = past + n;
         be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
+    }
+
+    /// A decoder layer before attention: the input norm, then the query, key and value
+    /// projections, rotary embedding applied to the queries and keys.
+    fn layer_head(
+        &self,
+        be: &B,
+        layer: &params::DecoderLayer<B::Tensor>,
+        x: &B::Tensor,
+        cos: &B::Tensor,
+        sin: &B::Tensor,
+    ) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
+        let t = &self.cfg.text;
+        let h = be.rms_norm(x, &layer.input_norm, t.rms_norm_eps)?;
+        let q = be.rope(&layer.q.forward(be, &h)?, cos, sin, t.num_attention_heads)?;
+        let k = be.rope(&layer.k.forward(be, &h)?, cos, sin, t.num_key_value_heads)?;
+        let v = layer.v.forward(be, &h)?;
+        Ok((q, k, v))
+    }
+
+    /// Appends `k`, `v` (the rows after the ones `cache` holds; its length moves once every
+    /// layer has them) to layer `li` of `cache` and attends `q` to everything cached, causally.
+    fn attend(
+        &self,
+        be: &B,
+        cache: &mut KvCache<B>,
+        li: usize,
+        q: &B::Tensor,
+        k: &B::Tensor,
+        v: &B::Tensor,
+    ) -> Result<B::Tensor> {
+        let t = &self.cfg.text;
+        let past = cache.len;
+        let (kb, k_all) = be.append_rows(cache.k[li].take(), past, k)?;
+        let (vb, v_all) = be.append_rows(cache.v[li].take(), past, v)?;
+        cache.k[li] = Some(kb);
+        cache.v[li] = Some(vb);
+        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
+        be.attention(q, &k_all, &v_all, heads, kv_heads, &Mask::Causal { past })
     }
 
     /// A decoder layer after attention: the output projection added to the residual, then the
@@ -504,7 +535,6 @@ impl<B: Backend> Qwen25VL<B> {
         }
         let mut cos = Vec::with_capacity(n);
         let mut sin = Vec::with_capacity(n);
-        let mut pasts = Vec::with_capacity(n);
         for (positions, cache) in rows.iter() {
             let past = cache.len;
             if positions.len() < past + 1 || past + 1 > t.max_position_embeddings {
@@ -518,39 +548,21 @@ impl<B: Backend> Qwen25VL<B> {
             let (c, s) = self.mrope(be, positions, past, 1)?;
             cos.push(c);
             sin.push(s);
-            pasts.push(past);
         }
         let (cos, sin) = (be.cat_rows(&cos)?, be.cat_rows(&sin)?);
-        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
         let mut x = embeds.clone();
         for (li, layer) in self.text.layers.iter().enumerate() {
-            let h = be.rms_norm(&x, &layer.input_norm, t.rms_norm_eps)?;
-            let q = be.rope(&layer.q.forward(be, &h)?, &cos, &sin, heads)?;
-            let k = be.rope(&layer.k.forward(be, &h)?, &cos, &sin, kv_heads)?;
-            let v = layer.v.forward(be, &h)?;
+            let (q, k, v) = self.layer_head(be, layer, &x, &cos, &sin)?;
             let mut attended = Vec::with_capacity(n);
             for (i, (_, cache)) in rows.iter_mut().enumerate() {
-                let past = pasts[i];
-                let (k1, v1) = (be.narrow_rows(&k, i, 1)?, be.narrow_rows(&v, i, 1)?);
-                let (kb, k_all) = be.append_rows(cache.k[li].take(), past, &k1)?;
-                let (vb, v_all) = be.append_rows(cache.v[li].take(), past, &v1)?;
-                cache.k[li] = Some(kb);
-                cache.v[li] = Some(vb);
-                let q1 = be.narrow_rows(&q, i, 1)?;
-                attended.push(be.attention(
-                    &q1,
-                    &k_all,
-                    &v_all,
-                    heads,
-                    kv_heads,
-                    &Mask::Causal { past },
-                )?);
+                let row = |t: &B::Tensor| be.narrow_rows(t, i, 1);
+                attended.push(self.attend(be, cache, li, &row(&q)?, &row(&k)?, &row(&v)?)?);
             }
             let a = be.cat_rows(&attended)?;
             x = self.layer_tail(be, layer, &x, &a)?;
         }
-        for ((_, cache), past) in rows.iter_mut().zip(pasts) {
-            cache.len = past + 1;
+        for (_, cache) in rows.iter_mut() {
+            cache.len += 1;
         }
         be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
     }

@@ -1,7 +1,87 @@
 //! Request counters and the request-duration histogram (`/metrics`).
 
+use crate::batch::BatchStats;
+use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Writes one metric family in the Prometheus text format: its `# TYPE` line, then one sample
+/// per `(labels, value)` (`labels` like `reason="deadline"`, or empty).
+pub(super) fn family(out: &mut String, kind: &str, name: &str, samples: &[(&str, &dyn Display)]) {
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = match labels.is_empty() {
+            true => writeln!(out, "{name} {value}"),
+            false => writeln!(out, "{name}{{{labels}}} {value}"),
+        };
+    }
+}
+
+impl Counters {
+    /// The request counters.
+    pub(super) fn render(&self, out: &mut String) {
+        for (name, value) in [
+            ("visionthink_requests_total", &self.requests),
+            ("visionthink_requests_rejected_total", &self.rejected),
+            ("visionthink_requests_completed_total", &self.completed),
+            ("visionthink_requests_failed_total", &self.failed),
+        ] {
+            family(out, "counter", name, &[("", &get(value))]);
+        }
+        family(
+            out,
+            "counter",
+            "visionthink_requests_cancelled_total",
+            &[
+                ("reason=\"client_gone\"", &get(&self.client_gone)),
+                ("reason=\"deadline\"", &get(&self.deadline)),
+            ],
+        );
+        family(
+            out,
+            "gauge",
+            "visionthink_requests_in_flight",
+            &[("", &get(&self.in_flight))],
+        );
+        family(
+            out,
+            "counter",
+            "visionthink_generated_tokens_total",
+            &[("", &get(&self.generated_tokens))],
+        );
+        family(
+            out,
+            "counter",
+            "visionthink_queue_rejected_total",
+            &[("", &get(&self.queue_full))],
+        );
+    }
+}
+
+/// The batcher's counters and the model thread's busy time.
+pub(super) fn render_batch(out: &mut String, b: &BatchStats) {
+    for (kind, name, value) in [
+        ("counter", "visionthink_batch_steps_total", &b.batches),
+        ("counter", "visionthink_batch_rows_total", &b.rows),
+        ("counter", "visionthink_prefills_total", &b.prefills),
+        ("gauge", "visionthink_batch_open_sessions", &b.open),
+    ] {
+        family(out, kind, name, &[("", &get(value))]);
+    }
+    family(
+        out,
+        "counter",
+        "visionthink_model_busy_seconds_total",
+        &[
+            ("work=\"prefill\"", &(get(&b.prefill_us) as f64 / 1e6)),
+            ("work=\"decode\"", &(get(&b.step_us) as f64 / 1e6)),
+        ],
+    );
+}
 
 #[derive(Default)]
 pub(super) struct Counters {
@@ -46,7 +126,6 @@ impl Latency {
     }
 
     pub(super) fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let name = "visionthink_request_duration_seconds";
         let _ = writeln!(out, "# TYPE {name} histogram");
         for (bound, n) in &self.buckets {

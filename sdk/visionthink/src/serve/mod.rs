@@ -47,7 +47,7 @@ use metrics::*;
 pub use request::{validate, Job};
 use serde_json::{json, Value};
 use state::*;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,58 +198,19 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let c = &s.counters;
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let body = format!(
-        "# TYPE visionthink_requests_total counter\nvisionthink_requests_total {}\n\
-         # TYPE visionthink_requests_rejected_total counter\nvisionthink_requests_rejected_total {}\n\
-         # TYPE visionthink_requests_completed_total counter\nvisionthink_requests_completed_total {}\n\
-         # TYPE visionthink_requests_failed_total counter\nvisionthink_requests_failed_total {}\n\
-         # TYPE visionthink_requests_cancelled_total counter\n\
-         visionthink_requests_cancelled_total{{reason=\"client_gone\"}} {}\n\
-         visionthink_requests_cancelled_total{{reason=\"deadline\"}} {}\n\
-         # TYPE visionthink_requests_in_flight gauge\nvisionthink_requests_in_flight {}\n\
-         # TYPE visionthink_generated_tokens_total counter\nvisionthink_generated_tokens_total {}\n",
-        get(&c.requests),
-        get(&c.rejected),
-        get(&c.completed),
-        get(&c.failed),
-        get(&c.client_gone),
-        get(&c.deadline),
-        get(&c.in_flight),
-        get(&c.generated_tokens),
+    let mut body = String::new();
+    s.counters.render(&mut body);
+    let waiting = s.gate.waiting.load(Ordering::Relaxed);
+    family(
+        &mut body,
+        "gauge",
+        "visionthink_queue_depth",
+        &[("", &waiting)],
     );
-    let mut body = body;
-    {
-        use std::fmt::Write as _;
-        let _ = write!(
-            body,
-            "# TYPE visionthink_queue_depth gauge\nvisionthink_queue_depth {}\n\
-             # TYPE visionthink_queue_rejected_total counter\nvisionthink_queue_rejected_total {}\n",
-            get(&s.gate.waiting),
-            get(&c.queue_full),
-        );
-        if let Some(m) = &s.model {
-            let b = m.batcher.stats();
-            let _ = write!(
-                body,
-                "# TYPE visionthink_batch_steps_total counter\nvisionthink_batch_steps_total {}\n\
-                 # TYPE visionthink_batch_rows_total counter\nvisionthink_batch_rows_total {}\n\
-                 # TYPE visionthink_prefills_total counter\nvisionthink_prefills_total {}\n\
-                 # TYPE visionthink_batch_open_sessions gauge\nvisionthink_batch_open_sessions {}\n\
-                 # TYPE visionthink_model_busy_seconds_total counter\n\
-                 visionthink_model_busy_seconds_total{{work=\"prefill\"}} {}\n\
-                 visionthink_model_busy_seconds_total{{work=\"decode\"}} {}\n",
-                get(&b.batches),
-                get(&b.rows),
-                get(&b.prefills),
-                get(&b.open),
-                get(&b.prefill_us) as f64 / 1e6,
-                get(&b.step_us) as f64 / 1e6,
-            );
-        }
-        s.latency.render(&mut body);
+    if let Some(m) = &s.model {
+        render_batch(&mut body, m.batcher.stats());
     }
+    s.latency.render(&mut body);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

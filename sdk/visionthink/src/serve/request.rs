@@ -340,6 +340,7 @@ mod tests {
         assert_eq!(got, req);
         assert!(judge_fields("hello").is_none());
     }
+
     #[test]
     fn content_parts() {
         let png = base64::engine::general_purpose::STANDARD.encode([1u8, 2, 3]);
@@ -360,12 +361,14 @@ mod tests {
         .contains("data:"));
         assert!(parse_content(&json!([{"type": "audio"}])).is_err());
     }
+
     fn rejected(body: Value) -> String {
         match validate(&ServeConfig::default(), body.to_string().as_bytes()) {
             Ok(_) => panic!("accepted: {body}"),
             Err(e) => e,
         }
     }
+
     #[test]
     fn a_role_that_is_not_one_of_the_four_is_refused() {
         let e = rejected(
@@ -392,6 +395,7 @@ mod tests {
             assert!(ok.is_ok(), "{role}");
         }
     }
+
     #[test]
     fn numeric_fields_out_of_range_name_the_field() {
         let m = json!([{"role": "user", "content": "x"}]);
@@ -435,6 +439,7 @@ mod tests {
             }
         );
     }
+
     #[test]
     fn the_raw_model_keeps_every_part_in_order() {
         let png = |b: u8| {
