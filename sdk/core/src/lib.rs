@@ -40,6 +40,7 @@ pub mod chat;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod gguf;
 pub mod image;
 pub mod judge;
 pub mod model_files;

@@ -32,6 +32,21 @@ pub trait Backend {
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor> {
         self.tensor(&data, shape)
     }
+    /// Whether [`Self::quantized_weight`] takes matrices stored as `ty` blocks (the loader
+    /// dequantizes to f32 for backends that do not).
+    fn takes_quantized(&self, ty: visionthink_core::gguf::GgmlType) -> bool {
+        let _ = ty;
+        false
+    }
+    /// A weight matrix kept in its quantized blocks (GGUF), used by [`Self::linear`] and
+    /// [`Self::gather_rows`]; called only for types [`Self::takes_quantized`] accepts.
+    fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Self::Tensor> {
+        Err(crate::error::Error::Config(format!(
+            "{}: this executor does not compute on {} blocks",
+            q.name,
+            q.ty.name()
+        )))
+    }
     /// Copies a tensor back as f32 values.
     fn to_vec(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// The shape.

@@ -40,6 +40,16 @@ pub struct CandleBackend {
     /// the table's gradient is accumulated sparsely by the trainer instead of as one dense
     /// `[vocab, hidden]` tensor per lookup (see [`CandleBackend::take_sparse_rows`]).
     sparse: Option<Mutex<Vec<SparseRows>>>,
+    /// Matrices kept in GGUF blocks, by the id of the tensor that stands for them in the graph
+    /// (a zero-stride view of the right shape, holding no memory).
+    quantized: std::sync::RwLock<std::collections::HashMap<candle_core::TensorId, QuantWeight>>,
+}
+
+/// A GGUF matrix: candle's quantized matmul over its blocks, and the blocks for row lookups.
+#[derive(Debug, Clone)]
+struct QuantWeight {
+    matmul: candle_core::quantized::QMatMul,
+    blocks: std::sync::Arc<candle_core::quantized::QTensor>,
 }
 
 /// Rows gathered from a trainable table by a sparse-gradient backend: the gradient of `rows`
@@ -68,6 +78,7 @@ impl CandleBackend {
             dtype: DType::F32,
             trainable: None,
             sparse: None,
+            quantized: Default::default(),
         }
     }
 
@@ -78,6 +89,7 @@ impl CandleBackend {
             dtype,
             trainable: None,
             sparse: None,
+            quantized: Default::default(),
         }
     }
 
@@ -114,6 +126,7 @@ impl CandleBackend {
             dtype: DType::F32,
             trainable: Some(Mutex::new(Vec::new())),
             sparse: Some(Mutex::new(Vec::new())),
+            quantized: Default::default(),
         }
     }
 
@@ -135,6 +148,7 @@ impl CandleBackend {
             dtype,
             trainable: Some(Mutex::new(Vec::new())),
             sparse: None,
+            quantized: Default::default(),
         }
     }
 
@@ -212,6 +226,11 @@ impl CandleBackend {
 
     fn f32(&self, t: &Tensor) -> Result<Tensor> {
         Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// The GGUF blocks `w` stands for, if it is a quantized weight.
+    fn quant(&self, w: &Tensor) -> Option<QuantWeight> {
+        self.quantized.read().ok()?.get(&w.id()).cloned()
     }
 }
 
@@ -307,7 +326,32 @@ impl Backend for CandleBackend {
         }
     }
 
+    fn takes_quantized(&self, ty: visionthink_core::gguf::GgmlType) -> bool {
+        // Inference only (no gradient flows into blocks), on candle's quantized kernels.
+        ty.is_quantized() && self.trainable.is_none() && !self.device.is_metal()
+    }
+
+    fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
+        let blocks =
+            std::sync::Arc::new(crate::gguf::qtensor(q.ty, q.bytes, &q.shape, &self.device)?);
+        let matmul = candle_core::quantized::QMatMul::from_arc(blocks.clone())?;
+        let stand_in =
+            Tensor::zeros((), DType::F32, &self.device)?.broadcast_as((q.shape[0], q.shape[1]))?;
+        self.quantized
+            .write()
+            .map_err(|_| Error::Backend("quantized weight table poisoned".into()))?
+            .insert(stand_in.id(), QuantWeight { matmul, blocks });
+        Ok(stand_in)
+    }
+
     fn to_vec(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if let Some(q) = self.quant(t) {
+            return Ok(q
+                .blocks
+                .dequantize(&self.device)?
+                .flatten_all()?
+                .to_vec1::<f32>()?);
+        }
         Ok(self.f32(t)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
@@ -316,9 +360,15 @@ impl Backend for CandleBackend {
     }
 
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-        let y = match self.bf16_row(x, w)? {
-            Some(y) => y,
-            None => x.matmul(&w.t()?)?,
+        let y = if let Some(q) = self.quant(w) {
+            use candle_core::Module;
+            let y = q.matmul.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
+            y.to_dtype(x.dtype())?
+        } else {
+            match self.bf16_row(x, w)? {
+                Some(y) => y,
+                None => x.matmul(&w.t()?)?,
+            }
         };
         Ok(match b {
             Some(b) => y.broadcast_add(b)?,
@@ -406,6 +456,9 @@ impl Backend for CandleBackend {
 
     fn gather_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        if let Some(q) = self.quant(table) {
+            return Ok(q.blocks.embedding(&idx)?.to_dtype(self.dtype)?);
+        }
         if let Some(sparse) = self.sparse.as_ref().filter(|_| table.is_variable()) {
             let rows = Var::from_tensor(&table.detach().index_select(&idx, 0)?)?;
             let t = rows.as_tensor().clone();

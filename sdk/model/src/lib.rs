@@ -17,6 +17,7 @@ pub mod generate {
     pub use visionthink_core::sampling::*;
 }
 pub mod gemv;
+pub mod gguf;
 pub mod graph;
 pub mod session;
 pub mod storage;

@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The bytes of one safetensors file.
-enum Bytes {
+/// The bytes of one weight file.
+pub(crate) enum Bytes {
     #[cfg(not(target_arch = "wasm32"))]
     Mapped(memmap2::Mmap),
     Owned(Vec<u8>),
@@ -23,21 +23,26 @@ impl std::ops::Deref for Bytes {
     }
 }
 
-/// The tensors of a checkpoint.
+/// The tensors of a checkpoint: HF safetensors, or llama.cpp GGUF files read under HF names.
 pub struct WeightStore {
     files: Vec<(PathBuf, Bytes)>,
     /// tensor name → index into `files`.
     index: HashMap<String, usize>,
+    /// Set for a GGUF model (then `files` is empty).
+    gguf: Option<crate::gguf::GgufWeights>,
 }
 
 impl std::fmt::Debug for WeightStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "WeightStore({} tensors in {} files)",
-            self.index.len(),
-            self.files.len()
-        )
+        match &self.gguf {
+            Some(g) => write!(f, "WeightStore({g:?})"),
+            None => write!(
+                f,
+                "WeightStore({} tensors in {} files)",
+                self.index.len(),
+                self.files.len()
+            ),
+        }
     }
 }
 
@@ -75,7 +80,35 @@ impl WeightStore {
                 index.insert(name.to_string(), i);
             }
         }
-        Ok(Self { files, index })
+        Ok(Self {
+            files,
+            index,
+            gguf: None,
+        })
+    }
+
+    /// A store over llama.cpp GGUF weights (text + mmproj), read under HF names.
+    pub fn from_gguf(weights: crate::gguf::GgufWeights) -> Self {
+        Self {
+            files: Vec::new(),
+            index: HashMap::new(),
+            gguf: Some(weights),
+        }
+    }
+
+    /// The GGUF files behind this store, if it is one.
+    pub fn gguf(&self) -> Option<&crate::gguf::GgufWeights> {
+        self.gguf.as_ref()
+    }
+
+    /// The quantized row blocks of a tensor as stored (GGUF only; see
+    /// [`crate::gguf::GgufWeights::quantized_parts`]).
+    pub fn quantized_parts<'a>(
+        &'a self,
+        name: &'a str,
+        parts: usize,
+    ) -> Option<Vec<crate::gguf::QuantView<'a>>> {
+        self.gguf.as_ref()?.quantized_parts(name, parts)
     }
 
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
@@ -115,6 +148,9 @@ impl WeightStore {
 
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
+        if let Some(g) = &self.gguf {
+            return g.contains(name);
+        }
         self.index.contains_key(name)
     }
 
@@ -125,12 +161,16 @@ impl WeightStore {
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.index.is_empty() && self.gguf.is_none()
     }
 
     /// A tensor as f32 values, checked against the expected shape; `names` are alternatives
     /// (new and old HF key layouts), the first present one is used.
     pub fn get(&self, names: &[&str], shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(g) = &self.gguf {
+            let name = names.first().copied().unwrap_or_default();
+            return g.get(name, shape);
+        }
         let Some((name, &fi)) = names.iter().find_map(|n| self.index.get_key_value(*n)) else {
             return Err(Error::MissingTensor(names.join(" | ")));
         };
@@ -182,7 +222,7 @@ impl WeightStore {
 /// Memory-maps a checkpoint file read-only: weights are paged in on first use and shared with
 /// the page cache instead of being copied into the heap.
 #[allow(unsafe_code)]
-fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
+pub(crate) fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
     // SAFETY: the mapping is read-only and this process never writes the file. As with every
     // mmap-based loader (safetensors, candle), a concurrent writer in another process could
     // change the bytes under us; checkpoints are not modified while being served.
@@ -193,7 +233,7 @@ fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mmap> {
 /// Drops the pages of a tensor that has been copied out from this process's resident set, so
 /// peak memory stays near the size of the converted weights instead of that plus the file.
 #[allow(unsafe_code)]
-fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
+pub(crate) fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
     const PAGE: usize = 4096;
     let start = offset / PAGE * PAGE;
     let end = (offset + len).div_ceil(PAGE) * PAGE;

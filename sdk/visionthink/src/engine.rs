@@ -334,6 +334,31 @@ impl VisionThink {
         Self::from_parts(dir, &store, opts)
     }
 
+    /// Loads a llama.cpp GGUF model: the text GGUF and its `mmproj` GGUF (either may be the
+    /// first part of a `gguf-split` set, `…-00001-of-0000N.gguf`). Everything comes from the two
+    /// files (tokenizer, config, chat template); quantized matrices (Q4_0, Q8_0, Q4_K, Q6_K, …)
+    /// stay quantized on candle, and are dequantized to f32 for the WebGPU executor.
+    ///
+    /// ```no_run
+    /// let vt = visionthink::VisionThink::load_gguf(
+    ///     "Qwen2.5-VL-7B-Instruct-Q4_K_M.gguf",
+    ///     "mmproj-Qwen2.5-VL-7B-Instruct-f16.gguf",
+    ///     &Default::default(),
+    /// )?;
+    /// # Ok::<(), visionthink::Error>(())
+    /// ```
+    pub fn load_gguf(
+        text: impl AsRef<Path>,
+        mmproj: impl AsRef<Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let weights = visionthink_model::gguf::GgufWeights::open(text.as_ref(), mmproj.as_ref())
+            .map_err(model_err)?;
+        let dir = ModelDir::from_gguf(&weights)?;
+        let store = WeightStore::from_gguf(weights);
+        Self::from_parts(dir, &store, opts)
+    }
+
     /// Loads a model whose files are in memory (`(file name, bytes)`: `model.safetensors`,
     /// `config.json`, `tokenizer.json`, …), e.g. one embedded in the binary.
     ///

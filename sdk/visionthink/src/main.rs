@@ -222,8 +222,15 @@ struct DemoArgs {
 struct ModelArgs {
     /// Model directory (HF layout), or with `--features hub` a Hub id like owner/name. Default:
     /// the shipped synthetic-task model embedded in the binary.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     model_dir: Option<PathBuf>,
+    /// A llama.cpp text GGUF (Q4_K_M, Q8_0, F16, …; the first part names a split set), or a
+    /// folder holding one text GGUF and one `mmproj` GGUF. Instead of --model-dir.
+    #[arg(long, value_name = "PATH.gguf")]
+    model: Option<PathBuf>,
+    /// The vision tower's GGUF (llama.cpp's `mmproj-….gguf`) for --model.
+    #[arg(long, value_name = "PATH.gguf", requires = "model")]
+    mmproj: Option<PathBuf>,
     /// Override the processor's maximum area.
     #[arg(long)]
     max_pixels: Option<u64>,
@@ -407,6 +414,13 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
             .map(visionthink::WeightStorage::parse)
             .transpose()?,
     };
+    if let Some(model) = &args.model {
+        let (text, mmproj) = gguf_pair(model, args.mmproj.as_deref())?;
+        let mut vt = visionthink::VisionThink::load_gguf(&text, &mmproj, &opts)
+            .with_context(|| format!("loading {} with {}", text.display(), mmproj.display()))?;
+        override_limits(&mut vt.dir.preprocessor, None, args.max_pixels)?;
+        return Ok(vt);
+    }
     let Some(dir) = &args.model_dir else {
         #[cfg(feature = "embedded-model")]
         {
@@ -423,6 +437,52 @@ fn load_model(args: &ModelArgs) -> Result<visionthink::VisionThink> {
         .with_context(|| format!("loading {}", dir.display()))?;
     override_limits(&mut vt.dir.preprocessor, None, args.max_pixels)?;
     Ok(vt)
+}
+
+/// The text and mmproj GGUF files of `--model` (a file, or a folder holding exactly one text
+/// GGUF, or the first parts of split sets, and one file whose name starts with `mmproj`) and
+/// `--mmproj`.
+fn gguf_pair(model: &Path, mmproj: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
+    if !model.is_dir() {
+        let Some(mm) = mmproj else {
+            bail!("--model {} needs --mmproj PATH.gguf (the vision tower), or give a folder holding both", model.display());
+        };
+        return Ok((model.to_path_buf(), mm.to_path_buf()));
+    }
+    let mut texts = Vec::new();
+    let mut mms = Vec::new();
+    for entry in std::fs::read_dir(model).with_context(|| format!("reading {}", model.display()))? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let later_part = name.contains("-of-") && !name.contains("-00001-of-");
+        if !name.ends_with(".gguf") || later_part {
+            continue;
+        }
+        if name.to_ascii_lowercase().starts_with("mmproj") {
+            mms.push(path);
+        } else {
+            texts.push(path);
+        }
+    }
+    let mm = match (mmproj, mms.as_slice()) {
+        (Some(m), _) => m.to_path_buf(),
+        (None, [one]) => one.clone(),
+        (None, found) => bail!(
+            "{}: {} files named mmproj*.gguf (one is needed; or pass --mmproj)",
+            model.display(),
+            found.len()
+        ),
+    };
+    match texts.as_slice() {
+        [one] => Ok((one.clone(), mm)),
+        found => bail!(
+            "{}: {} text GGUF files (one is needed; name it with --model FILE)",
+            model.display(),
+            found.len()
+        ),
+    }
 }
 
 fn load_images(paths: &[PathBuf]) -> Result<Vec<RgbImage>> {

@@ -298,8 +298,29 @@ impl<B: Backend> Qwen25VL<B> {
             .collect();
         let mut read: Vec<Vec<Option<params::Block>>> = vec![Vec::new(); specs.len()];
         for (e, p) in params::creation_order(&specs) {
+            if made[e][p].is_some() {
+                continue;
+            }
+            let (spec, parts) = &specs[e];
+            // A GGUF matrix stays in its quantized blocks when the backend computes on them.
+            if let Some(views) = store.quantized_parts(&spec.name, *parts) {
+                if views.iter().all(|q| be.takes_quantized(q.ty)) {
+                    let dim = |i: usize| spec.shape.get(i).copied().unwrap_or(0);
+                    let want = [dim(0) / parts.max(&1), dim(1)];
+                    if let Some(q) = views.iter().find(|q| q.shape != want) {
+                        return Err(Error::Shape {
+                            name: spec.name.clone(),
+                            expected: want.to_vec(),
+                            found: q.shape.to_vec(),
+                        });
+                    }
+                    for (slot, q) in made[e].iter_mut().zip(&views) {
+                        *slot = Some(be.quantized_weight(q)?);
+                    }
+                    continue;
+                }
+            }
             if read[e].is_empty() {
-                let (spec, parts) = &specs[e];
                 read[e] = params::read_parts(store, spec, *parts)?
                     .into_iter()
                     .map(Some)

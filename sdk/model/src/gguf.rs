@@ -1,0 +1,547 @@
+//! Weights from llama.cpp's GGUF files: a Qwen2.5-VL text GGUF plus its `mmproj` GGUF (each
+//! whole or a `gguf-split` set `…-00001-of-0000N.gguf`), under the graph's HF tensor names.
+//!
+//! llama.cpp names tensors its own way and stores the vision tower differently: the `qkv`
+//! projection as three tensors, the 3-D patch embedding as two 2-D kernels (one per temporal
+//! slice). [`GgufWeights::get`] reassembles HF's tensors from them, in f32. Quantized matrices
+//! (Q4_0 … Q6_K) are handed to a backend as they are ([`QuantView`]) when it computes on them
+//! (candle's `QMatMul`), and dequantized to f32 otherwise.
+
+use crate::error::{Error, Result};
+use crate::weights::Bytes;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use visionthink_core::gguf::{GgmlType, Gguf, TensorInfo};
+
+/// A quantized matrix as stored in the file: `[rows, cols]`, row-major blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct QuantView<'a> {
+    /// HF name of the tensor it is (a row block of).
+    pub name: &'a str,
+    /// Block type.
+    pub ty: GgmlType,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    /// The blocks.
+    pub bytes: &'a [u8],
+}
+
+/// One GGUF file: its bytes and header.
+struct Part {
+    path: PathBuf,
+    bytes: Bytes,
+    header: Gguf,
+}
+
+/// The tensors of a text GGUF and an mmproj GGUF.
+pub struct GgufWeights {
+    parts: Vec<Part>,
+    /// llama.cpp tensor name → (part, index in its table).
+    index: HashMap<String, (usize, usize)>,
+    /// The text model's header (metadata: config, tokenizer, chat template).
+    text: usize,
+    /// The mmproj's header.
+    mmproj: usize,
+}
+
+impl std::fmt::Debug for GgufWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GgufWeights({} tensors in {} files)",
+            self.index.len(),
+            self.parts.len()
+        )
+    }
+}
+
+fn load_err(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Load {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Where an HF tensor lives in llama.cpp's files.
+enum Source {
+    /// One tensor.
+    One(String),
+    /// Row blocks of several tensors, concatenated (the vision `qkv`).
+    Rows(Vec<String>),
+    /// The patch embedding `[dim, c, 2, p, p]` from its two temporal slices `[dim, c, p, p]`.
+    Temporal(String, String),
+}
+
+/// llama.cpp's name(s) for an HF (transformers 5) tensor name.
+fn source(hf: &str) -> Option<Source> {
+    let one = |s: String| Some(Source::One(s));
+    if let Some(rest) = hf.strip_prefix("model.language_model.") {
+        if rest == "embed_tokens.weight" {
+            return one("token_embd.weight".into());
+        }
+        if rest == "norm.weight" {
+            return one("output_norm.weight".into());
+        }
+        let rest = rest.strip_prefix("layers.")?;
+        let (i, tail) = rest.split_once('.')?;
+        let (module, kind) = tail.rsplit_once('.')?;
+        let name = match module {
+            "input_layernorm" => "attn_norm",
+            "post_attention_layernorm" => "ffn_norm",
+            "self_attn.q_proj" => "attn_q",
+            "self_attn.k_proj" => "attn_k",
+            "self_attn.v_proj" => "attn_v",
+            "self_attn.o_proj" => "attn_output",
+            "mlp.gate_proj" => "ffn_gate",
+            "mlp.up_proj" => "ffn_up",
+            "mlp.down_proj" => "ffn_down",
+            _ => return None,
+        };
+        return one(format!("blk.{i}.{name}.{kind}"));
+    }
+    if hf == "lm_head.weight" {
+        return one("output.weight".into());
+    }
+    let rest = hf.strip_prefix("model.visual.")?;
+    match rest {
+        "patch_embed.proj.weight" => {
+            return Some(Source::Temporal(
+                "v.patch_embd.weight".into(),
+                "v.patch_embd.weight.1".into(),
+            ))
+        }
+        "merger.ln_q.weight" => return one("v.post_ln.weight".into()),
+        _ => {}
+    }
+    if let Some(m) = rest.strip_prefix("merger.mlp.") {
+        return one(format!("mm.{m}"));
+    }
+    let rest = rest.strip_prefix("blocks.")?;
+    let (i, tail) = rest.split_once('.')?;
+    let (module, kind) = tail.rsplit_once('.')?;
+    let name = match module {
+        "norm1" => "ln1",
+        "norm2" => "ln2",
+        "attn.qkv" => {
+            return Some(Source::Rows(
+                ["q", "k", "v"]
+                    .iter()
+                    .map(|x| format!("v.blk.{i}.attn_{x}.{kind}"))
+                    .collect(),
+            ))
+        }
+        "attn.proj" => "attn_out",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    one(format!("v.blk.{i}.{name}.{kind}"))
+}
+
+/// The parts of a split set named by its first part (`name-00001-of-00003.gguf`), in order; a
+/// single file otherwise.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn split_set(first: &Path) -> Result<Vec<PathBuf>> {
+    let name = first
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| load_err(first, "not a file name"))?;
+    let Some(stem) = name.strip_suffix(".gguf") else {
+        return Err(load_err(first, "a GGUF file name ends in .gguf"));
+    };
+    // `…-00001-of-00003`: five digits each, as gguf-split writes them.
+    let parsed = stem.rsplit_once("-of-").and_then(|(head, count)| {
+        let (base, no) = head.rsplit_once('-')?;
+        let ok = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+        (ok(no) && ok(count)).then(|| {
+            (
+                base.to_string(),
+                no.parse::<usize>().ok(),
+                count.parse::<usize>().ok(),
+            )
+        })
+    });
+    match parsed {
+        Some((base, Some(1), Some(n))) if n >= 1 => Ok((1..=n)
+            .map(|i| first.with_file_name(format!("{base}-{i:05}-of-{n:05}.gguf")))
+            .collect()),
+        Some((_, no, _)) => Err(load_err(
+            first,
+            format!(
+                "part {} of a split set: name its first part (-00001-of-…)",
+                no.unwrap_or(0)
+            ),
+        )),
+        None => Ok(vec![first.to_path_buf()]),
+    }
+}
+
+impl GgufWeights {
+    /// Opens a text GGUF and an mmproj GGUF (either may be the first part of a split set),
+    /// memory-mapped.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(text: &Path, mmproj: &Path) -> Result<Self> {
+        let mut files = Vec::new();
+        for set in [text, mmproj] {
+            let mut parts = Vec::new();
+            for path in split_set(set)? {
+                let file =
+                    std::fs::File::open(&path).map_err(|e| load_err(&path, e.to_string()))?;
+                let map = crate::weights::map_file(&file, &path)?;
+                parts.push((path, Bytes::Mapped(map)));
+            }
+            files.push(parts);
+        }
+        let mmproj = files.pop().unwrap_or_default();
+        let text = files.pop().unwrap_or_default();
+        Self::index(text, mmproj)
+    }
+
+    /// A store over GGUF files held in memory: the text set's parts in order, then the mmproj
+    /// set's (names label errors).
+    pub fn from_bytes(
+        text: Vec<(String, Vec<u8>)>,
+        mmproj: Vec<(String, Vec<u8>)>,
+    ) -> Result<Self> {
+        let own = |v: Vec<(String, Vec<u8>)>| -> Vec<(PathBuf, Bytes)> {
+            v.into_iter()
+                .map(|(n, b)| (PathBuf::from(n), Bytes::Owned(b)))
+                .collect()
+        };
+        Self::index(own(text), own(mmproj))
+    }
+
+    fn index(text: Vec<(PathBuf, Bytes)>, mmproj: Vec<(PathBuf, Bytes)>) -> Result<Self> {
+        let mut parts = Vec::new();
+        let mut firsts = Vec::new();
+        for set in [text, mmproj] {
+            let n = set.len();
+            firsts.push(parts.len());
+            for (i, (path, bytes)) in set.into_iter().enumerate() {
+                let header = Gguf::parse(&bytes, bytes.len() as u64)
+                    .map_err(|e| load_err(&path, e.to_string()))?;
+                let (no, count) = header.split().map_err(|e| load_err(&path, e.to_string()))?;
+                if count as usize != n || (n > 1 && no as usize != i) {
+                    return Err(load_err(
+                        &path,
+                        format!(
+                            "split part {} of {count}, found as part {} of {n}: a part is missing or out of order",
+                            no + 1,
+                            i + 1
+                        ),
+                    ));
+                }
+                parts.push(Part {
+                    path,
+                    bytes,
+                    header,
+                });
+            }
+        }
+        let mut index = HashMap::new();
+        for (p, part) in parts.iter().enumerate() {
+            for (t, info) in part.header.tensors.iter().enumerate() {
+                if index.insert(info.name.clone(), (p, t)).is_some() {
+                    return Err(load_err(
+                        &part.path,
+                        format!("tensor {} appears twice", info.name),
+                    ));
+                }
+            }
+        }
+        let (text, mmproj) = (firsts[0], firsts[1]);
+        if text >= parts.len() || mmproj >= parts.len() {
+            return Err(Error::Config(
+                "a GGUF model needs a text file and an mmproj file".into(),
+            ));
+        }
+        Ok(Self {
+            parts,
+            index,
+            text,
+            mmproj,
+        })
+    }
+
+    /// The text model's header (metadata of the first part).
+    pub fn text_header(&self) -> &Gguf {
+        &self.parts[self.text].header
+    }
+
+    /// The mmproj's header.
+    pub fn mmproj_header(&self) -> &Gguf {
+        &self.parts[self.mmproj].header
+    }
+
+    /// The text file's path (its first part).
+    pub fn text_path(&self) -> &Path {
+        &self.parts[self.text].path
+    }
+
+    /// Bytes of every part (the size of the model on disk).
+    pub fn file_bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes.len() as u64).sum()
+    }
+
+    fn find(&self, name: &str) -> Option<(&Part, &TensorInfo)> {
+        let &(p, t) = self.index.get(name)?;
+        let part = &self.parts[p];
+        Some((part, &part.header.tensors[t]))
+    }
+
+    /// Whether the HF tensor is present.
+    pub fn contains(&self, hf: &str) -> bool {
+        match source(hf) {
+            Some(Source::One(n)) => self.index.contains_key(&n),
+            Some(Source::Rows(v)) => v.iter().all(|n| self.index.contains_key(n)),
+            Some(Source::Temporal(a, b)) => {
+                self.index.contains_key(&a) && self.index.contains_key(&b)
+            }
+            None => false,
+        }
+    }
+
+    fn data<'a>(&self, part: &'a Part, info: &TensorInfo) -> &'a [u8] {
+        // The header parser checked offset + bytes against the file length.
+        &part.bytes[info.offset as usize..(info.offset + info.bytes) as usize]
+    }
+
+    fn values(&self, name: &str, hf: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (part, info) = self
+            .find(name)
+            .ok_or_else(|| Error::MissingTensor(format!("{hf} (GGUF {name})")))?;
+        let data = self.data(part, info);
+        let out = dequantize(info.ty, data, info.elements() as usize)
+            .map_err(|e| load_err(&part.path, format!("tensor {name}: {e}")))?;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Bytes::Mapped(m) = &part.bytes {
+            crate::weights::release_pages(m, info.offset as usize, info.bytes as usize);
+        }
+        Ok((out, info.shape()))
+    }
+
+    /// An HF tensor as f32 values, checked against `shape`.
+    pub fn get(&self, hf: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let src = source(hf).ok_or_else(|| Error::MissingTensor(format!("{hf} (no GGUF name)")))?;
+        let check = |found: Vec<usize>| -> Result<()> {
+            if found != shape {
+                return Err(Error::Shape {
+                    name: hf.to_string(),
+                    expected: shape.to_vec(),
+                    found,
+                });
+            }
+            Ok(())
+        };
+        match src {
+            Source::One(n) => {
+                let (v, s) = self.values(&n, hf)?;
+                check(s)?;
+                Ok(v)
+            }
+            Source::Rows(names) => {
+                let mut all = Vec::new();
+                let mut rows = 0;
+                let mut rest = Vec::new();
+                for n in &names {
+                    let (v, s) = self.values(n, hf)?;
+                    rows += s.first().copied().unwrap_or(0);
+                    rest = s.get(1..).map(<[usize]>::to_vec).unwrap_or_default();
+                    all.extend(v);
+                }
+                let mut s = vec![rows];
+                s.extend(rest);
+                check(s)?;
+                Ok(all)
+            }
+            Source::Temporal(a, b) => {
+                let (va, sa) = self.values(&a, hf)?;
+                let (vb, sb) = self.values(&b, hf)?;
+                if sa != sb || sa.len() != 4 {
+                    return Err(Error::Shape {
+                        name: format!("{hf} (GGUF {b})"),
+                        expected: sa,
+                        found: sb,
+                    });
+                }
+                check(vec![sa[0], sa[1], 2, sa[2], sa[3]])?;
+                // [dim, c, p, p] twice → [dim, c, 2, p, p]: per (out, channel), slice 0 then 1.
+                let k = sa[2] * sa[3];
+                let mut out = Vec::with_capacity(va.len() * 2);
+                for (x, y) in va.chunks_exact(k).zip(vb.chunks_exact(k)) {
+                    out.extend_from_slice(x);
+                    out.extend_from_slice(y);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The quantized row blocks of an HF matrix as stored, when every block is one quantized
+    /// GGUF tensor (`parts` of them: 3 for the vision `qkv`, else 1); `None` for float tensors
+    /// and for tensors assembled from several sources.
+    pub fn quantized_parts<'a>(&'a self, hf: &'a str, parts: usize) -> Option<Vec<QuantView<'a>>> {
+        let names = match (source(hf)?, parts) {
+            (Source::One(n), 1) => vec![n],
+            (Source::Rows(v), p) if v.len() == p => v,
+            _ => return None,
+        };
+        names
+            .iter()
+            .map(|n| {
+                let (part, info) = self.find(n)?;
+                let shape = info.shape();
+                (info.ty.is_quantized() && shape.len() == 2).then(|| QuantView {
+                    name: hf,
+                    ty: info.ty,
+                    shape: [shape[0], shape[1]],
+                    bytes: self.data(part, info),
+                })
+            })
+            .collect()
+    }
+}
+
+/// candle's name for a ggml type.
+pub fn candle_dtype(ty: GgmlType) -> candle_core::quantized::GgmlDType {
+    use candle_core::quantized::GgmlDType as D;
+    match ty {
+        GgmlType::F32 => D::F32,
+        GgmlType::F16 => D::F16,
+        GgmlType::BF16 => D::BF16,
+        GgmlType::Q4_0 => D::Q4_0,
+        GgmlType::Q4_1 => D::Q4_1,
+        GgmlType::Q5_0 => D::Q5_0,
+        GgmlType::Q5_1 => D::Q5_1,
+        GgmlType::Q8_0 => D::Q8_0,
+        GgmlType::Q2_K => D::Q2K,
+        GgmlType::Q3_K => D::Q3K,
+        GgmlType::Q4_K => D::Q4K,
+        GgmlType::Q5_K => D::Q5K,
+        GgmlType::Q6_K => D::Q6K,
+    }
+}
+
+/// The blocks of `bytes` as a candle `QTensor` of `shape` on `device`. candle reads blocks in
+/// place and requires their alignment: misaligned bytes (a buffer from a browser) are copied
+/// into an aligned one first.
+pub fn qtensor(
+    ty: GgmlType,
+    bytes: &[u8],
+    shape: &[usize],
+    device: &candle_core::Device,
+) -> Result<candle_core::quantized::QTensor> {
+    use candle_core::quantized::{QStorage, QTensor};
+    let elements: usize = shape.iter().product();
+    let row = shape.last().copied().unwrap_or(0) as u64;
+    if ty.bytes_for(elements as u64, row) != Some(bytes.len() as u64) {
+        return Err(Error::Input(format!(
+            "{} blocks of {} bytes do not hold a {shape:?} tensor",
+            ty.name(),
+            bytes.len()
+        )));
+    }
+    let aligned: Vec<u32>;
+    let data: &[u8] = if (bytes.as_ptr() as usize) % 4 == 0 {
+        bytes
+    } else {
+        let mut v = vec![0u32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut v)[..bytes.len()].copy_from_slice(bytes);
+        aligned = v;
+        &bytemuck::cast_slice::<u32, u8>(&aligned)[..bytes.len()]
+    };
+    let storage = QStorage::from_data(std::borrow::Cow::Borrowed(data), device, candle_dtype(ty))?;
+    Ok(QTensor::new(storage, shape)?)
+}
+
+/// `n` values of type `ty` from `bytes`, as f32 (exact for F32/F16/BF16; the format's
+/// dequantization for blocks).
+pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
+    let want = ty.bytes_for(n as u64, ty.block_size() as u64);
+    if want != Some(bytes.len() as u64) {
+        return Err(Error::Input(format!(
+            "{} bytes for {n} {} values",
+            bytes.len(),
+            ty.name()
+        )));
+    }
+    Ok(match ty {
+        GgmlType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        GgmlType::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        GgmlType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => {
+            let q = qtensor(ty, bytes, &[n], &candle_core::Device::Cpu)?;
+            q.dequantize(&candle_core::Device::Cpu)?.to_vec1::<f32>()?
+        }
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_llama_cpp() {
+        let one = |hf: &str| match source(hf) {
+            Some(Source::One(n)) => n,
+            _ => panic!("{hf}"),
+        };
+        assert_eq!(
+            one("model.language_model.layers.3.self_attn.o_proj.weight"),
+            "blk.3.attn_output.weight"
+        );
+        assert_eq!(
+            one("model.language_model.layers.0.post_attention_layernorm.weight"),
+            "blk.0.ffn_norm.weight"
+        );
+        assert_eq!(
+            one("model.visual.blocks.31.attn.proj.bias"),
+            "v.blk.31.attn_out.bias"
+        );
+        assert_eq!(one("model.visual.merger.mlp.2.weight"), "mm.2.weight");
+        assert_eq!(one("lm_head.weight"), "output.weight");
+        assert!(
+            matches!(source("model.visual.blocks.0.attn.qkv.bias"), Some(Source::Rows(v)) if v[2] == "v.blk.0.attn_v.bias")
+        );
+        assert!(source("model.language_model.layers.0.nonsense.weight").is_none());
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    fn split_names() {
+        let s = split_set(Path::new("/m/model-00001-of-00003.gguf")).unwrap();
+        assert_eq!(s.len(), 3);
+        assert!(s[2].ends_with("model-00003-of-00003.gguf"));
+        assert_eq!(split_set(Path::new("/m/model.gguf")).unwrap().len(), 1);
+        let e = split_set(Path::new("/m/model-00002-of-00003.gguf"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("part 2"), "{e}");
+    }
+
+    #[test]
+    fn dequantizes_q8_0_blocks() {
+        // One Q8_0 block: f16 scale 0.5, values -16..16.
+        let mut b = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
+        let v = dequantize(GgmlType::Q8_0, &b, 32).unwrap();
+        assert_eq!(v[0], -8.0);
+        assert_eq!(v[31], 7.5);
+        assert!(dequantize(GgmlType::Q8_0, &b[..33], 32).is_err());
+        // Misaligned bytes are copied, not refused.
+        let mut shifted = vec![0u8];
+        shifted.extend(&b);
+        assert_eq!(dequantize(GgmlType::Q8_0, &shifted[1..], 32).unwrap(), v);
+    }
+}
