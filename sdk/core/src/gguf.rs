@@ -836,6 +836,128 @@ pub fn tokenizer_json(text: &Gguf) -> Result<Vec<u8>, GgufError> {
     serde_json::to_vec(&doc).map_err(|e| invalid("tokenizer", e.to_string()))
 }
 
+/// A metadata value to write, with the width llama.cpp reads it at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// u32.
+    U32(u32),
+    /// i32.
+    I32(i32),
+    /// u16 (`split.no`, `split.count`).
+    U16(u16),
+    /// f32.
+    F32(f32),
+    /// bool.
+    Bool(bool),
+    /// string.
+    Str(String),
+    /// array of i32.
+    I32s(Vec<i32>),
+    /// array of f32.
+    F32s(Vec<f32>),
+    /// array of strings.
+    Strs(Vec<String>),
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+impl MetaValue {
+    fn write(&self, out: &mut Vec<u8>) {
+        let (ty, body): (u32, Vec<u8>) = match self {
+            Self::U32(v) => (4, v.to_le_bytes().to_vec()),
+            Self::I32(v) => (5, v.to_le_bytes().to_vec()),
+            Self::U16(v) => (2, v.to_le_bytes().to_vec()),
+            Self::F32(v) => (6, v.to_le_bytes().to_vec()),
+            Self::Bool(v) => (7, vec![*v as u8]),
+            Self::Str(s) => {
+                let mut b = Vec::new();
+                put_str(&mut b, s);
+                (8, b)
+            }
+            Self::I32s(v) => (9, array(5, v.len(), v.iter().flat_map(|x| x.to_le_bytes()))),
+            Self::F32s(v) => (9, array(6, v.len(), v.iter().flat_map(|x| x.to_le_bytes()))),
+            Self::Strs(v) => {
+                let mut b = Vec::new();
+                for s in v {
+                    put_str(&mut b, s);
+                }
+                (9, array(8, v.len(), b))
+            }
+        };
+        out.extend(ty.to_le_bytes());
+        out.extend(body);
+    }
+}
+
+fn array(ety: u32, n: usize, body: impl IntoIterator<Item = u8>) -> Vec<u8> {
+    let mut b = ety.to_le_bytes().to_vec();
+    b.extend((n as u64).to_le_bytes());
+    b.extend(body);
+    b
+}
+
+/// A tensor to write: name, ggml dims (innermost first), type, data length in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorEntry {
+    /// llama.cpp's name.
+    pub name: String,
+    /// Dimensions, innermost first.
+    pub dims: Vec<u64>,
+    /// Storage type.
+    pub ty: GgmlType,
+    /// Bytes of data.
+    pub bytes: u64,
+}
+
+/// The alignment this writer uses (llama.cpp's default).
+pub const ALIGNMENT: u64 = 32;
+
+/// A GGUF v3 header for `metadata` and `tensors` (data laid out in order, each aligned to
+/// [`ALIGNMENT`]), padded so the data starts right after it. The caller writes each tensor's
+/// bytes followed by [`padding`] of its length.
+///
+/// ```
+/// use visionthink_core::gguf::{header, padding, Gguf, GgmlType, MetaValue, TensorEntry};
+/// let t = TensorEntry { name: "w".into(), dims: vec![2], ty: GgmlType::F32, bytes: 8 };
+/// let mut file = header(&[("general.architecture".into(), MetaValue::Str("qwen2vl".into()))], &[t]);
+/// file.extend([0u8; 8]);
+/// file.extend(padding(8));
+/// let g = Gguf::parse(&file, file.len() as u64).unwrap();
+/// assert_eq!(g.tensor("w").unwrap().shape(), vec![2]);
+/// ```
+pub fn header(metadata: &[(String, MetaValue)], tensors: &[TensorEntry]) -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        put_str(&mut out, k);
+        v.write(&mut out);
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        put_str(&mut out, &t.name);
+        out.extend((t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(t.ty.id().to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += t.bytes + padding(t.bytes).len() as u64;
+    }
+    let pad = padding(out.len() as u64);
+    out.extend(pad);
+    out
+}
+
+/// Zero bytes that bring `len` to a multiple of [`ALIGNMENT`].
+pub fn padding(len: u64) -> Vec<u8> {
+    vec![0; ((ALIGNMENT - len % ALIGNMENT) % ALIGNMENT) as usize]
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {

@@ -63,7 +63,8 @@ fn load_err(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// Where an HF tensor lives in llama.cpp's files.
-enum Source {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
     /// One tensor.
     One(String),
     /// Row blocks of several tensors, concatenated (the vision `qkv`).
@@ -73,7 +74,7 @@ enum Source {
 }
 
 /// llama.cpp's name(s) for an HF (transformers 5) tensor name.
-fn source(hf: &str) -> Option<Source> {
+pub fn source(hf: &str) -> Option<Source> {
     let one = |s: String| Some(Source::One(s));
     if let Some(rest) = hf.strip_prefix("model.language_model.") {
         if rest == "embed_tokens.weight" {
@@ -453,6 +454,38 @@ pub fn qtensor(
     };
     let storage = QStorage::from_data(std::borrow::Cow::Borrowed(data), device, candle_dtype(ty))?;
     Ok(QTensor::new(storage, shape)?)
+}
+
+/// `values` (a `[rows, cols]` matrix, or any tensor for the float types) stored as `ty`:
+/// little-endian floats, or ggml's reference quantization (candle's port of it) for blocks.
+pub fn quantize(ty: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>> {
+    Ok(match ty {
+        GgmlType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => {
+            if cols == 0 || cols % ty.block_size() != 0 || values.len() % cols != 0 {
+                return Err(Error::Input(format!(
+                    "rows of {cols} values cannot be stored as {} blocks of {}",
+                    ty.name(),
+                    ty.block_size()
+                )));
+            }
+            let t = candle_core::Tensor::from_slice(
+                values,
+                (values.len() / cols, cols),
+                &candle_core::Device::Cpu,
+            )?;
+            let q = candle_core::quantized::QTensor::quantize(&t, candle_dtype(ty))?;
+            q.data()?.into_owned()
+        }
+    })
 }
 
 /// `n` values of type `ty` from `bytes`, as f32 (exact for F32/F16/BF16; the format's

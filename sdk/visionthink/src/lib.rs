@@ -28,6 +28,7 @@ pub use visionthink_core as core;
 pub struct ReadmeDoctests;
 
 pub mod batch;
+pub mod convert;
 pub mod engine;
 mod error;
 pub mod files;

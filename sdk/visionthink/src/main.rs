@@ -56,6 +56,90 @@ enum Command {
     /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
     /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
     Demo(DemoArgs),
+    /// Convert an HF checkpoint to llama.cpp's GGUF pair (text model + mmproj), F16, Q8_0,
+    /// Q4_0 or Q4_K, optionally split into parts, with the browser manifest.
+    Convert(ConvertArgs),
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// HF model folder (config.json, tokenizer.json, safetensors).
+    #[arg(long)]
+    from: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight type: f16, q8_0, q4_0 or q4_k.
+    #[arg(long, default_value = "f16")]
+    quant: String,
+    /// Largest file, e.g. 512M (gguf-split parts, -00001-of-0000N.gguf).
+    #[arg(long)]
+    split_max_size: Option<String>,
+    /// Print JSON (files, sizes, SHA-256, tensor types).
+    #[arg(long)]
+    json: bool,
+}
+
+fn cmd_convert(a: ConvertArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let opts = visionthink::convert::ConvertOptions {
+        quant: visionthink::convert::Quant::parse(&a.quant)?,
+        split_max_bytes: a
+            .split_max_size
+            .as_deref()
+            .map(visionthink::convert::parse_size)
+            .transpose()?,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut last = 0u64;
+    let mut bar = |done: u64, total: u64| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if pct != last || done == total {
+            last = pct;
+            let filled = (pct / 4) as usize;
+            let line = format!(
+                "[{}{}] {pct:>3}% {:.1}/{:.1} MB",
+                "#".repeat(filled),
+                "-".repeat(25 - filled),
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            );
+            if tty {
+                eprint!("\r{line}");
+            } else if pct % 10 == 0 {
+                eprintln!("{line}");
+            }
+        }
+    };
+    let c = visionthink::convert::convert(&a.from, &a.out, opts, &mut bar)
+        .with_context(|| format!("converting {}", a.from.display()))?;
+    if tty {
+        eprintln!();
+    }
+    if a.json {
+        let v = serde_json::json!({
+            "model": c.text,
+            "mmproj": c.mmproj,
+            "files": c.files.iter().map(|f| serde_json::json!({"path": f.path, "size": f.size, "sha256": f.sha256})).collect::<Vec<_>>(),
+            "tensor_types": c.types.iter().map(|(t, n)| (t.name().to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for f in &c.files {
+            println!(
+                "{}  {} bytes  sha256 {}",
+                f.path.display(),
+                f.size,
+                f.sha256
+            );
+        }
+        println!(
+            "run: visionthink ask --model {} --mmproj {} --image IMG --question Q",
+            c.text.display(),
+            c.mmproj.display()
+        );
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -591,6 +675,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Logits(a) => cmd_logits(a)?,
         Command::Generate(a) => cmd_generate(a)?,
         Command::Ask(a) => cmd_ask(a)?,
+        Command::Convert(a) => cmd_convert(a)?,
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve(args)?,
         Command::Demo(a) => demo(

@@ -535,3 +535,133 @@ fn bf16_compute_agrees_with_f32() {
         run("generate", "bf16")["tokens"]
     );
 }
+
+/// Contract (issue 14): `logits|generate|ask … --model PATH.gguf --mmproj PATH.gguf` prints the
+/// same JSON as with `--model-dir`, here on GGUF files written by llama.cpp's converter from the
+/// same checkpoint; `--model FOLDER` finds the two files itself.
+#[test]
+fn gguf_model_flags_print_the_same_json_as_model_dir() {
+    let g = golden();
+    let case = &g["variants"]["tied_nested"][1];
+    let dir = fixtures().join("models/tied_nested");
+    let text = fixtures().join("gguf/tied_nested-f16.gguf");
+    let mmproj = fixtures().join("gguf/tied_nested-mmproj-f32.gguf");
+    let folder = std::env::temp_dir().join(format!("vt-gguf-folder-{}", std::process::id()));
+    std::fs::create_dir_all(&folder).unwrap();
+    for (src, name) in [
+        (&text, "model-f16.gguf"),
+        (&mmproj, "mmproj-model-f32.gguf"),
+    ] {
+        std::fs::copy(src, folder.join(name)).unwrap();
+    }
+    let prompt = fixtures()
+        .join("golden")
+        .join(case["prompt_file"].as_str().unwrap());
+    let img = fixtures()
+        .join("images")
+        .join(case["images"][0].as_str().unwrap());
+    let (p, i) = (prompt.to_str().unwrap(), img.to_str().unwrap());
+    let by_dir = ["--model-dir", dir.to_str().unwrap()];
+    let by_gguf = [
+        "--model",
+        text.to_str().unwrap(),
+        "--mmproj",
+        mmproj.to_str().unwrap(),
+    ];
+    let by_folder = ["--model", folder.to_str().unwrap()];
+    let run = |model: &[&str], cmd: &[&str]| -> Value {
+        let mut args = vec![cmd[0]];
+        args.extend(model);
+        args.extend(&cmd[1..]);
+        vt_json(&args)
+    };
+    let logits = ["logits", "--prompt-file", p, "--image", i, "--json"];
+    let generate = [
+        "generate",
+        "--prompt-file",
+        p,
+        "--image",
+        i,
+        "--max-new-tokens",
+        "8",
+        "--greedy",
+        "--ignore-eos",
+        "--json",
+    ];
+    let ask = [
+        "ask",
+        "--image",
+        i,
+        "--question",
+        "What is the code?",
+        "--max-new-tokens",
+        "12",
+        "--json",
+    ];
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let want_logits = run(&by_dir, &logits);
+    let want_gen = run(&by_dir, &generate);
+    let want_ask = run(&by_dir, &ask);
+    let scale = case["logit_scale"].as_f64().unwrap();
+    for model in [&by_gguf[..], &by_folder[..]] {
+        let v = run(model, &logits);
+        assert_eq!(keys(&v), keys(&want_logits));
+        assert_eq!(v["argmax"], want_logits["argmax"]);
+        assert_eq!(v["num_tokens"], want_logits["num_tokens"]);
+        for (a, b) in v["logits_last_first16"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(want_logits["logits_last_first16"].as_array().unwrap())
+        {
+            assert!(
+                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-3 * scale,
+                "{a} vs {b}"
+            );
+        }
+        let v = run(model, &generate);
+        assert_eq!(keys(&v), keys(&want_gen));
+        assert_eq!(
+            (&v["tokens"], &v["text"]),
+            (&want_gen["tokens"], &want_gen["text"])
+        );
+        assert_eq!(v["tokens"], case["greedy_tokens"]);
+        let v = run(model, &ask);
+        assert_eq!(keys(&v), keys(&want_ask));
+        for k in [
+            "text",
+            "used_high_res",
+            "turns",
+            "visual_tokens",
+            "visual_tokens_full_res",
+            "end",
+        ] {
+            assert_eq!(v[k], want_ask[k], "ask {k}");
+        }
+    }
+    // A folder with two candidate mmproj files asks which one.
+    std::fs::copy(&mmproj, folder.join("mmproj-other.gguf")).unwrap();
+    let out = vt_cli(&[
+        "ask",
+        "--model",
+        folder.to_str().unwrap(),
+        "--image",
+        i,
+        "--question",
+        "q",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2 files named mmproj"));
+    // A file without --mmproj says what is missing.
+    let out = vt_cli(&[
+        "ask",
+        "--model",
+        text.to_str().unwrap(),
+        "--image",
+        i,
+        "--question",
+        "q",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --mmproj"));
+    std::fs::remove_dir_all(&folder).unwrap();
+}

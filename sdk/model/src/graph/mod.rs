@@ -12,8 +12,8 @@ use visionthink_core::rope::Positions;
 mod params;
 
 pub use params::{
-    checkpoint_layout, DecoderLayer, InitKind, Linear, TensorSpec, TextWeights, VisionBlock,
-    VisionTower,
+    checkpoint_layout, read_tensor, DecoderLayer, InitKind, Linear, TensorSpec, TextWeights,
+    VisionBlock, VisionTower,
 };
 
 /// The whole model.

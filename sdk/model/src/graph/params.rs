@@ -417,6 +417,16 @@ pub(crate) fn read_parts(
         .collect())
 }
 
+/// One whole tensor of a checkpoint as f32 values (its transformers 5 name, else the older
+/// one), checked against the spec's shape.
+pub fn read_tensor(store: &WeightStore, spec: &TensorSpec) -> Result<Vec<f32>> {
+    let mut blocks = read_parts(store, spec, 1)?;
+    blocks
+        .pop()
+        .map(|(data, _)| data)
+        .ok_or_else(|| Error::MissingTensor(spec.name.clone()))
+}
+
 /// The order in which [`Qwen25VL::load`](super::Qwen25VL::load) creates the row blocks of
 /// `specs` (the walk's entries, with their block counts): the decoder's embedding and layers,
 /// the untied head, the vision tower (each block's q, k, v weight and bias in turn), then the

@@ -1,0 +1,336 @@
+//! `visionthink convert` (GGUF out): byte-identical to llama.cpp's own converter on the test
+//! checkpoint; split sets load and name a missing part; quantized files of a model wide enough
+//! for every block type stay close to the f32 model.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use visionthink::convert::{convert, ConvertOptions, Quant};
+use visionthink_core::gguf::Gguf;
+use visionthink_model::gguf::GgufWeights;
+use visionthink_model::{Backend, CandleBackend, Qwen25VL, WeightStore};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vt-convert-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn header(path: &Path) -> (Gguf, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    (Gguf::parse(&bytes, bytes.len() as u64).unwrap(), bytes)
+}
+
+/// Our F16 files against llama.cpp's converter's F16 files of the same checkpoint: the same
+/// tensors (names, types, dims, bytes) and the same metadata, except the converter's
+/// descriptive keys and our exact window-attention list.
+#[test]
+fn f16_files_equal_llama_cpp_converter_output() {
+    let out = temp("f16");
+    let c = convert(
+        &fixtures().join("models/tied_nested"),
+        &out,
+        ConvertOptions {
+            quant: Quant::F16,
+            split_max_bytes: None,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for (ours, theirs) in [
+        (&c.text, "tied_nested-f16.gguf"),
+        (&c.mmproj, "tied_nested-mmproj-f16.gguf"),
+    ] {
+        let (a, ab) = header(ours);
+        let (b, bb) = header(&fixtures().join("gguf").join(theirs));
+        assert_eq!(a.tensors.len(), b.tensors.len(), "{theirs}");
+        for t in &b.tensors {
+            let o = a
+                .tensor(&t.name)
+                .unwrap_or_else(|| panic!("{theirs}: {} missing", t.name));
+            assert_eq!((o.ty, &o.dims), (t.ty, &t.dims), "{}", t.name);
+            let data = |g: &Gguf, bytes: &[u8], name: &str| {
+                let i = g.tensor(name).unwrap();
+                bytes[i.offset as usize..(i.offset + i.bytes) as usize].to_vec()
+            };
+            assert!(
+                data(&a, &ab, &t.name) == data(&b, &bb, &t.name),
+                "{}: bytes differ",
+                t.name
+            );
+        }
+        let skip = [
+            "general.size_label",
+            "general.sampling.temp",
+            "tokenizer.ggml.add_eos_token",
+            "general.name",
+        ];
+        for (k, v) in &b.metadata {
+            if !skip.contains(&k.as_str()) {
+                assert_eq!(a.get(k), Some(v), "{theirs}: metadata {k}");
+            }
+        }
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("visionthink-manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        manifest["files"][0]["size"].as_u64().unwrap(),
+        std::fs::metadata(&c.text).unwrap().len()
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// `--split-max-size`: parts named as gguf-split names them, loadable from the first; a
+/// missing part and a part out of order are errors naming the part.
+#[test]
+fn split_sets_load_and_name_a_missing_part() {
+    let out = temp("split");
+    let bin = env!("CARGO_BIN_EXE_visionthink");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let o = run(&[
+        "convert",
+        "--from",
+        fixtures().join("models/tied_nested").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quant",
+        "f16",
+        "--split-max-size",
+        "64K",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let text = v["model"].as_str().unwrap().to_string();
+    let mmproj = v["mmproj"].as_str().unwrap().to_string();
+    assert!(text.contains("-00001-of-0000"), "{text}");
+    let parts = |first: &str| {
+        first
+            .rsplit("-of-")
+            .next()
+            .unwrap()
+            .trim_end_matches(".gguf")
+            .parse::<usize>()
+            .unwrap()
+    };
+    let n = parts(&mmproj);
+    assert!(parts(&text) >= 2 && n >= 3, "{text} {mmproj}");
+    // Parts hold whole tensors; only a part holding one tensor larger than the limit (the
+    // text model's metadata and embedding) may exceed it.
+    for f in v["files"].as_array().unwrap() {
+        let p = f["path"].as_str().unwrap();
+        if p.contains("mmproj") {
+            assert!(f["size"].as_u64().unwrap() <= 64 << 10, "{f}");
+        }
+    }
+    let img = fixtures().join("images/photo_640x480.png");
+    let q = [
+        "--image",
+        img.to_str().unwrap(),
+        "--question",
+        "What is the code?",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ];
+    let ask = |mm: &str| {
+        let mut a = vec!["ask", "--model", text.as_str(), "--mmproj", mm];
+        a.extend(q);
+        run(&a)
+    };
+    let mut a = vec![
+        "ask",
+        "--model-dir",
+        fixtures()
+            .join("models/tied_nested")
+            .to_str()
+            .unwrap()
+            .to_string()
+            .leak(),
+    ];
+    a.extend(q);
+    let whole = run(&a);
+    let split = ask(&mmproj);
+    assert!(
+        split.status.success(),
+        "{}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_slice(&whole.stdout).unwrap(),
+        serde_json::from_slice(&split.stdout).unwrap(),
+    );
+    assert_eq!(a["text"], b["text"]);
+    assert_eq!(a["visual_tokens"], b["visual_tokens"]);
+    // Part 2 swapped with part 3: out of order; then part 2 gone: missing. Both named.
+    let part = |i: usize| mmproj.replace("-00001-of-", &format!("-{i:05}-of-"));
+    std::fs::rename(part(2), out.join("tmp")).unwrap();
+    std::fs::rename(part(3), part(2)).unwrap();
+    std::fs::rename(out.join("tmp"), part(3)).unwrap();
+    let e = String::from_utf8_lossy(&ask(&mmproj).stderr).to_string();
+    assert!(
+        e.contains(&format!("00002-of-{n:05}")) && e.contains("out of order"),
+        "{e}"
+    );
+    std::fs::remove_file(part(2)).unwrap();
+    let e = String::from_utf8_lossy(&ask(&mmproj).stderr).to_string();
+    assert!(e.contains(&format!("00002-of-{n:05}")), "{e}");
+    // A later part given as the model names the first.
+    let e = String::from_utf8_lossy(&ask(&part(3)).stderr).to_string();
+    assert!(e.contains("first part"), "{e}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A random checkpoint whose text matrices are 256 wide (every block type applies) with the
+/// tiny vision tower: config, tokenizer and weights in HF layout.
+fn wide_checkpoint(dir: &Path) {
+    let src = fixtures().join("models/tied_nested");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    let t = &mut cfg["text_config"];
+    t["hidden_size"] = 256.into();
+    t["intermediate_size"] = 512.into();
+    t["num_attention_heads"] = 4.into();
+    t["num_key_value_heads"] = 2.into();
+    t["rope_parameters"]["mrope_section"] = serde_json::json!([8, 12, 12]);
+    cfg["vision_config"]["out_hidden_size"] = 256.into();
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    for f in [
+        "tokenizer.json",
+        "chat_template.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let cfg = visionthink_core::config::ModelConfig::from_json(
+        &std::fs::read(dir.join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for spec in visionthink_model::graph::checkpoint_layout(&cfg) {
+        let n: usize = spec.shape.iter().product();
+        let scale = match spec.init {
+            visionthink_model::graph::InitKind::Matrix => 0.08,
+            _ => 0.02,
+        };
+        let base = if spec.init == visionthink_model::graph::InitKind::Ones {
+            1.0
+        } else {
+            0.0
+        };
+        let bytes = (0..n)
+            .flat_map(|_| half::bf16::from_f32(base + scale * rnd()).to_le_bytes())
+            .collect();
+        tensors.push((spec.name, spec.shape, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+fn last_logits(model: &Qwen25VL<CandleBackend>, be: &CandleBackend) -> Vec<f32> {
+    let ids: Vec<u32> = (0..40u32).map(|i| 100 + i * 37).collect();
+    let pos: Vec<[u32; 3]> = (0..ids.len() as u32).map(|i| [i, i, i]).collect();
+    let mut b = visionthink_core::rope::MropeBuilder::new();
+    b.push_text(ids.len());
+    let _ = pos;
+    let e = model.embed(be, &ids, None).unwrap();
+    let mut cache = model.new_cache();
+    let h = model.decode(be, &e, b.positions(), &mut cache).unwrap();
+    model.last_logits(be, &h).unwrap()
+}
+
+/// Q8_0, Q4_0 and Q4_K files of a model wide enough for every block type, against the same
+/// checkpoint in f32: Q8_0 keeps the argmax and the logits' shape (cosine ≥ 0.999); the 4-bit
+/// types stay close (cosine ≥ 0.98, the tolerance documented in the README).
+#[test]
+fn quantized_files_stay_close_to_f32() {
+    let dir = temp("wide-src");
+    wide_checkpoint(&dir);
+    let be = CandleBackend::cpu();
+    let cfg = visionthink_core::config::ModelConfig::from_json(
+        &std::fs::read(dir.join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let f32_model = Qwen25VL::load(&be, &cfg, &WeightStore::open(&dir).unwrap()).unwrap();
+    let want = last_logits(&f32_model, &be);
+    let argmax = visionthink_model::generate::argmax(&want);
+    for (quant, min_cos) in [
+        (Quant::Q8_0, 0.999),
+        (Quant::Q4_0, 0.98),
+        (Quant::Q4K, 0.98),
+    ] {
+        let out = temp("wide-q");
+        let c = convert(
+            &dir,
+            &out,
+            ConvertOptions {
+                quant,
+                split_max_bytes: None,
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let w = GgufWeights::open(&c.text, &c.mmproj).unwrap();
+        let (text, _) = (w.text_header(), ());
+        let expected = match quant {
+            Quant::Q8_0 => "Q8_0",
+            Quant::Q4_0 => "Q4_0",
+            _ => "Q4_K",
+        };
+        assert_eq!(
+            text.tensor("blk.0.ffn_up.weight").unwrap().ty.name(),
+            expected
+        );
+        // A row of 512 (ffn_down) is whole k-quant blocks too; the embedding is quantized.
+        assert_eq!(
+            text.tensor("token_embd.weight").unwrap().ty.name(),
+            expected
+        );
+        let gcfg = visionthink_core::gguf::model_config(text, w.mmproj_header()).unwrap();
+        assert_eq!(gcfg.text, cfg.text);
+        let q = Qwen25VL::load(&be, &gcfg, &WeightStore::from_gguf(w)).unwrap();
+        let got = last_logits(&q, &be);
+        let dot: f64 = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let cos = dot / (norm(&got) * norm(&want));
+        eprintln!(
+            "{expected}: cosine {cos:.5}, argmax {} vs f32 {argmax}",
+            visionthink_model::generate::argmax(&got)
+        );
+        assert!(cos >= min_cos, "{expected}: cosine {cos}");
+        if quant == Quant::Q8_0 {
+            assert_eq!(visionthink_model::generate::argmax(&got), argmax);
+        }
+        // The quantized matrices are kept in blocks: the embedding stand-in holds no f32 copy.
+        assert_eq!(be.to_vec(q.lm_head()).unwrap().len(), 151936 * 256);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
