@@ -107,8 +107,15 @@ enum Cmd {
     /// Evaluates a model against always-high and always-low baselines.
     Eval {
         /// Model folder (default: the shipped model).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "model")]
         model_dir: Option<PathBuf>,
+        /// A llama.cpp text GGUF (Q4_K_M, Q8_0, F16, …; the first part names a split set),
+        /// evaluated instead of --model-dir, with --mmproj.
+        #[arg(long, value_name = "PATH.gguf", requires = "mmproj")]
+        model: Option<PathBuf>,
+        /// The vision tower's GGUF for --model.
+        #[arg(long, value_name = "PATH.gguf", requires = "model")]
+        mmproj: Option<PathBuf>,
         /// Data folder.
         #[arg(long)]
         data: PathBuf,
@@ -231,16 +238,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Eval {
             model_dir,
+            model,
+            mmproj,
             data,
             json,
             opts,
             out,
             remote,
-        } => match (&remote.remote.endpoint, model_dir) {
-            (Some(_), Some(_)) => bail!("give --model-dir or --endpoint, not both"),
-            (Some(_), None) => cmd_eval_remote(&remote, &data, json, &opts, out.as_deref()),
-            (None, dir) => cmd_eval(dir.as_deref(), &data, json, &opts, out.as_deref()),
-        },
+        } => {
+            let source = match (model_dir, model.zip(mmproj)) {
+                (_, Some((text, mm))) => ModelSource::Gguf(text, mm),
+                (dir, None) => ModelSource::Dir(dir),
+            };
+            match (&remote.remote.endpoint, source) {
+                (Some(_), ModelSource::Dir(None)) => {
+                    cmd_eval_remote(&remote, &data, json, &opts, out.as_deref())
+                }
+                (Some(_), _) => bail!("give a local model or --endpoint, not both"),
+                (None, source) => cmd_eval(&source, &data, json, &opts, out.as_deref()),
+            }
+        }
         Cmd::Select { run, data, opts } => cmd_select(&run, &data, &opts),
     }
 }
@@ -303,16 +320,22 @@ fn cmd_export(from: &Path, out: &Path, dtype: SaveDtype) -> Result<()> {
     Ok(())
 }
 
+/// The model `eval` runs: a folder (`None`: the shipped model) or a GGUF pair.
+enum ModelSource {
+    Dir(Option<PathBuf>),
+    Gguf(PathBuf, PathBuf),
+}
+
 /// `eval`.
 fn cmd_eval(
-    model_dir: Option<&Path>,
+    model: &ModelSource,
     data: &Path,
     json: bool,
     opts: &EvalOpts,
     out: Option<&Path>,
 ) -> Result<()> {
     let ds = open_eval_data(data, opts.bad_rows)?;
-    let (name, report) = evaluate(model_dir, &ds, opts)?;
+    let (name, report) = evaluate(model, &ds, opts)?;
     let title = format!("Evaluation of {name} on {}", data.display());
     let md = eval::markdown(&report, &title);
     if let Some(dir) = out {
@@ -394,7 +417,7 @@ fn cmd_select(run: &Path, data: &Path, opts: &EvalOpts) -> Result<()> {
     );
     let mut cands = Vec::new();
     for (step, dir) in ckpts {
-        let (_, r) = evaluate(Some(&dir), &ds, opts)?;
+        let (_, r) = evaluate(&ModelSource::Dir(Some(dir.clone())), &ds, opts)?;
         let c = eval::Candidate::from_report(dir, step, &r);
         eprintln!("{}", serde_json::to_string(&c)?);
         cands.push(c);
@@ -423,11 +446,14 @@ fn open_eval_data(data: &std::path::Path, bad_rows: BadRows) -> Result<Dataset> 
 
 /// Loads a model folder (`None`: the shipped model) and evaluates it with the rule judge.
 fn evaluate(
-    model_dir: Option<&std::path::Path>,
+    source: &ModelSource,
     ds: &Dataset,
     opts: &EvalOpts,
 ) -> Result<(String, eval::EvalReport)> {
-    let (name, be, model, files) = visionthink_train::policy::load_frozen(model_dir)?;
+    let (name, be, model, files) = match source {
+        ModelSource::Dir(dir) => visionthink_train::policy::load_frozen(dir.as_deref())?,
+        ModelSource::Gguf(text, mm) => visionthink_train::policy::load_frozen_gguf(text, mm)?,
+    };
     let ip = match opts.image_path {
         ImagePathArg::Training => ImagePath::Training,
         ImagePathArg::Inference => ImagePath::Inference,

@@ -242,6 +242,37 @@ pub enum SaveDtype {
     Bf16,
 }
 
+/// [`load_frozen`] for a llama.cpp GGUF pair (text model + mmproj): tokenizer, config and chat
+/// template from their metadata; quantized matrices stay in their blocks (candle's quantized
+/// kernels). For evaluation only: nothing of it is trainable.
+pub fn load_frozen_gguf(
+    text: &Path,
+    mmproj: &Path,
+) -> Result<(String, CandleBackend, Qwen25VL<CandleBackend>, ModelFiles)> {
+    let weights = visionthink_model::gguf::GgufWeights::open(text, mmproj)
+        .with_context(|| format!("cannot open {} with {}", text.display(), mmproj.display()))?;
+    let visionthink::ModelDir {
+        tokenizer,
+        config,
+        preprocessor,
+        generation,
+        chat_template,
+        ..
+    } = visionthink::ModelDir::from_gguf(&weights)?;
+    let cfg = config.context("a GGUF model always has a config")?;
+    let store = WeightStore::from_gguf(weights);
+    let be = CandleBackend::cpu();
+    let model = Qwen25VL::load(&be, &cfg, &store)?;
+    let files = ModelFiles {
+        tokenizer,
+        config: Some(cfg),
+        preprocessor,
+        generation,
+        chat_template,
+    };
+    Ok((text.display().to_string(), be, model, files))
+}
+
 /// Loads a model folder (or a run folder, see [`checkpoint::model_dir`](crate::checkpoint::model_dir)) for inference (no autograd):
 /// `(name, backend, model, files)`; `None` is the shipped model embedded in the SDK.
 pub fn load_frozen(

@@ -14,6 +14,11 @@ use visionthink_model::graph::{checkpoint_layout, InitKind, TensorSpec};
 /// A real Qwen2.5-VL size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
+    /// A benchmark shape (issue 14): Qwen2.5-0.5B's text decoder (hidden 896, 24 layers, FFN
+    /// 4864, 14 / 2 heads, tied) with the real vision block width and 4 blocks (full attention
+    /// in the last).
+    #[value(name = "0.5b")]
+    B05,
     /// Qwen2.5-VL-3B-Instruct: hidden 2048, 36 layers, FFN 11008, 16 / 2 heads, tied.
     #[value(name = "3b")]
     B3,
@@ -27,8 +32,18 @@ impl Shape {
     /// `config.json` in the hub's (flat, transformers 4) layout.
     pub fn config_json(self) -> String {
         let (hidden, layers, ffn, heads, kv, tied, vocab) = match self {
+            Shape::B05 => (896, 24, 4864, 14, 2, true, 151936),
             Shape::B3 => (2048, 36, 11008, 16, 2, true, 151936),
             Shape::B7 => (3584, 28, 18944, 28, 4, false, 152064),
+        };
+        let (depth, full): (usize, Vec<usize>) = match self {
+            Shape::B05 => (4, vec![3]),
+            _ => (32, vec![7, 15, 23, 31]),
+        };
+        // head_dim / 2 split over (t, h, w): 64 → 16/24/24 (3B, 7B), 32 → 8/12/12 (0.5B).
+        let sections: [usize; 3] = match hidden / heads {
+            64 => [8, 12, 12],
+            _ => [16, 24, 24],
         };
         let v = serde_json::json!({
             "architectures": ["Qwen2_5_VLForConditionalGeneration"],
@@ -58,7 +73,7 @@ impl Shape {
             "use_cache": true,
             "use_sliding_window": false,
             "vision_config": {
-                "depth": 32,
+                "depth": depth,
                 "hidden_act": "silu",
                 "hidden_size": 1280,
                 "intermediate_size": 3420,
@@ -69,11 +84,11 @@ impl Shape {
                 "spatial_merge_size": 2,
                 "spatial_patch_size": 14,
                 "window_size": 112,
-                "fullatt_block_indexes": [7, 15, 23, 31],
+                "fullatt_block_indexes": full,
                 "tokens_per_second": 2,
                 "temporal_patch_size": 2
             },
-            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+            "rope_scaling": {"type": "mrope", "mrope_section": sections},
             "vocab_size": vocab
         });
         serde_json::to_string_pretty(&v).unwrap_or_default()

@@ -676,6 +676,52 @@ fn eval_without_model_dir_uses_the_shipped_model() {
     assert!(r["accuracy"].is_number() && r["by_kind"].is_object(), "{r}");
 }
 
+/// `eval --model PATH.gguf --mmproj PATH.gguf`: the shipped model converted to F32 GGUF
+/// (`visionthink convert`) evaluates exactly as the folder it came from.
+#[test]
+fn eval_of_a_gguf_model_matches_the_folder() {
+    let out = std::env::temp_dir().join(format!("vt-train-gguf-{}", std::process::id()));
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/visionthink/model");
+    let opts = visionthink::convert::ConvertOptions {
+        quant: visionthink::convert::Quant::F32,
+        split_max_bytes: None,
+    };
+    let c = visionthink::convert::convert(&shipped, &out, opts, &mut |_, _| {}).expect("convert");
+    let rows = ["--rows", "4", "--max-new-tokens", "64", "--json"];
+    let folder = run_ok(
+        cli()
+            .args(["eval", "--model-dir"])
+            .arg(&shipped)
+            .arg("--data")
+            .arg(data())
+            .args(rows),
+    );
+    let gguf = run_ok(
+        cli()
+            .args(["eval", "--model"])
+            .arg(&c.text)
+            .arg("--mmproj")
+            .arg(&c.mmproj)
+            .arg("--data")
+            .arg(data())
+            .args(rows),
+    );
+    let (a, b): (Value, Value) = (
+        serde_json::from_slice(&folder.stdout).expect("json"),
+        serde_json::from_slice(&gguf.stdout).expect("json"),
+    );
+    for k in [
+        "accuracy",
+        "visual_tokens",
+        "accuracy_always_high",
+        "accuracy_always_low",
+        "by_kind",
+    ] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    std::fs::remove_dir_all(&out).expect("clean up");
+}
+
 /// `eval --endpoint` runs the protocol against a served model: against `visionthink serve`'s
 /// raw model (the shipped model) it finds the local evaluation's low-res-first accuracy, tool
 /// use and visual tokens on the same rows.

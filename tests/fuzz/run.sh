@@ -20,7 +20,7 @@ ensure_cargo_fuzz
 
 secs="${1:-60}"
 shift || true
-all=(tool_call model_output safetensors configs chat_template tokenizer_text tokenizer_json image dataset_jsonl dataset_parquet judge_reply serve_request)
+all=(tool_call model_output safetensors configs chat_template tokenizer_text tokenizer_json image dataset_jsonl dataset_parquet judge_reply serve_request gguf)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 jobs="${VT_FUZZ_JOBS:-$(nproc)}"

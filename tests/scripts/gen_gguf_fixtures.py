@@ -38,9 +38,8 @@ def llama_cpp_dir(arg):
     cache.mkdir(parents=True, exist_ok=True)
     meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{VERSION}/json"))
     url = next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist")
-    if url.startswith(".."):  # a mirror answering with relative links
-        url = "https://pypi.org/" + url.split("packages/", 1)[1].join(["packages/", ""]) if False else \
-            "https://pypi.org/packages/" + url.split("/packages/packages/", 1)[1]
+    if not url.startswith("http"):  # an index answering with relative links
+        url = "https://pypi.org/packages/" + url.split("packages/packages/", 1)[1]
     tgz = cache / f"llama_cpp_python-{VERSION}.tar.gz"
     urllib.request.urlretrieve(url, tgz)
     with tarfile.open(tgz) as t:

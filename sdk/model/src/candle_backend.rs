@@ -234,6 +234,9 @@ impl CandleBackend {
     }
 }
 
+/// Rows from which a product with a quantized matrix dequantizes it and uses the f32 GEMM.
+const PREFILL_ROWS: usize = 16;
+
 /// Largest attention score block computed at once, in bytes.
 const SCORE_BUDGET: usize = 64 << 20;
 
@@ -332,8 +335,16 @@ impl Backend for CandleBackend {
     }
 
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
-        let blocks =
-            std::sync::Arc::new(crate::gguf::qtensor(q.ty, q.bytes, &q.shape, &self.device)?);
+        use visionthink_core::gguf::GgmlType;
+        let blocks = match q.ty {
+            // Exact, and onto candle's vectorised Q8_0 kernels.
+            GgmlType::Q5_0 => {
+                let q8 = crate::gguf::q5_0_as_q8_0(q.bytes)?;
+                crate::gguf::qtensor(GgmlType::Q8_0, &q8, &q.shape, &self.device)?
+            }
+            ty => crate::gguf::qtensor(ty, q.bytes, &q.shape, &self.device)?,
+        };
+        let blocks = std::sync::Arc::new(blocks);
         let matmul = candle_core::quantized::QMatMul::from_arc(blocks.clone())?;
         let stand_in =
             Tensor::zeros((), DType::F32, &self.device)?.broadcast_as((q.shape[0], q.shape[1]))?;
@@ -362,7 +373,16 @@ impl Backend for CandleBackend {
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let y = if let Some(q) = self.quant(w) {
             use candle_core::Module;
-            let y = q.matmul.forward(&x.to_dtype(DType::F32)?.contiguous()?)?;
+            let x32 = x.to_dtype(DType::F32)?.contiguous()?;
+            let y = if x32.dims().first().copied().unwrap_or(0) >= PREFILL_ROWS {
+                // Many rows (a prefill, a vision tower): one matrix dequantized at a time and
+                // candle's f32 GEMM, which outruns its quantized kernels once the cost of the
+                // dequantization is shared by enough rows; the copy is dropped right after.
+                let w32 = q.blocks.dequantize(&self.device)?;
+                x32.matmul(&w32.t()?)?
+            } else {
+                q.matmul.forward(&x32)?
+            };
             y.to_dtype(x.dtype())?
         } else {
             match self.bf16_row(x, w)? {

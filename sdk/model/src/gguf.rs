@@ -404,6 +404,54 @@ impl GgufWeights {
     }
 }
 
+impl GgufWeights {
+    /// Drops the file pages behind a quantized view from this process's resident set once a
+    /// backend has copied its blocks (as for tensors read as f32), so peak memory stays near the
+    /// model's size instead of twice it. Nothing happens for in-memory files.
+    pub fn release(&self, q: &QuantView<'_>) {
+        #[cfg(not(target_arch = "wasm32"))]
+        for part in &self.parts {
+            if let Bytes::Mapped(m) = &part.bytes {
+                let base = m.as_ptr() as usize;
+                let at = q.bytes.as_ptr() as usize;
+                if at >= base && at + q.bytes.len() <= base + m.len() {
+                    crate::weights::release_pages(m, at - base, q.bytes.len());
+                }
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = q;
+    }
+}
+
+/// Q5_0 blocks rewritten as Q8_0 blocks, exactly: a Q5_0 value is a 5-bit integer in −16..15
+/// times the block's f16 scale, which an int8 times the same scale holds as it is. candle's CPU
+/// kernels for Q8_0 are vectorised where its Q5_0 ones are not (Q4_K_M files hold many Q5_0
+/// matrices when rows are not whole k-quant blocks), at 34 instead of 22 bytes per 32 values.
+pub fn q5_0_as_q8_0(bytes: &[u8]) -> Result<Vec<u8>> {
+    if bytes.len() % 22 != 0 {
+        return Err(Error::Input(format!(
+            "{} bytes are not whole Q5_0 blocks",
+            bytes.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 22 * 34);
+    for b in bytes.chunks_exact(22) {
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let qs = &b[6..22];
+        out.extend_from_slice(&b[..2]);
+        let mut hi = [0u8; 16];
+        for j in 0..16 {
+            let x0 = ((qs[j] & 0x0f) as u32 | (((qh >> j) << 4) & 0x10)) as i32 - 16;
+            let x1 = ((qs[j] >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32 - 16;
+            out.push(x0 as i8 as u8);
+            hi[j] = x1 as i8 as u8;
+        }
+        out.extend_from_slice(&hi);
+    }
+    Ok(out)
+}
+
 /// candle's name for a ggml type.
 pub fn candle_dtype(ty: GgmlType) -> candle_core::quantized::GgmlDType {
     use candle_core::quantized::GgmlDType as D;
@@ -561,6 +609,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("part 2"), "{e}");
+    }
+
+    #[test]
+    fn q5_0_rewritten_as_q8_0_dequantizes_identically() {
+        let values: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let q5 = quantize(GgmlType::Q5_0, &values, 256).unwrap();
+        let q8 = q5_0_as_q8_0(&q5).unwrap();
+        assert_eq!(q8.len(), 8 * 34);
+        let a = dequantize(GgmlType::Q5_0, &q5, 256).unwrap();
+        let b = dequantize(GgmlType::Q8_0, &q8, 256).unwrap();
+        assert_eq!(a, b);
+        assert!(q5_0_as_q8_0(&q5[..21]).is_err());
     }
 
     #[test]

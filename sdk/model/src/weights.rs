@@ -111,6 +111,13 @@ impl WeightStore {
         self.gguf.as_ref()?.quantized_parts(name, parts)
     }
 
+    /// Releases the file pages behind a quantized view a backend has copied (GGUF only).
+    pub fn release_quantized(&self, q: &crate::gguf::QuantView<'_>) {
+        if let Some(g) = &self.gguf {
+            g.release(q);
+        }
+    }
+
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(dir: &Path) -> Result<Self> {

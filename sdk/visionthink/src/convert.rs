@@ -1,5 +1,5 @@
 //! `visionthink convert`: an HF checkpoint to llama.cpp's GGUF pair (text model + `mmproj`),
-//! F16, Q8_0, Q4_0 or Q4_K, whole or split into parts of at most a given size with
+//! F32, F16, Q8_0, Q4_0 or Q4_K, whole or split into parts of at most a given size with
 //! `gguf-split`'s naming and keys, plus the `visionthink-manifest.json` (file list, sizes,
 //! SHA-256) the npm package reads.
 //!
@@ -24,6 +24,8 @@ use visionthink_model::WeightStore;
 /// The weight type of a converted model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quant {
+    /// f32 everywhere (lossless for f32 and bf16 checkpoints).
+    F32,
     /// f16 everywhere (norms and biases f32).
     F16,
     /// 8-bit blocks of 32.
@@ -44,6 +46,7 @@ impl Quant {
     /// ```
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => Self::F32,
             "f16" => Self::F16,
             "q8_0" => Self::Q8_0,
             "q4_0" => Self::Q4_0,
@@ -51,7 +54,7 @@ impl Quant {
             other => {
                 return Err(Error::Content {
                     path: "--quant".into(),
-                    reason: format!("{other:?} is not one of f16, q8_0, q4_0, q4_k"),
+                    reason: format!("{other:?} is not one of f32, f16, q8_0, q4_0, q4_k"),
                 })
             }
         })
@@ -59,6 +62,7 @@ impl Quant {
 
     fn ty(self) -> GgmlType {
         match self {
+            Self::F32 => GgmlType::F32,
             Self::F16 => GgmlType::F16,
             Self::Q8_0 => GgmlType::Q8_0,
             Self::Q4_0 => GgmlType::Q4_0,
@@ -69,6 +73,7 @@ impl Quant {
     /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_MOSTLY_*`).
     fn file_type(self) -> u32 {
         match self {
+            Self::F32 => 0,
             Self::F16 => 1,
             Self::Q8_0 => 7,
             Self::Q4_0 => 2,
@@ -78,6 +83,7 @@ impl Quant {
 
     fn label(self) -> &'static str {
         match self {
+            Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
@@ -176,6 +182,7 @@ fn plan(cfg: &ModelConfig, quant: Quant) -> Result<(Vec<Planned>, Vec<Planned>)>
         let want = match (is_vision, quant) {
             (false, q) => q.ty(),
             (true, Quant::Q8_0) => GgmlType::Q8_0,
+            (true, Quant::F32) => GgmlType::F32,
             (true, _) => GgmlType::F16,
         };
         let src = source(&spec.name).ok_or_else(|| {

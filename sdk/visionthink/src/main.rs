@@ -56,8 +56,8 @@ enum Command {
     /// Show the low-res-first protocol on the built-in example image (or yours): the turn-1
     /// prompt, the half-size image, the visual tokens saved, and both possible next turns.
     Demo(DemoArgs),
-    /// Convert an HF checkpoint to llama.cpp's GGUF pair (text model + mmproj), F16, Q8_0,
-    /// Q4_0 or Q4_K, optionally split into parts, with the browser manifest.
+    /// Convert an HF checkpoint to llama.cpp's GGUF pair (text model + mmproj), F32, F16,
+    /// Q8_0, Q4_0 or Q4_K, optionally split into parts, with the browser manifest.
     Convert(ConvertArgs),
 }
 
@@ -69,7 +69,7 @@ struct ConvertArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// Weight type: f16, q8_0, q4_0 or q4_k.
+    /// Weight type: f32, f16, q8_0, q4_0 or q4_k.
     #[arg(long, default_value = "f16")]
     quant: String,
     /// Largest file, e.g. 512M (gguf-split parts, -00001-of-0000N.gguf).

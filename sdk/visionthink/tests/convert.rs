@@ -252,10 +252,8 @@ fn wide_checkpoint(dir: &Path) {
 
 fn last_logits(model: &Qwen25VL<CandleBackend>, be: &CandleBackend) -> Vec<f32> {
     let ids: Vec<u32> = (0..40u32).map(|i| 100 + i * 37).collect();
-    let pos: Vec<[u32; 3]> = (0..ids.len() as u32).map(|i| [i, i, i]).collect();
     let mut b = visionthink_core::rope::MropeBuilder::new();
     b.push_text(ids.len());
-    let _ = pos;
     let e = model.embed(be, &ids, None).unwrap();
     let mut cache = model.new_cache();
     let h = model.decode(be, &e, b.positions(), &mut cache).unwrap();

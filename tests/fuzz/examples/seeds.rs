@@ -88,6 +88,54 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
 
+    // GGUF: a small file from our writer (metadata of every kind, a float and a Q8_0 tensor),
+    // and the header of llama.cpp's converter's F32 mmproj with a short data section.
+    {
+        use visionthink_core::gguf::{header, padding, GgmlType, MetaValue, TensorEntry};
+        let meta = vec![
+            (
+                "general.architecture".to_string(),
+                MetaValue::Str("clip".into()),
+            ),
+            ("clip.vision.block_count".into(), MetaValue::U32(1)),
+            (
+                "clip.vision.image_mean".into(),
+                MetaValue::F32s(vec![0.5; 3]),
+            ),
+            (
+                "tokenizer.ggml.tokens".into(),
+                MetaValue::Strs(vec!["a".into(), "b".into()]),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                MetaValue::I32s(vec![1, 3]),
+            ),
+            ("clip.use_silu".into(), MetaValue::Bool(true)),
+        ];
+        let tensors = [
+            TensorEntry {
+                name: "v.post_ln.weight".into(),
+                dims: vec![4],
+                ty: GgmlType::F32,
+                bytes: 16,
+            },
+            TensorEntry {
+                name: "mm.0.weight".into(),
+                dims: vec![32, 1],
+                ty: GgmlType::Q8_0,
+                bytes: 34,
+            },
+        ];
+        let mut f = header(&meta, &tensors);
+        for t in &tensors {
+            f.extend((0..t.bytes).map(|i| i as u8));
+            f.extend(padding(t.bytes));
+        }
+        write("gguf", "small", &f)?;
+        let mm = std::fs::read(fx.join("gguf/tied_nested-mmproj-f32.gguf"))?;
+        write("gguf", "mmproj-head", &mm[..8192.min(mm.len())])?;
+    }
+
     // Config files of the tiny test models; the structured preprocessor mode (odd first byte).
     for model in ["tied_nested", "untied_flat"] {
         for f in [

@@ -44,7 +44,7 @@ pub const HEAP_LIMIT: usize = 64 << 20;
 pub type Harness = fn(&[u8]);
 
 /// The harnesses by target name, in the order `run.sh` and the replay test use.
-pub const TARGETS: [(&str, Harness); 12] = [
+pub const TARGETS: [(&str, Harness); 13] = [
     ("tool_call", tool_call),
     ("model_output", model_output),
     ("safetensors", safetensors),
@@ -57,6 +57,7 @@ pub const TARGETS: [(&str, Harness); 12] = [
     ("dataset_parquet", dataset_parquet),
     ("judge_reply", judge_reply),
     ("serve_request", serve_request),
+    ("gguf", gguf),
 ];
 
 /// The reduced Qwen2.5-VL tokenizer of the fixtures, loaded once per process.
@@ -227,6 +228,79 @@ pub fn model_output(data: &[u8]) {
             Ok(a) => a,
             Err(_) => return,
         };
+    });
+}
+
+/// A GGUF file (llama.cpp's format) given as both the text model and the mmproj: the header
+/// parser accepts it or names the problem, never allocating what the header claims; a parsed
+/// file's every prefix short of its header is `Truncated` asking for more bytes than it has;
+/// every tensor lies inside the file, dequantizes to exactly its element count (small ones are
+/// checked) or is refused; the tensor table written again by our writer parses to the same
+/// table; config and tokenizer extraction return errors, not panics.
+pub fn gguf(data: &[u8]) {
+    use visionthink_core::gguf::{self, Gguf, GgufError, TensorEntry};
+    heap::limited(HEAP_LIMIT + 8 * data.len(), || {
+        let Ok(g) = Gguf::parse(data, data.len() as u64) else {
+            return;
+        };
+        if g.data_offset > 0 {
+            let cut = (g.data_offset as usize).min(data.len()).saturating_sub(1);
+            // A prefix ending inside the padding after the header still parses.
+            if let Err(e) = Gguf::parse(&data[..cut], data.len() as u64) {
+                assert!(
+                    matches!(e, GgufError::Truncated { needed, .. } if needed > cut as u64),
+                    "{e}"
+                );
+            }
+        }
+        for t in &g.tensors {
+            assert!(
+                t.offset + t.bytes <= data.len() as u64,
+                "{} runs past the end",
+                t.name
+            );
+            if t.bytes <= 1 << 16 {
+                let bytes = &data[t.offset as usize..(t.offset + t.bytes) as usize];
+                if let Ok(v) =
+                    visionthink_model::gguf::dequantize(t.ty, bytes, t.elements() as usize)
+                {
+                    assert_eq!(v.len() as u64, t.elements());
+                }
+            }
+        }
+        let entries: Vec<TensorEntry> = g
+            .tensors
+            .iter()
+            .map(|t| TensorEntry {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                bytes: t.bytes,
+            })
+            .collect();
+        let mut again = gguf::header(&[], &entries);
+        let total: u64 = entries
+            .iter()
+            .map(|e| e.bytes + gguf::padding(e.bytes).len() as u64)
+            .sum();
+        if total < 1 << 26 {
+            again.resize(again.len() + total as usize, 0);
+            let g2 = Gguf::parse(&again, again.len() as u64).expect("our writer's header parses");
+            let table = |g: &Gguf| {
+                g.tensors
+                    .iter()
+                    .map(|t| (t.name.clone(), t.dims.clone(), t.ty, t.bytes))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(table(&g), table(&g2));
+        }
+        let _ = gguf::model_config(&g, &g);
+        let _ = gguf::preprocessor_config(&g);
+        let _ = gguf::tokenizer_json(&g);
+        let _ = visionthink_model::gguf::GgufWeights::from_bytes(
+            vec![("fuzz.gguf".into(), data.to_vec())],
+            vec![("fuzz-mmproj.gguf".into(), data.to_vec())],
+        );
     });
 }
 

@@ -316,6 +316,7 @@ impl<B: Backend> Qwen25VL<B> {
                     }
                     for (slot, q) in made[e].iter_mut().zip(&views) {
                         *slot = Some(be.quantized_weight(q)?);
+                        store.release_quantized(q);
                     }
                     continue;
                 }
