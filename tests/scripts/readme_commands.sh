@@ -42,6 +42,12 @@ classify() {
       echo "skip: 30 GRPO steps on two ranks; native-trainer/tests/data_parallel.rs runs 3 under mpirun and compares them with one process" ;;
     "torchrun --standalone --nproc-per-node 2 --no-python "*)
       echo "skip: needs two GPUs, NCCL and a CUDA build; tests/check_cuda.sh compiles the NCCL path" ;;
+    "cargo run -p visionthink -- convert --from sdk/visionthink/model --out /tmp/vt-gguf --quant q8_0") echo "run" ;;
+    "cargo run -p visionthink -- ask --model /tmp/vt-gguf "*) echo "run" ;;
+    "python3 tests/bench/bench_gguf.py")
+      echo "skip: builds llama.cpp from the llama-cpp-python sdist and runs llama-bench beside ours (~15 min, needs the reference venv); the tests check GGUF compatibility on committed converter files" ;;
+    "python3 tests/scripts/gen_gguf_fixtures.py tests/fixtures/gguf --types f16")
+      echo "skip: runs llama.cpp's converter (torch, the reference venv) to regenerate committed fixtures; tests check the committed files" ;;
     *) echo "unknown" ;;
   esac
 }
