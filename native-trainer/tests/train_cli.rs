@@ -29,18 +29,60 @@ fn run_ok(c: &mut Command) -> Output {
     out
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("vt-train-{}-{name}", std::process::id()));
+/// A fresh folder under the temp dir, removed when the test that made it passes (kept for a
+/// look when it fails): training runs write ~100 MB each, and left behind they filled the disk.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn fresh(d: PathBuf) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("mkdir");
     d
+}
+
+/// A folder shared by the tests of one run (the data, the SFT checkpoint): under cargo's
+/// per-target temp folder with a fixed name, so each run replaces the last one's.
+fn tmp_path(name: &str) -> PathBuf {
+    fresh(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-cli-{name}")))
+}
+
+fn tmp(name: &str) -> TempDir {
+    TempDir(fresh(
+        std::env::temp_dir().join(format!("vt-train-{}-{name}", std::process::id())),
+    ))
 }
 
 /// A dozen synthetic questions (half fine), generated once.
 fn data() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let d = tmp("data");
+        let d = tmp_path("data");
         let out = run_ok(
             cli()
                 .args([
@@ -87,7 +129,7 @@ fn metrics(out: &Path) -> Vec<Value> {
 fn sft_checkpoint() -> &'static Path {
     static C: OnceLock<PathBuf> = OnceLock::new();
     C.get_or_init(|| {
-        let out = tmp("sft-init");
+        let out = tmp_path("sft-init");
         run_ok(
             cli()
                 .args(base_args("sft", &out))

@@ -497,76 +497,87 @@ fn split_parts(tensors: Vec<Planned>, meta_bytes: u64, max: Option<u64>) -> Vec<
     parts
 }
 
-/// Writes one set (text or mmproj) as `{stem}.gguf` or `{stem}-0000i-of-0000N.gguf` parts.
-#[allow(clippy::too_many_arguments)]
-fn write_set(
-    out: &Path,
-    stem: &str,
-    meta: Vec<(String, MetaValue)>,
-    tensors: Vec<Planned>,
-    store: &WeightStore,
+/// Where and how the sets are written, and the progress over both.
+struct SetWriter<'a> {
+    out: &'a Path,
+    store: &'a WeightStore,
     max: Option<u64>,
-    done: &mut u64,
+    done: u64,
     total: u64,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Vec<WrittenFile>> {
-    let n_tensors = tensors.len();
-    let meta_bytes = gguf::header(&meta, &[]).len() as u64;
-    let parts = split_parts(tensors, meta_bytes, max);
-    let count = parts.len();
-    let mut written = Vec::new();
-    let mut cache = None;
-    for (i, part) in parts.into_iter().enumerate() {
-        let path = match count {
-            1 => out.join(format!("{stem}.gguf")),
-            _ => out.join(format!("{stem}-{:05}-of-{count:05}.gguf", i + 1)),
-        };
-        let mut kv = if i == 0 { meta.clone() } else { Vec::new() };
-        if count > 1 {
-            kv.push(("split.no".into(), MetaValue::U16(i as u16)));
-            kv.push(("split.count".into(), MetaValue::U16(count as u16)));
-            kv.push((
-                "split.tensors.count".into(),
-                MetaValue::I32(n_tensors as i32),
-            ));
-        }
-        let entries: Vec<TensorEntry> = part.iter().map(|p| p.entry.clone()).collect();
-        let io = |e: std::io::Error| Error::Content {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
-        let mut hash = sha2::Sha256::new();
-        let mut size = 0u64;
-        let mut put = |b: &[u8], file: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
-            file.write_all(b).map_err(io)?;
-            hash.update(b);
-            size += b.len() as u64;
-            Ok(())
-        };
-        put(&gguf::header(&kv, &entries), &mut file)?;
-        for p in &part {
-            let bytes = tensor_bytes(store, p, &mut cache)?;
-            if bytes.len() as u64 != p.entry.bytes {
-                return Err(Error::Content {
-                    path: p.entry.name.clone(),
-                    reason: format!("{} bytes where {} were planned", bytes.len(), p.entry.bytes),
-                });
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl SetWriter<'_> {
+    /// Writes one set (text or mmproj) as `{stem}.gguf` or `{stem}-0000i-of-0000N.gguf` parts.
+    fn write(
+        &mut self,
+        stem: &str,
+        meta: Vec<(String, MetaValue)>,
+        tensors: Vec<Planned>,
+    ) -> Result<Vec<WrittenFile>> {
+        let (out, store, max) = (self.out, self.store, self.max);
+        let n_tensors = tensors.len();
+        let meta_bytes = gguf::header(&meta, &[]).len() as u64;
+        let parts = split_parts(tensors, meta_bytes, max);
+        let count = parts.len();
+        let mut written = Vec::new();
+        let mut cache = None;
+        for (i, part) in parts.into_iter().enumerate() {
+            let path = match count {
+                1 => out.join(format!("{stem}.gguf")),
+                _ => out.join(format!("{stem}-{:05}-of-{count:05}.gguf", i + 1)),
+            };
+            let mut kv = if i == 0 { meta.clone() } else { Vec::new() };
+            if count > 1 {
+                kv.push(("split.no".into(), MetaValue::U16(i as u16)));
+                kv.push(("split.count".into(), MetaValue::U16(count as u16)));
+                kv.push((
+                    "split.tensors.count".into(),
+                    MetaValue::I32(n_tensors as i32),
+                ));
             }
-            put(&bytes, &mut file)?;
-            put(&gguf::padding(bytes.len() as u64), &mut file)?;
-            *done += bytes.len() as u64;
-            progress(*done, total);
+            let entries: Vec<TensorEntry> = part.iter().map(|p| p.entry.clone()).collect();
+            let io = |e: std::io::Error| Error::Content {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            };
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
+            let mut hash = sha2::Sha256::new();
+            let mut size = 0u64;
+            let mut put = |b: &[u8], file: &mut std::io::BufWriter<std::fs::File>| -> Result<()> {
+                file.write_all(b).map_err(io)?;
+                hash.update(b);
+                size += b.len() as u64;
+                Ok(())
+            };
+            put(&gguf::header(&kv, &entries), &mut file)?;
+            for p in &part {
+                let bytes = tensor_bytes(store, p, &mut cache)?;
+                if bytes.len() as u64 != p.entry.bytes {
+                    return Err(Error::Content {
+                        path: p.entry.name.clone(),
+                        reason: format!(
+                            "{} bytes where {} were planned",
+                            bytes.len(),
+                            p.entry.bytes
+                        ),
+                    });
+                }
+                put(&bytes, &mut file)?;
+                put(&gguf::padding(bytes.len() as u64), &mut file)?;
+                self.done += bytes.len() as u64;
+                (self.progress)(self.done, self.total);
+            }
+            file.flush().map_err(io)?;
+            drop(file);
+            written.push(WrittenFile {
+                path,
+                size,
+                sha256: hex::encode(hash.finalize()),
+            });
         }
-        file.flush().map_err(io)?;
-        drop(file);
-        written.push(WrittenFile {
-            path,
-            size,
-            sha256: hex::encode(hash.finalize()),
-        });
+        Ok(written)
     }
-    Ok(written)
 }
 
 /// Converts the HF model folder `from` into GGUF files in `out` (created if needed); `progress`
@@ -612,36 +623,22 @@ pub fn convert(
     let mut meta = text_meta(&cfg, &name, opts.quant);
     meta.extend(tokenizer_meta(from, cfg.text.vocab_size)?);
     let mm_meta = mmproj_meta(&cfg, &dir, &name, opts.quant);
-    let mut done = 0;
     let q = opts.quant.label();
-    let mm_label = if opts.quant == Quant::Q8_0 {
-        "q8_0"
-    } else {
-        "f16"
+    let mm_label = match opts.quant {
+        Quant::Q8_0 => "q8_0",
+        Quant::F32 => "f32",
+        _ => "f16",
     };
-    let max = opts.split_max_bytes;
-    let mut files = write_set(
+    let mut writer = SetWriter {
         out,
-        &format!("{name}-{q}"),
-        meta,
-        text,
-        &store,
-        max,
-        &mut done,
+        store: &store,
+        max: opts.split_max_bytes,
+        done: 0,
         total,
         progress,
-    )?;
-    let mm = write_set(
-        out,
-        &format!("mmproj-{name}-{mm_label}"),
-        mm_meta,
-        vision,
-        &store,
-        max,
-        &mut done,
-        total,
-        progress,
-    )?;
+    };
+    let mut files = writer.write(&format!("{name}-{q}"), meta, text)?;
+    let mm = writer.write(&format!("mmproj-{name}-{mm_label}"), mm_meta, vision)?;
     let (text_first, mm_first) = (files[0].path.clone(), mm[0].path.clone());
     files.extend(mm);
     let manifest = serde_json::json!({
