@@ -443,3 +443,30 @@ fn device_loss_is_a_typed_error_and_a_new_device_works() {
         [2.0, 4.0]
     );
 }
+
+/// llama.cpp's GGUF files (tests/fixtures/gguf: F16 text, Q8_0 mmproj) on the WebGPU executor,
+/// which takes them dequantized to f32 until it has quantized kernels: the argmax of every
+/// golden case, and the F16 + F32 pair within 1e-3 with the greedy tokens.
+#[test]
+fn gguf_files_run_on_the_webgpu_executor() {
+    use visionthink_model::gguf::GgufWeights;
+    use visionthink_model::{Qwen25VL, WeightStore};
+    let lock = gpu().lock().unwrap();
+    let be = &*lock;
+    for (mm, tol, tokens) in [("f32", 1e-3, true), ("q8_0", 0.05, false)] {
+        let (l, v) = common::check_models(be, tol, tokens, |variant| {
+            (variant == "tied_nested").then(|| {
+                let g = common::fixtures().join("gguf");
+                let w = GgufWeights::open(
+                    &g.join("tied_nested-f16.gguf"),
+                    &g.join(format!("tied_nested-mmproj-{mm}.gguf")),
+                )
+                .unwrap();
+                let cfg = visionthink_core::gguf::model_config(w.text_header(), w.mmproj_header())
+                    .unwrap();
+                Qwen25VL::load(be, &cfg, &WeightStore::from_gguf(w)).unwrap()
+            })
+        });
+        eprintln!("wgpu, F16 text + {mm} mmproj: logits {l:.2e}, vision {v:.2e}");
+    }
+}
