@@ -374,6 +374,110 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A tensor-table entry as read, before its extent is checked.
+struct RawEntry {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    offset: u64,
+}
+
+impl Reader<'_> {
+    /// `n` key-value pairs.
+    fn metadata(&mut self, n: u64) -> Result<BTreeMap<String, Value>, GgufError> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..n {
+            let key = self.string(&|| format!("metadata key {i}"))?;
+            let field = || format!("metadata `{key}`");
+            let ty = self.u32(&field)?;
+            let v = self.value(ty, &field, 0)?;
+            metadata.insert(key, v);
+        }
+        Ok(metadata)
+    }
+
+    /// Tensor-table entry `i`: name, dims, type, offset.
+    fn tensor_entry(&mut self, i: u64) -> Result<RawEntry, GgufError> {
+        let name = self.string(&|| format!("tensor {i} name"))?;
+        let field = |what: &str| format!("tensor {name} {what}");
+        let nd = self.u32(&|| field("n_dims"))?;
+        if nd == 0 || nd > MAX_DIMS {
+            return Err(invalid(field("n_dims"), format!("{nd} (1 to {MAX_DIMS})")));
+        }
+        let mut dims = Vec::with_capacity(nd as usize);
+        for _ in 0..nd {
+            dims.push(self.u64(&|| field("dims"))?);
+        }
+        let id = self.u32(&|| field("type"))?;
+        let ty = GgmlType::from_id(id).ok_or_else(|| {
+            invalid(field("type"), format!("ggml type {id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K are)"))
+        })?;
+        let offset = self.u64(&|| field("offset"))?;
+        Ok(RawEntry {
+            name,
+            dims,
+            ty,
+            offset,
+        })
+    }
+}
+
+impl RawEntry {
+    /// The entry with its size, checked to be whole blocks, aligned and inside the file.
+    fn place(
+        self,
+        data_offset: u64,
+        alignment: u64,
+        file_len: u64,
+    ) -> Result<TensorInfo, GgufError> {
+        let RawEntry {
+            name,
+            dims,
+            ty,
+            offset,
+        } = self;
+        let field = |what: &str| format!("tensor {name} {what}");
+        let elements = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&e| e > 0)
+            .ok_or_else(|| invalid(field("dims"), format!("{dims:?} is empty or overflows")))?;
+        let bytes = ty.bytes_for(elements, dims[0]).ok_or_else(|| {
+            invalid(
+                field("dims"),
+                format!(
+                    "rows of {} values are not whole {} blocks of {}",
+                    dims[0],
+                    ty.name(),
+                    ty.block_size()
+                ),
+            )
+        })?;
+        if offset % alignment != 0 {
+            return Err(invalid(
+                field("offset"),
+                format!("{offset} is not a multiple of the alignment {alignment}"),
+            ));
+        }
+        let end = data_offset
+            .checked_add(offset)
+            .and_then(|s| s.checked_add(bytes));
+        if end.is_none_or(|e| e > file_len) {
+            return Err(invalid(
+                field("offset"),
+                format!("{bytes} bytes at data offset {offset} run past the end of the file ({file_len} bytes)"),
+            ));
+        }
+        Ok(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset: data_offset + offset,
+            bytes,
+        })
+    }
+}
+
 /// The most dimensions a ggml tensor has.
 const MAX_DIMS: u32 = 4;
 
@@ -407,14 +511,7 @@ impl Gguf {
                 format!("{n_kv} entries cannot fit in a file of {file_len} bytes"),
             ));
         }
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = r.string(&|| format!("metadata key {i}"))?;
-            let field = || format!("metadata `{key}`");
-            let ty = r.u32(&field)?;
-            let v = r.value(ty, &field, 0)?;
-            metadata.insert(key, v);
-        }
+        let metadata = r.metadata(n_kv)?;
         let alignment = match metadata.get("general.alignment") {
             None => 32,
             Some(v) => match v.as_u64() {
@@ -427,71 +524,14 @@ impl Gguf {
                 }
             },
         };
-        let mut infos = Vec::new();
-        for i in 0..n_tensors {
-            let name = r.string(&|| format!("tensor {i} name"))?;
-            let field = |what: &str| format!("tensor {name} {what}");
-            let nd = r.u32(&|| field("n_dims"))?;
-            if nd == 0 || nd > MAX_DIMS {
-                return Err(invalid(field("n_dims"), format!("{nd} (1 to {MAX_DIMS})")));
-            }
-            let mut dims = Vec::with_capacity(nd as usize);
-            for _ in 0..nd {
-                dims.push(r.u64(&|| field("dims"))?);
-            }
-            let id = r.u32(&|| field("type"))?;
-            let ty = GgmlType::from_id(id).ok_or_else(|| {
-                invalid(field("type"), format!("ggml type {id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K are)"))
-            })?;
-            let offset = r.u64(&|| field("offset"))?;
-            infos.push((name, dims, ty, offset));
-        }
-        let header_end = r.pos as u64;
-        let data_offset = header_end.div_ceil(alignment) * alignment;
-        let mut tensors = Vec::with_capacity(infos.len());
-        for (name, dims, ty, offset) in infos {
-            let field = |what: &str| format!("tensor {name} {what}");
-            let elements = dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .filter(|&e| e > 0)
-                .ok_or_else(|| invalid(field("dims"), format!("{dims:?} is empty or overflows")))?;
-            let bytes = ty.bytes_for(elements, dims[0]).ok_or_else(|| {
-                invalid(
-                    field("dims"),
-                    format!(
-                        "rows of {} values are not whole {} blocks of {}",
-                        dims[0],
-                        ty.name(),
-                        ty.block_size()
-                    ),
-                )
-            })?;
-            if offset % alignment != 0 {
-                return Err(invalid(
-                    field("offset"),
-                    format!("{offset} is not a multiple of the alignment {alignment}"),
-                ));
-            }
-            let start = data_offset.checked_add(offset);
-            let end = start.and_then(|s| s.checked_add(bytes));
-            match end {
-                Some(e) if e <= file_len => {}
-                _ => {
-                    return Err(invalid(
-                        field("offset"),
-                        format!("{bytes} bytes at data offset {offset} run past the end of the file ({file_len} bytes)"),
-                    ))
-                }
-            }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset: data_offset + offset,
-                bytes,
-            });
-        }
+        let entries = (0..n_tensors)
+            .map(|i| r.tensor_entry(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data_offset = (r.pos as u64).div_ceil(alignment) * alignment;
+        let tensors = entries
+            .into_iter()
+            .map(|e| e.place(data_offset, alignment, file_len))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             version,
             metadata,
@@ -573,9 +613,8 @@ pub const TEXT_ARCH: &str = "qwen2vl";
 pub const PROJECTOR: &str = "qwen2.5vl_merger";
 
 /// The model config of a Qwen2.5-VL text GGUF plus its `mmproj` GGUF (llama.cpp's keys). Token
-/// ids are Qwen2.5-VL's; the window is 112 px and the merge 2×2, as llama.cpp assumes.
-///
-/// `vocab_rows` is the row count of `token_embd.weight`; `tied` whether `output.weight` is absent.
+/// ids are Qwen2.5-VL's; the window is 112 px and the merge 2×2, as llama.cpp assumes. The
+/// vocabulary is `token_embd.weight`'s row count; the head is tied when `output.weight` is absent.
 pub fn model_config(text: &Gguf, mmproj: &Gguf) -> Result<ModelConfig, GgufError> {
     let arch = text.str("general.architecture")?;
     if arch != TEXT_ARCH {

@@ -263,6 +263,7 @@ pub fn judge_question_text(question: &str) -> String {
 /// `tojson` as Python's `json.dumps`).
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    source: String,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -311,7 +312,20 @@ impl ChatTemplate {
         );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Template(format!("{e:#}")))?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            source: source.to_string(),
+        })
+    }
+
+    /// The Jinja source it was compiled from (what a GGUF's `tokenizer.chat_template` carries).
+    ///
+    /// ```
+    /// let t = visionthink_core::prompt::ChatTemplate::new("{{ messages }}").unwrap();
+    /// assert_eq!(t.source(), "{{ messages }}");
+    /// ```
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Reads the template from `tokenizer_config.json` (`chat_template` as a string, or a list

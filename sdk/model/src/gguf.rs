@@ -140,6 +140,22 @@ pub fn source(hf: &str) -> Option<Source> {
     one(format!("v.blk.{i}.{name}.{kind}"))
 }
 
+/// `(base, part, count)` of a `gguf-split` part's file name (`base-00002-of-00003.gguf`: five
+/// digits each, as gguf-split writes them); `None` for a whole file.
+///
+/// ```
+/// use visionthink_model::gguf::split_part;
+/// assert_eq!(split_part("m-00002-of-00003.gguf"), Some(("m", 2, 3)));
+/// assert_eq!(split_part("m.gguf"), None);
+/// ```
+pub fn split_part(file_name: &str) -> Option<(&str, usize, usize)> {
+    let stem = file_name.strip_suffix(".gguf")?;
+    let (head, count) = stem.rsplit_once("-of-")?;
+    let (base, no) = head.rsplit_once('-')?;
+    let digits = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(no) && digits(count)).then_some((base, no.parse().ok()?, count.parse().ok()?))
+}
+
 /// The parts of a split set named by its first part (`name-00001-of-00003.gguf`), in order; a
 /// single file otherwise.
 #[cfg(not(target_arch = "wasm32"))]
@@ -148,31 +164,16 @@ pub fn split_set(first: &Path) -> Result<Vec<PathBuf>> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| load_err(first, "not a file name"))?;
-    let Some(stem) = name.strip_suffix(".gguf") else {
+    if !name.ends_with(".gguf") {
         return Err(load_err(first, "a GGUF file name ends in .gguf"));
-    };
-    // `…-00001-of-00003`: five digits each, as gguf-split writes them.
-    let parsed = stem.rsplit_once("-of-").and_then(|(head, count)| {
-        let (base, no) = head.rsplit_once('-')?;
-        let ok = |s: &str| s.len() == 5 && s.bytes().all(|b| b.is_ascii_digit());
-        (ok(no) && ok(count)).then(|| {
-            (
-                base.to_string(),
-                no.parse::<usize>().ok(),
-                count.parse::<usize>().ok(),
-            )
-        })
-    });
-    match parsed {
-        Some((base, Some(1), Some(n))) if n >= 1 => Ok((1..=n)
+    }
+    match split_part(name) {
+        Some((base, 1, n)) if n >= 1 => Ok((1..=n)
             .map(|i| first.with_file_name(format!("{base}-{i:05}-of-{n:05}.gguf")))
             .collect()),
         Some((_, no, _)) => Err(load_err(
             first,
-            format!(
-                "part {} of a split set: name its first part (-00001-of-…)",
-                no.unwrap_or(0)
-            ),
+            format!("part {no} of a split set: name its first part (-00001-of-…)"),
         )),
         None => Ok(vec![first.to_path_buf()]),
     }
@@ -547,19 +548,11 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
             ty.name()
         )));
     }
+    use crate::weights::{le_floats, Float};
     Ok(match ty {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        GgmlType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        GgmlType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        GgmlType::F32 => le_floats(Float::F32, bytes),
+        GgmlType::F16 => le_floats(Float::F16, bytes),
+        GgmlType::BF16 => le_floats(Float::BF16, bytes),
         _ => {
             let q = qtensor(ty, bytes, &[n], &candle_core::Device::Cpu)?;
             q.dequantize(&candle_core::Device::Cpu)?.to_vec1::<f32>()?

@@ -196,18 +196,9 @@ impl WeightStore {
         let offset = data.as_ptr() as usize - map.as_ptr() as usize;
         use safetensors::Dtype;
         let out = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => le_floats(Float::F32, data),
+            Dtype::BF16 => le_floats(Float::BF16, data),
+            Dtype::F16 => le_floats(Float::F16, data),
             other => {
                 return Err(Error::Dtype {
                     name: name.clone(),
@@ -222,6 +213,32 @@ impl WeightStore {
         #[cfg(target_arch = "wasm32")]
         let _ = offset;
         Ok(out)
+    }
+}
+
+/// A little-endian float format of a weight file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Float {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Little-endian floats upcast exactly to f32 (safetensors and GGUF store them alike).
+pub(crate) fn le_floats(kind: Float, data: &[u8]) -> Vec<f32> {
+    match kind {
+        Float::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Float::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Float::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
     }
 }
 

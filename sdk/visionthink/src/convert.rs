@@ -158,21 +158,25 @@ struct Planned {
     temporal: bool,
 }
 
+/// The stored type of one tensor: norms and biases f32; the patch-embedding kernels f16 (f32
+/// with `want` f32); a matrix `want` when its rows are whole blocks of it, else Q8_0 (a
+/// quantized `want` with rows of 32), else f16 — llama-quantize's fallbacks.
 fn planned_type(spec: &TensorSpec, shape: &[usize], want: GgmlType) -> GgmlType {
     if shape.len() != 2 || spec.shape.len() == 1 {
-        return if shape.len() >= 3 {
-            GgmlType::F16
-        } else {
-            GgmlType::F32
+        return match (shape.len() >= 3, want) {
+            (true, GgmlType::F32) => GgmlType::F32,
+            (true, _) => GgmlType::F16,
+            (false, _) => GgmlType::F32,
         };
     }
     let cols = shape[1];
-    for t in [want, GgmlType::Q8_0, GgmlType::F16] {
-        if cols % t.block_size() == 0 && (t == want || want.is_quantized()) {
-            return t;
-        }
+    if cols % want.block_size() == 0 {
+        want
+    } else if want.is_quantized() && cols % GgmlType::Q8_0.block_size() == 0 {
+        GgmlType::Q8_0
+    } else {
+        GgmlType::F16
     }
-    GgmlType::F16
 }
 
 fn plan(cfg: &ModelConfig, quant: Quant) -> Result<(Vec<Planned>, Vec<Planned>)> {
@@ -269,27 +273,10 @@ fn rope_sections(cfg: &ModelConfig) -> Vec<i32> {
     v
 }
 
-/// The chat template's source text in a model folder (the same files `ModelFiles` reads).
-fn chat_template_source(dir: &Path) -> Option<String> {
-    let json = |name: &str| -> Option<serde_json::Value> {
-        serde_json::from_slice(&std::fs::read(dir.join(name)).ok()?).ok()
-    };
-    if let Some(v) = json("chat_template.json") {
-        return v.get("chat_template")?.as_str().map(str::to_string);
-    }
-    if let Ok(s) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
-        return Some(s);
-    }
-    json("tokenizer_config.json")?
-        .get("chat_template")?
-        .as_str()
-        .map(str::to_string)
-}
-
 /// `tokenizer.ggml.*` from `tokenizer.json`, padded to the embedding's rows as llama.cpp's
 /// converter does (`[PAD{id}]`, type 5).
-fn tokenizer_meta(dir: &Path, vocab_rows: usize) -> Result<Vec<(String, MetaValue)>> {
-    let path = dir.join("tokenizer.json");
+fn tokenizer_meta(dir: &ModelDir, vocab_rows: usize) -> Result<Vec<(String, MetaValue)>> {
+    let path = dir.path.join("tokenizer.json");
     let bad = |reason: String| Error::Content {
         path: path.display().to_string(),
         reason,
@@ -368,8 +355,11 @@ fn tokenizer_meta(dir: &Path, vocab_rows: usize) -> Result<Vec<(String, MetaValu
             MetaValue::Bool(false),
         ),
     ];
-    if let Some(t) = chat_template_source(dir) {
-        meta.push(("tokenizer.chat_template".into(), MetaValue::Str(t)));
+    if let Some(t) = &dir.chat_template {
+        meta.push((
+            "tokenizer.chat_template".into(),
+            MetaValue::Str(t.source().to_string()),
+        ));
     }
     Ok(meta)
 }
@@ -621,7 +611,7 @@ pub fn convert(
     }
     let total: u64 = text.iter().chain(&vision).map(|p| p.entry.bytes).sum();
     let mut meta = text_meta(&cfg, &name, opts.quant);
-    meta.extend(tokenizer_meta(from, cfg.text.vocab_size)?);
+    meta.extend(tokenizer_meta(&dir, cfg.text.vocab_size)?);
     let mm_meta = mmproj_meta(&cfg, &dir, &name, opts.quant);
     let q = opts.quant.label();
     let mm_label = match opts.quant {

@@ -540,7 +540,8 @@ fn gguf_pair(model: &Path, mmproj: Option<&Path>) -> Result<(PathBuf, PathBuf)> 
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let later_part = name.contains("-of-") && !name.contains("-00001-of-");
+        let later_part =
+            visionthink_model::gguf::split_part(name).is_some_and(|(_, no, _)| no != 1);
         if !name.ends_with(".gguf") || later_part {
             continue;
         }

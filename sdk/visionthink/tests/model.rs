@@ -35,6 +35,18 @@ fn vt_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Two JSON arrays of numbers, element by element within `tol`.
+fn assert_close(got: &Value, want: &Value, tol: f64, label: &str) {
+    let (got, want) = (got.as_array().unwrap(), want.as_array().unwrap());
+    assert_eq!(got.len(), want.len(), "{label}");
+    for (a, b) in got.iter().zip(want) {
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= tol,
+            "{label}: {a} vs {b}"
+        );
+    }
+}
+
 const CALL: &str = "<think>The code is too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
 const ANSWER: &str = "<think>Now I can read it.</think>\n<answer>K7Q</answer>";
 
@@ -65,17 +77,12 @@ fn logits_and_generate_cli_match_the_reference() {
         let v = vt_json(&args);
         assert_eq!(v["argmax"], case["argmax"]);
         let scale = case["logit_scale"].as_f64().unwrap();
-        for (a, b) in v["logits_last_first16"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(case["logits_first16"].as_array().unwrap())
-        {
-            assert!(
-                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-4 * scale,
-                "{variant}: {a} vs {b}"
-            );
-        }
+        assert_close(
+            &v["logits_last_first16"],
+            &case["logits_first16"],
+            1e-4 * scale,
+            variant,
+        );
         let ids: Vec<&Value> = v["top5"]
             .as_array()
             .unwrap()
@@ -608,17 +615,12 @@ fn gguf_model_flags_print_the_same_json_as_model_dir() {
         assert_eq!(keys(&v), keys(&want_logits));
         assert_eq!(v["argmax"], want_logits["argmax"]);
         assert_eq!(v["num_tokens"], want_logits["num_tokens"]);
-        for (a, b) in v["logits_last_first16"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(want_logits["logits_last_first16"].as_array().unwrap())
-        {
-            assert!(
-                (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 1e-3 * scale,
-                "{a} vs {b}"
-            );
-        }
+        assert_close(
+            &v["logits_last_first16"],
+            &want_logits["logits_last_first16"],
+            1e-3 * scale,
+            "gguf",
+        );
         let v = run(model, &generate);
         assert_eq!(keys(&v), keys(&want_gen));
         assert_eq!(
