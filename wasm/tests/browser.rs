@@ -113,6 +113,83 @@ async fn kernels_match_candle_in_the_browser() {
     assert!(rel_diff(&got, &want) < 1e-5, "rope");
 }
 
+/// GGUF blocks read in place by the WebGPU kernels (Q8_0, Q4_0, Q4_K, Q6_K; Q5_0 through
+/// Q8_0), and by the CPU fallback's quantized kernels (candle on wasm32 SIMD128, activations
+/// rounded to 8 bits as ggml does), against candle's f32 product over the dequantized blocks.
+#[wasm_bindgen_test]
+async fn gguf_block_kernels_match_candle_in_the_browser() {
+    use visionthink_core::gguf::GgmlType;
+    use visionthink_model::gguf::{dequantize, quantize, QuantView};
+    let g = gpu().await;
+    let exact = CandleBackend::cpu().keep_gguf_blocks(false);
+    let cpu = CandleBackend::cpu();
+    let (m, k) = (70, 512);
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let values: Vec<f32> = data(m * k, 11).iter().map(|v| v * 0.5).collect();
+        let bytes = quantize(ty, &values, k).unwrap();
+        let deq = dequantize(ty, &bytes, m * k).unwrap();
+        let view = QuantView {
+            name: "w",
+            ty,
+            shape: [m, k],
+            bytes: &bytes,
+        };
+        assert!(g.takes_quantized(ty) && cpu.takes_quantized(ty));
+        let gw = g.quantized_weight(&view).unwrap();
+        let cw = cpu.quantized_weight(&view).unwrap();
+        let ew = exact.weight(deq.clone(), &[m, k]).unwrap();
+        for n in [1, 9] {
+            let x = data(n * k, 12 + n as u32);
+            let want = exact
+                .to_vec(
+                    &exact
+                        .linear(&exact.tensor(&x, &[n, k]).unwrap(), &ew, None)
+                        .unwrap(),
+                )
+                .unwrap();
+            let got = g
+                .read_async(
+                    &g.linear(&g.tensor(&x, &[n, k]).unwrap(), &gw, None)
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let d = rel_diff(&got, &want);
+            assert!(d < 1e-5, "{} WebGPU linear of {n} rows: {d}", ty.name());
+            let got = cpu
+                .to_vec(
+                    &cpu.linear(&cpu.tensor(&x, &[n, k]).unwrap(), &cw, None)
+                        .unwrap(),
+                )
+                .unwrap();
+            let d = rel_diff(&got, &want);
+            assert!(
+                d < 2e-2,
+                "{} CPU quantized linear of {n} rows: {d}",
+                ty.name()
+            );
+        }
+        let ids = [3u32, 69, 0];
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| deq[i as usize * k..(i as usize + 1) * k].to_vec())
+            .collect();
+        let got = g
+            .read_async(&g.gather_rows(&gw, &ids).unwrap())
+            .await
+            .unwrap();
+        assert!(rel_diff(&got, &want) < 1e-6, "{} WebGPU gather", ty.name());
+        let got = cpu.to_vec(&cpu.gather_rows(&cw, &ids).unwrap()).unwrap();
+        assert!(rel_diff(&got, &want) < 1e-6, "{} CPU gather", ty.name());
+    }
+}
+
 #[wasm_bindgen_test]
 async fn whole_model_logits_match_transformers_in_the_browser() {
     let golden: Value = serde_json::from_str(GOLDEN).unwrap();

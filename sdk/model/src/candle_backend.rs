@@ -43,6 +43,8 @@ pub struct CandleBackend {
     /// Matrices kept in GGUF blocks, by the id of the tensor that stands for them in the graph
     /// (a zero-stride view of the right shape, holding no memory).
     quantized: std::sync::RwLock<std::collections::HashMap<candle_core::TensorId, QuantWeight>>,
+    /// Whether GGUF matrices stay in their blocks ([`Self::keep_gguf_blocks`]).
+    keep_blocks: bool,
 }
 
 /// A GGUF matrix: candle's quantized matmul over its blocks, and the blocks for row lookups.
@@ -79,6 +81,7 @@ impl CandleBackend {
             trainable: None,
             sparse: None,
             quantized: Default::default(),
+            keep_blocks: true,
         }
     }
 
@@ -90,6 +93,7 @@ impl CandleBackend {
             trainable: None,
             sparse: None,
             quantized: Default::default(),
+            keep_blocks: true,
         }
     }
 
@@ -127,6 +131,7 @@ impl CandleBackend {
             trainable: Some(Mutex::new(Vec::new())),
             sparse: Some(Mutex::new(Vec::new())),
             quantized: Default::default(),
+            keep_blocks: true,
         }
     }
 
@@ -149,7 +154,24 @@ impl CandleBackend {
             trainable: Some(Mutex::new(Vec::new())),
             sparse: None,
             quantized: Default::default(),
+            keep_blocks: true,
         }
+    }
+
+    /// Whether GGUF matrices stay in their quantized blocks (the default: candle's quantized
+    /// kernels, a quarter to an eighth of the f32 memory) or are dequantized to the compute
+    /// dtype when loaded (products exact to the dequantized values, at the f32 cost: a
+    /// reference for other executors, or a CPU where candle has no fast quantized kernels).
+    ///
+    /// ```
+    /// use visionthink_core::gguf::GgmlType;
+    /// use visionthink_model::{Backend, CandleBackend};
+    /// assert!(CandleBackend::cpu().takes_quantized(GgmlType::Q4_K));
+    /// assert!(!CandleBackend::cpu().keep_gguf_blocks(false).takes_quantized(GgmlType::Q4_K));
+    /// ```
+    pub fn keep_gguf_blocks(mut self, keep: bool) -> Self {
+        self.keep_blocks = keep;
+        self
     }
 
     /// Takes the gathered-row records made since the last call.
@@ -331,7 +353,7 @@ impl Backend for CandleBackend {
 
     fn takes_quantized(&self, ty: visionthink_core::gguf::GgmlType) -> bool {
         // Inference only (no gradient flows into blocks), on candle's quantized kernels.
-        ty.is_quantized() && self.trainable.is_none() && !self.device.is_metal()
+        self.keep_blocks && ty.is_quantized() && self.trainable.is_none() && !self.device.is_metal()
     }
 
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {

@@ -470,3 +470,98 @@ fn gguf_files_run_on_the_webgpu_executor() {
         eprintln!("wgpu, F16 text + {mm} mmproj: logits {l:.2e}, vision {v:.2e}");
     }
 }
+
+/// The kernels that read GGUF blocks in place (Q8_0, Q4_0, Q4_K, Q6_K; Q5_0 through Q8_0)
+/// against candle's f32 product over the same blocks dequantized on the CPU: the tiled matmul,
+/// the three matrix-vector kernels, gather, readback, and row chunks split mid-tensor.
+#[test]
+fn gguf_block_kernels_match_candle() {
+    use visionthink_core::gguf::GgmlType;
+    use visionthink_model::gguf::{dequantize, quantize, QuantView};
+    let lock = gpu().lock().unwrap();
+    let c = CandleBackend::cpu();
+    // The shared software-adapter device, and one with the reduction gemv and 4 KB chunks.
+    let chunked = WgpuBackend::new_blocking(WgpuOptions {
+        chunk_bytes: Some(4 * 1024),
+        software_kernels: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let mut shapes = vec![(70, 512), (9, 256)];
+        if ty.block_size() == 32 {
+            // Rows short enough for the barrier-free gemv.
+            shapes.push((40, 64));
+        }
+        for (m, k) in shapes {
+            let values: Vec<f32> = data(m * k, 31).iter().map(|v| v * 0.7).collect();
+            let bytes = quantize(ty, &values, k).unwrap();
+            let exact = dequantize(ty, &bytes, m * k).unwrap();
+            let view = QuantView {
+                name: "w",
+                ty,
+                shape: [m, k],
+                bytes: &bytes,
+            };
+            let cw = c.weight(exact.clone(), &[m, k]).unwrap();
+            for (g, dev) in [(&*lock, "software"), (&chunked, "chunked")] {
+                assert!(g.takes_quantized(ty));
+                let gw = g.quantized_weight(&view).unwrap();
+                let what = format!("{} [{m}, {k}] on the {dev} device", ty.name());
+                close(
+                    &g.to_vec(&gw).unwrap(),
+                    &exact,
+                    1e-6,
+                    &format!("{what}: readback"),
+                );
+                for n in [1, 3, 70] {
+                    let x = data(n * k, 32 + n as u64);
+                    let b = data(m, 33);
+                    let got = g
+                        .linear(
+                            &g.tensor(&x, &[n, k]).unwrap(),
+                            &gw,
+                            Some(&g.tensor(&b, &[m]).unwrap()),
+                        )
+                        .unwrap();
+                    let want = c
+                        .linear(
+                            &c.tensor(&x, &[n, k]).unwrap(),
+                            &cw,
+                            Some(&c.tensor(&b, &[m]).unwrap()),
+                        )
+                        .unwrap();
+                    close(
+                        &g.to_vec(&got).unwrap(),
+                        &c.to_vec(&want).unwrap(),
+                        1e-5,
+                        &format!("{what}: linear of {n} rows"),
+                    );
+                }
+                let ids = [0u32, m as u32 - 1, 5, 5];
+                let want: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&i| exact[i as usize * k..(i as usize + 1) * k].to_vec())
+                    .collect();
+                let got = g.to_vec(&g.gather_rows(&gw, &ids).unwrap()).unwrap();
+                close(&got, &want, 1e-6, &format!("{what}: gather"));
+            }
+        }
+    }
+    // Blocks that are not whole rows are refused by name.
+    let bytes = quantize(GgmlType::Q8_0, &data(64, 1), 32).unwrap();
+    let bad = QuantView {
+        name: "model.bad.weight",
+        ty: GgmlType::Q8_0,
+        shape: [3, 32],
+        bytes: &bytes,
+    };
+    let e = lock.quantized_weight(&bad).unwrap_err().to_string();
+    assert!(e.contains("model.bad.weight") && e.contains("Q8_0"), "{e}");
+}

@@ -250,7 +250,7 @@ fn wide_checkpoint(dir: &Path) {
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
 }
 
-fn last_logits(model: &Qwen25VL<CandleBackend>, be: &CandleBackend) -> Vec<f32> {
+fn last_logits<B: Backend>(model: &Qwen25VL<B>, be: &B) -> Vec<f32> {
     let ids: Vec<u32> = (0..40u32).map(|i| 100 + i * 37).collect();
     let mut b = visionthink_core::rope::MropeBuilder::new();
     b.push_text(ids.len());
@@ -328,7 +328,43 @@ fn quantized_files_stay_close_to_f32() {
         }
         // The quantized matrices are kept in blocks: the embedding stand-in holds no f32 copy.
         assert_eq!(be.to_vec(q.lm_head()).unwrap().len(), 151936 * 256);
+        #[cfg(feature = "wgpu")]
+        same_blocks_on_webgpu(&c, &gcfg);
         std::fs::remove_dir_all(&out).unwrap();
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The WebGPU executor's kernels read the file's blocks in place (the embedding and the tied
+/// head split into 4 MB chunks); candle, told to dequantize the same blocks at load, computes on
+/// the same weight values, so the logits differ only by summation order.
+#[cfg(feature = "wgpu")]
+fn same_blocks_on_webgpu(
+    c: &visionthink::convert::Converted,
+    cfg: &visionthink_core::config::ModelConfig,
+) {
+    use visionthink_model::{WgpuBackend, WgpuOptions};
+    let open = || WeightStore::from_gguf(GgufWeights::open(&c.text, &c.mmproj).unwrap());
+    let exact_be = CandleBackend::cpu().keep_gguf_blocks(false);
+    let want = last_logits(&Qwen25VL::load(&exact_be, cfg, &open()).unwrap(), &exact_be);
+    let g = WgpuBackend::new_blocking(WgpuOptions {
+        chunk_bytes: Some(4 << 20),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| {
+        panic!("no wgpu adapter ({e}); install mesa-vulkan-drivers and set WGPU_BACKEND=vulkan")
+    });
+    let got = last_logits(&Qwen25VL::load(&g, cfg, &open()).unwrap(), &g);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    eprintln!("WebGPU on the blocks vs candle on their f32 values: {diff:.2e} of the scale");
+    assert!(diff <= 1e-4, "relative difference {diff}");
+    assert_eq!(
+        visionthink_model::generate::argmax(&got),
+        visionthink_model::generate::argmax(&want)
+    );
 }

@@ -6,18 +6,80 @@
 //! buffer. Large 1-D grids are dispatched 2-D (`x ≤ 65535`).
 //!
 //! Kernels that read weights (matmul, the three matrix-vector products, gather) are written once
-//! against `wv(index, row)` and instantiated per [`WeightStorage`]: f32, f16 (two per u32,
-//! unpacked with `unpack2x16float`: half the memory, f32 arithmetic, no `shader-f16` needed) and
-//! int8 (four per u32, one f32 scale per row).
+//! against `wv(index, row)` and instantiated per [`WeightLayout`]: the executor's own storages,
+//! f32, f16 (two per u32, unpacked with `unpack2x16float`: half the memory, f32 arithmetic, no
+//! `shader-f16` needed) and int8 (four per u32, one f32 scale per row); and GGUF blocks as the
+//! file stores them (Q8_0, Q4_0, Q4_K, Q6_K), read byte by byte and dequantised in registers,
+//! never expanded in memory.
 
 pub use crate::storage::WeightStorage;
+use visionthink_core::gguf::GgmlType;
 
-/// The weight binding and its accessor `wv` for a storage.
-fn accessor(w: WeightStorage) -> &'static str {
-    match w {
-        WeightStorage::F32 => include_str!("wgsl/weights_f32.wgsl"),
-        WeightStorage::F16 => include_str!("wgsl/weights_f16.wgsl"),
-        WeightStorage::Int8 => include_str!("wgsl/weights_int8.wgsl"),
+/// How a weight's values are laid out on the GPU: the key of its kernels' accessor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum WeightLayout {
+    /// f32 values.
+    F32,
+    /// f16 values, two per u32.
+    F16,
+    /// int8 values, four per u32, with a per-row f32 scale (binding 5).
+    Int8,
+    /// GGUF Q8_0 blocks (32 values in 34 bytes).
+    Q8_0,
+    /// GGUF Q4_0 blocks (32 values in 18 bytes).
+    Q4_0,
+    /// GGUF Q4_K super-blocks (256 values in 144 bytes).
+    Q4_K,
+    /// GGUF Q6_K super-blocks (256 values in 210 bytes).
+    Q6_K,
+}
+
+impl WeightLayout {
+    /// Every layout.
+    pub const ALL: [WeightLayout; 7] = [
+        Self::F32,
+        Self::F16,
+        Self::Int8,
+        Self::Q8_0,
+        Self::Q4_0,
+        Self::Q4_K,
+        Self::Q6_K,
+    ];
+
+    /// The layout that reads GGUF blocks of `ty` as stored, if the kernels have one.
+    pub fn of_gguf(ty: GgmlType) -> Option<Self> {
+        match ty {
+            GgmlType::Q8_0 => Some(Self::Q8_0),
+            GgmlType::Q4_0 => Some(Self::Q4_0),
+            GgmlType::Q4_K => Some(Self::Q4_K),
+            GgmlType::Q6_K => Some(Self::Q6_K),
+            _ => None,
+        }
+    }
+
+    /// The weight binding and its accessor `wv`.
+    fn accessor(self) -> String {
+        let blocks = include_str!("wgsl/blocks.wgsl");
+        match self {
+            Self::F32 => include_str!("wgsl/weights_f32.wgsl").to_string(),
+            Self::F16 => include_str!("wgsl/weights_f16.wgsl").to_string(),
+            Self::Int8 => include_str!("wgsl/weights_int8.wgsl").to_string(),
+            Self::Q8_0 => format!("{blocks}\n{}", include_str!("wgsl/weights_q8_0.wgsl")),
+            Self::Q4_0 => format!("{blocks}\n{}", include_str!("wgsl/weights_q4_0.wgsl")),
+            Self::Q4_K => format!("{blocks}\n{}", include_str!("wgsl/weights_q4_k.wgsl")),
+            Self::Q6_K => format!("{blocks}\n{}", include_str!("wgsl/weights_q6_k.wgsl")),
+        }
+    }
+}
+
+impl From<WeightStorage> for WeightLayout {
+    fn from(w: WeightStorage) -> Self {
+        match w {
+            WeightStorage::F32 => Self::F32,
+            WeightStorage::F16 => Self::F16,
+            WeightStorage::Int8 => Self::Int8,
+        }
     }
 }
 
@@ -44,16 +106,16 @@ pub enum Kernel {
     /// of the query's range in blocks of 64 with an online softmax; GQA heads share a KV head.
     Attention,
     /// Rows of a weight table at ids, for the ids inside one chunk's rows.
-    Gather(WeightStorage),
+    Gather(WeightLayout),
     /// `out = x · wᵀ + b`: 64×64 output tiles, 16×16 threads each computing 4×4.
-    Matmul(WeightStorage),
+    Matmul(WeightLayout),
     /// One-row product: 4 outputs per workgroup, 64 lanes each (GPUs, long rows).
-    Gemv(WeightStorage),
+    Gemv(WeightLayout),
     /// One-row product, one invocation per output, `x` staged 256 values at a time (software
     /// adapters, which pay heavily per barrier).
-    GemvRows(WeightStorage),
+    GemvRows(WeightLayout),
     /// One-row product for rows up to [`GEMV_SHORT_MAX_K`] long: no barrier at all.
-    GemvShort(WeightStorage),
+    GemvShort(WeightLayout),
 }
 
 /// How a kernel binds a storage buffer.
@@ -69,8 +131,8 @@ impl Kernel {
     /// The WGSL source, prelude included.
     pub fn source(self) -> String {
         let plain = |body: &str| format!("{FLAT}\n{body}");
-        let weighted = |body: &str, w: WeightStorage, params: &str| {
-            format!("{FLAT}\n{params}\n{}\n{body}", accessor(w))
+        let weighted = |body: &str, w: WeightLayout, params: &str| {
+            format!("{FLAT}\n{params}\n{}\n{body}", w.accessor())
         };
         match self {
             Kernel::Binary => plain(include_str!("wgsl/binary.wgsl")),
@@ -89,8 +151,8 @@ impl Kernel {
     /// The storage bindings after the uniform (binding 0), in binding order.
     pub fn bindings(self) -> Vec<(u32, Access)> {
         use Access::{Read as R, Write as W};
-        let int8 = |w: WeightStorage, mut v: Vec<(u32, Access)>| {
-            if w == WeightStorage::Int8 {
+        let int8 = |w: WeightLayout, mut v: Vec<(u32, Access)>| {
+            if w == WeightLayout::Int8 {
                 v.push((5, R));
             }
             v
@@ -313,7 +375,7 @@ mod tests {
 
     #[test]
     fn rust_parameter_structs_match_the_wgsl_ones() {
-        let w = WeightStorage::Int8;
+        let w = WeightLayout::Int8;
         for (kernel, fields) in [
             (Kernel::Binary, BinaryP::FIELDS),
             (Kernel::Gelu, GeluP::FIELDS),
@@ -332,7 +394,7 @@ mod tests {
 
     #[test]
     fn declared_bindings_match_the_wgsl_ones() {
-        for w in [WeightStorage::F32, WeightStorage::F16, WeightStorage::Int8] {
+        for w in WeightLayout::ALL {
             for kernel in [
                 Kernel::Binary,
                 Kernel::Gelu,

@@ -8,7 +8,9 @@
 //! - Weights larger than the adapter's `maxStorageBufferBindingSize` are split into row chunks;
 //!   `linear` and `gather_rows` run per chunk.
 //! - The KV cache lives on the GPU with spare capacity; appending copies only the new rows.
-//! - Weights stored as f32, f16 or int8 (one f32 scale per output row): [`WeightStorage`].
+//! - Weights stored as f32, f16 or int8 (one f32 scale per output row): [`WeightStorage`]; GGUF
+//!   matrices (Q8_0, Q4_0, Q4_K, Q6_K; Q5_0 rewritten exactly as Q8_0) stay in their blocks and
+//!   are dequantised in the kernels' registers ([`WeightLayout`]).
 //! - Kernels are typed ([`kernels::Kernel`]) with one parameter struct each, written into one
 //!   pooled uniform buffer and bound with a dynamic offset; the WGSL is in `wgsl/*.wgsl`.
 //!
@@ -25,7 +27,7 @@ mod ops;
 mod record;
 
 pub use device::AdapterInfo;
-pub use kernels::WeightStorage;
+pub use kernels::{WeightLayout, WeightStorage};
 
 use crate::backend::Mask;
 use crate::error::{Error, Result};
@@ -67,8 +69,8 @@ struct Chunk {
     /// First row of the full tensor this chunk holds.
     row0: usize,
     rows: usize,
-    /// Storage of the values.
-    kind: WeightStorage,
+    /// Layout of the values.
+    kind: WeightLayout,
     /// int8 chunks: per-row scales.
     scales: Option<wgpu::Buffer>,
 }
@@ -88,9 +90,11 @@ pub struct GpuTensor {
 impl GpuTensor {
     fn single(&self) -> Result<&wgpu::Buffer> {
         match self.chunks.as_slice() {
-            [c] if c.kind == WeightStorage::F32 => Ok(&c.buf),
+            [c] if c.kind == WeightLayout::F32 => Ok(&c.buf),
             _ => Err(Error::Backend(
-                "this operation needs a plain f32 tensor, not a chunked, f16 or int8 weight".into(),
+                "this operation needs a plain f32 tensor, not a chunked, f16, int8 or GGUF-block \
+                 weight"
+                    .into(),
             )),
         }
     }
@@ -264,8 +268,17 @@ impl WgpuBackend {
         Ok(out)
     }
 
-    /// Reads a tensor back without blocking the thread (the only way in browsers).
+    /// Reads a tensor back without blocking the thread (the only way in browsers). Chunked,
+    /// f16, int8 and GGUF-block weights are read as their f32 values.
     pub async fn read_async(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        let expanded;
+        let t = if t.single().is_ok() {
+            t
+        } else {
+            let ids: Vec<u32> = (0..t.rows as u32).collect();
+            expanded = crate::Backend::gather_rows(self, t, &ids)?;
+            &expanded
+        };
         let (staging, n) = self.stage(t)?;
         let (tx, rx) = record::oneshot();
         staging
@@ -291,7 +304,7 @@ impl WgpuBackend {
                 buf,
                 row0: 0,
                 rows,
-                kind: WeightStorage::F32,
+                kind: WeightLayout::F32,
                 scales: None,
             }]),
             off: 0,

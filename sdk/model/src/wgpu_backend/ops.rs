@@ -2,8 +2,8 @@
 //! (or a copy) per operation; weights stored per [`WeightStorage`] and split into row chunks.
 
 use super::kernels::{
-    AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeP, WeightStorage,
-    GEMV_SHORT_MAX_K,
+    AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeP, WeightLayout,
+    WeightStorage, GEMV_SHORT_MAX_K,
 };
 use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
 use crate::backend::{Backend, Mask};
@@ -128,7 +128,7 @@ impl WgpuBackend {
                 buf,
                 row0,
                 rows: n,
-                kind,
+                kind: kind.into(),
                 scales,
             });
             row0 += n;
@@ -140,6 +140,50 @@ impl WgpuBackend {
             cols,
             one_d: false,
         }
+    }
+
+    /// Uploads GGUF blocks as stored (`layout` names their type), split into row chunks of whole
+    /// rows that fit the binding limit: the kernels read them in place.
+    fn store_blocks(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        shape: [usize; 2],
+        ty: visionthink_core::gguf::GgmlType,
+        layout: WeightLayout,
+    ) -> Result<GpuTensor> {
+        let [rows, cols] = shape;
+        let row_bytes = ty
+            .bytes_for(cols as u64, cols as u64)
+            .filter(|&b| rows as u64 * b == bytes.len() as u64)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{name}: {} bytes are not {rows} rows of {cols} {} values",
+                    bytes.len(),
+                    ty.name()
+                ))
+            })? as usize;
+        self.fault.check()?;
+        self.check_size(row_bytes as u64, &format!("one row of {name}"))?;
+        let max_rows = (self.chunk_limit() / row_bytes.max(1)).clamp(1, rows.max(1));
+        let mut chunks = Vec::new();
+        for row0 in (0..rows).step_by(max_rows) {
+            let n = max_rows.min(rows - row0);
+            chunks.push(Chunk {
+                buf: self.upload(&bytes[row0 * row_bytes..(row0 + n) * row_bytes]),
+                row0,
+                rows: n,
+                kind: layout,
+                scales: None,
+            });
+        }
+        Ok(GpuTensor {
+            chunks: ChunkRef::new(chunks),
+            off: 0,
+            rows,
+            cols,
+            one_d: false,
+        })
     }
 }
 
@@ -184,6 +228,28 @@ impl Backend for WgpuBackend {
             }
             _ => self.tensor(&data, shape),
         }
+    }
+
+    fn takes_quantized(&self, ty: visionthink_core::gguf::GgmlType) -> bool {
+        use visionthink_core::gguf::GgmlType;
+        ty == GgmlType::Q5_0 || WeightLayout::of_gguf(ty).is_some()
+    }
+
+    fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<GpuTensor> {
+        use visionthink_core::gguf::GgmlType;
+        if q.ty == GgmlType::Q5_0 {
+            // Exact (the same dequantized values), onto the Q8_0 kernels.
+            let q8 = crate::gguf::q5_0_as_q8_0(q.bytes)?;
+            return self.store_blocks(q.name, &q8, q.shape, GgmlType::Q8_0, WeightLayout::Q8_0);
+        }
+        let layout = WeightLayout::of_gguf(q.ty).ok_or_else(|| {
+            Error::Config(format!(
+                "{}: the WebGPU kernels do not read {} blocks",
+                q.name,
+                q.ty.name()
+            ))
+        })?;
+        self.store_blocks(q.name, q.bytes, q.shape, q.ty, layout)
     }
 
     fn to_vec(&self, t: &GpuTensor) -> Result<Vec<f32>> {
