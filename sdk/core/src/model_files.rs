@@ -115,4 +115,44 @@ impl ModelFiles {
             chat_template,
         })
     }
+
+    /// The same files of a llama.cpp GGUF model, from its metadata alone: the tokenizer from
+    /// `tokenizer.ggml.*` (ids identical to HF's `tokenizer.json`), the model config from the
+    /// text file's `qwen2vl.*` keys and the mmproj's `clip.vision.*` keys, the processor's mean
+    /// and std from the mmproj, the template from `tokenizer.chat_template`. One function for
+    /// the SDK (files on disk) and the browser (headers of streamed files); errors name the key.
+    pub fn from_gguf(text: &crate::gguf::Gguf, mmproj: &crate::gguf::Gguf) -> crate::Result<Self> {
+        use crate::gguf;
+        let bad = |e: gguf::GgufError| crate::Error::Config {
+            file: "GGUF metadata",
+            reason: e.to_string(),
+        };
+        let config = gguf::model_config(text, mmproj).map_err(bad)?;
+        let preprocessor = gguf::preprocessor_config(mmproj).map_err(bad)?;
+        let json = gguf::tokenizer_json(text).map_err(bad)?;
+        let tokenizer = QwenTokenizer::from_bytes(&json).map_err(|e| crate::Error::Config {
+            file: "GGUF metadata",
+            reason: format!("tokenizer.ggml.*: {e}"),
+        })?;
+        let chat_template = match text.get("tokenizer.chat_template") {
+            None => None,
+            Some(v) => {
+                let src = v.as_str().ok_or_else(|| crate::Error::Config {
+                    file: "GGUF metadata",
+                    reason: "`tokenizer.chat_template` is not a string".into(),
+                })?;
+                Some(ChatTemplate::new(src).map_err(|e| crate::Error::Config {
+                    file: "GGUF metadata",
+                    reason: format!("tokenizer.chat_template: {e}"),
+                })?)
+            }
+        };
+        Ok(Self {
+            tokenizer,
+            config: Some(config),
+            preprocessor,
+            generation: None,
+            chat_template,
+        })
+    }
 }

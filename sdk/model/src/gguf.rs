@@ -73,6 +73,32 @@ pub enum Source {
     Temporal(String, String),
 }
 
+/// Decoder layer modules: (HF module, llama.cpp name).
+const TEXT_MODULES: [(&str, &str); 9] = [
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// Vision block modules with one source tensor each: (HF module, llama.cpp name).
+const VISION_MODULES: [(&str, &str); 6] = [
+    ("norm1", "ln1"),
+    ("norm2", "ln2"),
+    ("attn.proj", "attn_out"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
+/// The vision `qkv`'s row blocks, in order.
+const QKV: [&str; 3] = ["q", "k", "v"];
+
 /// llama.cpp's name(s) for an HF (transformers 5) tensor name.
 pub fn source(hf: &str) -> Option<Source> {
     let one = |s: String| Some(Source::One(s));
@@ -86,18 +112,7 @@ pub fn source(hf: &str) -> Option<Source> {
         let rest = rest.strip_prefix("layers.")?;
         let (i, tail) = rest.split_once('.')?;
         let (module, kind) = tail.rsplit_once('.')?;
-        let name = match module {
-            "input_layernorm" => "attn_norm",
-            "post_attention_layernorm" => "ffn_norm",
-            "self_attn.q_proj" => "attn_q",
-            "self_attn.k_proj" => "attn_k",
-            "self_attn.v_proj" => "attn_v",
-            "self_attn.o_proj" => "attn_output",
-            "mlp.gate_proj" => "ffn_gate",
-            "mlp.up_proj" => "ffn_up",
-            "mlp.down_proj" => "ffn_down",
-            _ => return None,
-        };
+        let (_, name) = TEXT_MODULES.iter().find(|(m, _)| *m == module)?;
         return one(format!("blk.{i}.{name}.{kind}"));
     }
     if hf == "lm_head.weight" {
@@ -120,24 +135,91 @@ pub fn source(hf: &str) -> Option<Source> {
     let rest = rest.strip_prefix("blocks.")?;
     let (i, tail) = rest.split_once('.')?;
     let (module, kind) = tail.rsplit_once('.')?;
-    let name = match module {
-        "norm1" => "ln1",
-        "norm2" => "ln2",
-        "attn.qkv" => {
-            return Some(Source::Rows(
-                ["q", "k", "v"]
-                    .iter()
-                    .map(|x| format!("v.blk.{i}.attn_{x}.{kind}"))
-                    .collect(),
-            ))
-        }
-        "attn.proj" => "attn_out",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
+    if module == "attn.qkv" {
+        return Some(Source::Rows(
+            QKV.iter()
+                .map(|x| format!("v.blk.{i}.attn_{x}.{kind}"))
+                .collect(),
+        ));
+    }
+    let (_, name) = VISION_MODULES.iter().find(|(m, _)| *m == module)?;
     one(format!("v.blk.{i}.{name}.{kind}"))
+}
+
+/// Where a llama.cpp tensor goes in the graph: the inverse of [`source`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The whole HF tensor.
+    Whole(String),
+    /// Row block `part` of `parts` of the HF tensor (the vision `qkv`).
+    Rows {
+        /// HF name.
+        hf: String,
+        /// Which block.
+        part: usize,
+        /// How many.
+        parts: usize,
+    },
+    /// Temporal slice `slice` (0 or 1) of the patch embedding.
+    Temporal {
+        /// HF name.
+        hf: String,
+        /// Which slice.
+        slice: usize,
+    },
+}
+
+/// The HF tensor a llama.cpp tensor name feeds (`None` for names the graph does not use).
+///
+/// ```
+/// use visionthink_model::gguf::{source, target, Source, Target};
+/// assert_eq!(
+///     target("v.blk.3.attn_k.bias"),
+///     Some(Target::Rows { hf: "model.visual.blocks.3.attn.qkv.bias".into(), part: 1, parts: 3 })
+/// );
+/// let Some(Target::Whole(hf)) = target("blk.0.ffn_down.weight") else { panic!() };
+/// assert_eq!(source(&hf), Some(Source::One("blk.0.ffn_down.weight".into())));
+/// ```
+pub fn target(gguf: &str) -> Option<Target> {
+    let whole = |s: String| Some(Target::Whole(s));
+    match gguf {
+        "token_embd.weight" => return whole("model.language_model.embed_tokens.weight".into()),
+        "output_norm.weight" => return whole("model.language_model.norm.weight".into()),
+        "output.weight" => return whole("lm_head.weight".into()),
+        "v.post_ln.weight" => return whole("model.visual.merger.ln_q.weight".into()),
+        "v.patch_embd.weight" | "v.patch_embd.weight.1" => {
+            return Some(Target::Temporal {
+                hf: "model.visual.patch_embed.proj.weight".into(),
+                slice: usize::from(gguf.ends_with(".1")),
+            })
+        }
+        _ => {}
+    }
+    if let Some(m) = gguf.strip_prefix("mm.") {
+        return whole(format!("model.visual.merger.mlp.{m}"));
+    }
+    let (vision, rest) = match gguf.strip_prefix("v.blk.") {
+        Some(r) => (true, r),
+        None => (false, gguf.strip_prefix("blk.")?),
+    };
+    let (i, tail) = rest.split_once('.')?;
+    if !i.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (name, kind) = tail.rsplit_once('.')?;
+    if !vision {
+        let (module, _) = TEXT_MODULES.iter().find(|(_, n)| *n == name)?;
+        return whole(format!("model.language_model.layers.{i}.{module}.{kind}"));
+    }
+    if let Some(part) = QKV.iter().position(|x| name == format!("attn_{x}")) {
+        return Some(Target::Rows {
+            hf: format!("model.visual.blocks.{i}.attn.qkv.{kind}"),
+            part,
+            parts: QKV.len(),
+        });
+    }
+    let (module, _) = VISION_MODULES.iter().find(|(_, n)| *n == name)?;
+    whole(format!("model.visual.blocks.{i}.{module}.{kind}"))
 }
 
 /// `(base, part, count)` of a `gguf-split` part's file name (`base-00002-of-00003.gguf`: five
@@ -564,6 +646,42 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// Every tensor of a (tied and an untied) layout: each llama.cpp name its source lists
+    /// maps back to it, in its place.
+    #[test]
+    fn target_inverts_source() {
+        let json = br#"{"vision_config": {"depth": 2, "hidden_size": 8, "num_heads": 2, "intermediate_size": 16, "out_hidden_size": 8}, "text_config": {"hidden_size": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "num_hidden_layers": 2, "intermediate_size": 16, "vocab_size": 64, "tie_word_embeddings": false, "rope_scaling": {"mrope_section": [1, 1, 0]}}}"#;
+        let cfg = visionthink_core::config::ModelConfig::from_json(json).unwrap();
+        let specs = crate::graph::checkpoint_layout(&cfg);
+        assert!(specs.iter().any(|s| s.name == "lm_head.weight"));
+        for spec in specs {
+            let hf = spec.name;
+            match source(&hf).unwrap() {
+                Source::One(n) => assert_eq!(target(&n), Some(Target::Whole(hf.clone()))),
+                Source::Rows(v) => {
+                    for (part, n) in v.iter().enumerate() {
+                        let parts = v.len();
+                        let hf = hf.clone();
+                        assert_eq!(target(n), Some(Target::Rows { hf, part, parts }));
+                    }
+                }
+                Source::Temporal(a, b) => {
+                    for (slice, n) in [a, b].iter().enumerate() {
+                        let hf = hf.clone();
+                        assert_eq!(target(n), Some(Target::Temporal { hf, slice }));
+                    }
+                }
+            }
+        }
+        for other in [
+            "rope_freqs.weight",
+            "blk.x.attn_q.weight",
+            "v.blk.0.attn_qq.bias",
+        ] {
+            assert_eq!(target(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn names_follow_llama_cpp() {

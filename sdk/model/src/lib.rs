@@ -18,6 +18,7 @@ pub mod generate {
 }
 pub mod gemv;
 pub mod gguf;
+pub mod gguf_stream;
 pub mod graph;
 pub mod session;
 pub mod storage;

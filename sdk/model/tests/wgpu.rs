@@ -565,3 +565,43 @@ fn gguf_block_kernels_match_candle() {
     let e = lock.quantized_weight(&bad).unwrap_err().to_string();
     assert!(e.contains("model.bad.weight") && e.contains("Q8_0"), "{e}");
 }
+
+/// The GGUF files streamed in 64 KB chunks onto the WebGPU executor (as the browser loads them,
+/// with the adapter's binding size as the row limit): the goldens within 1e-3, greedy tokens
+/// identical; the Q8_0 mmproj's matrices stay blocks on the GPU.
+#[test]
+fn streamed_gguf_files_run_on_the_webgpu_executor() {
+    use visionthink_model::gguf_stream::{GgufStream, Limits};
+    let lock = gpu().lock().unwrap();
+    let be = &*lock;
+    let g = common::fixtures().join("gguf");
+    for (mm, tol, tokens) in [("f32", 1e-3, true), ("q8_0", 0.05, false)] {
+        let (l, v) = common::check_models(be, tol, tokens, |variant| {
+            (variant == "tied_nested").then(|| {
+                let mut s = GgufStream::new(
+                    be,
+                    Limits {
+                        max_row_bytes: Some(be.info().max_binding),
+                        max_total_bytes: None,
+                    },
+                );
+                for f in [
+                    "tied_nested-f16.gguf".to_string(),
+                    format!("tied_nested-mmproj-{mm}.gguf"),
+                ] {
+                    let b = std::fs::read(g.join(&f)).unwrap();
+                    s.begin_file(&f, b.len() as u64, None).unwrap();
+                    for c in b.chunks(64 << 10) {
+                        s.push(c).unwrap();
+                    }
+                    s.end_file().unwrap();
+                }
+                if mm == "q8_0" {
+                    assert!(s.stats().quantized > 0);
+                }
+                s.finish().unwrap().0
+            })
+        });
+        eprintln!("wgpu, streamed F16 text + {mm} mmproj: logits {l:.2e}, vision {v:.2e}");
+    }
+}

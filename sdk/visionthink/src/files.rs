@@ -150,40 +150,24 @@ impl ModelDir {
     /// keys, the processor's mean and std from the mmproj, the template from
     /// `tokenizer.chat_template`. Errors name the file and the field.
     pub fn from_gguf(weights: &visionthink_model::gguf::GgufWeights) -> Result<Self> {
-        use visionthink_core::gguf;
         let path = weights.text_path().to_path_buf();
-        let bad = |e: gguf::GgufError| Error::Content {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let (text, mm) = (weights.text_header(), weights.mmproj_header());
-        let config = gguf::model_config(text, mm).map_err(bad)?;
-        let preprocessor = gguf::preprocessor_config(mm).map_err(bad)?;
-        let json = gguf::tokenizer_json(text).map_err(bad)?;
-        let tokenizer = QwenTokenizer::from_bytes(&json).map_err(|e| Error::Content {
-            path: path.display().to_string(),
-            reason: format!("tokenizer.ggml.*: {e}"),
-        })?;
-        let chat_template = match text.get("tokenizer.chat_template") {
-            None => None,
-            Some(v) => {
-                let src = v.as_str().ok_or_else(|| Error::Content {
+        let files =
+            ModelFiles::from_gguf(weights.text_header(), weights.mmproj_header()).map_err(|e| {
+                Error::Content {
                     path: path.display().to_string(),
-                    reason: "metadata `tokenizer.chat_template` is not a string".into(),
-                })?;
-                Some(ChatTemplate::new(src).map_err(|e| Error::Content {
-                    path: path.display().to_string(),
-                    reason: format!("tokenizer.chat_template: {e}"),
-                })?)
-            }
-        };
+                    reason: match e {
+                        visionthink_core::Error::Config { reason, .. } => reason,
+                        e => e.to_string(),
+                    },
+                }
+            })?;
         Ok(Self {
             path,
-            tokenizer,
-            config: Some(config),
-            preprocessor,
-            generation: None,
-            chat_template,
+            tokenizer: files.tokenizer,
+            config: files.config,
+            preprocessor: files.preprocessor,
+            generation: files.generation,
+            chat_template: files.chat_template,
         })
     }
 

@@ -169,8 +169,9 @@ fn split_sets_load_and_name_a_missing_part() {
     );
     assert_eq!(a["text"], b["text"]);
     assert_eq!(a["visual_tokens"], b["visual_tokens"]);
-    // Part 2 swapped with part 3: out of order; then part 2 gone: missing. Both named.
     let part = |i: usize| mmproj.replace("-00001-of-", &format!("-{i:05}-of-"));
+    streamed_split_sets(&text, &mmproj, n);
+    // Part 2 swapped with part 3: out of order; then part 2 gone: missing. Both named.
     std::fs::rename(part(2), out.join("tmp")).unwrap();
     std::fs::rename(part(3), part(2)).unwrap();
     std::fs::rename(out.join("tmp"), part(3)).unwrap();
@@ -366,5 +367,49 @@ fn same_blocks_on_webgpu(
     assert_eq!(
         visionthink_model::generate::argmax(&got),
         visionthink_model::generate::argmax(&want)
+    );
+}
+
+/// The split sets streamed part by part (as the browser loads them) build the model the files
+/// on disk build; a later part before the first, or a part left out, is a named error.
+fn streamed_split_sets(text: &str, mmproj: &str, mm_parts: usize) {
+    use visionthink_model::gguf_stream::{GgufStream, Limits};
+    let be = CandleBackend::cpu();
+    let set = |first: &str| visionthink_model::gguf::split_set(Path::new(first)).unwrap();
+    let feed = |s: &mut GgufStream<'_, CandleBackend>, path: &Path| {
+        let b = std::fs::read(path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        s.begin_file(name, b.len() as u64, None)?;
+        for c in b.chunks(10_000) {
+            s.push(c)?;
+        }
+        s.end_file()
+    };
+    let mut s = GgufStream::new(&be, Limits::default());
+    for p in set(text).iter().chain(&set(mmproj)) {
+        feed(&mut s, p).unwrap();
+    }
+    let (model, files) = s.finish().unwrap();
+    let w = GgufWeights::open(Path::new(text), Path::new(mmproj)).unwrap();
+    let cfg = visionthink_core::gguf::model_config(w.text_header(), w.mmproj_header()).unwrap();
+    assert_eq!(files.config.as_ref(), Some(&cfg));
+    let disk = Qwen25VL::load(&be, &cfg, &WeightStore::from_gguf(w)).unwrap();
+    assert_eq!(last_logits(&model, &be), last_logits(&disk, &be));
+
+    let mm = set(mmproj);
+    assert_eq!(mm.len(), mm_parts);
+    let mut s = GgufStream::new(&be, Limits::default());
+    for p in set(text) {
+        feed(&mut s, &p).unwrap();
+    }
+    let e = feed(&mut s, &mm[1]).unwrap_err().to_string();
+    assert!(e.contains("before the set's first part"), "{e}");
+    for p in mm.iter().filter(|p| **p != mm[1]) {
+        feed(&mut s, p).unwrap();
+    }
+    let e = s.finish().err().unwrap().to_string();
+    assert!(
+        e.contains(&format!("split part 2 of {mm_parts} was not loaded")),
+        "{e}"
     );
 }

@@ -265,11 +265,14 @@ impl<T: Clone> VisionTower<T> {
     }
 }
 
+/// Hands over the row blocks of an HF tensor, by name and block count (see
+/// [`Qwen25VL::assemble`]).
+pub type TakeBlocks<'a, T> = dyn FnMut(&str, usize) -> Option<Vec<T>> + 'a;
+
 impl<B: Backend> Qwen25VL<B> {
-    /// Builds the model from a checkpoint: every tensor of [`checkpoint_layout`], under its
-    /// transformers 5 name or the older one (`visual.*`, `model.*`); `lm_head.weight` absent
-    /// means tied.
-    pub fn load(be: &B, cfg: &ModelConfig, store: &WeightStore) -> Result<Self> {
+    /// Checks what the config and the checkpoint's head agree on; returns whether the head is
+    /// tied to the embedding.
+    fn check_layout(cfg: &ModelConfig, has_head: bool) -> Result<bool> {
         let v = &cfg.vision;
         if v.num_heads == 0 || v.hidden_size % v.num_heads != 0 {
             return Err(Error::Config(format!(
@@ -277,12 +280,61 @@ impl<B: Backend> Qwen25VL<B> {
                 v.hidden_size, v.num_heads
             )));
         }
-        let tied = !store.contains("lm_head.weight");
-        if tied && !cfg.text.tie_word_embeddings {
+        if !has_head && !cfg.text.tie_word_embeddings {
             return Err(Error::MissingTensor(
                 "lm_head.weight (config says tie_word_embeddings = false)".into(),
             ));
         }
+        Ok(!has_head)
+    }
+
+    /// Builds the model from weights already on the backend, made in whatever order their
+    /// bytes arrived (the streaming GGUF loader, [`crate::gguf_stream::GgufStream`]): `take`
+    /// hands over the row blocks of the named HF tensor (`parts` of them: 3 for the vision
+    /// `qkv`, else 1), or `None` when it was never made. Each block's shape is checked against
+    /// the config's (`[rows / parts, rest]` for matrices, `[n / parts]` for vectors).
+    pub fn assemble(
+        be: &B,
+        cfg: &ModelConfig,
+        has_head: bool,
+        take: &mut TakeBlocks<'_, B::Tensor>,
+    ) -> Result<Self> {
+        let tied = Self::check_layout(cfg, has_head)?;
+        let (vision, text) = params::walk::<(), B::Tensor>(cfg, tied, None, &mut |v| {
+            let spec = &v.spec;
+            let blocks =
+                take(&spec.name, v.parts).ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
+            let parts = v.parts.max(1);
+            let rows = spec.shape.first().copied().unwrap_or(1) / parts;
+            let rest: usize = spec.shape.iter().skip(1).product();
+            let want = match spec.shape.len() {
+                1 => vec![rows],
+                _ => vec![rows, rest],
+            };
+            for b in &blocks {
+                if be.shape(b) != want {
+                    return Err(Error::Shape {
+                        name: spec.name.clone(),
+                        expected: want,
+                        found: be.shape(b),
+                    });
+                }
+            }
+            Ok(blocks)
+        })?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            vision,
+            text,
+            tied,
+        })
+    }
+
+    /// Builds the model from a checkpoint: every tensor of [`checkpoint_layout`], under its
+    /// transformers 5 name or the older one (`visual.*`, `model.*`); `lm_head.weight` absent
+    /// means tied.
+    pub fn load(be: &B, cfg: &ModelConfig, store: &WeightStore) -> Result<Self> {
+        let tied = Self::check_layout(cfg, store.contains("lm_head.weight"))?;
         // The walk names every tensor; the blocks are then read and created one tensor at a
         // time in the loader's creation order, and a second walk puts them in place.
         let mut specs = Vec::new();
