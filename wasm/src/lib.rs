@@ -21,8 +21,9 @@ use runner::{AskOptions, Event, Host, Model, RunError};
 use std::cell::Cell;
 use std::rc::Rc;
 use visionthink_core::model_files::{ModelFiles, ModelFilesError};
+use visionthink_model::gguf_stream::{GgufStream, Limits};
 use visionthink_model::wgpu_backend::WeightStorage;
-use visionthink_model::{WeightStore, WgpuBackend, WgpuOptions};
+use visionthink_model::{CandleBackend, WeightStore, WgpuBackend, WgpuOptions};
 use wasm_bindgen::prelude::*;
 
 /// A JS `Error` with a stable `name`.
@@ -62,6 +63,33 @@ impl LoadOptions {
                 WeightStorage::parse(w).map_err(|e| js_error("TypeError", &format!("options: {e}")))
             }
             (None, _) => Ok(WeightStorage::from_flags(self.int8, self.f16)),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// The WebGPU executor the options ask for (`None`: the CPU), with the notice of an `auto`
+    /// fallback.
+    async fn executor(&self) -> Result<(Option<WgpuBackend>, Option<String>), JsValue> {
+        let want = self.backend.as_deref().unwrap_or("auto");
+        let gpu_opts = WgpuOptions {
+            weights: self.weight_storage()?,
+            ..Default::default()
+        };
+        match want {
+            "cpu" => Ok((None, None)),
+            "webgpu" | "auto" => match WgpuBackend::new(gpu_opts).await {
+                Ok(be) => Ok((Some(be), None)),
+                Err(e) if want == "auto" => Ok((
+                    None,
+                    Some(format!("WebGPU is not available ({e}); running on the CPU")),
+                )),
+                Err(e) => Err(RunError::from(e).into()),
+            },
+            other => Err(js_error(
+                "TypeError",
+                &format!("backend must be auto, webgpu or cpu, not {other:?}"),
+            )),
         }
     }
 }
@@ -178,28 +206,7 @@ impl Engine {
             ));
         }
         let store = WeightStore::from_bytes(shards).map_err(RunError::from)?;
-        let want = opts.backend.as_deref().unwrap_or("auto");
-        let gpu_opts = WgpuOptions {
-            weights: opts.weight_storage()?,
-            ..Default::default()
-        };
-        let (gpu, notice) = match want {
-            "cpu" => (None, None),
-            "webgpu" | "auto" => match WgpuBackend::new(gpu_opts).await {
-                Ok(be) => (Some(be), None),
-                Err(e) if want == "auto" => (
-                    None,
-                    Some(format!("WebGPU is not available ({e}); running on the CPU")),
-                ),
-                Err(e) => return Err(RunError::from(e).into()),
-            },
-            other => {
-                return Err(js_error(
-                    "TypeError",
-                    &format!("backend must be auto, webgpu or cpu, not {other:?}"),
-                ))
-            }
-        };
+        let (gpu, notice) = opts.executor().await?;
         let model = Model::new(parsed, &store, gpu)?;
         Ok(Engine {
             model: Rc::new(model),
@@ -299,6 +306,169 @@ impl Engine {
         if let runner::Exec::Gpu(be, _) = &self.model.exec {
             be.destroy();
         }
+    }
+}
+
+/// What the CPU fallback may hold, in bytes: a wasm32 heap is at most 4 GiB, and the
+/// activations, the tokenizer and the page need the rest.
+const CPU_WEIGHT_BYTES: u64 = 3 << 30;
+
+/// The executor of a streaming load and its loader.
+#[allow(clippy::large_enum_variant)]
+enum Loading {
+    Gpu(WgpuBackend, GgufStream<WgpuBackend>),
+    Cpu(CandleBackend, GgufStream<CandleBackend>),
+}
+
+/// Loads a llama.cpp GGUF model (a text GGUF and an mmproj GGUF, whole files or `gguf-split`
+/// parts) as its bytes arrive: `beginFile(name, size, sha256?)`, `push(chunk)`… `endFile()`
+/// per file, then `finish()` for the [`Engine`]. Each tensor goes to the GPU (or the CPU
+/// fallback's quantized blocks) as soon as its bytes are in, so the wasm heap holds one tensor
+/// at a time, never a file. A model that cannot fit the adapter (a row wider than
+/// `maxStorageBufferBindingSize`) or the CPU fallback's heap is refused as soon as a header is
+/// in (`AdapterLimitError`), before its weights are downloaded; a file whose SHA-256 does not
+/// match is dropped (`ModelLoadError`) and can be pushed again.
+#[wasm_bindgen]
+pub struct GgufLoader {
+    loading: Loading,
+    notice: Option<String>,
+}
+
+fn hex32(s: &str) -> Result<[u8; 32], JsValue> {
+    let bad = || js_error("TypeError", &format!("sha256 {s:?} is not 64 hex digits"));
+    if s.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+#[wasm_bindgen]
+impl GgufLoader {
+    /// A loader on the executor the options ask for (`{ backend, weights }`, as
+    /// [`Engine::load`]; `weights` applies to the file's float matrices, blocks stay blocks).
+    pub async fn create(options_js: JsValue) -> Result<GgufLoader, JsValue> {
+        let opts: LoadOptions = options(options_js)?;
+        let (gpu, notice) = opts.executor().await?;
+        let loading = match gpu {
+            Some(be) => {
+                let i = be.info();
+                let limits = Limits {
+                    max_row_bytes: Some(i.max_binding.min(i.max_buffer)),
+                    max_total_bytes: None,
+                };
+                Loading::Gpu(be, GgufStream::new(limits))
+            }
+            None => Loading::Cpu(
+                CandleBackend::cpu(),
+                GgufStream::new(Limits {
+                    max_row_bytes: None,
+                    max_total_bytes: Some(CPU_WEIGHT_BYTES),
+                }),
+            ),
+        };
+        Ok(GgufLoader { loading, notice })
+    }
+
+    /// Starts a file of `size` bytes; `sha256` (hex) is checked at [`Self::end_file`].
+    #[wasm_bindgen(js_name = beginFile)]
+    pub fn begin_file(
+        &mut self,
+        name: &str,
+        size: f64,
+        sha256: Option<String>,
+    ) -> Result<(), JsValue> {
+        let sha = sha256.as_deref().map(hex32).transpose()?;
+        if !(size >= 0.0 && size.fract() == 0.0) {
+            return Err(js_error(
+                "TypeError",
+                &format!("size {size} is not a byte count"),
+            ));
+        }
+        let r = match &mut self.loading {
+            Loading::Gpu(_, s) => s.begin_file(name, size as u64, sha),
+            Loading::Cpu(_, s) => s.begin_file(name, size as u64, sha),
+        };
+        r.map_err(|e| RunError::from(e).into())
+    }
+
+    /// The next bytes of the current file (any chunk size).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
+        let r = match &mut self.loading {
+            Loading::Gpu(be, s) => s.push(be, chunk),
+            Loading::Cpu(be, s) => s.push(be, chunk),
+        };
+        r.map_err(|e| RunError::from(e).into())
+    }
+
+    /// Ends the current file (size and SHA-256 checked).
+    #[wasm_bindgen(js_name = endFile)]
+    pub fn end_file(&mut self) -> Result<(), JsValue> {
+        let r = match &mut self.loading {
+            Loading::Gpu(_, s) => s.end_file(),
+            Loading::Cpu(_, s) => s.end_file(),
+        };
+        r.map_err(|e| RunError::from(e).into())
+    }
+
+    /// Drops the current file and what was made from it (an interrupted download).
+    #[wasm_bindgen(js_name = abortFile)]
+    pub fn abort_file(&mut self) {
+        match &mut self.loading {
+            Loading::Gpu(_, s) => s.abort_file(),
+            Loading::Cpu(_, s) => s.abort_file(),
+        }
+    }
+
+    /// `{bytesIn, peakBuffered, tensors, quantized, plannedBytes}` so far.
+    pub fn stats(&self) -> JsValue {
+        let st = match &self.loading {
+            Loading::Gpu(_, s) => s.stats(),
+            Loading::Cpu(_, s) => s.stats(),
+        };
+        let o = js_sys::Object::new();
+        for (k, v) in [
+            ("bytesIn", st.bytes_in),
+            ("peakBuffered", st.peak_buffered),
+            ("tensors", st.tensors),
+            ("quantized", st.quantized),
+            ("plannedBytes", st.planned_bytes),
+        ] {
+            let _ = js_sys::Reflect::set(&o, &JsValue::from_str(k), &JsValue::from_f64(v as f64));
+        }
+        o.into()
+    }
+
+    /// `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        match self.loading {
+            Loading::Gpu(..) => "webgpu".into(),
+            Loading::Cpu(..) => "cpu".into(),
+        }
+    }
+
+    /// The engine, once every part of both files is in (tokenizer, configs and chat template
+    /// from the GGUF metadata).
+    pub fn finish(self) -> Result<Engine, JsValue> {
+        let model = match self.loading {
+            Loading::Gpu(be, s) => {
+                let (m, files) = s.finish(&be).map_err(RunError::from)?;
+                Model::from_parts(files, runner::Exec::Gpu(be, m))?
+            }
+            Loading::Cpu(be, s) => {
+                let (m, files) = s.finish(&be).map_err(RunError::from)?;
+                Model::from_parts(files, runner::Exec::Cpu(be, m))?
+            }
+        };
+        Ok(Engine {
+            model: Rc::new(model),
+            cancel: Rc::new(Cell::new(false)),
+            notice: self.notice,
+        })
     }
 }
 

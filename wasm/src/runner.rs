@@ -200,6 +200,18 @@ impl Model {
         })
     }
 
+    /// A model already built on its executor (the streaming GGUF load), with its files.
+    pub fn from_parts(files: ModelFiles, exec: Exec) -> Result<Self> {
+        let config = files.config.clone().ok_or_else(|| {
+            RunError::Model(visionthink_model::Error::Config("no model config".into()))
+        })?;
+        Ok(Self {
+            files,
+            config,
+            exec,
+        })
+    }
+
     /// `"webgpu"` or `"cpu"`.
     pub fn backend(&self) -> &'static str {
         match self.exec {

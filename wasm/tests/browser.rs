@@ -342,3 +342,102 @@ async fn episode_on_webgpu_equals_the_cpu_fallback() {
     );
     assert!(answers[0].answer.visual_tokens > answers[0].answer.visual_tokens_full_res);
 }
+
+const GGUF_TEXT: &[u8] = include_bytes!("../../tests/fixtures/gguf/tied_nested-f16.gguf");
+const GGUF_MMPROJ: &[u8] = include_bytes!("../../tests/fixtures/gguf/tied_nested-mmproj-f32.gguf");
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+fn heap_bytes() -> f64 {
+    use wasm_bindgen::JsCast;
+    wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
+}
+
+/// llama.cpp's GGUF files (F16 text, F32 mmproj) pushed in 64 KB chunks through `GgufLoader`,
+/// as the npm package streams them (one tensor buffered at most, each handed to the executor as
+/// soon as it is in): on WebGPU and on the CPU fallback the scripted episodes give the Rust
+/// SDK's records (tokenizer and template from the GGUF metadata). A corrupted chunk fails the file's SHA-256 and the file pushed again loads.
+#[wasm_bindgen_test]
+async fn streamed_gguf_gives_the_native_records() {
+    use visionthink_wasm::GgufLoader;
+    let want: Value = serde_json::from_str(RECORDS).unwrap();
+    for backend in ["webgpu", "cpu"] {
+        let opts = serde::Serialize::serialize(
+            &serde_json::json!({ "backend": backend }),
+            &serde_wasm_bindgen::Serializer::json_compatible(),
+        )
+        .unwrap();
+        let mut l = GgufLoader::create(opts).await.unwrap();
+        assert_eq!(l.backend(), backend);
+        let before = heap_bytes();
+        // The text file once corrupted (its SHA-256 fails, its tensors are dropped), then whole.
+        let mut bad = GGUF_TEXT.to_vec();
+        let at = bad.len() - 100;
+        bad[at] ^= 1;
+        for (name, bytes, ok) in [
+            ("t.gguf", &bad[..], false),
+            ("t.gguf", GGUF_TEXT, true),
+            ("m.gguf", GGUF_MMPROJ, true),
+        ] {
+            let sha = if name == "t.gguf" {
+                GGUF_TEXT
+            } else {
+                GGUF_MMPROJ
+            };
+            l.begin_file(name, bytes.len() as f64, Some(sha256_hex(sha)))
+                .unwrap();
+            for c in bytes.chunks(64 << 10) {
+                l.push(c).unwrap();
+            }
+            let r = l.end_file();
+            assert_eq!(r.is_ok(), ok, "{backend}: {name}");
+        }
+        // The loader buffers one tensor at most (the largest here: the F16 embedding, 4.9 MB);
+        // the heap also holds the parsed vocabulary of the header and a float tensor's f32
+        // values on their way to the GPU.
+        let stats: Value = serde_wasm_bindgen::from_value(l.stats()).unwrap();
+        assert_eq!(
+            stats["peakBuffered"].as_f64().unwrap(),
+            151936.0 * 16.0 * 2.0
+        );
+        wasm_bindgen_test::console_log!(
+            "{backend}: heap +{:.1} MB for {:.1} MB pushed, {:.1} MB buffered at most",
+            (heap_bytes() - before) / 1e6,
+            stats["bytesIn"].as_f64().unwrap() / 1e6,
+            stats["peakBuffered"].as_f64().unwrap() / 1e6
+        );
+        let engine = l.finish().unwrap();
+        assert_eq!(engine.backend(), backend);
+        for (name, case) in want.as_object().unwrap() {
+            let opts = serde_json::json!({
+                "maxNewTokens": case["max_new_tokens"],
+                "forcedTurns": case["forced_turns"],
+            });
+            let p = engine.ask(
+                js_sys::Uint8Array::from(PHOTO),
+                "What is the code?".into(),
+                serde::Serialize::serialize(
+                    &opts,
+                    &serde_wasm_bindgen::Serializer::json_compatible(),
+                )
+                .unwrap(),
+                None,
+            );
+            let got = wasm_bindgen_futures::JsFuture::from(p).await.unwrap();
+            let got: Value = serde_wasm_bindgen::from_value(got).unwrap();
+            for (field, value) in case["record"].as_object().unwrap() {
+                assert_eq!(&got[field], value, "{backend}: case {name}, field {field}");
+            }
+        }
+    }
+}

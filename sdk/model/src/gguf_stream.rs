@@ -20,9 +20,9 @@
 //! use visionthink_model::gguf_stream::{GgufStream, Limits};
 //! use visionthink_model::CandleBackend;
 //! let be = CandleBackend::cpu();
-//! let mut s = GgufStream::new(&be, Limits::default());
+//! let mut s = GgufStream::new(Limits::default());
 //! s.begin_file("m.gguf", 4, None).unwrap();
-//! let e = s.push(b"GGUX").unwrap_err();
+//! let e = s.push(&be, b"GGUX").unwrap_err();
 //! assert!(e.to_string().contains("magic"), "{e}");
 //! ```
 
@@ -107,13 +107,14 @@ struct Feed {
     head: Vec<u8>,
     /// Bytes needed before the next parse attempt.
     need: u64,
-    header: Option<Gguf>,
+    /// The tensor table in offset order, once the header is in (its metadata goes to the set,
+    /// and is not kept per part).
+    tensors: Option<Vec<TensorInfo>>,
     role: Option<Role>,
     part: usize,
     /// Bytes received.
     pos: u64,
-    /// Tensor indices in offset order, and the next one to complete.
-    order: Vec<usize>,
+    /// The next tensor to complete.
     next: usize,
     /// Bytes of the tensor being received.
     buf: Vec<u8>,
@@ -121,8 +122,7 @@ struct Feed {
 }
 
 /// A GGUF model loaded by pushing its files' bytes in order.
-pub struct GgufStream<'b, B: Backend> {
-    be: &'b B,
+pub struct GgufStream<B: Backend> {
     limits: Limits,
     sets: [Option<Set>; 2],
     file: Option<Feed>,
@@ -133,6 +133,30 @@ pub struct GgufStream<'b, B: Backend> {
     stats: StreamStats,
 }
 
+/// (bytes of the longest row, bytes in all) of a tensor as `be` will store it.
+fn stored_size<B: Backend>(be: &B, t: &TensorInfo) -> (u64, u64) {
+    let shape = t.shape();
+    let rows = shape.first().copied().unwrap_or(1).max(1) as u64;
+    if t.ty.is_quantized() && shape.len() == 2 && be.takes_quantized(t.ty) {
+        let bytes = match t.ty {
+            // Rewritten as Q8_0 (34 bytes per 32 values instead of 22).
+            GgmlType::Q5_0 => t.bytes / 22 * 34,
+            _ => t.bytes,
+        };
+        (bytes / rows, bytes)
+    } else {
+        let bytes = t.elements() * 4;
+        (
+            if shape.len() == 1 {
+                bytes
+            } else {
+                bytes / rows
+            },
+            bytes,
+        )
+    }
+}
+
 fn file_err(file: &str, reason: impl Into<String>) -> Error {
     Error::Load {
         path: file.to_string(),
@@ -140,11 +164,11 @@ fn file_err(file: &str, reason: impl Into<String>) -> Error {
     }
 }
 
-impl<'b, B: Backend> GgufStream<'b, B> {
-    /// A loader onto `be`.
-    pub fn new(be: &'b B, limits: Limits) -> Self {
+impl<B: Backend> GgufStream<B> {
+    /// A loader (the backend is passed to the calls that make tensors, so the caller keeps
+    /// owning it).
+    pub fn new(limits: Limits) -> Self {
         Self {
-            be,
             limits,
             sets: [None, None],
             file: None,
@@ -175,11 +199,10 @@ impl<'b, B: Backend> GgufStream<'b, B> {
             hasher: Sha256::new(),
             head: Vec::new(),
             need: 0,
-            header: None,
+            tensors: None,
             role: None,
             part: 0,
             pos: 0,
-            order: Vec::new(),
             next: 0,
             buf: Vec::new(),
             made: Vec::new(),
@@ -188,12 +211,12 @@ impl<'b, B: Backend> GgufStream<'b, B> {
     }
 
     /// The next bytes of the current file.
-    pub fn push(&mut self, bytes: &[u8]) -> Result<()> {
+    pub fn push(&mut self, be: &B, bytes: &[u8]) -> Result<()> {
         let mut f = self
             .file
             .take()
             .ok_or_else(|| Error::Input("push before begin_file".into()))?;
-        match self.feed(&mut f, bytes) {
+        match self.feed(be, &mut f, bytes) {
             Ok(()) => {
                 self.file = Some(f);
                 Ok(())
@@ -214,7 +237,7 @@ impl<'b, B: Backend> GgufStream<'b, B> {
         }
     }
 
-    fn feed(&mut self, f: &mut Feed, bytes: &[u8]) -> Result<()> {
+    fn feed(&mut self, be: &B, f: &mut Feed, bytes: &[u8]) -> Result<()> {
         if f.pos + bytes.len() as u64 > f.size {
             return Err(file_err(
                 &f.name,
@@ -229,8 +252,8 @@ impl<'b, B: Backend> GgufStream<'b, B> {
         self.stats.bytes_in += bytes.len() as u64;
         let start = f.pos;
         f.pos += bytes.len() as u64;
-        if f.header.is_some() {
-            return self.tensors(f, start, bytes);
+        if f.tensors.is_some() {
+            return self.tensors(be, f, start, bytes);
         }
         f.head.extend_from_slice(bytes);
         if (f.head.len() as u64) < f.need {
@@ -245,20 +268,25 @@ impl<'b, B: Backend> GgufStream<'b, B> {
             }
             Err(e) => Err(file_err(&f.name, e.to_string())),
             Ok(h) => {
-                self.header(f, h)?;
+                self.header(be, f, h)?;
                 let head = std::mem::take(&mut f.head);
-                self.tensors(f, 0, &head)
+                self.tensors(be, f, 0, &head)
             }
         }
     }
 
     /// A file's header is in: its set and part, the limits, and (once both sets are known)
     /// the config.
-    fn header(&mut self, f: &mut Feed, h: Gguf) -> Result<()> {
+    fn header(&mut self, be: &B, f: &mut Feed, h: Gguf) -> Result<()> {
         let (no, count) = h.split().map_err(|e| file_err(&f.name, e.to_string()))?;
+        let mut tensors = h.tensors.clone();
+        tensors.sort_by_key(|t| t.offset);
+        // The metadata (a whole vocabulary: tens of MB parsed) is kept once, by its set.
+        let mut h = Some(h);
         let base = split_part(&f.name).map_or(f.name.as_str(), |(b, ..)| b);
         let role = if no == 0 {
-            let role = match h.get("general.architecture").and_then(|v| v.as_str()) {
+            let arch = h.as_ref().and_then(|h| h.get("general.architecture"));
+            let role = match arch.and_then(|v| v.as_str()) {
                 Some("clip") => Role::Mmproj,
                 _ => Role::Text,
             };
@@ -271,8 +299,8 @@ impl<'b, B: Backend> GgufStream<'b, B> {
                     ));
                 }
             } else {
-                *slot = Some(Set {
-                    header: h.clone(),
+                *slot = h.take().map(|header| Set {
+                    header,
                     base: base.to_string(),
                     count,
                     done: vec![false; count as usize],
@@ -311,8 +339,9 @@ impl<'b, B: Backend> GgufStream<'b, B> {
         }
         // Limits, before any tensor bytes are used.
         let mut total = 0u64;
-        for t in &h.tensors {
-            let (row, bytes) = self.stored_size(t);
+        drop(h);
+        for t in &tensors {
+            let (row, bytes) = stored_size(be, t);
             if let Some(max) = self.limits.max_row_bytes {
                 if row > max {
                     return Err(Error::AdapterLimit(format!(
@@ -338,57 +367,36 @@ impl<'b, B: Backend> GgufStream<'b, B> {
             visionthink_core::gguf::model_config(&t.header, &m.header)
                 .map_err(|e| file_err(&f.name, e.to_string()))?;
         }
-        let mut order: Vec<usize> = (0..h.tensors.len()).collect();
-        order.sort_by_key(|&i| h.tensors[i].offset);
-        f.order = order;
         f.role = Some(role);
         f.part = no as usize;
-        f.header = Some(h);
+        f.tensors = Some(tensors);
         Ok(())
     }
 
-    /// (bytes of the longest row, bytes in all) of a tensor as the backend will store it.
-    fn stored_size(&self, t: &TensorInfo) -> (u64, u64) {
-        let shape = t.shape();
-        let rows = shape.first().copied().unwrap_or(1).max(1) as u64;
-        if t.ty.is_quantized() && shape.len() == 2 && self.be.takes_quantized(t.ty) {
-            let bytes = match t.ty {
-                // Rewritten as Q8_0 (34 bytes per 32 values instead of 22).
-                GgmlType::Q5_0 => t.bytes / 22 * 34,
-                _ => t.bytes,
-            };
-            (bytes / rows, bytes)
-        } else {
-            let bytes = t.elements() * 4;
-            (
-                if shape.len() == 1 {
-                    bytes
-                } else {
-                    bytes / rows
-                },
-                bytes,
-            )
-        }
-    }
-
     /// Bytes `bytes` at file offset `start`, after the header: tensor data in offset order.
-    fn tensors(&mut self, f: &mut Feed, start: u64, bytes: &[u8]) -> Result<()> {
-        let Some(header) = f.header.take() else {
+    fn tensors(&mut self, be: &B, f: &mut Feed, start: u64, bytes: &[u8]) -> Result<()> {
+        let Some(tensors) = f.tensors.take() else {
             return Ok(());
         };
-        let r = self.tensor_bytes(f, &header, start, bytes);
-        f.header = Some(header);
+        let r = self.tensor_bytes(be, f, &tensors, start, bytes);
+        f.tensors = Some(tensors);
         r
     }
 
-    fn tensor_bytes(&mut self, f: &mut Feed, h: &Gguf, start: u64, bytes: &[u8]) -> Result<()> {
+    fn tensor_bytes(
+        &mut self,
+        be: &B,
+        f: &mut Feed,
+        tensors: &[TensorInfo],
+        start: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
         let mut at = start;
         let mut rest = bytes;
         while !rest.is_empty() {
-            let Some(&i) = f.order.get(f.next) else {
+            let Some(t) = tensors.get(f.next) else {
                 return Ok(()); // padding after the last tensor
             };
-            let t = &h.tensors[i];
             let end = t.offset + t.bytes;
             if at < t.offset {
                 let skip = (t.offset - at).min(rest.len() as u64) as usize;
@@ -400,13 +408,13 @@ impl<'b, B: Backend> GgufStream<'b, B> {
             if f.buf.is_empty() && take as u64 == t.bytes {
                 // The whole tensor is in this chunk: no copy.
                 self.stats.peak_buffered = self.stats.peak_buffered.max(t.bytes);
-                self.place(f, t, &rest[..take])?;
+                self.place(be, f, t, &rest[..take])?;
             } else {
                 f.buf.extend_from_slice(&rest[..take]);
                 self.stats.peak_buffered = self.stats.peak_buffered.max(f.buf.len() as u64);
                 if f.buf.len() as u64 == t.bytes {
                     let buf = std::mem::take(&mut f.buf);
-                    self.place(f, t, &buf)?;
+                    self.place(be, f, t, &buf)?;
                 }
             }
             if at + take as u64 == end {
@@ -419,7 +427,7 @@ impl<'b, B: Backend> GgufStream<'b, B> {
     }
 
     /// One complete tensor: made on the backend and put in its place.
-    fn place(&mut self, f: &mut Feed, t: &TensorInfo, bytes: &[u8]) -> Result<()> {
+    fn place(&mut self, be: &B, f: &mut Feed, t: &TensorInfo, bytes: &[u8]) -> Result<()> {
         let Some(to) = target(&t.name) else {
             return Ok(()); // a tensor the graph does not use
         };
@@ -427,11 +435,11 @@ impl<'b, B: Backend> GgufStream<'b, B> {
         let bad = |e: Error| file_err(&fname, format!("tensor {}: {e}", t.name));
         match to {
             Target::Whole(hf) => {
-                let made = self.make(&hf, t, bytes).map_err(bad)?;
+                let made = self.make(be, &hf, t, bytes).map_err(bad)?;
                 self.put(f, &hf, 0, 1, made)
             }
             Target::Rows { hf, part, parts } => {
-                let made = self.make(&hf, t, bytes).map_err(bad)?;
+                let made = self.make(be, &hf, t, bytes).map_err(bad)?;
                 self.put(f, &hf, part, parts, made)
             }
             Target::Temporal { hf, slice } => {
@@ -459,19 +467,19 @@ impl<'b, B: Backend> GgufStream<'b, B> {
                 // The slices stay until the end: if this file fails its checksum, the other
                 // slice (perhaps from an earlier part) is still there when it comes again.
                 let shape = [sa[0], out.len() / sa[0].max(1)];
-                let made = self.be.weight(out, &shape).map_err(bad)?;
+                let made = be.weight(out, &shape).map_err(bad)?;
                 self.stats.tensors += 1;
                 self.put(f, &hf, 0, 1, made)
             }
         }
     }
 
-    fn make(&mut self, hf: &str, t: &TensorInfo, bytes: &[u8]) -> Result<B::Tensor> {
+    fn make(&mut self, be: &B, hf: &str, t: &TensorInfo, bytes: &[u8]) -> Result<B::Tensor> {
         let shape = t.shape();
         self.stats.tensors += 1;
-        if t.ty.is_quantized() && shape.len() == 2 && self.be.takes_quantized(t.ty) {
+        if t.ty.is_quantized() && shape.len() == 2 && be.takes_quantized(t.ty) {
             self.stats.quantized += 1;
-            return self.be.quantized_weight(&QuantView {
+            return be.quantized_weight(&QuantView {
                 name: hf,
                 ty: t.ty,
                 shape: [shape[0], shape[1]],
@@ -484,7 +492,7 @@ impl<'b, B: Backend> GgufStream<'b, B> {
             [rows, ..] => vec![*rows, values.len() / (*rows).max(1)],
             [] => vec![values.len()],
         };
-        self.be.weight(values, &shape)
+        be.weight(values, &shape)
     }
 
     fn put(
@@ -520,14 +528,13 @@ impl<'b, B: Backend> GgufStream<'b, B> {
             .file
             .take()
             .ok_or_else(|| Error::Input("end_file before begin_file".into()))?;
-        let Some(h) = &f.header else {
+        let Some(tensors) = &f.tensors else {
             return Err(file_err(
                 &f.name,
                 format!("ended after {} bytes, inside the GGUF header", f.pos),
             ));
         };
-        if let Some(&i) = f.order.get(f.next) {
-            let t = &h.tensors[i];
+        if let Some(t) = tensors.get(f.next) {
             self.undo(&f);
             return Err(file_err(
                 &f.name,
@@ -595,7 +602,7 @@ impl<'b, B: Backend> GgufStream<'b, B> {
 
     /// The model and its tokenizer, configs and template (from the headers' metadata), once
     /// every part of both sets is in.
-    pub fn finish(mut self) -> Result<(Qwen25VL<B>, ModelFiles)> {
+    pub fn finish(mut self, be: &B) -> Result<(Qwen25VL<B>, ModelFiles)> {
         if let Some(f) = &self.file {
             return Err(file_err(&f.name, "still being loaded (end_file first)"));
         }
@@ -623,7 +630,7 @@ impl<'b, B: Backend> GgufStream<'b, B> {
         self.slices.clear();
         let has_head = self.blocks.contains_key("lm_head.weight");
         let blocks = &mut self.blocks;
-        let model = Qwen25VL::assemble(self.be, &cfg, has_head, &mut |name, parts| {
+        let model = Qwen25VL::assemble(be, &cfg, has_head, &mut |name, parts| {
             let b = blocks.remove(name)?;
             (b.len() == parts).then_some(())?;
             b.into_iter().collect()

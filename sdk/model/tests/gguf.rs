@@ -173,7 +173,8 @@ fn corrupt_and_mismatched_files_are_named_errors() {
 
 /// Feeds a file to a streaming loader in chunks of `chunk` bytes.
 fn feed<B: Backend>(
-    s: &mut visionthink_model::gguf_stream::GgufStream<'_, B>,
+    s: &mut visionthink_model::gguf_stream::GgufStream<B>,
+    be: &B,
     name: &str,
     bytes: &[u8],
     chunk: usize,
@@ -181,7 +182,7 @@ fn feed<B: Backend>(
 ) -> visionthink_model::Result<()> {
     s.begin_file(name, bytes.len() as u64, sha256)?;
     for c in bytes.chunks(chunk) {
-        s.push(c)?;
+        s.push(be, c)?;
     }
     s.end_file()
 }
@@ -219,16 +220,16 @@ fn streamed_files_build_the_same_model() {
     for mm in ["f32", "q8_0"] {
         let mmb = std::fs::read(gguf_file(&format!("tied_nested-mmproj-{mm}.gguf"))).unwrap();
         for chunk in [7919, 65_536, usize::MAX] {
-            let mut s = GgufStream::new(&be, Limits::default());
-            feed(&mut s, "t.gguf", &text, chunk, Some(sha256(&text))).unwrap();
-            feed(&mut s, "m.gguf", &mmb, chunk, Some(sha256(&mmb))).unwrap();
+            let mut s = GgufStream::new(Limits::default());
+            feed(&mut s, &be, "t.gguf", &text, chunk, Some(sha256(&text))).unwrap();
+            feed(&mut s, &be, "m.gguf", &mmb, chunk, Some(sha256(&mmb))).unwrap();
             let stats = s.stats();
             assert_eq!(stats.bytes_in, (text.len() + mmb.len()) as u64);
             assert!(stats.peak_buffered <= largest(&text).max(largest(&mmb)));
             if mm == "q8_0" {
                 assert!(stats.quantized > 0);
             }
-            let (model, files) = s.finish().unwrap();
+            let (model, files) = s.finish(&be).unwrap();
             assert!(files.chat_template.is_some());
             assert_eq!(
                 files
@@ -264,17 +265,17 @@ fn bad_streams_are_named_errors_and_a_refetch_recovers() {
     let be = CandleBackend::cpu();
     let text = std::fs::read(gguf_file("tied_nested-f16.gguf")).unwrap();
     let mm = std::fs::read(gguf_file("tied_nested-mmproj-f32.gguf")).unwrap();
-    let new = || GgufStream::new(&be, Limits::default());
+    let new = || GgufStream::new(Limits::default());
 
     let mut s = new();
     s.begin_file("t.gguf", 10, None).unwrap();
-    let e = s.push(&text[..11]).unwrap_err().to_string();
+    let e = s.push(&be, &text[..11]).unwrap_err().to_string();
     assert!(e.contains("t.gguf") && e.contains("10 bytes"), "{e}");
 
     for (cut, what) in [(200, "header"), (text.len() - 3, "inside tensor")] {
         let mut s = new();
         s.begin_file("t.gguf", text.len() as u64, None).unwrap();
-        s.push(&text[..cut]).unwrap();
+        s.push(&be, &text[..cut]).unwrap();
         let e = s.end_file().unwrap_err().to_string();
         assert!(e.contains("t.gguf") && e.contains(what), "{e}");
     }
@@ -285,21 +286,21 @@ fn bad_streams_are_named_errors_and_a_refetch_recovers() {
     let mut bad = text.clone();
     let last = bad.len() - 10;
     bad[last] ^= 0x55;
-    let e = feed(&mut s, "t.gguf", &bad, 4096, Some(sha256(&text)))
+    let e = feed(&mut s, &be, "t.gguf", &bad, 4096, Some(sha256(&text)))
         .unwrap_err()
         .to_string();
     assert!(e.contains("SHA-256") && e.contains("t.gguf"), "{e}");
-    feed(&mut s, "t.gguf", &text, 4096, Some(sha256(&text))).unwrap();
-    let e = feed(&mut s, "t.gguf", &text, 4096, None)
+    feed(&mut s, &be, "t.gguf", &text, 4096, Some(sha256(&text))).unwrap();
+    let e = feed(&mut s, &be, "t.gguf", &text, 4096, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("already loaded"), "{e}");
     let mut s2 = new();
-    feed(&mut s2, "t.gguf", &text, 4096, None).unwrap();
-    let e = s2.finish().err().unwrap().to_string();
+    feed(&mut s2, &be, "t.gguf", &text, 4096, None).unwrap();
+    let e = s2.finish(&be).err().unwrap().to_string();
     assert!(e.contains("mmproj"), "{e}");
-    feed(&mut s, "m.gguf", &mm, 4096, None).unwrap();
-    let (model, _) = s.finish().unwrap();
+    feed(&mut s, &be, "m.gguf", &mm, 4096, None).unwrap();
+    let (model, _) = s.finish(&be).unwrap();
     assert_eq!(logits(&be, &model), logits(&be, &load(&be, "f32")));
 
     // Limits: a row larger than the adapter binds, or more bytes than the backend holds.
@@ -319,8 +320,8 @@ fn bad_streams_are_named_errors_and_a_refetch_recovers() {
             "can hold 1048576",
         ),
     ] {
-        let mut s = GgufStream::new(&be, limits);
-        let e = feed(&mut s, "t.gguf", &text, 1 << 20, None).unwrap_err();
+        let mut s = GgufStream::new(limits);
+        let e = feed(&mut s, &be, "t.gguf", &text, 1 << 20, None).unwrap_err();
         assert_eq!(e.name(), "AdapterLimitError", "{e}");
         assert!(e.to_string().contains(want), "{e}");
         assert_eq!(s.stats().tensors, 0);

@@ -578,13 +578,10 @@ fn streamed_gguf_files_run_on_the_webgpu_executor() {
     for (mm, tol, tokens) in [("f32", 1e-3, true), ("q8_0", 0.05, false)] {
         let (l, v) = common::check_models(be, tol, tokens, |variant| {
             (variant == "tied_nested").then(|| {
-                let mut s = GgufStream::new(
-                    be,
-                    Limits {
-                        max_row_bytes: Some(be.info().max_binding),
-                        max_total_bytes: None,
-                    },
-                );
+                let mut s = GgufStream::new(Limits {
+                    max_row_bytes: Some(be.info().max_binding),
+                    max_total_bytes: None,
+                });
                 for f in [
                     "tied_nested-f16.gguf".to_string(),
                     format!("tied_nested-mmproj-{mm}.gguf"),
@@ -592,14 +589,14 @@ fn streamed_gguf_files_run_on_the_webgpu_executor() {
                     let b = std::fs::read(g.join(&f)).unwrap();
                     s.begin_file(&f, b.len() as u64, None).unwrap();
                     for c in b.chunks(64 << 10) {
-                        s.push(c).unwrap();
+                        s.push(be, c).unwrap();
                     }
                     s.end_file().unwrap();
                 }
                 if mm == "q8_0" {
                     assert!(s.stats().quantized > 0);
                 }
-                s.finish().unwrap().0
+                s.finish(be).unwrap().0
             })
         });
         eprintln!("wgpu, streamed F16 text + {mm} mmproj: logits {l:.2e}, vision {v:.2e}");

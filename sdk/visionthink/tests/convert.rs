@@ -376,20 +376,20 @@ fn streamed_split_sets(text: &str, mmproj: &str, mm_parts: usize) {
     use visionthink_model::gguf_stream::{GgufStream, Limits};
     let be = CandleBackend::cpu();
     let set = |first: &str| visionthink_model::gguf::split_set(Path::new(first)).unwrap();
-    let feed = |s: &mut GgufStream<'_, CandleBackend>, path: &Path| {
+    let feed = |s: &mut GgufStream<CandleBackend>, path: &Path| {
         let b = std::fs::read(path).unwrap();
         let name = path.file_name().unwrap().to_str().unwrap();
         s.begin_file(name, b.len() as u64, None)?;
         for c in b.chunks(10_000) {
-            s.push(c)?;
+            s.push(&be, c)?;
         }
         s.end_file()
     };
-    let mut s = GgufStream::new(&be, Limits::default());
+    let mut s = GgufStream::new(Limits::default());
     for p in set(text).iter().chain(&set(mmproj)) {
         feed(&mut s, p).unwrap();
     }
-    let (model, files) = s.finish().unwrap();
+    let (model, files) = s.finish(&be).unwrap();
     let w = GgufWeights::open(Path::new(text), Path::new(mmproj)).unwrap();
     let cfg = visionthink_core::gguf::model_config(w.text_header(), w.mmproj_header()).unwrap();
     assert_eq!(files.config.as_ref(), Some(&cfg));
@@ -398,7 +398,7 @@ fn streamed_split_sets(text: &str, mmproj: &str, mm_parts: usize) {
 
     let mm = set(mmproj);
     assert_eq!(mm.len(), mm_parts);
-    let mut s = GgufStream::new(&be, Limits::default());
+    let mut s = GgufStream::new(Limits::default());
     for p in set(text) {
         feed(&mut s, &p).unwrap();
     }
@@ -407,7 +407,7 @@ fn streamed_split_sets(text: &str, mmproj: &str, mm_parts: usize) {
     for p in mm.iter().filter(|p| **p != mm[1]) {
         feed(&mut s, p).unwrap();
     }
-    let e = s.finish().err().unwrap().to_string();
+    let e = s.finish(&be).err().unwrap().to_string();
     assert!(
         e.contains(&format!("split part 2 of {mm_parts} was not loaded")),
         "{e}"
