@@ -1,5 +1,6 @@
 // The demo page: load the model (progress), pick an image, ask, watch the answer stream.
-// Query parameters: model=URL (default ../model/), worker=1, backend=auto|webgpu|cpu,
+// Query parameters: model=URL (default ../model/; ../model-gguf/ is the same model as a GGUF
+// set; the picker at the top sets it), worker=1, backend=auto|webgpu|cpu,
 // maxNewTokens=N, forceTurn=TEXT (teacher-force turn 1, e.g. a resize call, for testing).
 import { createEngine, lowResPreview } from "../dist/index.js";
 import { createWorkerEngine } from "../dist/worker.js";
@@ -11,6 +12,27 @@ const maxNewTokens = Number(params.get("maxNewTokens") ?? 48);
 const forced = params.getAll("forceTurn");
 let engine = null;
 let image = null;
+
+// The model picker: a choice reloads the page with `model=` set (one engine per page load).
+const pick = $("model-pick");
+const chosen = params.get("model") ?? "../model/";
+const known = [...pick.options].some((o) => o.value === chosen);
+pick.value = known ? chosen : "custom";
+$("model-url").hidden = $("load-model").hidden = known;
+if (!known) $("model-url").value = chosen;
+const loadModel = (url) => {
+  const q = new URLSearchParams(location.search);
+  q.set("model", url);
+  location.search = q.toString();
+};
+pick.addEventListener("change", () => {
+  const custom = pick.value === "custom";
+  $("model-url").hidden = $("load-model").hidden = !custom;
+  if (!custom) loadModel(pick.value);
+});
+$("load-model").addEventListener("click", () => {
+  if ($("model-url").value.trim()) loadModel($("model-url").value.trim());
+});
 
 async function showImage(bytes, name) {
   image = bytes;

@@ -1,9 +1,14 @@
 // Static server for the demo and the browser tests: web/ at /, a model folder at /model/ (with a
-// generated visionthink-manifest.json carrying SHA-256s), the example image at /example.png.
-//   node scripts/serve.mjs [--port 8080] [--model DIR]
+// generated visionthink-manifest.json carrying SHA-256s), the same model as a GGUF set at
+// /model-gguf/ (Q8_0, split into parts; converted by `visionthink convert` on first use), the
+// example image at /example.png.
+//   node scripts/serve.mjs [--port 8080] [--model DIR] [--gguf DIR]
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createServer } from "node:http";
+import { existsSync } from "node:fs";
 import { readFile, readdir, stat } from "node:fs/promises";
+import { homedir } from "node:os";
 import { dirname, extname, join, normalize, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -12,6 +17,19 @@ export const webRoot = resolve(here, "..");
 export const repoRoot = resolve(webRoot, "..");
 export const defaultModel = resolve(repoRoot, "sdk/visionthink/model");
 const exampleImage = resolve(repoRoot, "sdk/visionthink/model/example.png");
+export const defaultGguf = resolve(process.env.VT_CACHE ?? join(homedir(), ".cache/visionthink"), "model-gguf-q8_0");
+
+/**
+ * The shipped model as a GGUF set (Q8_0 text and mmproj, parts of at most 4 MB so a load spans
+ * several), written by `visionthink convert` with its manifest; converted once, then reused.
+ */
+export function ensureGgufModel(dir = defaultGguf) {
+  if (existsSync(join(dir, "visionthink-manifest.json"))) return dir;
+  const args = ["run", "-q", "-p", "visionthink", "--locked", "--manifest-path", join(repoRoot, "Cargo.toml"), "--",
+    "convert", "--from", defaultModel, "--out", dir, "--quant", "q8_0", "--split-max-size", "4M"];
+  execFileSync("cargo", args, { stdio: ["ignore", "ignore", "inherit"] });
+  return dir;
+}
 
 const types = {
   ".html": "text/html; charset=utf-8",
@@ -40,13 +58,17 @@ export async function manifest(dir) {
  * Starts the server. `faults` maps a URL path to "abort" (the connection drops halfway through
  * the body) for failure tests; `hits` counts requests per path.
  */
-export async function startServer({ port = 0, modelDir = defaultModel, faults = new Map() } = {}) {
+export async function startServer({ port = 0, modelDir = defaultModel, ggufDir = null, faults = new Map() } = {}) {
   const hits = new Map();
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
     hits.set(path, (hits.get(path) ?? 0) + 1);
     let file;
-    if (path.startsWith("/model/")) {
+    if (path.startsWith("/model-gguf/")) {
+      ggufDir ??= ensureGgufModel();
+      file = join(ggufDir, normalize(path.slice("/model-gguf/".length)));
+      if (!file.startsWith(ggufDir)) file = null;
+    } else if (path.startsWith("/model/")) {
       const name = path.slice("/model/".length);
       if (name === "visionthink-manifest.json") {
         try {
@@ -103,6 +125,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     const i = process.argv.indexOf(k);
     return i > 0 ? process.argv[i + 1] : d;
   };
-  const { url } = await startServer({ port: Number(arg("--port", 8080)), modelDir: resolve(arg("--model", defaultModel)) });
+  const gguf = arg("--gguf");
+  const { url } = await startServer({
+    port: Number(arg("--port", 8080)),
+    modelDir: resolve(arg("--model", defaultModel)),
+    ggufDir: gguf ? resolve(gguf) : null,
+  });
   console.log(`VisionThink demo: ${url}/demo/index.html  (model: ${resolve(arg("--model", defaultModel))})`);
 }

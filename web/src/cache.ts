@@ -43,7 +43,7 @@ export async function sha256Hex(bytes: Uint8Array): Promise<string> {
 }
 
 /** `name` inside the model folder `base` (absolute, or relative to the page/worker). */
-function join(base: string, name: string): string {
+export function join(base: string, name: string): string {
   const folder = new URL(base.endsWith("/") ? base : base + "/", globalThis.location?.href);
   return new URL(name, folder).toString();
 }

@@ -11,8 +11,10 @@ import {
   fetchModelFiles,
   type LoadProgress,
   type Manifest,
+  resolveManifest,
   VisionThinkError,
 } from "./cache.js";
+import { isGgufManifest, loadGguf } from "./gguf.js";
 
 export { clearModelCache, VisionThinkError };
 export type { LoadProgress, Manifest };
@@ -24,7 +26,12 @@ export type BackendChoice = "auto" | "webgpu" | "cpu";
 export type WeightStorage = "f32" | "f16" | "int8";
 
 export interface EngineOptions {
-  /** Base URL of a model folder (HF layout, optional `visionthink-manifest.json`). */
+  /**
+   * Base URL of a model folder: HF layout (optional `visionthink-manifest.json`), or a GGUF
+   * model whose `visionthink-manifest.json` lists a text GGUF and an mmproj GGUF (whole or
+   * `gguf-split` parts, as `visionthink convert` writes them), streamed part by part into the
+   * GPU without holding a file in memory.
+   */
   model?: string;
   /**
    * Base URL of an OpenAI-compatible chat server (vLLM serving VisionThink, `visionthink
@@ -511,11 +518,16 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
   if (opts.model === undefined) throw new TypeError("createEngine: give `model` (a model folder URL) or `endpoint`");
   const modelUrl = opts.model;
   await initWasm(opts.wasm);
-  const files = await fetchModelFiles(modelUrl, {
-    useCache: opts.cache,
-    onProgress: opts.onProgress,
-    manifest: opts.manifest,
-  });
+  const manifest = opts.manifest ?? (await resolveManifest(modelUrl));
+  // A GGUF model streams straight into the engine; an HF folder is fetched first.
+  const gguf = isGgufManifest(manifest);
+  const files = gguf
+    ? null
+    : await fetchModelFiles(modelUrl, {
+        useCache: opts.cache,
+        onProgress: opts.onProgress,
+        manifest,
+      });
   let backend: BackendChoice = opts.backend ?? "auto";
   let notice: string | null = null;
   if (backend !== "cpu") {
@@ -535,11 +547,14 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
   };
   // After a lost device: the files again (from the cache when it is on) onto a fresh device.
   const reload = async () => {
-    const again = await fetchModelFiles(modelUrl, { useCache: opts.cache, manifest: opts.manifest });
+    if (gguf) return loadGguf(modelUrl, manifest, loadOptions, { useCache: opts.cache });
+    const again = await fetchModelFiles(modelUrl, { useCache: opts.cache, manifest });
     return WasmEngine.load(again, loadOptions);
   };
   try {
-    const inner = await WasmEngine.load(files, loadOptions);
+    const inner = files
+      ? await WasmEngine.load(files, loadOptions)
+      : await loadGguf(modelUrl, manifest, loadOptions, { useCache: opts.cache, onProgress: opts.onProgress });
     const engine = new Engine(inner, reload);
     if (notice) Object.defineProperty(engine, "notice", { value: notice });
     return engine;

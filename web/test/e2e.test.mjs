@@ -3,14 +3,16 @@
 // the resize decision; the Web Worker engine; Cache API integrity (a corrupted cached weight
 // file is refetched, never used); an interrupted download (resumable error, nothing cached);
 // a device lost mid-generation (typed error, then a fresh device); the CPU fallback when WebGPU
-// is missing. Screenshots go to test-results/.
+// is missing; a GGUF set picked in the demo, streamed part by part (an interrupted part resumes
+// from the cache, a corrupted cached part is refetched). Screenshots go to test-results/.
 import assert from "node:assert/strict";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, test } from "node:test";
 import { chromium } from "playwright-core";
-import { startServer, webRoot } from "../scripts/serve.mjs";
+import { readFile } from "node:fs/promises";
+import { ensureGgufModel, startServer, webRoot } from "../scripts/serve.mjs";
 
 const CALL =
   '<think>The print is too small.</think>\n<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>';
@@ -65,11 +67,17 @@ async function askAndWait(page) {
   return page.evaluate(() => document.body.dataset.done);
 }
 
+let ggufDir;
 before(async () => {
   await mkdir(results, { recursive: true });
-  srv = await startServer({ faults });
+  // The shipped model converted to a GGUF set by this checkout's `visionthink convert`.
+  ggufDir = ensureGgufModel(join(await mkdtemp(join(tmpdir(), "vt-gguf-")), "model"));
+  srv = await startServer({ faults, ggufDir });
 });
-after(async () => srv?.close());
+after(async () => {
+  await srv?.close();
+  if (ggufDir) await rm(resolve(ggufDir, ".."), { recursive: true, force: true });
+});
 
 test("demo page: load with progress, stream, resize branch shown, screenshot", async () => {
   const { page, logs, close } = await browser();
@@ -89,6 +97,55 @@ test("demo page: load with progress, stream, resize branch shown, screenshot", a
     assert.match(await page.textContent("#f-tokens"), /^\d+ \(full resolution alone: \d+\)$/);
     await page.screenshot({ path: join(results, "demo-webgpu.png"), fullPage: true });
   } finally {
+    await close();
+  }
+});
+
+test("GGUF set from the model picker: parts streamed into WebGPU; an interrupted part resumes from the cache; a corrupted cached part is refetched", async () => {
+  const manifest = JSON.parse(await readFile(join(ggufDir, "visionthink-manifest.json"), "utf8"));
+  const parts = manifest.files.map((f) => f.name).filter((n) => n.endsWith(".gguf")).sort();
+  const text = parts.filter((n) => /-0000\d-of-/.test(n));
+  assert.ok(text.length >= 2, `a split text set: ${parts}`);
+  const hits = () => parts.map((n) => srv.hits.get(`/model-gguf/${n}`) ?? 0);
+  const { page, logs, close } = await browser();
+  try {
+    // The second text part drops halfway: a resumable error, the parts before it verified and cached.
+    faults.set(`/model-gguf/${text[1]}`, "abort");
+    const q = new URLSearchParams({ model: "../model-gguf/", forceTurn: CALL, maxNewTokens: "6" });
+    await page.goto(`${srv.url}/demo/index.html?${q}`);
+    await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 300_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.ready), "error", logs.join("\n"));
+    assert.match(await page.textContent("#status"), /^ModelLoadError: download of .*interrupted/);
+    faults.clear();
+    const h0 = hits();
+    await page.reload();
+    await waitReady(page, logs);
+    const h1 = hits();
+    parts.forEach((n, i) => {
+      const again = n === text[1] ? 1 : 0;
+      assert.equal(h1[i], h0[i] + again, `${n}: ${again ? "fetched again" : "read from the cache"}`);
+    });
+    assert.equal(await page.$eval("#model-pick", (s) => s.value), "../model-gguf/");
+    assert.match(await page.textContent("#f-backend"), /webgpu/);
+    assert.match(await page.textContent("#status"), /^Ready/);
+    assert.equal(await askAndWait(page), "resized", `${await page.textContent("#status")}\n${logs.join("\n")}`);
+    assert.match(await page.textContent("#f-tokens"), /^\d+ \(full resolution alone: \d+\)$/);
+    await page.screenshot({ path: join(results, "demo-gguf.png"), fullPage: true });
+    // A corrupted cached part fails its SHA-256 while it streams: dropped, fetched once more.
+    await page.evaluate(async (url) => {
+      const cache = await caches.open("visionthink-models-v1");
+      const hit = await cache.match(url);
+      const bytes = new Uint8Array(await hit.arrayBuffer());
+      bytes[bytes.length - 1] ^= 0xff;
+      await cache.put(url, new Response(bytes, { headers: hit.headers }));
+    }, `${srv.url}/model-gguf/${text[0]}`);
+    await page.reload();
+    await waitReady(page, logs);
+    const h2 = hits();
+    parts.forEach((n, i) => assert.equal(h2[i], h1[i] + (n === text[0] ? 1 : 0), n));
+    assert.equal(await askAndWait(page), "resized");
+  } finally {
+    faults.clear();
     await close();
   }
 });
