@@ -608,15 +608,53 @@ pub fn quantize(ty: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>> {
                     ty.block_size()
                 )));
             }
-            let t = candle_core::Tensor::from_slice(
-                values,
-                (values.len() / cols, cols),
-                &candle_core::Device::Cpu,
-            )?;
-            let q = candle_core::quantized::QTensor::quantize(&t, candle_dtype(ty))?;
-            q.data()?.into_owned()
+            let rows = values.len() / cols;
+            let quantize_rows = |v: &[f32]| -> Result<Vec<u8>> {
+                let t = candle_core::Tensor::from_slice(
+                    v,
+                    (v.len() / cols, cols),
+                    &candle_core::Device::Cpu,
+                )?;
+                let q = candle_core::quantized::QTensor::quantize(&t, candle_dtype(ty))?;
+                Ok(q.data()?.into_owned())
+            };
+            // Blocks never cross rows, so row ranges quantized on their own threads and
+            // concatenated are the same bytes (candle's quantizers are single-threaded).
+            let threads = threads().min(rows / 64).max(1);
+            if threads == 1 {
+                quantize_rows(values)?
+            } else {
+                let per = rows.div_ceil(threads) * cols;
+                let parts: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+                    let handles: Vec<_> = values
+                        .chunks(per)
+                        .map(|c| s.spawn(move || quantize_rows(c)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::Backend("a quantization thread panicked".into()))
+                            })
+                        })
+                        .collect()
+                });
+                let mut out = Vec::new();
+                for p in parts {
+                    out.extend(p?);
+                }
+                out
+            }
         }
     })
+}
+
+/// Threads for CPU-bound conversion work (1 in browsers).
+fn threads() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    return 1;
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// `n` values of type `ty` from `bytes`, as f32 (exact for F32/F16/BF16; the format's

@@ -34,10 +34,14 @@ pub enum Quant {
     Q4_0,
     /// 4-bit k-quant super-blocks of 256.
     Q4K,
+    /// llama.cpp's `Q4_K_M` mix: Q4_K, with Q6_K for the head (the embedding when tied) and
+    /// for `attn_v` / `ffn_down` of the layers llama.cpp gives more bits (the first and last
+    /// eighth, and every third in between).
+    Q4KM,
 }
 
 impl Quant {
-    /// Parses `f16`, `q8_0`, `q4_0` or `q4_k`.
+    /// Parses `f32`, `f16`, `q8_0`, `q4_0`, `q4_k` or `q4_k_m`.
     ///
     /// ```
     /// use visionthink::convert::Quant;
@@ -51,10 +55,11 @@ impl Quant {
             "q8_0" => Self::Q8_0,
             "q4_0" => Self::Q4_0,
             "q4_k" | "q4_k_s" => Self::Q4K,
+            "q4_k_m" => Self::Q4KM,
             other => {
                 return Err(Error::Content {
                     path: "--quant".into(),
-                    reason: format!("{other:?} is not one of f32, f16, q8_0, q4_0, q4_k"),
+                    reason: format!("{other:?} is not one of f32, f16, q8_0, q4_0, q4_k, q4_k_m"),
                 })
             }
         })
@@ -66,7 +71,7 @@ impl Quant {
             Self::F16 => GgmlType::F16,
             Self::Q8_0 => GgmlType::Q8_0,
             Self::Q4_0 => GgmlType::Q4_0,
-            Self::Q4K => GgmlType::Q4_K,
+            Self::Q4K | Self::Q4KM => GgmlType::Q4_K,
         }
     }
 
@@ -78,6 +83,7 @@ impl Quant {
             Self::Q8_0 => 7,
             Self::Q4_0 => 2,
             Self::Q4K => 14,
+            Self::Q4KM => 15,
         }
     }
 
@@ -88,6 +94,7 @@ impl Quant {
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
             Self::Q4K => "q4_k",
+            Self::Q4KM => "q4_k_m",
         }
     }
 }
@@ -179,11 +186,33 @@ fn planned_type(spec: &TensorSpec, shape: &[usize], want: GgmlType) -> GgmlType 
     }
 }
 
+/// The type llama.cpp's `Q4_K_M` gives a decoder tensor (`llama_tensor_get_type`): Q6_K for the
+/// head (the embedding when the head is tied) and for `attn_v` / `ffn_down` of the layers
+/// `use_more_bits` picks, Q4_K for the rest.
+fn k_mix(hf: &str, cfg: &ModelConfig) -> GgmlType {
+    let tied = cfg.text.tie_word_embeddings;
+    let head = hf == "lm_head.weight" || (tied && hf == "model.language_model.embed_tokens.weight");
+    let n = cfg.text.num_hidden_layers;
+    let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+    let layer = hf
+        .strip_prefix("model.language_model.layers.")
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest)));
+    match layer {
+        _ if head => GgmlType::Q6_K,
+        Some((i, "self_attn.v_proj.weight" | "mlp.down_proj.weight")) if more_bits(i) => {
+            GgmlType::Q6_K
+        }
+        _ => GgmlType::Q4_K,
+    }
+}
+
 fn plan(cfg: &ModelConfig, quant: Quant) -> Result<(Vec<Planned>, Vec<Planned>)> {
     let (mut text, mut vision) = (Vec::new(), Vec::new());
     for spec in checkpoint_layout(cfg) {
         let is_vision = spec.name.starts_with("model.visual.");
         let want = match (is_vision, quant) {
+            (false, Quant::Q4KM) => k_mix(&spec.name, cfg),
             (false, q) => q.ty(),
             (true, Quant::Q8_0) => GgmlType::Q8_0,
             (true, Quant::F32) => GgmlType::F32,

@@ -69,7 +69,7 @@ struct ConvertArgs {
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
-    /// Weight type: f32, f16, q8_0, q4_0 or q4_k.
+    /// Weight type: f32, f16, q8_0, q4_0, q4_k or q4_k_m (llama.cpp's mix of Q4_K and Q6_K).
     #[arg(long, default_value = "f16")]
     quant: String,
     /// Largest file, e.g. 512M (gguf-split parts, -00001-of-0000N.gguf).

@@ -192,16 +192,24 @@ fn split_sets_load_and_name_a_missing_part() {
 /// A random checkpoint whose text matrices are 256 wide (every block type applies) with the
 /// tiny vision tower: config, tokenizer and weights in HF layout.
 fn wide_checkpoint(dir: &Path) {
+    random_checkpoint(dir, |cfg| {
+        let t = &mut cfg["text_config"];
+        t["hidden_size"] = 256.into();
+        t["intermediate_size"] = 512.into();
+        t["num_attention_heads"] = 4.into();
+        t["num_key_value_heads"] = 2.into();
+        t["rope_parameters"]["mrope_section"] = serde_json::json!([8, 12, 12]);
+        cfg["vision_config"]["out_hidden_size"] = 256.into();
+    });
+}
+
+/// The test checkpoint's config edited by `edit`, with random bf16 weights of its layout (and
+/// the test tokenizer, template and processor config).
+fn random_checkpoint(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let src = fixtures().join("models/tied_nested");
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
-    let t = &mut cfg["text_config"];
-    t["hidden_size"] = 256.into();
-    t["intermediate_size"] = 512.into();
-    t["num_attention_heads"] = 4.into();
-    t["num_key_value_heads"] = 2.into();
-    t["rope_parameters"]["mrope_section"] = serde_json::json!([8, 12, 12]);
-    cfg["vision_config"]["out_hidden_size"] = 256.into();
+    edit(&mut cfg);
     std::fs::write(dir.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     for f in [
         "tokenizer.json",
@@ -215,14 +223,29 @@ fn wide_checkpoint(dir: &Path) {
     )
     .unwrap();
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = move || {
+    let rnd = move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        state
     };
+    let mut words = rnd;
+    let mut rnd_f = move || (words() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for spec in visionthink_model::graph::checkpoint_layout(&cfg) {
+    for (i, spec) in visionthink_model::graph::checkpoint_layout(&cfg)
+        .into_iter()
+        .enumerate()
+    {
+        let rnd = {
+            let mut st =
+                0x2545_f491_4f6c_dd1du64 ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            move || {
+                st ^= st << 13;
+                st ^= st >> 7;
+                st ^= st << 17;
+                st
+            }
+        };
         let n: usize = spec.shape.iter().product();
         let scale = match spec.init {
             visionthink_model::graph::InitKind::Matrix => 0.08,
@@ -233,9 +256,25 @@ fn wide_checkpoint(dir: &Path) {
         } else {
             0.0
         };
-        let bytes = (0..n)
-            .flat_map(|_| half::bf16::from_f32(base + scale * rnd()).to_le_bytes())
-            .collect();
+        let mut bytes = Vec::with_capacity(2 * n + 8);
+        if spec.init == visionthink_model::graph::InitKind::Matrix {
+            // Matrices (billions of values at real widths): four bf16 per random word, with
+            // random signs and mantissas and magnitudes in [1/32, 1/16).
+            let mut word = rnd;
+            while bytes.len() < 2 * n {
+                let r = word();
+                for k in 0..4 {
+                    let v = ((r >> (16 * k)) as u16 & 0x807f) | 0x3d00;
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            bytes.truncate(2 * n);
+        } else {
+            for _ in 0..n {
+                bytes
+                    .extend_from_slice(&half::bf16::from_f32(base + scale * rnd_f()).to_le_bytes());
+            }
+        }
         tensors.push((spec.name, spec.shape, bytes));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
@@ -252,7 +291,12 @@ fn wide_checkpoint(dir: &Path) {
 }
 
 fn last_logits<B: Backend>(model: &Qwen25VL<B>, be: &B) -> Vec<f32> {
-    let ids: Vec<u32> = (0..40u32).map(|i| 100 + i * 37).collect();
+    logits_of(model, be, 40)
+}
+
+/// The last-position logits of an `n`-token prompt.
+fn logits_of<B: Backend>(model: &Qwen25VL<B>, be: &B, n: u32) -> Vec<f32> {
+    let ids: Vec<u32> = (0..n).map(|i| 100 + i * 37).collect();
     let mut b = visionthink_core::rope::MropeBuilder::new();
     b.push_text(ids.len());
     let e = model.embed(be, &ids, None).unwrap();
@@ -412,4 +456,87 @@ fn streamed_split_sets(text: &str, mmproj: &str, mm_parts: usize) {
         e.contains(&format!("split part 2 of {mm_parts} was not loaded")),
         "{e}"
     );
+}
+
+/// The 7B text widths (hidden 3584, FFN 18944, 28 heads / 4 KV heads, the untied 152064-row
+/// head and embedding) with 2 layers and the tiny vision tower, converted to llama.cpp's Q4_K_M
+/// mix (Q4_K, Q6_K for the head and some `attn_v` / `ffn_down`): every limit-splitting path at a
+/// real width. On lavapipe (128 MiB bindings) the Q4_K embedding (306 MB) and the Q6_K head
+/// (447 MB) are split into row chunks; the logits of a one-token step (the block gemv kernels)
+/// equal candle's over the same blocks dequantized, to float reordering.
+#[cfg(feature = "wgpu")]
+#[test]
+fn real_width_q4_k_m_model_splits_on_webgpu() {
+    use visionthink_model::{WgpuBackend, WgpuOptions};
+    let t0 = std::time::Instant::now();
+    let src = temp("real-width-src");
+    random_checkpoint(&src, |cfg| {
+        let t = &mut cfg["text_config"];
+        t["hidden_size"] = 3584.into();
+        t["intermediate_size"] = 18944.into();
+        t["num_hidden_layers"] = 2.into();
+        t["num_attention_heads"] = 28.into();
+        t["num_key_value_heads"] = 4.into();
+        t["vocab_size"] = 152064.into();
+        t["tie_word_embeddings"] = false.into();
+        t["rope_parameters"]["mrope_section"] = serde_json::json!([16, 24, 24]);
+        cfg["tie_word_embeddings"] = false.into();
+        cfg["vision_config"]["out_hidden_size"] = 3584.into();
+    });
+    eprintln!("checkpoint written: {:.1} s", t0.elapsed().as_secs_f64());
+    let out = temp("real-width-gguf");
+    let c = convert(
+        &src,
+        &out,
+        ConvertOptions {
+            quant: Quant::Q4KM,
+            split_max_bytes: None,
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&src).unwrap();
+    eprintln!("converted: {:.1} s", t0.elapsed().as_secs_f64());
+    let open = || GgufWeights::open(&c.text, &c.mmproj).unwrap();
+    let w = open();
+    let ty = |n: &str| w.text_header().tensor(n).unwrap().ty.name();
+    assert_eq!(ty("token_embd.weight"), "Q4_K");
+    assert_eq!(ty("output.weight"), "Q6_K");
+    assert_eq!(ty("blk.0.attn_v.weight"), "Q4_K");
+    assert_eq!(ty("blk.1.attn_v.weight"), "Q6_K");
+    assert_eq!(ty("blk.0.ffn_up.weight"), "Q4_K");
+    let cfg = visionthink_core::gguf::model_config(w.text_header(), w.mmproj_header()).unwrap();
+    assert_eq!((cfg.text.hidden_size, cfg.text.vocab_size), (3584, 152064));
+    let g = WgpuBackend::new_blocking(WgpuOptions::default()).unwrap_or_else(|e| {
+        panic!("no wgpu adapter ({e}); install mesa-vulkan-drivers and set WGPU_BACKEND=vulkan")
+    });
+    let max = g.info().max_binding;
+    assert!(
+        152064 * 14 * 144 > max && 152064 * 14 * 210 > max,
+        "the embedding and the head must exceed one binding ({max} bytes) for this test"
+    );
+    let model = Qwen25VL::load(&g, &cfg, &WeightStore::from_gguf(w)).unwrap();
+    g.sync().unwrap();
+    eprintln!("loaded on WebGPU: {:.1} s", t0.elapsed().as_secs_f64());
+    let got = logits_of(&model, &g, 1);
+    eprintln!("WebGPU done: {:.1} s", t0.elapsed().as_secs_f64());
+    let exact_be = CandleBackend::cpu().keep_gguf_blocks(false);
+    let want = logits_of(
+        &Qwen25VL::load(&exact_be, &cfg, &WeightStore::from_gguf(open())).unwrap(),
+        &exact_be,
+        1,
+    );
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    eprintln!("7B-width Q4_K_M on WebGPU vs candle on the same values: {diff:.2e} of the scale");
+    assert!(diff <= 1e-4, "relative difference {diff}");
+    assert_eq!(
+        visionthink_model::generate::argmax(&got),
+        visionthink_model::generate::argmax(&want)
+    );
+    std::fs::remove_dir_all(&out).unwrap();
 }

@@ -47,6 +47,11 @@ impl WeightLayout {
         Self::Q6_K,
     ];
 
+    /// Whether the values are GGUF blocks (the accessor has `wq` / `wsub` for the block kernels).
+    pub fn is_blocks(self) -> bool {
+        matches!(self, Self::Q8_0 | Self::Q4_0 | Self::Q4_K | Self::Q6_K)
+    }
+
     /// The layout that reads GGUF blocks of `ty` as stored, if the kernels have one.
     pub fn of_gguf(ty: GgmlType) -> Option<Self> {
         match ty {
@@ -116,6 +121,11 @@ pub enum Kernel {
     GemvRows(WeightLayout),
     /// One-row product for rows up to [`GEMV_SHORT_MAX_K`] long: no barrier at all.
     GemvShort(WeightLayout),
+    /// One-row product over GGUF blocks: 4 outputs per workgroup, lanes over sub-blocks, each
+    /// sub-block's scale read once (GPUs).
+    GemvBlocks(WeightLayout),
+    /// One-row product over GGUF blocks, one invocation per output (software adapters).
+    GemvBlocksRows(WeightLayout),
 }
 
 /// How a kernel binds a storage buffer.
@@ -145,6 +155,10 @@ impl Kernel {
             Kernel::Gemv(w) => weighted(include_str!("wgsl/gemv.wgsl"), w, LINEAR_P),
             Kernel::GemvRows(w) => weighted(include_str!("wgsl/gemv_rows.wgsl"), w, LINEAR_P),
             Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
+            Kernel::GemvBlocks(w) => weighted(include_str!("wgsl/gemv_blocks.wgsl"), w, LINEAR_P),
+            Kernel::GemvBlocksRows(w) => {
+                weighted(include_str!("wgsl/gemv_blocks_rows.wgsl"), w, LINEAR_P)
+            }
         }
     }
 
@@ -163,9 +177,12 @@ impl Kernel {
             Kernel::Rope => vec![(1, R), (2, R), (3, R), (4, W)],
             Kernel::Attention => vec![(1, R), (2, R), (3, R), (4, R), (5, W)],
             Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
-            Kernel::Matmul(w) | Kernel::Gemv(w) | Kernel::GemvRows(w) | Kernel::GemvShort(w) => {
-                int8(w, vec![(1, R), (2, R), (3, R), (4, W)])
-            }
+            Kernel::Matmul(w)
+            | Kernel::Gemv(w)
+            | Kernel::GemvRows(w)
+            | Kernel::GemvShort(w)
+            | Kernel::GemvBlocks(w)
+            | Kernel::GemvBlocksRows(w) => int8(w, vec![(1, R), (2, R), (3, R), (4, W)]),
         }
     }
 
@@ -182,6 +199,8 @@ impl Kernel {
             Kernel::Gemv(_) => "gemv",
             Kernel::GemvRows(_) => "gemv_rows",
             Kernel::GemvShort(_) => "gemv_short",
+            Kernel::GemvBlocks(_) => "gemv_blocks",
+            Kernel::GemvBlocksRows(_) => "gemv_blocks_rows",
         }
     }
 }
@@ -387,6 +406,8 @@ mod tests {
             (Kernel::Gemv(w), LinearP::FIELDS),
             (Kernel::GemvRows(w), LinearP::FIELDS),
             (Kernel::GemvShort(w), LinearP::FIELDS),
+            (Kernel::GemvBlocks(WeightLayout::Q4_K), LinearP::FIELDS),
+            (Kernel::GemvBlocksRows(WeightLayout::Q6_K), LinearP::FIELDS),
         ] {
             assert_eq!(wgsl_fields(&kernel.source()), fields, "{kernel:?}");
         }
@@ -406,7 +427,14 @@ mod tests {
                 Kernel::Gemv(w),
                 Kernel::GemvRows(w),
                 Kernel::GemvShort(w),
-            ] {
+            ]
+            .into_iter()
+            .chain(
+                w.is_blocks()
+                    .then_some([Kernel::GemvBlocks(w), Kernel::GemvBlocksRows(w)])
+                    .into_iter()
+                    .flatten(),
+            ) {
                 let src = kernel.source();
                 let mut found: Vec<(u32, Access)> = src
                     .lines()

@@ -302,7 +302,12 @@ impl Backend for WgpuBackend {
                 has_b: b.is_some() as u32,
             };
             let software = self.opts.software_kernels.unwrap_or(self.info.software);
-            let (kernel, groups) = if n == 1 && k <= GEMV_SHORT_MAX_K {
+            let (kernel, groups) = if n == 1 && c.kind.is_blocks() && software {
+                (Kernel::GemvBlocksRows(c.kind), self.elementwise(c.rows))
+            } else if n == 1 && c.kind.is_blocks() {
+                let (gx, gy) = grid(c.rows.div_ceil(4));
+                (Kernel::GemvBlocks(c.kind), (gx, gy, 1))
+            } else if n == 1 && k <= GEMV_SHORT_MAX_K {
                 (Kernel::GemvShort(c.kind), self.elementwise(c.rows))
             } else if n == 1 && software {
                 (Kernel::GemvRows(c.kind), self.elementwise(c.rows))
