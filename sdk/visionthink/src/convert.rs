@@ -193,7 +193,8 @@ fn k_mix(hf: &str, cfg: &ModelConfig) -> GgmlType {
     let tied = cfg.text.tie_word_embeddings;
     let head = hf == "lm_head.weight" || (tied && hf == "model.language_model.embed_tokens.weight");
     let n = cfg.text.num_hidden_layers;
-    let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+    // llama.cpp's `use_more_bits` (its third test only matters past the first eighth).
+    let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
     let layer = hf
         .strip_prefix("model.language_model.layers.")
         .and_then(|r| r.split_once('.'))

@@ -512,8 +512,8 @@ fn real_width_q4_k_m_model_splits_on_webgpu() {
     });
     let max = g.info().max_binding;
     assert!(
-        152064 * 14 * 144 > max && 152064 * 14 * 210 > max,
-        "the embedding and the head must exceed one binding ({max} bytes) for this test"
+        152064 * 14 * 144 > max,
+        "the Q4_K embedding (and the larger Q6_K head) must exceed one binding ({max} bytes)"
     );
     let model = Qwen25VL::load(&g, &cfg, &WeightStore::from_gguf(w)).unwrap();
     g.sync().unwrap();
