@@ -46,6 +46,8 @@ classify() {
     "cargo run -p visionthink -- ask --model /tmp/vt-gguf "*) echo "run" ;;
     "python3 tests/bench/bench_gguf.py")
       echo "skip: builds llama.cpp from the llama-cpp-python sdist and runs llama-bench beside ours (~15 min, needs the reference venv); the tests check GGUF compatibility on committed converter files" ;;
+    "(cd web && node scripts/bench_wllama.mjs)")
+      echo "skip: a benchmark on the 0.5B-shape files bench_gguf.py builds (~10 min, wllama from npm); the e2e tests stream a GGUF set in Chromium" ;;
     "python3 tests/scripts/gen_gguf_fixtures.py tests/fixtures/gguf --types f16")
       echo "skip: runs llama.cpp's converter (torch, the reference venv) to regenerate committed fixtures; tests check the committed files" ;;
     *) echo "unknown" ;;

@@ -472,6 +472,17 @@ impl GgufLoader {
     }
 }
 
+/// Bytes of this module's linear memory (the wasm heap). A wasm heap never shrinks, so after a
+/// load this is its peak.
+#[wasm_bindgen(js_name = wasmHeapBytes)]
+pub fn wasm_heap_bytes() -> f64 {
+    wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
+}
+
 /// The half-size image the model sees first (the official LANCZOS downscale), as
 /// `{width, height, rgba}` for display.
 #[wasm_bindgen(js_name = lowResPreview)]

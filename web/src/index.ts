@@ -5,6 +5,7 @@ import init, {
   ChatSession,
   Engine as WasmEngine,
   lowResPreview as wasmLowResPreview,
+  wasmHeapBytes as wasmHeap,
 } from "../pkg/visionthink_wasm.js";
 import {
   clearModelCache,
@@ -561,6 +562,15 @@ export async function createEngine(opts: EngineOptions): Promise<VisionThinkEngi
   } catch (e) {
     throw named(e);
   }
+}
+
+/**
+ * Bytes of the engine's wasm heap (its linear memory, which never shrinks: after a load, the
+ * load's peak). Weights on WebGPU live in GPU buffers, not here.
+ */
+export async function wasmHeapBytes(wasm?: string | URL | ArrayBuffer): Promise<number> {
+  await initWasm(wasm);
+  return wasmHeap();
 }
 
 /** The half-size image the model sees first, as ImageData-compatible fields. */
