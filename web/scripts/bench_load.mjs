@@ -43,7 +43,10 @@ try {
         model: "/model-gguf/",
         backend,
         cache: false,
-        onProgress: (p) => (bytes = Math.max(bytes, p.loaded)),
+        onProgress: (p) => {
+          bytes = Math.max(bytes, p.loaded);
+          if (p.loaded === p.total) console.log(`${p.file}: JS heap ${(performance.memory?.usedJSHeapSize / 1e6).toFixed(0)} MB, total ${(performance.memory?.totalJSHeapSize / 1e6).toFixed(0)} MB`);
+        },
       });
       const loadMs = performance.now() - t0;
       sample();

@@ -47,6 +47,18 @@ pub trait Backend {
             q.ty.name()
         )))
     }
+    /// A matrix of `ty` blocks (`[rows, cols]`) written piece by piece as its bytes arrive (a
+    /// streaming load), so the loader need not hold it whole; `None` when this backend takes
+    /// such blocks only whole ([`Self::quantized_weight`]).
+    fn quantized_writer(
+        &self,
+        name: &str,
+        ty: visionthink_core::gguf::GgmlType,
+        shape: [usize; 2],
+    ) -> Result<Option<Box<dyn QuantWriter<Self::Tensor>>>> {
+        let _ = (name, ty, shape);
+        Ok(None)
+    }
     /// Copies a tensor back as f32 values.
     fn to_vec(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// The shape.
@@ -113,4 +125,12 @@ pub trait Backend {
         };
         Ok((all.clone(), all))
     }
+}
+
+/// A quantized matrix being written in pieces ([`Backend::quantized_writer`]).
+pub trait QuantWriter<T> {
+    /// The next bytes of the blocks, in order (any length).
+    fn write(&mut self, bytes: &[u8]) -> Result<()>;
+    /// The tensor, once every byte was written.
+    fn finish(self: Box<Self>) -> Result<T>;
 }

@@ -26,7 +26,7 @@
 //! assert!(e.to_string().contains("magic"), "{e}");
 //! ```
 
-use crate::backend::Backend;
+use crate::backend::{Backend, QuantWriter};
 use crate::error::{Error, Result};
 use crate::gguf::{dequantize, split_part, target, QuantView, Target};
 use crate::graph::Qwen25VL;
@@ -98,7 +98,7 @@ enum Made {
 }
 
 /// The file being fed.
-struct Feed {
+struct Feed<T> {
     name: String,
     size: u64,
     sha256: Option<[u8; 32]>,
@@ -118,6 +118,8 @@ struct Feed {
     next: usize,
     /// Bytes of the tensor being received.
     buf: Vec<u8>,
+    /// The backend's writer of the tensor being received, when it takes its blocks in pieces.
+    writer: Option<Box<dyn QuantWriter<T>>>,
     made: Vec<Made>,
 }
 
@@ -125,7 +127,7 @@ struct Feed {
 pub struct GgufStream<B: Backend> {
     limits: Limits,
     sets: [Option<Set>; 2],
-    file: Option<Feed>,
+    file: Option<Feed<B::Tensor>>,
     /// HF name → row blocks made so far.
     blocks: HashMap<String, Vec<Option<B::Tensor>>>,
     /// The patch embedding's two temporal slices as f32 values, until both are in.
@@ -205,6 +207,7 @@ impl<B: Backend> GgufStream<B> {
             pos: 0,
             next: 0,
             buf: Vec::new(),
+            writer: None,
             made: Vec::new(),
         });
         Ok(())
@@ -237,7 +240,7 @@ impl<B: Backend> GgufStream<B> {
         }
     }
 
-    fn feed(&mut self, be: &B, f: &mut Feed, bytes: &[u8]) -> Result<()> {
+    fn feed(&mut self, be: &B, f: &mut Feed<B::Tensor>, bytes: &[u8]) -> Result<()> {
         if f.pos + bytes.len() as u64 > f.size {
             return Err(file_err(
                 &f.name,
@@ -277,7 +280,7 @@ impl<B: Backend> GgufStream<B> {
 
     /// A file's header is in: its set and part, the limits, and (once both sets are known)
     /// the config.
-    fn header(&mut self, be: &B, f: &mut Feed, h: Gguf) -> Result<()> {
+    fn header(&mut self, be: &B, f: &mut Feed<B::Tensor>, h: Gguf) -> Result<()> {
         let (no, count) = h.split().map_err(|e| file_err(&f.name, e.to_string()))?;
         let mut tensors = h.tensors.clone();
         tensors.sort_by_key(|t| t.offset);
@@ -374,7 +377,7 @@ impl<B: Backend> GgufStream<B> {
     }
 
     /// Bytes `bytes` at file offset `start`, after the header: tensor data in offset order.
-    fn tensors(&mut self, be: &B, f: &mut Feed, start: u64, bytes: &[u8]) -> Result<()> {
+    fn tensors(&mut self, be: &B, f: &mut Feed<B::Tensor>, start: u64, bytes: &[u8]) -> Result<()> {
         let Some(tensors) = f.tensors.take() else {
             return Ok(());
         };
@@ -386,7 +389,7 @@ impl<B: Backend> GgufStream<B> {
     fn tensor_bytes(
         &mut self,
         be: &B,
-        f: &mut Feed,
+        f: &mut Feed<B::Tensor>,
         tensors: &[TensorInfo],
         start: u64,
         bytes: &[u8],
@@ -405,7 +408,23 @@ impl<B: Backend> GgufStream<B> {
                 continue;
             }
             let take = (end - at).min(rest.len() as u64) as usize;
-            if f.buf.is_empty() && take as u64 == t.bytes {
+            if at == t.offset && take as u64 != t.bytes {
+                // A tensor spanning chunks: written to the backend piece by piece if it can.
+                f.writer = self.writer(be, t)?;
+            }
+            if let Some(w) = f.writer.as_mut() {
+                let fname = f.name.clone();
+                let bad = |e: Error| file_err(&fname, format!("tensor {}: {e}", t.name));
+                w.write(&rest[..take]).map_err(bad)?;
+                if at + take as u64 == end {
+                    if let Some(w) = f.writer.take() {
+                        let made = w.finish().map_err(bad)?;
+                        self.stats.tensors += 1;
+                        self.stats.quantized += 1;
+                        self.put_target(f, t, made)?;
+                    }
+                }
+            } else if f.buf.is_empty() && take as u64 == t.bytes {
                 // The whole tensor is in this chunk: no copy.
                 self.stats.peak_buffered = self.stats.peak_buffered.max(t.bytes);
                 self.place(be, f, t, &rest[..take])?;
@@ -426,21 +445,51 @@ impl<B: Backend> GgufStream<B> {
         Ok(())
     }
 
+    /// The backend's piecewise writer for a tensor whose blocks it keeps, if it has one.
+    fn writer(&self, be: &B, t: &TensorInfo) -> Result<Option<Box<dyn QuantWriter<B::Tensor>>>> {
+        let hf = match target(&t.name) {
+            Some(Target::Whole(hf) | Target::Rows { hf, .. }) => hf,
+            _ => return Ok(None),
+        };
+        match t.shape().as_slice() {
+            &[rows, cols] if t.ty.is_quantized() && be.takes_quantized(t.ty) => {
+                be.quantized_writer(&hf, t.ty, [rows, cols])
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A tensor made from a whole GGUF tensor, put where [`target`] says.
+    fn put_target(
+        &mut self,
+        f: &mut Feed<B::Tensor>,
+        t: &TensorInfo,
+        made: B::Tensor,
+    ) -> Result<()> {
+        match target(&t.name) {
+            Some(Target::Whole(hf)) => self.put(f, &hf, 0, 1, made),
+            Some(Target::Rows { hf, part, parts }) => self.put(f, &hf, part, parts, made),
+            _ => Ok(()),
+        }
+    }
+
     /// One complete tensor: made on the backend and put in its place.
-    fn place(&mut self, be: &B, f: &mut Feed, t: &TensorInfo, bytes: &[u8]) -> Result<()> {
+    fn place(
+        &mut self,
+        be: &B,
+        f: &mut Feed<B::Tensor>,
+        t: &TensorInfo,
+        bytes: &[u8],
+    ) -> Result<()> {
         let Some(to) = target(&t.name) else {
             return Ok(()); // a tensor the graph does not use
         };
         let fname = f.name.clone();
         let bad = |e: Error| file_err(&fname, format!("tensor {}: {e}", t.name));
         match to {
-            Target::Whole(hf) => {
+            Target::Whole(hf) | Target::Rows { hf, .. } => {
                 let made = self.make(be, &hf, t, bytes).map_err(bad)?;
-                self.put(f, &hf, 0, 1, made)
-            }
-            Target::Rows { hf, part, parts } => {
-                let made = self.make(be, &hf, t, bytes).map_err(bad)?;
-                self.put(f, &hf, part, parts, made)
+                self.put_target(f, t, made)
             }
             Target::Temporal { hf, slice } => {
                 let values = dequantize(t.ty, bytes, t.elements() as usize).map_err(bad)?;
@@ -497,7 +546,7 @@ impl<B: Backend> GgufStream<B> {
 
     fn put(
         &mut self,
-        f: &mut Feed,
+        f: &mut Feed<B::Tensor>,
         hf: &str,
         part: usize,
         parts: usize,
@@ -568,7 +617,7 @@ impl<B: Backend> GgufStream<B> {
     }
 
     /// Drops what a file made (a failed checksum or a truncated file), so it can be fed again.
-    fn undo(&mut self, f: &Feed) {
+    fn undo(&mut self, f: &Feed<B::Tensor>) {
         for m in &f.made {
             match m {
                 Made::Block(hf, part) => {

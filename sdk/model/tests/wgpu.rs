@@ -520,6 +520,22 @@ fn gguf_block_kernels_match_candle() {
                     1e-6,
                     &format!("{what}: readback"),
                 );
+                // The same blocks written in ragged pieces (a streaming load), across the
+                // chunks' boundaries: the same values. Q5_0 is rewritten whole, never streamed.
+                match g.quantized_writer("w", ty, [m, k]).unwrap() {
+                    None => assert_eq!(ty, GgmlType::Q5_0),
+                    Some(mut w) => {
+                        for piece in bytes.chunks(997) {
+                            w.write(piece).unwrap();
+                        }
+                        let streamed = w.finish().unwrap();
+                        let got = g.to_vec(&streamed).unwrap();
+                        close(&got, &exact, 1e-6, &format!("{what}: written in pieces"));
+                        let mut w = g.quantized_writer("w", ty, [m, k]).unwrap().unwrap();
+                        w.write(&bytes[..bytes.len() - 1]).unwrap();
+                        assert!(w.finish().is_err(), "{what}: a short matrix");
+                    }
+                }
                 for n in [1, 3, 70] {
                     let x = data(n * k, 32 + n as u64);
                     let b = data(m, 33);

@@ -252,6 +252,17 @@ impl Backend for WgpuBackend {
         self.store_blocks(q.name, q.bytes, q.shape, q.ty, layout)
     }
 
+    fn quantized_writer(
+        &self,
+        name: &str,
+        ty: visionthink_core::gguf::GgmlType,
+        shape: [usize; 2],
+    ) -> Result<Option<Box<dyn crate::backend::QuantWriter<GpuTensor>>>> {
+        Ok(self
+            .block_writer(name, ty, shape)?
+            .map(|w| Box::new(w) as Box<dyn crate::backend::QuantWriter<GpuTensor>>))
+    }
+
     fn to_vec(&self, t: &GpuTensor) -> Result<Vec<f32>> {
         #[cfg(target_arch = "wasm32")]
         {
@@ -589,5 +600,140 @@ impl Backend for WgpuBackend {
             ..buf.clone()
         };
         Ok((buf, view))
+    }
+}
+
+/// Bytes a [`BlockWriter`] gathers before writing them to the GPU.
+const STAGE_BYTES: usize = 8 << 20;
+
+/// GGUF blocks written into their GPU row chunks as they arrive (a streaming load): at most
+/// [`STAGE_BYTES`] are held at a time, never the matrix.
+pub(super) struct BlockWriter {
+    queue: wgpu::Queue,
+    fault: super::device::Fault,
+    name: String,
+    chunks: Vec<Chunk>,
+    row_bytes: usize,
+    rows: usize,
+    cols: usize,
+    /// The chunk being written, the bytes already written to it, and those staged for it.
+    chunk: usize,
+    at: usize,
+    stage: Vec<u8>,
+}
+
+impl BlockWriter {
+    fn chunk_bytes(&self) -> usize {
+        self.chunks
+            .get(self.chunk)
+            .map_or(0, |c| c.rows * self.row_bytes)
+    }
+
+    /// Writes the staged bytes whose length is a multiple of 4 (all of them, zero-padded, at
+    /// the end of a chunk).
+    fn flush(&mut self, end: bool) {
+        let n = if end {
+            self.stage.len()
+        } else {
+            self.stage.len() / 4 * 4
+        };
+        if let Some(c) = self.chunks.get(self.chunk) {
+            super::record::write_to(&self.queue, &c.buf, self.at as u64, &self.stage[..n]);
+        }
+        self.at += n;
+        self.stage.drain(..n);
+    }
+}
+
+impl crate::backend::QuantWriter<GpuTensor> for BlockWriter {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let left = self.chunk_bytes() - self.at - self.stage.len();
+            if left == 0 {
+                return Err(Error::Input(format!(
+                    "{}: more bytes than {} rows of {} values",
+                    self.name, self.rows, self.cols
+                )));
+            }
+            let take = left.min(bytes.len());
+            self.stage.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if take == left {
+                self.flush(true);
+                self.chunk += 1;
+                self.at = 0;
+            } else if self.stage.len() >= STAGE_BYTES {
+                self.flush(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<GpuTensor> {
+        if self.chunk < self.chunks.len() {
+            return Err(Error::Input(format!(
+                "{}: ended inside row chunk {} of {}",
+                self.name,
+                self.chunk + 1,
+                self.chunks.len()
+            )));
+        }
+        self.fault.check()?;
+        Ok(GpuTensor {
+            chunks: ChunkRef::new(self.chunks),
+            off: 0,
+            rows: self.rows,
+            cols: self.cols,
+            one_d: false,
+        })
+    }
+}
+
+impl WgpuBackend {
+    /// A [`BlockWriter`] for a `[rows, cols]` matrix of `ty` blocks the kernels read as stored
+    /// (not Q5_0, which is rewritten whole); `None` otherwise.
+    pub(super) fn block_writer(
+        &self,
+        name: &str,
+        ty: visionthink_core::gguf::GgmlType,
+        [rows, cols]: [usize; 2],
+    ) -> Result<Option<BlockWriter>> {
+        let Some(layout) = WeightLayout::of_gguf(ty) else {
+            return Ok(None);
+        };
+        let row_bytes = ty.bytes_for(cols as u64, cols as u64).ok_or_else(|| {
+            Error::Input(format!(
+                "{name}: rows of {cols} are not whole {} blocks",
+                ty.name()
+            ))
+        })? as usize;
+        self.fault.check()?;
+        self.check_size(row_bytes as u64, &format!("one row of {name}"))?;
+        let max_rows = (self.chunk_limit() / row_bytes.max(1)).clamp(1, rows.max(1));
+        let chunks = (0..rows)
+            .step_by(max_rows)
+            .map(|row0| {
+                let n = max_rows.min(rows - row0);
+                Chunk {
+                    buf: self.rec.empty(n * row_bytes),
+                    row0,
+                    rows: n,
+                    kind: layout,
+                    scales: None,
+                }
+            })
+            .collect();
+        Ok(Some(BlockWriter {
+            queue: self.rec.queue.clone(),
+            fault: self.fault.clone(),
+            name: name.to_string(),
+            chunks,
+            row_bytes,
+            rows,
+            cols,
+            chunk: 0,
+            at: 0,
+            stage: Vec::new(),
+        }))
     }
 }

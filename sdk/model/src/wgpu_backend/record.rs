@@ -237,26 +237,43 @@ impl Recorder {
     /// written through the queue: unlike `create_buffer_init`, this cannot panic when the
     /// device is lost (the fault is reported by the next readback instead).
     pub(super) fn upload(&self, bytes: &[u8]) -> wgpu::Buffer {
-        self.count(|c| c.uploaded_bytes += bytes.len() as u64);
-        let size = bytes.len().div_ceil(4).max(1) * 4;
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+        let buf = self.empty(bytes.len());
+        self.write(&buf, 0, bytes);
+        buf
+    }
+
+    /// An uninitialised storage buffer of at least `bytes` bytes (a multiple of 4).
+    pub(super) fn empty(&self, bytes: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            size: size as u64,
+            size: (bytes.div_ceil(4).max(1) * 4) as u64,
             usage: usage(),
             mapped_at_creation: false,
-        });
-        if !bytes.is_empty() {
-            let whole = bytes.len() / 4 * 4;
-            if whole > 0 {
-                self.queue.write_buffer(&buf, 0, &bytes[..whole]);
-            }
-            if whole < bytes.len() {
-                let mut tail = [0u8; 4];
-                tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-                self.queue.write_buffer(&buf, whole as u64, &tail);
-            }
-        }
-        buf
+        })
+    }
+
+    /// Writes `bytes` at byte `offset` (a multiple of 4) of `buf`, a ragged tail zero-padded to
+    /// 4 bytes. In pieces of at most [`WRITE_PIECE`] bytes: in a browser every write is copied
+    /// into a JS array first, so a whole embedding written at once would spike the JS heap.
+    pub(super) fn write(&self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.count(|c| c.uploaded_bytes += bytes.len() as u64);
+        write_to(&self.queue, buf, offset, bytes);
+    }
+}
+
+/// Largest single queue write, in bytes (a multiple of 4).
+pub const WRITE_PIECE: usize = 16 << 20;
+
+/// [`Recorder::write`] on a queue (for writers that outlive a borrow of the backend).
+pub(super) fn write_to(queue: &wgpu::Queue, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+    let whole = bytes.len() / 4 * 4;
+    for (i, piece) in bytes[..whole].chunks(WRITE_PIECE).enumerate() {
+        queue.write_buffer(buf, offset + (i * WRITE_PIECE) as u64, piece);
+    }
+    if whole < bytes.len() {
+        let mut tail = [0u8; 4];
+        tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+        queue.write_buffer(buf, offset + whole as u64, &tail);
     }
 }
 
