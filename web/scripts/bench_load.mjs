@@ -1,7 +1,8 @@
 // Load benchmark in headless Chromium (issue 14): streams a GGUF model folder (its
 // visionthink-manifest.json, as `visionthink convert` writes it) into the engine and reports the
 // load time, the wasm heap after the load (a wasm heap never shrinks: its peak) and the JS heap
-// (sampled every 100 ms during the load: its peak), optionally the time to the first token.
+// (sampled every 100 ms during the load: its peak, garbage included; and live, after a forced
+// collection at the end of each part), optionally the time to the first token.
 // WebGPU runs on SwiftShader here (a CPU rasteriser): times say nothing of a GPU's speed.
 //
 //   node scripts/bench_load.mjs --model DIR [--backend webgpu|cpu] [--first-token] [--json]
@@ -23,7 +24,13 @@ const srv = await startServer({ ggufDir: resolve(dir) });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage", "--enable-unsafe-webgpu", "--enable-precise-memory-info"],
+  args: [
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--enable-unsafe-webgpu",
+    "--enable-precise-memory-info",
+    "--js-flags=--expose-gc",
+  ],
 });
 let result;
 try {
@@ -34,7 +41,16 @@ try {
     async ([backend, firstToken]) => {
       const m = await import("/dist/index.js");
       let jsPeak = 0;
+      let jsLive = 0;
       const sample = () => (jsPeak = Math.max(jsPeak, performance.memory?.usedJSHeapSize ?? 0));
+      // After each part, a forced collection: what the load keeps alive, without the garbage
+      // (fetched chunks already pushed into the engine) the collector has not reached yet.
+      const live = () => {
+        globalThis.gc?.();
+        const v = performance.memory?.usedJSHeapSize ?? 0;
+        jsLive = Math.max(jsLive, v);
+        return v;
+      };
       const timer = setInterval(sample, 100);
       const heapBefore = await m.wasmHeapBytes();
       let bytes = 0;
@@ -45,7 +61,10 @@ try {
         cache: false,
         onProgress: (p) => {
           bytes = Math.max(bytes, p.loaded);
-          if (p.loaded === p.total) console.log(`${p.file}: JS heap ${(performance.memory?.usedJSHeapSize / 1e6).toFixed(0)} MB, total ${(performance.memory?.totalJSHeapSize / 1e6).toFixed(0)} MB`);
+          if (p.loaded === p.total) {
+            sample();
+            console.log(`${p.file}: JS heap ${(performance.memory?.usedJSHeapSize / 1e6).toFixed(0)} MB, live ${(live() / 1e6).toFixed(0)} MB`);
+          }
         },
       });
       const loadMs = performance.now() - t0;
@@ -58,6 +77,7 @@ try {
         wasm_heap_before: heapBefore,
         wasm_heap_after_load: await m.wasmHeapBytes(),
         js_heap_peak: jsPeak,
+        js_heap_live_peak: jsLive,
       };
       if (firstToken) {
         const image = new Uint8Array(await (await fetch("/example.png")).arrayBuffer());
@@ -79,6 +99,9 @@ try {
 }
 const mb = (b) => (b / 1e6).toFixed(1);
 console.log(`\n${cpus()[0]?.model}, ${cpus().length} cores; model ${resolve(dir)}; backend ${result.backend}`);
-console.log(`load ${(result.load_ms / 1000).toFixed(1)} s; wasm heap ${mb(result.wasm_heap_before)} → ${mb(result.wasm_heap_after_load)} MB; JS heap peak ${mb(result.js_heap_peak)} MB`);
+console.log(
+  `load ${(result.load_ms / 1000).toFixed(1)} s; wasm heap ${mb(result.wasm_heap_before)} → ${mb(result.wasm_heap_after_load)} MB; ` +
+    `JS heap peak ${mb(result.js_heap_peak)} MB sampled, ${mb(result.js_heap_live_peak)} MB live (after a forced GC at each part's end)`,
+);
 if (result.first_token_ms !== undefined) console.log(`first token ${(result.first_token_ms / 1000).toFixed(1)} s`);
 if (process.argv.includes("--json")) console.log(JSON.stringify(result));
