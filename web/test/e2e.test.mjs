@@ -61,6 +61,17 @@ async function waitReady(page, logs) {
   assert.equal(ready, "1", `load failed: ${await page.textContent("#status")}\n${logs.join("\n")}`);
 }
 
+/** Flips the last byte of a cached file (same headers, other bytes). */
+async function corruptCached(page, url) {
+  await page.evaluate(async (url) => {
+    const cache = await caches.open("visionthink-models-v1");
+    const hit = await cache.match(url);
+    const bytes = new Uint8Array(await hit.arrayBuffer());
+    bytes[bytes.length - 1] ^= 0xff;
+    await cache.put(url, new Response(bytes, { headers: hit.headers }));
+  }, url);
+}
+
 async function askAndWait(page) {
   await page.click("#ask");
   await page.waitForFunction(() => document.body.dataset.done, null, { timeout: 300_000 });
@@ -132,13 +143,7 @@ test("GGUF set from the model picker: parts streamed into WebGPU; an interrupted
     assert.match(await page.textContent("#f-tokens"), /^\d+ \(full resolution alone: \d+\)$/);
     await page.screenshot({ path: join(results, "demo-gguf.png"), fullPage: true });
     // A corrupted cached part fails its SHA-256 while it streams: dropped, fetched once more.
-    await page.evaluate(async (url) => {
-      const cache = await caches.open("visionthink-models-v1");
-      const hit = await cache.match(url);
-      const bytes = new Uint8Array(await hit.arrayBuffer());
-      bytes[bytes.length - 1] ^= 0xff;
-      await cache.put(url, new Response(bytes, { headers: hit.headers }));
-    }, `${srv.url}/model-gguf/${text[0]}`);
+    await corruptCached(page, `${srv.url}/model-gguf/${text[0]}`);
     await page.reload();
     await waitReady(page, logs);
     const h2 = hits();
@@ -159,13 +164,7 @@ test("web worker engine, then a corrupted cached weight file is refetched", asyn
     assert.equal(await askAndWait(page), "direct", await page.textContent("#status"));
     // Everything is cached now; corrupt the weights in the cache (same hash header, other bytes).
     const weights = `${srv.url}/model/model.safetensors`;
-    await page.evaluate(async (url) => {
-      const cache = await caches.open("visionthink-models-v1");
-      const hit = await cache.match(url);
-      const bytes = new Uint8Array(await hit.arrayBuffer());
-      bytes[bytes.length - 1] ^= 0xff;
-      await cache.put(url, new Response(bytes, { headers: hit.headers }));
-    }, weights);
+    await corruptCached(page, weights);
     const before = { w: srv.hits.get("/model/model.safetensors"), c: srv.hits.get("/model/config.json") };
     await page.reload();
     await waitReady(page, logs);

@@ -400,17 +400,27 @@ fn same_blocks_on_webgpu(
         panic!("no wgpu adapter ({e}); install mesa-vulkan-drivers and set WGPU_BACKEND=vulkan")
     });
     let got = last_logits(&Qwen25VL::load(&g, cfg, &open()).unwrap(), &g);
+    same_logits(
+        &got,
+        &want,
+        "WebGPU on the blocks vs candle on their f32 values",
+    );
+}
+
+/// The largest difference within 1e-4 of the logits' scale, and the same argmax.
+fn same_logits(got: &[f32], want: &[f32], what: &str) {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = got
         .iter()
-        .zip(&want)
+        .zip(want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
         / scale;
-    eprintln!("WebGPU on the blocks vs candle on their f32 values: {diff:.2e} of the scale");
-    assert!(diff <= 1e-4, "relative difference {diff}");
+    eprintln!("{what}: {diff:.2e} of the scale");
+    assert!(diff <= 1e-4, "{what}: relative difference {diff}");
     assert_eq!(
-        visionthink_model::generate::argmax(&got),
-        visionthink_model::generate::argmax(&want)
+        visionthink_model::generate::argmax(got),
+        visionthink_model::generate::argmax(want),
+        "{what}"
     );
 }
 
@@ -526,17 +536,10 @@ fn real_width_q4_k_m_model_splits_on_webgpu() {
         &exact_be,
         1,
     );
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale;
-    eprintln!("7B-width Q4_K_M on WebGPU vs candle on the same values: {diff:.2e} of the scale");
-    assert!(diff <= 1e-4, "relative difference {diff}");
-    assert_eq!(
-        visionthink_model::generate::argmax(&got),
-        visionthink_model::generate::argmax(&want)
+    same_logits(
+        &got,
+        &want,
+        "7B-width Q4_K_M on WebGPU vs candle on the same values",
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
