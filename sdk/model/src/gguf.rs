@@ -440,23 +440,10 @@ impl GgufWeights {
                 Ok(all)
             }
             Source::Temporal(a, b) => {
-                let (va, sa) = self.values(&a, hf)?;
-                let (vb, sb) = self.values(&b, hf)?;
-                if sa != sb || sa.len() != 4 {
-                    return Err(Error::Shape {
-                        name: format!("{hf} (GGUF {b})"),
-                        expected: sa,
-                        found: sb,
-                    });
-                }
-                check(vec![sa[0], sa[1], 2, sa[2], sa[3]])?;
-                // [dim, c, p, p] twice → [dim, c, 2, p, p]: per (out, channel), slice 0 then 1.
-                let k = sa[2] * sa[3];
-                let mut out = Vec::with_capacity(va.len() * 2);
-                for (x, y) in va.chunks_exact(k).zip(vb.chunks_exact(k)) {
-                    out.extend_from_slice(x);
-                    out.extend_from_slice(y);
-                }
+                let first = self.values(&a, hf)?;
+                let second = self.values(&b, hf)?;
+                let (out, shape) = join_temporal(&format!("{hf} (GGUF {b})"), &first, &second)?;
+                check(shape)?;
                 Ok(out)
             }
         }
@@ -505,6 +492,30 @@ impl GgufWeights {
         #[cfg(target_arch = "wasm32")]
         let _ = q;
     }
+}
+
+/// The patch embedding `[dim, c, 2, p, p]` from its two temporal slices `[dim, c, p, p]`
+/// (values and shape each), as llama.cpp stores it; `name` labels a shape mismatch.
+pub(crate) fn join_temporal(
+    name: &str,
+    (a, sa): &(Vec<f32>, Vec<usize>),
+    (b, sb): &(Vec<f32>, Vec<usize>),
+) -> Result<(Vec<f32>, Vec<usize>)> {
+    if sa != sb || sa.len() != 4 {
+        return Err(Error::Shape {
+            name: name.to_string(),
+            expected: sa.clone(),
+            found: sb.clone(),
+        });
+    }
+    // Per (out, channel): slice 0 then slice 1.
+    let k = sa[2] * sa[3];
+    let mut out = Vec::with_capacity(a.len() * 2);
+    for (x, y) in a.chunks_exact(k).zip(b.chunks_exact(k)) {
+        out.extend_from_slice(x);
+        out.extend_from_slice(y);
+    }
+    Ok((out, vec![sa[0], sa[1], 2, sa[2], sa[3]]))
 }
 
 /// Q5_0 blocks rewritten as Q8_0 blocks, exactly: a Q5_0 value is a 5-bit integer in −16..15

@@ -28,7 +28,7 @@
 
 use crate::backend::{Backend, QuantWriter};
 use crate::error::{Error, Result};
-use crate::gguf::{dequantize, split_part, target, QuantView, Target};
+use crate::gguf::{dequantize, join_temporal, split_part, target, QuantView, Target};
 use crate::graph::Qwen25VL;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -139,7 +139,7 @@ pub struct GgufStream<B: Backend> {
 fn stored_size<B: Backend>(be: &B, t: &TensorInfo) -> (u64, u64) {
     let shape = t.shape();
     let rows = shape.first().copied().unwrap_or(1).max(1) as u64;
-    if t.ty.is_quantized() && shape.len() == 2 && be.takes_quantized(t.ty) {
+    if kept_as_blocks(be, t).is_some() {
         let bytes = match t.ty {
             // Rewritten as Q8_0 (34 bytes per 32 values instead of 22).
             GgmlType::Q5_0 => t.bytes / 22 * 34,
@@ -156,6 +156,15 @@ fn stored_size<B: Backend>(be: &B, t: &TensorInfo) -> (u64, u64) {
             },
             bytes,
         )
+    }
+}
+
+/// `[rows, cols]` of a tensor `be` keeps in its GGUF blocks (a quantized matrix of a type it
+/// computes on); `None` for what is dequantized to f32.
+fn kept_as_blocks<B: Backend>(be: &B, t: &TensorInfo) -> Option<[usize; 2]> {
+    match t.shape().as_slice() {
+        &[rows, cols] if t.ty.is_quantized() && be.takes_quantized(t.ty) => Some([rows, cols]),
+        _ => None,
     }
 }
 
@@ -451,11 +460,9 @@ impl<B: Backend> GgufStream<B> {
             Some(Target::Whole(hf) | Target::Rows { hf, .. }) => hf,
             _ => return Ok(None),
         };
-        match t.shape().as_slice() {
-            &[rows, cols] if t.ty.is_quantized() && be.takes_quantized(t.ty) => {
-                be.quantized_writer(&hf, t.ty, [rows, cols])
-            }
-            _ => Ok(None),
+        match kept_as_blocks(be, t) {
+            Some(shape) => be.quantized_writer(&hf, t.ty, shape),
+            None => Ok(None),
         }
     }
 
@@ -496,26 +503,13 @@ impl<B: Backend> GgufStream<B> {
                 let pair = self.slices.entry(hf.clone()).or_default();
                 pair[slice] = Some((values, t.shape()));
                 f.made.push(Made::Slice(hf.clone(), slice));
-                let [Some((a, sa)), Some((b, sb))] = pair else {
+                let [Some(first), Some(second)] = pair else {
                     return Ok(());
                 };
-                if sa != sb || sa.len() != 4 {
-                    return Err(Error::Shape {
-                        name: format!("{hf} (GGUF {})", t.name),
-                        expected: sa.clone(),
-                        found: sb.clone(),
-                    });
-                }
-                // [dim, c, p, p] twice → [dim, c, 2, p, p]: per (out, channel), slice 0 then 1.
-                let k = sa[2] * sa[3];
-                let mut out = Vec::with_capacity(a.len() * 2);
-                for (x, y) in a.chunks_exact(k).zip(b.chunks_exact(k)) {
-                    out.extend_from_slice(x);
-                    out.extend_from_slice(y);
-                }
                 // The slices stay until the end: if this file fails its checksum, the other
                 // slice (perhaps from an earlier part) is still there when it comes again.
-                let shape = [sa[0], out.len() / sa[0].max(1)];
+                let (out, full) = join_temporal(&format!("{hf} (GGUF {})", t.name), first, second)?;
+                let shape = [full[0], out.len() / full[0].max(1)];
                 let made = be.weight(out, &shape).map_err(bad)?;
                 self.stats.tensors += 1;
                 self.put(f, &hf, 0, 1, made)
@@ -524,19 +518,18 @@ impl<B: Backend> GgufStream<B> {
     }
 
     fn make(&mut self, be: &B, hf: &str, t: &TensorInfo, bytes: &[u8]) -> Result<B::Tensor> {
-        let shape = t.shape();
         self.stats.tensors += 1;
-        if t.ty.is_quantized() && shape.len() == 2 && be.takes_quantized(t.ty) {
+        if let Some(shape) = kept_as_blocks(be, t) {
             self.stats.quantized += 1;
             return be.quantized_weight(&QuantView {
                 name: hf,
                 ty: t.ty,
-                shape: [shape[0], shape[1]],
+                shape,
                 bytes,
             });
         }
         let values = dequantize(t.ty, bytes, t.elements() as usize)?;
-        let shape = match shape.as_slice() {
+        let shape = match t.shape().as_slice() {
             [n] => vec![*n],
             [rows, ..] => vec![*rows, values.len() / (*rows).max(1)],
             [] => vec![values.len()],

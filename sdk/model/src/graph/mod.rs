@@ -304,13 +304,7 @@ impl<B: Backend> Qwen25VL<B> {
             let spec = &v.spec;
             let blocks =
                 take(&spec.name, v.parts).ok_or_else(|| Error::MissingTensor(spec.name.clone()))?;
-            let parts = v.parts.max(1);
-            let rows = spec.shape.first().copied().unwrap_or(1) / parts;
-            let rest: usize = spec.shape.iter().skip(1).product();
-            let want = match spec.shape.len() {
-                1 => vec![rows],
-                _ => vec![rows, rest],
-            };
+            let want = params::block_shape(spec, v.parts);
             for b in &blocks {
                 if be.shape(b) != want {
                     return Err(Error::Shape {
@@ -357,12 +351,11 @@ impl<B: Backend> Qwen25VL<B> {
             // A GGUF matrix stays in its quantized blocks when the backend computes on them.
             if let Some(views) = store.quantized_parts(&spec.name, *parts) {
                 if views.iter().all(|q| be.takes_quantized(q.ty)) {
-                    let dim = |i: usize| spec.shape.get(i).copied().unwrap_or(0);
-                    let want = [dim(0) / parts.max(&1), dim(1)];
-                    if let Some(q) = views.iter().find(|q| q.shape != want) {
+                    let want = params::block_shape(spec, *parts);
+                    if let Some(q) = views.iter().find(|q| q.shape[..] != want[..]) {
                         return Err(Error::Shape {
                             name: spec.name.clone(),
-                            expected: want.to_vec(),
+                            expected: want,
                             found: q.shape.to_vec(),
                         });
                     }

@@ -403,10 +403,7 @@ pub(crate) fn read_parts(
             found: spec.shape.clone(),
         });
     }
-    let shape = match spec.shape.len() {
-        1 => vec![rows],
-        _ => vec![rows, block / rows.max(1)],
-    };
+    let shape = block_shape(spec, parts);
     if parts == 1 {
         // The whole tensor: handed over without a copy (an embedding is hundreds of MB).
         return Ok(vec![(data, shape)]);
@@ -415,6 +412,16 @@ pub(crate) fn read_parts(
         .chunks_exact(block.max(1))
         .map(|chunk| (chunk.to_vec(), shape.clone()))
         .collect())
+}
+
+/// The shape of each of a tensor's `parts` equal row blocks as the graph holds them:
+/// `[rows / parts, rest]` for matrices (higher ranks flattened), `[n / parts]` for vectors.
+pub(crate) fn block_shape(spec: &TensorSpec, parts: usize) -> Vec<usize> {
+    let rows = spec.shape.first().copied().unwrap_or(1) / parts.max(1);
+    match spec.shape.len() {
+        1 => vec![rows],
+        _ => vec![rows, spec.shape.iter().skip(1).product()],
+    }
 }
 
 /// One whole tensor of a checkpoint as f32 values (its transformers 5 name, else the older
