@@ -116,6 +116,8 @@ struct Feed<T> {
     pos: u64,
     /// The next tensor to complete.
     next: usize,
+    /// Weight bytes this file adds to [`StreamStats::planned_bytes`] (taken back if it fails).
+    planned: u64,
     /// Bytes of the tensor being received.
     buf: Vec<u8>,
     /// The backend's writer of the tensor being received, when it takes its blocks in pieces.
@@ -215,6 +217,7 @@ impl<B: Backend> GgufStream<B> {
             part: 0,
             pos: 0,
             next: 0,
+            planned: 0,
             buf: Vec::new(),
             writer: None,
             made: Vec::new(),
@@ -366,6 +369,7 @@ impl<B: Backend> GgufStream<B> {
             total += bytes;
         }
         self.stats.planned_bytes += total;
+        f.planned = total;
         if let Some(max) = self.limits.max_total_bytes {
             if self.stats.planned_bytes > max {
                 return Err(Error::AdapterLimit(format!(
@@ -611,6 +615,8 @@ impl<B: Backend> GgufStream<B> {
 
     /// Drops what a file made (a failed checksum or a truncated file), so it can be fed again.
     fn undo(&mut self, f: &Feed<B::Tensor>) {
+        // A refetched file is planned again when its header comes back.
+        self.stats.planned_bytes -= f.planned;
         for m in &f.made {
             match m {
                 Made::Block(hf, part) => {

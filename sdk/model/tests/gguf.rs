@@ -297,6 +297,8 @@ fn bad_streams_are_named_errors_and_a_refetch_recovers() {
     assert!(e.contains("already loaded"), "{e}");
     let mut s2 = new();
     feed(&mut s2, &be, "t.gguf", &text, 4096, None).unwrap();
+    // The failed copy's weights are not counted against the limits twice.
+    assert_eq!(s.stats().planned_bytes, s2.stats().planned_bytes);
     let e = s2.finish(&be).err().unwrap().to_string();
     assert!(e.contains("mmproj"), "{e}");
     feed(&mut s, &be, "m.gguf", &mm, 4096, None).unwrap();
