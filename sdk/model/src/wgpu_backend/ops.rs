@@ -142,48 +142,34 @@ impl WgpuBackend {
         }
     }
 
-    /// Uploads GGUF blocks as stored (`layout` names their type), split into row chunks of whole
-    /// rows that fit the binding limit: the kernels read them in place.
+    /// Uploads GGUF blocks as stored, split into row chunks of whole rows that fit the binding
+    /// limit: the kernels read them in place. The matrix given at once to a [`BlockWriter`].
     fn store_blocks(
         &self,
         name: &str,
         bytes: &[u8],
         shape: [usize; 2],
         ty: visionthink_core::gguf::GgmlType,
-        layout: WeightLayout,
     ) -> Result<GpuTensor> {
         let [rows, cols] = shape;
-        let row_bytes = ty
+        let whole = ty
             .bytes_for(cols as u64, cols as u64)
-            .filter(|&b| rows as u64 * b == bytes.len() as u64)
-            .ok_or_else(|| {
-                Error::Input(format!(
-                    "{name}: {} bytes are not {rows} rows of {cols} {} values",
-                    bytes.len(),
-                    ty.name()
-                ))
-            })? as usize;
-        self.fault.check()?;
-        self.check_size(row_bytes as u64, &format!("one row of {name}"))?;
-        let max_rows = (self.chunk_limit() / row_bytes.max(1)).clamp(1, rows.max(1));
-        let mut chunks = Vec::new();
-        for row0 in (0..rows).step_by(max_rows) {
-            let n = max_rows.min(rows - row0);
-            chunks.push(Chunk {
-                buf: self.upload(&bytes[row0 * row_bytes..(row0 + n) * row_bytes]),
-                row0,
-                rows: n,
-                kind: layout,
-                scales: None,
-            });
+            .is_some_and(|b| rows as u64 * b == bytes.len() as u64);
+        if !whole {
+            return Err(Error::Input(format!(
+                "{name}: {} bytes are not {rows} rows of {cols} {} values",
+                bytes.len(),
+                ty.name()
+            )));
         }
-        Ok(GpuTensor {
-            chunks: ChunkRef::new(chunks),
-            off: 0,
-            rows,
-            cols,
-            one_d: false,
-        })
+        let mut w = self.block_writer(name, ty, shape)?.ok_or_else(|| {
+            Error::Config(format!(
+                "{name}: the WebGPU kernels do not read {} blocks",
+                ty.name()
+            ))
+        })?;
+        crate::backend::QuantWriter::write(&mut w, bytes)?;
+        crate::backend::QuantWriter::finish(Box::new(w))
     }
 }
 
@@ -240,16 +226,9 @@ impl Backend for WgpuBackend {
         if q.ty == GgmlType::Q5_0 {
             // Exact (the same dequantized values), onto the Q8_0 kernels.
             let q8 = crate::gguf::q5_0_as_q8_0(q.bytes)?;
-            return self.store_blocks(q.name, &q8, q.shape, GgmlType::Q8_0, WeightLayout::Q8_0);
+            return self.store_blocks(q.name, &q8, q.shape, GgmlType::Q8_0);
         }
-        let layout = WeightLayout::of_gguf(q.ty).ok_or_else(|| {
-            Error::Config(format!(
-                "{}: the WebGPU kernels do not read {} blocks",
-                q.name,
-                q.ty.name()
-            ))
-        })?;
-        self.store_blocks(q.name, q.bytes, q.shape, q.ty, layout)
+        self.store_blocks(q.name, q.bytes, q.shape, q.ty)
     }
 
     fn quantized_writer(
@@ -610,6 +589,7 @@ const STAGE_BYTES: usize = 8 << 20;
 /// [`STAGE_BYTES`] are held at a time, never the matrix.
 pub(super) struct BlockWriter {
     queue: wgpu::Queue,
+    counters: std::sync::Arc<std::sync::Mutex<super::Counters>>,
     fault: super::device::Fault,
     name: String,
     chunks: Vec<Chunk>,
@@ -638,7 +618,13 @@ impl BlockWriter {
             self.stage.len() / 4 * 4
         };
         if let Some(c) = self.chunks.get(self.chunk) {
-            super::record::write_to(&self.queue, &c.buf, self.at as u64, &self.stage[..n]);
+            super::record::write_to(
+                &self.queue,
+                &self.counters,
+                &c.buf,
+                self.at as u64,
+                &self.stage[..n],
+            );
         }
         self.at += n;
         self.stage.drain(..n);
@@ -656,6 +642,23 @@ impl crate::backend::QuantWriter<GpuTensor> for BlockWriter {
                 )));
             }
             let take = left.min(bytes.len());
+            if self.stage.is_empty() && take == left {
+                // The rest of the chunk is at hand (a whole matrix given at once): no copy.
+                if let Some(c) = self.chunks.get(self.chunk) {
+                    let (queue, counters) = (&self.queue, &self.counters);
+                    super::record::write_to(
+                        queue,
+                        counters,
+                        &c.buf,
+                        self.at as u64,
+                        &bytes[..take],
+                    );
+                }
+                bytes = &bytes[take..];
+                self.chunk += 1;
+                self.at = 0;
+                continue;
+            }
             self.stage.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
             if take == left {
@@ -725,6 +728,7 @@ impl WgpuBackend {
             .collect();
         Ok(Some(BlockWriter {
             queue: self.rec.queue.clone(),
+            counters: self.rec.counters.clone(),
             fault: self.fault.clone(),
             name: name.to_string(),
             chunks,

@@ -37,7 +37,8 @@ pub(super) struct Recorder {
     uniforms: wgpu::Buffer,
     /// Bytes per parameter slot (the adapter's uniform offset alignment, at least 64).
     param_slot: u64,
-    counters: Mutex<Counters>,
+    /// Shared with the block writers of a streaming load, which outlive a borrow of this.
+    pub(super) counters: Arc<Mutex<Counters>>,
 }
 
 /// A compiled kernel and the layout of its bind group.
@@ -78,7 +79,7 @@ impl Recorder {
             pending: Mutex::new(Pending::default()),
             uniforms,
             param_slot,
-            counters: Mutex::new(Counters::default()),
+            counters: Arc::new(Mutex::new(Counters::default())),
         }
     }
 
@@ -256,16 +257,23 @@ impl Recorder {
     /// 4 bytes. In pieces of at most [`WRITE_PIECE`] bytes: in a browser every write is copied
     /// into a JS array first, so a whole embedding written at once would spike the JS heap.
     pub(super) fn write(&self, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
-        self.count(|c| c.uploaded_bytes += bytes.len() as u64);
-        write_to(&self.queue, buf, offset, bytes);
+        write_to(&self.queue, &self.counters, buf, offset, bytes);
     }
 }
 
 /// Largest single queue write, in bytes (a multiple of 4).
 pub const WRITE_PIECE: usize = 16 << 20;
 
-/// [`Recorder::write`] on a queue (for writers that outlive a borrow of the backend).
-pub(super) fn write_to(queue: &wgpu::Queue, buf: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+/// [`Recorder::write`] on a queue and counters (for writers that outlive a borrow of the
+/// backend).
+pub(super) fn write_to(
+    queue: &wgpu::Queue,
+    counters: &Mutex<Counters>,
+    buf: &wgpu::Buffer,
+    offset: u64,
+    bytes: &[u8],
+) {
+    locked(counters).uploaded_bytes += bytes.len() as u64;
     let whole = bytes.len() / 4 * 4;
     for (i, piece) in bytes[..whole].chunks(WRITE_PIECE).enumerate() {
         queue.write_buffer(buf, offset + (i * WRITE_PIECE) as u64, piece);
