@@ -354,15 +354,6 @@ fn sha256_hex(b: &[u8]) -> String {
         .collect()
 }
 
-fn heap_bytes() -> f64 {
-    use wasm_bindgen::JsCast;
-    wasm_bindgen::memory()
-        .unchecked_into::<js_sys::WebAssembly::Memory>()
-        .buffer()
-        .unchecked_into::<js_sys::ArrayBuffer>()
-        .byte_length() as f64
-}
-
 /// llama.cpp's GGUF files (F16 text, F32 mmproj) pushed in 64 KB chunks through `GgufLoader`,
 /// as the npm package streams them (one tensor buffered at most, each handed to the executor as
 /// soon as it is in): on WebGPU and on the CPU fallback the scripted episodes give the Rust
@@ -379,7 +370,7 @@ async fn streamed_gguf_gives_the_native_records() {
         .unwrap();
         let mut l = GgufLoader::create(opts).await.unwrap();
         assert_eq!(l.backend(), backend);
-        let before = heap_bytes();
+        let before = visionthink_wasm::wasm_heap_bytes();
         // The text file once corrupted (its SHA-256 fails, its tensors are dropped), then whole.
         let mut bad = GGUF_TEXT.to_vec();
         let at = bad.len() - 100;
@@ -412,7 +403,7 @@ async fn streamed_gguf_gives_the_native_records() {
         );
         wasm_bindgen_test::console_log!(
             "{backend}: heap +{:.1} MB for {:.1} MB pushed, {:.1} MB buffered at most",
-            (heap_bytes() - before) / 1e6,
+            (visionthink_wasm::wasm_heap_bytes() - before) / 1e6,
             stats["bytesIn"].as_f64().unwrap() / 1e6,
             stats["peakBuffered"].as_f64().unwrap() / 1e6
         );

@@ -78,24 +78,33 @@ export async function resolveManifest(base: string): Promise<Manifest> {
   return { files };
 }
 
+/**
+ * The response for a model file; a network failure, 429 or 5xx is a resumable
+ * `ModelLoadError`, another HTTP error a final one.
+ */
+export async function fetchFile(url: string, name: string): Promise<Response> {
+  let res: Response;
+  try {
+    res = await fetch(url);
+  } catch (e) {
+    throw new VisionThinkError("ModelLoadError", `download of ${name} failed: ${e}`, true);
+  }
+  if (!res.ok) {
+    throw new VisionThinkError(
+      "ModelLoadError",
+      `download of ${name} failed: HTTP ${res.status}`,
+      res.status >= 500 || res.status === 429,
+    );
+  }
+  return res;
+}
+
 async function download(
   url: string,
   file: ManifestFile,
   onProgress: (p: LoadProgress) => void,
 ): Promise<Uint8Array> {
-  let res: Response;
-  try {
-    res = await fetch(url);
-  } catch (e) {
-    throw new VisionThinkError("ModelLoadError", `download of ${file.name} failed: ${e}`, true);
-  }
-  if (!res.ok) {
-    throw new VisionThinkError(
-      "ModelLoadError",
-      `download of ${file.name} failed: HTTP ${res.status}`,
-      res.status >= 500 || res.status === 429,
-    );
-  }
+  const res = await fetchFile(url, file.name);
   const total = Number(res.headers.get("content-length") ?? file.size ?? 0);
   const reader = res.body?.getReader();
   if (!reader) return new Uint8Array(await res.arrayBuffer());

@@ -7,7 +7,15 @@
 // the parts already verified in the cache, so the next load resumes at the first missing part.
 
 import { type Engine as WasmEngine, GgufLoader } from "../pkg/visionthink_wasm.js";
-import { CACHE_NAME, join, type LoadProgress, type Manifest, type ManifestFile, VisionThinkError } from "./cache.js";
+import {
+  CACHE_NAME,
+  fetchFile,
+  join,
+  type LoadProgress,
+  type Manifest,
+  type ManifestFile,
+  VisionThinkError,
+} from "./cache.js";
 
 /** Whether a manifest describes a GGUF model (any `.gguf` file). */
 export function isGgufManifest(m: Manifest): boolean {
@@ -79,19 +87,8 @@ async function streamPart(
     }
   }
   for (let attempt = 0; ; attempt++) {
-    let res: Response;
-    try {
-      res = await fetch(url);
-    } catch (e) {
-      throw new VisionThinkError("ModelLoadError", `download of ${file.name} failed: ${e}`, true);
-    }
-    if (!res.ok || !res.body) {
-      throw new VisionThinkError(
-        "ModelLoadError",
-        `download of ${file.name} failed: HTTP ${res.status}`,
-        res.status >= 500 || res.status === 429,
-      );
-    }
+    const res = await fetchFile(url, file.name);
+    if (!res.body) throw new VisionThinkError("ModelLoadError", `download of ${file.name}: the response has no body`);
     const size = file.size ?? Number(res.headers.get("content-length") ?? NaN);
     if (!Number.isFinite(size)) {
       throw new VisionThinkError("ModelLoadError", `${file.name}: neither the manifest nor the server gives its size`);
