@@ -317,6 +317,69 @@ impl CandleBackend {
     }
 }
 
+impl CandleBackend {
+    /// Attention through the fused CPU kernel ([`crate::attention`]) when that is the path:
+    /// inference (no autograd) on the CPU. `None` otherwise (the composed, differentiable ops).
+    fn fused_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        kv_heads: usize,
+        mask: &Mask,
+    ) -> Result<Option<Tensor>> {
+        if self.trainable.is_some() || !q.device().is_cpu() || heads == 0 {
+            return Ok(None);
+        }
+        let (n, width) = q.dims2()?;
+        let shape = crate::attention::Shape {
+            n,
+            m: k.dim(0)?,
+            heads,
+            kv_heads,
+            d: width / heads,
+        };
+        let (q32, k32, v32) = (f32_rows(q)?, f32_rows(k)?, f32_rows(v)?);
+        let out = {
+            let (qs, ql) = q32.storage_and_layout();
+            let (ks, kl) = k32.storage_and_layout();
+            let (vs, vl) = v32.storage_and_layout();
+            crate::attention::attention(
+                cpu_slice(&qs, ql)?,
+                cpu_slice(&ks, kl)?,
+                cpu_slice(&vs, vl)?,
+                shape,
+                mask,
+            )?
+        };
+        let out = Tensor::from_vec(out, (n, width), &self.device)?;
+        Ok(Some(if q.dtype() == DType::F32 {
+            out
+        } else {
+            out.to_dtype(q.dtype())?
+        }))
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor's storage.
+fn cpu_slice<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(cpu) = s else {
+        return Err(Error::Backend(
+            "fused attention: tensor not on the CPU".into(),
+        ));
+    };
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Backend("fused attention: operand not contiguous".into()))?;
+    Ok(&cpu.as_slice::<f32>()?[a..b])
+}
+
+/// `t` as contiguous f32 (a cheap handle when it already is).
+fn f32_rows(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.contiguous()?)
+}
+
 impl Backend for CandleBackend {
     type Tensor = Tensor;
 
@@ -463,6 +526,9 @@ impl Backend for CandleBackend {
         let (n, width) = q.dims2()?;
         let m = k.dim(0)?;
         let d = width / heads;
+        if let Some(out) = self.fused_attention(q, k, v, heads, kv_heads, mask)? {
+            return Ok(out);
+        }
         let to_heads = |t: &Tensor, rows: usize, h: usize| -> Result<Tensor> {
             let t = t.reshape((rows, h, d))?.transpose(0, 1)?.contiguous()?;
             if h == heads {

@@ -8,6 +8,7 @@
 //! [`Qwen25VL::map_weights`]); a [`Session`] holds one sequence's KV cache and M-RoPE positions on
 //! one backend. Errors carry stable names ([`Error::name`]).
 
+pub mod attention;
 pub mod backend;
 pub mod candle_backend;
 mod error;
