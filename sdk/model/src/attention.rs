@@ -341,7 +341,7 @@ mod tests {
                 let keys: Vec<usize> = match mask {
                     Mask::Causal { past } => (0..=past + i).collect(),
                     Mask::Segments(cu) => {
-                        let w = cu.windows(2).find(|w| i >= w[0] && i < w[1]).unwrap();
+                        let w = cu.windows(2).find(|w| i >= w[0] && i < w[1]).expect("row in a segment");
                         (w[0]..w[1]).collect()
                     }
                 };
@@ -391,7 +391,7 @@ mod tests {
         let q = data(s.n * s.heads * s.d, 1, 6.0);
         let k = data(s.m * s.kv_heads * s.d, 2, 6.0);
         let v = data(s.m * s.kv_heads * s.d, 3, 2.0);
-        let got = attention(&q, &k, &v, s, &mask).unwrap();
+        let got = attention(&q, &k, &v, s, &mask).expect("attention");
         let want = naive(&q, &k, &v, s, &mask);
         let worst = got
             .iter()

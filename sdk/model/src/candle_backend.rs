@@ -287,12 +287,12 @@ fn sdpa(
 }
 
 impl CandleBackend {
-    /// `x · wᵀ` through [`crate::gemv::gemv_bf16`] when that is the fast path: one row,
-    /// bf16 weights held contiguously on the CPU, inference (no autograd). `None` otherwise.
-    fn bf16_row(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    /// `x · wᵀ` through [`crate::gemv::gemv`] when that is the fast path: one row, f32 or bf16
+    /// weights held contiguously on the CPU, inference (no autograd). `None` otherwise.
+    fn one_row(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let one_row = x.dims().len() == 2 && x.dims()[0] == 1;
-        if self.trainable.is_some() || !one_row || w.dtype() != DType::BF16 || !w.device().is_cpu()
-        {
+        let stored = matches!(w.dtype(), DType::BF16 | DType::F32);
+        if self.trainable.is_some() || !one_row || !stored || !w.device().is_cpu() {
             return Ok(None);
         }
         let (m, k) = w.dims2()?;
@@ -307,13 +307,17 @@ impl CandleBackend {
         let Some((start, end)) = layout.contiguous_offsets() else {
             return Ok(None);
         };
-        let weights = cpu.as_slice::<half::bf16>()?;
-        let y = crate::gemv::gemv_bf16(&xs, &weights[start..end]);
+        let y = match w.dtype() {
+            DType::BF16 => crate::gemv::gemv(&xs, &cpu.as_slice::<half::bf16>()?[start..end]),
+            _ => crate::gemv::gemv(&xs, &cpu.as_slice::<f32>()?[start..end]),
+        };
         drop(storage);
-        let y: Vec<half::bf16> = y.into_iter().map(half::bf16::from_f32).collect();
-        Ok(Some(
-            Tensor::from_vec(y, (1, m), &self.device)?.to_dtype(x.dtype())?,
-        ))
+        let y = Tensor::from_vec(y, (1, m), &self.device)?;
+        Ok(Some(if x.dtype() == DType::F32 {
+            y
+        } else {
+            y.to_dtype(x.dtype())?
+        }))
     }
 }
 
@@ -470,7 +474,7 @@ impl Backend for CandleBackend {
             };
             y.to_dtype(x.dtype())?
         } else {
-            match self.bf16_row(x, w)? {
+            match self.one_row(x, w)? {
                 Some(y) => y,
                 None => x.matmul(&w.t()?)?,
             }

@@ -1,10 +1,13 @@
-//! One-row products against bf16 weights on the CPU (decoding with `--dtype bf16`): the weights
-//! are read once, widened to f32 in registers (a bf16 is the top half of an f32) and
-//! accumulated in f32, over the output rows in parallel, compiled for the CPU's best vector
-//! instructions (AVX-512 or AVX2 + FMA, detected at run time). candle's bf16 matmul converts
-//! through a slower path and reaches a fraction of the memory bandwidth on one row.
+//! One-row products on the CPU (decoding): the weights are read once, in their stored type
+//! (f32, or bf16 widened to f32 in registers — a bf16 is the top half of an f32), accumulated in
+//! f32, over the output rows in parallel on rayon's pool (the one candle's matmuls use),
+//! compiled for the CPU's best vector instructions (AVX-512 or AVX2 + FMA, detected at run
+//! time). For one row candle's matmul reaches a fraction of the memory bandwidth (bf16 through
+//! a slower conversion path; f32 through a GEMM kernel shaped for many rows), and decoding is
+//! bound by reading the weights.
 
 use half::bf16;
+use rayon::prelude::*;
 
 /// Accumulator lanes: a fixed-size array the compiler keeps in vector registers.
 const LANES: usize = 16;
@@ -12,7 +15,31 @@ const LANES: usize = 16;
 /// Below this many weights the product runs on the calling thread.
 const PARALLEL_MIN: usize = 1 << 18;
 
-/// `x · wᵀ` for one row `x` `[k]` and row-major weights `w` `[m, k]`: `[m]`, f32 accumulation.
+/// Output rows per parallel task, at least: each task reads this many weight rows in sequence.
+const ROWS_PER_TASK: usize = 64;
+
+/// A stored weight value, widened to f32 in registers.
+pub trait Weight: Copy + Send + Sync {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
+/// `x · wᵀ` for one row `x` `[k]` and row-major bf16 weights `w` `[m, k]`: `[m]`, f32
+/// accumulation.
 ///
 /// ```
 /// use half::bf16;
@@ -20,30 +47,39 @@ const PARALLEL_MIN: usize = 1 << 18;
 /// assert_eq!(visionthink_model::gemv::gemv_bf16(&[1.0, 0.5, 2.0], &w), vec![8.0, 18.5]);
 /// ```
 pub fn gemv_bf16(x: &[f32], w: &[bf16]) -> Vec<f32> {
+    gemv(x, w)
+}
+
+/// `x · wᵀ` for one row `x` `[k]` and row-major f32 weights `w` `[m, k]`: `[m]`.
+///
+/// ```
+/// let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// assert_eq!(visionthink_model::gemv::gemv_f32(&[1.0, 0.5, 2.0], &w), vec![8.0, 18.5]);
+/// ```
+pub fn gemv_f32(x: &[f32], w: &[f32]) -> Vec<f32> {
+    gemv(x, w)
+}
+
+/// `x · wᵀ` for weights of any stored type.
+pub fn gemv<W: Weight>(x: &[f32], w: &[W]) -> Vec<f32> {
     let k = x.len().max(1);
     let m = w.len() / k;
     let mut y = vec![0f32; m];
-    let threads = match w.len() >= PARALLEL_MIN {
-        true => std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8),
-        false => 1,
-    };
-    let per = m.div_ceil(threads).max(1);
-    if threads == 1 {
+    if w.len() < PARALLEL_MIN {
         rows(x, w, &mut y);
         return y;
     }
-    std::thread::scope(|s| {
-        for (ys, ws) in y.chunks_mut(per).zip(w.chunks(per * k)) {
-            s.spawn(move || rows(x, ws, ys));
-        }
-    });
+    // A few tasks per worker, so one slow worker does not hold up the product.
+    let tasks = 4 * rayon::current_num_threads().max(1);
+    let per = m.div_ceil(tasks).max(ROWS_PER_TASK);
+    y.par_chunks_mut(per)
+        .zip(w.par_chunks(per * k))
+        .for_each(|(ys, ws)| rows(x, ws, ys));
     y
 }
 
 /// `y[i] = x · w[i, :]` for the rows of `w`, vectorised.
-fn rows(x: &[f32], w: &[bf16], y: &mut [f32]) {
+fn rows<W: Weight>(x: &[f32], w: &[W], y: &mut [f32]) {
     // Natively compiled for the CPU's best vector instructions; wasm32 uses its baseline.
     #[cfg(not(target_arch = "wasm32"))]
     pulp::Arch::new().dispatch(|| rows_body(x, w, y));
@@ -52,7 +88,7 @@ fn rows(x: &[f32], w: &[bf16], y: &mut [f32]) {
 }
 
 #[inline(always)]
-fn rows_body(x: &[f32], w: &[bf16], y: &mut [f32]) {
+fn rows_body<W: Weight>(x: &[f32], w: &[W], y: &mut [f32]) {
     let k = x.len().max(1);
     for (yo, row) in y.iter_mut().zip(w.chunks_exact(k)) {
         *yo = dot(x, row);
@@ -60,12 +96,7 @@ fn rows_body(x: &[f32], w: &[bf16], y: &mut [f32]) {
 }
 
 #[inline(always)]
-fn widen(v: bf16) -> f32 {
-    f32::from_bits(u32::from(v.to_bits()) << 16)
-}
-
-#[inline(always)]
-fn dot(x: &[f32], w: &[bf16]) -> f32 {
+fn dot<W: Weight>(x: &[f32], w: &[W]) -> f32 {
     let mut acc = [0f32; LANES];
     let body = x.len() / LANES * LANES;
     for (xa, wa) in x[..body]
@@ -73,12 +104,12 @@ fn dot(x: &[f32], w: &[bf16]) -> f32 {
         .zip(w[..body].chunks_exact(LANES))
     {
         for i in 0..LANES {
-            acc[i] += xa[i] * widen(wa[i]);
+            acc[i] += xa[i] * wa[i].widen();
         }
     }
     let mut s: f32 = acc.iter().sum();
     for (xv, wv) in x[body..].iter().zip(&w[body..]) {
-        s += xv * widen(*wv);
+        s += xv * wv.widen();
     }
     s
 }
@@ -94,7 +125,7 @@ mod tests {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
         };
-        for (m, k) in [(1, 1), (3, 17), (130, 300), (700, 515)] {
+        for (m, k) in [(1, 1), (3, 17), (130, 300), (700, 515), (3000, 100)] {
             let x: Vec<f32> = (0..k).map(|_| next()).collect();
             let w: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(next())).collect();
             let y = gemv_bf16(&x, &w);
@@ -104,6 +135,12 @@ mod tests {
                     .sum();
                 assert!((f64::from(*got) - want).abs() < 1e-4, "{m}x{k} row {i}");
             }
+            let w32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(
+                gemv_f32(&x, &w32),
+                y,
+                "{m}x{k}: f32 and bf16 weights of equal values"
+            );
         }
     }
 }
