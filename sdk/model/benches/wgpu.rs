@@ -218,13 +218,39 @@ fn main() {
             gpu.sync().expect("sync");
             let c0 = gpu.counters();
             let e = model.embed(&gpu, &ids[8..], None).expect("embed");
+            let cd = gpu.counters();
             let h = model.decode(&gpu, &e, &pos, &mut cache).expect("decode");
+            let layers = (gpu.counters().dispatches - cd.dispatches - 1) as f64
+                / cfg.text.num_hidden_layers as f64;
             model.last_logits(&gpu, &h).expect("logits");
             let c1 = gpu.counters();
             println!(
-                "one decode step: {} dispatches, {} submit(s)",
+                "one decode step: {} dispatches ({layers:.1} per decoder layer), {} submit(s)",
                 c1.dispatches - c0.dispatches,
                 c1.submits - c0.submits
+            );
+            // Host time of a step (recording and submitting, the GPU not waited for) and the
+            // device time after it, best of 8 steps.
+            let (mut host, mut device) = (f64::MAX, f64::MAX);
+            let ids: Vec<u32> = (0..17).collect();
+            let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
+            for step in 9..17 {
+                gpu.sync().expect("sync");
+                let t = Instant::now();
+                let e = model
+                    .embed(&gpu, &ids[step..step + 1], None)
+                    .expect("embed");
+                let h = model.decode(&gpu, &e, &pos, &mut cache).expect("decode");
+                let logits = model.logits(&gpu, &h).expect("logits");
+                gpu.submit();
+                host = host.min(ms(t));
+                let t = Instant::now();
+                gpu.sync().expect("sync");
+                device = device.min(ms(t));
+                drop(logits);
+            }
+            println!(
+                "one decode step: host {host:.2} ms (record + submit), then {device:.2} ms until the device is done"
             );
         }
         rows.push((tag, g));

@@ -341,7 +341,10 @@ mod tests {
                 let keys: Vec<usize> = match mask {
                     Mask::Causal { past } => (0..=past + i).collect(),
                     Mask::Segments(cu) => {
-                        let w = cu.windows(2).find(|w| i >= w[0] && i < w[1]).expect("row in a segment");
+                        let w = cu
+                            .windows(2)
+                            .find(|w| i >= w[0] && i < w[1])
+                            .expect("row in a segment");
                         (w[0]..w[1]).collect()
                     }
                 };

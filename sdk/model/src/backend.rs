@@ -107,6 +107,43 @@ pub trait Backend {
     /// Same data, new 2-D shape `[rows, cols]`.
     fn reshape(&self, x: &Self::Tensor, rows: usize, cols: usize) -> Result<Self::Tensor>;
 
+    /// `residual + (x · wᵀ + b)`. A backend may add the residual in the product's kernel
+    /// (the default is [`Backend::linear`] then [`Backend::add`], in that order).
+    fn linear_add(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let y = self.linear(x, w, b)?;
+        self.add(residual, &y)
+    }
+
+    /// `residual + (swiglu(gate, up) · wᵀ + b)`: a SwiGLU MLP's down projection. A backend may
+    /// combine `gate` and `up` as the product reads them (the default is [`Backend::swiglu`]
+    /// then [`Backend::linear_add`]).
+    fn swiglu_linear_add(
+        &self,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let m = self.swiglu(gate, up)?;
+        self.linear_add(&m, w, b, residual)
+    }
+
+    /// Stores `parts` — matrices with equal columns, or vectors — one after another in one
+    /// tensor, and returns it with each part as a view into it, so that one product computes
+    /// them all (a decoder layer's q/k/v or gate/up projections). `None` (the default) when the
+    /// backend gains nothing from it or cannot view these parts; the parts are then unchanged.
+    fn fuse_rows(&self, parts: &[&Self::Tensor]) -> Result<FusedRows<Self::Tensor>> {
+        let _ = parts;
+        Ok(None)
+    }
+
     /// Appends `new` after the first `used` rows of a growable buffer (the KV cache) and returns
     /// the buffer and a view of its `used + rows(new)` valid rows. The default concatenates; a
     /// backend may keep spare capacity and write in place to avoid copying the cache every step.
@@ -126,6 +163,10 @@ pub trait Backend {
         Ok((all.clone(), all))
     }
 }
+
+/// What [`Backend::fuse_rows`] returns: the one tensor and each part as a view into it, or
+/// `None` when the backend does not fuse.
+pub type FusedRows<T> = Option<(T, Vec<T>)>;
 
 /// A quantized matrix being written in pieces ([`Backend::quantized_writer`]).
 pub trait QuantWriter<T> {

@@ -559,7 +559,32 @@ fn gguf_block_kernels_match_candle() {
                         1e-5,
                         &format!("{what}: linear of {n} rows"),
                     );
+                    // The residual added in the product's kernel.
+                    let r = data(n * m, 34);
+                    let got = g
+                        .linear_add(
+                            &g.tensor(&x, &[n, k]).unwrap(),
+                            &gw,
+                            None,
+                            &g.tensor(&r, &[n, m]).unwrap(),
+                        )
+                        .unwrap();
+                    let want = c
+                        .linear_add(
+                            &c.tensor(&x, &[n, k]).unwrap(),
+                            &cw,
+                            None,
+                            &c.tensor(&r, &[n, m]).unwrap(),
+                        )
+                        .unwrap();
+                    close(
+                        &g.to_vec(&got).unwrap(),
+                        &c.to_vec(&want).unwrap(),
+                        1e-5,
+                        &format!("{what}: linear_add of {n} rows"),
+                    );
                 }
+                swiglu_down_matches(g, &c, &gw, &cw, 1e-5, &what);
                 let ids = [0u32, m as u32 - 1, 5, 5];
                 let want: Vec<f32> = ids
                     .iter()
@@ -580,6 +605,176 @@ fn gguf_block_kernels_match_candle() {
     };
     let e = lock.quantized_weight(&bad).unwrap_err().to_string();
     assert!(e.contains("model.bad.weight") && e.contains("Q8_0"), "{e}");
+}
+
+/// `residual + swiglu(gate, up) · wᵀ` with gate and up the two halves of one row (a fused
+/// gate/up product's output): SwiGLU read by the one-row kernel, against candle's composed ops.
+fn swiglu_down_matches(
+    g: &WgpuBackend,
+    c: &CandleBackend,
+    gw: &<WgpuBackend as Backend>::Tensor,
+    cw: &<CandleBackend as Backend>::Tensor,
+    tol: f32,
+    what: &str,
+) {
+    let [m, k] = g.shape(gw)[..] else {
+        panic!("{what}: a matrix")
+    };
+    let gu: Vec<f32> = data(2 * k, 35).iter().map(|v| v * 3.0).collect();
+    let r = data(m, 36);
+    let row = g.tensor(&gu, &[2 * k, 1]).unwrap();
+    let half = |start| {
+        g.reshape(&g.narrow_rows(&row, start, k).unwrap(), 1, k)
+            .unwrap()
+    };
+    let got = g
+        .swiglu_linear_add(
+            &half(0),
+            &half(k),
+            gw,
+            None,
+            &g.tensor(&r, &[1, m]).unwrap(),
+        )
+        .unwrap();
+    let want = c
+        .swiglu_linear_add(
+            &c.tensor(&gu[..k], &[1, k]).unwrap(),
+            &c.tensor(&gu[k..], &[1, k]).unwrap(),
+            cw,
+            None,
+            &c.tensor(&r, &[1, m]).unwrap(),
+        )
+        .unwrap();
+    close(
+        &g.to_vec(&got).unwrap(),
+        &c.to_vec(&want).unwrap(),
+        tol,
+        &format!("{what}: SwiGLU read by the one-row product"),
+    );
+}
+
+/// Fused projections (a decoder layer's q/k/v and gate/up stored as one matrix): the fused
+/// product is the parts' products side by side, each part still works as a weight of its own,
+/// and SwiGLU plus the residual run in the down projection's kernel — for f32 and f16 storage,
+/// through every one-row kernel. int8 weights are not fused (their row scales).
+#[test]
+fn fused_projections_match_the_composed_ones() {
+    let lock = gpu().lock().unwrap();
+    let c = CandleBackend::cpu();
+    let k = 160;
+    let rows = [96usize, 32, 32];
+    let ws: Vec<Vec<f32>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| data(r * k, 40 + i as u64))
+        .collect();
+    let bs: Vec<Vec<f32>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| data(*r, 50 + i as u64))
+        .collect();
+    let x = data(k, 60);
+    let cx = c.tensor(&x, &[1, k]).unwrap();
+    let want: Vec<f32> = ws
+        .iter()
+        .zip(&bs)
+        .zip(&rows)
+        .flat_map(|((w, b), r)| {
+            let y = c
+                .linear(
+                    &cx,
+                    &c.tensor(w, &[*r, k]).unwrap(),
+                    Some(&c.tensor(b, &[*r]).unwrap()),
+                )
+                .unwrap();
+            c.to_vec(&y).unwrap()
+        })
+        .collect();
+    let short = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let f16 = WgpuBackend::new_blocking(WgpuOptions {
+        weights: WeightStorage::F16,
+        software_kernels: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    for (g, dev, tol) in [
+        (&*lock, "f32", 1e-5),
+        (&short, "f32 reduction gemv", 1e-5),
+        (&f16, "f16", 2e-3),
+    ] {
+        let gw: Vec<_> = ws
+            .iter()
+            .zip(&rows)
+            .map(|(w, r)| g.weight(w.clone(), &[*r, k]).unwrap())
+            .collect();
+        let gb: Vec<_> = bs
+            .iter()
+            .zip(&rows)
+            .map(|(b, r)| g.tensor(b, &[*r]).unwrap())
+            .collect();
+        let (fw, wv) = g
+            .fuse_rows(&gw.iter().collect::<Vec<_>>())
+            .unwrap()
+            .unwrap();
+        let (fb, bv) = g
+            .fuse_rows(&gb.iter().collect::<Vec<_>>())
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.shape(&fw), vec![160, k], "{dev}");
+        assert_eq!(g.shape(&fb), vec![160], "{dev}");
+        let gx = g.tensor(&x, &[1, k]).unwrap();
+        let fused = g.to_vec(&g.linear(&gx, &fw, Some(&fb)).unwrap()).unwrap();
+        close(&fused, &want, tol, &format!("{dev}: fused product"));
+        let mut at = 0;
+        let x3 = data(3 * k, 61);
+        for (i, ((w, b), r)) in wv.iter().zip(&bv).zip(&rows).enumerate() {
+            assert_eq!(g.shape(w), vec![*r, k]);
+            let part = g.to_vec(&g.linear(&gx, w, Some(b)).unwrap()).unwrap();
+            close(
+                &part,
+                &want[at..at + r],
+                tol,
+                &format!("{dev}: a part as its own weight"),
+            );
+            // Several rows through the tiled product, on a view.
+            let got = g
+                .linear(&g.tensor(&x3, &[3, k]).unwrap(), w, Some(b))
+                .unwrap();
+            let want3 = c
+                .linear(
+                    &c.tensor(&x3, &[3, k]).unwrap(),
+                    &c.tensor(&ws[i], &[*r, k]).unwrap(),
+                    Some(&c.tensor(&bs[i], &[*r]).unwrap()),
+                )
+                .unwrap();
+            close(
+                &g.to_vec(&got).unwrap(),
+                &c.to_vec(&want3).unwrap(),
+                tol,
+                &format!("{dev}: a part in a 3-row product"),
+            );
+            at += r;
+        }
+        let down = data(48 * 96, 62);
+        let (gd, cd) = (
+            g.weight(down.clone(), &[48, 96]).unwrap(),
+            c.weight(down, &[48, 96]).unwrap(),
+        );
+        swiglu_down_matches(g, &c, &gd, &cd, tol, dev);
+    }
+    let int8 = WgpuBackend::new_blocking(WgpuOptions {
+        weights: WeightStorage::Int8,
+        ..Default::default()
+    })
+    .unwrap();
+    let a = int8.weight(data(64 * 32, 1), &[64, 32]).unwrap();
+    let b = int8.weight(data(64 * 32, 2), &[64, 32]).unwrap();
+    assert!(int8.fuse_rows(&[&a, &b]).unwrap().is_none());
+    drop(lock);
 }
 
 /// The GGUF files streamed in 64 KB chunks onto the WebGPU executor (as the browser loads them,

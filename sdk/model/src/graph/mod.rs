@@ -156,6 +156,14 @@ pub fn window_plan(
 }
 
 /// `1 / theta^(2i / dim)` in f32, as torch computes it.
+/// Columns `start .. start + len` of a one-row tensor, as a view where the backend has them
+/// (a row's columns are contiguous).
+fn columns<B: Backend>(be: &B, row: &B::Tensor, start: usize, len: usize) -> Result<B::Tensor> {
+    let width = be.shape(row).iter().product();
+    let column = be.reshape(row, width, 1)?;
+    be.reshape(&be.narrow_rows(&column, start, len)?, 1, len)
+}
+
 fn inv_freq(theta: f32, dim: usize) -> Vec<f32> {
     (0..dim / 2)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / dim as f32))
@@ -201,10 +209,10 @@ impl<T: Clone> VisionTower<T> {
             let k = be.rope(&blk.k.forward(be, &h)?, &cos, &sin, self.heads)?;
             let v = blk.v.forward(be, &h)?;
             let a = be.attention(&q, &k, &v, self.heads, self.heads, &mask)?;
-            x = be.add(&x, &blk.proj.forward(be, &a)?)?;
+            x = blk.proj.forward_add(be, &a, &x)?;
             let h = be.rms_norm(&x, &blk.norm2, 1e-6)?;
-            let m = be.swiglu(&blk.gate.forward(be, &h)?, &blk.up.forward(be, &h)?)?;
-            x = be.add(&x, &blk.down.forward(be, &m)?)?;
+            let (gate, up) = (blk.gate.forward(be, &h)?, blk.up.forward(be, &h)?);
+            x = be.swiglu_linear_add(&gate, &up, &blk.down.w, blk.down.b.as_ref(), &x)?;
         }
         let h = be.rms_norm(&x, &self.merger_norm, 1e-6)?;
         let h = be.reshape(&h, n / unit, self.dim * unit)?;
@@ -316,12 +324,13 @@ impl<B: Backend> Qwen25VL<B> {
             }
             Ok(blocks)
         })?;
-        Ok(Self {
+        Self {
             cfg: cfg.clone(),
             vision,
             text,
             tied,
-        })
+        }
+        .fused(be)
     }
 
     /// Builds the model from a checkpoint: every tensor of [`checkpoint_layout`], under its
@@ -395,12 +404,23 @@ impl<B: Backend> Qwen25VL<B> {
                     .collect()
             },
         )?;
-        Ok(Self {
+        Self {
             cfg: cfg.clone(),
             vision,
             text,
             tied,
-        })
+        }
+        .fused(be)
+    }
+
+    /// The model with each decoder layer's q/k/v and gate/up projections fused where the
+    /// backend does that ([`Backend::fuse_rows`]): one-token steps then run each group as one
+    /// product.
+    fn fused(mut self, be: &B) -> Result<Self> {
+        for layer in &mut self.text.layers {
+            layer.fuse(be)?;
+        }
+        Ok(self)
     }
 
     /// A fresh KV cache.
@@ -537,8 +557,20 @@ impl<B: Backend> Qwen25VL<B> {
     ) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
         let t = &self.cfg.text;
         let h = be.rms_norm(x, &layer.input_norm, t.rms_norm_eps)?;
-        let q = be.rope(&layer.q.forward(be, &h)?, cos, sin, t.num_attention_heads)?;
-        let k = be.rope(&layer.k.forward(be, &h)?, cos, sin, t.num_key_value_heads)?;
+        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
+        if let (Some(f), [1, _]) = (&layer.fused, &be.shape(x)[..]) {
+            // One row: the fused product, rotary embedding on the q and k heads at once.
+            let d = t.hidden_size / heads;
+            let (qw, kw) = (heads * d, kv_heads * d);
+            let y = f.qkv.forward(be, &h)?;
+            let qk = be.rope(&columns(be, &y, 0, qw + kw)?, cos, sin, heads + kv_heads)?;
+            let q = columns(be, &qk, 0, qw)?;
+            let k = columns(be, &qk, qw, kw)?;
+            let v = columns(be, &y, qw + kw, kw)?;
+            return Ok((q, k, v));
+        }
+        let q = be.rope(&layer.q.forward(be, &h)?, cos, sin, heads)?;
+        let k = be.rope(&layer.k.forward(be, &h)?, cos, sin, kv_heads)?;
         let v = layer.v.forward(be, &h)?;
         Ok((q, k, v))
     }
@@ -574,10 +606,17 @@ impl<B: Backend> Qwen25VL<B> {
         attended: &B::Tensor,
     ) -> Result<B::Tensor> {
         let eps = self.cfg.text.rms_norm_eps;
-        let x = be.add(x, &layer.o.forward(be, attended)?)?;
+        let x = layer.o.forward_add(be, attended, x)?;
         let h = be.rms_norm(&x, &layer.post_norm, eps)?;
-        let m = be.swiglu(&layer.gate.forward(be, &h)?, &layer.up.forward(be, &h)?)?;
-        be.add(&x, &layer.down.forward(be, &m)?)
+        let (gate, up) = match (&layer.fused, &be.shape(&h)[..]) {
+            (Some(f), [1, _]) => {
+                let inter = self.cfg.text.intermediate_size;
+                let gu = f.gate_up.forward(be, &h)?;
+                (columns(be, &gu, 0, inter)?, columns(be, &gu, inter, inter)?)
+            }
+            _ => (layer.gate.forward(be, &h)?, layer.up.forward(be, &h)?),
+        };
+        be.swiglu_linear_add(&gate, &up, &layer.down.w, layer.down.b.as_ref(), &x)
     }
 
     /// One decode step for several sequences: `embeds` (`[n, hidden]`) holds the next token of

@@ -21,6 +21,16 @@ impl<T> Linear<T> {
     pub(crate) fn forward<B: Backend<Tensor = T>>(&self, be: &B, x: &T) -> Result<T> {
         be.linear(x, &self.w, self.b.as_ref())
     }
+
+    /// `residual + forward(x)` ([`Backend::linear_add`]).
+    pub(crate) fn forward_add<B: Backend<Tensor = T>>(
+        &self,
+        be: &B,
+        x: &T,
+        residual: &T,
+    ) -> Result<T> {
+        be.linear_add(x, &self.w, self.b.as_ref(), residual)
+    }
 }
 
 /// One vision block.
@@ -66,6 +76,66 @@ pub struct DecoderLayer<T> {
     pub(crate) gate: Linear<T>,
     pub(crate) up: Linear<T>,
     pub(crate) down: Linear<T>,
+    /// The q/k/v and gate/up projections stored as one matrix each, when the backend fuses
+    /// them ([`Backend::fuse_rows`]); `q`, `k`, `v`, `gate` and `up` are then views into these.
+    pub(crate) fused: Option<Fused<T>>,
+}
+
+/// A decoder layer's projections that read the same input, each group as one matrix.
+#[derive(Debug, Clone)]
+pub struct Fused<T> {
+    /// `[q; k; v]` rows, with the biases likewise.
+    pub(crate) qkv: Linear<T>,
+    /// `[gate; up]` rows.
+    pub(crate) gate_up: Linear<T>,
+}
+
+impl<T: Clone> DecoderLayer<T> {
+    /// Asks `be` to store q/k/v and gate/up as one matrix each ([`Backend::fuse_rows`]); when
+    /// it does, the layer's own projections become views into them. Unchanged otherwise.
+    pub(crate) fn fuse<B: Backend<Tensor = T>>(&mut self, be: &B) -> Result<()> {
+        let (Some(qb), Some(kb), Some(vb)) = (&self.q.b, &self.k.b, &self.v.b) else {
+            return Ok(());
+        };
+        if self.gate.b.is_some() || self.up.b.is_some() {
+            return Ok(());
+        }
+        let Some((qkv_b, bs)) = be.fuse_rows(&[qb, kb, vb])? else {
+            return Ok(());
+        };
+        let Some((qkv_w, ws)) = be.fuse_rows(&[&self.q.w, &self.k.w, &self.v.w])? else {
+            return Ok(());
+        };
+        let Some((gate_up_w, gu)) = be.fuse_rows(&[&self.gate.w, &self.up.w])? else {
+            return Ok(());
+        };
+        let (mut ws, mut bs, mut gu) = (ws.into_iter(), bs.into_iter(), gu.into_iter());
+        for l in [&mut self.q, &mut self.k, &mut self.v] {
+            let (Some(w), Some(b)) = (ws.next(), bs.next()) else {
+                return Err(Error::Backend(
+                    "fuse_rows returned fewer views than parts".into(),
+                ));
+            };
+            *l = Linear { w, b: Some(b) };
+        }
+        for l in [&mut self.gate, &mut self.up] {
+            let w = gu.next().ok_or_else(|| {
+                Error::Backend("fuse_rows returned fewer views than parts".into())
+            })?;
+            *l = Linear { w, b: None };
+        }
+        self.fused = Some(Fused {
+            qkv: Linear {
+                w: qkv_w,
+                b: Some(qkv_b),
+            },
+            gate_up: Linear {
+                w: gate_up_w,
+                b: None,
+            },
+        });
+        Ok(())
+    }
 }
 
 /// The decoder's tensors.
@@ -347,6 +417,7 @@ impl<'a, U, T> Walker<'_, 'a, U, T> {
                 false,
                 o(|l| &l.down),
             )?,
+            fused: None,
         })
     }
 }

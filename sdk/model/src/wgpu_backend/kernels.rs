@@ -182,7 +182,7 @@ impl Kernel {
             | Kernel::GemvRows(w)
             | Kernel::GemvShort(w)
             | Kernel::GemvBlocks(w)
-            | Kernel::GemvBlocksRows(w) => int8(w, vec![(1, R), (2, R), (3, R), (4, W)]),
+            | Kernel::GemvBlocksRows(w) => int8(w, vec![(1, R), (2, R), (3, R), (4, W), (6, R)]),
         }
     }
 
@@ -330,8 +330,8 @@ params!(
 );
 
 params!(
-    /// The linear kernels: `out[r, o_col + c] = x[r, :] · w[c, :] + b[c]` for the `m` output
-    /// columns of one weight chunk.
+    /// The linear kernels: `out[r, o_col + c] = x[r, :] · w[c, :] + b[c] (+ residual)` for the
+    /// `m` output columns of one weight chunk.
     LinearP {
         /// Input rows.
         n: u32,
@@ -351,6 +351,13 @@ params!(
         b_off: u32,
         /// 1 with a bias.
         has_b: u32,
+        /// 0, or (one-row kernels) the input is SwiGLU's `silu(x[i]) * x[i + glu]`: the gate
+        /// and up halves of a fused projection, combined as they are read.
+        glu: u32,
+        /// 1 with a residual added to every output (after the bias).
+        has_r: u32,
+        /// Element offset of the residual (laid out like the output).
+        r_off: u32,
     }
 );
 

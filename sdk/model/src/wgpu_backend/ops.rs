@@ -9,6 +9,15 @@ use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
 use crate::backend::{Backend, Mask};
 use crate::error::{Error, Result};
 
+/// What a linear kernel does besides `x · wᵀ + b`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Extra<'a> {
+    /// Added to every output (laid out like it).
+    residual: Option<&'a GpuTensor>,
+    /// Non-zero: the input is SwiGLU's `silu(x[i]) * x[i + glu]` (one row only).
+    glu: usize,
+}
+
 impl WgpuBackend {
     fn ranges_buffer(&self, mask: &Mask, n: usize, m: usize) -> Result<wgpu::Buffer> {
         if let Some((mk, nn, mm, buf)) = super::record::locked(&self.ranges).as_ref() {
@@ -171,6 +180,169 @@ impl WgpuBackend {
         crate::backend::QuantWriter::write(&mut w, bytes)?;
         crate::backend::QuantWriter::finish(Box::new(w))
     }
+    /// `x · wᵀ + b`, plus what `extra` asks for, one dispatch per weight chunk.
+    fn linear_with(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: Option<&GpuTensor>,
+        extra: Extra<'_>,
+    ) -> Result<GpuTensor> {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        if w.cols != k {
+            return Err(Error::Backend(format!(
+                "linear: input has {k} columns, weight is [{}, {}]",
+                w.rows, w.cols
+            )));
+        }
+        if extra.glu != 0 && n != 1 {
+            return Err(Error::Backend(
+                "linear: SwiGLU input is read by the one-row kernels only".into(),
+            ));
+        }
+        let residual = match extra.residual {
+            Some(r) if r.rows != n || r.cols != m => {
+                return Err(Error::Backend(format!(
+                    "linear: residual [{}, {}] for an output [{n}, {m}]",
+                    r.rows, r.cols
+                )))
+            }
+            Some(r) => Some((r.single()?, r.off)),
+            None => None,
+        };
+        let out = self.buffer(n * m, "a linear output")?;
+        let xb = x.single()?;
+        let (bb, b_off) = match b {
+            Some(b) => (b.single()?, b.off),
+            None => (xb, 0),
+        };
+        for c in w.chunks.iter() {
+            // A one-chunk weight may be a view (a part of fused rows): its own offset and rows.
+            let (w_off, rows, row0) = match w.chunks.len() {
+                1 => (w.off, w.rows, 0),
+                _ => (0, c.rows, c.row0),
+            };
+            let params = LinearP {
+                n: n as u32,
+                k: k as u32,
+                m: rows as u32,
+                x_off: x.off as u32,
+                w_off: w_off as u32,
+                o_stride: m as u32,
+                o_col: row0 as u32,
+                b_off: (b_off + row0) as u32,
+                has_b: b.is_some() as u32,
+                glu: extra.glu as u32,
+                has_r: residual.is_some() as u32,
+                r_off: residual.map_or(0, |(_, off)| off as u32),
+            };
+            let software = self.opts.software_kernels.unwrap_or(self.info.software);
+            let (kernel, groups) = if n == 1 && c.kind.is_blocks() && software {
+                (Kernel::GemvBlocksRows(c.kind), self.elementwise(rows))
+            } else if n == 1 && c.kind.is_blocks() {
+                let (gx, gy) = grid(rows.div_ceil(4));
+                (Kernel::GemvBlocks(c.kind), (gx, gy, 1))
+            } else if n == 1 && k <= GEMV_SHORT_MAX_K {
+                (Kernel::GemvShort(c.kind), self.elementwise(rows))
+            } else if n == 1 && software {
+                (Kernel::GemvRows(c.kind), self.elementwise(rows))
+            } else if n == 1 {
+                let (gx, gy) = grid(rows.div_ceil(4));
+                (Kernel::Gemv(c.kind), (gx, gy, 1))
+            } else {
+                let groups = (rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
+                if groups.0 > 65_535 || groups.1 > 65_535 {
+                    return Err(Error::Backend(format!("linear of {n} rows is too large")));
+                }
+                (Kernel::Matmul(c.kind), groups)
+            };
+            let mut buffers = vec![xb, &c.buf, bb, &out, residual.map_or(xb, |(r, _)| r)];
+            buffers.extend(&c.scales);
+            self.dispatch(kernel, &params, &buffers, groups);
+        }
+        Ok(self.plain(out, n, m))
+    }
+
+    /// [`Backend::fuse_rows`]: the parts copied one after another into one buffer (on the GPU),
+    /// each then a view into it. For f32 and f16 tensors in one buffer each (not int8, whose
+    /// per-row scales the views would not follow, nor GGUF blocks or chunked weights), when
+    /// the whole fits one binding.
+    fn fuse_parts(&self, parts: &[&GpuTensor]) -> Result<crate::backend::FusedRows<GpuTensor>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let kind = match first.chunks.as_slice() {
+            [c] => c.kind,
+            _ => return Ok(None),
+        };
+        let (elem_bytes, align) = match kind {
+            WeightLayout::F32 => (4, 1),
+            // Two values per u32: every part must start and end on a whole word.
+            WeightLayout::F16 => (2, 2),
+            _ => return Ok(None),
+        };
+        let fits = |t: &&GpuTensor| {
+            matches!(t.chunks.as_slice(), [c] if c.kind == kind && c.scales.is_none())
+                && t.one_d == first.one_d
+                && (t.one_d || t.cols == first.cols)
+                && t.off % align == 0
+                && t.len() % align == 0
+        };
+        if parts.len() < 2 || !parts.iter().all(fits) {
+            return Ok(None);
+        }
+        let total: usize = parts.iter().map(|t| t.len()).sum();
+        if (total * elem_bytes) as u64 > self.info.max_binding.min(self.info.max_buffer) {
+            return Ok(None);
+        }
+        self.fault.check()?;
+        let buf = self.rec.empty(total * elem_bytes);
+        let mut at = 0;
+        for t in parts {
+            let src = &t.chunks[0].buf;
+            let (from, to, bytes) = (t.off * elem_bytes, at * elem_bytes, t.len() * elem_bytes);
+            if bytes > 0 {
+                self.with_encoder(|enc| {
+                    enc.copy_buffer_to_buffer(src, from as u64, &buf, to as u64, bytes as u64)
+                });
+            }
+            at += t.len();
+        }
+        let (rows, cols) = if first.one_d {
+            (1, total)
+        } else {
+            (total / first.cols.max(1), first.cols)
+        };
+        let whole = GpuTensor {
+            chunks: ChunkRef::new(vec![Chunk {
+                buf,
+                row0: 0,
+                rows,
+                kind,
+                scales: None,
+            }]),
+            off: 0,
+            rows,
+            cols,
+            one_d: first.one_d,
+        };
+        let mut at = 0;
+        let views = parts
+            .iter()
+            .map(|t| {
+                let v = GpuTensor {
+                    off: at,
+                    rows: t.rows,
+                    cols: t.cols,
+                    one_d: t.one_d,
+                    ..whole.clone()
+                };
+                at += t.len();
+                v
+            })
+            .collect();
+        Ok(Some((whole, views)))
+    }
 }
 
 impl Backend for WgpuBackend {
@@ -265,57 +437,55 @@ impl Backend for WgpuBackend {
     }
 
     fn linear(&self, x: &GpuTensor, w: &GpuTensor, b: Option<&GpuTensor>) -> Result<GpuTensor> {
-        let (n, k, m) = (x.rows, x.cols, w.rows);
-        if w.cols != k {
-            return Err(Error::Backend(format!(
-                "linear: input has {k} columns, weight is [{}, {}]",
-                w.rows, w.cols
-            )));
-        }
-        let out = self.buffer(n * m, "a linear output")?;
-        let xb = x.single()?;
-        let (bb, b_off) = match b {
-            Some(b) => (b.single()?, b.off),
-            None => (xb, 0),
+        self.linear_with(x, w, b, Extra::default())
+    }
+
+    fn linear_add(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        b: Option<&GpuTensor>,
+        residual: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        let extra = Extra {
+            residual: Some(residual),
+            glu: 0,
         };
-        for c in w.chunks.iter() {
-            let w_off = if w.chunks.len() == 1 { w.off } else { 0 };
-            let params = LinearP {
-                n: n as u32,
-                k: k as u32,
-                m: c.rows as u32,
-                x_off: x.off as u32,
-                w_off: w_off as u32,
-                o_stride: m as u32,
-                o_col: c.row0 as u32,
-                b_off: (b_off + c.row0) as u32,
-                has_b: b.is_some() as u32,
+        self.linear_with(x, w, b, extra)
+    }
+
+    fn swiglu_linear_add(
+        &self,
+        gate: &GpuTensor,
+        up: &GpuTensor,
+        w: &GpuTensor,
+        b: Option<&GpuTensor>,
+        residual: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        // One row whose up half follows its gate half in the same buffer (a fused gate/up
+        // product): SwiGLU is applied as the product reads its input.
+        let same_buffer = match (gate.single(), up.single()) {
+            (Ok(g), Ok(u)) => g == u,
+            _ => false,
+        };
+        if same_buffer
+            && gate.rows == 1
+            && up.rows == 1
+            && gate.cols == up.cols
+            && up.off > gate.off
+        {
+            let extra = Extra {
+                residual: Some(residual),
+                glu: up.off - gate.off,
             };
-            let software = self.opts.software_kernels.unwrap_or(self.info.software);
-            let (kernel, groups) = if n == 1 && c.kind.is_blocks() && software {
-                (Kernel::GemvBlocksRows(c.kind), self.elementwise(c.rows))
-            } else if n == 1 && c.kind.is_blocks() {
-                let (gx, gy) = grid(c.rows.div_ceil(4));
-                (Kernel::GemvBlocks(c.kind), (gx, gy, 1))
-            } else if n == 1 && k <= GEMV_SHORT_MAX_K {
-                (Kernel::GemvShort(c.kind), self.elementwise(c.rows))
-            } else if n == 1 && software {
-                (Kernel::GemvRows(c.kind), self.elementwise(c.rows))
-            } else if n == 1 {
-                let (gx, gy) = grid(c.rows.div_ceil(4));
-                (Kernel::Gemv(c.kind), (gx, gy, 1))
-            } else {
-                let groups = (c.rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
-                if groups.0 > 65_535 || groups.1 > 65_535 {
-                    return Err(Error::Backend(format!("linear of {n} rows is too large")));
-                }
-                (Kernel::Matmul(c.kind), groups)
-            };
-            let mut buffers = vec![xb, &c.buf, bb, &out];
-            buffers.extend(&c.scales);
-            self.dispatch(kernel, &params, &buffers, groups);
+            return self.linear_with(gate, w, b, extra);
         }
-        Ok(self.plain(out, n, m))
+        let m = self.swiglu(gate, up)?;
+        self.linear_add(&m, w, b, residual)
+    }
+
+    fn fuse_rows(&self, parts: &[&GpuTensor]) -> Result<crate::backend::FusedRows<GpuTensor>> {
+        self.fuse_parts(parts)
     }
 
     fn rms_norm(&self, x: &GpuTensor, w: &GpuTensor, eps: f64) -> Result<GpuTensor> {

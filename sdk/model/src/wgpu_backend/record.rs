@@ -50,6 +50,9 @@ struct Pipeline {
 /// Work recorded but not submitted.
 #[derive(Default)]
 struct Pending {
+    /// The open compute pass: consecutive dispatches share one (wgpu orders them and inserts
+    /// the barriers between them); a copy or a submit ends it.
+    pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
     /// The parameter slots of the recorded dispatches, uploaded into the pool at submit.
@@ -190,15 +193,25 @@ impl Recorder {
             layout: &layout,
             entries: &entries,
         });
-        self.with_encoder(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.label()),
-                timestamp_writes: None,
+        {
+            let mut p = locked(&self.pending);
+            let Pending { pass, encoder, .. } = &mut *p;
+            let pass = pass.get_or_insert_with(|| {
+                encoder
+                    .get_or_insert_with(|| {
+                        self.device
+                            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+                    })
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: None,
+                    })
+                    .forget_lifetime()
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[offset as u32]);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        });
+        }
         self.count(|c| c.dispatches += 1);
         let full = {
             let mut p = locked(&self.pending);
@@ -212,6 +225,8 @@ impl Recorder {
 
     pub(super) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
         let mut p = locked(&self.pending);
+        // Copies are recorded outside compute passes.
+        p.pass = None;
         let enc = p.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
@@ -223,6 +238,7 @@ impl Recorder {
     /// first, in one write, which the queue orders before the commands that read them.
     pub fn submit(&self) {
         let mut p = locked(&self.pending);
+        p.pass = None;
         if !p.params.is_empty() {
             self.queue.write_buffer(&self.uniforms, 0, &p.params);
             p.params.clear();

@@ -8,7 +8,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var s = 0.0;
     if (c < p.m) {
         let wb = p.w_off + c * p.k;
-        for (var k = lane; k < p.k; k += 64u) { s += x[p.x_off + k] * wv(wb + k, c); }
+        for (var k = lane; k < p.k; k += 64u) { s += xin(p.x_off + k) * wv(wb + k, c); }
     }
     acc[lid] = s;
     workgroupBarrier();
@@ -19,6 +19,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lane == 0u && c < p.m) {
         var v = acc[lid];
         if (p.has_b != 0u) { v += b[p.b_off + c]; }
-        o[p.o_col + c] = v;
+        o[p.o_col + c] = v + res(p.o_col + c);
     }
 }

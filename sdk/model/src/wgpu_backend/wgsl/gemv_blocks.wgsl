@@ -15,7 +15,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             var dot = 0.0;
             var sx = 0.0;
             for (var j = 0u; j < QSUB; j++) {
-                let xv = x[p.x_off + j0 + j];
+                let xv = xin(p.x_off + j0 + j);
                 dot += xv * wq(wb + j0 + j);
                 sx += xv;
             }
@@ -31,6 +31,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lane == 0u && c < p.m) {
         var v = acc[lid];
         if (p.has_b != 0u) { v += b[p.b_off + c]; }
-        o[p.o_col + c] = v;
+        o[p.o_col + c] = v + res(p.o_col + c);
     }
 }

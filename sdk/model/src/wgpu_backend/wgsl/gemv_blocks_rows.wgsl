@@ -13,7 +13,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var s = 0.0;
     for (var k0 = 0u; k0 < p.k; k0 += 256u) {
         let kk = k0 + lid;
-        xs[lid] = select(0.0, x[p.x_off + min(kk, p.k - 1u)], kk < p.k);
+        xs[lid] = select(0.0, xin(p.x_off + min(kk, p.k - 1u)), kk < p.k);
         workgroupBarrier();
         let len = min(256u, p.k - k0);
         for (var j0 = 0u; j0 < len; j0 += QSUB) {
@@ -32,5 +32,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     if (!live) { return; }
     if (p.has_b != 0u) { s += b[p.b_off + c]; }
-    o[p.o_col + c] = s;
+    o[p.o_col + c] = s + res(p.o_col + c);
 }

@@ -42,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
             if (c >= p.m) { continue; }
             var v = acc[i][j];
             if (p.has_b != 0u) { v += b[p.b_off + c]; }
-            o[r * p.o_stride + p.o_col + c] = v;
+            o[r * p.o_stride + p.o_col + c] = v + res(r * p.o_stride + p.o_col + c);
         }
     }
 }
