@@ -1,7 +1,9 @@
 //! # visionthink-model
 //!
 //! Qwen2.5-VL defined once ([`graph`]) against a small [`Backend`] trait of coarse operations;
-//! [`CandleBackend`] executes it on CPU (and CUDA with the `cuda` feature), differentiably.
+//! [`CandleBackend`] executes it on CPU (and CUDA with the `cuda` feature), differentiably;
+//! for inference on the CPU it attends with a fused, tiled kernel ([`attention`]) and decodes
+//! with its own matrix-vector products ([`gemv`]).
 //! The WebGPU executor ([`wgpu_backend`], `wgpu` feature) implements the same trait, so both run
 //! the same graph, with the same weight names and the same order of operations. The parameter
 //! tree is named once (one walk used by loading, [`graph::checkpoint_layout`], export and

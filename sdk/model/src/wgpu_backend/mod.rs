@@ -11,6 +11,9 @@
 //! - Weights stored as f32, f16 or int8 (one f32 scale per output row): [`WeightStorage`]; GGUF
 //!   matrices (Q8_0, Q4_0, Q4_K, Q6_K; Q5_0 rewritten exactly as Q8_0) stay in their blocks and
 //!   are dequantised in the kernels' registers ([`WeightLayout`]).
+//! - A one-token step is 8 dispatches per decoder layer: q/k/v and gate/up stored as one matrix
+//!   each (`Backend::fuse_rows`), rotary embedding over q and k at once, the residual added and
+//!   SwiGLU read inside the products' kernels; consecutive dispatches share one compute pass.
 //! - Kernels are typed ([`kernels::Kernel`]) with one parameter struct each, written into one
 //!   pooled uniform buffer and bound with a dynamic offset; the WGSL is in `wgsl/*.wgsl`.
 //!
