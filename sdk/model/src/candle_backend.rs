@@ -319,9 +319,7 @@ impl CandleBackend {
             y.to_dtype(x.dtype())?
         }))
     }
-}
 
-impl CandleBackend {
     /// Attention through the fused CPU kernel ([`crate::attention`]) when that is the path:
     /// inference (no autograd) on the CPU. `None` otherwise (the composed, differentiable ops).
     fn fused_attention(
