@@ -171,6 +171,12 @@ impl Kernel {
             }
             v
         };
+        // The linear kernels: input, weight, bias, output, the int8 scales, the residual.
+        let linear = |w: WeightLayout| {
+            let mut v = int8(w, vec![(1, R), (2, R), (3, R), (4, W)]);
+            v.push((6, R));
+            v
+        };
         match self {
             Kernel::Binary | Kernel::RmsNorm => vec![(1, R), (2, R), (3, W)],
             Kernel::Gelu => vec![(1, R), (2, W)],
@@ -182,7 +188,7 @@ impl Kernel {
             | Kernel::GemvRows(w)
             | Kernel::GemvShort(w)
             | Kernel::GemvBlocks(w)
-            | Kernel::GemvBlocksRows(w) => int8(w, vec![(1, R), (2, R), (3, R), (4, W), (6, R)]),
+            | Kernel::GemvBlocksRows(w) => linear(w),
         }
     }
 

@@ -256,8 +256,9 @@ impl WgpuBackend {
                 }
                 (Kernel::Matmul(c.kind), groups)
             };
-            let mut buffers = vec![xb, &c.buf, bb, &out, residual.map_or(xb, |(r, _)| r)];
+            let mut buffers = vec![xb, &c.buf, bb, &out];
             buffers.extend(&c.scales);
+            buffers.push(residual.map_or(xb, |(r, _)| r));
             self.dispatch(kernel, &params, &buffers, groups);
         }
         Ok(self.plain(out, n, m))
