@@ -110,10 +110,13 @@ pub struct AskOptions {
     pub seed: u64,
     /// Keep generating past end-of-turn tokens (benchmarks).
     pub ignore_eos: bool,
-    /// Model generation rounds (official: 2).
-    pub max_rounds: usize,
-    /// Images per episode, the half-size one included (official: 2).
-    pub max_images: usize,
+    /// Model generation rounds (default 2, official; 3 with the extended tools).
+    pub max_rounds: Option<usize>,
+    /// Images per episode, the half-size one included (default 2, official; 3 with the
+    /// extended tools).
+    pub max_images: Option<usize>,
+    /// The tools offered to the model: `resize` (official) or `resize,crop` (beyond the paper).
+    pub tools: String,
     /// Teacher-forced turn texts (replay a trajectory).
     pub forced_turns: Vec<String>,
 }
@@ -128,8 +131,9 @@ impl Default for AskOptions {
             top_k: d.sampling.top_k,
             seed: d.sampling.seed,
             ignore_eos: d.ignore_eos,
-            max_rounds: d.protocol.max_rounds,
-            max_images: d.protocol.max_images,
+            max_rounds: None,
+            max_images: None,
+            tools: "resize".into(),
             forced_turns: d.forced_turns,
         }
     }
@@ -138,6 +142,10 @@ impl Default for AskOptions {
 impl AskOptions {
     /// The core driver's options, checked (a bad value is a `TypeError` in JS).
     pub fn episode_options(&self) -> Result<EpisodeOptions> {
+        let mut protocol = ProtocolConfig::from_tools(&self.tools)
+            .map_err(|e| RunError::Options(e.to_string()))?;
+        protocol.max_rounds = self.max_rounds.unwrap_or(protocol.max_rounds);
+        protocol.max_images = self.max_images.unwrap_or(protocol.max_images);
         let opts = EpisodeOptions {
             max_new_tokens: self.max_new_tokens,
             sampling: SamplingConfig {
@@ -147,11 +155,7 @@ impl AskOptions {
                 seed: self.seed,
             },
             ignore_eos: self.ignore_eos,
-            protocol: ProtocolConfig {
-                max_rounds: self.max_rounds,
-                max_images: self.max_images,
-                ..ProtocolConfig::default()
-            },
+            protocol,
             forced_turns: self.forced_turns.clone(),
         };
         opts.validate()

@@ -88,10 +88,15 @@ export interface AskRequest {
   seed?: number;
   /** Keep generating past end-of-turn tokens (benchmarks). */
   ignoreEos?: boolean;
-  /** Model generation rounds (default 2, official). */
+  /** Model generation rounds (default 2, official; 3 with `tools: "resize,crop"`). */
   maxRounds?: number;
-  /** Images per episode, the half-size one included (default 2, official). */
+  /** Images per episode, the half-size one included (default 2, official; 3 with `tools: "resize,crop"`). */
   maxImages?: number;
+  /**
+   * The tools offered to the model: `"resize"` (default: the official protocol and system prompt)
+   * or `"resize,crop"` (beyond the paper: `crop_image` also returns a box of the original image).
+   */
+  tools?: "resize" | "resize,crop";
   /** Teacher-forced turn texts (replay a recorded trajectory). */
   forcedTurns?: string[];
   /** Aborts the generation (rejects with an `AbortError`). */
@@ -121,6 +126,8 @@ export interface Answer {
   text: string;
   thinking: string;
   used_high_res: boolean;
+  /** Of the tool images, how many were crops (the extended tool set; 0 with the official one). */
+  crops: number;
   turns: string[];
   visual_tokens: number;
   visual_tokens_full_res: number;

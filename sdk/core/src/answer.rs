@@ -30,8 +30,11 @@ pub struct Answer {
     pub text: String,
     /// The `<think>` contents of every turn.
     pub thinking: String,
-    /// Whether the model asked for (and got) the full-resolution image.
+    /// Whether the model asked for (and got) the full-resolution image (with the extended tool
+    /// set: any tool image, a crop included).
     pub used_high_res: bool,
+    /// Of the tool images, how many were crops (the extended tool set; 0 with the official one).
+    pub crops: usize,
     /// Every model turn's text.
     pub turns: Vec<String>,
     /// Visual tokens actually used (low-res, plus full-res if requested).
@@ -56,7 +59,8 @@ pub enum Event<'a> {
         /// Text decoded from the turn so far minus what was already emitted.
         text: &'a str,
     },
-    /// The model asked for the full image; it is being appended.
+    /// The model asked for the full image (with the extended tools: a tool image, possibly a
+    /// crop); it is being appended.
     ResizeRequested,
 }
 
@@ -76,6 +80,7 @@ impl Answer {
                 .unwrap_or_else(|| outcome.prediction.clone()),
             thinking: outcome.thinking.clone(),
             used_high_res: outcome.used_high_res,
+            crops: outcome.crops,
             turns: outcome.turns.clone(),
             visual_tokens,
             visual_tokens_full_res,

@@ -425,9 +425,13 @@ impl<'a> ChatEpisode<'a> {
         let pair = EpisodeImages::for_inference(image)?;
         let low = visual_tokens(pair.low_res.width, pair.low_res.height, preprocessor)?;
         let full_tokens = visual_tokens(pair.high_res.width, pair.high_res.height, preprocessor)?;
+        let mut episode = Episode::new(question, protocol.clone());
+        // Boxes (the crop tool) are in pixels of the image the server's model sees.
+        let seen = crate::image::seen_size(pair.low_res.width, pair.low_res.height, preprocessor)?;
+        episode.set_image_sizes(seen, (pair.high_res.width, pair.high_res.height));
         Ok(Self {
             clock,
-            episode: Episode::new(question, protocol.clone()),
+            episode,
             images: Vec::new(),
             pair,
             messages: Vec::new(),

@@ -339,12 +339,18 @@ impl<'a> EpisodeDriver<'a> {
         )?;
         let eos = crate::config::stop_ids(info.generation);
         let decoder = turn_decoder(info, opts, &eos, 0)?;
+        let mut episode = Episode::new(question, opts.protocol.clone());
+        // Boxes (the crop tool) are in pixels of the image the model sees, cut from the full one.
+        episode.set_image_sizes(
+            (low.resized.width, low.resized.height),
+            (images.high_res.width, images.high_res.height),
+        );
         Ok(Self {
             info,
             opts,
             clock,
             question: question.to_string(),
-            episode: Episode::new(question, opts.protocol.clone()),
+            episode,
             images,
             sampler: Sampler::new(opts.sampling.clone()),
             eos,
@@ -370,7 +376,8 @@ impl<'a> EpisodeDriver<'a> {
         }
         let turn1 = match self.info.chat_template {
             Some(tmpl) => {
-                let p = tmpl.visionthink_turn1(&self.question)?;
+                let p =
+                    tmpl.visionthink_turn1_with(self.opts.protocol.system_prompt, &self.question)?;
                 self.episode.with_initial_prompt(&p);
                 p
             }

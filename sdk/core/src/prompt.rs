@@ -182,6 +182,20 @@ pub fn visionthink_turn1(question: &str) -> Prompt {
     turn1_with_system(SYSTEM_PROMPT, question, true)
 }
 
+/// [`visionthink_turn1`] with another tool-use system prompt (the extended tool set's,
+/// [`crate::strings::SYSTEM_PROMPT_RESIZE_CROP`]); the user template is the official one.
+///
+/// ```
+/// use visionthink_core::prompt::visionthink_turn1_with;
+/// use visionthink_core::strings::SYSTEM_PROMPT_RESIZE_CROP;
+/// let p = visionthink_turn1_with(SYSTEM_PROMPT_RESIZE_CROP, "Read the label.");
+/// assert!(p.render().contains("\"name\": \"crop_image\""));
+/// assert_eq!(p.num_images(), 1);
+/// ```
+pub fn visionthink_turn1_with(system: &str, question: &str) -> Prompt {
+    turn1_with_system(system, question, true)
+}
+
 /// The general-QA (no tool) prompt: the general system prompt and the question as the user turn.
 pub fn general_qa_turn1(question: &str) -> Prompt {
     turn1_with_system(GENERAL_QA_SYSTEM_PROMPT, question, false)
@@ -215,8 +229,25 @@ fn turn1_with_system(system: &str, question: &str, user_template: bool) -> Promp
 /// assert_eq!(p.num_images(), 1);
 /// ```
 pub fn tool_response_image() -> Prompt {
+    image_response(TOOL_RESPONSE_IMAGE)
+}
+
+/// The tool response that carries a cropped region (beyond the paper: the `crop_image` tool of
+/// the extended tool set), appended like [`tool_response_image`].
+///
+/// ```
+/// use visionthink_core::prompt::tool_response_crop;
+/// let p = tool_response_crop();
+/// assert!(p.render().contains("The cropped region is shown below:"));
+/// assert_eq!(p.num_images(), 1);
+/// ```
+pub fn tool_response_crop() -> Prompt {
+    image_response(crate::strings::TOOL_RESPONSE_CROP)
+}
+
+fn image_response(template: &str) -> Prompt {
     let mut p = Prompt::new();
-    let parts: Vec<&str> = TOOL_RESPONSE_IMAGE.split(IMAGE_PLACEHOLDER).collect();
+    let parts: Vec<&str> = template.split(IMAGE_PLACEHOLDER).collect();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
             p.push_image();
@@ -388,11 +419,16 @@ impl ChatTemplate {
     /// The VisionThink turn-1 prompt rendered through this template. For the Qwen2.5-VL template
     /// it equals [`visionthink_turn1`]; the question stays user text either way.
     pub fn visionthink_turn1(&self, question: &str) -> Result<Prompt> {
+        self.visionthink_turn1_with(SYSTEM_PROMPT, question)
+    }
+
+    /// [`Self::visionthink_turn1`] with another tool-use system prompt (the extended tool set's).
+    pub fn visionthink_turn1_with(&self, system: &str, question: &str) -> Result<Prompt> {
         let (before, after) = user_template_parts();
         let content = format!("{before}{QUESTION_SENTINEL}{after}");
         let text = self.render(
             &[
-                Message::new("system", SYSTEM_PROMPT),
+                Message::new("system", system),
                 Message::new("user", &content),
             ],
             true,

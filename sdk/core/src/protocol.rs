@@ -29,7 +29,9 @@
 
 use crate::error::{Error, Result};
 use crate::image::{self, Filter, RgbImage};
-use crate::prompt::{tool_response_error, tool_response_image, visionthink_turn1, Prompt};
+use crate::prompt::{
+    tool_response_crop, tool_response_error, tool_response_image, visionthink_turn1_with, Prompt,
+};
 use regex::Regex;
 use std::sync::OnceLock;
 
@@ -45,6 +47,18 @@ pub enum ImageRequest {
     Scaled {
         /// Scale relative to the low-resolution image.
         factor: f64,
+    },
+    /// A region of the episode's high-resolution image, in its pixels (the `crop_image` tool
+    /// beyond the paper; [`CropTool`] maps the model's box onto it).
+    Crop {
+        /// Left column.
+        x: u32,
+        /// Top row.
+        y: u32,
+        /// Columns.
+        width: u32,
+        /// Rows.
+        height: u32,
     },
 }
 
@@ -91,8 +105,24 @@ impl ImageRequest {
                 let h = (f64::from(images.low_res.height) * factor) as u32;
                 image::resize(&images.low_res, w, h, Filter::Lanczos)
             }
+            ImageRequest::Crop {
+                x,
+                y,
+                width,
+                height,
+            } => image::crop(&images.high_res, *x, *y, *width, *height),
         }
     }
+}
+
+/// What a tool may need to know about the episode's images.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolContext {
+    /// `(width, height)` of the turn-1 image as the model sees it (after the processor's
+    /// `smart_resize`: Qwen2.5-VL grounds boxes in those pixels).
+    pub seen: Option<(u32, u32)>,
+    /// `(width, height)` of the episode's high-resolution image, which crops are cut from.
+    pub source: Option<(u32, u32)>,
 }
 
 /// A tool the model may call. The official protocol dispatches on `arguments.action` (the
@@ -105,6 +135,21 @@ pub trait Tool: Send + Sync + std::fmt::Debug {
         &self,
         arguments: &serde_json::Map<String, serde_json::Value>,
     ) -> std::result::Result<ImageRequest, String>;
+    /// The function name this tool also answers to when a call's `arguments` has no `action`
+    /// (tools beyond the official protocol, called as `{"name": …, "arguments": {…}}`). `None`
+    /// (the default): dispatched on `action` only, as the official code does.
+    fn name(&self) -> Option<&str> {
+        None
+    }
+    /// [`Tool::call`] with what the episode knows about its images (the default ignores it).
+    fn call_in(
+        &self,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+        ctx: &ToolContext,
+    ) -> std::result::Result<ImageRequest, String> {
+        let _ = ctx;
+        self.call(arguments)
+    }
 }
 
 /// The official `resize_image` tool: returns the high-resolution image (or a scaled copy).
@@ -130,6 +175,93 @@ impl Tool for ResizeTool {
     }
 }
 
+/// The `crop_image` tool (beyond the paper, issue 16): `{"name": "crop_image", "arguments":
+/// {"bbox": [x1, y1, x2, y2]}}`, a box in pixels of the turn-1 image as the model sees it,
+/// returns that region of the episode's high-resolution image. The box is mapped by the ratio of
+/// the two images' sizes, widened to whole pixels (floor of the first corner, ceiling of the
+/// second). Boxes that are not four finite numbers, leave the image, are empty or inverted, or
+/// map to fewer than [`CropTool::min_side`] pixels a side get an error turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CropTool {
+    /// Smallest side of a crop in source pixels (28: one merged patch of Qwen2.5-VL).
+    pub min_side: u32,
+}
+
+impl Default for CropTool {
+    fn default() -> Self {
+        Self { min_side: 28 }
+    }
+}
+
+impl Tool for CropTool {
+    fn action(&self) -> &str {
+        "crop"
+    }
+
+    fn name(&self) -> Option<&str> {
+        Some("crop_image")
+    }
+
+    fn call(
+        &self,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<ImageRequest, String> {
+        self.call_in(arguments, &ToolContext::default())
+    }
+
+    fn call_in(
+        &self,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+        ctx: &ToolContext,
+    ) -> std::result::Result<ImageRequest, String> {
+        let bbox = arguments.get("bbox").ok_or_else(|| key_error("bbox"))?;
+        let shape = || format!("bbox must be a list of four numbers [x1, y1, x2, y2], got {bbox}");
+        let corners: Vec<f64> = match bbox {
+            serde_json::Value::Array(v) if v.len() == 4 => v
+                .iter()
+                .map(|c| c.as_f64().filter(|f| f.is_finite()))
+                .collect::<Option<_>>()
+                .ok_or_else(shape)?,
+            _ => return Err(shape()),
+        };
+        let (Some((sw, sh)), Some((ow, oh))) = (ctx.seen, ctx.source) else {
+            return Err(
+                "the crop tool was not told the image sizes (Episode::set_image_sizes)".into(),
+            );
+        };
+        let [x1, y1, x2, y2] = [corners[0], corners[1], corners[2], corners[3]];
+        if x1 >= x2 || y1 >= y2 {
+            return Err(format!(
+                "bbox {bbox} is empty or inverted: it needs x1 < x2 and y1 < y2"
+            ));
+        }
+        let (fw, fh) = (f64::from(sw), f64::from(sh));
+        if x1 < 0.0 || y1 < 0.0 || x2 > fw || y2 > fh {
+            return Err(format!(
+                "bbox {bbox} is outside the image, which is {sw}x{sh} pixels"
+            ));
+        }
+        let (sx, sy) = (f64::from(ow) / fw, f64::from(oh) / fh);
+        let left = ((x1 * sx).floor() as u32).min(ow);
+        let top = ((y1 * sy).floor() as u32).min(oh);
+        let right = ((x2 * sx).ceil() as u32).min(ow);
+        let bottom = ((y2 * sy).ceil() as u32).min(oh);
+        let (width, height) = (right.saturating_sub(left), bottom.saturating_sub(top));
+        if width < self.min_side || height < self.min_side {
+            return Err(format!(
+                "bbox {bbox} covers {width}x{height} pixels of the original image; a crop needs at least {0}x{0}",
+                self.min_side
+            ));
+        }
+        Ok(ImageRequest::Crop {
+            x: left,
+            y: top,
+            width,
+            height,
+        })
+    }
+}
+
 /// Settings of an episode.
 #[derive(Debug, Clone)]
 pub struct ProtocolConfig {
@@ -139,6 +271,8 @@ pub struct ProtocolConfig {
     pub max_images: usize,
     /// The tools; the official set is just [`ResizeTool`].
     pub tools: Vec<std::sync::Arc<dyn Tool>>,
+    /// The turn-1 system prompt listing the tools (official: [`crate::strings::SYSTEM_PROMPT`]).
+    pub system_prompt: &'static str,
 }
 
 impl Default for ProtocolConfig {
@@ -147,6 +281,51 @@ impl Default for ProtocolConfig {
             max_rounds: 2,
             max_images: 2,
             tools: vec![std::sync::Arc::new(ResizeTool { factor: None })],
+            system_prompt: crate::strings::SYSTEM_PROMPT,
+        }
+    }
+}
+
+impl ProtocolConfig {
+    /// The tool set named by a list such as `--tools` takes it: `resize` (the official protocol,
+    /// [`ProtocolConfig::default`]) or `resize,crop` ([`ProtocolConfig::resize_and_crop`]), in
+    /// any order; anything else is an error naming the choices.
+    ///
+    /// ```
+    /// use visionthink_core::protocol::ProtocolConfig;
+    /// assert_eq!(ProtocolConfig::from_tools("crop, resize").unwrap().max_rounds, 3);
+    /// assert!(ProtocolConfig::from_tools("zoom").is_err());
+    /// ```
+    pub fn from_tools(list: &str) -> Result<Self> {
+        let mut names: Vec<&str> = list.split(',').map(str::trim).collect();
+        names.sort_unstable();
+        match names.as_slice() {
+            ["resize"] => Ok(Self::default()),
+            ["crop", "resize"] => Ok(Self::resize_and_crop()),
+            _ => Err(Error::Protocol(format!(
+                "tools {list:?}: expected `resize` or `resize,crop`"
+            ))),
+        }
+    }
+
+    /// The extended tool set (beyond the paper, issue 16): `resize_image` and `crop_image`, up to
+    /// 3 rounds and 3 images (each tool image counts), and the system prompt that lists both
+    /// ([`crate::strings::SYSTEM_PROMPT_RESIZE_CROP`]).
+    ///
+    /// ```
+    /// use visionthink_core::protocol::ProtocolConfig;
+    /// let cfg = ProtocolConfig::resize_and_crop();
+    /// assert_eq!((cfg.max_rounds, cfg.max_images, cfg.tools.len()), (3, 3, 2));
+    /// ```
+    pub fn resize_and_crop() -> Self {
+        Self {
+            max_rounds: 3,
+            max_images: 3,
+            tools: vec![
+                std::sync::Arc::new(ResizeTool { factor: None }),
+                std::sync::Arc::new(CropTool::default()),
+            ],
+            system_prompt: crate::strings::SYSTEM_PROMPT_RESIZE_CROP,
         }
     }
 }
@@ -175,10 +354,13 @@ pub struct Outcome {
     pub thinking: String,
     /// Every model turn, decoded with special tokens skipped.
     pub turns: Vec<String>,
-    /// Whether a tool turn delivered an image.
+    /// Whether a tool turn delivered an image (a resized or, with the extended tool set, a
+    /// cropped one).
     pub used_high_res: bool,
     /// Tool calls made (well-formed or not).
     pub tool_calls: usize,
+    /// Of the images tool turns delivered, how many were crops (the extended tool set).
+    pub crops: usize,
     /// Why the episode ended.
     pub end: EndReason,
 }
@@ -212,6 +394,8 @@ pub struct Episode {
     images: usize,
     tool_calls: usize,
     used_high_res: bool,
+    crops: usize,
+    ctx: ToolContext,
     done: bool,
 }
 
@@ -234,6 +418,17 @@ fn key_error(key: &str) -> String {
 pub fn parse_tool_call(
     contents: &[&str],
     tools: &[std::sync::Arc<dyn Tool>],
+) -> std::result::Result<ImageRequest, String> {
+    parse_tool_call_in(contents, tools, &ToolContext::default())
+}
+
+/// [`parse_tool_call`] with what the episode knows about its images (for tools such as
+/// [`CropTool`]). A call without `arguments.action` goes to the tool whose [`Tool::name`] is
+/// its `name`; with the official tool set there is none, and the official error stands.
+pub fn parse_tool_call_in(
+    contents: &[&str],
+    tools: &[std::sync::Arc<dyn Tool>],
+    ctx: &ToolContext,
 ) -> std::result::Result<ImageRequest, String> {
     let mut objects = Vec::new();
     for c in contents {
@@ -258,10 +453,15 @@ pub fn parse_tool_call(
             Some(_) => return Err("arguments must be a JSON object".into()),
             None => return Err(key_error("arguments")),
         };
-        let action = match args.get("action") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(other) => other.to_string(),
-            None => return Err(key_error("action")),
+        let named = obj
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|n| tools.iter().find(|t| t.name() == Some(n)));
+        let action = match (args.get("action"), named) {
+            (Some(serde_json::Value::String(s)), _) => s.clone(),
+            (Some(other), _) => other.to_string(),
+            (None, Some(tool)) => tool.action().to_string(),
+            (None, None) => return Err(key_error("action")),
         };
         let tool = tools.iter().find(|t| t.action() == action).ok_or_else(|| {
             format!("Unknown Tool Type: {action}. Available function tools are: {available}")
@@ -274,7 +474,7 @@ pub fn parse_tool_call(
         chosen = Some((tool.clone(), args.clone()));
     }
     match chosen {
-        Some((tool, args)) => tool.call(&args),
+        Some((tool, args)) => tool.call_in(&args, ctx),
         None => Err("No function call JSON object found inside <tool_call></tool_call>".into()),
     }
 }
@@ -314,13 +514,25 @@ impl Episode {
             images: 0,
             tool_calls: 0,
             used_high_res: false,
+            crops: 0,
+            ctx: ToolContext::default(),
             done: false,
         }
     }
 
+    /// Tells the tools the sizes of the episode's images: the turn-1 image as the model sees it
+    /// (after `smart_resize`) and the high-resolution image crops are cut from. The crop tool
+    /// needs them; the official tool does not.
+    pub fn set_image_sizes(&mut self, seen: (u32, u32), source: (u32, u32)) {
+        self.ctx = ToolContext {
+            seen: Some(seen),
+            source: Some(source),
+        };
+    }
+
     /// The turn-1 prompt (VisionThink system prompt, user template, the low-resolution image).
     pub fn initial_prompt(&mut self) -> Prompt {
-        let p = visionthink_turn1(&self.question);
+        let p = visionthink_turn1_with(self.cfg.system_prompt, &self.question);
         self.images = p.num_images();
         p
     }
@@ -355,12 +567,19 @@ impl Episode {
             return Ok(Step::Done(self.finish(EndReason::RoundLimit)));
         }
         Ok(Step::ToolTurn(
-            match parse_tool_call(&contents, &self.cfg.tools) {
+            match parse_tool_call_in(&contents, &self.cfg.tools, &self.ctx) {
                 Ok(request) => {
                     self.images += 1;
                     self.used_high_res = true;
+                    let prompt = match request {
+                        ImageRequest::Crop { .. } => {
+                            self.crops += 1;
+                            tool_response_crop()
+                        }
+                        _ => tool_response_image(),
+                    };
                     ToolTurn {
-                        prompt: tool_response_image(),
+                        prompt,
                         image: Some(request),
                         error: None,
                     }
@@ -384,6 +603,7 @@ impl Episode {
             turns: self.turns.clone(),
             used_high_res: self.used_high_res,
             tool_calls: self.tool_calls,
+            crops: self.crops,
             end,
         }
     }

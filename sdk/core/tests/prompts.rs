@@ -56,6 +56,42 @@ fn protocol_strings_are_byte_exact() {
     assert!(TOOL_RESPONSE_ERROR.contains("Countinue"));
 }
 
+/// The extended tool set's strings (issue 16; ours, not official) are pinned the same way, and
+/// list the official `resize_image` function byte for byte.
+#[test]
+fn extended_tool_strings_are_pinned() {
+    for (s, sha, len) in [
+        (
+            SYSTEM_PROMPT_RESIZE_CROP,
+            "40ac8c06f08defd0dc31db5915ce0784a8b8645b868fa8b1e1e249502c8dbf43",
+            1691,
+        ),
+        (
+            TOOL_RESPONSE_CROP,
+            "0b4aada9ec6c25f6a41f5e01a0348c53054ae6d435a999bdad15b1b03981642f",
+            423,
+        ),
+    ] {
+        assert_eq!(s.len(), len, "{}", &s[..40]);
+        assert_eq!(sha256_hex(s.as_bytes()), sha, "{}", &s[..40]);
+    }
+    // One function's JSON: from its opening to the end of its `args_format`.
+    let function = |s: &'static str, name: &str| -> &'static str {
+        let open =
+            format!("{{\"type\": \"function\", \"function\": {{\"name_for_human\": \"{name}\"");
+        let start = s.find(&open).unwrap();
+        let close = "a JSON object.\"}}";
+        &s[start..start + s[start..].find(close).unwrap() + close.len()]
+    };
+    let official = function(SYSTEM_PROMPT, "resize_image");
+    assert!(official.contains("are:\n* `resize`"));
+    assert_eq!(
+        function(SYSTEM_PROMPT_RESIZE_CROP, "resize_image"),
+        official
+    );
+    assert!(function(SYSTEM_PROMPT_RESIZE_CROP, "crop_image").contains("\"required\": [\"bbox\"]"));
+}
+
 /// Snapshot files live in tests/fixtures/snapshots; `VT_UPDATE_SNAPSHOTS=1 cargo test` rewrites
 /// them (natively) and a diff in review shows what changed.
 fn check_snapshot(name: &str, expected: &str, got: &str) {

@@ -212,3 +212,150 @@ fn inference_images_follow_the_official_path() {
     assert_eq!((e.low_res.width, e.low_res.height), (28, 70));
     assert_eq!(e.high_res, img);
 }
+
+// The extended tool set (issue 16): resize_image and crop_image, up to 3 rounds.
+
+fn crop_call(bbox: &str) -> String {
+    format!("<think>the label is small</think>\n<tool_call>\n{{\"name\": \"crop_image\", \"arguments\": {{\"bbox\": {bbox}}}}}\n</tool_call>")
+}
+
+/// An episode of the extended set whose turn-1 image is seen at 200x100 and whose
+/// high-resolution image is 400x200.
+fn crop_episode() -> Episode {
+    let mut ep = Episode::new("q", ProtocolConfig::resize_and_crop());
+    ep.set_image_sizes((200, 100), (400, 200));
+    let p = ep.initial_prompt().render();
+    assert!(
+        p.contains("\"name\": \"crop_image\""),
+        "the extended system prompt"
+    );
+    ep
+}
+
+#[test]
+fn crop_maps_the_box_onto_the_high_res_image() {
+    let mut ep = crop_episode();
+    let t = tool(ep.on_model_turn(&crop_call("[10, 20.5, 40, 50]")).unwrap());
+    // ×2 each way; the first corner floored, the second ceiled.
+    assert_eq!(
+        t.image,
+        Some(ImageRequest::Crop {
+            x: 20,
+            y: 41,
+            width: 60,
+            height: 59
+        })
+    );
+    assert!(t
+        .prompt
+        .render()
+        .starts_with("<|im_start|>user\n<tool_response>\nThe cropped region is shown below:\n"));
+    assert_eq!(t.prompt.num_images(), 1);
+    // The crop is cut from the high-resolution image.
+    let high: Vec<u8> = (0..400 * 200)
+        .flat_map(|i| [(i % 400) as u8, (i / 400) as u8, 7])
+        .collect();
+    let images = EpisodeImages {
+        low_res: RgbImage::new(200, 100, vec![0; 200 * 100 * 3]).unwrap(),
+        high_res: RgbImage::new(400, 200, high).unwrap(),
+    };
+    let img = t.image.unwrap().fulfil(&images).unwrap();
+    assert_eq!((img.width, img.height), (60, 59));
+    assert_eq!(img.pixel(0, 0), [20, 41, 7]);
+    assert_eq!(img.pixel(59, 58), [79, 99, 7]);
+    let o = done(ep.on_model_turn(ANSWER).unwrap());
+    assert_eq!((o.crops, o.tool_calls, o.used_high_res), (1, 1, true));
+}
+
+#[test]
+fn crop_then_crop_then_the_round_limit() {
+    let mut ep = crop_episode();
+    tool(ep.on_model_turn(&crop_call("[0, 0, 100, 50]")).unwrap());
+    let t = tool(ep.on_model_turn(&crop_call("[100, 50, 200, 100]")).unwrap());
+    assert_eq!(
+        t.image,
+        Some(ImageRequest::Crop {
+            x: 200,
+            y: 100,
+            width: 200,
+            height: 100
+        })
+    );
+    // Round 3 is the last: a third call ends the episode.
+    let o = done(ep.on_model_turn(&crop_call("[0, 0, 50, 50]")).unwrap());
+    assert_eq!(o.end, EndReason::ImageLimit);
+    assert_eq!((o.crops, o.tool_calls, o.turns.len()), (2, 3, 3));
+}
+
+#[test]
+fn crop_then_resize_then_answer() {
+    let mut ep = crop_episode();
+    tool(ep.on_model_turn(&crop_call("[0, 0, 100, 50]")).unwrap());
+    let t = tool(ep.on_model_turn(CALL).unwrap());
+    assert_eq!(t.image, Some(ImageRequest::HighRes));
+    let o = done(ep.on_model_turn(ANSWER).unwrap());
+    assert_eq!((o.crops, o.tool_calls, o.end), (1, 2, EndReason::Answered));
+}
+
+#[test]
+fn malformed_boxes_get_error_turns() {
+    for (bbox, says) in [
+        (
+            "[1, 2, 3]",
+            "bbox must be a list of four numbers [x1, y1, x2, y2], got [1,2,3]",
+        ),
+        ("\"10,10,50,50\"", "bbox must be a list of four numbers"),
+        ("[10, \"a\", 50, 50]", "bbox must be a list of four numbers"),
+        (
+            "[50, 10, 10, 50]",
+            "is empty or inverted: it needs x1 < x2 and y1 < y2",
+        ),
+        ("[10, 10, 10, 50]", "is empty or inverted"),
+        (
+            "[-1, 10, 50, 50]",
+            "is outside the image, which is 200x100 pixels",
+        ),
+        ("[10, 10, 50, 101]", "is outside the image"),
+        (
+            "[10, 10, 20, 50]",
+            "covers 20x80 pixels of the original image; a crop needs at least 28x28",
+        ),
+    ] {
+        let mut ep = crop_episode();
+        let t = tool(ep.on_model_turn(&crop_call(bbox)).unwrap());
+        let err = t.error.unwrap_or_default();
+        assert!(err.contains(says), "{bbox}: {err}");
+        assert!(t.image.is_none() && t.prompt.num_images() == 0, "{bbox}");
+        assert!(t
+            .prompt
+            .render()
+            .contains("ERROR occurs during the function tool call"));
+        // An error turn spends a round, not an image.
+        let o = done(ep.on_model_turn(ANSWER).unwrap());
+        assert_eq!((o.crops, o.used_high_res), (0, false), "{bbox}");
+    }
+    // A missing bbox is the official KeyError style.
+    let mut ep = crop_episode();
+    let t = tool(
+        ep.on_model_turn("<tool_call>{\"name\": \"crop_image\", \"arguments\": {\"box\": [1, 2, 3, 4]}}</tool_call>")
+            .unwrap(),
+    );
+    assert_eq!(t.error.as_deref(), Some("'bbox'"));
+    // Without the image sizes the crop tool says what the caller forgot.
+    let mut ep = Episode::new("q", ProtocolConfig::resize_and_crop());
+    let _ = ep.initial_prompt();
+    let t = tool(ep.on_model_turn(&crop_call("[0, 0, 100, 50]")).unwrap());
+    assert!(t.error.unwrap_or_default().contains("set_image_sizes"));
+}
+
+#[test]
+fn the_official_tool_set_does_not_know_crop_image() {
+    // With the official tools a crop call is the official KeyError: the default protocol is
+    // unchanged by the extension.
+    let mut ep = Episode::new("q", ProtocolConfig::default());
+    ep.set_image_sizes((200, 100), (400, 200));
+    let p = ep.initial_prompt().render();
+    assert!(!p.contains("crop_image"));
+    let t = tool(ep.on_model_turn(&crop_call("[0, 0, 100, 50]")).unwrap());
+    assert_eq!(t.error.as_deref(), Some("'action'"));
+}

@@ -264,12 +264,17 @@ struct AskArgs {
     /// The question.
     #[arg(long)]
     question: String,
-    /// Generation rounds (official: 2).
-    #[arg(long, default_value_t = 2)]
-    max_rounds: usize,
-    /// Images per episode, the low-res one included (official: 2).
-    #[arg(long, default_value_t = 2)]
-    max_images: usize,
+    /// Generation rounds [default: 2 (official); 3 with --tools resize,crop].
+    #[arg(long)]
+    max_rounds: Option<usize>,
+    /// Images per episode, the low-res one included [default: 2 (official); 3 with
+    /// --tools resize,crop].
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// The tools offered to the model: `resize` (the official protocol and system prompt) or
+    /// `resize,crop` (beyond the paper: `crop_image` also returns a box of the original image).
+    #[arg(long, default_value = "resize")]
+    tools: String,
     #[command(flatten)]
     gen: GenArgs,
     /// Print tokens as they are generated.
@@ -922,7 +927,6 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// `visionthink ask`.
 fn cmd_ask(a: AskArgs) -> Result<()> {
     let AskArgs {
         model,
@@ -930,12 +934,17 @@ fn cmd_ask(a: AskArgs) -> Result<()> {
         question,
         max_rounds,
         max_images,
+        tools,
         gen,
         stream,
         force_turns,
         json: as_json,
         remote,
     } = a;
+    let mut protocol = visionthink::core::protocol::ProtocolConfig::from_tools(&tools)?;
+    protocol.max_rounds = max_rounds.unwrap_or(protocol.max_rounds);
+    protocol.max_images = max_images.unwrap_or(protocol.max_images);
+    let extended = protocol.tools.len() > 1;
     let remote = match remote.config().map_err(anyhow::Error::msg)? {
         Some(mut cfg) => {
             cfg.stream = stream;
@@ -953,22 +962,21 @@ fn cmd_ask(a: AskArgs) -> Result<()> {
         (None, None) => bail!("no engine"),
     };
     let img = load_image(&image)?;
-    if max_rounds == 0 || max_images == 0 {
+    if protocol.max_rounds == 0 || protocol.max_images == 0 {
         bail!("--max-rounds and --max-images must be at least 1");
     }
     let opts = visionthink::AskOptions {
         generation: gen.options()?,
-        protocol: visionthink::core::protocol::ProtocolConfig {
-            max_rounds,
-            max_images,
-            ..Default::default()
-        },
+        protocol,
         forced_turns: force_turns,
     };
     let answer = engine.ask_streaming(&img, &question, &opts, &mut |ev| {
         if stream && !as_json {
             match ev {
                 visionthink::Event::Token { text, .. } => print!("{text}"),
+                visionthink::Event::ResizeRequested if extended => {
+                    print!("\n[tool image appended]\n")
+                }
                 visionthink::Event::ResizeRequested => {
                     print!("\n[resize → full-resolution image]\n")
                 }

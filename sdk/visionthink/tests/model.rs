@@ -667,3 +667,55 @@ fn gguf_model_flags_print_the_same_json_as_model_dir() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --mmproj"));
     std::fs::remove_dir_all(&folder).unwrap();
 }
+
+/// `ask --tools resize,crop` (beyond the paper, issue 16): scripted crop calls reach the model as
+/// crops of the original image (each adds visual tokens), in up to 3 rounds; with the official
+/// tools the same call is the official error turn; an unknown tool set is refused.
+#[test]
+fn ask_with_the_crop_tool_follows_scripted_crops() {
+    let (_, dir, _, img) = untied_flat_case();
+    let crop = "<think>The code is small.</think>\n<tool_call>\n{\"name\": \"crop_image\", \"arguments\": {\"bbox\": [0, 0, 28, 28]}}\n</tool_call>";
+    let ask = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "ask",
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--question",
+            "What is the code?",
+            "--max-new-tokens",
+            "4",
+            "--force-turn",
+            crop,
+            "--force-turn",
+            crop,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        vt_json(&args)
+    };
+    let extended = ask(&["--tools", "resize,crop"]);
+    assert_eq!(extended["crops"], 2, "{extended}");
+    assert_eq!(extended["used_high_res"], true);
+    assert_eq!(extended["turns"].as_array().unwrap().len(), 3);
+    let official = ask(&[]);
+    assert_eq!(official["crops"], 0, "{official}");
+    assert_eq!(official["used_high_res"], false);
+    assert!(
+        extended["visual_tokens"].as_u64().unwrap() > official["visual_tokens"].as_u64().unwrap()
+    );
+    let bad = vt_cli(&[
+        "ask",
+        "--model-dir",
+        dir.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--question",
+        "q",
+        "--tools",
+        "zoom",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expected `resize` or `resize,crop`"));
+}

@@ -198,6 +198,41 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> Result
     ))
 }
 
+/// The pixels `x .. x + width`, `y .. y + height` of `img` (Pillow's `Image.crop((x, y, x + width,
+/// y + height))` for a box inside the image). A box that is empty or leaves the image is an error.
+///
+/// ```
+/// use visionthink_core::image::{crop, RgbImage};
+/// let img = RgbImage::new(4, 3, (0..36).collect()).unwrap();
+/// let c = crop(&img, 1, 1, 2, 2).unwrap();
+/// assert_eq!((c.width, c.height), (2, 2));
+/// assert_eq!(c.pixel(0, 0), img.pixel(1, 1));
+/// assert!(crop(&img, 3, 0, 2, 1).is_err());
+/// ```
+pub fn crop(img: &RgbImage, x: u32, y: u32, width: u32, height: u32) -> Result<RgbImage> {
+    let inside = x.checked_add(width).is_some_and(|r| r <= img.width)
+        && y.checked_add(height).is_some_and(|b| b <= img.height);
+    if width == 0 || height == 0 || !inside {
+        return Err(Error::ImageTooSmall {
+            width: img.width,
+            height: img.height,
+            reason: format!("cannot crop {width}x{height} at ({x}, {y}) from it"),
+        });
+    }
+    let (stride, row) = (img.width as usize * 3, width as usize * 3);
+    let mut data = Vec::with_capacity(row * height as usize);
+    for line in img
+        .data
+        .chunks_exact(stride)
+        .skip(y as usize)
+        .take(height as usize)
+    {
+        let start = x as usize * 3;
+        data.extend_from_slice(&line[start..start + row]);
+    }
+    RgbImage::new(width, height, data)
+}
+
 /// The pass order of the Pillow version the fixtures pin (13.0.0; see `tests/fixtures/README.md`).
 pub const PILLOW_PASS_ORDER: PassOrder = PassOrder::Pillow13;
 
@@ -209,6 +244,19 @@ fn round_half_even(x: f64) -> f64 {
     } else {
         r
     }
+}
+
+/// `(width, height)` of an image of `width`×`height` after the processor's `smart_resize` under
+/// `cfg`: the pixels the model sees (and grounds boxes in), from the size alone.
+///
+/// ```
+/// let cfg = visionthink_core::config::PreprocessorConfig::default();
+/// assert_eq!(visionthink_core::image::seen_size(900, 670, &cfg).unwrap(), (896, 672));
+/// ```
+pub fn seen_size(width: u32, height: u32, cfg: &PreprocessorConfig) -> Result<(u32, u32)> {
+    let factor = resize_factor(cfg)?;
+    let (h, w) = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)?;
+    Ok((w, h))
 }
 
 /// Visual tokens (merged patches) an image of `width`×`height` costs under `cfg`, from its size
