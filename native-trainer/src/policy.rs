@@ -198,11 +198,13 @@ impl Policy {
     }
 
     /// A frozen view for generation: shares the weights' storage (it sees every optimizer
-    /// update) but records no autograd graph and uses the fused inference kernels.
+    /// update) but records no autograd graph and uses the fused inference kernels. Batch
+    /// invariant ([`CandleBackend::batch_invariant`]): a rollout's tokens do not depend on which
+    /// other rollouts share its decode steps, so one process and N data-parallel ranks agree.
     pub fn frozen(&self) -> Result<(CandleBackend, Qwen25VL<CandleBackend>)> {
         let model = self.model.map_weights(&mut |t| t.detach())?;
         Ok((
-            CandleBackend::new(self.be.device.clone(), candle_core::DType::F32),
+            CandleBackend::new(self.be.device.clone(), candle_core::DType::F32).batch_invariant(),
             model,
         ))
     }

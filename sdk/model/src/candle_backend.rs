@@ -45,6 +45,9 @@ pub struct CandleBackend {
     quantized: std::sync::RwLock<std::collections::HashMap<candle_core::TensorId, QuantWeight>>,
     /// Whether GGUF matrices stay in their blocks ([`Self::keep_gguf_blocks`]).
     keep_blocks: bool,
+    /// Whether inference takes our own kernels, [`crate::gemv`] for one-row products and
+    /// [`crate::attention`] ([`Self::batch_invariant`] turns them off).
+    row_kernel: bool,
 }
 
 /// A GGUF matrix: candle's quantized matmul over its blocks, and the blocks for row lookups.
@@ -82,6 +85,7 @@ impl CandleBackend {
             sparse: None,
             quantized: Default::default(),
             keep_blocks: true,
+            row_kernel: true,
         }
     }
 
@@ -94,6 +98,7 @@ impl CandleBackend {
             sparse: None,
             quantized: Default::default(),
             keep_blocks: true,
+            row_kernel: true,
         }
     }
 
@@ -132,6 +137,7 @@ impl CandleBackend {
             sparse: Some(Mutex::new(Vec::new())),
             quantized: Default::default(),
             keep_blocks: true,
+            row_kernel: true,
         }
     }
 
@@ -155,7 +161,23 @@ impl CandleBackend {
             sparse: None,
             quantized: Default::default(),
             keep_blocks: true,
+            row_kernel: true,
         }
+    }
+
+    /// Inference through candle's composed ops only, whose result for a row does not depend on
+    /// how many rows share a product: no one-row kernel ([`crate::gemv`]) and no fused attention
+    /// ([`crate::attention`], whose tile products round differently for different tile
+    /// heights). The trainer's rollouts need this: one process and N data-parallel ranks
+    /// group rows differently and must sample the same tokens.
+    ///
+    /// ```
+    /// let be = visionthink_model::CandleBackend::cpu().batch_invariant();
+    /// # let _ = be;
+    /// ```
+    pub fn batch_invariant(mut self) -> Self {
+        self.row_kernel = false;
+        self
     }
 
     /// Whether GGUF matrices stay in their quantized blocks (the default: candle's quantized
@@ -292,7 +314,10 @@ impl CandleBackend {
     fn one_row(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let one_row = x.dims().len() == 2 && x.dims()[0] == 1;
         let stored = matches!(w.dtype(), DType::BF16 | DType::F32);
-        if self.trainable.is_some() || !one_row || !stored || !w.device().is_cpu() {
+        if self.trainable.is_some() || !self.row_kernel || !one_row || !stored {
+            return Ok(None);
+        }
+        if !w.device().is_cpu() {
             return Ok(None);
         }
         let (m, k) = w.dims2()?;
@@ -331,7 +356,7 @@ impl CandleBackend {
         kv_heads: usize,
         mask: &Mask,
     ) -> Result<Option<Tensor>> {
-        if self.trainable.is_some() || !q.device().is_cpu() || heads == 0 {
+        if self.trainable.is_some() || !self.row_kernel || !q.device().is_cpu() || heads == 0 {
             return Ok(None);
         }
         let (n, width) = q.dims2()?;
