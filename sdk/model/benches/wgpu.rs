@@ -3,6 +3,8 @@
 //! prefill, per-token decode, dispatches and submits per decode step, vision tower.
 //!
 //! `WGPU_BACKEND=vulkan cargo bench -p visionthink-model --features wgpu --bench wgpu`
+//! (`VT_WGPU_BENCH_HOST=0.5b` instead measures only a decode step's dispatches and host time on
+//! a model of the Qwen2.5-0.5B text shape).
 //! On lavapipe (CPU rasteriser) the numbers show executor overhead, not GPU speed.
 
 use std::collections::HashMap;
@@ -10,7 +12,9 @@ use std::time::Instant;
 use visionthink_core::config::ModelConfig;
 use visionthink_core::rope::rope_index;
 use visionthink_model::wgpu_backend::WeightStorage;
-use visionthink_model::{Backend, CandleBackend, Qwen25VL, WeightStore, WgpuBackend, WgpuOptions};
+use visionthink_model::{
+    Backend, CandleBackend, KvCache, Qwen25VL, WeightStore, WgpuBackend, WgpuOptions,
+};
 
 const CONFIG: &str = r#"{
  "model_type": "qwen2_5_vl", "image_token_id": 151655, "tie_word_embeddings": true,
@@ -169,7 +173,69 @@ fn run<B: Backend>(
     (load, prefill, decode, vision)
 }
 
+/// Host time of a decode step (recording and submitting, the device not waited for) and the
+/// device time after it, best of 8 steps after the 9 tokens `cache` holds.
+fn host_time(
+    gpu: &WgpuBackend,
+    model: &Qwen25VL<WgpuBackend>,
+    cache: &mut KvCache<WgpuBackend>,
+) -> (f64, f64) {
+    let (mut host, mut device) = (f64::MAX, f64::MAX);
+    let ids: Vec<u32> = (0..17).collect();
+    let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
+    for step in 9..17 {
+        gpu.sync().expect("sync");
+        let t = Instant::now();
+        let e = model.embed(gpu, &ids[step..step + 1], None).expect("embed");
+        let h = model.decode(gpu, &e, &pos, cache).expect("decode");
+        let logits = model.logits(gpu, &h).expect("logits");
+        gpu.submit();
+        host = host.min(ms(t));
+        let t = Instant::now();
+        gpu.sync().expect("sync");
+        device = device.min(ms(t));
+        drop(logits);
+    }
+    (host, device)
+}
+
+/// `VT_WGPU_BENCH_HOST=0.5b`: only a decode step's dispatches and host time, on a random model
+/// of the Qwen2.5-0.5B text shape (24 layers, hidden 896, 14/2 heads) with the small vision tower.
+fn host_only_05b() {
+    let json = CONFIG
+        .replace(
+            "\"hidden_size\": 512, \"intermediate_size\": 1408, \"num_hidden_layers\": 4",
+            "\"hidden_size\": 896, \"intermediate_size\": 4864, \"num_hidden_layers\": 24",
+        )
+        .replace("\"num_attention_heads\": 8", "\"num_attention_heads\": 14")
+        .replace("\"out_hidden_size\": 512", "\"out_hidden_size\": 896");
+    let cfg = ModelConfig::from_json(json.as_bytes()).expect("config");
+    assert_eq!(cfg.text.num_hidden_layers, 24, "the 0.5B shape");
+    let store =
+        WeightStore::from_bytes(vec![("bench.safetensors".into(), random_checkpoint(&cfg))])
+            .expect("store");
+    let gpu = WgpuBackend::new_blocking(WgpuOptions::default()).expect("wgpu adapter");
+    let model = Qwen25VL::load(&gpu, &cfg, &store).expect("load");
+    drop(store);
+    let ids: Vec<u32> = (0..9).collect();
+    let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
+    let mut cache = model.new_cache();
+    let e = model.embed(&gpu, &ids, None).expect("embed");
+    model.decode(&gpu, &e, &pos, &mut cache).expect("prefill");
+    gpu.sync().expect("sync");
+    let c0 = gpu.counters();
+    let (host, device) = host_time(&gpu, &model, &mut cache);
+    let per_step = (gpu.counters().dispatches - c0.dispatches) / 8;
+    println!(
+        "0.5B text shape: {per_step} dispatches per decode step; host {host:.2} ms (record + submit), then {device:.1} ms until the device is done"
+    );
+}
+
 fn main() {
+    if std::env::var("VT_WGPU_BENCH_HOST").as_deref() == Ok("0.5b") {
+        host_only_05b();
+        return;
+    }
     let cfg = ModelConfig::from_json(CONFIG.as_bytes()).expect("config");
     let bytes = random_checkpoint(&cfg);
     let store = WeightStore::from_bytes(vec![("bench.safetensors".into(), bytes)]).expect("store");
@@ -229,26 +295,7 @@ fn main() {
                 c1.dispatches - c0.dispatches,
                 c1.submits - c0.submits
             );
-            // Host time of a step (recording and submitting, the GPU not waited for) and the
-            // device time after it, best of 8 steps.
-            let (mut host, mut device) = (f64::MAX, f64::MAX);
-            let ids: Vec<u32> = (0..17).collect();
-            let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
-            for step in 9..17 {
-                gpu.sync().expect("sync");
-                let t = Instant::now();
-                let e = model
-                    .embed(&gpu, &ids[step..step + 1], None)
-                    .expect("embed");
-                let h = model.decode(&gpu, &e, &pos, &mut cache).expect("decode");
-                let logits = model.logits(&gpu, &h).expect("logits");
-                gpu.submit();
-                host = host.min(ms(t));
-                let t = Instant::now();
-                gpu.sync().expect("sync");
-                device = device.min(ms(t));
-                drop(logits);
-            }
+            let (host, device) = host_time(&gpu, &model, &mut cache);
             println!(
                 "one decode step: host {host:.2} ms (record + submit), then {device:.2} ms until the device is done"
             );
