@@ -142,10 +142,9 @@ impl Default for AskOptions {
 impl AskOptions {
     /// The core driver's options, checked (a bad value is a `TypeError` in JS).
     pub fn episode_options(&self) -> Result<EpisodeOptions> {
-        let mut protocol = ProtocolConfig::from_tools(&self.tools)
-            .map_err(|e| RunError::Options(e.to_string()))?;
-        protocol.max_rounds = self.max_rounds.unwrap_or(protocol.max_rounds);
-        protocol.max_images = self.max_images.unwrap_or(protocol.max_images);
+        let protocol = ProtocolConfig::from_tools(&self.tools)
+            .map_err(|e| RunError::Options(e.to_string()))?
+            .with_limits(self.max_rounds, self.max_images);
         let opts = EpisodeOptions {
             max_new_tokens: self.max_new_tokens,
             sampling: SamplingConfig {

@@ -308,6 +308,20 @@ impl ProtocolConfig {
         }
     }
 
+    /// The same tools with the given round and image limits, where they are given (a caller's
+    /// options over the tool set's defaults).
+    ///
+    /// ```
+    /// use visionthink_core::protocol::ProtocolConfig;
+    /// let cfg = ProtocolConfig::resize_and_crop().with_limits(Some(4), None);
+    /// assert_eq!((cfg.max_rounds, cfg.max_images), (4, 3));
+    /// ```
+    pub fn with_limits(mut self, max_rounds: Option<usize>, max_images: Option<usize>) -> Self {
+        self.max_rounds = max_rounds.unwrap_or(self.max_rounds);
+        self.max_images = max_images.unwrap_or(self.max_images);
+        self
+    }
+
     /// The extended tool set (beyond the paper, issue 16): `resize_image` and `crop_image`, up to
     /// 3 rounds and 3 images (each tool image counts), and the system prompt that lists both
     /// ([`crate::strings::SYSTEM_PROMPT_RESIZE_CROP`]).

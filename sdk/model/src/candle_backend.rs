@@ -47,7 +47,7 @@ pub struct CandleBackend {
     keep_blocks: bool,
     /// Whether inference takes our own kernels, [`crate::gemv`] for one-row products and
     /// [`crate::attention`] ([`Self::batch_invariant`] turns them off).
-    row_kernel: bool,
+    own_kernels: bool,
 }
 
 /// A GGUF matrix: candle's quantized matmul over its blocks, and the blocks for row lookups.
@@ -85,7 +85,7 @@ impl CandleBackend {
             sparse: None,
             quantized: Default::default(),
             keep_blocks: true,
-            row_kernel: true,
+            own_kernels: true,
         }
     }
 
@@ -98,7 +98,7 @@ impl CandleBackend {
             sparse: None,
             quantized: Default::default(),
             keep_blocks: true,
-            row_kernel: true,
+            own_kernels: true,
         }
     }
 
@@ -137,7 +137,7 @@ impl CandleBackend {
             sparse: Some(Mutex::new(Vec::new())),
             quantized: Default::default(),
             keep_blocks: true,
-            row_kernel: true,
+            own_kernels: true,
         }
     }
 
@@ -161,7 +161,7 @@ impl CandleBackend {
             sparse: None,
             quantized: Default::default(),
             keep_blocks: true,
-            row_kernel: true,
+            own_kernels: true,
         }
     }
 
@@ -176,7 +176,7 @@ impl CandleBackend {
     /// # let _ = be;
     /// ```
     pub fn batch_invariant(mut self) -> Self {
-        self.row_kernel = false;
+        self.own_kernels = false;
         self
     }
 
@@ -314,10 +314,7 @@ impl CandleBackend {
     fn one_row(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let one_row = x.dims().len() == 2 && x.dims()[0] == 1;
         let stored = matches!(w.dtype(), DType::BF16 | DType::F32);
-        if self.trainable.is_some() || !self.row_kernel || !one_row || !stored {
-            return Ok(None);
-        }
-        if !w.device().is_cpu() {
+        if self.trainable.is_some() || !self.own_kernels || !one_row || !stored {
             return Ok(None);
         }
         let (m, k) = w.dims2()?;
@@ -326,23 +323,20 @@ impl CandleBackend {
         }
         let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let (storage, layout) = w.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else {
-            return Ok(None);
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            return Ok(None);
-        };
         let y = match w.dtype() {
-            DType::BF16 => crate::gemv::gemv(&xs, &cpu.as_slice::<half::bf16>()?[start..end]),
-            _ => crate::gemv::gemv(&xs, &cpu.as_slice::<f32>()?[start..end]),
+            DType::BF16 => {
+                cpu_values::<half::bf16>(&storage, layout)?.map(|w| crate::gemv::gemv(&xs, w))
+            }
+            _ => cpu_values::<f32>(&storage, layout)?.map(|w| crate::gemv::gemv(&xs, w)),
         };
         drop(storage);
-        let y = Tensor::from_vec(y, (1, m), &self.device)?;
-        Ok(Some(if x.dtype() == DType::F32 {
-            y
-        } else {
-            y.to_dtype(x.dtype())?
-        }))
+        // A weight elsewhere than in contiguous CPU memory takes the matmul.
+        let Some(y) = y else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Tensor::from_vec(y, (1, m), &self.device)?.to_dtype(x.dtype())?,
+        ))
     }
 
     /// Attention through the fused CPU kernel ([`crate::attention`]) when that is the path:
@@ -356,7 +350,7 @@ impl CandleBackend {
         kv_heads: usize,
         mask: &Mask,
     ) -> Result<Option<Tensor>> {
-        if self.trainable.is_some() || !self.row_kernel || !q.device().is_cpu() || heads == 0 {
+        if self.trainable.is_some() || !self.own_kernels || !q.device().is_cpu() || heads == 0 {
             return Ok(None);
         }
         let (n, width) = q.dims2()?;
@@ -372,34 +366,35 @@ impl CandleBackend {
             let (qs, ql) = q32.storage_and_layout();
             let (ks, kl) = k32.storage_and_layout();
             let (vs, vl) = v32.storage_and_layout();
+            // The operands were just made contiguous f32 on the CPU.
+            let values = |s, l| {
+                cpu_values::<f32>(s, l)?.ok_or_else(|| {
+                    Error::Backend("fused attention: an operand is not contiguous CPU f32".into())
+                })
+            };
             crate::attention::attention(
-                cpu_slice(&qs, ql)?,
-                cpu_slice(&ks, kl)?,
-                cpu_slice(&vs, vl)?,
+                values(&qs, ql)?,
+                values(&ks, kl)?,
+                values(&vs, vl)?,
                 shape,
                 mask,
             )?
         };
-        let out = Tensor::from_vec(out, (n, width), &self.device)?;
-        Ok(Some(if q.dtype() == DType::F32 {
-            out
-        } else {
-            out.to_dtype(q.dtype())?
-        }))
+        Ok(Some(
+            Tensor::from_vec(out, (n, width), &self.device)?.to_dtype(q.dtype())?,
+        ))
     }
 }
 
-/// The f32 values of a contiguous CPU tensor's storage.
-fn cpu_slice<'a>(s: &'a candle_core::Storage, l: &candle_core::Layout) -> Result<&'a [f32]> {
-    let candle_core::Storage::Cpu(cpu) = s else {
-        return Err(Error::Backend(
-            "fused attention: tensor not on the CPU".into(),
-        ));
+/// The values of a tensor's storage, when it is on the CPU and its layout contiguous.
+fn cpu_values<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::Storage,
+    l: &candle_core::Layout,
+) -> Result<Option<&'a [T]>> {
+    let (candle_core::Storage::Cpu(cpu), Some((a, b))) = (s, l.contiguous_offsets()) else {
+        return Ok(None);
     };
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| Error::Backend("fused attention: operand not contiguous".into()))?;
-    Ok(&cpu.as_slice::<f32>()?[a..b])
+    Ok(Some(&cpu.as_slice::<T>()?[a..b]))
 }
 
 /// `t` as contiguous f32 (a cheap handle when it already is).

@@ -50,17 +50,13 @@ pub fn gemv_bf16(x: &[f32], w: &[bf16]) -> Vec<f32> {
     gemv(x, w)
 }
 
-/// `x · wᵀ` for one row `x` `[k]` and row-major f32 weights `w` `[m, k]`: `[m]`.
+/// `x · wᵀ` for one row `x` `[k]` and row-major weights `w` `[m, k]` of any stored type: `[m]`,
+/// f32 accumulation.
 ///
 /// ```
 /// let w = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
-/// assert_eq!(visionthink_model::gemv::gemv_f32(&[1.0, 0.5, 2.0], &w), vec![8.0, 18.5]);
+/// assert_eq!(visionthink_model::gemv::gemv(&[1.0, 0.5, 2.0], &w), vec![8.0, 18.5]);
 /// ```
-pub fn gemv_f32(x: &[f32], w: &[f32]) -> Vec<f32> {
-    gemv(x, w)
-}
-
-/// `x · wᵀ` for weights of any stored type.
 pub fn gemv<W: Weight>(x: &[f32], w: &[W]) -> Vec<f32> {
     let k = x.len().max(1);
     let m = w.len() / k;
@@ -137,7 +133,7 @@ mod tests {
             }
             let w32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
             assert_eq!(
-                gemv_f32(&x, &w32),
+                gemv(&x, &w32),
                 y,
                 "{m}x{k}: f32 and bf16 weights of equal values"
             );

@@ -927,6 +927,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `visionthink ask`.
 fn cmd_ask(a: AskArgs) -> Result<()> {
     let AskArgs {
         model,
@@ -941,9 +942,8 @@ fn cmd_ask(a: AskArgs) -> Result<()> {
         json: as_json,
         remote,
     } = a;
-    let mut protocol = visionthink::core::protocol::ProtocolConfig::from_tools(&tools)?;
-    protocol.max_rounds = max_rounds.unwrap_or(protocol.max_rounds);
-    protocol.max_images = max_images.unwrap_or(protocol.max_images);
+    let protocol = visionthink::core::protocol::ProtocolConfig::from_tools(&tools)?
+        .with_limits(max_rounds, max_images);
     let extended = protocol.tools.len() > 1;
     let remote = match remote.config().map_err(anyhow::Error::msg)? {
         Some(mut cfg) => {

@@ -155,7 +155,6 @@ pub fn window_plan(
     }
 }
 
-/// `1 / theta^(2i / dim)` in f32, as torch computes it.
 /// Columns `start .. start + len` of a one-row tensor, as a view where the backend has them
 /// (a row's columns are contiguous).
 fn columns<B: Backend>(be: &B, row: &B::Tensor, start: usize, len: usize) -> Result<B::Tensor> {
@@ -164,6 +163,7 @@ fn columns<B: Backend>(be: &B, row: &B::Tensor, start: usize, len: usize) -> Res
     be.reshape(&be.narrow_rows(&column, start, len)?, 1, len)
 }
 
+/// `1 / theta^(2i / dim)` in f32, as torch computes it.
 fn inv_freq(theta: f32, dim: usize) -> Vec<f32> {
     (0..dim / 2)
         .map(|i| 1.0 / theta.powf((2 * i) as f32 / dim as f32))

@@ -180,6 +180,7 @@ impl WgpuBackend {
         crate::backend::QuantWriter::write(&mut w, bytes)?;
         crate::backend::QuantWriter::finish(Box::new(w))
     }
+
     /// `x · wᵀ + b`, plus what `extra` asks for, one dispatch per weight chunk.
     fn linear_with(
         &self,
@@ -293,7 +294,7 @@ impl WgpuBackend {
             return Ok(None);
         }
         let total: usize = parts.iter().map(|t| t.len()).sum();
-        if (total * elem_bytes) as u64 > self.info.max_binding.min(self.info.max_buffer) {
+        if total * elem_bytes > self.chunk_limit() {
             return Ok(None);
         }
         self.fault.check()?;

@@ -193,28 +193,23 @@ impl Recorder {
             layout: &layout,
             entries: &entries,
         });
-        {
+        self.count(|c| c.dispatches += 1);
+        let full = {
             let mut p = locked(&self.pending);
-            let Pending { pass, encoder, .. } = &mut *p;
-            let pass = pass.get_or_insert_with(|| {
-                encoder
-                    .get_or_insert_with(|| {
-                        self.device
-                            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-                    })
+            let pass = match p.pass.take() {
+                Some(pass) => pass,
+                None => self
+                    .encoder(&mut p)
                     .begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,
                         timestamp_writes: None,
                     })
-                    .forget_lifetime()
-            });
+                    .forget_lifetime(),
+            };
+            let pass = p.pass.insert(pass);
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind, &[offset as u32]);
             pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        }
-        self.count(|c| c.dispatches += 1);
-        let full = {
-            let mut p = locked(&self.pending);
             p.dispatches += 1;
             p.dispatches >= FLUSH_DISPATCHES
         };
@@ -227,11 +222,15 @@ impl Recorder {
         let mut p = locked(&self.pending);
         // Copies are recorded outside compute passes.
         p.pass = None;
-        let enc = p.encoder.get_or_insert_with(|| {
+        f(self.encoder(&mut p))
+    }
+
+    /// The open command encoder, created when there is none.
+    fn encoder<'p>(&self, p: &'p mut Pending) -> &'p mut wgpu::CommandEncoder {
+        p.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
-        });
-        f(enc)
+        })
     }
 
     /// Submits recorded work (without waiting): the parameter slots are written into the pool
