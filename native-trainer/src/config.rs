@@ -156,6 +156,14 @@ pub struct SftSection {
     pub think_tool: String,
     /// Think text after the full image arrives.
     pub think_after: String,
+    /// Probability that a trace calls the crop tool instead (the extended tool set,
+    /// `rollout.tools = "resize,crop"`; 0 by default). The box is the row's `box` attribute,
+    /// in the coordinates of the turn-1 image as the model sees it.
+    pub crop_fraction: f64,
+    /// Think text of a crop call.
+    pub think_crop: String,
+    /// Think text after the crop arrives.
+    pub think_after_crop: String,
 }
 
 impl Default for SftSection {
@@ -166,6 +174,9 @@ impl Default for SftSection {
             think_direct: "The answer is visible in the image.".into(),
             think_tool: "I need a closer look at the details.".into(),
             think_after: "The full image shows the details.".into(),
+            crop_fraction: 0.0,
+            think_crop: "The detail is in a small region; I need a closer look at it.".into(),
+            think_after_crop: "The cropped region shows the detail.".into(),
         }
     }
 }
@@ -188,6 +199,10 @@ pub struct RolloutSection {
     pub max_rounds: usize,
     /// Images per episode (2).
     pub max_images: usize,
+    /// The tool set: `resize` (the official protocol) or `resize,crop` (beyond the paper: the
+    /// extended system prompt and the crop tool; give `max_rounds`/`max_images` 3 to allow a
+    /// crop after a crop).
+    pub tools: String,
 }
 
 impl Default for RolloutSection {
@@ -200,6 +215,7 @@ impl Default for RolloutSection {
             max_new_tokens: 8192,
             max_rounds: 2,
             max_images: 2,
+            tools: "resize".into(),
         }
     }
 }
@@ -220,6 +236,8 @@ pub struct RewardSection {
     pub penalty: PenaltyMode,
     /// θ (0.2).
     pub threshold: f64,
+    /// Beyond the paper: reward lost per full image's worth of cropped visual tokens (0).
+    pub crop_cost: f64,
 }
 
 impl Default for RewardSection {
@@ -232,6 +250,7 @@ impl Default for RewardSection {
             use_tool_bonus: r.use_tool_bonus,
             penalty: r.penalty,
             threshold: r.threshold,
+            crop_cost: r.crop_cost,
         }
     }
 }
@@ -246,6 +265,7 @@ impl RewardSection {
             use_tool_bonus: self.use_tool_bonus,
             penalty: self.penalty,
             threshold: self.threshold,
+            crop_cost: self.crop_cost,
         }
     }
 }
@@ -407,6 +427,17 @@ impl TrainConfig {
         }
         if !(cfg.optim.lr.is_finite() && cfg.optim.lr > 0.0) {
             bail!("optim.lr must be a positive number");
+        }
+        let protocol = visionthink_core::protocol::ProtocolConfig::from_tools(&cfg.rollout.tools)
+            .map_err(|e| anyhow::anyhow!("rollout.tools: {e}"))?;
+        let (t, c) = (cfg.sft.tool_fraction, cfg.sft.crop_fraction);
+        if !((0.0..=1.0).contains(&t) && (0.0..=1.0).contains(&c) && t + c <= 1.0) {
+            bail!(
+                "sft.tool_fraction and sft.crop_fraction must be in [0, 1] with a sum of at most 1"
+            );
+        }
+        if c > 0.0 && protocol.tools.len() < 2 {
+            bail!("sft.crop_fraction needs the crop tool: set rollout.tools = \"resize,crop\"");
         }
         Ok(cfg)
     }

@@ -17,6 +17,12 @@ pub enum Kind {
     Fine,
     /// Not labelled (real datasets).
     Unknown,
+    /// Needs the full image: the detail is spread over all of it, so no crop shows it (the v2
+    /// synthetic task).
+    GlobalFine,
+    /// Needs a small region at full resolution: a crop around it shows it (the v2 synthetic
+    /// task).
+    LocalFine,
 }
 
 impl Kind {
@@ -26,6 +32,8 @@ impl Kind {
             Kind::Coarse => "coarse",
             Kind::Fine => "fine",
             Kind::Unknown => "unknown",
+            Kind::GlobalFine => "global_fine",
+            Kind::LocalFine => "local_fine",
         }
     }
 }

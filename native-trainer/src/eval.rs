@@ -3,31 +3,48 @@
 //! resize call, so every answer sees the full image) and **always low** (turn 1 is the model's
 //! own thinking, then `<answer>` is forced after `</think>` and `<tool_call>` can never be
 //! generated, so every answer comes from the half-size image).
+//!
+//! With the extended tool set (`--tools resize,crop`) the low-res-first policy may also crop;
+//! the report then counts crops per kind of question and, on rows that name their detail's
+//! square (the v2 synthetic task), how often a crop held it (the box hit rate).
 
-use crate::data::{Dataset, Example};
+use crate::data::{Dataset, Example, Kind};
 use crate::rollout::{
-    prepare, rollout_group, ImagePath, PreparedPrompt, RolloutConfig, Steer, Trajectory,
+    prepare_with, rollout_group, ImagePath, PreparedPrompt, RolloutConfig, Steer, Trajectory,
 };
+use crate::synth::{row_patch, Patch};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use visionthink::score::judge_all;
 use visionthink_core::judge::{Judge, JudgeRequest};
 use visionthink_core::model_files::ModelFiles;
+use visionthink_core::protocol::{ImageRequest, ProtocolConfig};
 use visionthink_core::sampling::SamplingConfig;
 use visionthink_model::{CandleBackend, Qwen25VL};
 
-/// Accuracy and resize ratio of one kind of question.
+/// Accuracy and tool use of one kind of question.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct KindReport {
     /// Judged correct, fraction.
     pub accuracy: f64,
-    /// Episodes that called the resize tool, fraction.
+    /// Accuracy of the always-high baseline on the same questions (in `by_kind`; NaN, written
+    /// as `null`, in the baselines' own tables).
+    pub accuracy_always_high: f64,
+    /// Episodes that called a tool (any tool, well-formed or not), fraction. The name is the
+    /// official protocol's, where the only tool is the resize.
     pub resize_ratio: f64,
+    /// Episodes that received at least one crop, fraction (0 without the crop tool).
+    pub crop_ratio: f64,
+    /// Of the episodes that received a crop on a row that names its detail's square, the
+    /// fraction where a crop held the whole square; `null` when there was none.
+    pub box_hit_ratio: Option<f64>,
     /// Questions.
     pub n: usize,
     /// Episodes that received the full image (a well-formed resize call), fraction.
     pub full_image_ratio: f64,
+    /// Mean visual tokens per question (every image the episode was given).
+    pub visual_tokens: f64,
 }
 
 /// The `eval --json` record (contract keys first).
@@ -84,6 +101,10 @@ pub struct Sample {
     pub correct: [bool; 3],
     /// Received the full image (a well-formed resize call), same order.
     pub full_image: [bool; 3],
+    /// Crops received, same order.
+    pub crops: [usize; 3],
+    /// Whether a crop held the row's square (`None`: no crop, or no square), same order.
+    pub box_hit: [Option<bool>; 3],
 }
 
 #[derive(Default, Clone)]
@@ -92,26 +113,60 @@ struct Acc {
     correct: usize,
     resized: usize,
     full_image: usize,
+    cropped: usize,
+    boxed: usize,
+    hits: usize,
+    visual: usize,
 }
 
 impl Acc {
     /// Counts one episode.
-    fn add(&mut self, correct: bool, t: &Trajectory) {
+    fn add(&mut self, correct: bool, t: &Trajectory, hit: Option<bool>) {
         self.n += 1;
         self.correct += usize::from(correct);
         self.resized += usize::from(t.outcome.tool_calls > 0);
         self.full_image += usize::from(t.used_high);
+        self.cropped += usize::from(t.crops() > 0);
+        self.boxed += usize::from(hit.is_some());
+        self.hits += usize::from(hit == Some(true));
+        self.visual += t.visual_tokens;
     }
 
+    /// The fractions (NaN, written as `null`, for a kind without questions).
     fn report(&self) -> KindReport {
-        let d = self.n.max(1) as f64;
+        let d = if self.n == 0 { f64::NAN } else { self.n as f64 };
         KindReport {
             accuracy: self.correct as f64 / d,
+            accuracy_always_high: f64::NAN,
             resize_ratio: self.resized as f64 / d,
+            crop_ratio: self.cropped as f64 / d,
+            box_hit_ratio: (self.boxed > 0).then(|| self.hits as f64 / self.boxed as f64),
             n: self.n,
             full_image_ratio: self.full_image as f64 / d,
+            visual_tokens: self.visual as f64 / d,
         }
     }
+}
+
+/// Whether any crop of `t` held the square `patch` of an image whose episode crops from a
+/// high-resolution image `scale` times its size (`None`: no crop).
+fn box_hit(t: &Trajectory, patch: Option<&Patch>, scale: f64) -> Option<bool> {
+    let patch = patch?;
+    let mut crops = t.images.iter().filter_map(|i| match i.request {
+        ImageRequest::Crop {
+            x,
+            y,
+            width,
+            height,
+        } => Some((x, y, width, height)),
+        _ => None,
+    });
+    let first = crops.next()?;
+    Some(
+        std::iter::once(first)
+            .chain(crops)
+            .any(|c| patch.inside(c, scale)),
+    )
 }
 
 /// What an evaluation runs: a model on an executor, its files, the judge and the settings.
@@ -128,6 +183,9 @@ pub struct Evaluator<'a> {
     pub image_path: ImagePath,
     /// New-token budget per turn.
     pub max_new_tokens: usize,
+    /// The tool set and limits of the low-res-first policy ([`ProtocolConfig::default`]: the
+    /// official protocol).
+    pub protocol: ProtocolConfig,
 }
 
 /// The three policies, in report order: low-res-first, always high, always low.
@@ -147,15 +205,34 @@ impl Evaluator<'_> {
             rows.min(ds.examples.len())
         };
         let mut sums = Sums::default();
+        // The v2 task's report names all three kinds, even one the rows evaluated lack.
+        if ds
+            .examples
+            .iter()
+            .any(|e| matches!(e.kind, Kind::GlobalFine | Kind::LocalFine))
+        {
+            for by in &mut sums.by {
+                for k in [Kind::Coarse, Kind::GlobalFine, Kind::LocalFine] {
+                    by.entry(k.name().to_string()).or_default();
+                }
+            }
+        }
         let pb = indicatif::ProgressBar::new(n as u64);
         for i in 0..n {
             pb.inc(1);
             let ex = &ds.examples[i];
-            let prompt = match ds
-                .image(i)
-                .map_err(anyhow::Error::from)
-                .and_then(|img| prepare(self.files, &img, &ex.problem, self.image_path))
-            {
+            let prepared = ds.image(i).map_err(anyhow::Error::from).and_then(|img| {
+                let p = prepare_with(
+                    self.files,
+                    &img,
+                    &ex.problem,
+                    self.image_path,
+                    &self.protocol,
+                )?;
+                let scale = f64::from(p.images.high_res.width) / f64::from(img.width.max(1));
+                Ok((p, scale))
+            });
+            let (prompt, scale) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
                     sums.skipped.push(format!("{}: {e:#}", ex.doc_id));
@@ -163,14 +240,19 @@ impl Evaluator<'_> {
                 }
             };
             let (trajs, verdicts) = self.row(ex, &prompt)?;
-            sums.add(ex, &prompt, &trajs, &verdicts);
+            let patch = row_patch(ex);
+            let hits: Vec<Option<bool>> = trajs
+                .iter()
+                .map(|t| box_hit(t, patch.as_ref(), scale))
+                .collect();
+            sums.add(ex, &prompt, &trajs, &verdicts, &hits);
         }
         pb.finish_and_clear();
         Ok(sums.report(t0.elapsed().as_secs_f64()))
     }
 
-    /// The three policies' episodes on one question (greedy, 2 rounds) and their verdicts
-    /// (`None`: the judge failed).
+    /// The three policies' episodes on one question (greedy; the protocol's rounds) and their
+    /// verdicts (`None`: the judge failed).
     fn row(
         &self,
         ex: &Example,
@@ -179,8 +261,8 @@ impl Evaluator<'_> {
         let cfg = RolloutConfig {
             sampling: SamplingConfig::default(),
             max_new_tokens: self.max_new_tokens,
-            max_rounds: 2,
-            max_images: 2,
+            max_rounds: self.protocol.max_rounds,
+            max_images: self.protocol.max_images,
             record_logps: false,
         };
         let mut reqs = Vec::new();
@@ -224,6 +306,7 @@ impl Sums {
         prompt: &PreparedPrompt,
         trajs: &[Trajectory],
         verdicts: &[Option<bool>],
+        hits: &[Option<bool>],
     ) {
         self.samples.push(Sample {
             doc_id: ex.doc_id.clone(),
@@ -233,6 +316,8 @@ impl Sums {
             responses: [0, 1, 2].map(|k| trajs[k].outcome.turns.join(" ")),
             correct: [0, 1, 2].map(|k| verdicts[k] == Some(true)),
             full_image: [0, 1, 2].map(|k| trajs[k].used_high),
+            crops: [0, 1, 2].map(|k| trajs[k].crops()),
+            box_hit: [0, 1, 2].map(|k| hits[k]),
         });
         for (k, (t, v)) in trajs.iter().zip(verdicts).enumerate() {
             let correct = *v == Some(true);
@@ -240,13 +325,13 @@ impl Sums {
                 self.by[k].entry(ex.kind.name().to_string()).or_default(),
                 &mut self.totals[k],
             ] {
-                acc.add(correct, t);
+                acc.add(correct, t, hits[k]);
             }
             if k == 0 {
                 self.by_source
                     .entry(ex.data_source.clone())
                     .or_default()
-                    .add(correct, t);
+                    .add(correct, t, hits[k]);
                 self.visual += t.visual_tokens;
             }
         }
@@ -264,8 +349,12 @@ impl Sums {
         };
         let vt = self.visual as f64 / evaluated;
         let vth = self.visual_high as f64 / evaluated;
+        let mut by_kind = rep(&self.by[0]);
+        for (k, r) in &mut by_kind {
+            r.accuracy_always_high = self.by[1].get(k).map_or(f64::NAN, |a| a.report().accuracy);
+        }
         EvalReport {
-            by_kind: rep(&self.by[0]),
+            by_kind,
             accuracy: free.accuracy,
             visual_tokens: vt,
             visual_tokens_always_high: vth,
@@ -314,11 +403,13 @@ impl Candidate {
         let score = r
             .samples
             .iter()
-            .map(|s| match (s.correct[0], s.full_image[0]) {
-                (false, _) => 0.0,
-                (true, false) => 1.0,
-                (true, true) => tool_accuracy,
-            })
+            .map(
+                |s| match (s.correct[0], s.full_image[0] || s.crops[0] > 0) {
+                    (false, _) => 0.0,
+                    (true, false) => 1.0,
+                    (true, true) => tool_accuracy,
+                },
+            )
             .sum::<f64>()
             / r.samples.len().max(1) as f64;
         Self {
@@ -380,16 +471,19 @@ pub fn markdown(r: &EvalReport, title: &str) -> String {
         "| always half resolution | {:.3} | {:.1} |\n\n",
         r.accuracy_always_low, r.visual_tokens_always_low
     );
-    s += "| kind | n | accuracy | resize ratio | got the full image | always-high acc | always-low acc |\n|---|---|---|---|---|---|---|\n";
+    s += "| kind | n | accuracy | tool ratio | got the full image | crop ratio | box hits | visual tokens | always-high acc | always-low acc |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for (k, v) in &r.by_kind {
         let hi = r
             .always_high_by_kind
             .get(k)
             .map_or(f64::NAN, |x| x.accuracy);
         let lo = r.always_low_by_kind.get(k).map_or(f64::NAN, |x| x.accuracy);
+        let hits = v
+            .box_hit_ratio
+            .map_or("–".to_string(), |h| format!("{h:.3}"));
         s += &format!(
-            "| {k} | {} | {:.3} | {:.3} | {:.3} | {hi:.3} | {lo:.3} |\n",
-            v.n, v.accuracy, v.resize_ratio, v.full_image_ratio
+            "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {hits} | {:.1} | {hi:.3} | {lo:.3} |\n",
+            v.n, v.accuracy, v.resize_ratio, v.full_image_ratio, v.crop_ratio, v.visual_tokens
         );
     }
     if !r.skipped.is_empty() {

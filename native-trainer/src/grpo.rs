@@ -190,6 +190,22 @@ pub fn group_hidden(
     } else {
         None
     };
+    // A trajectory's tool images in order: the group's full image, or its own crops.
+    let tool_feats = |t: &Trajectory| -> Result<Option<Tensor>> {
+        let mut parts = Vec::with_capacity(t.images.len());
+        for img in &t.images {
+            parts.push(match (&img.pixels, &high) {
+                (None, Some(h)) => h.clone(),
+                (None, None) => anyhow::bail!("a trajectory's full image was not computed"),
+                (Some(pv), _) => model.vision.forward(be, &pv.data, &[pv.grid_thw])?,
+            });
+        }
+        Ok(match parts.len() {
+            0 => None,
+            1 => parts.pop(),
+            _ => Some(Tensor::cat(&parts, 0)?),
+        })
+    };
     let mut out = Vec::with_capacity(trajs.len());
     for t in trajs {
         let c = t.cont.len();
@@ -198,15 +214,11 @@ pub fn group_hidden(
         let rows = if c > 1 {
             let mut cache = cache.clone();
             let mut pos = pos.clone();
-            let grids: Vec<[u32; 3]> = if t.used_high {
-                vec![prompt.high.grid_thw]
-            } else {
-                Vec::new()
-            };
+            let grids: Vec<[u32; 3]> = t.images.iter().map(|i| i.pixels(prompt).grid_thw).collect();
             let input = &t.cont[..c - 1];
             extend_rope_index(&mut pos, input, &grids, merge)?;
-            let feats = if t.used_high { high.as_ref() } else { None };
-            let e = model.embed(be, input, feats)?;
+            let feats = tool_feats(t)?;
+            let e = model.embed(be, input, feats.as_ref())?;
             let h = model.decode(be, &e, pos.positions(), &mut cache)?;
             Tensor::cat(&[&last_p, &h], 0)?
         } else {

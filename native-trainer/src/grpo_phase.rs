@@ -377,6 +377,7 @@ impl<'a> GrpoRun<'a> {
             .map(|(t, v)| JudgedRollout {
                 turns: t.outcome.turns.clone(),
                 correct: *v,
+                crop_share: t.crop_share(&prompt),
             })
             .collect();
         let gs = score_group(&judged, &self.reward_cfg);
@@ -390,6 +391,7 @@ impl<'a> GrpoRun<'a> {
                 resized: t.used_high,
                 length,
                 visual: t.visual_tokens,
+                cropped: t.crops() > 0,
             };
             c.t.all.add(stats);
             for key in [

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use visionthink_train::config::{Phase, TrainConfig};
+use visionthink_train::data::Kind;
 use visionthink_train::data::{BadRows, Dataset};
 use visionthink_train::files::write_atomic;
 use visionthink_train::policy::SaveDtype;
@@ -45,8 +46,14 @@ struct RunArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Writes a synthetic VisionThink set: coarse questions (colour, background shade) answerable from the
-    /// half-size image, fine ones (one-pixel texture) that are not.
+    /// half-size image, fine ones (one-pixel texture) that are not. `--task v2` (for the crop
+    /// tool): 448-pixel images, and the fine questions split into global ones (is the
+    /// background texture the same everywhere) and local ones (the texture inside a small
+    /// framed square).
     Synth {
+        /// Which task.
+        #[arg(long, value_enum, default_value = "v1")]
+        task: synth::Task,
         /// Seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -59,9 +66,10 @@ enum Cmd {
         /// Fraction of fine questions.
         #[arg(long, default_value_t = 0.15)]
         fine_fraction: f64,
-        /// Image side in pixels.
-        #[arg(long, default_value_t = 224)]
-        size: u32,
+        /// Image side in pixels (default 224 for v1, 448 for v2; v2 needs a multiple of 56 from
+        /// 112 on).
+        #[arg(long)]
+        size: Option<u32>,
     },
     /// SFT warm start on traces whose resize decision ignores the question.
     Sft(RunArgs),
@@ -175,6 +183,13 @@ struct EvalOpts {
     /// Malformed rows.
     #[arg(long, value_enum, default_value = "skip")]
     bad_rows: BadRows,
+    /// The low-res-first policy's tools: `resize` (the official protocol) or `resize,crop`
+    /// (3 rounds and the extended system prompt; the report adds crop and box-hit ratios).
+    #[arg(long, default_value = "resize")]
+    tools: String,
+    /// Rounds (and images) per episode (default: 2 for `resize`, 3 for `resize,crop`).
+    #[arg(long)]
+    max_rounds: Option<usize>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -197,17 +212,22 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Synth {
+            task,
             seed,
             count,
             out,
             fine_fraction,
             size,
         } => cmd_synth(
+            task,
             synth::SynthConfig {
                 seed,
                 count,
                 fine_fraction,
-                size,
+                size: size.unwrap_or(match task {
+                    synth::Task::V1 => 224,
+                    synth::Task::V2 => 448,
+                }),
             },
             &out,
         ),
@@ -263,7 +283,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// `synth`.
-fn cmd_synth(cfg: synth::SynthConfig, out: &Path) -> Result<()> {
+fn cmd_synth(task: synth::Task, cfg: synth::SynthConfig, out: &Path) -> Result<()> {
     anyhow::ensure!(
         (0.0..=1.0).contains(&cfg.fine_fraction),
         "--fine-fraction must be in [0, 1]"
@@ -272,16 +292,25 @@ fn cmd_synth(cfg: synth::SynthConfig, out: &Path) -> Result<()> {
         (56..=4096).contains(&cfg.size),
         "--size must be in [56, 4096]"
     );
-    let rows = synth::generate(&cfg);
-    visionthink_train::jsonl_data::write_jsonl_set(out, &rows)?;
-    let fine = rows
-        .iter()
-        .filter(|(e, _)| e.kind == visionthink_train::data::Kind::Fine)
-        .count();
-    println!(
-        "{}",
-        serde_json::json!({"out": out, "count": rows.len(), "fine": fine, "coarse": rows.len() - fine})
+    anyhow::ensure!(
+        task == synth::Task::V1 || (cfg.size % 56 == 0 && cfg.size >= 112),
+        "--task v2 needs --size to be a multiple of 56 from 112 on (both halves on the 28-pixel grid)"
     );
+    let rows = match task {
+        synth::Task::V1 => synth::generate(&cfg),
+        synth::Task::V2 => synth::generate_v2(&cfg),
+    };
+    visionthink_train::jsonl_data::write_jsonl_set(out, &rows)?;
+    let count = |k: Kind| rows.iter().filter(|(e, _)| e.kind == k).count();
+    let coarse = count(Kind::Coarse);
+    let mut summary = serde_json::json!({
+        "out": out, "count": rows.len(), "fine": rows.len() - coarse, "coarse": coarse,
+    });
+    if task == synth::Task::V2 {
+        summary["global_fine"] = count(Kind::GlobalFine).into();
+        summary["local_fine"] = count(Kind::LocalFine).into();
+    }
+    println!("{summary}");
     Ok(())
 }
 
@@ -382,6 +411,10 @@ fn cmd_eval_remote(
         matches!(opts.image_path, ImagePathArg::Inference),
         "a served model is evaluated on the inference image path"
     );
+    anyhow::ensure!(
+        opts.tools.trim() == "resize" && opts.max_rounds.is_none(),
+        "a served model is evaluated under the official protocol (--tools resize, 2 rounds)"
+    );
     let Some(cfg) = remote.remote.config().map_err(anyhow::Error::msg)? else {
         bail!("eval of a served model needs --endpoint");
     };
@@ -458,6 +491,8 @@ fn evaluate(
         ImagePathArg::Training => ImagePath::Training,
         ImagePathArg::Inference => ImagePath::Inference,
     };
+    let protocol = visionthink_core::protocol::ProtocolConfig::from_tools(&opts.tools)?
+        .with_limits(opts.max_rounds, opts.max_rounds);
     let evaluator = eval::Evaluator {
         be: &be,
         model: &model,
@@ -465,6 +500,7 @@ fn evaluate(
         judge: &visionthink_core::judge::RuleJudge,
         image_path: ip,
         max_new_tokens: opts.max_new_tokens,
+        protocol,
     };
     let report = evaluator.evaluate(ds, opts.rows)?;
     Ok((name, report))

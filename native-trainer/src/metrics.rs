@@ -131,6 +131,9 @@ pub struct Tally {
     pub resized: f64,
     length: f64,
     visual: f64,
+    /// Rollouts that received a crop (the extended tool set).
+    #[serde(default)]
+    pub cropped: f64,
 }
 
 /// One rollout's numbers, for a [`Tally`].
@@ -146,6 +149,8 @@ pub struct RolloutStats {
     pub length: usize,
     /// Visual tokens of its images.
     pub visual: usize,
+    /// Received at least one crop.
+    pub cropped: bool,
 }
 
 impl Tally {
@@ -155,6 +160,7 @@ impl Tally {
         self.reward += o.reward;
         self.correct += o.correct;
         self.resized += o.resized;
+        self.cropped += o.cropped;
         self.length += o.length;
         self.visual += o.visual;
     }
@@ -165,6 +171,7 @@ impl Tally {
         self.reward += r.reward;
         self.correct += f64::from(u8::from(r.correct));
         self.resized += f64::from(u8::from(r.resized));
+        self.cropped += f64::from(u8::from(r.cropped));
         self.length += r.length as f64;
         self.visual += r.visual as f64;
     }
@@ -177,6 +184,7 @@ impl Tally {
             reward: self.reward / d,
             accuracy: self.correct / d,
             resize_ratio: self.resized / d,
+            crop_ratio: self.cropped / d,
             response_length: self.length / d,
             visual_tokens: self.visual / d,
         }
@@ -199,6 +207,8 @@ pub struct TallyMeans {
     pub accuracy: f64,
     /// Share that asked for the full image.
     pub resize_ratio: f64,
+    /// Share that received a crop.
+    pub crop_ratio: f64,
     /// Mean generated tokens.
     pub response_length: f64,
     /// Mean visual tokens.

@@ -1,7 +1,8 @@
 //! Multi-turn rollouts through the core's protocol state machine: the turn-1 prompt (half-size
 //! image) is prefilled once per prompt and its KV cache shared by the group's `n` rollouts; a
 //! resize call appends the tool turn with the full image (its vision features computed once per
-//! group) to that rollout's cache.
+//! group) to that rollout's cache, and a crop call (the extended tool set) the tool turn with
+//! its own region of the full image.
 
 pub use crate::config::ImagePath;
 use crate::data::Kind;
@@ -9,13 +10,15 @@ use anyhow::{Context, Result};
 use visionthink_core::driver::TurnDecoder;
 use visionthink_core::image::{preprocess, PixelValues, RgbImage};
 use visionthink_core::model_files::ModelFiles;
-use visionthink_core::protocol::{Episode, EpisodeImages, Outcome, ProtocolConfig, Step};
+use visionthink_core::protocol::{
+    Episode, EpisodeImages, ImageRequest, Outcome, ProtocolConfig, Step,
+};
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 use visionthink_core::sampling::{Sampler, SamplingConfig};
 use visionthink_core::tokens;
 use visionthink_model::{Backend, CandleBackend, KvCache, Qwen25VL};
 
-/// A prompt ready to roll out: its turn-1 ids and both images' pixels.
+/// A prompt ready to roll out: its turn-1 ids, both images' pixels, and what a crop is cut from.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     /// Turn-1 ids (system, user template, half-size image pads, generation prompt).
@@ -30,14 +33,50 @@ pub struct PreparedPrompt {
     pub low_tokens: usize,
     /// Visual tokens of the full image.
     pub high_tokens: usize,
+    /// The episode's two images (crops are cut from the high-resolution one).
+    pub images: EpisodeImages,
+    /// The turn-1 image's size as the model sees it (after `smart_resize`): the coordinates of
+    /// a crop box.
+    pub seen: (u32, u32),
+    /// The tool set and system prompt the prefix was built with.
+    pub protocol: ProtocolConfig,
 }
 
-/// Builds the prompt of an example.
+impl PreparedPrompt {
+    /// A new episode of this prompt's protocol with the given limits, told the image sizes.
+    pub fn episode(&self, max_rounds: usize, max_images: usize) -> Episode {
+        let cfg = self
+            .protocol
+            .clone()
+            .with_limits(Some(max_rounds), Some(max_images));
+        let mut episode = Episode::new(&self.question, cfg);
+        episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1_with(
+            self.protocol.system_prompt,
+            &self.question,
+        ));
+        let source = &self.images.high_res;
+        episode.set_image_sizes(self.seen, (source.width, source.height));
+        episode
+    }
+}
+
+/// Builds the prompt of an example under the official protocol (the resize tool).
 pub fn prepare(
     files: &ModelFiles,
     image: &RgbImage,
     question: &str,
     path: ImagePath,
+) -> Result<PreparedPrompt> {
+    prepare_with(files, image, question, path, &ProtocolConfig::default())
+}
+
+/// Builds the prompt of an example under `protocol`'s tool set (its system prompt).
+pub fn prepare_with(
+    files: &ModelFiles,
+    image: &RgbImage,
+    question: &str,
+    path: ImagePath,
+    protocol: &ProtocolConfig,
 ) -> Result<PreparedPrompt> {
     let images = match path {
         ImagePath::Training => EpisodeImages::for_training(image)?,
@@ -47,12 +86,17 @@ pub fn prepare(
     let high = preprocess(&images.high_res, &files.preprocessor)?;
     let merge = files.preprocessor.merge_size;
     let (low_tokens, high_tokens) = (low.num_image_tokens(merge), high.num_image_tokens(merge));
-    let mut episode = Episode::new(question, ProtocolConfig::default());
+    let mut episode = Episode::new(question, protocol.clone());
     let turn1 = match &files.chat_template {
-        Some(t) => t.visionthink_turn1(question)?,
+        Some(t) => t.visionthink_turn1_with(protocol.system_prompt, question)?,
         None => episode.initial_prompt(),
     };
     let prefix = files.tokenizer.encode_prompt(&turn1, &[low_tokens])?;
+    let seen = visionthink_core::image::seen_size(
+        images.low_res.width,
+        images.low_res.height,
+        &files.preprocessor,
+    )?;
     Ok(PreparedPrompt {
         prefix,
         low,
@@ -60,7 +104,53 @@ pub fn prepare(
         question: question.to_string(),
         low_tokens,
         high_tokens,
+        images,
+        seen,
+        protocol: protocol.clone(),
     })
+}
+
+/// An image a tool turn delivered.
+#[derive(Debug, Clone)]
+pub struct ToolImage {
+    /// What was asked for.
+    pub request: ImageRequest,
+    /// Its pixels (`None`: the prompt's full image, [`PreparedPrompt::high`], shared by the
+    /// group).
+    pub pixels: Option<PixelValues>,
+    /// Its visual tokens.
+    pub tokens: usize,
+}
+
+impl ToolImage {
+    /// Fulfils `request` for `prompt`: the full image is the prompt's own; anything else (a
+    /// crop) is cut and preprocessed here.
+    pub fn new(files: &ModelFiles, prompt: &PreparedPrompt, request: ImageRequest) -> Result<Self> {
+        if request == ImageRequest::HighRes {
+            return Ok(Self {
+                request,
+                pixels: None,
+                tokens: prompt.high_tokens,
+            });
+        }
+        let img = request.fulfil(&prompt.images)?;
+        let pv = preprocess(&img, &files.preprocessor)?;
+        Ok(Self {
+            request,
+            tokens: pv.num_image_tokens(files.preprocessor.merge_size),
+            pixels: Some(pv),
+        })
+    }
+
+    /// Its grid and pixels.
+    pub fn pixels<'a>(&'a self, prompt: &'a PreparedPrompt) -> &'a PixelValues {
+        self.pixels.as_ref().unwrap_or(&prompt.high)
+    }
+
+    /// Whether this is a crop.
+    pub fn is_crop(&self) -> bool {
+        matches!(self.request, ImageRequest::Crop { .. })
+    }
 }
 
 /// How turn 1 is steered (for the always-high / always-low baselines of the evaluation).
@@ -71,6 +161,9 @@ pub enum Steer {
     /// Turn 1 is the model's own thinking, and as soon as it closes `</think>` the resize call
     /// is forced: the model always sees the full image, after reasoning in its own words.
     ForceToolAfterThink,
+    /// As [`Steer::ForceToolAfterThink`] with another call (e.g. a [`crop_call`]): scripted
+    /// tool use after the model's own thinking.
+    ForceCallAfterThink(&'static str),
     /// The always-low counterpart: the model's own thinking, then `<answer>` is forced after
     /// `</think>` and `<tool_call>` can never be generated, so the model answers from the
     /// half-size image in its own words (a thought that planned a resize still gets to answer).
@@ -80,6 +173,19 @@ pub enum Steer {
 /// The official resize call (what SFT traces and the always-high baseline use).
 pub const RESIZE_CALL: &str =
     "<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
+
+/// A crop call for `bbox` (`[x1, y1, x2, y2]` as JSON), in the format of the extended tool
+/// set's system prompt.
+///
+/// ```
+/// assert_eq!(
+///     visionthink_train::rollout::crop_call("[1, 2, 30, 40]"),
+///     "<tool_call>\n{\"name\": \"crop_image\", \"arguments\": {\"bbox\": [1, 2, 30, 40]}}\n</tool_call>"
+/// );
+/// ```
+pub fn crop_call(bbox: &str) -> String {
+    format!("<tool_call>\n{{\"name\": \"crop_image\", \"arguments\": {{\"bbox\": {bbox}}}}}\n</tool_call>")
+}
 
 /// One finished rollout.
 #[derive(Debug, Clone)]
@@ -91,6 +197,8 @@ pub struct Trajectory {
     pub generated: Vec<bool>,
     /// Whether the full image was appended (its pads are in `cont`).
     pub used_high: bool,
+    /// Every image the tool turns delivered, in order (their pads are in `cont`).
+    pub images: Vec<ToolImage>,
     /// The protocol's outcome.
     pub outcome: Outcome,
     /// Visual tokens fed.
@@ -101,6 +209,23 @@ pub struct Trajectory {
 }
 
 impl Trajectory {
+    /// Crops received.
+    pub fn crops(&self) -> usize {
+        self.images.iter().filter(|i| i.is_crop()).count()
+    }
+
+    /// Visual tokens of the crops received over those of the full image (the crop-cost
+    /// reward's measure).
+    pub fn crop_share(&self, prompt: &PreparedPrompt) -> f64 {
+        let t: usize = self
+            .images
+            .iter()
+            .filter(|i| i.is_crop())
+            .map(|i| i.tokens)
+            .sum();
+        t as f64 / prompt.high_tokens.max(1) as f64
+    }
+
     /// Ids of the generated tokens, in order.
     pub fn generated_ids(&self) -> Vec<u32> {
         self.cont
@@ -183,10 +308,10 @@ fn force_after_think(
         *decoded = after;
         return Ok(None);
     };
-    let tail = if steer == Steer::ForceToolAfterThink {
-        format!("{RESIZE_CALL}<|im_end|>")
-    } else {
-        "<answer>".to_string()
+    let tail = match steer {
+        Steer::ForceToolAfterThink => format!("{RESIZE_CALL}<|im_end|>"),
+        Steer::ForceCallAfterThink(call) => format!("{call}<|im_end|>"),
+        _ => "<answer>".to_string(),
     };
     Ok(Some(
         files.tokenizer.encode_template(&format!("{head}{tail}"))?,
@@ -235,6 +360,7 @@ struct Live {
     sample_logps: Vec<f32>,
     visual: usize,
     used_high: bool,
+    images: Vec<ToolImage>,
     turn: usize,
     state: TurnState,
     outcome: Option<Outcome>,
@@ -255,7 +381,9 @@ impl Group<'_> {
     fn forcing(&self) -> bool {
         matches!(
             self.steer,
-            Steer::ForceToolAfterThink | Steer::ForceAnswerAfterThink
+            Steer::ForceToolAfterThink
+                | Steer::ForceCallAfterThink(_)
+                | Steer::ForceAnswerAfterThink
         )
     }
 
@@ -276,7 +404,7 @@ impl Group<'_> {
             let ids = t.decoder.ids();
             if let Some(f) = force_after_think(files, &mut t.decoded, ids, id, self.steer)? {
                 let i = ids.len();
-                let budget = if self.steer == Steer::ForceToolAfterThink {
+                let budget = if self.steer != Steer::ForceAnswerAfterThink {
                     i + f.len()
                 } else {
                     // The answer itself still has the rest of the turn's budget.
@@ -317,27 +445,33 @@ impl Group<'_> {
             Step::Done(o) => live.outcome = Some(o),
             Step::ToolTurn(tt) => {
                 let prompt = self.prompt;
-                let pvs: Vec<[u32; 3]> = match tt.image {
-                    Some(_) => {
-                        live.used_high = true;
-                        live.visual += prompt.high_tokens;
-                        if self.high_feats.is_none() {
-                            self.high_feats = Some(model.vision.forward(
-                                be,
-                                &prompt.high.data,
-                                &[prompt.high.grid_thw],
-                            )?);
-                        }
-                        vec![prompt.high.grid_thw]
+                let image = tt
+                    .image
+                    .map(|r| ToolImage::new(files, prompt, r))
+                    .transpose()?;
+                let own;
+                let (feats, pvs, counts) = match &image {
+                    Some(img) => {
+                        live.visual += img.tokens;
+                        let pv = img.pixels(prompt);
+                        let f = match &img.pixels {
+                            None => {
+                                live.used_high = true;
+                                if self.high_feats.is_none() {
+                                    self.high_feats =
+                                        Some(model.vision.forward(be, &pv.data, &[pv.grid_thw])?);
+                                }
+                                self.high_feats.as_ref()
+                            }
+                            Some(_) => {
+                                own = model.vision.forward(be, &pv.data, &[pv.grid_thw])?;
+                                Some(&own)
+                            }
+                        };
+                        (f, vec![pv.grid_thw], vec![img.tokens])
                     }
-                    None => Vec::new(),
+                    None => (None, Vec::new(), Vec::new()),
                 };
-                let feats = if pvs.is_empty() {
-                    None
-                } else {
-                    self.high_feats.as_ref()
-                };
-                let counts: Vec<usize> = pvs.iter().map(|_| prompt.high_tokens).collect();
                 let tool_ids = files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
                 // The last generated token (`<|im_end|>`) is not in the cache yet: feed it
                 // with the tool turn.
@@ -349,6 +483,7 @@ impl Group<'_> {
                 live.cont.extend_from_slice(&tool_ids);
                 live.generated
                     .extend(std::iter::repeat_n(false, tool_ids.len()));
+                live.images.extend(image);
                 live.turn += 1;
             }
         }
@@ -410,11 +545,6 @@ pub fn rollout_group(
         Some(&low_feats),
         &[prompt.low.grid_thw],
     )?;
-    let protocol = ProtocolConfig {
-        max_rounds: cfg.max_rounds,
-        max_images: cfg.max_images,
-        ..Default::default()
-    };
     let mut group = Group {
         ctx,
         prompt,
@@ -425,10 +555,7 @@ pub fn rollout_group(
     };
     let mut lives: Vec<Live> = (0..n)
         .map(|r| -> Result<Live> {
-            let mut episode = Episode::new(&prompt.question, protocol.clone());
-            episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(
-                &prompt.question,
-            ));
+            let episode = prompt.episode(cfg.max_rounds, cfg.max_images);
             Ok(Live {
                 sampler: Sampler::new(SamplingConfig {
                     seed: seed.wrapping_mul(1_000_003).wrapping_add(r as u64),
@@ -444,6 +571,7 @@ pub fn rollout_group(
                 sample_logps: Vec::new(),
                 visual: prompt.low_tokens,
                 used_high: false,
+                images: Vec::new(),
                 turn: 0,
                 state: TurnState::new(cfg.max_new_tokens, &group.eos)?,
                 outcome: None,
@@ -477,6 +605,7 @@ pub fn rollout_group(
                 cont: l.cont,
                 generated: l.generated,
                 used_high: l.used_high,
+                images: l.images,
                 visual_tokens: l.visual,
                 sample_logps: l.sample_logps,
             })
@@ -511,13 +640,11 @@ pub fn forced_trajectory(
     prompt: &PreparedPrompt,
     turns: &[String],
 ) -> Result<Trajectory> {
-    let mut episode = Episode::new(&prompt.question, ProtocolConfig::default());
-    episode.with_initial_prompt(&visionthink_core::prompt::visionthink_turn1(
-        &prompt.question,
-    ));
+    let mut episode = prompt.episode(turns.len().max(1), turns.len().max(1));
     let (mut cont, mut generated) = (Vec::new(), Vec::new());
     let mut visual = prompt.low_tokens;
     let mut used_high = false;
+    let mut images = Vec::new();
     for (i, turn) in turns.iter().enumerate() {
         let ids = files
             .tokenizer
@@ -537,18 +664,23 @@ pub fn forced_trajectory(
                     cont,
                     generated,
                     used_high,
+                    images,
                     outcome,
                     visual_tokens: visual,
                     sample_logps: Vec::new(),
                 });
             }
             Step::ToolTurn(tt) => {
-                let counts = if tt.image.is_some() {
-                    used_high = true;
-                    visual += prompt.high_tokens;
-                    vec![prompt.high_tokens]
-                } else {
-                    Vec::new()
+                let counts = match tt.image {
+                    Some(r) => {
+                        let img = ToolImage::new(files, prompt, r)?;
+                        used_high |= img.pixels.is_none();
+                        visual += img.tokens;
+                        let n = img.tokens;
+                        images.push(img);
+                        vec![n]
+                    }
+                    None => Vec::new(),
                 };
                 let tool_ids = files.tokenizer.encode_prompt(&tt.prompt, &counts)?;
                 cont.extend_from_slice(&tool_ids);

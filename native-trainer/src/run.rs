@@ -9,7 +9,7 @@ use crate::metrics;
 use crate::optim::AdamW;
 use crate::policy::{Policy, SaveDtype};
 use crate::rng::Rng;
-use crate::rollout::{prepare, PreparedPrompt};
+use crate::rollout::{prepare_with, PreparedPrompt};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -166,8 +166,15 @@ pub fn prepared(
 ) -> Result<PreparedPrompt> {
     let img = ds.image(i)?;
     let ex = &ds.examples[i];
-    prepare(&policy.files, &img, &ex.problem, cfg.data.image_path)
-        .with_context(|| format!("row {} ({})", ex.doc_id, ex.image))
+    let protocol = visionthink_core::protocol::ProtocolConfig::from_tools(&cfg.rollout.tools)?;
+    prepare_with(
+        &policy.files,
+        &img,
+        &ex.problem,
+        cfg.data.image_path,
+        &protocol,
+    )
+    .with_context(|| format!("row {} ({})", ex.doc_id, ex.image))
 }
 
 /// What a step ends with: the run, its policy and optimizer, the RNG and data position.

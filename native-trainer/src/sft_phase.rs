@@ -8,7 +8,7 @@ use crate::metrics::{self, SftStep};
 use crate::optim::GradAccum;
 use crate::policy::Policy;
 use crate::rng::Rng;
-use crate::rollout::{forced_trajectory, RESIZE_CALL};
+use crate::rollout::{crop_call, forced_trajectory, RESIZE_CALL};
 use crate::run::{self, Hooks, Loader, StepEnd};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -137,7 +137,8 @@ fn build_batch(
 }
 
 /// The assistant turns of one SFT trace: a resize call then the answer (probability
-/// `sft.tool_fraction`), or the answer directly. `None` when a template names an attribute the
+/// `sft.tool_fraction`), a crop call around the row's `box` then the answer (probability
+/// `sft.crop_fraction`), or the answer directly. `None` when a template names an attribute the
 /// row lacks (then no random number is drawn).
 fn trace_turns(cfg: &TrainConfig, ex: &Example, rng: &mut Rng) -> Option<Vec<String>> {
     let answer = &ex.answer;
@@ -153,10 +154,27 @@ fn trace_turns(cfg: &TrainConfig, ex: &Example, rng: &mut Rng) -> Option<Vec<Str
     let think_tool = fill(&cfg.sft.think_tool)?;
     let think_after = fill(&cfg.sft.think_after)?;
     let think_direct = fill(&cfg.sft.think_direct)?;
-    Some(if rng.uniform() < cfg.sft.tool_fraction {
+    let crop = if cfg.sft.crop_fraction > 0.0 {
+        Some((
+            fill(&cfg.sft.think_crop)?,
+            fill(&cfg.sft.think_after_crop)?,
+            ex.attributes.get("box")?.clone(),
+        ))
+    } else {
+        None
+    };
+    let u = rng.uniform();
+    Some(if u < cfg.sft.tool_fraction {
         vec![
             format!("<think>{think_tool}</think>{RESIZE_CALL}"),
             format!("<think>{think_after}</think><answer>{answer}</answer>"),
+        ]
+    } else if let Some((think_crop, after_crop, bbox)) =
+        crop.filter(|_| u < cfg.sft.tool_fraction + cfg.sft.crop_fraction)
+    {
+        vec![
+            format!("<think>{think_crop}</think>{}", crop_call(&bbox)),
+            format!("<think>{after_crop}</think><answer>{answer}</answer>"),
         ]
     } else {
         vec![format!(

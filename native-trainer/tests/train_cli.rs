@@ -1270,3 +1270,243 @@ fn the_judge_killed_and_restarted_mid_run() {
     );
     judge.stop();
 }
+
+/// A dozen questions of the v2 task (the crop tool's), at 224 pixels for speed.
+fn data_v2() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = tmp_path("data-v2");
+        let out = run_ok(
+            cli()
+                .args(["synth", "--task", "v2", "--seed", "9", "--count", "12"])
+                .args(["--fine-fraction", "0.66", "--size", "224", "--out"])
+                .arg(&d),
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["count"], 12);
+        let (g, l) = (v["global_fine"].as_u64(), v["local_fine"].as_u64());
+        assert!(g > Some(0) && l > Some(0), "{v}");
+        d
+    })
+}
+
+/// The crop tool in the trainer (issue 16): scripted episodes of every branch (direct, resize,
+/// crop, crop then crop, a malformed box, the round budget spent) go through the protocol,
+/// deliver the right images and score in the teacher-forced forward; a rollout steered into a
+/// crop after the model's own thinking gives every token the log-probability the scoring
+/// forward gives it (the crop's features spliced in, positions extended past it).
+#[test]
+fn scripted_crop_episodes_roll_out_and_score() {
+    use visionthink_core::protocol::{EndReason, ProtocolConfig};
+    use visionthink_core::sampling::SamplingConfig;
+    use visionthink_train::grpo::group_logps;
+    use visionthink_train::rollout::{
+        crop_call, forced_trajectory, prepare_with, rollout_group, ImagePath, RolloutConfig, Steer,
+        RESIZE_CALL,
+    };
+    let (_, be, model, files) = visionthink_train::policy::load_frozen(None).expect("shipped");
+    let ds = visionthink_train::data::Dataset::open(data_v2(), Default::default()).expect("data");
+    let i = ds
+        .examples
+        .iter()
+        .position(|e| e.kind == visionthink_train::data::Kind::LocalFine)
+        .expect("a local question");
+    let ex = &ds.examples[i];
+    let protocol = ProtocolConfig::resize_and_crop();
+    let prompt = prepare_with(
+        &files,
+        &ds.image(i).expect("image"),
+        &ex.problem,
+        ImagePath::Inference,
+        &protocol,
+    )
+    .expect("prompt");
+    assert_eq!(prompt.seen, (112, 112));
+    let bbox = ex.attributes["box"].clone();
+    let think = "<think>The square is small.</think>";
+    let crop = format!("{think}{}", crop_call(&bbox));
+    let answer = "<think>Now I see it.</think><answer>vertical</answer>".to_string();
+    let resize = format!("{think}{RESIZE_CALL}");
+    let bad = format!("{think}{}", crop_call("[60, 60, 20, 20]"));
+    let scripts: [(&str, Vec<String>, usize, usize); 6] = [
+        ("direct", vec![answer.clone()], 0, 0),
+        ("resize", vec![resize, answer.clone()], 1, 0),
+        ("crop", vec![crop.clone(), answer.clone()], 1, 1),
+        (
+            "crop then crop",
+            vec![crop.clone(), crop.clone(), answer.clone()],
+            2,
+            2,
+        ),
+        ("malformed box", vec![bad, answer.clone()], 0, 0),
+        (
+            "budget spent",
+            vec![crop.clone(), crop.clone(), crop.clone()],
+            2,
+            2,
+        ),
+    ];
+    let merge = files.preprocessor.merge_size;
+    for (name, turns, images, crops) in scripts {
+        let t = forced_trajectory(&files, &prompt, &turns).expect(name);
+        assert_eq!((t.images.len(), t.crops()), (images, crops), "{name}");
+        let extra: usize = t.images.iter().map(|i| i.tokens).sum();
+        assert_eq!(t.visual_tokens, prompt.low_tokens + extra, "{name}");
+        if crops > 0 {
+            // The box asks for 2·21 = 42 source pixels a side (resized to 56): 2 × 2 visual
+            // tokens of the 64 of the full image.
+            assert_eq!((t.images[0].tokens, prompt.high_tokens), (4, 64), "{name}");
+            let share = t.crop_share(&prompt);
+            assert!(
+                (share - 4.0 * crops as f64 / 64.0).abs() < 1e-12,
+                "{name}: {share}"
+            );
+        }
+        match name {
+            "malformed box" => assert_eq!(t.outcome.tool_calls, 1),
+            // Three images (the turn-1 one and two crops) are the budget: the third call
+            // ends the episode.
+            "budget spent" => assert_eq!(t.outcome.end, EndReason::ImageLimit),
+            _ => assert_eq!(t.outcome.end, EndReason::Answered, "{name}"),
+        }
+        let scored = group_logps(&be, &model, &prompt, &[&t], merge)
+            .expect(name)
+            .remove(0);
+        assert_eq!(scored.len(), t.generated_ids().len(), "{name}");
+        assert!(scored.iter().all(|v| v.is_finite() && *v <= 0.0), "{name}");
+    }
+    // Steered into a crop after its own thinking: the incremental rollout and the scoring
+    // forward agree on every token, the crop's turn included.
+    let call: &'static str = Box::leak(crop_call(&bbox).into_boxed_str());
+    let cfg = RolloutConfig {
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_k: 5,
+            ..SamplingConfig::default()
+        },
+        max_new_tokens: 96,
+        max_rounds: 3,
+        max_images: 3,
+        record_logps: true,
+    };
+    let trajs = rollout_group(
+        &be,
+        &model,
+        &files,
+        &prompt,
+        2,
+        &cfg,
+        &Steer::ForceCallAfterThink(call),
+        5,
+    )
+    .expect("rollouts");
+    let mut cropped = 0;
+    for t in &trajs {
+        cropped += t.crops();
+        let scored = group_logps(&be, &model, &prompt, &[t], merge)
+            .expect("score")
+            .remove(0);
+        assert_eq!(scored.len(), t.sample_logps.len());
+        for (k, (a, b)) in scored.iter().zip(&t.sample_logps).enumerate() {
+            assert!((a - b).abs() < 1e-2, "token {k}: scored {a} vs sampled {b}");
+        }
+    }
+    assert!(cropped > 0, "no rollout reached the crop");
+}
+
+/// SFT on crop traces, a GRPO step with the extended tool set and the crop cost, and
+/// `eval --tools resize,crop` on v2 data printing `by_kind` with the contract keys.
+#[test]
+fn crop_tool_sft_grpo_and_eval() {
+    let sft = tmp("sft-crop");
+    let tools = [
+        "--set",
+        "data.train=PLACEHOLDER",
+        "--set",
+        "rollout.tools=\"resize,crop\"",
+        "--set",
+        "rollout.max_rounds=3",
+        "--set",
+        "rollout.max_images=3",
+    ];
+    let tools: Vec<String> = tools
+        .iter()
+        .map(|a| {
+            a.replace(
+                "PLACEHOLDER",
+                &format!("{:?}", data_v2().display().to_string()),
+            )
+        })
+        .collect();
+    run_ok(cli().args(base_args("sft", &sft)).args(&tools).args([
+        "--set",
+        "run.steps=2",
+        "--set",
+        "sft.tool_fraction=0.25",
+        "--set",
+        "sft.crop_fraction=0.5",
+    ]));
+    let m = metrics(&sft);
+    assert_eq!(m.len(), 2);
+    assert!(m
+        .iter()
+        .all(|s| s["loss"].as_f64().is_some_and(f64::is_finite)));
+    let grpo = tmp("grpo-crop");
+    run_ok(cli().args(base_args("train", &grpo)).args(&tools).args([
+        "--set",
+        &format!(
+            "model.init_from={:?}",
+            sft.join("step-2").display().to_string()
+        ),
+        "--set",
+        "run.steps=1",
+        "--set",
+        "grpo.dynamic_sampling=false",
+        "--set",
+        "reward.crop_cost=0.5",
+    ]));
+    let m = metrics(&grpo);
+    assert!(m[0]["crop_ratio"].is_number(), "{}", m[0]);
+    // Crop traces need the crop tool.
+    let bad = cli()
+        .args(base_args("sft", &tmp("sft-crop-bad")))
+        .args(["--set", "sft.crop_fraction=0.5"])
+        .output()
+        .expect("spawn");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("rollout.tools"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let out = run_ok(
+        cli()
+            .args(["eval", "--model-dir"])
+            .arg(sft.join("step-2"))
+            .args(["--tools", "resize,crop", "--data"])
+            .arg(data_v2())
+            .args(["--json", "--rows", "3", "--max-new-tokens", "8"]),
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("eval json");
+    for key in ["visual_tokens", "visual_tokens_always_high", "accuracy"] {
+        assert!(r[key].is_number(), "{key}: {r}");
+    }
+    for kind in ["coarse", "global_fine", "local_fine"] {
+        let k = &r["by_kind"][kind];
+        for key in [
+            "accuracy",
+            "accuracy_always_high",
+            "resize_ratio",
+            "crop_ratio",
+            "box_hit_ratio",
+            "n",
+        ] {
+            assert!(k.get(key).is_some(), "{kind}.{key}: {r}");
+        }
+    }
+    let n: u64 = ["coarse", "global_fine", "local_fine"]
+        .iter()
+        .map(|k| r["by_kind"][k]["n"].as_u64().expect("n"))
+        .sum();
+    assert_eq!(n, 3);
+}

@@ -137,6 +137,12 @@ pub struct RewardConfig {
     pub penalty: PenaltyMode,
     /// θ of the group penalty (0.2).
     pub threshold: f64,
+    /// Beyond the paper (the crop tool): subtracted from the reward once per full image's worth
+    /// of cropped visual tokens ([`JudgedRollout::crop_share`]); a crop of a quarter of the
+    /// image's tokens costs a quarter of it. 0 (the default, and the official recipe): crops
+    /// cost only what every tool call costs.
+    #[serde(default)]
+    pub crop_cost: f64,
 }
 
 impl Default for RewardConfig {
@@ -148,17 +154,21 @@ impl Default for RewardConfig {
             use_tool_bonus: 0.0,
             penalty: PenaltyMode::Code,
             threshold: 0.2,
+            crop_cost: 0.0,
         }
     }
 }
 
 /// One rollout's judged inputs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct JudgedRollout {
     /// Model turns (special tokens removed).
     pub turns: Vec<String>,
     /// `Some(true/false)`: the judge's verdict; `None`: the judge failed (the group is dropped).
     pub correct: Option<bool>,
+    /// The visual tokens of the crops the rollout received, over those of the full-resolution
+    /// image (0 without crops; see [`RewardConfig::crop_cost`]).
+    pub crop_share: f64,
 }
 
 /// One rollout's scores.
@@ -170,7 +180,7 @@ pub struct RolloutScore {
     pub tool_call_count: usize,
     /// Accuracy before penalties (0/1; 0 when the judge failed).
     pub accuracy: f64,
-    /// Final reward after the tool and group penalties.
+    /// Final reward after the tool, group and crop penalties.
     pub reward: f64,
 }
 
@@ -193,8 +203,8 @@ pub struct GroupScore {
 /// let direct = "<think>a</think><answer>b</answer>".to_string();
 /// let tool = vec!["<think>a</think><tool_call>{}</tool_call>".to_string(), direct.clone()];
 /// let g = score_group(&[
-///     JudgedRollout { turns: vec![direct.clone()], correct: Some(true) },
-///     JudgedRollout { turns: tool, correct: Some(true) },
+///     JudgedRollout { turns: vec![direct.clone()], correct: Some(true), ..Default::default() },
+///     JudgedRollout { turns: tool, correct: Some(true), ..Default::default() },
 /// ], &RewardConfig::default());
 /// assert_eq!(g.rollouts[0].reward, 1.5);
 /// assert!((g.rollouts[1].reward - 1.4).abs() < 1e-12);
@@ -224,7 +234,7 @@ pub fn score_group(group: &[JudgedRollout], cfg: &RewardConfig) -> GroupScore {
         });
     }
     let ratio = correct_direct as f64 / (correct_all as f64 + 1e-4);
-    for s in &mut scores {
+    for (s, r) in scores.iter_mut().zip(group) {
         let acc_part = cfg.acc_weight * s.accuracy;
         let used_tool = s.tool_call_count > 0;
         let reward = match cfg.penalty {
@@ -256,7 +266,7 @@ pub fn score_group(group: &[JudgedRollout], cfg: &RewardConfig) -> GroupScore {
                     }
             }
         };
-        s.reward = reward;
+        s.reward = reward - cfg.crop_cost * r.crop_share.max(0.0);
     }
     let judge_failed = group.iter().any(|r| r.correct.is_none());
     let rewards: Vec<f64> = scores.iter().map(|s| s.reward).collect();

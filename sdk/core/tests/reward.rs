@@ -113,6 +113,7 @@ fn table(cfg: &RewardConfig, groups: &[Group<'_>]) -> String {
             .map(|(t, c)| JudgedRollout {
                 turns: t.clone(),
                 correct: *c,
+                ..Default::default()
             })
             .collect();
         let g = score_group(&judged, cfg);
@@ -212,26 +213,32 @@ fn code_penalty_values_are_the_documented_set() {
             JudgedRollout {
                 turns: s(&[D]),
                 correct: Some(true),
+                ..Default::default()
             },
             JudgedRollout {
                 turns: s(&[T, D]),
                 correct: Some(true),
+                ..Default::default()
             },
             JudgedRollout {
                 turns: s(&["A"]),
                 correct: Some(true),
+                ..Default::default()
             },
             JudgedRollout {
                 turns: s(&[T, "x"]),
                 correct: Some(true),
+                ..Default::default()
             },
             JudgedRollout {
                 turns: s(&[D]),
                 correct: Some(false),
+                ..Default::default()
             },
             JudgedRollout {
                 turns: s(&["x"]),
                 correct: Some(false),
+                ..Default::default()
             },
         ],
         &RewardConfig::default(),
@@ -270,5 +277,51 @@ fn judges() {
         ("", "", true),
     ] {
         assert_eq!(RuleJudge.judge(&req(p, g)).unwrap(), want, "{p} vs {g}");
+    }
+}
+
+/// The crop cost (beyond the paper): each rollout loses `crop_cost` per full image's worth of
+/// cropped visual tokens, after the official penalties; 0 (the default) changes nothing.
+#[test]
+fn the_crop_cost_scales_with_the_cropped_tokens() {
+    let direct = "<think>a</think><answer>b</answer>".to_string();
+    let crop = "<think>a</think><tool_call>{\"name\": \"crop_image\", \"arguments\": {\"bbox\": [0, 0, 9, 9]}}</tool_call>".to_string();
+    let group = [
+        JudgedRollout {
+            turns: vec![direct.clone()],
+            correct: Some(true),
+            crop_share: 0.0,
+        },
+        JudgedRollout {
+            turns: vec![crop.clone(), direct.clone()],
+            correct: Some(true),
+            crop_share: 0.25,
+        },
+        JudgedRollout {
+            turns: vec![crop, direct],
+            correct: Some(false),
+            crop_share: 0.5,
+        },
+    ];
+    let official = score_group(&group, &RewardConfig::default());
+    let costed = score_group(
+        &group,
+        &RewardConfig {
+            crop_cost: 0.4,
+            ..RewardConfig::default()
+        },
+    );
+    let base: Vec<f64> = official.rollouts.iter().map(|r| r.reward).collect();
+    // The official rewards: 1.5 direct, 0.9 + 0.5 after a tool call, 0.5 for a wrong answer.
+    assert_eq!(base.len(), 3);
+    assert!((base[0] - 1.5).abs() < 1e-12 && (base[1] - 1.4).abs() < 1e-12);
+    assert!((base[2] - 0.5).abs() < 1e-12);
+    for (k, (b, c)) in base.iter().zip(&costed.rollouts).enumerate() {
+        let want = b - 0.4 * group[k].crop_share;
+        assert!(
+            (c.reward - want).abs() < 1e-12,
+            "{k}: {} vs {want}",
+            c.reward
+        );
     }
 }

@@ -173,6 +173,7 @@ pub fn score_rollouts(
             .map(|&i| JudgedRollout {
                 turns: lines[i].turns.clone(),
                 correct: verdicts[i].as_ref().ok().copied(),
+                ..Default::default()
             })
             .collect();
         let g = score_group(&judged, cfg);
