@@ -236,8 +236,9 @@ pub struct RewardSection {
     pub penalty: PenaltyMode,
     /// θ (0.2).
     pub threshold: f64,
-    /// Beyond the paper: reward lost per full image's worth of cropped visual tokens (0).
-    pub crop_cost: f64,
+    /// Beyond the paper (the crop tool's cost): reward lost per full image's worth of visual
+    /// tokens delivered by tool turns — a crop by its share, a resize 1 (0).
+    pub image_cost: f64,
 }
 
 impl Default for RewardSection {
@@ -250,7 +251,7 @@ impl Default for RewardSection {
             use_tool_bonus: r.use_tool_bonus,
             penalty: r.penalty,
             threshold: r.threshold,
-            crop_cost: r.crop_cost,
+            image_cost: r.image_cost,
         }
     }
 }
@@ -265,7 +266,7 @@ impl RewardSection {
             use_tool_bonus: self.use_tool_bonus,
             penalty: self.penalty,
             threshold: self.threshold,
-            crop_cost: self.crop_cost,
+            image_cost: self.image_cost,
         }
     }
 }
@@ -652,6 +653,10 @@ pub enum ImagePath {
     Training,
     /// Halve the original; the tool returns the original (the evaluation path).
     Inference,
+    /// The full-resolution baseline (the paper's vanilla RL at full resolution): turn 1 shows
+    /// the original, and so would the tool. Trained with direct answers only, it is what
+    /// low-res-first models are compared against.
+    Full,
 }
 
 #[cfg(test)]

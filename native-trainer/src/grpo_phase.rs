@@ -377,7 +377,7 @@ impl<'a> GrpoRun<'a> {
             .map(|(t, v)| JudgedRollout {
                 turns: t.outcome.turns.clone(),
                 correct: *v,
-                crop_share: t.crop_share(&prompt),
+                tool_image_share: t.tool_image_share(&prompt),
             })
             .collect();
         let gs = score_group(&judged, &self.reward_cfg);

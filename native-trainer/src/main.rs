@@ -196,6 +196,8 @@ struct EvalOpts {
 enum ImagePathArg {
     Training,
     Inference,
+    /// Turn 1 shows the original (the full-resolution baseline's path).
+    Full,
 }
 
 /// Prints the error with its cause chain on one line (`error: what: why`), as the `visionthink`
@@ -490,6 +492,7 @@ fn evaluate(
     let ip = match opts.image_path {
         ImagePathArg::Training => ImagePath::Training,
         ImagePathArg::Inference => ImagePath::Inference,
+        ImagePathArg::Full => ImagePath::Full,
     };
     let protocol = visionthink_core::protocol::ProtocolConfig::from_tools(&opts.tools)?
         .with_limits(opts.max_rounds, opts.max_rounds);

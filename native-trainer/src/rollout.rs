@@ -81,6 +81,13 @@ pub fn prepare_with(
     let images = match path {
         ImagePath::Training => EpisodeImages::for_training(image)?,
         ImagePath::Inference => EpisodeImages::for_inference(image)?,
+        ImagePath::Full => {
+            let high = EpisodeImages::for_inference(image)?.high_res;
+            EpisodeImages {
+                low_res: high.clone(),
+                high_res: high,
+            }
+        }
     };
     let low = preprocess(&images.low_res, &files.preprocessor)?;
     let high = preprocess(&images.high_res, &files.preprocessor)?;
@@ -214,15 +221,10 @@ impl Trajectory {
         self.images.iter().filter(|i| i.is_crop()).count()
     }
 
-    /// Visual tokens of the crops received over those of the full image (the crop-cost
-    /// reward's measure).
-    pub fn crop_share(&self, prompt: &PreparedPrompt) -> f64 {
-        let t: usize = self
-            .images
-            .iter()
-            .filter(|i| i.is_crop())
-            .map(|i| i.tokens)
-            .sum();
+    /// Visual tokens of the images the tool turns delivered (crops and the full image) over
+    /// those of the full image: the image-cost reward's measure.
+    pub fn tool_image_share(&self, prompt: &PreparedPrompt) -> f64 {
+        let t: usize = self.images.iter().map(|i| i.tokens).sum();
         t as f64 / prompt.high_tokens.max(1) as f64
     }
 

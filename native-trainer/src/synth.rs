@@ -172,12 +172,12 @@ impl Patch {
 
     /// The box a model should ask for, in the coordinates of the half-size image (the turn-1
     /// image the model sees when the side is a multiple of 56): the square's own box widened by
-    /// a quarter of its side each way, clamped to the image. With a side of 56 the box is 42
-    /// pixels wide, which maps back to an 84-pixel crop: exactly 3 × 3 visual tokens, no
-    /// resampling.
+    /// half its own (half-size) side each way, clamped to the image. With the square's side of
+    /// an eighth of the image (56 at 448 pixels) the box is 56 pixels wide, which maps back to a
+    /// 112-pixel crop: exactly 4 × 4 visual tokens (at 224 pixels, 2 × 2), no resampling.
     pub fn half_box(&self, size: u32) -> [u32; 4] {
         let half = size / 2;
-        let m = self.side / 8;
+        let m = self.side / 4;
         let (x1, y1) = (self.x / 2, self.y / 2);
         let (x2, y2) = ((self.x + self.side) / 2, (self.y + self.side) / 2);
         [
@@ -567,10 +567,10 @@ mod tests {
             texture: 0,
         };
         let b = patch.half_box(448);
-        assert_eq!((b[2] - b[0], b[3] - b[1]), (42, 42));
+        assert_eq!((b[2] - b[0], b[3] - b[1]), (56, 56));
         let crop = (2 * b[0], 2 * b[1], 2 * (b[2] - b[0]), 2 * (b[3] - b[1]));
         assert!(patch.inside(crop, 1.0));
-        assert!(!patch.inside((crop.0 + 20, crop.1, crop.2, crop.3), 1.0));
+        assert!(!patch.inside((crop.0 + 40, crop.1, crop.2, crop.3), 1.0));
         let crops: Vec<Vec<u8>> = (0..3)
             .map(|t| {
                 let full = to_core(&v2(0, 0, t));
@@ -579,11 +579,11 @@ mod tests {
                     .data
             })
             .collect();
-        // (Two one-pixel patterns agree on half the pixels; the square's textured middle is a
-        // quarter of the crop.)
+        // (Two one-pixel patterns agree on half the pixels; the square's textured middle is
+        // 44² of the crop's 112² pixels.)
         for other in [1, 2] {
             let d = differing(&crops[0], &crops[other]);
-            assert!(d * 10 > crops[0].len(), "{d}");
+            assert!(d * 20 > crops[0].len(), "{d}");
         }
     }
 

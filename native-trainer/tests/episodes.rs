@@ -9,10 +9,12 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use visionthink_core::answer::{Answer, Timings};
 use visionthink_core::model_files::ModelFiles;
+use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::sampling::SamplingConfig;
 use visionthink_model::{CandleBackend, Qwen25VL, WeightStore};
 use visionthink_train::rollout::{
-    forced_trajectory, prepare, rollout_group, ImagePath, RolloutConfig, Steer, Trajectory,
+    forced_trajectory, prepare, prepare_with, rollout_group, ImagePath, RolloutConfig, Steer,
+    Trajectory,
 };
 
 fn root() -> PathBuf {
@@ -89,8 +91,17 @@ fn rollouts_reproduce_the_scripted_episode_records() {
         "budget_cut",
     );
 
-    // Teacher-forced: the same turns, tool turns and visual tokens.
-    for name in ["direct", "resize_then_answer"] {
+    // Teacher-forced: the same turns, tool turns and visual tokens, under each case's tool
+    // set (the crop cases: the extended system prompt, crops of the original image).
+    let forced = [
+        "direct",
+        "resize_then_answer",
+        "crop_then_answer",
+        "crop_then_crop",
+        "resize_then_crop",
+        "crop_budget_spent",
+    ];
+    for name in forced {
         let case = &want[name];
         let turns: Vec<String> = case["forced_turns"]
             .as_array()
@@ -98,6 +109,15 @@ fn rollouts_reproduce_the_scripted_episode_records() {
             .iter()
             .map(|t| t.as_str().unwrap().to_string())
             .collect();
+        let tools = ProtocolConfig::from_tools(case["tools"].as_str().unwrap()).unwrap();
+        let prompt = prepare_with(
+            &files,
+            &image,
+            "What is the code?",
+            ImagePath::Inference,
+            &tools,
+        )
+        .unwrap();
         let t = forced_trajectory(&files, &prompt, &turns).unwrap();
         assert_same(&record(&t, prompt.high_tokens), &case["record"], name);
     }

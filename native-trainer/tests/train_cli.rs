@@ -1353,14 +1353,18 @@ fn scripted_crop_episodes_roll_out_and_score() {
         let extra: usize = t.images.iter().map(|i| i.tokens).sum();
         assert_eq!(t.visual_tokens, prompt.low_tokens + extra, "{name}");
         if crops > 0 {
-            // The box asks for 2·21 = 42 source pixels a side (resized to 56): 2 × 2 visual
-            // tokens of the 64 of the full image.
+            // The box asks for 2·28 = 56 source pixels a side: 2 × 2 visual tokens of the 64
+            // of the full image.
             assert_eq!((t.images[0].tokens, prompt.high_tokens), (4, 64), "{name}");
-            let share = t.crop_share(&prompt);
+            let share = t.tool_image_share(&prompt);
             assert!(
                 (share - 4.0 * crops as f64 / 64.0).abs() < 1e-12,
                 "{name}: {share}"
             );
+        }
+        if name == "resize" {
+            // The full image costs a whole image's worth.
+            assert_eq!(t.tool_image_share(&prompt), 1.0);
         }
         match name {
             "malformed box" => assert_eq!(t.outcome.tool_calls, 1),
@@ -1463,7 +1467,7 @@ fn crop_tool_sft_grpo_and_eval() {
         "--set",
         "grpo.dynamic_sampling=false",
         "--set",
-        "reward.crop_cost=0.5",
+        "reward.image_cost=0.5",
     ]));
     let m = metrics(&grpo);
     assert!(m[0]["crop_ratio"].is_number(), "{}", m[0]);

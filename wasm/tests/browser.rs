@@ -272,8 +272,9 @@ async fn tiny_model(use_gpu: bool) -> Model {
     Model::new(files, &store, be).unwrap()
 }
 
-/// The scripted episodes (direct answer, resize then answer, malformed tool call, budget cut)
-/// give the Rust SDK's records, field by field, on WebGPU and on the CPU fallback.
+/// The scripted episodes (direct answer, resize then answer, malformed tool call, budget cut;
+/// with the extended tools: crop, crop then crop, resize then crop, malformed box, image budget
+/// spent) give the Rust SDK's records, field by field, on WebGPU and on the CPU fallback.
 #[wasm_bindgen_test]
 async fn scripted_episodes_match_the_native_record() {
     let want: Value = serde_json::from_str(RECORDS).unwrap();
@@ -289,6 +290,7 @@ async fn scripted_episodes_match_the_native_record() {
             let opts = AskOptions {
                 max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as usize,
                 forced_turns: forced,
+                tools: case["tools"].as_str().unwrap().to_string(),
                 ..Default::default()
             };
             let a = model
@@ -413,6 +415,7 @@ async fn streamed_gguf_gives_the_native_records() {
             let opts = serde_json::json!({
                 "maxNewTokens": case["max_new_tokens"],
                 "forcedTurns": case["forced_turns"],
+                "tools": case["tools"],
             });
             let p = engine.ask(
                 js_sys::Uint8Array::from(PHOTO),

@@ -1,7 +1,8 @@
 // The demo page: load the model (progress), pick an image, ask, watch the answer stream.
 // Query parameters: model=URL (default ../model/; ../model-gguf/ is the same model as a GGUF
 // set; the picker at the top sets it), worker=1, backend=auto|webgpu|cpu,
-// maxNewTokens=N, forceTurn=TEXT (teacher-force turn 1, e.g. a resize call, for testing).
+// maxNewTokens=N, forceTurn=TEXT (teacher-force turn 1, e.g. a resize call, for testing),
+// tools=resize|resize,crop (the tool set; the select next to Ask sets it too).
 import { createEngine, lowResPreview } from "../dist/index.js";
 import { createWorkerEngine } from "../dist/worker.js";
 
@@ -12,6 +13,21 @@ const maxNewTokens = Number(params.get("maxNewTokens") ?? 48);
 const forced = params.getAll("forceTurn");
 let engine = null;
 let image = null;
+// The half-size preview's pixels, to redraw it without the previous answer's boxes.
+let preview = null;
+if (params.get("tools")) $("tools").value = params.get("tools");
+
+// Draws the regions the crops cut ([left, top, right, bottom] fractions) on the preview.
+function drawRegions(regions) {
+  const c = $("lowres");
+  const g = c.getContext("2d");
+  if (preview) g.putImageData(preview, 0, 0);
+  g.lineWidth = Math.max(2, c.width / 150);
+  regions.forEach(([l, t, r, b], i) => {
+    g.strokeStyle = ["#00e5ff", "#ffea00", "#ff4081"][i % 3];
+    g.strokeRect(l * c.width, t * c.height, (r - l) * c.width, (b - t) * c.height);
+  });
+}
 
 // The model picker: a choice reloads the page with `model=` set (one engine per page load).
 const pick = $("model-pick");
@@ -43,7 +59,8 @@ async function showImage(bytes, name) {
     const c = $("lowres");
     c.width = low.width;
     c.height = low.height;
-    c.getContext("2d").putImageData(new ImageData(low.rgba, low.width, low.height), 0, 0);
+    preview = new ImageData(low.rgba, low.width, low.height);
+    c.getContext("2d").putImageData(preview, 0, 0);
     $("lowcap").textContent = `what the model sees first: ${low.width}×${low.height}`;
     $("origcap").textContent = `${name} (full resolution, sent only if asked for)`;
   } catch (e) {
@@ -91,7 +108,8 @@ $("ask").addEventListener("click", async () => {
   $("ask").disabled = true;
   $("stop").disabled = false;
   $("answer").textContent = "";
-  for (const id of ["f-resize", "f-tokens", "f-saved", "f-text", "f-time"]) $(id).textContent = "…";
+  for (const id of ["f-resize", "f-crops", "f-tokens", "f-saved", "f-text", "f-time"]) $(id).textContent = "…";
+  drawRegions([]);
   document.body.dataset.tokens = "0";
   delete document.body.dataset.done;
   let turn = 0;
@@ -101,13 +119,13 @@ $("ask").addEventListener("click", async () => {
     stream: true,
     maxNewTokens,
     forcedTurns: forced,
+    tools: $("tools").value,
   });
   $("stop").onclick = () => stream.cancel();
   try {
     for await (const ev of stream) {
       if (ev.type === "resize") {
-        $("answer").textContent += "\n\n[the model asked for the full-resolution image]\n\n";
-        $("f-resize").innerHTML = '<span class="badge yes">yes</span>';
+        $("answer").textContent += "\n\n[the tool delivered an image: the full resolution, or a crop of it]\n\n";
       } else {
         if (ev.turn !== turn) turn = ev.turn;
         $("answer").textContent += ev.text;
@@ -116,6 +134,10 @@ $("ask").addEventListener("click", async () => {
     }
     const a = await stream.result;
     $("f-resize").innerHTML = a.used_high_res ? '<span class="badge yes">yes</span>' : '<span class="badge no">no</span>';
+    $("f-crops").textContent = a.crops
+      ? a.crop_regions.map((r) => `[${r.map((v) => v.toFixed(2)).join(", ")}]`).join(" ")
+      : "none";
+    drawRegions(a.crop_regions);
     $("f-tokens").textContent = `${a.visual_tokens} (full resolution alone: ${a.visual_tokens_full_res})`;
     const saved = a.visual_tokens_full_res - a.visual_tokens;
     $("f-saved").textContent = saved >= 0
@@ -124,7 +146,8 @@ $("ask").addEventListener("click", async () => {
     $("f-text").textContent = a.text || "(empty)";
     const t = a.timings;
     $("f-time").textContent = `${t.total_ms.toFixed(0)} ms total, ${t.generated_tokens} tokens, ${(t.decode_ms / Math.max(1, t.generated_tokens)).toFixed(1)} ms/token`;
-    document.body.dataset.done = a.used_high_res ? "resized" : "direct";
+    document.body.dataset.done = a.crops ? "cropped" : a.used_high_res ? "resized" : "direct";
+    document.body.dataset.crops = String(a.crops);
     $("status").textContent = `Done (${a.end})`;
   } catch (e) {
     $("status").textContent = `${e.name}: ${e.message}`;

@@ -128,6 +128,8 @@ export interface Answer {
   used_high_res: boolean;
   /** Of the tool images, how many were crops (the extended tool set; 0 with the official one). */
   crops: number;
+  /** The regions the crops cut, in order, as [left, top, right, bottom] fractions of the image. */
+  crop_regions: [number, number, number, number][];
   turns: string[];
   visual_tokens: number;
   visual_tokens_full_res: number;

@@ -103,10 +103,36 @@ test("demo page: load with progress, stream, resize branch shown, screenshot", a
     assert.equal(await askAndWait(page), "resized", `${await page.textContent("#status")}\n${logs.join("\n")}`);
     const tokens = Number(await page.evaluate(() => document.body.dataset.tokens));
     assert.ok(tokens > 5, `streamed ${tokens} token events`);
-    assert.match(await page.textContent("#answer"), /asked for the full-resolution image/);
+    assert.match(await page.textContent("#answer"), /the tool delivered an image/);
+    assert.equal(await page.textContent("#f-crops"), "none");
     assert.match(await page.textContent("#f-resize"), /yes/);
     assert.match(await page.textContent("#f-tokens"), /^\d+ \(full resolution alone: \d+\)$/);
     await page.screenshot({ path: join(results, "demo-webgpu.png"), fullPage: true });
+  } finally {
+    await close();
+  }
+});
+
+test("demo page, crop tool: the requested box is drawn on the half-size preview", async () => {
+  const { page, logs, close } = await browser();
+  try {
+    // The example's half-size image is 112 × 112: the box covers [0.25, 0.5] of each side.
+    const crop = '<think>The detail is small.</think>\n<tool_call>\n{"name": "crop_image", "arguments": {"bbox": [28, 28, 56, 56]}}\n</tool_call>';
+    const q = new URLSearchParams({ forceTurn: crop, maxNewTokens: "8", tools: "resize,crop" });
+    await page.goto(`${srv.url}/demo/index.html?${q}`);
+    await waitReady(page, logs);
+    assert.equal(await page.$eval("#tools", (s) => s.value), "resize,crop");
+    assert.equal(await askAndWait(page), "cropped", `${await page.textContent("#status")}\n${logs.join("\n")}`);
+    assert.equal(await page.evaluate(() => document.body.dataset.crops), "1");
+    assert.equal(await page.textContent("#f-crops"), "[0.25, 0.25, 0.50, 0.50]");
+    // The box's outline is drawn in the first colour (cyan) on the preview, at its place.
+    const px = await page.$eval("#lowres", (c) => {
+      const g = c.getContext("2d");
+      return [Array.from(g.getImageData(28, 40, 1, 1).data), Array.from(g.getImageData(80, 80, 1, 1).data)];
+    });
+    assert.deepEqual(px[0].slice(0, 3), [0, 229, 255], "the box's left edge");
+    assert.notDeepEqual(px[1].slice(0, 3), [0, 229, 255], "outside the box");
+    await page.screenshot({ path: join(results, "demo-crop.png"), fullPage: true });
   } finally {
     await close();
   }

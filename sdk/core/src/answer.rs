@@ -35,6 +35,8 @@ pub struct Answer {
     pub used_high_res: bool,
     /// Of the tool images, how many were crops (the extended tool set; 0 with the official one).
     pub crops: usize,
+    /// The regions the crops cut, as `[left, top, right, bottom]` fractions of the image.
+    pub crop_regions: Vec<[f64; 4]>,
     /// Every model turn's text.
     pub turns: Vec<String>,
     /// Visual tokens actually used (low-res, plus full-res if requested).
@@ -81,6 +83,7 @@ impl Answer {
             thinking: outcome.thinking.clone(),
             used_high_res: outcome.used_high_res,
             crops: outcome.crops,
+            crop_regions: outcome.crop_regions.clone(),
             turns: outcome.turns.clone(),
             visual_tokens,
             visual_tokens_full_res,

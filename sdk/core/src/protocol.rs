@@ -375,6 +375,9 @@ pub struct Outcome {
     pub tool_calls: usize,
     /// Of the images tool turns delivered, how many were crops (the extended tool set).
     pub crops: usize,
+    /// The regions those crops cut, in order, as `[left, top, right, bottom]` fractions of the
+    /// image (0 to 1; what a page draws on its preview, whatever its size).
+    pub crop_regions: Vec<[f64; 4]>,
     /// Why the episode ended.
     pub end: EndReason,
 }
@@ -409,6 +412,7 @@ pub struct Episode {
     tool_calls: usize,
     used_high_res: bool,
     crops: usize,
+    crop_regions: Vec<[f64; 4]>,
     ctx: ToolContext,
     done: bool,
 }
@@ -529,6 +533,7 @@ impl Episode {
             tool_calls: 0,
             used_high_res: false,
             crops: 0,
+            crop_regions: Vec::new(),
             ctx: ToolContext::default(),
             done: false,
         }
@@ -586,8 +591,22 @@ impl Episode {
                     self.images += 1;
                     self.used_high_res = true;
                     let prompt = match request {
-                        ImageRequest::Crop { .. } => {
+                        ImageRequest::Crop {
+                            x,
+                            y,
+                            width,
+                            height,
+                        } => {
                             self.crops += 1;
+                            if let Some((w, h)) = self.ctx.source {
+                                let (w, h) = (f64::from(w.max(1)), f64::from(h.max(1)));
+                                self.crop_regions.push([
+                                    f64::from(x) / w,
+                                    f64::from(y) / h,
+                                    f64::from(x + width) / w,
+                                    f64::from(y + height) / h,
+                                ]);
+                            }
                             tool_response_crop()
                         }
                         _ => tool_response_image(),
@@ -618,6 +637,7 @@ impl Episode {
             used_high_res: self.used_high_res,
             tool_calls: self.tool_calls,
             crops: self.crops,
+            crop_regions: self.crop_regions.clone(),
             end,
         }
     }

@@ -137,12 +137,14 @@ pub struct RewardConfig {
     pub penalty: PenaltyMode,
     /// θ of the group penalty (0.2).
     pub threshold: f64,
-    /// Beyond the paper (the crop tool): subtracted from the reward once per full image's worth
-    /// of cropped visual tokens ([`JudgedRollout::crop_share`]); a crop of a quarter of the
-    /// image's tokens costs a quarter of it. 0 (the default, and the official recipe): crops
-    /// cost only what every tool call costs.
+    /// Beyond the paper (the crop tool's cost): subtracted from the reward once per full
+    /// image's worth of visual tokens that tool turns delivered
+    /// ([`JudgedRollout::tool_image_share`]): a crop of a sixteenth of the image's tokens costs
+    /// a sixteenth of it, the full image (a resize, the crop of everything) all of it. On top
+    /// of the official tool penalty, so a crop that answers pays less than a resize that does.
+    /// 0 (the default, and the official recipe): images cost nothing more.
     #[serde(default)]
-    pub crop_cost: f64,
+    pub image_cost: f64,
 }
 
 impl Default for RewardConfig {
@@ -154,7 +156,7 @@ impl Default for RewardConfig {
             use_tool_bonus: 0.0,
             penalty: PenaltyMode::Code,
             threshold: 0.2,
-            crop_cost: 0.0,
+            image_cost: 0.0,
         }
     }
 }
@@ -166,9 +168,10 @@ pub struct JudgedRollout {
     pub turns: Vec<String>,
     /// `Some(true/false)`: the judge's verdict; `None`: the judge failed (the group is dropped).
     pub correct: Option<bool>,
-    /// The visual tokens of the crops the rollout received, over those of the full-resolution
-    /// image (0 without crops; see [`RewardConfig::crop_cost`]).
-    pub crop_share: f64,
+    /// The visual tokens of the images tool turns delivered (crops and the full image), over
+    /// those of the full-resolution image (0 without tool images; see
+    /// [`RewardConfig::image_cost`]).
+    pub tool_image_share: f64,
 }
 
 /// One rollout's scores.
@@ -266,7 +269,7 @@ pub fn score_group(group: &[JudgedRollout], cfg: &RewardConfig) -> GroupScore {
                     }
             }
         };
-        s.reward = reward - cfg.crop_cost * r.crop_share.max(0.0);
+        s.reward = reward - cfg.image_cost * r.tool_image_share.max(0.0);
     }
     let judge_failed = group.iter().any(|r| r.correct.is_none());
     let rewards: Vec<f64> = scores.iter().map(|s| s.reward).collect();

@@ -280,34 +280,35 @@ fn judges() {
     }
 }
 
-/// The crop cost (beyond the paper): each rollout loses `crop_cost` per full image's worth of
-/// cropped visual tokens, after the official penalties; 0 (the default) changes nothing.
+/// The image cost (beyond the paper, for the crop tool): each rollout loses `image_cost` per
+/// full image's worth of visual tokens its tool turns delivered, after the official penalties;
+/// 0 (the default) changes nothing.
 #[test]
-fn the_crop_cost_scales_with_the_cropped_tokens() {
+fn the_image_cost_scales_with_the_cropped_tokens() {
     let direct = "<think>a</think><answer>b</answer>".to_string();
     let crop = "<think>a</think><tool_call>{\"name\": \"crop_image\", \"arguments\": {\"bbox\": [0, 0, 9, 9]}}</tool_call>".to_string();
     let group = [
         JudgedRollout {
             turns: vec![direct.clone()],
             correct: Some(true),
-            crop_share: 0.0,
+            tool_image_share: 0.0,
         },
         JudgedRollout {
             turns: vec![crop.clone(), direct.clone()],
             correct: Some(true),
-            crop_share: 0.25,
+            tool_image_share: 0.25,
         },
         JudgedRollout {
             turns: vec![crop, direct],
             correct: Some(false),
-            crop_share: 0.5,
+            tool_image_share: 0.5,
         },
     ];
     let official = score_group(&group, &RewardConfig::default());
     let costed = score_group(
         &group,
         &RewardConfig {
-            crop_cost: 0.4,
+            image_cost: 0.4,
             ..RewardConfig::default()
         },
     );
@@ -317,7 +318,7 @@ fn the_crop_cost_scales_with_the_cropped_tokens() {
     assert!((base[0] - 1.5).abs() < 1e-12 && (base[1] - 1.4).abs() < 1e-12);
     assert!((base[2] - 0.5).abs() < 1e-12);
     for (k, (b, c)) in base.iter().zip(&costed.rollouts).enumerate() {
-        let want = b - 0.4 * group[k].crop_share;
+        let want = b - 0.4 * group[k].tool_image_share;
         assert!(
             (c.reward - want).abs() < 1e-12,
             "{k}: {} vs {want}",

@@ -18,27 +18,70 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The scripted cases: name, forced turns, token budget (shared with the browser test through
-/// records.json, which lists them).
-fn cases() -> Vec<(&'static str, Vec<String>, usize)> {
+/// The scripted cases: name, forced turns, token budget, tool set (shared with the browser
+/// and trainer tests through records.json, which lists them).
+fn cases() -> Vec<(&'static str, Vec<String>, usize, &'static str)> {
     let call = "<think>Too small.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"action\": \"resize\"}}\n</tool_call>";
     let broken = "<think>Hm.</think>\n<tool_call>\n{\"name\": \"resize_image\", \"arguments\": {\"act\": 1}}\n</tool_call>";
+    // The extended tool set (issue 16): boxes in the pixels of the turn-1 image as the model
+    // sees it (the 320 × 240 half-size photo, smart-resized to 308 × 252).
+    let crop = |b: &str| {
+        format!("<think>The code is small.</think>\n<tool_call>\n{{\"name\": \"crop_image\", \"arguments\": {{\"bbox\": {b}}}}}\n</tool_call>")
+    };
+    let answer = "<think>Now clear.</think><answer>X7</answer>".to_string();
     vec![
         (
             "direct",
             vec!["<think>Clear.</think><answer>X7</answer>".into()],
             8,
+            "resize",
         ),
         (
             "resize_then_answer",
+            vec![call.into(), answer.clone()],
+            8,
+            "resize",
+        ),
+        ("malformed_tool_call", vec![broken.into()], 5, "resize"),
+        ("budget_cut", vec![], 3, "resize"),
+        (
+            "crop_then_answer",
+            vec![crop("[100, 60, 220, 150]"), answer.clone()],
+            8,
+            "resize,crop",
+        ),
+        (
+            "crop_then_crop",
             vec![
-                call.into(),
-                "<think>Now clear.</think><answer>X7</answer>".into(),
+                crop("[0, 0, 160, 120]"),
+                crop("[200.5, 100, 308, 252]"),
+                answer.clone(),
             ],
             8,
+            "resize,crop",
         ),
-        ("malformed_tool_call", vec![broken.into()], 5),
-        ("budget_cut", vec![], 3),
+        (
+            "resize_then_crop",
+            vec![call.into(), crop("[10, 10, 80, 80]"), answer],
+            8,
+            "resize,crop",
+        ),
+        (
+            "malformed_box",
+            vec![crop("[150, 100, 40, 20]")],
+            5,
+            "resize,crop",
+        ),
+        (
+            "crop_budget_spent",
+            vec![
+                crop("[0, 0, 100, 100]"),
+                crop("[100, 100, 200, 200]"),
+                crop("[0, 0, 308, 252]"),
+            ],
+            4,
+            "resize,crop",
+        ),
     ]
 }
 
@@ -71,14 +114,14 @@ fn records(vt: &VisionThink) -> Value {
     let image =
         visionthink::load_image(root().join("tests/fixtures/images/photo_640x480.png")).unwrap();
     let mut out = serde_json::Map::new();
-    for (name, forced, budget) in cases() {
+    for (name, forced, budget, tools) in cases() {
         let opts = AskOptions {
             generation: GenerateOptions {
                 max_new_tokens: budget,
                 ..Default::default()
             },
             forced_turns: forced.clone(),
-            ..Default::default()
+            protocol: visionthink::core::protocol::ProtocolConfig::from_tools(tools).unwrap(),
         };
         let mut streamed = String::new();
         let a = vt
@@ -94,7 +137,7 @@ fn records(vt: &VisionThink) -> Value {
         v.as_object_mut().unwrap().remove("timings");
         out.insert(
             name.into(),
-            json!({"forced_turns": forced, "max_new_tokens": budget, "record": v}),
+            json!({"forced_turns": forced, "max_new_tokens": budget, "tools": tools, "record": v}),
         );
     }
     Value::Object(out)
@@ -141,6 +184,23 @@ fn scripted_episodes_on_candle_match_the_record() {
             .unwrap()
             .len(),
         1
+    );
+    let field = |case: &str, f: &str| got[case]["record"][f].clone();
+    assert_eq!(field("crop_then_answer", "crops"), 1);
+    assert_eq!(field("crop_then_answer", "text"), "X7");
+    assert_eq!(field("crop_then_crop", "crops"), 2);
+    assert_eq!(field("resize_then_crop", "crops"), 1);
+    assert_eq!(field("resize_then_crop", "used_high_res"), true);
+    // The malformed box is an error turn, then the model answers (no image).
+    assert_eq!(field("malformed_box", "crops"), 0);
+    assert_eq!(field("malformed_box", "turns").as_array().unwrap().len(), 2);
+    // Three images (the turn-1 one and two crops) are the budget: the third call ends it.
+    assert_eq!(field("crop_budget_spent", "crops"), 2);
+    assert_eq!(field("crop_budget_spent", "end"), "image_limit");
+    // Crops cost their own visual tokens, fewer than the full image's.
+    let vt = |case: &str| field(case, "visual_tokens").as_u64().unwrap();
+    assert!(
+        vt("direct") < vt("crop_then_answer") && vt("crop_then_answer") < vt("resize_then_answer")
     );
     check(&got, "candle");
 }

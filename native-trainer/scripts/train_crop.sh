@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The crop tool's recipe on the v2 synthetic task (issue 16), on the CPU:
+# data (synth --task v2) → SFT warm start whose tool choice (direct / resize / crop) ignores the
+# question → multi-turn GRPO with the extended tool set and the image cost → checkpoint
+# selection on a validation seed → evaluation on the held-out seed with --tools resize,crop →
+# export to sdk/visionthink/model-crop (EXPORT=1).
+# The fair full-resolution baseline (BASELINE=1): the same SFT recipe on the full image in
+# turn 1 and direct answers only (the paper's vanilla model at full resolution), evaluated on
+# the same held-out set with --image-path full.
+# SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+OUT="${OUT_CROP:-runs/synth2}"
+SIZE="${SIZE:-224}"
+SFT_STEPS="${SFT_STEPS:-600}"
+$T synth --task v2 --seed 1 --count 6000 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/train"
+$T synth --task v2 --seed 2 --count 300 --fine-fraction 0.4 --size "$SIZE" --out "$OUT/data/eval"
+$T synth --task v2 --seed 3 --count 120 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/diag"
+DATA=(--set "data.train=\"$OUT/data/train\"")
+$T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
+  --set "run.steps=$SFT_STEPS"
+$T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo\"" "${DATA[@]}" \
+  --set "model.init_from=\"$OUT/sft\"" --set "run.steps=${GRPO_STEPS:-20}" --set run.keep_checkpoints=0
+EVAL=(--tools resize,crop --max-new-tokens 96)
+BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
+$T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" --json --out "$OUT/report"
+if [ "${BASELINE:-1}" = 1 ]; then
+  $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/full-sft\"" "${DATA[@]}" \
+    --set "run.steps=$SFT_STEPS" --set 'data.image_path="full"' --set 'rollout.tools="resize"' \
+    --set sft.tool_fraction=0 --set sft.crop_fraction=0
+  $T eval --model-dir "$OUT/full-sft" --data "$OUT/data/eval" --image-path full --max-new-tokens 96 \
+    --json --out "$OUT/report-full"
+fi
+if [ "${EXPORT:-0}" = 1 ]; then
+  $T export --from "$BEST" --out sdk/visionthink/model-crop
+fi
