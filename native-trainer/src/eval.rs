@@ -74,6 +74,10 @@ pub struct EvalReport {
     pub always_low_by_kind: BTreeMap<String, KindReport>,
     /// Per kind, for the always-high baseline.
     pub always_high_by_kind: BTreeMap<String, KindReport>,
+    /// Per kind, with the crop tool: the model's own thinking, then a crop call whose box it
+    /// writes itself (its `box_hit_ratio` is where the model points when it crops; empty
+    /// without the crop tool).
+    pub always_crop_by_kind: BTreeMap<String, KindReport>,
     /// Rows that could not be evaluated (image errors), with the reason.
     pub skipped: Vec<String>,
     /// Seconds.
@@ -105,6 +109,10 @@ pub struct Sample {
     pub crops: [usize; 3],
     /// Whether a crop held the row's square (`None`: no crop, or no square), same order.
     pub box_hit: [Option<bool>; 3],
+    /// With the crop tool: the always-crop probe's response, whether it was right, and whether
+    /// its crop held the square.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crop_probe: Option<(String, bool, Option<bool>)>,
 }
 
 #[derive(Default, Clone)]
@@ -267,7 +275,10 @@ impl Evaluator<'_> {
         };
         let mut reqs = Vec::new();
         let mut trajs = Vec::new();
-        for steer in &STEERS {
+        // With the crop tool, a fourth episode: made to crop after its own thinking, the model
+        // writes the box (where it points, whatever it would have decided).
+        let crop_probe = (self.protocol.tools.len() > 1).then_some(Steer::ForceCropAfterThink);
+        for steer in STEERS.iter().chain(crop_probe.as_ref()) {
             let t = rollout_group(self.be, self.model, self.files, prompt, 1, &cfg, steer, 0)
                 .with_context(|| format!("row {}", ex.doc_id))?
                 .remove(0);
@@ -290,6 +301,8 @@ impl Evaluator<'_> {
 #[derive(Default)]
 struct Sums {
     by: [BTreeMap<String, Acc>; 3],
+    /// The always-crop probe, per kind (with the crop tool).
+    crop_probe: BTreeMap<String, Acc>,
     by_source: BTreeMap<String, Acc>,
     totals: [Acc; 3],
     visual: usize,
@@ -318,9 +331,23 @@ impl Sums {
             full_image: [0, 1, 2].map(|k| trajs[k].used_high),
             crops: [0, 1, 2].map(|k| trajs[k].crops()),
             box_hit: [0, 1, 2].map(|k| hits[k]),
+            crop_probe: trajs.get(3).map(|t| {
+                (
+                    t.outcome.turns.join(" "),
+                    verdicts[3] == Some(true),
+                    hits[3],
+                )
+            }),
         });
         for (k, (t, v)) in trajs.iter().zip(verdicts).enumerate() {
             let correct = *v == Some(true);
+            if k == 3 {
+                self.crop_probe
+                    .entry(ex.kind.name().to_string())
+                    .or_default()
+                    .add(correct, t, hits[k]);
+                continue;
+            }
             for acc in [
                 self.by[k].entry(ex.kind.name().to_string()).or_default(),
                 &mut self.totals[k],
@@ -366,6 +393,7 @@ impl Sums {
             by_source: rep(&self.by_source),
             always_low_by_kind: rep(&self.by[2]),
             always_high_by_kind: rep(&self.by[1]),
+            always_crop_by_kind: rep(&self.crop_probe),
             skipped: self.skipped,
             seconds,
             samples: self.samples,
@@ -485,6 +513,18 @@ pub fn markdown(r: &EvalReport, title: &str) -> String {
             "| {k} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {hits} | {:.1} | {hi:.3} | {lo:.3} |\n",
             v.n, v.accuracy, v.resize_ratio, v.full_image_ratio, v.crop_ratio, v.visual_tokens
         );
+    }
+    if !r.always_crop_by_kind.is_empty() {
+        s += "\nMade to crop after its own thinking (the model writes the box):\n\n| kind | n | accuracy | box hits | visual tokens |\n|---|---|---|---|---|\n";
+        for (k, v) in &r.always_crop_by_kind {
+            let hits = v
+                .box_hit_ratio
+                .map_or("–".to_string(), |h| format!("{h:.3}"));
+            s += &format!(
+                "| {k} | {} | {:.3} | {hits} | {:.1} |\n",
+                v.n, v.accuracy, v.visual_tokens
+            );
+        }
     }
     if !r.skipped.is_empty() {
         s += &format!(

@@ -175,7 +175,15 @@ pub enum Steer {
     /// `</think>` and `<tool_call>` can never be generated, so the model answers from the
     /// half-size image in its own words (a thought that planned a resize still gets to answer).
     ForceAnswerAfterThink,
+    /// The always-crop probe of the extended tool set: the model's own thinking, then the crop
+    /// call is forced up to its box (`<tool_call>` and `{"name": "crop_image", "arguments":
+    /// {"bbox": [`) and the model writes the box itself: where it points when made to crop.
+    ForceCropAfterThink,
 }
+
+/// What [`Steer::ForceCropAfterThink`] forces after `</think>`.
+pub const CROP_CALL_HEAD: &str =
+    "<tool_call>\n{\"name\": \"crop_image\", \"arguments\": {\"bbox\": [";
 
 /// The official resize call (what SFT traces and the always-high baseline use).
 pub const RESIZE_CALL: &str =
@@ -313,6 +321,7 @@ fn force_after_think(
     let tail = match steer {
         Steer::ForceToolAfterThink => format!("{RESIZE_CALL}<|im_end|>"),
         Steer::ForceCallAfterThink(call) => format!("{call}<|im_end|>"),
+        Steer::ForceCropAfterThink => CROP_CALL_HEAD.to_string(),
         _ => "<answer>".to_string(),
     };
     Ok(Some(
@@ -386,6 +395,7 @@ impl Group<'_> {
             Steer::ForceToolAfterThink
                 | Steer::ForceCallAfterThink(_)
                 | Steer::ForceAnswerAfterThink
+                | Steer::ForceCropAfterThink
         )
     }
 
@@ -406,7 +416,11 @@ impl Group<'_> {
             let ids = t.decoder.ids();
             if let Some(f) = force_after_think(files, &mut t.decoded, ids, id, self.steer)? {
                 let i = ids.len();
-                let budget = if self.steer != Steer::ForceAnswerAfterThink {
+                let open = matches!(
+                    self.steer,
+                    Steer::ForceAnswerAfterThink | Steer::ForceCropAfterThink
+                );
+                let budget = if !open {
                     i + f.len()
                 } else {
                     // The answer itself still has the rest of the turn's budget.
