@@ -122,32 +122,58 @@ pub fn write_curves(run_dir: &Path) -> Result<Vec<PathBuf>> {
             series(&lines, "grpo", "accuracy", |m| m["accuracy"].as_f64()),
         ],
     )?;
+    // The question kinds the run logged (fine / coarse, or the v2 task's three).
+    let kinds: std::collections::BTreeSet<String> = lines
+        .iter()
+        .filter_map(|m| m["by"].as_object())
+        .flat_map(|by| {
+            by.keys()
+                .filter_map(|k| k.strip_prefix("kind/"))
+                .map(String::from)
+        })
+        .collect();
+    let by_kind = |key: &'static str| -> Vec<Series> {
+        kinds
+            .iter()
+            .map(|k| {
+                let path = format!("kind/{k}");
+                series(&lines, "grpo", k, move |m| m["by"][&path][key].as_f64())
+            })
+            .collect()
+    };
+    let mut resize = by_kind("resize_ratio");
+    resize.push(series(&lines, "grpo", "all", |m| {
+        m["resize_ratio"].as_f64()
+    }));
     chart(
         "curve_grpo_resize.png",
-        "GRPO: resize-call ratio by question kind",
+        "GRPO: full image received, by question kind",
         "resize ratio",
-        vec![
-            series(&lines, "grpo", "fine", |m| {
-                m["by"]["kind/fine"]["resize_ratio"].as_f64()
-            }),
-            series(&lines, "grpo", "coarse", |m| {
-                m["by"]["kind/coarse"]["resize_ratio"].as_f64()
-            }),
-            series(&lines, "grpo", "all", |m| m["resize_ratio"].as_f64()),
-        ],
+        resize,
     )?;
+    if lines.iter().any(|m| m["crop_ratio"].as_f64() > Some(0.0)) {
+        let mut crops = by_kind("crop_ratio");
+        crops.push(series(&lines, "grpo", "all", |m| m["crop_ratio"].as_f64()));
+        chart(
+            "curve_grpo_crop.png",
+            "GRPO: crop received, by question kind",
+            "crop ratio",
+            crops,
+        )?;
+    }
     chart(
         "curve_grpo_accuracy_by_kind.png",
         "GRPO: accuracy by question kind",
         "accuracy",
-        vec![
-            series(&lines, "grpo", "fine", |m| {
-                m["by"]["kind/fine"]["accuracy"].as_f64()
-            }),
-            series(&lines, "grpo", "coarse", |m| {
-                m["by"]["kind/coarse"]["accuracy"].as_f64()
-            }),
-        ],
+        by_kind("accuracy"),
+    )?;
+    chart(
+        "curve_grpo_visual_tokens.png",
+        "GRPO: visual tokens per rollout",
+        "visual tokens",
+        vec![series(&lines, "grpo", "all", |m| {
+            m["visual_tokens"].as_f64()
+        })],
     )?;
     chart(
         "curve_grpo_kl_entropy.png",
