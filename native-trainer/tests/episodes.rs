@@ -122,3 +122,30 @@ fn rollouts_reproduce_the_scripted_episode_records() {
         assert_same(&record(&t, prompt.high_tokens), &case["record"], name);
     }
 }
+
+/// The fair full-resolution baseline's image path: turn 1 shows the original, so the prompt's
+/// two images (and their visual tokens) are the same.
+#[test]
+fn the_full_image_path_shows_the_original_in_turn_1() {
+    let files = ModelFiles::parse(|name| {
+        Ok::<_, ()>(match name {
+            "tokenizer.json" => Some(read("tests/fixtures/tokenizer/tokenizer.json")),
+            "config.json" => Some(read("tests/fixtures/models/tied_nested/config.json")),
+            _ => None,
+        })
+    })
+    .unwrap();
+    let image = visionthink_core::image::decode(
+        &read("tests/fixtures/images/photo_640x480.png"),
+        Default::default(),
+    )
+    .unwrap();
+    let full = prepare(&files, &image, "What is the code?", ImagePath::Full).unwrap();
+    assert_eq!(full.images.low_res, image);
+    assert_eq!(full.images.high_res, image);
+    assert_eq!(full.low_tokens, full.high_tokens);
+    assert_eq!(full.seen, (644, 476));
+    let half = prepare(&files, &image, "What is the code?", ImagePath::Inference).unwrap();
+    assert_eq!(full.high_tokens, half.high_tokens);
+    assert!(half.low_tokens * 3 < full.low_tokens);
+}

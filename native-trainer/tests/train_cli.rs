@@ -1502,3 +1502,19 @@ fn crop_tool_sft_grpo_and_eval() {
     let probed: u64 = probe.values().map(|k| k["n"].as_u64().expect("n")).sum();
     assert_eq!(probed, 3, "{r}");
 }
+
+/// `synth --task v2` needs a side on the 56-pixel grid (both halves on the 28-pixel one), and
+/// says so.
+#[test]
+fn synth_v2_refuses_a_side_off_the_grid() {
+    let out = cli()
+        .args([
+            "synth", "--task", "v2", "--count", "2", "--size", "300", "--out",
+        ])
+        .arg(tmp_path("v2-bad"))
+        .output()
+        .expect("spawn");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("multiple of 56"), "{err}");
+}
