@@ -133,7 +133,7 @@ impl Acc {
         self.n += 1;
         self.correct += usize::from(correct);
         self.resized += usize::from(t.outcome.tool_calls > 0);
-        self.full_image += usize::from(t.used_high);
+        self.full_image += usize::from(t.used_high());
         self.cropped += usize::from(t.crops() > 0);
         self.boxed += usize::from(hit.is_some());
         self.hits += usize::from(hit == Some(true));
@@ -328,7 +328,7 @@ impl Sums {
             answer: ex.answer.clone(),
             responses: [0, 1, 2].map(|k| trajs[k].outcome.turns.join(" ")),
             correct: [0, 1, 2].map(|k| verdicts[k] == Some(true)),
-            full_image: [0, 1, 2].map(|k| trajs[k].used_high),
+            full_image: [0, 1, 2].map(|k| trajs[k].used_high()),
             crops: [0, 1, 2].map(|k| trajs[k].crops()),
             box_hit: [0, 1, 2].map(|k| hits[k]),
             crop_probe: trajs.get(3).map(|t| {

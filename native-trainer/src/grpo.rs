@@ -181,7 +181,7 @@ pub fn group_hidden(
     let e = model.embed(be, rest, Some(&low))?;
     let hidden_p = model.decode(be, &e, pos.positions(), &mut cache)?;
     let last_p = hidden_p.narrow(0, rest.len() - 1, 1)?;
-    let high = if trajs.iter().any(|t| t.used_high) {
+    let high = if trajs.iter().any(|t| t.used_high()) {
         Some(
             model
                 .vision

@@ -388,7 +388,7 @@ impl<'a> GrpoRun<'a> {
             let stats = RolloutStats {
                 reward: s.reward,
                 correct: *v == Some(true),
-                resized: t.used_high,
+                resized: t.used_high(),
                 length,
                 visual: t.visual_tokens,
                 cropped: t.crops() > 0,

@@ -210,8 +210,6 @@ pub struct Trajectory {
     pub cont: Vec<u32>,
     /// `true` where `cont` holds a model-generated token (the loss mask).
     pub generated: Vec<bool>,
-    /// Whether the full image was appended (its pads are in `cont`).
-    pub used_high: bool,
     /// Every image the tool turns delivered, in order (their pads are in `cont`).
     pub images: Vec<ToolImage>,
     /// The protocol's outcome.
@@ -224,6 +222,11 @@ pub struct Trajectory {
 }
 
 impl Trajectory {
+    /// Whether the full image was appended (its pads are in `cont`).
+    pub fn used_high(&self) -> bool {
+        self.images.iter().any(|i| i.pixels.is_none())
+    }
+
     /// Crops received.
     pub fn crops(&self) -> usize {
         self.images.iter().filter(|i| i.is_crop()).count()
@@ -370,7 +373,6 @@ struct Live {
     generated: Vec<bool>,
     sample_logps: Vec<f32>,
     visual: usize,
-    used_high: bool,
     images: Vec<ToolImage>,
     turn: usize,
     state: TurnState,
@@ -472,7 +474,6 @@ impl Group<'_> {
                         let pv = img.pixels(prompt);
                         let f = match &img.pixels {
                             None => {
-                                live.used_high = true;
                                 if self.high_feats.is_none() {
                                     self.high_feats =
                                         Some(model.vision.forward(be, &pv.data, &[pv.grid_thw])?);
@@ -586,7 +587,6 @@ pub fn rollout_group(
                 generated: Vec::new(),
                 sample_logps: Vec::new(),
                 visual: prompt.low_tokens,
-                used_high: false,
                 images: Vec::new(),
                 turn: 0,
                 state: TurnState::new(cfg.max_new_tokens, &group.eos)?,
@@ -620,7 +620,6 @@ pub fn rollout_group(
                 outcome: l.outcome.context("a rollout ended without an outcome")?,
                 cont: l.cont,
                 generated: l.generated,
-                used_high: l.used_high,
                 images: l.images,
                 visual_tokens: l.visual,
                 sample_logps: l.sample_logps,
@@ -659,7 +658,6 @@ pub fn forced_trajectory(
     let mut episode = prompt.episode(turns.len().max(1), turns.len().max(1));
     let (mut cont, mut generated) = (Vec::new(), Vec::new());
     let mut visual = prompt.low_tokens;
-    let mut used_high = false;
     let mut images = Vec::new();
     for (i, turn) in turns.iter().enumerate() {
         let ids = files
@@ -679,7 +677,6 @@ pub fn forced_trajectory(
                 return Ok(Trajectory {
                     cont,
                     generated,
-                    used_high,
                     images,
                     outcome,
                     visual_tokens: visual,
@@ -690,7 +687,6 @@ pub fn forced_trajectory(
                 let counts = match tt.image {
                     Some(r) => {
                         let img = ToolImage::new(files, prompt, r)?;
-                        used_high |= img.pixels.is_none();
                         visual += img.tokens;
                         let n = img.tokens;
                         images.push(img);

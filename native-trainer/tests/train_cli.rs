@@ -825,7 +825,7 @@ fn rollout_and_scoring_forward_agree_on_every_generated_token() {
     let trajs = rollouts_match_scoring(&shipped, &prompt, 3, Steer::ForceToolAfterThink, 11);
     let mut turn2 = 0;
     for t in &trajs {
-        assert!(t.used_high, "{:?}", t.outcome.turns);
+        assert!(t.used_high(), "{:?}", t.outcome.turns);
         turn2 += t.outcome.turns.get(1).map_or(0, |s| s.len());
     }
     assert!(turn2 > 0, "no second turn was generated");
