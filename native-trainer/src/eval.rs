@@ -160,21 +160,21 @@ impl Acc {
 /// high-resolution image `scale` times its size (`None`: no crop).
 fn box_hit(t: &Trajectory, patch: Option<&Patch>, scale: f64) -> Option<bool> {
     let patch = patch?;
-    let mut crops = t.images.iter().filter_map(|i| match i.request {
-        ImageRequest::Crop {
-            x,
-            y,
-            width,
-            height,
-        } => Some((x, y, width, height)),
-        _ => None,
-    });
-    let first = crops.next()?;
-    Some(
-        std::iter::once(first)
-            .chain(crops)
-            .any(|c| patch.inside(c, scale)),
-    )
+    let mut crops = t
+        .images
+        .iter()
+        .filter_map(|i| match i.request {
+            ImageRequest::Crop {
+                x,
+                y,
+                width,
+                height,
+            } => Some((x, y, width, height)),
+            _ => None,
+        })
+        .peekable();
+    crops.peek()?;
+    Some(crops.any(|c| patch.inside(c, scale)))
 }
 
 /// What an evaluation runs: a model on an executor, its files, the judge and the settings.
