@@ -56,7 +56,17 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # OpenMPI (data-parallel training under mpirun; the `mpi` crate's bindings need libclang).
 command -v mpicc >/dev/null 2>&1 || need+=(libopenmpi-dev openmpi-bin)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# (libclang itself, the C library bindgen loads: `libclang-cpp*`, which other packages pull in,
+# is the C++ one and does not count.)
+has_libclang() {
+  local p
+  for p in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* \
+    /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-[0-9]*.so*; do
+    [ -e "$p" ] && return 0
+  done
+  return 1
+}
+has_libclang || need+=(libclang-dev)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
