@@ -7,12 +7,17 @@
 # The fair full-resolution baseline (BASELINE=1): the same SFT recipe on the full image in
 # turn 1 and direct answers only (the paper's vanilla model at full resolution), evaluated on
 # the same held-out set with --image-path full.
-# SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder.
+# The resize-only comparison (RESIZE_ONLY=1): the same SFT and GRPO with the official tool set
+# only (resize traces where the crop recipe has crop traces), evaluated the same way.
+# SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder;
+# ROWS (default: all) how many held-out rows the evaluations read.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT="${OUT_CROP:-runs/synth2}"
 SIZE="${SIZE:-224}"
 SFT_STEPS="${SFT_STEPS:-600}"
+GRPO_STEPS="${GRPO_STEPS:-20}"
+ROWS=(); [ -n "${ROWS_EVAL:-}" ] && ROWS=(--rows "$ROWS_EVAL")
 $T synth --task v2 --seed 1 --count 6000 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/train"
 $T synth --task v2 --seed 2 --count 300 --fine-fraction 0.4 --size "$SIZE" --out "$OUT/data/eval"
 $T synth --task v2 --seed 3 --count 120 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/diag"
@@ -20,16 +25,27 @@ DATA=(--set "data.train=\"$OUT/data/train\"")
 $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
   --set "run.steps=$SFT_STEPS"
 $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo\"" "${DATA[@]}" \
-  --set "model.init_from=\"$OUT/sft\"" --set "run.steps=${GRPO_STEPS:-20}" --set run.keep_checkpoints=0
+  --set "model.init_from=\"$OUT/sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0
 EVAL=(--tools resize,crop --max-new-tokens 96)
 BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
-$T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" --json --out "$OUT/report"
+$T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
 if [ "${BASELINE:-1}" = 1 ]; then
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/full-sft\"" "${DATA[@]}" \
     --set "run.steps=$SFT_STEPS" --set 'data.image_path="full"' --set 'rollout.tools="resize"' \
     --set sft.tool_fraction=0 --set sft.crop_fraction=0
   $T eval --model-dir "$OUT/full-sft" --data "$OUT/data/eval" --image-path full --max-new-tokens 96 \
-    --json --out "$OUT/report-full"
+    "${ROWS[@]}" --json --out "$OUT/report-full"
+fi
+if [ "${RESIZE_ONLY:-1}" = 1 ]; then
+  RESIZE=(--set 'rollout.tools="resize"' --set rollout.max_rounds=2 --set rollout.max_images=2)
+  $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/resize-sft\"" "${DATA[@]}" \
+    --set "run.steps=$SFT_STEPS" "${RESIZE[@]}" --set sft.tool_fraction=0.7 --set sft.crop_fraction=0
+  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/resize-grpo\"" "${DATA[@]}" \
+    --set "model.init_from=\"$OUT/resize-sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
+    "${RESIZE[@]}"
+  RBEST=$($T select --run "$OUT/resize-grpo" --data "$OUT/data/diag" --max-new-tokens 96)
+  $T eval --model-dir "$RBEST" --data "$OUT/data/eval" --max-new-tokens 96 "${ROWS[@]}" \
+    --json --out "$OUT/report-resize"
 fi
 if [ "${EXPORT:-0}" = 1 ]; then
   $T export --from "$BEST" --out sdk/visionthink/model-crop

@@ -170,21 +170,23 @@ impl Patch {
     /// Frame width in pixels.
     pub const FRAME: u32 = 4;
 
+    /// The side of a generated square and the grid it sits on: 56 pixels, one visual token of
+    /// the half-size image (28 × 28 pixels there), so the square fills exactly one of the
+    /// turn-1 image's visual tokens and pointing at it means naming that token.
+    pub const CELL: u32 = 56;
+
     /// The box a model should ask for, in the coordinates of the half-size image (the turn-1
-    /// image the model sees when the side is a multiple of 56): the square's own box widened by
-    /// half its own (half-size) side each way, clamped to the image. With the square's side of
-    /// an eighth of the image (56 at 448 pixels) the box is 56 pixels wide, which maps back to a
-    /// 112-pixel crop: exactly 4 × 4 visual tokens (at 224 pixels, 2 × 2), no resampling.
+    /// image the model sees when the side is a multiple of 56): the square's own box, halved.
+    /// For a generated square (a [`Patch::CELL`] on the cell grid) that is one visual token's
+    /// cell, which maps back to a 56-pixel crop of the original: exactly 2 × 2 visual tokens,
+    /// the square and nothing else, no resampling.
     pub fn half_box(&self, size: u32) -> [u32; 4] {
         let half = size / 2;
-        let m = self.side / 4;
-        let (x1, y1) = (self.x / 2, self.y / 2);
-        let (x2, y2) = ((self.x + self.side) / 2, (self.y + self.side) / 2);
         [
-            x1.saturating_sub(m),
-            y1.saturating_sub(m),
-            (x2 + m).min(half),
-            (y2 + m).min(half),
+            self.x / 2,
+            self.y / 2,
+            ((self.x + self.side) / 2).min(half),
+            ((self.y + self.side) / 2).min(half),
         ]
     }
 
@@ -281,7 +283,7 @@ pub fn draw_v2(
 /// box hit rate).
 pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
     let mut rng = Rng::new(cfg.seed ^ 0x5EED_0002);
-    let side = (cfg.size / 8).max(12) & !1;
+    let (side, cells) = (Patch::CELL, u64::from(cfg.size / Patch::CELL));
     (0..cfg.count)
         .map(|i| {
             let color = rng.below(COLORS.len() as u64) as usize;
@@ -296,10 +298,9 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
                     (texture + 1 + rng.below(2) as usize) % 3
                 },
             };
-            let span = u64::from(cfg.size - side) / 2 + 1;
             let patch = Patch {
-                x: 2 * rng.below(span) as u32,
-                y: 2 * rng.below(span) as u32,
+                x: side * rng.below(cells) as u32,
+                y: side * rng.below(cells) as u32,
                 side,
                 texture: rng.below(TEXTURES.len() as u64) as usize,
             };
@@ -567,7 +568,7 @@ mod tests {
             texture: 0,
         };
         let b = patch.half_box(448);
-        assert_eq!((b[2] - b[0], b[3] - b[1]), (56, 56));
+        assert_eq!((b[2] - b[0], b[3] - b[1]), (28, 28));
         let crop = (2 * b[0], 2 * b[1], 2 * (b[2] - b[0]), 2 * (b[3] - b[1]));
         assert!(patch.inside(crop, 1.0));
         assert!(!patch.inside((crop.0 + 40, crop.1, crop.2, crop.3), 1.0));
@@ -580,7 +581,7 @@ mod tests {
             })
             .collect();
         // (Two one-pixel patterns agree on half the pixels; the square's textured middle is
-        // 44² of the crop's 112² pixels.)
+        // 44² of the crop's 56² pixels.)
         for other in [1, 2] {
             let d = differing(&crops[0], &crops[other]);
             assert!(d * 20 > crops[0].len(), "{d}");
@@ -637,7 +638,8 @@ mod tests {
                 e.attributes["box"],
                 format!("[{}, {}, {}, {}]", b[0], b[1], b[2], b[3])
             );
-            assert!(b[2] <= 224 && b[3] <= 224 && b[2] - b[0] >= 28 && b[3] - b[1] >= 28);
+            assert!(b[2] <= 224 && b[3] <= 224 && b[2] - b[0] == 28 && b[3] - b[1] == 28);
+            assert!(p.x % Patch::CELL == 0 && p.y % Patch::CELL == 0 && p.side == Patch::CELL);
             assert!(p.inside(
                 (2 * b[0], 2 * b[1], 2 * (b[2] - b[0]), 2 * (b[3] - b[1])),
                 1.0
