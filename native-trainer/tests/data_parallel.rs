@@ -1,5 +1,6 @@
 //! Data-parallel GRPO under `mpirun` (feature `mpi`; CI installs OpenMPI): two ranks with one
-//! thread each give the weights of one process with two threads (same global batch, same seed),
+//! thread each take the step of one process with two threads (same global batch, same seed; up
+//! to the order of float sums),
 //! a two-rank run resumes in one process, and ranks started with different settings refuse to
 //! train, naming the setting. Starts from the shipped model on synthetic questions, so rewards,
 //! advantages and the policy gradient are real.
@@ -151,24 +152,41 @@ fn two_ranks_train_the_weights_of_one_process_and_resume_in_one() {
             .expect("mpirun"),
         "mpirun -np 2",
     );
+    // From the same weights, one step of two ranks is one step of one process up to the order
+    // of float sums (the ranks' gradients are added after each rank's own accumulation). Later
+    // steps are compared loosely: AdamW divides every gradient by its own running scale, so an
+    // element whose gradient is rounding noise (embedding rows of tokens no sequence used, fed
+    // only by the tied vocabulary projection) moves by up to ±lr either way, and the runs part
+    // by that much from step 2 on wherever sums round differently (measured on an AVX-512
+    // Xeon: 5e-7 after step 1, 0.0047 after step 3 in 1.5 % of the weights; on the AMD Zen
+    // machines before it the runs stayed within 1e-5 to step 3). A rank that skipped the
+    // all-reduce would step with half the gradient: the step-1 gradient norm, compared
+    // tightly, catches that.
+    let diff = max_abs_diff(
+        &one.join("step-1/model.safetensors"),
+        &two.join("step-1/model.safetensors"),
+    );
+    assert!(diff < 1e-5, "weights after 1 step differ by {diff}");
     let (a, b) = (
         one.join("step-3/model.safetensors"),
         two.join("step-3/model.safetensors"),
     );
     let diff = max_abs_diff(&a, &b);
-    assert!(diff < 1e-5, "weights after 3 steps differ by {diff}");
+    assert!(diff < 1e-2, "weights after 3 steps differ by {diff}");
     // The steps really moved the weights (a policy gradient, not a no-op).
     let moved = max_abs_diff(&a, &root().join("sdk/visionthink/model/model.safetensors"));
     assert!(moved > 1e-4, "the weights moved by {moved} only");
     let (ga, gb) = (grad_norms(&one), grad_norms(&two));
     assert_eq!(ga.len(), 3, "rank 0 alone writes the metrics: {gb:?}");
-    for (x, y) in ga.iter().zip(&gb) {
+    for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
+        let tol = if i == 0 { 1e-5 } else { 1e-2 };
         assert!(
-            x.is_finite() && (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            x.is_finite() && (x - y).abs() <= tol * x.abs().max(1.0),
             "grad norms {ga:?} vs {gb:?}"
         );
     }
-    // Two ranks stopped after step 2, resumed by one process: the same step 3.
+    // Two ranks stopped after step 2, resumed by one process: the two-rank run's step 3 (from
+    // the same weights, optimizer state and random state, so again up to the order of sums).
     let part = tmp("part");
     let stopped = mpirun(2)
         .arg(BIN)
@@ -188,7 +206,7 @@ fn two_ranks_train_the_weights_of_one_process_and_resume_in_one() {
             .expect("resume"),
         "resume in one process",
     );
-    let diff = max_abs_diff(&a, &part.join("step-3/model.safetensors"));
+    let diff = max_abs_diff(&b, &part.join("step-3/model.safetensors"));
     assert!(diff < 1e-5, "resumed weights differ by {diff}");
     // Three runs of checkpoints are about 1 GB: kept only when the test fails.
     for dir in [d, one, two, part] {
