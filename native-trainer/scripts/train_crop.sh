@@ -10,7 +10,7 @@
 # The resize-only comparison (RESIZE_ONLY=1): the same SFT and GRPO with the official tool set
 # only (resize traces where the crop recipe has crop traces), evaluated the same way.
 # SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder;
-# ROWS (default: all) how many held-out rows the evaluations read.
+# ROWS_EVAL (default: all) how many held-out rows the evaluations read.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT="${OUT_CROP:-runs/synth2}"
