@@ -225,9 +225,15 @@ fn host_only_05b() {
     gpu.sync().expect("sync");
     let c0 = gpu.counters();
     let (host, device) = host_time(&gpu, &model, &mut cache);
-    let per_step = (gpu.counters().dispatches - c0.dispatches) / 8;
+    let c1 = gpu.counters();
+    let per_step = (c1.dispatches - c0.dispatches) / 8;
     println!(
         "0.5B text shape: {per_step} dispatches per decode step; host {host:.2} ms (record + submit), then {device:.1} ms until the device is done"
+    );
+    println!(
+        "over the 8 steps: {} bind groups and {} buffers created (the rest reused; the first step after the prefill creates them)",
+        c1.bind_groups_created - c0.bind_groups_created,
+        c1.output_buffers_created - c0.output_buffers_created
     );
 }
 

@@ -813,3 +813,55 @@ fn streamed_gguf_files_run_on_the_webgpu_executor() {
         eprintln!("wgpu, streamed F16 text + {mm} mmproj: logits {l:.2e}, vision {v:.2e}");
     }
 }
+
+/// Decode steps reuse the intermediate buffers of the step before (the pool) and therefore
+/// their bind groups (the cache), and the reuse changes no result: every step's logits match
+/// candle's on the same model.
+#[test]
+fn decode_steps_reuse_buffers_and_bind_groups() {
+    use visionthink_core::rope::rope_index;
+    let lock = gpu().lock().unwrap();
+    let g: &WgpuBackend = &lock;
+    let c = CandleBackend::cpu();
+    let (gm, cm) = (
+        common::load(g, "tied_nested"),
+        common::load(&c, "tied_nested"),
+    );
+    let ids: Vec<u32> = (0..16).map(|i| 100 + 7 * i).collect();
+    let (pos, _) = rope_index(&ids, &[], 2).unwrap();
+    let (mut gc, mut cc) = (gm.new_cache(), cm.new_cache());
+    let prompt = 6;
+    let e = gm.embed(g, &ids[..prompt], None).unwrap();
+    gm.decode(g, &e, &pos, &mut gc).unwrap();
+    let e = cm.embed(&c, &ids[..prompt], None).unwrap();
+    cm.decode(&c, &e, &pos, &mut cc).unwrap();
+    for step in prompt..ids.len() {
+        let before = g.counters();
+        let e = gm.embed(g, &ids[step..step + 1], None).unwrap();
+        let h = gm.decode(g, &e, &pos, &mut gc).unwrap();
+        let got = g.to_vec(&gm.logits(g, &h).unwrap()).unwrap();
+        let e = cm.embed(&c, &ids[step..step + 1], None).unwrap();
+        let h = cm.decode(&c, &e, &pos, &mut cc).unwrap();
+        let want = c.to_vec(&cm.logits(&c, &h).unwrap()).unwrap();
+        close(&got, &want, 1e-3, &format!("decode step {step}"));
+        let after = g.counters();
+        let (dispatches, groups, buffers) = (
+            after.dispatches - before.dispatches,
+            after.bind_groups_created - before.bind_groups_created,
+            after.output_buffers_created - before.output_buffers_created,
+        );
+        eprintln!("step {step}: {dispatches} dispatches, {groups} new bind groups, {buffers} new output buffers");
+        if step >= prompt + 2 {
+            assert_eq!(
+                buffers, 0,
+                "step {step}: every output buffer comes from the pool"
+            );
+            // This step's uploads (token ids, rotary tables, attention ranges) land in the
+            // buffers of the step before, so every dispatch finds its bind group.
+            assert_eq!(
+                groups, 0,
+                "step {step}: {groups} new bind groups of {dispatches}"
+            );
+        }
+    }
+}

@@ -68,7 +68,7 @@ pub struct WgpuOptions {
 
 #[derive(Debug)]
 struct Chunk {
-    buf: wgpu::Buffer,
+    buf: record::Pooled,
     /// First row of the full tensor this chunk holds.
     row0: usize,
     rows: usize,
@@ -113,7 +113,7 @@ pub struct WgpuBackend {
     info: AdapterInfo,
     opts: WgpuOptions,
     /// The last attention ranges uploaded (masks repeat across layers).
-    ranges: Mutex<Option<(Mask, usize, usize, wgpu::Buffer)>>,
+    ranges: Mutex<Option<(Mask, usize, usize, record::Pooled)>>,
     /// First uncaptured device error (validation, out-of-memory, internal) or loss.
     fault: Fault,
 }
@@ -225,17 +225,13 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// An uninitialised f32 storage buffer of `elems` values.
-    pub(super) fn buffer(&self, elems: usize, what: &str) -> Result<wgpu::Buffer> {
+    /// An uninitialised f32 storage buffer of `elems` values, for a kernel output or a copy
+    /// destination (pooled: see `record::Pool`).
+    fn buffer(&self, elems: usize, what: &str) -> Result<record::Pooled> {
         self.fault.check()?;
         let bytes = (elems.max(1) * 4) as u64;
         self.check_size(bytes, what)?;
-        Ok(self.rec.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: record::usage(),
-            mapped_at_creation: false,
-        }))
+        Ok(self.rec.output(bytes))
     }
 
     /// Records the copy of a tensor into a mappable buffer, submits, and returns it.
@@ -301,7 +297,7 @@ impl WgpuBackend {
         }
     }
 
-    fn plain(&self, buf: wgpu::Buffer, rows: usize, cols: usize) -> GpuTensor {
+    fn plain(&self, buf: record::Pooled, rows: usize, cols: usize) -> GpuTensor {
         GpuTensor {
             chunks: ChunkRef::new(vec![Chunk {
                 buf,

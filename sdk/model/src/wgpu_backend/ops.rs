@@ -5,6 +5,7 @@ use super::kernels::{
     AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeP, WeightLayout,
     WeightStorage, GEMV_SHORT_MAX_K,
 };
+use super::record::Pooled;
 use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
 use crate::backend::{Backend, Mask};
 use crate::error::{Error, Result};
@@ -22,7 +23,7 @@ impl WgpuBackend {
     fn ranges_buffer(&self, mask: &Mask, n: usize, m: usize) -> Result<wgpu::Buffer> {
         if let Some((mk, nn, mm, buf)) = super::record::locked(&self.ranges).as_ref() {
             if mk == mask && *nn == n && *mm == m {
-                return Ok(buf.clone());
+                return Ok((**buf).clone());
             }
         }
         let mut r = Vec::with_capacity(2 * n);
@@ -50,9 +51,10 @@ impl WgpuBackend {
                 }
             }
         }
-        let buf = self.upload(bytemuck::cast_slice(&r));
-        *super::record::locked(&self.ranges) = Some((mask.clone(), n, m, buf.clone()));
-        Ok(buf)
+        let buf = self.rec.upload_pooled(bytemuck::cast_slice(&r));
+        let out = (*buf).clone();
+        *super::record::locked(&self.ranges) = Some((mask.clone(), n, m, buf));
+        Ok(out)
     }
 
     fn elementwise(&self, n: usize) -> (u32, u32, u32) {
@@ -134,7 +136,7 @@ impl WgpuBackend {
                 }
             };
             chunks.push(Chunk {
-                buf,
+                buf: Pooled::unpooled(buf),
                 row0,
                 rows: n,
                 kind: kind.into(),
@@ -317,7 +319,7 @@ impl WgpuBackend {
         };
         let whole = GpuTensor {
             chunks: ChunkRef::new(vec![Chunk {
-                buf,
+                buf: Pooled::unpooled(buf),
                 row0: 0,
                 rows,
                 kind,
@@ -368,7 +370,11 @@ impl Backend for WgpuBackend {
         }
         self.fault.check()?;
         self.check_size((data.len() * 4) as u64, "a tensor")?;
-        let mut t = self.plain(self.upload(bytemuck::cast_slice(data)), rows, cols);
+        let mut t = self.plain(
+            self.rec.upload_pooled(bytemuck::cast_slice(data)),
+            rows,
+            cols,
+        );
         t.one_d = one_d;
         Ok(t)
     }
@@ -628,7 +634,7 @@ impl Backend for WgpuBackend {
             )));
         }
         let out = self.buffer(ids.len() * table.cols, "a gather output")?;
-        let idb = self.upload(bytemuck::cast_slice(ids));
+        let idb = self.rec.upload_pooled(bytemuck::cast_slice(ids));
         let n = ids.len() * table.cols;
         for c in table.chunks.iter() {
             let off = if table.chunks.len() == 1 {
@@ -643,7 +649,7 @@ impl Backend for WgpuBackend {
                 row0: c.row0 as u32,
                 rows: c.rows as u32,
             };
-            let mut buffers = vec![&idb, &c.buf, &out];
+            let mut buffers: Vec<&wgpu::Buffer> = vec![&idb, &c.buf, &out];
             buffers.extend(&c.scales);
             self.dispatch(
                 Kernel::Gather(c.kind),
@@ -890,7 +896,7 @@ impl WgpuBackend {
             .map(|row0| {
                 let n = max_rows.min(rows - row0);
                 Chunk {
-                    buf: self.rec.empty(n * row_bytes),
+                    buf: Pooled::unpooled(self.rec.empty(n * row_bytes)),
                     row0,
                     rows: n,
                     kind: layout,

@@ -1,6 +1,8 @@
 //! Recording work: the pipeline cache (keyed by [`Kernel`], explicit bind-group layouts), the
 //! pooled uniform buffer (one slot per dispatch, bound with a dynamic offset, written once per
-//! submit), the command encoder, uploads, and readback.
+//! submit), the storage-buffer pool (an output buffer freed by its tensors is reused by the next
+//! output of its size), the bind-group cache (keyed by kernel and buffers, which repeat from one
+//! decode step to the next once buffers are pooled), the command encoder, uploads, and readback.
 
 use super::kernels::{Access, Kernel, Params};
 use std::collections::HashMap;
@@ -21,6 +23,180 @@ pub struct Counters {
     pub submits: u64,
     /// Bytes uploaded (weights, inputs, parameters).
     pub uploaded_bytes: u64,
+    /// Storage buffers created for kernel outputs and per-step inputs (the rest came from the
+    /// pool).
+    pub output_buffers_created: u64,
+    /// Bind groups created (the rest of the dispatches found theirs in the cache).
+    pub bind_groups_created: u64,
+}
+
+/// Most bytes the pool keeps in free buffers.
+pub const POOL_BYTES: u64 = 128 << 20;
+
+/// Submits a cached bind group survives unused (a decode step is one or two submits).
+const KEEP_SUBMITS: u64 = 4;
+
+/// Storage buffers that tensors no longer use, by size, for later outputs and uploads of
+/// that size.
+///
+/// Reuse follows the queue's order. A freed buffer may become a kernel output or a copy
+/// destination at once: those commands are recorded after every command that used it. An
+/// upload (a queue write, which runs before the commands of the submit it joins) only takes a
+/// buffer freed before the last submit, whose uses have all been submitted.
+///
+/// Each allocation prefers the buffer the allocation at the same place of the previous submit
+/// took: a decode step repeats the previous one's allocations, so its dispatches see the same
+/// buffers and find their bind groups in the cache.
+#[derive(Debug, Default)]
+pub(super) struct Pool {
+    free: HashMap<u64, Vec<Free>>,
+    bytes: u64,
+    next_id: u64,
+    /// Submits so far.
+    epoch: u64,
+    /// The buffers (ids) allocations took since the last submit, in order, and before it.
+    taken: Vec<u64>,
+    before: Vec<u64>,
+}
+
+/// A free buffer of the pool.
+#[derive(Debug)]
+struct Free {
+    id: u64,
+    buf: wgpu::Buffer,
+    /// The submit count when it was freed.
+    freed: u64,
+}
+
+/// Shared handle to a device's pool (held by the buffers that return to it).
+pub(super) type PoolRef = super::ChunkRef<Mutex<Pool>>;
+
+impl Pool {
+    /// A free buffer of `size` bytes (one freed before the last submit when `upload`), the
+    /// previous submit's choice at this place first.
+    fn take(&mut self, size: u64, upload: bool) -> Option<(u64, wgpu::Buffer)> {
+        let hint = self.before.get(self.taken.len()).copied();
+        let epoch = self.epoch;
+        let list = self.free.get_mut(&size)?;
+        let usable = |f: &Free| !upload || f.freed < epoch;
+        let i = list
+            .iter()
+            .position(|f| Some(f.id) == hint && usable(f))
+            .or_else(|| list.iter().rposition(usable))?;
+        let f = list.remove(i);
+        self.bytes -= size;
+        Some((f.id, f.buf))
+    }
+
+    /// Notes that the next allocation took buffer `id`.
+    fn note(&mut self, id: u64) {
+        self.taken.push(id);
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn submitted(&mut self) {
+        self.epoch += 1;
+        self.before = std::mem::take(&mut self.taken);
+    }
+
+    /// Keeps buffer `id` for reuse. When that would pass [`POOL_BYTES`], the largest free
+    /// buffers are released first (the intermediates of a long prefill, the parts of weights
+    /// fused at load), and a buffer larger than the whole pool is released itself.
+    fn give(&mut self, id: u64, buf: wgpu::Buffer) {
+        let size = buf.size();
+        if size > POOL_BYTES {
+            return;
+        }
+        while self.bytes + size > POOL_BYTES {
+            let Some(largest) = self.free.keys().copied().max() else {
+                break;
+            };
+            if let Some(list) = self.free.get_mut(&largest) {
+                if list.pop().is_some() {
+                    self.bytes -= largest;
+                }
+                if list.is_empty() {
+                    self.free.remove(&largest);
+                }
+            }
+        }
+        self.bytes += size;
+        let freed = self.epoch;
+        self.free
+            .entry(size)
+            .or_default()
+            .push(Free { id, buf, freed });
+    }
+}
+
+/// A storage buffer that goes back to its pool (if it has one) when dropped.
+#[derive(Debug)]
+pub(super) struct Pooled {
+    buf: wgpu::Buffer,
+    home: Option<(PoolRef, u64)>,
+}
+
+impl Pooled {
+    /// A buffer that is released when dropped (weights).
+    pub(super) fn unpooled(buf: wgpu::Buffer) -> Self {
+        Self { buf, home: None }
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some((pool, id)) = self.home.take() {
+            locked(&pool).give(id, self.buf.clone());
+        }
+    }
+}
+
+/// A multiply-rotate hasher (the Firefox/rustc one) for the per-dispatch cache lookup: its keys
+/// are a kernel tag and buffer handles, nothing an attacker chooses, and SipHash's cost per
+/// dispatch showed in the decode step's host time.
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type BuildFx = std::hash::BuildHasherDefault<Fx>;
+
+/// A cached bind group, its kernel's pipeline, and the submit it was last used in.
+struct Bound {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    used: u64,
 }
 
 /// Bytes of one kernel's parameters (16 words; every `P` is smaller).
@@ -39,6 +215,10 @@ pub(super) struct Recorder {
     param_slot: u64,
     /// Shared with the block writers of a streaming load, which outlive a borrow of this.
     pub(super) counters: Arc<Mutex<Counters>>,
+    /// Freed output and input buffers.
+    pool: PoolRef,
+    /// Bind groups by kernel and storage buffers (in binding order).
+    bind_groups: Mutex<HashMap<(Kernel, Vec<wgpu::Buffer>), Bound, BuildFx>>,
 }
 
 /// A compiled kernel and the layout of its bind group.
@@ -57,6 +237,8 @@ struct Pending {
     dispatches: usize,
     /// The parameter slots of the recorded dispatches, uploaded into the pool at submit.
     params: Vec<u8>,
+    /// Submits so far (the age of cached bind groups).
+    submits: u64,
 }
 
 /// The storage usage of every buffer the kernels read or write.
@@ -83,6 +265,8 @@ impl Recorder {
             uniforms,
             param_slot,
             counters: Arc::new(Mutex::new(Counters::default())),
+            pool: PoolRef::new(Mutex::new(Pool::default())),
+            bind_groups: Mutex::new(HashMap::default()),
         }
     }
 
@@ -165,7 +349,7 @@ impl Recorder {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) {
-        let (pipeline, layout) = self.pipeline(kernel);
+        let (pipeline, bind) = self.bound(kernel, buffers);
         let offset = {
             let mut p = locked(&self.pending);
             let offset = p.params.len();
@@ -174,25 +358,6 @@ impl Recorder {
             p.params.extend(words.iter().flat_map(|w| w.to_le_bytes()));
             offset
         };
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.uniforms,
-                offset: 0,
-                size: wgpu::BufferSize::new(PARAM_BYTES),
-            }),
-        }];
-        for ((binding, _), b) in kernel.bindings().into_iter().zip(buffers) {
-            entries.push(wgpu::BindGroupEntry {
-                binding,
-                resource: b.as_entire_binding(),
-            });
-        }
-        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
         self.count(|c| c.dispatches += 1);
         let full = {
             let mut p = locked(&self.pending);
@@ -216,6 +381,55 @@ impl Recorder {
         if full {
             self.submit();
         }
+    }
+
+    /// The pipeline of `kernel` and its bind group over `buffers`: from the cache, or created
+    /// and cached.
+    fn bound(
+        &self,
+        kernel: Kernel,
+        buffers: &[&wgpu::Buffer],
+    ) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
+        let now = locked(&self.pending).submits;
+        let key = (
+            kernel,
+            buffers.iter().map(|&b| b.clone()).collect::<Vec<_>>(),
+        );
+        let mut cache = locked(&self.bind_groups);
+        if let Some(b) = cache.get_mut(&key) {
+            b.used = now;
+            return (b.pipeline.clone(), b.group.clone());
+        }
+        let (pipeline, layout) = self.pipeline(kernel);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.uniforms,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_BYTES),
+            }),
+        }];
+        for ((binding, _), b) in kernel.bindings().into_iter().zip(buffers) {
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        self.count(|c| c.bind_groups_created += 1);
+        cache.insert(
+            key,
+            Bound {
+                pipeline: pipeline.clone(),
+                group: group.clone(),
+                used: now,
+            },
+        );
+        (pipeline, group)
     }
 
     pub(super) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
@@ -245,6 +459,12 @@ impl Recorder {
         if let Some(enc) = p.encoder.take() {
             self.queue.submit([enc.finish()]);
             self.count(|c| c.submits += 1);
+            locked(&self.pool).submitted();
+            // Bind groups unused for a few submits go: they hold their buffers alive, and
+            // those of uploads (token ids, masks) never repeat.
+            p.submits += 1;
+            let now = p.submits;
+            locked(&self.bind_groups).retain(|_, b| now - b.used <= KEEP_SUBMITS);
         }
         p.dispatches = 0;
     }
@@ -256,6 +476,42 @@ impl Recorder {
         let buf = self.empty(bytes.len());
         self.write(&buf, 0, bytes);
         buf
+    }
+
+    /// A storage buffer of exactly `size` bytes for a kernel output or a copy destination,
+    /// from the pool when it has one (see [`Pool`]). Its contents are undefined.
+    pub(super) fn output(&self, size: u64) -> Pooled {
+        self.pooled(size, false)
+    }
+
+    /// A pooled storage buffer holding `bytes` (zero-padded to 4-byte multiples): for inputs
+    /// that are uploaded again and again (token ids, rotary tables, attention ranges).
+    pub(super) fn upload_pooled(&self, bytes: &[u8]) -> Pooled {
+        let buf = self.pooled((bytes.len().div_ceil(4).max(1) * 4) as u64, true);
+        self.write(&buf, 0, bytes);
+        buf
+    }
+
+    fn pooled(&self, size: u64, upload: bool) -> Pooled {
+        let mut pool = locked(&self.pool);
+        let (id, buf) = match pool.take(size, upload) {
+            Some(found) => found,
+            None => {
+                self.count(|c| c.output_buffers_created += 1);
+                let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size,
+                    usage: usage(),
+                    mapped_at_creation: false,
+                });
+                (pool.new_id(), buf)
+            }
+        };
+        pool.note(id);
+        Pooled {
+            buf,
+            home: Some((self.pool.clone(), id)),
+        }
     }
 
     /// An uninitialised storage buffer of at least `bytes` bytes (a multiple of 4).
