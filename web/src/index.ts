@@ -116,6 +116,10 @@ export interface Timings {
   total_ms: number;
   generated_tokens: number;
   prefill_tokens: number;
+  /** WebGPU only (0 otherwise): decode steps' recording and submitting, before the device wait. */
+  decode_host_ms: number;
+  /** WebGPU only (0 otherwise): compute dispatches of the decode steps. */
+  decode_dispatches: number;
 }
 
 /** Where an engine runs the model. */

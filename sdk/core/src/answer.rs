@@ -21,6 +21,11 @@ pub struct Timings {
     pub generated_tokens: usize,
     /// Prompt tokens prefilled.
     pub prefill_tokens: usize,
+    /// WebGPU executor only (0 elsewhere): the host's part of the decode steps, recording
+    /// their work and submitting it, before waiting for the device (`decode_ms` includes it).
+    pub decode_host_ms: f64,
+    /// WebGPU executor only (0 elsewhere): compute dispatches of the decode steps.
+    pub decode_dispatches: u64,
 }
 
 /// The answer record.
