@@ -52,7 +52,7 @@ pub(super) struct Pool {
     free: HashMap<u64, Vec<Free>>,
     bytes: u64,
     next_id: u64,
-    /// Submits so far.
+    /// Submits so far (also the age of cached bind groups).
     epoch: u64,
     /// The buffers (ids) allocations took since the last submit, in order, and before it.
     taken: Vec<u64>,
@@ -237,8 +237,6 @@ struct Pending {
     dispatches: usize,
     /// The parameter slots of the recorded dispatches, uploaded into the pool at submit.
     params: Vec<u8>,
-    /// Submits so far (the age of cached bind groups).
-    submits: u64,
 }
 
 /// The storage usage of every buffer the kernels read or write.
@@ -390,7 +388,7 @@ impl Recorder {
         kernel: Kernel,
         buffers: &[&wgpu::Buffer],
     ) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
-        let now = locked(&self.pending).submits;
+        let now = locked(&self.pool).epoch;
         let key = (
             kernel,
             buffers.iter().map(|&b| b.clone()).collect::<Vec<_>>(),
@@ -459,11 +457,13 @@ impl Recorder {
         if let Some(enc) = p.encoder.take() {
             self.queue.submit([enc.finish()]);
             self.count(|c| c.submits += 1);
-            locked(&self.pool).submitted();
+            let now = {
+                let mut pool = locked(&self.pool);
+                pool.submitted();
+                pool.epoch
+            };
             // Bind groups unused for a few submits go: they hold their buffers alive, and
             // those of uploads (token ids, masks) never repeat.
-            p.submits += 1;
-            let now = p.submits;
             locked(&self.bind_groups).retain(|_, b| now - b.used <= KEEP_SUBMITS);
         }
         p.dispatches = 0;
@@ -498,13 +498,8 @@ impl Recorder {
             Some(found) => found,
             None => {
                 self.count(|c| c.output_buffers_created += 1);
-                let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: None,
-                    size,
-                    usage: usage(),
-                    mapped_at_creation: false,
-                });
-                (pool.new_id(), buf)
+                // `size` is a multiple of 4, so the buffer has exactly that size.
+                (pool.new_id(), self.empty(size as usize))
             }
         };
         pool.note(id);
