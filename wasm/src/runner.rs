@@ -316,7 +316,17 @@ impl<'a> Session<'a> {
                         self.timings.vision_ms += vision_ms;
                         l
                     }
-                    None => s.feed_tokens(ids)?,
+                    None => {
+                        // A decode step (only `step` feeds without images): recorded and
+                        // submitted, then read back; the first part is the host's overhead.
+                        let (t, before) = (clock(), s.backend().counters().dispatches);
+                        let l = s.feed_tokens(ids)?;
+                        s.backend().submit();
+                        self.timings.decode_host_ms += clock() - t;
+                        self.timings.decode_dispatches +=
+                            s.backend().counters().dispatches - before;
+                        l
+                    }
                 };
                 Ok(s.backend().read_async(&logits).await?)
             }
@@ -354,17 +364,7 @@ impl<'a> Session<'a> {
             return Err(RunError::Cancelled);
         }
         let t = host.now_ms();
-        let logits = if let Running::Gpu(s) = &mut self.run {
-            // Recorded and submitted, then read back: the first part is the host's overhead.
-            let before = s.backend().counters().dispatches;
-            let logits = s.feed_tokens(ids)?;
-            s.backend().submit();
-            self.timings.decode_host_ms += host.now_ms() - t;
-            self.timings.decode_dispatches += s.backend().counters().dispatches - before;
-            s.backend().read_async(&logits).await?
-        } else {
-            self.run(ids, None, host).await?
-        };
+        let logits = self.run(ids, None, host).await?;
         self.timings.decode_ms += host.now_ms() - t;
         if matches!(self.run, Running::Cpu(..)) {
             host.yield_now().await;
