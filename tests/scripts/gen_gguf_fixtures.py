@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -36,10 +37,15 @@ def llama_cpp_dir(arg):
     if (src / "convert_hf_to_gguf.py").exists():
         return src
     cache.mkdir(parents=True, exist_ok=True)
-    meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{VERSION}/json"))
-    url = next(u["url"] for u in meta["urls"] if u["packagetype"] == "sdist")
+    # The simple index's JSON form (PEP 691): some mirrors of PyPI serve it but not the
+    # per-release JSON API.
+    req = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    meta = json.load(urllib.request.urlopen(req))
+    name = f"llama_cpp_python-{VERSION}.tar.gz"
+    url = next(f["url"] for f in meta["files"] if f["filename"] == name)
     if not url.startswith("http"):  # an index answering with relative links
-        url = "https://pypi.org/packages/" + url.split("packages/packages/", 1)[1]
+        url = urllib.parse.urljoin("https://pypi.org/simple/llama-cpp-python/", url)
     tgz = cache / f"llama_cpp_python-{VERSION}.tar.gz"
     urllib.request.urlretrieve(url, tgz)
     with tarfile.open(tgz) as t:

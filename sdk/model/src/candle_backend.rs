@@ -45,16 +45,32 @@ pub struct CandleBackend {
     quantized: std::sync::RwLock<std::collections::HashMap<candle_core::TensorId, QuantWeight>>,
     /// Whether GGUF matrices stay in their blocks ([`Self::keep_gguf_blocks`]).
     keep_blocks: bool,
-    /// Whether inference takes our own kernels, [`crate::gemv`] for one-row products and
-    /// [`crate::attention`] ([`Self::batch_invariant`] turns them off).
+    /// Whether inference takes our own kernels, [`crate::gemv`] for one-row products,
+    /// [`crate::qgemv`] for few-row products with GGUF blocks (chosen when the weights load)
+    /// and [`crate::attention`] ([`Self::batch_invariant`] turns them off).
     own_kernels: bool,
 }
 
-/// A GGUF matrix: candle's quantized matmul over its blocks, and the blocks for row lookups.
+/// A GGUF matrix kept in its blocks.
 #[derive(Debug, Clone)]
-struct QuantWeight {
-    matmul: candle_core::quantized::QMatMul,
-    blocks: std::sync::Arc<candle_core::quantized::QTensor>,
+enum QuantWeight {
+    /// Candle's quantized matmul over its blocks, and the blocks for row lookups.
+    Candle {
+        matmul: candle_core::quantized::QMatMul,
+        blocks: std::sync::Arc<candle_core::quantized::QTensor>,
+    },
+    /// Our kernels ([`crate::qgemv`]): Q8_0, Q4_0, Q4_K and Q6_K on x86-64 CPUs with AVX2.
+    Own(std::sync::Arc<crate::qgemv::QMatrix>),
+}
+
+impl QuantWeight {
+    /// All values as f32, `[rows, cols]`.
+    fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            Self::Candle { blocks, .. } => blocks.dequantize(device)?,
+            Self::Own(m) => Tensor::from_vec(m.dequantize(), m.shape().to_vec(), device)?,
+        })
+    }
 }
 
 /// Rows gathered from a trainable table by a sparse-gradient backend: the gradient of `rows`
@@ -443,29 +459,44 @@ impl Backend for CandleBackend {
 
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
         use visionthink_core::gguf::GgmlType;
-        let blocks = match q.ty {
-            // Exact, and onto candle's vectorised Q8_0 kernels.
+        // Q5_0 is rewritten exactly as Q8_0, whose kernels are vectorised (ours and candle's).
+        let q8;
+        let (ty, bytes) = match q.ty {
             GgmlType::Q5_0 => {
-                let q8 = crate::gguf::q5_0_as_q8_0(q.bytes)?;
-                crate::gguf::qtensor(GgmlType::Q8_0, &q8, &q.shape, &self.device)?
+                q8 = crate::gguf::q5_0_as_q8_0(q.bytes)?;
+                (GgmlType::Q8_0, q8.as_slice())
             }
-            ty => crate::gguf::qtensor(ty, q.bytes, &q.shape, &self.device)?,
+            ty => (ty, q.bytes),
         };
-        let blocks = std::sync::Arc::new(blocks);
-        let matmul = candle_core::quantized::QMatMul::from_arc(blocks.clone())?;
+        // Our kernels where they run; candle's for the other types, other devices, and a
+        // batch-invariant backend (whose rollouts must not change with this choice).
+        let own = crate::qgemv::Kind::from_ggml(ty).filter(|_| {
+            self.own_kernels && self.device.is_cpu() && crate::qgemv::QMatrix::available()
+        });
+        let weight = match own {
+            Some(kind) => QuantWeight::Own(std::sync::Arc::new(
+                crate::qgemv::QMatrix::new(kind, q.shape[0], q.shape[1], bytes)
+                    .map_err(|e| Error::Input(format!("{}: {e}", q.name)))?,
+            )),
+            None => {
+                let blocks =
+                    std::sync::Arc::new(crate::gguf::qtensor(ty, bytes, &q.shape, &self.device)?);
+                let matmul = candle_core::quantized::QMatMul::from_arc(blocks.clone())?;
+                QuantWeight::Candle { matmul, blocks }
+            }
+        };
         let stand_in =
             Tensor::zeros((), DType::F32, &self.device)?.broadcast_as((q.shape[0], q.shape[1]))?;
         self.quantized
             .write()
             .map_err(|_| Error::Backend("quantized weight table poisoned".into()))?
-            .insert(stand_in.id(), QuantWeight { matmul, blocks });
+            .insert(stand_in.id(), weight);
         Ok(stand_in)
     }
 
     fn to_vec(&self, t: &Tensor) -> Result<Vec<f32>> {
         if let Some(q) = self.quant(t) {
             return Ok(q
-                .blocks
                 .dequantize(&self.device)?
                 .flatten_all()?
                 .to_vec1::<f32>()?);
@@ -481,14 +512,32 @@ impl Backend for CandleBackend {
         let y = if let Some(q) = self.quant(w) {
             use candle_core::Module;
             let x32 = x.to_dtype(DType::F32)?.contiguous()?;
-            let y = if x32.dims().first().copied().unwrap_or(0) >= PREFILL_ROWS {
+            let rows = x32.dims().first().copied().unwrap_or(0);
+            let y = if rows >= PREFILL_ROWS {
                 // Many rows (a prefill, a vision tower): one matrix dequantized at a time and
                 // candle's f32 GEMM, which outruns its quantized kernels once the cost of the
                 // dequantization is shared by enough rows; the copy is dropped right after.
-                let w32 = q.blocks.dequantize(&self.device)?;
+                let w32 = q.dequantize(&self.device)?;
                 x32.matmul(&w32.t()?)?
             } else {
-                q.matmul.forward(&x32)?
+                match &q {
+                    QuantWeight::Candle { matmul, .. } => matmul.forward(&x32)?,
+                    QuantWeight::Own(m) if x32.rank() == 2 => {
+                        let xs = x32.flatten_all()?.to_vec1::<f32>()?;
+                        if xs.len() != rows * m.shape()[1] {
+                            return Err(Error::Backend(format!(
+                                "a [{rows}, {}] input against a {:?} weight",
+                                xs.len() / rows.max(1),
+                                m.shape()
+                            )));
+                        }
+                        Tensor::from_vec(m.matmul(&xs, rows), (rows, m.shape()[0]), &self.device)?
+                    }
+                    QuantWeight::Own(_) => {
+                        let w32 = q.dequantize(&self.device)?;
+                        x32.broadcast_matmul(&w32.t()?)?
+                    }
+                }
             };
             y.to_dtype(x.dtype())?
         } else {
@@ -587,7 +636,23 @@ impl Backend for CandleBackend {
     fn gather_rows(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
         let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
         if let Some(q) = self.quant(table) {
-            return Ok(q.blocks.embedding(&idx)?.to_dtype(self.dtype)?);
+            return Ok(match q {
+                QuantWeight::Candle { blocks, .. } => blocks.embedding(&idx)?,
+                QuantWeight::Own(m) => {
+                    let [rows, cols] = m.shape();
+                    let mut out = Vec::with_capacity(ids.len() * cols);
+                    for &id in ids {
+                        if id as usize >= rows {
+                            return Err(Error::Input(format!(
+                                "token id {id} is outside the {rows}-row embedding"
+                            )));
+                        }
+                        out.extend(m.dequantize_row(id as usize));
+                    }
+                    Tensor::from_vec(out, (ids.len(), cols), &self.device)?
+                }
+            }
+            .to_dtype(self.dtype)?);
         }
         if let Some(sparse) = self.sparse.as_ref().filter(|_| table.is_variable()) {
             let rows = Var::from_tensor(&table.detach().index_select(&idx, 0)?)?;

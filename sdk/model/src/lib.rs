@@ -23,6 +23,7 @@ pub mod gemv;
 pub mod gguf;
 pub mod gguf_stream;
 pub mod graph;
+pub mod qgemv;
 pub mod session;
 pub mod storage;
 pub mod weights;

@@ -25,6 +25,7 @@ fn write_st(
 #[test]
 fn dtype_shape_missing_and_index_errors() {
     let dir = std::env::temp_dir().join(format!("vt-load-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     std::fs::create_dir_all(&dir).unwrap();
     let bf16_one = half::bf16::from_f32(1.5).to_le_bytes();
     write_st(
@@ -64,4 +65,15 @@ fn dtype_shape_missing_and_index_errors() {
         e.contains("model.safetensors.index.json") && e.contains("malformed JSON"),
         "{e}"
     );
+}
+
+/// Removes a test's temporary folder when the test passes (kept when it fails, to look at).
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }

@@ -119,6 +119,7 @@ fn tokenize_json_contract_matches_reference() {
             case["name"].as_str().unwrap()
         ));
         std::fs::create_dir_all(&tmp).unwrap();
+        let _cleanup = Cleanup(tmp.clone());
         let mut args: Vec<String> = vec![
             "tokenize".into(),
             "--model-dir".into(),
@@ -201,6 +202,7 @@ const ROLLOUTS: &str = r#"{"id": "a1", "group": "g1", "turns": ["<think>r</think
 #[test]
 fn score_jsonl_contract() {
     let dir = std::env::temp_dir().join(format!("vt-score-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     let input = write(&dir, "in.jsonl", ROLLOUTS.as_bytes());
     let output = dir.join("out.jsonl");
     for (judge, a2_acc) in [("exact", 0.0), ("rule", 1.0)] {
@@ -248,6 +250,7 @@ fn score_jsonl_contract() {
 #[test]
 fn bad_inputs_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("vt-bad-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     let tok = fixture("tokenizer");
     let img = fixture("images/photo_640x480.png");
     // Non-UTF-8 prompt file.
@@ -412,6 +415,7 @@ fn serve(mode: Mode, max_requests: usize) -> (String, std::thread::JoinHandle<Ve
 #[test]
 fn http_judge_against_a_real_server() {
     let dir = std::env::temp_dir().join(format!("vt-http-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
     let one = "{\"id\": 1, \"group\": \"g\", \"turns\": [\"<think>r</think><answer>Paris</answer>\"], \"ground_truth\": \"Paris\", \"question\": \"Capital of France?\"}\n";
     let input = write(&dir, "one.jsonl", one.as_bytes());
     let output = dir.join("scored.jsonl");
@@ -583,4 +587,15 @@ fn common_errors_print_each_cause_once() {
              Connection refused (os error 111)"
         )
     );
+}
+
+/// Removes a test's temporary folder when the test passes (kept when it fails, to look at).
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }

@@ -223,6 +223,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn bad_checkpoints_are_clear_errors() {
     let base = std::env::temp_dir().join(format!("vt-badckpt-{}", std::process::id()));
+    let _cleanup = Cleanup(base.clone());
     let src = fixtures().join("models/tied_nested");
     // Wrong shapes: a config that disagrees with the weights names the tensor and both shapes.
     let d = base.join("shape");
@@ -718,4 +719,15 @@ fn ask_with_the_crop_tool_follows_scripted_crops() {
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expected `resize` or `resize,crop`"));
+}
+
+/// Removes a test's temporary folder when the test passes (kept when it fails, to look at).
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
