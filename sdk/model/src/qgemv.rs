@@ -520,86 +520,66 @@ mod avx2 {
         _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_q8_0(w: &[u8], a: &Act) -> f32 {
-        let n = w.len() / 34;
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (wp, qp) = (w.as_ptr(), a.q.as_ptr());
-        let mut i = 0;
-        while i + 2 <= n {
-            let b0 = wp.add(34 * i);
-            let b1 = wp.add(34 * i + 34);
-            prefetch(b0, 68);
-            let p0 = dot_i8(
-                _mm256_loadu_si256(b0.add(2) as *const __m256i),
-                _mm256_loadu_si256(qp.add(32 * i) as *const __m256i),
-            );
-            let p1 = dot_i8(
-                _mm256_loadu_si256(b1.add(2) as *const __m256i),
-                _mm256_loadu_si256(qp.add(32 * i + 32) as *const __m256i),
-            );
-            let s0 = _mm256_set1_ps(f16(b0) * *a.d.get_unchecked(i));
-            let s1 = _mm256_set1_ps(f16(b1) * *a.d.get_unchecked(i + 1));
-            acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(p0), acc0);
-            acc1 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(p1), acc1);
-            i += 2;
-        }
-        if i < n {
-            let b0 = wp.add(34 * i);
-            let p0 = dot_i8(
-                _mm256_loadu_si256(b0.add(2) as *const __m256i),
-                _mm256_loadu_si256(qp.add(32 * i) as *const __m256i),
-            );
-            let s0 = _mm256_set1_ps(f16(b0) * *a.d.get_unchecked(i));
-            acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(p0), acc0);
-        }
-        hsum_ps(_mm256_add_ps(acc0, acc1))
+    /// A block of 32 values with an f16 scale in front: its size and its values as signed
+    /// bytes, in value order.
+    trait Block32 {
+        const BYTES: usize;
+        unsafe fn values(b: *const u8) -> __m256i;
     }
 
-    /// A Q4_0 block's 32 values − 8 as signed bytes, in value order.
+    struct Q8_0;
+    impl Block32 for Q8_0 {
+        const BYTES: usize = 34;
+        #[inline(always)]
+        unsafe fn values(b: *const u8) -> __m256i {
+            _mm256_loadu_si256(b.add(2) as *const __m256i)
+        }
+    }
+
+    struct Q4_0;
+    impl Block32 for Q4_0 {
+        const BYTES: usize = 18;
+        /// The 32 nibbles − 8 (low nibbles are values 0..16, high ones 16..32).
+        #[inline(always)]
+        unsafe fn values(b: *const u8) -> __m256i {
+            let raw = _mm_loadu_si128(b.add(2) as *const __m128i);
+            let m = _mm_set1_epi8(0xF);
+            let lo = _mm_and_si128(raw, m);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
+            _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+        }
+    }
+
+    /// A row of 32-value blocks against the activation: two blocks per step on two
+    /// accumulators, the weights prefetched ahead. Inlined into each `target_feature` caller.
     #[inline(always)]
-    unsafe fn q4_0_values(b: *const u8) -> __m256i {
-        let raw = _mm_loadu_si128(b.add(2) as *const __m128i);
-        let m = _mm_set1_epi8(0xF);
-        let lo = _mm_and_si128(raw, m);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
-        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    unsafe fn dot_32<B: Block32>(w: &[u8], a: &Act) -> f32 {
+        let n = w.len() / B::BYTES;
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let (wp, qp) = (w.as_ptr(), a.q.as_ptr());
+        for i in 0..n {
+            let b = wp.add(B::BYTES * i);
+            if i % 2 == 0 {
+                prefetch(b, 2 * B::BYTES);
+            }
+            let p = dot_i8(
+                B::values(b),
+                _mm256_loadu_si256(qp.add(32 * i) as *const __m256i),
+            );
+            let s = _mm256_set1_ps(f16(b) * *a.d.get_unchecked(i));
+            acc[i % 2] = _mm256_fmadd_ps(s, _mm256_cvtepi32_ps(p), acc[i % 2]);
+        }
+        hsum_ps(_mm256_add_ps(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8_0(w: &[u8], a: &Act) -> f32 {
+        dot_32::<Q8_0>(w, a)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_0(w: &[u8], a: &Act) -> f32 {
-        let n = w.len() / 18;
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (wp, qp) = (w.as_ptr(), a.q.as_ptr());
-        let mut i = 0;
-        while i + 2 <= n {
-            let b0 = wp.add(18 * i);
-            let b1 = wp.add(18 * i + 18);
-            prefetch(b0, 36);
-            let p0 = dot_i8(
-                q4_0_values(b0),
-                _mm256_loadu_si256(qp.add(32 * i) as *const __m256i),
-            );
-            let p1 = dot_i8(
-                q4_0_values(b1),
-                _mm256_loadu_si256(qp.add(32 * i + 32) as *const __m256i),
-            );
-            let s0 = _mm256_set1_ps(f16(b0) * *a.d.get_unchecked(i));
-            let s1 = _mm256_set1_ps(f16(b1) * *a.d.get_unchecked(i + 1));
-            acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(p0), acc0);
-            acc1 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(p1), acc1);
-            i += 2;
-        }
-        if i < n {
-            let b0 = wp.add(18 * i);
-            let p0 = dot_i8(
-                q4_0_values(b0),
-                _mm256_loadu_si256(qp.add(32 * i) as *const __m256i),
-            );
-            let s0 = _mm256_set1_ps(f16(b0) * *a.d.get_unchecked(i));
-            acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(p0), acc0);
-        }
-        hsum_ps(_mm256_add_ps(acc0, acc1))
+        dot_32::<Q4_0>(w, a)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
