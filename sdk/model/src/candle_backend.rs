@@ -522,20 +522,22 @@ impl Backend for CandleBackend {
             } else {
                 match &q {
                     QuantWeight::Candle { matmul, .. } => matmul.forward(&x32)?,
-                    QuantWeight::Own(m) if x32.rank() == 2 => {
-                        let xs = x32.flatten_all()?.to_vec1::<f32>()?;
-                        if xs.len() != rows * m.shape()[1] {
+                    QuantWeight::Own(m) => {
+                        // Any leading dimensions, as candle's matmul takes them: `[…, cols]`.
+                        let [out, cols] = m.shape();
+                        let mut dims = x32.dims().to_vec();
+                        if dims.last() != Some(&cols) {
                             return Err(Error::Backend(format!(
-                                "a [{rows}, {}] input against a {:?} weight",
-                                xs.len() / rows.max(1),
+                                "a {dims:?} input against a {:?} weight",
                                 m.shape()
                             )));
                         }
-                        Tensor::from_vec(m.matmul(&xs, rows), (rows, m.shape()[0]), &self.device)?
-                    }
-                    QuantWeight::Own(_) => {
-                        let w32 = q.dequantize(&self.device)?;
-                        x32.broadcast_matmul(&w32.t()?)?
+                        let n = x32.elem_count() / cols.max(1);
+                        let xs = x32.flatten_all()?.to_vec1::<f32>()?;
+                        if let Some(d) = dims.last_mut() {
+                            *d = out;
+                        }
+                        Tensor::from_vec(m.matmul(&xs, n), dims, &self.device)?
                     }
                 }
             };

@@ -68,9 +68,6 @@ const PARALLEL_MIN_BYTES: usize = 1 << 18;
 /// Output rows per parallel task, at least.
 const ROWS_PER_TASK: usize = 32;
 
-/// Parallel tasks per thread: enough that a slow thread does not hold the product up.
-const TASKS_PER_THREAD: usize = 8;
-
 /// A `[rows, cols]` matrix of GGUF blocks, row-major, as the file stores it.
 #[derive(Debug, Clone)]
 pub struct QMatrix {
@@ -228,25 +225,7 @@ impl QMatrix {
         if self.data.len() < PARALLEL_MIN_BYTES {
             work(0, &mut yt);
         } else {
-            // Candle's pool, whose workers spin between the graph's products: a decode step
-            // runs about 170 of them, and waking rayon's sleeping workers for each cost 18 %
-            // of the step (26.3 against 32.4 tokens/s on the 0.5B Q8_0 file, Intel Xeon).
-            let pool = candle_core::utils::barrier_pool();
-            let tasks = TASKS_PER_THREAD * (pool.n_workers() + 1);
-            let per = self.rows.div_ceil(tasks).max(ROWS_PER_TASK);
-            let parts: Vec<std::sync::Mutex<(usize, &mut [f32])>> = yt
-                .chunks_mut(per * m)
-                .enumerate()
-                .map(|(t, out)| std::sync::Mutex::new((t * per, out)))
-                .collect();
-            pool.execute_chunked(parts.len(), |range| {
-                for t in range {
-                    if let Ok(mut part) = parts[t].lock() {
-                        let (first, out) = &mut *part;
-                        work(*first, out);
-                    }
-                }
-            });
+            crate::gemv::par_rows(&mut yt, m, ROWS_PER_TASK, work);
         }
         if m == 1 {
             return yt;
@@ -303,10 +282,14 @@ impl Act {
                 d.push(1.0 / inv);
             }
         }
-        let sum16 = q
-            .chunks_exact(16)
-            .map(|g| g.iter().map(|&v| i32::from(v)).sum())
-            .collect();
+        // The 16-value sums serve the k-quants' mins and offsets only.
+        let sum16 = if bv == 256 {
+            q.chunks_exact(16)
+                .map(|g| g.iter().map(|&v| i32::from(v)).sum())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self { q, d, sum16 }
     }
 }
@@ -481,19 +464,12 @@ mod avx2 {
     use super::Act;
     use std::arch::x86_64::*;
 
-    /// How far ahead of the block being read the weights are prefetched, in bytes. Without it
-    /// the kernels waited on memory (18 tokens/s on the 0.5B Q8_0 file, Intel Xeon, 2 threads);
-    /// 512 B ahead gave 22, 1 KiB 24, 2 KiB 26, 4 KiB 25.
-    const PREFETCH: usize = 2048;
-
-    /// Asks for the cache lines of `len` bytes `PREFETCH` bytes after `p` (a hint: it never
-    /// faults, and past the end of the weights it fetches nothing useful).
+    /// Prefetches the `len` bytes from `p` ahead of the reads ([`crate::gemv::prefetch`]), one
+    /// cache line at a time.
     #[inline(always)]
-    unsafe fn prefetch(p: *const u8, len: usize) {
-        let mut o = 0;
-        while o < len {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + o) as *const i8);
-            o += 64;
+    fn prefetch(p: *const u8, len: usize) {
+        for o in (0..len).step_by(64) {
+            crate::gemv::prefetch(p.wrapping_add(o));
         }
     }
 
