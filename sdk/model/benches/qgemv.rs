@@ -6,8 +6,9 @@
 //! `RAYON_NUM_THREADS` says otherwise) and, as its last line, one JSON object.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use std::time::Instant;
+use visionthink_model::gemv::HalfMatrix;
 use visionthink_model::qgemv::{Kind, QMatrix};
 
 /// Read bandwidth in GB/s with rayon's threads: each sums its share of a 1 GiB buffer (touched
@@ -76,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (kind, dt) in [
         (Kind::Q8_0, GgmlDType::Q8_0),
         (Kind::Q4_0, GgmlDType::Q4_0),
+        (Kind::Q5_0, GgmlDType::Q5_0),
         (Kind::Q4K, GgmlDType::Q4K),
         (Kind::Q6K, GgmlDType::Q6K),
     ] {
@@ -121,6 +123,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 gbs.into(),
             );
         }
+    }
+    // F16 matrices (an F16 file, the vision tower of an F16 mmproj), kept in 16 bits: ours
+    // against candle's matmul on the same f16 values (its f16 GEMM, the input cast to f16) and
+    // against our own product over the same values held in f32 (twice the bytes).
+    for (rows, cols) in [(151_936, 896), (9728, 896), (896, 4864)] {
+        let w = Tensor::randn(0f32, 0.05, (rows, cols), &Device::Cpu)?.to_dtype(DType::F16)?;
+        let bytes: Vec<u8> = w
+            .flatten_all()?
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_bits().to_le_bytes())
+            .collect();
+        let ours = HalfMatrix::from_le_bytes(false, rows, cols, &bytes).ok_or("shape")?;
+        let w32 = ours.dequantize();
+        let x: Vec<f32> = (0..cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let xt = Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu)?.to_dtype(DType::F16)?;
+        let reps = if rows > 100_000 { 10 } else { 200 };
+        let t_ours = best_of(reps, || {
+            std::hint::black_box(ours.matvec(&x));
+        });
+        let t_f32 = best_of(reps, || {
+            std::hint::black_box(visionthink_model::gemv::gemv(&x, &w32));
+        });
+        let wt = w.t()?;
+        let mut failed = None;
+        let t_theirs = best_of(reps, || {
+            if let Err(e) = xt.matmul(&wt) {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let gbs = bytes.len() as f64 / t_ours / 1e9;
+        println!(
+            "| F16 | {rows}×{cols} | {:.3} | {gbs:.1} | {:.3} | {:.2}× (f32 values: {:.3} ms) |",
+            t_ours * 1e3,
+            t_theirs * 1e3,
+            t_theirs / t_ours,
+            t_f32 * 1e3
+        );
+        json.insert(
+            format!("f16_{rows}x{cols}_ratio"),
+            (t_theirs / t_ours).into(),
+        );
+        json.insert(format!("f16_{rows}x{cols}_gb_s"), gbs.into());
+        json.insert(
+            format!("f16_{rows}x{cols}_vs_f32_values"),
+            (t_f32 / t_ours).into(),
+        );
     }
     println!("{}", serde_json::Value::Object(json));
     Ok(())

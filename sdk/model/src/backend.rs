@@ -32,8 +32,8 @@ pub trait Backend {
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor> {
         self.tensor(&data, shape)
     }
-    /// Whether [`Self::quantized_weight`] takes matrices stored as `ty` blocks (the loader
-    /// dequantizes to f32 for backends that do not).
+    /// Whether [`Self::quantized_weight`] takes matrices stored as `ty` (quantized blocks, or
+    /// F16/BF16 values) as they are (the loader dequantizes to f32 for backends that do not).
     fn takes_quantized(&self, ty: visionthink_core::gguf::GgmlType) -> bool {
         let _ = ty;
         false

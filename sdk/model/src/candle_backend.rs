@@ -59,8 +59,12 @@ enum QuantWeight {
         matmul: candle_core::quantized::QMatMul,
         blocks: std::sync::Arc<candle_core::quantized::QTensor>,
     },
-    /// Our kernels ([`crate::qgemv`]): Q8_0, Q4_0, Q4_K and Q6_K on x86-64 CPUs with AVX2.
+    /// Our kernels ([`crate::qgemv`]): Q8_0, Q4_0, Q5_0, Q4_K and Q6_K on x86-64 CPUs with AVX2.
     Own(std::sync::Arc<crate::qgemv::QMatrix>),
+    /// An F16 or BF16 matrix kept in 16 bits for an f32 backend ([`crate::gemv::HalfMatrix`]):
+    /// half the memory of its f32 values, and the same results (one-row products widen in
+    /// registers, larger ones multiply the widened matrix).
+    Half(std::sync::Arc<crate::gemv::HalfMatrix>),
 }
 
 impl QuantWeight {
@@ -69,6 +73,7 @@ impl QuantWeight {
         Ok(match self {
             Self::Candle { blocks, .. } => blocks.dequantize(device)?,
             Self::Own(m) => Tensor::from_vec(m.dequantize(), m.shape().to_vec(), device)?,
+            Self::Half(m) => Tensor::from_vec(m.dequantize(), m.shape().to_vec(), device)?,
         })
     }
 }
@@ -288,6 +293,37 @@ impl CandleBackend {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// A zero-stride tensor of `shape` that stands for `weight` in the graph (holding no
+    /// memory), recorded so the products find the weight by its id.
+    fn stand_in(&self, shape: [usize; 2], weight: QuantWeight) -> Result<Tensor> {
+        let t = Tensor::zeros((), DType::F32, &self.device)?.broadcast_as((shape[0], shape[1]))?;
+        self.quantized
+            .write()
+            .map_err(|_| Error::Backend("quantized weight table poisoned".into()))?
+            .insert(t.id(), weight);
+        Ok(t)
+    }
+
+    /// Rows `ids` of a `[rows, cols]` table read by `row`, `[ids, cols]`; an id past the table
+    /// is an error.
+    fn gathered(
+        &self,
+        [rows, cols]: [usize; 2],
+        ids: &[u32],
+        row: impl Fn(usize) -> Vec<f32>,
+    ) -> Result<Tensor> {
+        let mut out = Vec::with_capacity(ids.len() * cols);
+        for &id in ids {
+            if id as usize >= rows {
+                return Err(Error::Input(format!(
+                    "token id {id} is outside the {rows}-row embedding"
+                )));
+            }
+            out.extend(row(id as usize));
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), cols), &self.device)?)
+    }
+
     /// The GGUF blocks `w` stands for, if it is a quantized weight.
     fn quant(&self, w: &Tensor) -> Option<QuantWeight> {
         self.quantized.read().ok()?.get(&w.id()).cloned()
@@ -453,16 +489,46 @@ impl Backend for CandleBackend {
     }
 
     fn takes_quantized(&self, ty: visionthink_core::gguf::GgmlType) -> bool {
+        use visionthink_core::gguf::GgmlType;
         // Inference only (no gradient flows into blocks), on candle's quantized kernels.
-        self.keep_blocks && ty.is_quantized() && self.trainable.is_none() && !self.device.is_metal()
+        let inference = self.keep_blocks && self.trainable.is_none();
+        // F16/BF16 matrices stay in 16 bits for our f32 kernels on a native CPU (an F16 mmproj
+        // would otherwise double in memory); other backends read them as plain floats.
+        let half = matches!(ty, GgmlType::F16 | GgmlType::BF16)
+            && self.own_kernels
+            && self.device.is_cpu()
+            && self.dtype == DType::F32
+            && cfg!(not(target_arch = "wasm32"));
+        inference && !self.device.is_metal() && (ty.is_quantized() || half)
     }
 
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
         use visionthink_core::gguf::GgmlType;
-        // Q5_0 is rewritten exactly as Q8_0, whose kernels are vectorised (ours and candle's).
+        if matches!(q.ty, GgmlType::F16 | GgmlType::BF16) {
+            let m = crate::gemv::HalfMatrix::from_le_bytes(
+                q.ty == GgmlType::BF16,
+                q.shape[0],
+                q.shape[1],
+                q.bytes,
+            )
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "{}: {} bytes for a {:?} {} matrix",
+                    q.name,
+                    q.bytes.len(),
+                    q.shape,
+                    q.ty.name()
+                ))
+            })?;
+            return self.stand_in(q.shape, QuantWeight::Half(std::sync::Arc::new(m)));
+        }
+        let own_kernels =
+            self.own_kernels && self.device.is_cpu() && crate::qgemv::QMatrix::available();
+        // Without our kernels Q5_0 is rewritten exactly as Q8_0, whose kernels candle
+        // vectorises where its Q5_0 ones are not.
         let q8;
         let (ty, bytes) = match q.ty {
-            GgmlType::Q5_0 => {
+            GgmlType::Q5_0 if !own_kernels => {
                 q8 = crate::gguf::q5_0_as_q8_0(q.bytes)?;
                 (GgmlType::Q8_0, q8.as_slice())
             }
@@ -470,9 +536,7 @@ impl Backend for CandleBackend {
         };
         // Our kernels where they run; candle's for the other types, other devices, and a
         // batch-invariant backend (whose rollouts must not change with this choice).
-        let own = crate::qgemv::Kind::from_ggml(ty).filter(|_| {
-            self.own_kernels && self.device.is_cpu() && crate::qgemv::QMatrix::available()
-        });
+        let own = crate::qgemv::Kind::from_ggml(ty).filter(|_| own_kernels);
         let weight = match own {
             Some(kind) => QuantWeight::Own(std::sync::Arc::new(
                 crate::qgemv::QMatrix::new(kind, q.shape[0], q.shape[1], bytes)
@@ -485,13 +549,7 @@ impl Backend for CandleBackend {
                 QuantWeight::Candle { matmul, blocks }
             }
         };
-        let stand_in =
-            Tensor::zeros((), DType::F32, &self.device)?.broadcast_as((q.shape[0], q.shape[1]))?;
-        self.quantized
-            .write()
-            .map_err(|_| Error::Backend("quantized weight table poisoned".into()))?
-            .insert(stand_in.id(), weight);
-        Ok(stand_in)
+        self.stand_in(q.shape, weight)
     }
 
     fn to_vec(&self, t: &Tensor) -> Result<Vec<f32>> {
@@ -522,6 +580,19 @@ impl Backend for CandleBackend {
             } else {
                 match &q {
                     QuantWeight::Candle { matmul, .. } => matmul.forward(&x32)?,
+                    QuantWeight::Half(m) => {
+                        let [out, cols] = m.shape();
+                        if x32.elem_count() == cols {
+                            let mut dims = x32.dims().to_vec();
+                            if let Some(d) = dims.last_mut() {
+                                *d = out;
+                            }
+                            let xs = x32.flatten_all()?.to_vec1::<f32>()?;
+                            Tensor::from_vec(m.matvec(&xs), dims, &self.device)?
+                        } else {
+                            x32.matmul(&q.dequantize(&self.device)?.t()?)?
+                        }
+                    }
                     QuantWeight::Own(m) => {
                         // Any leading dimensions, as candle's matmul takes them: `[…, cols]`.
                         let [out, cols] = m.shape();
@@ -640,19 +711,8 @@ impl Backend for CandleBackend {
         if let Some(q) = self.quant(table) {
             return Ok(match q {
                 QuantWeight::Candle { blocks, .. } => blocks.embedding(&idx)?,
-                QuantWeight::Own(m) => {
-                    let [rows, cols] = m.shape();
-                    let mut out = Vec::with_capacity(ids.len() * cols);
-                    for &id in ids {
-                        if id as usize >= rows {
-                            return Err(Error::Input(format!(
-                                "token id {id} is outside the {rows}-row embedding"
-                            )));
-                        }
-                        out.extend(m.dequantize_row(id as usize));
-                    }
-                    Tensor::from_vec(out, (ids.len(), cols), &self.device)?
-                }
+                QuantWeight::Own(m) => self.gathered(m.shape(), ids, |r| m.dequantize_row(r))?,
+                QuantWeight::Half(m) => self.gathered(m.shape(), ids, |r| m.row(r))?,
             }
             .to_dtype(self.dtype)?);
         }

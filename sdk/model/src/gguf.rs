@@ -449,9 +449,10 @@ impl GgufWeights {
         }
     }
 
-    /// The quantized row blocks of an HF matrix as stored, when every block is one quantized
-    /// GGUF tensor (`parts` of them: 3 for the vision `qkv`, else 1); `None` for float tensors
-    /// and for tensors assembled from several sources.
+    /// The row blocks of an HF matrix as stored, when every block is one quantized, F16 or
+    /// BF16 GGUF tensor (`parts` of them: 3 for the vision `qkv`, else 1), for a backend that
+    /// computes on them as they are ([`crate::Backend::takes_quantized`]); `None` for F32
+    /// tensors and for tensors assembled from several sources.
     pub fn quantized_parts<'a>(&'a self, hf: &'a str, parts: usize) -> Option<Vec<QuantView<'a>>> {
         let names = match (source(hf)?, parts) {
             (Source::One(n), 1) => vec![n],
@@ -463,7 +464,7 @@ impl GgufWeights {
             .map(|n| {
                 let (part, info) = self.find(n)?;
                 let shape = info.shape();
-                (info.ty.is_quantized() && shape.len() == 2).then(|| QuantView {
+                (info.ty != GgmlType::F32 && shape.len() == 2).then(|| QuantView {
                     name: hf,
                     ty: info.ty,
                     shape: [shape[0], shape[1]],

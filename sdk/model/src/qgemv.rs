@@ -1,9 +1,9 @@
 //! Products of a few rows (decoding: one) with GGUF quantized matrices, read in their blocks:
-//! Q8_0, Q4_0, Q4_K and Q6_K (what Q8_0, Q4_0 and Q4_K_M files hold; Q5_0 is rewritten exactly
-//! as Q8_0 at load).
+//! Q8_0, Q4_0, Q5_0, Q4_K and Q6_K (what Q8_0, Q4_0 and Q4_K_M files hold: a Q4_K_M file of a
+//! model whose rows are not whole 256-value blocks holds Q5_0 matrices in their place).
 //!
 //! The way llama.cpp computes them: the activation row is quantized once per product to 8-bit
-//! blocks (32 values and an f32 scale for Q8_0/Q4_0, 256 values for the k-quants, with the sums
+//! blocks (32 values and an f32 scale for Q8_0/Q4_0/Q5_0, 256 values for the k-quants, with the sums
 //! of its 16- and 32-value groups), and each weight block is dotted with it in integers
 //! (`maddubs`/`madd` on AVX2), scaled once per block. The weights are read once per product,
 //! prefetched ahead of the reads, in parallel over the output rows on candle's CPU thread pool;
@@ -25,6 +25,8 @@ pub enum Kind {
     Q8_0,
     /// 32 values: f16 scale, 32 × 4 bits (value − 8).
     Q4_0,
+    /// 32 values: f16 scale, 32 high bits, 32 × 4 low bits (value − 16).
+    Q5_0,
     /// 256 values: f16 scale and min, 8 sub-blocks with 6-bit scales and mins, 4-bit values.
     Q4K,
     /// 256 values: 6-bit values (low 4 bits, high 2 bits), 16 i8 scales, f16 scale.
@@ -37,6 +39,7 @@ impl Kind {
         Some(match ty {
             GgmlType::Q8_0 => Self::Q8_0,
             GgmlType::Q4_0 => Self::Q4_0,
+            GgmlType::Q5_0 => Self::Q5_0,
             GgmlType::Q4_K => Self::Q4K,
             GgmlType::Q6_K => Self::Q6K,
             _ => return None,
@@ -46,7 +49,7 @@ impl Kind {
     /// Values per block.
     pub fn block_values(self) -> usize {
         match self {
-            Self::Q8_0 | Self::Q4_0 => 32,
+            Self::Q8_0 | Self::Q4_0 | Self::Q5_0 => 32,
             Self::Q4K | Self::Q6K => 256,
         }
     }
@@ -56,6 +59,7 @@ impl Kind {
         match self {
             Self::Q8_0 => 34,
             Self::Q4_0 => 18,
+            Self::Q5_0 => 22,
             Self::Q4K => 144,
             Self::Q6K => 210,
         }
@@ -312,7 +316,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
 }
 
 /// The integer values of one block, in value order (Q4_K: 0..=15 before scale and min; Q6_K:
-/// −32..=31; Q8_0 and Q4_0: as multiplied by the scale).
+/// −32..=31; Q8_0, Q4_0 and Q5_0: as multiplied by the scale).
 fn block_ints(kind: Kind, b: &[u8], out: &mut [i32]) {
     match kind {
         Kind::Q8_0 => {
@@ -324,6 +328,14 @@ fn block_ints(kind: Kind, b: &[u8], out: &mut [i32]) {
             for (j, &v) in b[2..18].iter().enumerate() {
                 out[j] = i32::from(v & 0xF) - 8;
                 out[j + 16] = i32::from(v >> 4) - 8;
+            }
+        }
+        Kind::Q5_0 => {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            for (j, &v) in b[6..22].iter().enumerate() {
+                let hi = |bit: usize| (((qh >> bit) & 1) << 4) as u8;
+                out[j] = i32::from((v & 0xF) | hi(j)) - 16;
+                out[j + 16] = i32::from((v >> 4) | hi(j + 16)) - 16;
             }
         }
         Kind::Q4K => {
@@ -359,7 +371,7 @@ fn dequantize_into(kind: Kind, row: &[u8], out: &mut [f32]) {
     for (b, o) in row.chunks_exact(bb).zip(out.chunks_exact_mut(bv)) {
         block_ints(kind, b, &mut ints[..bv]);
         match kind {
-            Kind::Q8_0 | Kind::Q4_0 => {
+            Kind::Q8_0 | Kind::Q4_0 | Kind::Q5_0 => {
                 let d = f16_at(b, 0);
                 for (ov, &q) in o.iter_mut().zip(&ints[..bv]) {
                     *ov = d * q as f32;
@@ -398,6 +410,7 @@ fn dot(kind: Kind, w: &[u8], a: &Act, vector: bool) -> f32 {
             match kind {
                 Kind::Q8_0 => avx2::dot_q8_0(w, a),
                 Kind::Q4_0 => avx2::dot_q4_0(w, a),
+                Kind::Q5_0 => avx2::dot_q5_0(w, a),
                 Kind::Q4K => avx2::dot_q4k(w, a),
                 Kind::Q6K => avx2::dot_q6k(w, a),
             }
@@ -417,7 +430,7 @@ fn dot_scalar(kind: Kind, w: &[u8], a: &Act) -> f32 {
         let q = &a.q[i * bv..(i + 1) * bv];
         let dx = a.d[i];
         match kind {
-            Kind::Q8_0 | Kind::Q4_0 => {
+            Kind::Q8_0 | Kind::Q4_0 | Kind::Q5_0 => {
                 let s: i32 = ints[..bv]
                     .iter()
                     .zip(q)
@@ -526,6 +539,39 @@ mod avx2 {
         }
     }
 
+    struct Q5_0;
+    impl Block32 for Q5_0 {
+        const BYTES: usize = 22;
+        /// The 32 nibbles with their high bits (bit `v` of the 32-bit field after the scale
+        /// is value `v`'s), − 16.
+        #[inline(always)]
+        unsafe fn values(b: *const u8) -> __m256i {
+            let raw = _mm_loadu_si128(b.add(6) as *const __m128i);
+            let m = _mm_set1_epi8(0xF);
+            let lo = _mm_and_si128(raw, m);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
+            let bits = (b.add(2) as *const u32).read_unaligned();
+            // Byte v takes byte v / 8 of the field; it is all ones where every bit but bit v % 8
+            // is forced on and the field's bit v was on.
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(bits as i32),
+                _mm256_set_epi64x(
+                    0x0303_0303_0303_0303,
+                    0x0202_0202_0202_0202,
+                    0x0101_0101_0101_0101,
+                    0,
+                ),
+            );
+            let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+            let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
+            let high = _mm256_and_si256(set, _mm256_set1_epi8(0x10));
+            _mm256_sub_epi8(
+                _mm256_or_si256(_mm256_set_m128i(hi, lo), high),
+                _mm256_set1_epi8(16),
+            )
+        }
+    }
+
     /// A row of 32-value blocks against the activation: two blocks per step on two
     /// accumulators, the weights prefetched ahead. Inlined into each `target_feature` caller.
     #[inline(always)]
@@ -556,6 +602,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot_q4_0(w: &[u8], a: &Act) -> f32 {
         dot_32::<Q4_0>(w, a)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q5_0(w: &[u8], a: &Act) -> f32 {
+        dot_32::<Q5_0>(w, a)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -681,7 +732,7 @@ mod tests {
             }
             let scale = |rng: &mut Lcg| f16::from_f32(0.01 + 0.05 * rng.f().abs()).to_bits();
             let at: &[usize] = match kind {
-                Kind::Q8_0 | Kind::Q4_0 => &[0],
+                Kind::Q8_0 | Kind::Q4_0 | Kind::Q5_0 => &[0],
                 Kind::Q4K => &[0, 2],
                 Kind::Q6K => &[208],
             };
@@ -692,7 +743,7 @@ mod tests {
         QMatrix::new(kind, rows, cols, &data).expect("whole blocks")
     }
 
-    const KINDS: [Kind; 4] = [Kind::Q8_0, Kind::Q4_0, Kind::Q4K, Kind::Q6K];
+    const KINDS: [Kind; 5] = [Kind::Q8_0, Kind::Q4_0, Kind::Q5_0, Kind::Q4K, Kind::Q6K];
 
     #[test]
     fn vector_kernels_equal_the_scalar_reference() {
@@ -770,6 +821,7 @@ mod tests {
         for (kind, dt) in [
             (Kind::Q8_0, GgmlDType::Q8_0),
             (Kind::Q4_0, GgmlDType::Q4_0),
+            (Kind::Q5_0, GgmlDType::Q5_0),
             (Kind::Q4K, GgmlDType::Q4K),
             (Kind::Q6K, GgmlDType::Q6K),
         ] {

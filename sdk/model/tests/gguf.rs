@@ -71,6 +71,43 @@ fn q8_0_mmproj_keeps_the_argmax() {
     eprintln!("F16 text + Q8_0 mmproj: logits {l:.2e}, vision {v:.2e} of the scale");
 }
 
+/// F16 matrices kept in 16 bits (the default on a native CPU: half the memory) compute exactly
+/// what the same files read as f32 compute: a 24-token prefill, a one-token decode step (the
+/// one-row product widens in registers) and the vision tower of the F16 mmproj.
+#[test]
+fn f16_matrices_kept_in_16_bits_give_the_f32_results() {
+    let kept = CandleBackend::cpu();
+    let wide = CandleBackend::cpu().keep_gguf_blocks(false);
+    let (a, b) = (load(&kept, "f16"), load(&wide, "f16"));
+    // The kept matrices are stand-ins (zero strides, no f32 values behind them).
+    assert_eq!(a.lm_head().stride(), [0, 0]);
+    assert_ne!(b.lm_head().stride(), [0, 0]);
+    assert_eq!(logits(&kept, &a), logits(&wide, &b), "prefill");
+    let step = |be: &CandleBackend, m: &Qwen25VL<CandleBackend>| {
+        let mut pos = visionthink_core::rope::MropeBuilder::new();
+        pos.push_text(5);
+        let mut cache = m.new_cache();
+        let e = m.embed(be, &[300, 301, 302, 303, 304], None).unwrap();
+        m.decode(be, &e, pos.positions(), &mut cache).unwrap();
+        pos.push_text(1);
+        let e = m.embed(be, &[305], None).unwrap();
+        let h = m.decode(be, &e, pos.positions(), &mut cache).unwrap();
+        m.last_logits(be, &h).unwrap()
+    };
+    assert_eq!(step(&kept, &a), step(&wide, &b), "decode step");
+    let grid = [[1u32, 4, 4]];
+    let pixels: Vec<f32> = (0..16 * 1176)
+        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+        .collect();
+    let fa = kept
+        .to_vec(&a.vision.forward(&kept, &pixels, &grid).unwrap())
+        .unwrap();
+    let fb = wide
+        .to_vec(&b.vision.forward(&wide, &pixels, &grid).unwrap())
+        .unwrap();
+    assert_eq!(fa, fb, "vision features");
+}
+
 #[test]
 fn tokenizer_from_metadata_gives_tokenizer_json_ids() {
     let w = open("f16");
