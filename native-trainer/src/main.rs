@@ -204,6 +204,7 @@ enum ImagePathArg {
 /// binary does, and exits with 1 (no debug dump or backtrace for a user's mistake).
 fn main() {
     visionthink_model::candle_backend::fix_thread_count();
+    visionthink_model::candle_backend::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");

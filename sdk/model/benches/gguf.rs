@@ -23,6 +23,7 @@ fn peak_rss_bytes() -> u64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     visionthink_model::candle_backend::fix_thread_count();
+    visionthink_model::candle_backend::tune_allocator();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")

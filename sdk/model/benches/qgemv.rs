@@ -58,6 +58,7 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     visionthink_model::candle_backend::fix_thread_count();
+    visionthink_model::candle_backend::tune_allocator();
     let threads = rayon::current_num_threads();
     let bw = read_bandwidth_gb_s();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -80,6 +80,8 @@ fn decode_weight_bytes(c: &visionthink_core::config::TextConfig) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the `visionthink` binary does.
+    visionthink_model::candle_backend::tune_allocator();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

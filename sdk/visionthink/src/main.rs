@@ -596,6 +596,7 @@ enum Penalty {
 
 fn main() {
     visionthink_model::candle_backend::fix_thread_count();
+    visionthink_model::candle_backend::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
