@@ -139,6 +139,7 @@ async fn gguf_block_kernels_match_candle_in_the_browser() {
             ty,
             shape: [m, k],
             bytes: &bytes,
+            file_backed: false,
         };
         assert!(g.takes_quantized(ty) && cpu.takes_quantized(ty));
         let gw = g.quantized_weight(&view).unwrap();

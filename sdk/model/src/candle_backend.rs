@@ -351,6 +351,35 @@ impl CandleBackend {
         Ok(Tensor::from_vec(out, (ids.len(), cols), &self.device)?)
     }
 
+    /// `f(x, n)` for a contiguous f32 `x` `[…, cols]` of `n` rows against a `[out, cols]`
+    /// matrix, as `[…, out]` (any leading dimensions, as candle's matmul takes them).
+    fn rows_by(
+        &self,
+        x: &Tensor,
+        [out, cols]: [usize; 2],
+        f: impl FnOnce(&[f32], usize) -> Vec<f32>,
+    ) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if dims.last() != Some(&cols) {
+            return Err(Error::Backend(format!(
+                "a {dims:?} input against a [{out}, {cols}] weight"
+            )));
+        }
+        let n = x.elem_count() / cols.max(1);
+        let (storage, layout) = x.storage_and_layout();
+        let y = match cpu_values::<f32>(&storage, layout)? {
+            Some(xs) => f(xs, n),
+            None => {
+                drop(storage);
+                f(&x.flatten_all()?.to_vec1::<f32>()?, n)
+            }
+        };
+        if let Some(d) = dims.last_mut() {
+            *d = out;
+        }
+        Ok(Tensor::from_vec(y, dims, &self.device)?)
+    }
+
     /// The GGUF blocks `w` stands for, if it is a quantized weight.
     fn quant(&self, w: &Tensor) -> Option<QuantWeight> {
         self.quantized.read().ok()?.get(&w.id()).cloned()
@@ -532,11 +561,15 @@ impl Backend for CandleBackend {
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
         use visionthink_core::gguf::GgmlType;
         if matches!(q.ty, GgmlType::F16 | GgmlType::BF16) {
-            let m = crate::gemv::HalfMatrix::from_le_bytes(
+            let mut bits = Vec::with_capacity(q.bytes.len() / 2);
+            q.read_releasing(|c| {
+                bits.extend(c.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])))
+            });
+            let m = crate::gemv::HalfMatrix::from_bits(
                 q.ty == GgmlType::BF16,
                 q.shape[0],
                 q.shape[1],
-                q.bytes,
+                bits,
             )
             .ok_or_else(|| {
                 Error::Input(format!(
@@ -566,7 +599,7 @@ impl Backend for CandleBackend {
         let own = crate::qgemv::Kind::from_ggml(ty).filter(|_| own_kernels);
         let weight = match own {
             Some(kind) => QuantWeight::Own(std::sync::Arc::new(
-                crate::qgemv::QMatrix::new(kind, q.shape[0], q.shape[1], bytes)
+                crate::qgemv::QMatrix::from_vec(kind, q.shape[0], q.shape[1], q.copy_releasing())
                     .map_err(|e| Error::Input(format!("{}: {e}", q.name)))?,
             )),
             None => {
@@ -598,46 +631,34 @@ impl Backend for CandleBackend {
             use candle_core::Module;
             let x32 = x.to_dtype(DType::F32)?.contiguous()?;
             let rows = x32.dims().first().copied().unwrap_or(0);
-            let y = if rows >= PREFILL_ROWS {
-                // Many rows (a prefill, a vision tower): one matrix dequantized at a time and
-                // candle's f32 GEMM, which outruns its quantized kernels once the cost of the
-                // dequantization is shared by enough rows; the copy is dropped right after.
-                let w32 = q.dequantize(&self.device)?;
-                x32.matmul(&w32.t()?)?
-            } else {
-                match &q {
-                    QuantWeight::Candle { matmul, .. } => matmul.forward(&x32)?,
-                    QuantWeight::Half(m) => {
-                        let [out, cols] = m.shape();
-                        if x32.elem_count() == cols {
-                            let mut dims = x32.dims().to_vec();
-                            if let Some(d) = dims.last_mut() {
-                                *d = out;
-                            }
-                            let xs = x32.flatten_all()?.to_vec1::<f32>()?;
-                            Tensor::from_vec(m.matvec(&xs), dims, &self.device)?
-                        } else {
-                            x32.matmul(&q.dequantize(&self.device)?.t()?)?
-                        }
-                    }
-                    QuantWeight::Own(m) => {
-                        // Any leading dimensions, as candle's matmul takes them: `[…, cols]`.
-                        let [out, cols] = m.shape();
-                        let mut dims = x32.dims().to_vec();
-                        if dims.last() != Some(&cols) {
-                            return Err(Error::Backend(format!(
-                                "a {dims:?} input against a {:?} weight",
-                                m.shape()
-                            )));
-                        }
-                        let n = x32.elem_count() / cols.max(1);
-                        let xs = x32.flatten_all()?.to_vec1::<f32>()?;
-                        if let Some(d) = dims.last_mut() {
-                            *d = out;
-                        }
-                        Tensor::from_vec(m.matmul(&xs, n), dims, &self.device)?
+            let y = match &q {
+                QuantWeight::Candle { matmul, .. } => {
+                    if rows >= PREFILL_ROWS {
+                        // Many rows (a prefill, a vision tower): the matrix dequantized and
+                        // candle's f32 GEMM, which outruns its quantized kernels once the cost
+                        // of the dequantization is shared by enough rows.
+                        x32.matmul(&q.dequantize(&self.device)?.t()?)?
+                    } else {
+                        matmul.forward(&x32)?
                     }
                 }
+                // Our kernels: one row (a decode step) widened in registers or against 8-bit
+                // activation blocks, and for more rows (GGUF blocks: from 16) the f32 GEMM on
+                // tiles of the matrix widened as they are needed.
+                QuantWeight::Half(m) => self.rows_by(&x32, m.shape(), |xs, n| {
+                    if n == 1 {
+                        m.matvec(xs)
+                    } else {
+                        m.matmul(xs, n)
+                    }
+                })?,
+                QuantWeight::Own(m) => self.rows_by(&x32, m.shape(), |xs, n| {
+                    if n >= PREFILL_ROWS {
+                        m.matmul_dequantized(xs, n)
+                    } else {
+                        m.matmul(xs, n)
+                    }
+                })?,
             };
             y.to_dtype(x.dtype())?
         } else {
@@ -665,6 +686,34 @@ impl Backend for CandleBackend {
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        // Inference on the CPU: one pass and one output buffer (candle's `silu` then `*` write
+        // an intermediate as large as the MLP's activations: 10 MB in a 512-token prefill of
+        // the 0.5B shape), with candle's formula for `silu`, so the values are the same.
+        let fused = self.trainable.is_none()
+            && self.own_kernels
+            && gate.dtype() == DType::F32
+            && up.dtype() == DType::F32
+            && gate.dims() == up.dims();
+        if fused {
+            let (gs, gl) = gate.storage_and_layout();
+            let (us, ul) = up.storage_and_layout();
+            if let (Some(g), Some(u)) = (cpu_values::<f32>(&gs, gl)?, cpu_values::<f32>(&us, ul)?) {
+                let mut out = vec![0f32; g.len()];
+                let part = |first: usize, o: &mut [f32]| {
+                    let (g, u) = (&g[first..first + o.len()], &u[first..first + o.len()]);
+                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                        *o = g / (1.0 + (-g).exp()) * u;
+                    }
+                };
+                if out.len() < 1 << 15 {
+                    part(0, &mut out);
+                } else {
+                    crate::gemv::par_rows(&mut out, 1, 1 << 14, part);
+                }
+                drop((gs, us));
+                return Ok(Tensor::from_vec(out, gate.dims(), &self.device)?);
+            }
+        }
         Ok((gate.silu()? * up)?)
     }
 

@@ -108,16 +108,22 @@ impl HalfMatrix {
     /// assert!(HalfMatrix::from_le_bytes(false, 2, 4, &bytes).is_none());
     /// ```
     pub fn from_le_bytes(bf16: bool, rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
-        if rows.checked_mul(cols)?.checked_mul(2)? != bytes.len() {
-            return None;
-        }
         let bits = bytes
             .chunks_exact(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]));
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        Self::from_bits(bf16, rows, cols, bits)
+    }
+
+    /// The matrix from the values' bit patterns; `None` unless there are `rows × cols`.
+    pub fn from_bits(bf16: bool, rows: usize, cols: usize, bits: Vec<u16>) -> Option<Self> {
+        if rows.checked_mul(cols)? != bits.len() {
+            return None;
+        }
         let values = if bf16 {
-            Halves::Bf16(bits.map(bf16::from_bits).collect())
+            Halves::Bf16(bits.into_iter().map(bf16::from_bits).collect())
         } else {
-            Halves::F16(bits.map(f16::from_bits).collect())
+            Halves::F16(bits.into_iter().map(f16::from_bits).collect())
         };
         Some(Self { rows, cols, values })
     }
@@ -150,6 +156,14 @@ impl HalfMatrix {
         let mut out = vec![0f32; self.cols];
         self.widen_rows(r, &mut out);
         out
+    }
+
+    /// `x · wᵀ` for `m` rows `x` `[m, cols]`: `[m, rows]`, on the widened values a tile at a
+    /// time ([`widened_matmul`]).
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        widened_matmul(x, m, self.rows, self.cols, |first, out| {
+            self.widen_rows(first, out)
+        })
     }
 
     /// The whole matrix as f32 values, `[rows, cols]` row-major (rows in parallel).
@@ -232,6 +246,83 @@ pub(crate) fn par_rows(
             }
         }
     });
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of it.
+struct Shared(*mut f32);
+// SAFETY: only used by `widened_matmul`, whose tasks write disjoint columns of one buffer that
+// outlives them (the pool's `execute` returns after every task has finished).
+#[allow(unsafe_code)]
+unsafe impl Sync for Shared {}
+
+/// `x · wᵀ` for `m` rows `x` `[m, k]` against an `[n, k]` matrix held in another form (GGUF
+/// blocks, 16-bit floats) whose rows `first..` `widen(first, out)` writes as f32 into `out`:
+/// `[m, n]`. The matrix is widened a tile of rows at a time into a buffer of each worker, and
+/// each tile multiplied by the `gemm` crate into its columns of the output while it is still in
+/// cache; workers take tiles in turn on candle's CPU pool. The whole f32 copy of the matrix
+/// never exists (a 7B layer's 18,944 × 3,584 would be 271 MB, faulted in afresh for every
+/// product), and each output value is one `gemm` dot product over the same f32 values as the
+/// whole-matrix product, up to the kernel's order of additions.
+pub(crate) fn widened_matmul(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    widen: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    let mut y = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return y;
+    }
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
+    let tile = n.div_ceil(4 * threads).clamp(16, 256);
+    let tiles = n.div_ceil(tile);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let out = Shared(y.as_mut_ptr());
+    pool.execute(|_| {
+        let mut buf = Vec::new();
+        loop {
+            let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if t >= tiles {
+                break;
+            }
+            let (first, rows) = (t * tile, tile.min(n - t * tile));
+            buf.resize(rows * k, 0f32);
+            widen(first, &mut buf);
+            let dst = &out;
+            // SAFETY: writes `m × rows` values at `y[i * n + first + j]` (row stride `n`),
+            // columns `first..first + rows` of the `[m, n]` output, which no other tile
+            // writes; reads `m × k` of `x` (row stride `k`) and `rows × k` of `buf` (`buf[j *
+            // k + kk]` as element (kk, j) of the right-hand side), inside both.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows,
+                    k,
+                    dst.0.add(first),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    buf.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+    y
 }
 
 /// `y[i] = x · w[i, :]` for the rows of `w`, vectorised.

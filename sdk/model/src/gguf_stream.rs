@@ -530,6 +530,7 @@ impl<B: Backend> GgufStream<B> {
                 ty: t.ty,
                 shape,
                 bytes,
+                file_backed: false,
             });
         }
         let values = dequantize(t.ty, bytes, t.elements() as usize)?;

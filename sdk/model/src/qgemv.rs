@@ -125,6 +125,32 @@ impl QMatrix {
     /// assert_eq!(w.dequantize_row(0)[3], 1.5);
     /// ```
     pub fn new(kind: Kind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, ShapeError> {
+        Self::check(kind, rows, cols, bytes.len())?;
+        Ok(Self {
+            kind,
+            rows,
+            cols,
+            data: bytes.to_vec(),
+        })
+    }
+
+    /// [`Self::new`] taking the blocks it holds (no copy).
+    pub fn from_vec(
+        kind: Kind,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, ShapeError> {
+        Self::check(kind, rows, cols, data.len())?;
+        Ok(Self {
+            kind,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    fn check(kind: Kind, rows: usize, cols: usize, len: usize) -> Result<(), ShapeError> {
         let err = |reason: String| ShapeError {
             kind,
             rows,
@@ -140,15 +166,10 @@ impl QMatrix {
         let want = rows
             .checked_mul(cols / kind.block_values())
             .and_then(|b| b.checked_mul(kind.block_bytes()));
-        if want != Some(bytes.len()) {
-            return Err(err(format!("{} bytes of blocks", bytes.len())));
+        if want != Some(len) {
+            return Err(err(format!("{len} bytes of blocks")));
         }
-        Ok(Self {
-            kind,
-            rows,
-            cols,
-            data: bytes.to_vec(),
-        })
+        Ok(())
     }
 
     /// Block type.
@@ -197,6 +218,19 @@ impl QMatrix {
                 }
             });
         out
+    }
+
+    /// `x · wᵀ` for `m` rows `x` `[m, cols]`: `[m, rows]`, in f32 on the dequantized values
+    /// (a prefill: enough rows that the f32 GEMM outruns integer products), a tile of rows
+    /// dequantized at a time ([`crate::gemv::widened_matmul`]).
+    pub fn matmul_dequantized(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let rb = self.row_bytes();
+        crate::gemv::widened_matmul(x, m, self.rows, self.cols, |first, out| {
+            for (i, o) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
+                let r = first + i;
+                dequantize_into(self.kind, &self.data[r * rb..(r + 1) * rb], o);
+            }
+        })
     }
 
     /// `x · wᵀ` for `m` rows `x` `[m, cols]`: `[m, rows]`, with `x` quantized to 8 bits per

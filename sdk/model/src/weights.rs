@@ -12,6 +12,17 @@ pub(crate) enum Bytes {
     Owned(Vec<u8>),
 }
 
+impl Bytes {
+    /// Whether these are pages of a file mapping.
+    pub(crate) fn is_mapped(&self) -> bool {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            Self::Mapped(_) => true,
+            Self::Owned(_) => false,
+        }
+    }
+}
+
 impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -251,6 +262,32 @@ pub(crate) fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mma
     // mmap-based loader (safetensors, candle), a concurrent writer in another process could
     // change the bytes under us; checkpoints are not modified while being served.
     unsafe { memmap2::Mmap::map(file) }.map_err(|e| load_err(path, format!("cannot map: {e}")))
+}
+
+/// Drops the whole pages inside `bytes` from this process's resident set. Only for stretches of
+/// this crate's file mappings ([`map_file`]: private, read-only) that have been copied out:
+/// dropped pages are read again from the file if touched. Linux with glibc only (elsewhere
+/// nothing happens).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn release_mapped(bytes: &[u8]) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const PAGE: usize = 4096;
+        let at = bytes.as_ptr() as usize;
+        let (start, end) = (at.div_ceil(PAGE) * PAGE, (at + bytes.len()) / PAGE * PAGE);
+        if end > start {
+            // SAFETY: the range lies inside `bytes`, a stretch of a private, read-only,
+            // file-backed mapping (the callers' condition): MADV_DONTNEED only drops clean
+            // pages, which are re-read from the file if touched again; no data can be lost and
+            // no reference is invalidated. Failure is harmless (the pages stay resident).
+            #[allow(unsafe_code)]
+            let _ = unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+            };
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = bytes;
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -71,9 +71,10 @@ fn q8_0_mmproj_keeps_the_argmax() {
     eprintln!("F16 text + Q8_0 mmproj: logits {l:.2e}, vision {v:.2e} of the scale");
 }
 
-/// F16 matrices kept in 16 bits (the default on a native CPU: half the memory) compute exactly
-/// what the same files read as f32 compute: a 24-token prefill, a one-token decode step (the
-/// one-row product widens in registers) and the vision tower of the F16 mmproj.
+/// F16 matrices kept in 16 bits (the default on a native CPU: half the memory) compute what the
+/// same files read as f32 compute, on the same f32 values, up to the order of the additions
+/// (tiles of the matrix widened one at a time): a 24-token prefill, a one-token decode step
+/// (the one-row product widens in registers) and the vision tower of the F16 mmproj.
 #[test]
 fn f16_matrices_kept_in_16_bits_give_the_f32_results() {
     let kept = CandleBackend::cpu();
@@ -82,7 +83,16 @@ fn f16_matrices_kept_in_16_bits_give_the_f32_results() {
     // The kept matrices are stand-ins (zero strides, no f32 values behind them).
     assert_eq!(a.lm_head().stride(), [0, 0]);
     assert_ne!(b.lm_head().stride(), [0, 0]);
-    assert_eq!(logits(&kept, &a), logits(&wide, &b), "prefill");
+    let close = |got: &[f32], want: &[f32], what: &str| {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(want)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert_eq!(got.len(), want.len(), "{what}");
+        assert!(diff <= 1e-6 * scale, "{what}: {diff} of {scale}");
+    };
+    close(&logits(&kept, &a), &logits(&wide, &b), "prefill");
     let step = |be: &CandleBackend, m: &Qwen25VL<CandleBackend>| {
         let mut pos = visionthink_core::rope::MropeBuilder::new();
         pos.push_text(5);
@@ -94,7 +104,7 @@ fn f16_matrices_kept_in_16_bits_give_the_f32_results() {
         let h = m.decode(be, &e, pos.positions(), &mut cache).unwrap();
         m.last_logits(be, &h).unwrap()
     };
-    assert_eq!(step(&kept, &a), step(&wide, &b), "decode step");
+    close(&step(&kept, &a), &step(&wide, &b), "decode step");
     let grid = [[1u32, 4, 4]];
     let pixels: Vec<f32> = (0..16 * 1176)
         .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
@@ -105,7 +115,7 @@ fn f16_matrices_kept_in_16_bits_give_the_f32_results() {
     let fb = wide
         .to_vec(&b.vision.forward(&wide, &pixels, &grid).unwrap())
         .unwrap();
-    assert_eq!(fa, fb, "vision features");
+    close(&fa, &fb, "vision features");
 }
 
 #[test]

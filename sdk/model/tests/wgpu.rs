@@ -508,6 +508,7 @@ fn gguf_block_kernels_match_candle() {
                 ty,
                 shape: [m, k],
                 bytes: &bytes,
+                file_backed: false,
             };
             let cw = c.weight(exact.clone(), &[m, k]).unwrap();
             for (g, dev) in [(&*lock, "software"), (&chunked, "chunked")] {
@@ -602,6 +603,7 @@ fn gguf_block_kernels_match_candle() {
         ty: GgmlType::Q8_0,
         shape: [3, 32],
         bytes: &bytes,
+        file_backed: false,
     };
     let e = lock.quantized_weight(&bad).unwrap_err().to_string();
     assert!(e.contains("model.bad.weight") && e.contains("Q8_0"), "{e}");
