@@ -46,16 +46,15 @@ pub fn fix_thread_count() {
 /// visionthink_model::candle_backend::tune_allocator();
 /// ```
 pub fn tune_allocator() {
-    if std::env::var_os("VISIONTHINK_DEFAULT_MALLOC").is_some() {
-        return;
-    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `mallopt` only sets malloc's parameters (under its own lock); no memory is touched
-    // and an out-of-range value is refused, leaving the default.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    if std::env::var_os("VISIONTHINK_DEFAULT_MALLOC").is_none() {
+        // SAFETY: `mallopt` only sets malloc's parameters (under its own lock); no memory is
+        // touched and an out-of-range value is refused, leaving the default.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+        }
     }
 }
 
@@ -539,6 +538,22 @@ impl Backend for CandleBackend {
             }
             None => {
                 // Owned buffer, no copy on the CPU in f32 (the largest tensors are the embeddings).
+                // 16-bit weights on the CPU are narrowed into a buffer given huge pages first
+                // (decoding reads them all once per token), rounded as candle's cast rounds.
+                #[cfg(not(target_arch = "wasm32"))]
+                if self.device.is_cpu() && matches!(self.dtype, DType::BF16 | DType::F16) {
+                    return Ok(if self.dtype == DType::BF16 {
+                        let mut v = Vec::<half::bf16>::with_capacity(data.len());
+                        crate::weights::advise_huge_pages(v.as_ptr(), v.capacity());
+                        v.extend(data.iter().map(|&x| half::bf16::from_f32(x)));
+                        Tensor::from_vec(v, shape, &self.device)?
+                    } else {
+                        let mut v = Vec::<half::f16>::with_capacity(data.len());
+                        crate::weights::advise_huge_pages(v.as_ptr(), v.capacity());
+                        v.extend(data.iter().map(|&x| half::f16::from_f32(x)));
+                        Tensor::from_vec(v, shape, &self.device)?
+                    });
+                }
                 let t = Tensor::from_vec(data, shape, &self.device)?;
                 Ok(if self.dtype == DType::F32 {
                     t
@@ -566,7 +581,9 @@ impl Backend for CandleBackend {
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
         use visionthink_core::gguf::GgmlType;
         if matches!(q.ty, GgmlType::F16 | GgmlType::BF16) {
-            let mut bits = Vec::with_capacity(q.bytes.len() / 2);
+            let mut bits = Vec::<u16>::with_capacity(q.bytes.len() / 2);
+            #[cfg(not(target_arch = "wasm32"))]
+            crate::weights::advise_huge_pages(bits.as_ptr(), bits.capacity());
             q.read_releasing(|c| {
                 bits.extend(c.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])))
             });

@@ -49,6 +49,8 @@ impl QuantView<'_> {
     /// ```
     pub fn copy_releasing(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.bytes.len());
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::weights::advise_huge_pages(out.as_ptr(), out.capacity());
         self.read_releasing(|c| out.extend_from_slice(c));
         out
     }

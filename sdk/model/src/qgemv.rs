@@ -559,17 +559,24 @@ mod avx2 {
         }
     }
 
+    /// The 16 bytes at `b` as 32 values 0..16 in value order (the low nibbles are values
+    /// 0..16, the high ones 16..32).
+    #[inline(always)]
+    unsafe fn nibbles(b: *const u8) -> __m256i {
+        let raw = _mm_loadu_si128(b as *const __m128i);
+        let m = _mm_set1_epi8(0xF);
+        let lo = _mm_and_si128(raw, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
+        _mm256_set_m128i(hi, lo)
+    }
+
     struct Q4_0;
     impl Block32 for Q4_0 {
         const BYTES: usize = 18;
-        /// The 32 nibbles − 8 (low nibbles are values 0..16, high ones 16..32).
+        /// The 32 nibbles − 8.
         #[inline(always)]
         unsafe fn values(b: *const u8) -> __m256i {
-            let raw = _mm_loadu_si128(b.add(2) as *const __m128i);
-            let m = _mm_set1_epi8(0xF);
-            let lo = _mm_and_si128(raw, m);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
-            _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+            _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
         }
     }
 
@@ -580,10 +587,6 @@ mod avx2 {
         /// is value `v`'s), − 16.
         #[inline(always)]
         unsafe fn values(b: *const u8) -> __m256i {
-            let raw = _mm_loadu_si128(b.add(6) as *const __m128i);
-            let m = _mm_set1_epi8(0xF);
-            let lo = _mm_and_si128(raw, m);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m);
             let bits = (b.add(2) as *const u32).read_unaligned();
             // Byte v takes byte v / 8 of the field; it is all ones where every bit but bit v % 8
             // is forced on and the field's bit v was on.
@@ -600,7 +603,7 @@ mod avx2 {
             let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi8(-1));
             let high = _mm256_and_si256(set, _mm256_set1_epi8(0x10));
             _mm256_sub_epi8(
-                _mm256_or_si256(_mm256_set_m128i(hi, lo), high),
+                _mm256_or_si256(nibbles(b.add(6)), high),
                 _mm256_set1_epi8(16),
             )
         }
