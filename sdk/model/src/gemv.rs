@@ -310,10 +310,15 @@ pub(crate) fn par_rows(
     });
 }
 
+thread_local! {
+    /// Each thread's buffer for [`widened_matmul`]'s tiles.
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A raw output pointer shared by tasks that write disjoint parts of it.
 struct Shared(*mut f32);
 // SAFETY: only used by `widened_matmul`, whose tasks write disjoint columns of one buffer that
-// outlives them (the pool's `execute` returns after every task has finished).
+// outlives them (the pool returns after every task has finished).
 #[allow(unsafe_code)]
 unsafe impl Sync for Shared {}
 
@@ -341,48 +346,47 @@ pub(crate) fn widened_matmul(
     let threads = pool.n_workers() + 1;
     let tile = n.div_ceil(4 * threads).clamp(16, 256);
     let tiles = n.div_ceil(tile);
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let out = Shared(y.as_mut_ptr());
-    pool.execute(|_| {
-        let mut buf = Vec::new();
-        loop {
-            let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if t >= tiles {
-                break;
+    // Tiles in turn on the pool (inline when called from one of its tasks); each thread widens
+    // into a buffer of its own that lives as long as the thread.
+    pool.execute_chunked(tiles, |range| {
+        TILE.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            for t in range {
+                let (first, rows) = (t * tile, tile.min(n - t * tile));
+                buf.resize(rows * k, 0f32);
+                widen(first, &mut buf);
+                let dst = &out;
+                // SAFETY: writes `m × rows` values at `y[i * n + first + j]` (row stride `n`),
+                // columns `first..first + rows` of the `[m, n]` output, which no other tile
+                // writes; reads `m × k` of `x` (row stride `k`) and `rows × k` of `buf`
+                // (`buf[j * k + kk]` as element (kk, j) of the right-hand side), inside both.
+                #[allow(unsafe_code)]
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        rows,
+                        k,
+                        dst.0.add(first),
+                        1,
+                        n as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        buf.as_ptr(),
+                        k as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
             }
-            let (first, rows) = (t * tile, tile.min(n - t * tile));
-            buf.resize(rows * k, 0f32);
-            widen(first, &mut buf);
-            let dst = &out;
-            // SAFETY: writes `m × rows` values at `y[i * n + first + j]` (row stride `n`),
-            // columns `first..first + rows` of the `[m, n]` output, which no other tile
-            // writes; reads `m × k` of `x` (row stride `k`) and `rows × k` of `buf` (`buf[j *
-            // k + kk]` as element (kk, j) of the right-hand side), inside both.
-            #[allow(unsafe_code)]
-            unsafe {
-                gemm::gemm(
-                    m,
-                    rows,
-                    k,
-                    dst.0.add(first),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    buf.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        }
+        })
     });
     y
 }

@@ -852,6 +852,35 @@ mod tests {
     }
 
     #[test]
+    fn tiled_products_equal_the_dequantized_matrix() {
+        // Uneven tiles (700 rows), more rows than one tile per thread, m past one gemm block.
+        let mut rng = Lcg(17);
+        for kind in [Kind::Q4_0, Kind::Q6K] {
+            let (rows, cols, m) = (700, 512, 37);
+            let w = random_matrix(kind, rows, cols, &mut rng);
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.f()).collect();
+            let y = w.matmul_dequantized(&x, m);
+            let wf = w.dequantize();
+            for j in 0..m {
+                for r in 0..rows {
+                    let terms = x[j * cols..(j + 1) * cols]
+                        .iter()
+                        .zip(&wf[r * cols..(r + 1) * cols])
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b));
+                    let exact: f64 = terms.clone().sum();
+                    // f32 sums: an error relative to the terms' magnitudes.
+                    let tol = 1e-5 * terms.map(f64::abs).sum::<f64>().max(1.0);
+                    let got = f64::from(y[j * rows + r]);
+                    assert!(
+                        (got - exact).abs() <= tol,
+                        "{kind:?} [{j}, {r}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn dequantization_matches_candles() {
         use candle_core::quantized::{GgmlDType, QStorage, QTensor};
         let mut rng = Lcg(5);
