@@ -324,6 +324,19 @@ impl CandleBackend {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// `data` narrowed by `f` into a weight buffer ([`crate::weights::huge_page_vec`]) on the
+    /// CPU.
+    fn narrowed<T: candle_core::WithDType>(
+        &self,
+        data: &[f32],
+        shape: &[usize],
+        f: impl Fn(f32) -> T,
+    ) -> Result<Tensor> {
+        let mut v = crate::weights::huge_page_vec(data.len());
+        v.extend(data.iter().map(|&x| f(x)));
+        Ok(Tensor::from_vec(v, shape, &self.device)?)
+    }
+
     /// A zero-stride tensor of `shape` that stands for `weight` in the graph (holding no
     /// memory), recorded so the products find the weight by its id.
     fn stand_in(&self, shape: [usize; 2], weight: QuantWeight) -> Result<Tensor> {
@@ -540,19 +553,11 @@ impl Backend for CandleBackend {
                 // Owned buffer, no copy on the CPU in f32 (the largest tensors are the embeddings).
                 // 16-bit weights on the CPU are narrowed into a buffer given huge pages first
                 // (decoding reads them all once per token), rounded as candle's cast rounds.
-                #[cfg(not(target_arch = "wasm32"))]
-                if self.device.is_cpu() && matches!(self.dtype, DType::BF16 | DType::F16) {
-                    return Ok(if self.dtype == DType::BF16 {
-                        let mut v = Vec::<half::bf16>::with_capacity(data.len());
-                        crate::weights::advise_huge_pages(v.as_ptr(), v.capacity());
-                        v.extend(data.iter().map(|&x| half::bf16::from_f32(x)));
-                        Tensor::from_vec(v, shape, &self.device)?
-                    } else {
-                        let mut v = Vec::<half::f16>::with_capacity(data.len());
-                        crate::weights::advise_huge_pages(v.as_ptr(), v.capacity());
-                        v.extend(data.iter().map(|&x| half::f16::from_f32(x)));
-                        Tensor::from_vec(v, shape, &self.device)?
-                    });
+                if self.device.is_cpu() && self.dtype == DType::BF16 {
+                    return self.narrowed(&data, shape, half::bf16::from_f32);
+                }
+                if self.device.is_cpu() && self.dtype == DType::F16 {
+                    return self.narrowed(&data, shape, half::f16::from_f32);
                 }
                 let t = Tensor::from_vec(data, shape, &self.device)?;
                 Ok(if self.dtype == DType::F32 {
@@ -581,9 +586,7 @@ impl Backend for CandleBackend {
     fn quantized_weight(&self, q: &crate::gguf::QuantView<'_>) -> Result<Tensor> {
         use visionthink_core::gguf::GgmlType;
         if matches!(q.ty, GgmlType::F16 | GgmlType::BF16) {
-            let mut bits = Vec::<u16>::with_capacity(q.bytes.len() / 2);
-            #[cfg(not(target_arch = "wasm32"))]
-            crate::weights::advise_huge_pages(bits.as_ptr(), bits.capacity());
+            let mut bits = crate::weights::huge_page_vec(q.bytes.len() / 2);
             q.read_releasing(|c| {
                 bits.extend(c.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])))
             });

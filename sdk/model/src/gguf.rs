@@ -48,9 +48,7 @@ impl QuantView<'_> {
     /// assert_eq!(q.copy_releasing(), bytes);
     /// ```
     pub fn copy_releasing(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len());
-        #[cfg(not(target_arch = "wasm32"))]
-        crate::weights::advise_huge_pages(out.as_ptr(), out.capacity());
+        let mut out = crate::weights::huge_page_vec(self.bytes.len());
         self.read_releasing(|c| out.extend_from_slice(c));
         out
     }

@@ -196,27 +196,34 @@ impl QMatrix {
         &self.data[r * n..(r + 1) * n]
     }
 
+    /// Rows `first..first + out.len() / cols` as f32 into `out`.
+    fn dequantize_rows(&self, first: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        if rb == 0 {
+            return;
+        }
+        let rows = self.data[first * rb..].chunks_exact(rb);
+        for (o, d) in out.chunks_exact_mut(self.cols).zip(rows) {
+            dequantize_into(self.kind, d, o);
+        }
+    }
+
     /// Row `r` as f32 values.
     pub fn dequantize_row(&self, r: usize) -> Vec<f32> {
         let mut out = vec![0f32; self.cols];
-        dequantize_into(self.kind, self.row(r), &mut out);
+        self.dequantize_rows(r, &mut out);
         out
     }
 
     /// The whole matrix as f32 values, `[rows, cols]` row-major (rows in parallel).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        let rb = self.row_bytes();
         if self.cols == 0 {
             return out;
         }
         out.par_chunks_mut(self.cols * 64)
-            .zip(self.data.par_chunks(rb * 64))
-            .for_each(|(o, d)| {
-                for (orow, drow) in o.chunks_exact_mut(self.cols).zip(d.chunks_exact(rb)) {
-                    dequantize_into(self.kind, drow, orow);
-                }
-            });
+            .enumerate()
+            .for_each(|(i, o)| self.dequantize_rows(64 * i, o));
         out
     }
 
@@ -224,12 +231,8 @@ impl QMatrix {
     /// (a prefill: enough rows that the f32 GEMM outruns integer products), a tile of rows
     /// dequantized at a time ([`crate::gemv::widened_matmul`]).
     pub fn matmul_dequantized(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let rb = self.row_bytes();
         crate::gemv::widened_matmul(x, m, self.rows, self.cols, |first, out| {
-            for (i, o) in out.chunks_exact_mut(self.cols.max(1)).enumerate() {
-                let r = first + i;
-                dequantize_into(self.kind, &self.data[r * rb..(r + 1) * rb], o);
-            }
+            self.dequantize_rows(first, out)
         })
     }
 

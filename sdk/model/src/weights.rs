@@ -236,15 +236,13 @@ pub(crate) enum Float {
 }
 
 /// Little-endian floats upcast exactly to f32 (safetensors and GGUF store them alike).
-/// The buffer is allocated untouched and given huge pages first ([`advise_huge_pages`]).
+/// The buffer is allocated untouched and given huge pages first ([`huge_page_vec`]).
 pub(crate) fn le_floats(kind: Float, data: &[u8]) -> Vec<f32> {
     let width = match kind {
         Float::F32 => 4,
         Float::F16 | Float::BF16 => 2,
     };
-    let mut out = Vec::with_capacity(data.len() / width);
-    #[cfg(not(target_arch = "wasm32"))]
-    advise_huge_pages(out.as_ptr(), out.capacity());
+    let mut out = huge_page_vec(data.len() / width);
     match kind {
         Float::F32 => out.extend(
             data.chunks_exact(4)
@@ -273,12 +271,21 @@ pub(crate) fn map_file(file: &std::fs::File, path: &Path) -> Result<memmap2::Mma
     unsafe { memmap2::Mmap::map(file) }.map_err(|e| load_err(path, format!("cannot map: {e}")))
 }
 
+/// An empty vector with room for `n` values, its memory untouched and advised for transparent
+/// huge pages (where the system leaves that to `madvise`), to be filled with `extend`: a weight
+/// buffer. A decode step reads every weight once, and with 4 KiB pages the reads of a model of
+/// gigabytes miss the TLB every few kilobytes. The advice is given on Linux with glibc only.
+pub(crate) fn huge_page_vec<T>(n: usize) -> Vec<T> {
+    let v = Vec::with_capacity(n);
+    #[cfg(not(target_arch = "wasm32"))]
+    advise_huge_pages(v.as_ptr(), v.capacity());
+    v
+}
+
 /// Asks the kernel to back the whole 2 MiB pages inside `[p, p + len)`, memory this process
-/// allocated and has not touched yet, with transparent huge pages (where the system leaves
-/// that to `madvise`): a decode step reads every weight once, and with 4 KiB pages the reads
-/// of a model of gigabytes miss the TLB every few kilobytes. Linux with glibc only.
+/// allocated and has not touched yet, with transparent huge pages ([`huge_page_vec`]).
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn advise_huge_pages<T>(p: *const T, len: usize) {
+fn advise_huge_pages<T>(p: *const T, len: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const HUGE: usize = 2 << 20;
