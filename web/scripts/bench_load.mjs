@@ -5,7 +5,10 @@
 // collection at the end of each part), optionally the time to the first token.
 // WebGPU runs on SwiftShader here (a CPU rasteriser): times say nothing of a GPU's speed.
 //
-//   node scripts/bench_load.mjs --model DIR [--backend webgpu|cpu] [--first-token] [--json]
+// With --cache the load goes through the Cache API: a first load from the network that writes
+// every verified part into the cache, then a second one from the cache (both reported).
+//
+//   node scripts/bench_load.mjs --model DIR [--backend webgpu|cpu] [--cache] [--first-token] [--json]
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { chromium } from "playwright-core";
@@ -19,6 +22,7 @@ const dir = arg("--model");
 if (!dir) throw new Error("--model DIR (a GGUF folder with visionthink-manifest.json) is required");
 const backend = arg("--backend", "webgpu");
 const firstToken = process.argv.includes("--first-token");
+const useCache = process.argv.includes("--cache");
 
 const srv = await startServer({ ggufDir: resolve(dir) });
 const browser = await chromium.launch({
@@ -38,8 +42,9 @@ try {
   page.on("console", (m) => process.stderr.write(`  page ${m.type()}: ${m.text()}\n`));
   await page.goto(`${srv.url}/demo/blank.html`);
   result = await page.evaluate(
-    async ([backend, firstToken]) => {
+    async ([backend, firstToken, useCache]) => {
       const m = await import("/dist/index.js");
+      if (useCache) await m.clearModelCache();
       let jsPeak = 0;
       let jsLive = 0;
       const sample = () => (jsPeak = Math.max(jsPeak, performance.memory?.usedJSHeapSize ?? 0));
@@ -54,23 +59,35 @@ try {
       const timer = setInterval(sample, 100);
       const heapBefore = await m.wasmHeapBytes();
       let bytes = 0;
+      const out = {};
+      const onProgress = (p) => {
+        bytes = Math.max(bytes, p.loaded);
+        if (p.loaded === p.total) {
+          sample();
+          console.log(`${p.file}: JS heap ${(performance.memory?.usedJSHeapSize / 1e6).toFixed(0)} MB, live ${(live() / 1e6).toFixed(0)} MB`);
+        }
+      };
+      if (useCache) {
+        // The first load fetches and writes the cache; the one measured below reads it.
+        const t = performance.now();
+        await m.createEngine({ model: "/model-gguf/", backend, cache: true, onProgress });
+        out.cold_load_ms = performance.now() - t;
+        out.cold_js_heap_peak = jsPeak;
+        out.cold_js_heap_live_peak = jsLive;
+        jsPeak = 0;
+        jsLive = 0;
+      }
       const t0 = performance.now();
       const engine = await m.createEngine({
         model: "/model-gguf/",
         backend,
-        cache: false,
-        onProgress: (p) => {
-          bytes = Math.max(bytes, p.loaded);
-          if (p.loaded === p.total) {
-            sample();
-            console.log(`${p.file}: JS heap ${(performance.memory?.usedJSHeapSize / 1e6).toFixed(0)} MB, live ${(live() / 1e6).toFixed(0)} MB`);
-          }
-        },
+        cache: useCache,
+        onProgress,
       });
       const loadMs = performance.now() - t0;
       sample();
       clearInterval(timer);
-      const out = {
+      Object.assign(out, {
         backend: engine.backend,
         adapter: engine.adapterInfo?.() ?? null,
         load_ms: loadMs,
@@ -78,7 +95,7 @@ try {
         wasm_heap_after_load: await m.wasmHeapBytes(),
         js_heap_peak: jsPeak,
         js_heap_live_peak: jsLive,
-      };
+      });
       if (firstToken) {
         const image = new Uint8Array(await (await fetch("/example.png")).arrayBuffer());
         const t1 = performance.now();
@@ -91,7 +108,7 @@ try {
       }
       return out;
     },
-    [backend, firstToken],
+    [backend, firstToken, useCache],
   );
 } finally {
   await browser.close();
@@ -103,5 +120,11 @@ console.log(
   `load ${(result.load_ms / 1000).toFixed(1)} s; wasm heap ${mb(result.wasm_heap_before)} → ${mb(result.wasm_heap_after_load)} MB; ` +
     `JS heap peak ${mb(result.js_heap_peak)} MB sampled, ${mb(result.js_heap_live_peak)} MB live (after a forced GC at each part's end)`,
 );
+if (result.cold_load_ms !== undefined) {
+  console.log(
+    `first load (network, writing the cache) ${(result.cold_load_ms / 1000).toFixed(1)} s; JS heap peak ${mb(result.cold_js_heap_peak)} MB sampled, ` +
+      `${mb(result.cold_js_heap_live_peak)} MB live; the load above read the cache`,
+  );
+}
 if (result.first_token_ms !== undefined) console.log(`first token ${(result.first_token_ms / 1000).toFixed(1)} s`);
 if (process.argv.includes("--json")) console.log(JSON.stringify(result));

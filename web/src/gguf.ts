@@ -29,7 +29,113 @@ export function ggufFiles(m: Manifest): ManifestFile[] {
 
 const isChecksum = (e: unknown) => e instanceof Error && e.name === "ModelLoadError" && /SHA-256/.test(e.message);
 
-/** Pushes one body into the loader as one file. */
+/** Bytes read per chunk when the body is a byte stream (one buffer, reused for the whole file). */
+const CHUNK_BYTES = 1 << 20;
+/** Chunks the Cache API copy may fall behind the engine before the engine waits for it. */
+const CACHE_QUEUE_CHUNKS = 8;
+
+/** Reads a body chunk by chunk; a chunk is only valid until the next `read`. */
+interface ChunkReader {
+  read(): Promise<Uint8Array | null>;
+  cancel(): void;
+}
+
+/**
+ * A byte stream (fetch and Cache API bodies in current browsers) is read into one reused
+ * buffer, so streaming a part allocates no garbage: the JS heap stays flat however large the
+ * part. Any other stream is read as it comes.
+ */
+function chunkReader(body: ReadableStream<Uint8Array>): ChunkReader {
+  let byob: ReadableStreamBYOBReader | null = null;
+  try {
+    byob = body.getReader({ mode: "byob" });
+  } catch {
+    byob = null;
+  }
+  if (byob) {
+    const reader = byob;
+    let buffer: ArrayBuffer = new ArrayBuffer(CHUNK_BYTES);
+    return {
+      async read() {
+        const r = await reader.read(new Uint8Array(buffer, 0, CHUNK_BYTES));
+        if (r.done || !r.value) return null;
+        buffer = r.value.buffer as ArrayBuffer;
+        return r.value;
+      },
+      cancel: () => void reader.cancel().catch(() => {}),
+    };
+  }
+  const reader = body.getReader();
+  return {
+    async read() {
+      const r = await reader.read();
+      return r.done ? null : r.value;
+    },
+    cancel: () => void reader.cancel().catch(() => {}),
+  };
+}
+
+/**
+ * The Cache API copy of a part, written from the chunks the engine reads: a bounded queue
+ * (the engine waits while it is full), so a slow cache write never piles chunks up in memory
+ * as a `tee()` would. The entry is only completed when the part is verified (`close`); a failed
+ * part errors the stream (`fail`), so nothing partial is stored. A cache that refuses the entry
+ * (quota) stops receiving chunks; the load goes on uncached.
+ */
+class CacheCopy {
+  private controller!: ReadableStreamDefaultController<Uint8Array>;
+  private open = true;
+  private wake: (() => void) | null = null;
+  /** Whether the entry was stored. */
+  readonly stored: Promise<boolean>;
+
+  constructor(cache: Cache, url: string, size: number) {
+    const stream = new ReadableStream<Uint8Array>(
+      {
+        start: (c) => {
+          this.controller = c;
+        },
+        pull: () => this.resume(),
+        cancel: () => {
+          this.open = false;
+          this.resume();
+        },
+      },
+      new CountQueuingStrategy({ highWaterMark: CACHE_QUEUE_CHUNKS }),
+    );
+    this.stored = cache.put(url, new Response(stream, { headers: { "content-length": String(size) } })).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  private resume() {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Queues a copy of `chunk`; waits while the queue is full. */
+  async write(chunk: Uint8Array): Promise<void> {
+    if (!this.open) return;
+    this.controller.enqueue(chunk.slice());
+    while (this.open && (this.controller.desiredSize ?? 1) <= 0) {
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  close() {
+    if (this.open) this.controller.close();
+    this.open = false;
+  }
+
+  fail(e: unknown) {
+    if (this.open) this.controller.error(e);
+    this.open = false;
+  }
+}
+
+/** Pushes one body into the loader as one file (and into the cache copy, when there is one). */
 async function feed(
   loader: GgufLoader,
   file: ManifestFile,
@@ -37,27 +143,31 @@ async function feed(
   body: ReadableStream<Uint8Array>,
   cached: boolean,
   onProgress: (p: LoadProgress) => void,
+  copy: CacheCopy | null = null,
 ): Promise<void> {
   loader.beginFile(file.name, size, file.sha256);
-  const reader = body.getReader();
+  const reader = chunkReader(body);
   let loaded = 0;
   try {
     for (;;) {
-      let chunk: ReadableStreamReadResult<Uint8Array>;
+      let chunk: Uint8Array | null;
       try {
         chunk = await reader.read();
       } catch (e) {
         throw new VisionThinkError("ModelLoadError", `download of ${file.name} interrupted after ${loaded} bytes: ${e}`, true);
       }
-      if (chunk.done) break;
-      loader.push(chunk.value);
-      loaded += chunk.value.length;
+      if (!chunk) break;
+      loader.push(chunk);
+      loaded += chunk.length;
+      if (copy) await copy.write(chunk);
       onProgress({ file: file.name, loaded, total: size, cached });
     }
     loader.endFile();
+    copy?.close();
   } catch (e) {
+    copy?.fail(e);
     loader.abortFile();
-    reader.cancel().catch(() => {});
+    reader.cancel();
     throw e;
   }
 }
@@ -93,27 +203,13 @@ async function streamPart(
     if (!Number.isFinite(size)) {
       throw new VisionThinkError("ModelLoadError", `${file.name}: neither the manifest nor the server gives its size`);
     }
-    let body = res.body;
-    let caching: Promise<boolean> | null = null;
-    if (pinned) {
-      const [mine, theirs] = body.tee();
-      body = mine;
-      caching = pinned
-        .put(url, new Response(theirs, { headers: { "content-length": String(size) } }))
-        .then(
-          () => true,
-          () => false,
-        );
-    }
+    const copy = pinned ? new CacheCopy(pinned, url, size) : null;
     try {
-      await feed(loader, file, size, body, false, onProgress);
-      if (caching) await caching;
+      await feed(loader, file, size, res.body, false, onProgress, copy);
+      if (copy) await copy.stored;
       return;
     } catch (e) {
-      if (caching) {
-        await caching;
-        await pinned?.delete(url);
-      }
+      if (copy && (await copy.stored)) await pinned?.delete(url);
       if (isChecksum(e) && attempt === 0) continue;
       throw e;
     }
