@@ -4,7 +4,9 @@
 //!
 //! `WGPU_BACKEND=vulkan cargo bench -p visionthink-model --features wgpu --bench wgpu`
 //! (`VT_WGPU_BENCH_HOST=0.5b` instead measures only a decode step's dispatches and host time on
-//! a model of the Qwen2.5-0.5B text shape).
+//! a model of the Qwen2.5-0.5B text shape; `VT_WGPU_BENCH_MATMUL=1` only the prefill-sized
+//! product, 128 rows of the 3B shape's width against 5,504 × 2,048, per weight layout, with
+//! the tiled workgroup kernel and with the barrier-free one of software adapters).
 //! On lavapipe (CPU rasteriser) the numbers show executor overhead, not GPU speed.
 
 use std::collections::HashMap;
@@ -237,7 +239,138 @@ fn host_only_05b() {
     );
 }
 
+/// `VT_WGPU_BENCH_MATMUL=1`: GFLOP/s of `x · wᵀ` (128 × 2,048 against 5,504 × 2,048) per layout and
+/// kernel, candle's f32 product beside it.
+fn matmul_only() {
+    use visionthink_core::gguf::GgmlType;
+    use visionthink_model::gguf::{quantize, QuantView};
+    let (n, k, m) = (128, 2048, 5504);
+    let flops = 2.0 * (n * k * m) as f64;
+    let mut rng = 1u64;
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+    };
+    let x: Vec<f32> = (0..n * k).map(|_| next()).collect();
+    let w: Vec<f32> = (0..m * k).map(|_| next()).collect();
+    let best = |f: &mut dyn FnMut()| {
+        f();
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                ms(t)
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let cpu = CandleBackend::cpu();
+    let (cx, cw) = (
+        cpu.tensor(&x, &[n, k]).expect("x"),
+        cpu.weight(w.clone(), &[m, k]).expect("w"),
+    );
+    let t = best(&mut || {
+        cpu.linear(&cx, &cw, None).expect("linear");
+    });
+    println!(
+        "{n} x {k} against {m} x {k}: candle f32 on the CPU {t:.1} ms ({:.1} GFLOP/s)",
+        flops / t / 1e6
+    );
+    // The decode step's largest product: one row against the vocabulary (the bench model's
+    // 151,936 × 512 head), f32, with each one-row kernel.
+    let (vk, vm) = (512, 151_936);
+    let vx: Vec<f32> = (0..vk).map(|_| next()).collect();
+    let vw: Vec<f32> = (0..vk * vm).map(|_| next()).collect();
+    for software in [false, true] {
+        let gpu = WgpuBackend::new_blocking(WgpuOptions {
+            software_kernels: Some(software),
+            ..Default::default()
+        })
+        .expect("wgpu adapter");
+        let (gx, gw) = (
+            gpu.tensor(&vx, &[1, vk]).expect("x"),
+            gpu.weight(vw.clone(), &[vm, vk]).expect("w"),
+        );
+        let t = best(&mut || {
+            gpu.linear(&gx, &gw, None).expect("linear");
+            gpu.sync().expect("sync");
+        });
+        let kernel = if software {
+            "4 outputs per invocation, no barrier"
+        } else {
+            "workgroup reduction"
+        };
+        println!(
+            "1 x {vk} against {vm} x {vk} (f32, {kernel}): {t:.1} ms ({:.2} GB/s of weights)",
+            (vk * vm * 4) as f64 / t / 1e6
+        );
+    }
+    for software in [false, true] {
+        let kernel = if software {
+            "barrier-free (software adapters)"
+        } else {
+            "tiled (workgroup memory)"
+        };
+        for storage in [WeightStorage::F32, WeightStorage::F16] {
+            let gpu = WgpuBackend::new_blocking(WgpuOptions {
+                weights: storage,
+                software_kernels: Some(software),
+                ..Default::default()
+            })
+            .expect("wgpu adapter");
+            let (gx, gw) = (
+                gpu.tensor(&x, &[n, k]).expect("x"),
+                gpu.weight(w.clone(), &[m, k]).expect("w"),
+            );
+            let t = best(&mut || {
+                gpu.linear(&gx, &gw, None).expect("linear");
+                gpu.sync().expect("sync");
+            });
+            println!(
+                "  {storage:?} {kernel}: {t:.1} ms ({:.2} GFLOP/s)",
+                flops / t / 1e6
+            );
+        }
+        let gpu = WgpuBackend::new_blocking(WgpuOptions {
+            software_kernels: Some(software),
+            ..Default::default()
+        })
+        .expect("wgpu adapter");
+        let gx = gpu.tensor(&x, &[n, k]).expect("x");
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            let bytes = quantize(ty, &w, k).expect("quantize");
+            let view = QuantView {
+                name: "w",
+                ty,
+                shape: [m, k],
+                bytes: &bytes,
+                file_backed: false,
+            };
+            let gw = gpu.quantized_weight(&view).expect("blocks");
+            let t = best(&mut || {
+                gpu.linear(&gx, &gw, None).expect("linear");
+                gpu.sync().expect("sync");
+            });
+            println!(
+                "  {} {kernel}: {t:.1} ms ({:.2} GFLOP/s)",
+                ty.name(),
+                flops / t / 1e6
+            );
+        }
+    }
+}
+
 fn main() {
+    if std::env::var("VT_WGPU_BENCH_MATMUL").is_ok() {
+        matmul_only();
+        return;
+    }
     if std::env::var("VT_WGPU_BENCH_HOST").as_deref() == Ok("0.5b") {
         host_only_05b();
         return;

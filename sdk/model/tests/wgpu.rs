@@ -87,11 +87,32 @@ fn kernels_match_candle() {
         g: &lock,
         c: CandleBackend::cpu(),
     };
-    // linear: tiled matmul (several tiles, ragged edges), gemv (one row), with/without bias.
+    // The workgroup-tiled matmul that GPUs get (the shared software device picks the
+    // barrier-free one): several tiles, ragged edges, a reduction that is not a multiple of 8.
+    let tiled = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let q = Pair {
+        g: &tiled,
+        c: CandleBackend::cpu(),
+    };
+    for (n, k, m) in [(3, 17, 5), (70, 33, 130), (9, 64, 65)] {
+        let (x, w, b) = (q.t(&[n, k], 1), q.w(&[m, k], 2), q.w(&[m], 3));
+        let out = (
+            q.g.linear(&x.0, &w.0, Some(&b.0)).unwrap(),
+            q.c.linear(&x.1, &w.1, Some(&b.1)).unwrap(),
+        );
+        q.check(&out, 1e-5, &format!("tiled linear {n}x{k}x{m}"));
+    }
+    // linear: the software adapter's matmul (8 × 4 outputs per invocation: ragged row and
+    // column groups, a reduction tail after the steps of 8), gemv (one row), with/without bias.
     for (n, k, m) in [
         (1, 40, 70),
         (3, 17, 5),
         (70, 33, 130),
+        (9, 64, 65),
         (1, 300, 9),
         (1, 200, 300),
         (1, 600, 20),

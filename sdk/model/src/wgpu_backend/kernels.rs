@@ -63,17 +63,22 @@ impl WeightLayout {
         }
     }
 
-    /// The weight binding and its accessor `wv`.
+    /// The weight binding and its accessors: `wv` (one value), and `wscale` / `wint` (a
+    /// stretch of 8 values' scale and offset read once, then each value's integer).
     fn accessor(self) -> String {
         let blocks = include_str!("wgsl/blocks.wgsl");
+        let w8_blocks = include_str!("wgsl/w8_blocks.wgsl");
+        let w8_values = include_str!("wgsl/w8_values.wgsl");
+        let values = |layout: &str| format!("{layout}\n{w8_values}");
+        let blocks = |layout: &str| format!("{blocks}\n{layout}\n{w8_blocks}");
         match self {
-            Self::F32 => include_str!("wgsl/weights_f32.wgsl").to_string(),
-            Self::F16 => include_str!("wgsl/weights_f16.wgsl").to_string(),
-            Self::Int8 => include_str!("wgsl/weights_int8.wgsl").to_string(),
-            Self::Q8_0 => format!("{blocks}\n{}", include_str!("wgsl/weights_q8_0.wgsl")),
-            Self::Q4_0 => format!("{blocks}\n{}", include_str!("wgsl/weights_q4_0.wgsl")),
-            Self::Q4_K => format!("{blocks}\n{}", include_str!("wgsl/weights_q4_k.wgsl")),
-            Self::Q6_K => format!("{blocks}\n{}", include_str!("wgsl/weights_q6_k.wgsl")),
+            Self::F32 => values(include_str!("wgsl/weights_f32.wgsl")),
+            Self::F16 => values(include_str!("wgsl/weights_f16.wgsl")),
+            Self::Int8 => values(include_str!("wgsl/weights_int8.wgsl")),
+            Self::Q8_0 => blocks(include_str!("wgsl/weights_q8_0.wgsl")),
+            Self::Q4_0 => blocks(include_str!("wgsl/weights_q4_0.wgsl")),
+            Self::Q4_K => blocks(include_str!("wgsl/weights_q4_k.wgsl")),
+            Self::Q6_K => blocks(include_str!("wgsl/weights_q6_k.wgsl")),
         }
     }
 }
@@ -112,20 +117,25 @@ pub enum Kernel {
     Attention,
     /// Rows of a weight table at ids, for the ids inside one chunk's rows.
     Gather(WeightLayout),
-    /// `out = x · wᵀ + b`: 64×64 output tiles, 16×16 threads each computing 4×4.
+    /// `out = x · wᵀ + b`: 64×64 output tiles, 16×16 threads each computing 4×4; over GGUF
+    /// blocks the reduction steps 32 values at a time and each sub-block's scale is read once
+    /// per 8 values widened into the tile.
     Matmul(WeightLayout),
+    /// `out = x · wᵀ + b` with no workgroup memory or barrier (software adapters): each
+    /// invocation computes 8 rows × 4 columns (vec4 accumulators), each sub-block scale read
+    /// once per 8 values.
+    MatmulRows(WeightLayout),
     /// One-row product: 4 outputs per workgroup, 64 lanes each (GPUs, long rows).
     Gemv(WeightLayout),
-    /// One-row product, one invocation per output, `x` staged 256 values at a time (software
-    /// adapters, which pay heavily per barrier).
+    /// One-row product with no workgroup memory or barrier (software adapters, which pay
+    /// heavily per barrier): 4 outputs per invocation as a vec4, each sub-block scale read once
+    /// per 8 values; any layout.
     GemvRows(WeightLayout),
     /// One-row product for rows up to [`GEMV_SHORT_MAX_K`] long: no barrier at all.
     GemvShort(WeightLayout),
     /// One-row product over GGUF blocks: 4 outputs per workgroup, lanes over sub-blocks, each
     /// sub-block's scale read once (GPUs).
     GemvBlocks(WeightLayout),
-    /// One-row product over GGUF blocks, one invocation per output (software adapters).
-    GemvBlocksRows(WeightLayout),
 }
 
 /// How a kernel binds a storage buffer.
@@ -151,14 +161,15 @@ impl Kernel {
             Kernel::Rope => plain(include_str!("wgsl/rope.wgsl")),
             Kernel::Attention => plain(include_str!("wgsl/attention.wgsl")),
             Kernel::Gather(w) => weighted(include_str!("wgsl/gather.wgsl"), w, ""),
+            Kernel::Matmul(w) if w.is_blocks() => {
+                weighted(include_str!("wgsl/matmul_blocks.wgsl"), w, LINEAR_P)
+            }
             Kernel::Matmul(w) => weighted(include_str!("wgsl/matmul.wgsl"), w, LINEAR_P),
+            Kernel::MatmulRows(w) => weighted(include_str!("wgsl/matmul_rows.wgsl"), w, LINEAR_P),
             Kernel::Gemv(w) => weighted(include_str!("wgsl/gemv.wgsl"), w, LINEAR_P),
             Kernel::GemvRows(w) => weighted(include_str!("wgsl/gemv_rows.wgsl"), w, LINEAR_P),
             Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
             Kernel::GemvBlocks(w) => weighted(include_str!("wgsl/gemv_blocks.wgsl"), w, LINEAR_P),
-            Kernel::GemvBlocksRows(w) => {
-                weighted(include_str!("wgsl/gemv_blocks_rows.wgsl"), w, LINEAR_P)
-            }
         }
     }
 
@@ -184,11 +195,11 @@ impl Kernel {
             Kernel::Attention => vec![(1, R), (2, R), (3, R), (4, R), (5, W)],
             Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
             Kernel::Matmul(w)
+            | Kernel::MatmulRows(w)
             | Kernel::Gemv(w)
             | Kernel::GemvRows(w)
             | Kernel::GemvShort(w)
-            | Kernel::GemvBlocks(w)
-            | Kernel::GemvBlocksRows(w) => linear(w),
+            | Kernel::GemvBlocks(w) => linear(w),
         }
     }
 
@@ -202,11 +213,11 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::Gather(_) => "gather",
             Kernel::Matmul(_) => "matmul",
+            Kernel::MatmulRows(_) => "matmul_rows",
             Kernel::Gemv(_) => "gemv",
             Kernel::GemvRows(_) => "gemv_rows",
             Kernel::GemvShort(_) => "gemv_short",
             Kernel::GemvBlocks(_) => "gemv_blocks",
-            Kernel::GemvBlocksRows(_) => "gemv_blocks_rows",
         }
     }
 }
@@ -416,11 +427,12 @@ mod tests {
             (Kernel::Attention, AttentionP::FIELDS),
             (Kernel::Gather(w), GatherP::FIELDS),
             (Kernel::Matmul(w), LinearP::FIELDS),
+            (Kernel::MatmulRows(w), LinearP::FIELDS),
             (Kernel::Gemv(w), LinearP::FIELDS),
             (Kernel::GemvRows(w), LinearP::FIELDS),
             (Kernel::GemvShort(w), LinearP::FIELDS),
             (Kernel::GemvBlocks(WeightLayout::Q4_K), LinearP::FIELDS),
-            (Kernel::GemvBlocksRows(WeightLayout::Q6_K), LinearP::FIELDS),
+            (Kernel::GemvRows(WeightLayout::Q6_K), LinearP::FIELDS),
         ] {
             assert_eq!(wgsl_fields(&kernel.source()), fields, "{kernel:?}");
         }
@@ -437,6 +449,7 @@ mod tests {
                 Kernel::Attention,
                 Kernel::Gather(w),
                 Kernel::Matmul(w),
+                Kernel::MatmulRows(w),
                 Kernel::Gemv(w),
                 Kernel::GemvRows(w),
                 Kernel::GemvShort(w),
@@ -444,7 +457,7 @@ mod tests {
             .into_iter()
             .chain(
                 w.is_blocks()
-                    .then_some([Kernel::GemvBlocks(w), Kernel::GemvBlocksRows(w)])
+                    .then_some([Kernel::GemvBlocks(w)])
                     .into_iter()
                     .flatten(),
             ) {

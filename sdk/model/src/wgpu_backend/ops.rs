@@ -240,18 +240,21 @@ impl WgpuBackend {
                 r_off: residual.map_or(0, |(_, off)| off as u32),
             };
             let software = self.opts.software_kernels.unwrap_or(self.info.software);
-            let (kernel, groups) = if n == 1 && c.kind.is_blocks() && software {
-                (Kernel::GemvBlocksRows(c.kind), self.elementwise(rows))
+            let (kernel, groups) = if n == 1 && software {
+                (Kernel::GemvRows(c.kind), self.elementwise(rows.div_ceil(4)))
             } else if n == 1 && c.kind.is_blocks() {
                 let (gx, gy) = grid(rows.div_ceil(4));
                 (Kernel::GemvBlocks(c.kind), (gx, gy, 1))
             } else if n == 1 && k <= GEMV_SHORT_MAX_K {
                 (Kernel::GemvShort(c.kind), self.elementwise(rows))
-            } else if n == 1 && software {
-                (Kernel::GemvRows(c.kind), self.elementwise(rows))
             } else if n == 1 {
                 let (gx, gy) = grid(rows.div_ceil(4));
                 (Kernel::Gemv(c.kind), (gx, gy, 1))
+            } else if software {
+                (
+                    Kernel::MatmulRows(c.kind),
+                    self.elementwise(n.div_ceil(8) * rows.div_ceil(4)),
+                )
             } else {
                 let groups = (rows.div_ceil(64) as u32, n.div_ceil(64) as u32, 1);
                 if groups.0 > 65_535 || groups.1 > 65_535 {
