@@ -440,8 +440,8 @@ impl GgufWeights {
         let out = dequantize(info.ty, data, info.elements() as usize)
             .map_err(|e| load_err(&part.path, format!("tensor {name}: {e}")))?;
         #[cfg(not(target_arch = "wasm32"))]
-        if let Bytes::Mapped(m) = &part.bytes {
-            crate::weights::release_pages(m, info.offset as usize, info.bytes as usize);
+        if let Bytes::Mapped(_) = &part.bytes {
+            crate::weights::release_mapped(data);
         }
         Ok((out, info.shape()))
     }
@@ -528,7 +528,7 @@ impl GgufWeights {
                 let base = m.as_ptr() as usize;
                 let at = q.bytes.as_ptr() as usize;
                 if at >= base && at + q.bytes.len() <= base + m.len() {
-                    crate::weights::release_pages(m, at - base, q.bytes.len());
+                    crate::weights::release_mapped(q.bytes);
                 }
             }
         }

@@ -204,7 +204,6 @@ impl WeightStore {
             });
         }
         let data = view.data();
-        let offset = data.as_ptr() as usize - map.as_ptr() as usize;
         use safetensors::Dtype;
         let out = match view.dtype() {
             Dtype::F32 => le_floats(Float::F32, data),
@@ -218,11 +217,9 @@ impl WeightStore {
             }
         };
         #[cfg(not(target_arch = "wasm32"))]
-        if let Bytes::Mapped(m) = map {
-            release_pages(m, offset, data.len());
+        if let Bytes::Mapped(_) = map {
+            release_mapped(data);
         }
-        #[cfg(target_arch = "wasm32")]
-        let _ = offset;
         Ok(out)
     }
 }
@@ -305,22 +302,24 @@ fn advise_huge_pages<T>(p: *const T, len: usize) {
     let _ = (p, len);
 }
 
-/// Drops the whole pages inside `bytes` from this process's resident set. Only for stretches of
-/// this crate's file mappings ([`map_file`]: private, read-only) that have been copied out:
-/// dropped pages are read again from the file if touched. Linux with glibc only (elsewhere
-/// nothing happens).
+/// Drops the pages holding `bytes` from this process's resident set, the pages it shares with
+/// its neighbours included. Only for stretches of this crate's file mappings ([`map_file`]:
+/// private, read-only) that have been copied out: a dropped page is read again from the file
+/// (the page cache) if touched, so a neighbour not yet copied loses nothing. Linux with glibc
+/// only (elsewhere nothing happens).
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) fn release_mapped(bytes: &[u8]) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         const PAGE: usize = 4096;
         let at = bytes.as_ptr() as usize;
-        let (start, end) = (at.div_ceil(PAGE) * PAGE, (at + bytes.len()) / PAGE * PAGE);
+        let (start, end) = (at / PAGE * PAGE, (at + bytes.len()).div_ceil(PAGE) * PAGE);
         if end > start {
-            // SAFETY: the range lies inside `bytes`, a stretch of a private, read-only,
-            // file-backed mapping (the callers' condition): MADV_DONTNEED only drops clean
-            // pages, which are re-read from the file if touched again; no data can be lost and
-            // no reference is invalidated. Failure is harmless (the pages stay resident).
+            // SAFETY: the range covers the pages of `bytes`, a stretch of a private, read-only,
+            // file-backed mapping (the callers' condition); a mapping is made of whole pages, so
+            // the rounded range stays inside it. MADV_DONTNEED only drops clean pages, which are
+            // re-read from the file if touched again; no data can be lost and no reference is
+            // invalidated. Failure is harmless (the pages stay resident).
             #[allow(unsafe_code)]
             let _ = unsafe {
                 libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
@@ -329,23 +328,4 @@ pub(crate) fn release_mapped(bytes: &[u8]) {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = bytes;
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-/// Drops the pages of a tensor that has been copied out from this process's resident set, so
-/// peak memory stays near the size of the converted weights instead of that plus the file.
-#[allow(unsafe_code)]
-pub(crate) fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
-    const PAGE: usize = 4096;
-    let start = offset / PAGE * PAGE;
-    let end = (offset + len).div_ceil(PAGE) * PAGE;
-    let end = end.min(map.len());
-    if end > start {
-        // SAFETY: the mapping is private, read-only and file-backed: MADV_DONTNEED only drops
-        // clean pages, which are re-read from the file if touched again. No data can be lost and
-        // no reference into the mapping is invalidated. Failure is harmless (memory stays mapped).
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-        };
-    }
 }

@@ -67,10 +67,10 @@ impl WeightLayout {
     /// stretch of 8 values' scale and offset read once, then each value's integer).
     fn accessor(self) -> String {
         let blocks = include_str!("wgsl/blocks.wgsl");
-        let w8_blocks = include_str!("wgsl/w8_blocks.wgsl");
-        let w8_values = include_str!("wgsl/w8_values.wgsl");
-        let values = |layout: &str| format!("{layout}\n{w8_values}");
-        let blocks = |layout: &str| format!("{blocks}\n{layout}\n{w8_blocks}");
+        let scaled_blocks = include_str!("wgsl/wscale_blocks.wgsl");
+        let scaled_values = include_str!("wgsl/wscale_values.wgsl");
+        let values = |layout: &str| format!("{layout}\n{scaled_values}");
+        let blocks = |layout: &str| format!("{blocks}\n{layout}\n{scaled_blocks}");
         match self {
             Self::F32 => values(include_str!("wgsl/weights_f32.wgsl")),
             Self::F16 => values(include_str!("wgsl/weights_f16.wgsl")),
