@@ -7,6 +7,7 @@
 mod common;
 
 use std::sync::OnceLock;
+use visionthink_model::wgpu_backend::GpuTensor;
 use visionthink_model::wgpu_backend::WeightStorage;
 use visionthink_model::{Backend, CandleBackend, Mask, WgpuBackend, WgpuOptions};
 
@@ -36,10 +37,15 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// The largest difference relative to the largest magnitude of `want`.
+fn rel(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    common::max_abs_diff(got, want) / scale
+}
+
 fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    let d = common::max_abs_diff(got, want) / scale;
+    let d = rel(got, want);
     assert!(d <= tol, "{what}: relative difference {d}");
 }
 
@@ -490,6 +496,30 @@ fn gguf_files_run_on_the_webgpu_executor() {
         });
         eprintln!("wgpu, F16 text + {mm} mmproj: logits {l:.2e}, vision {v:.2e}");
     }
+    // The same files through the f16 matmul that hardware adapters with `shader-f16` get for
+    // F16 weights (forced here on lavapipe, which has the feature).
+    let f16 = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(false),
+        f16_math: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    if f16.info().shader_f16 {
+        let (l, v) = common::check_models(&f16, 2e-2, true, |variant| {
+            (variant == "tied_nested").then(|| {
+                let g = common::fixtures().join("gguf");
+                let w = GgufWeights::open(
+                    &g.join("tied_nested-f16.gguf"),
+                    &g.join("tied_nested-mmproj-f16.gguf"),
+                )
+                .unwrap();
+                let cfg = visionthink_core::gguf::model_config(w.text_header(), w.mmproj_header())
+                    .unwrap();
+                Qwen25VL::load(&f16, &cfg, &WeightStore::from_gguf(w)).unwrap()
+            })
+        });
+        eprintln!("wgpu f16 matmul, F16 text + F16 mmproj: logits {l:.2e}, vision {v:.2e}");
+    }
 }
 
 /// The kernels that read GGUF blocks in place (Q8_0, Q4_0, Q4_K, Q6_K; Q5_0 through Q8_0)
@@ -886,5 +916,108 @@ fn decode_steps_reuse_buffers_and_bind_groups() {
                 "step {step}: {groups} new bind groups of {dispatches}"
             );
         }
+    }
+}
+
+/// The f16 matmul (`WgpuOptions::f16_math`, on adapters with `shader-f16`: lavapipe has it) on
+/// every weight layout against candle's f32 product: within f16 rounding (inputs and weights
+/// rounded to 11 bits, sums of 32 products in f16), measurably not the f32 kernel, and finite
+/// for inputs beyond f16's range (clamped).
+#[test]
+fn f16_matmul_matches_candle_within_f16_rounding() {
+    use visionthink_core::gguf::GgmlType;
+    use visionthink_model::gguf::{dequantize, quantize, QuantView};
+    let _lock = gpu().lock().unwrap();
+    let c = CandleBackend::cpu();
+    let dev = |f16_math: bool, weights: WeightStorage| {
+        WgpuBackend::new_blocking(WgpuOptions {
+            weights,
+            software_kernels: Some(false),
+            f16_math: Some(f16_math),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let probe = dev(true, WeightStorage::F32);
+    if !probe.info().shader_f16 {
+        eprintln!("no shader-f16 on {:?}: nothing to test", probe.info().name);
+        return;
+    }
+    let product = |g: &WgpuBackend, x: &[f32], n: usize, k: usize, w: &GpuTensor| {
+        g.to_vec(&g.linear(&g.tensor(x, &[n, k]).unwrap(), w, None).unwrap())
+            .unwrap()
+    };
+    // Plain weights: f32 and f16 storage, a reduction that is not a multiple of 8 or 32.
+    for storage in [WeightStorage::F32, WeightStorage::F16] {
+        let (n, k, m) = (70, 100, 130);
+        let (x, w) = (data(n * k, 40), data(m * k, 41));
+        let want = c
+            .to_vec(
+                &c.linear(
+                    &c.tensor(&x, &[n, k]).unwrap(),
+                    &c.tensor(&w, &[m, k]).unwrap(),
+                    None,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let (h, f) = (dev(true, storage), dev(false, storage));
+        let got = product(&h, &x, n, k, &h.weight(w.clone(), &[m, k]).unwrap());
+        let exact = product(&f, &x, n, k, &f.weight(w.clone(), &[m, k]).unwrap());
+        let what = format!("{storage:?} weights");
+        eprintln!(
+            "{what}: f16 matmul within {:.2e} of the scale",
+            rel(&got, &want)
+        );
+        close(&got, &want, 5e-3, &format!("{what}: f16 arithmetic"));
+        assert!(
+            common::max_abs_diff(&got, &exact) > 1e-6,
+            "{what}: the f16 kernel gave the f32 kernel's values"
+        );
+        // A value beyond f16's range is clamped, not turned into inf.
+        let mut big = x.clone();
+        big[5] = 1e6;
+        let out = product(&h, &big, n, k, &h.weight(w, &[m, k]).unwrap());
+        assert!(
+            out.iter().all(|v| v.is_finite()),
+            "{what}: non-finite output"
+        );
+    }
+    // GGUF blocks, dequantized in the kernel.
+    let h = dev(true, WeightStorage::F32);
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let (n, k, m) = (70, 512, 70);
+        let bytes = quantize(ty, &data(m * k, 42), k).unwrap();
+        let exact = dequantize(ty, &bytes, m * k).unwrap();
+        let view = QuantView {
+            name: "w",
+            ty,
+            shape: [m, k],
+            bytes: &bytes,
+            file_backed: false,
+        };
+        let x = data(n * k, 43);
+        let want = c
+            .to_vec(
+                &c.linear(
+                    &c.tensor(&x, &[n, k]).unwrap(),
+                    &c.tensor(&exact, &[m, k]).unwrap(),
+                    None,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let got = product(&h, &x, n, k, &h.quantized_weight(&view).unwrap());
+        eprintln!(
+            "{}: f16 matmul within {:.2e} of the scale",
+            ty.name(),
+            rel(&got, &want)
+        );
+        close(&got, &want, 5e-3, &format!("{}: f16 arithmetic", ty.name()));
     }
 }

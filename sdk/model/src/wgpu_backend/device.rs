@@ -88,7 +88,12 @@ pub async fn open(
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {
             label: Some("visionthink"),
-            required_features: wgpu::Features::empty(),
+            // `shader-f16` when there is one, for the f16 matmul (WgpuOptions::f16_math).
+            required_features: if info.shader_f16 {
+                wgpu::Features::SHADER_F16
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: limits,
             ..Default::default()
         })

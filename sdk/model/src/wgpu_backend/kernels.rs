@@ -121,6 +121,9 @@ pub enum Kernel {
     /// blocks the reduction steps 32 values at a time and each sub-block's scale is read once
     /// per 8 values widened into the tile.
     Matmul(WeightLayout),
+    /// [`Kernel::Matmul`] in f16 arithmetic (adapters with `shader-f16`): f16 tiles, products
+    /// summed in f16 over each 32-value step, the steps summed in f32.
+    MatmulF16(WeightLayout),
     /// `out = x · wᵀ + b` with no workgroup memory or barrier (software adapters): each
     /// invocation computes 8 rows × 4 columns (vec4 accumulators), each sub-block scale read
     /// once per 8 values.
@@ -166,6 +169,11 @@ impl Kernel {
             }
             Kernel::Matmul(w) => weighted(include_str!("wgsl/matmul.wgsl"), w, LINEAR_P),
             Kernel::MatmulRows(w) => weighted(include_str!("wgsl/matmul_rows.wgsl"), w, LINEAR_P),
+            // `enable` must come before every declaration.
+            Kernel::MatmulF16(w) => format!(
+                "enable f16;\n{}",
+                weighted(include_str!("wgsl/matmul_f16.wgsl"), w, LINEAR_P)
+            ),
             Kernel::Gemv(w) => weighted(include_str!("wgsl/gemv.wgsl"), w, LINEAR_P),
             Kernel::GemvRows(w) => weighted(include_str!("wgsl/gemv_rows.wgsl"), w, LINEAR_P),
             Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
@@ -196,6 +204,7 @@ impl Kernel {
             Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
             Kernel::Matmul(w)
             | Kernel::MatmulRows(w)
+            | Kernel::MatmulF16(w)
             | Kernel::Gemv(w)
             | Kernel::GemvRows(w)
             | Kernel::GemvShort(w)
@@ -214,6 +223,7 @@ impl Kernel {
             Kernel::Gather(_) => "gather",
             Kernel::Matmul(_) => "matmul",
             Kernel::MatmulRows(_) => "matmul_rows",
+            Kernel::MatmulF16(_) => "matmul_f16",
             Kernel::Gemv(_) => "gemv",
             Kernel::GemvRows(_) => "gemv_rows",
             Kernel::GemvShort(_) => "gemv_short",
@@ -428,6 +438,7 @@ mod tests {
             (Kernel::Gather(w), GatherP::FIELDS),
             (Kernel::Matmul(w), LinearP::FIELDS),
             (Kernel::MatmulRows(w), LinearP::FIELDS),
+            (Kernel::MatmulF16(w), LinearP::FIELDS),
             (Kernel::Gemv(w), LinearP::FIELDS),
             (Kernel::GemvRows(w), LinearP::FIELDS),
             (Kernel::GemvShort(w), LinearP::FIELDS),
@@ -450,6 +461,7 @@ mod tests {
                 Kernel::Gather(w),
                 Kernel::Matmul(w),
                 Kernel::MatmulRows(w),
+                Kernel::MatmulF16(w),
                 Kernel::Gemv(w),
                 Kernel::GemvRows(w),
                 Kernel::GemvShort(w),

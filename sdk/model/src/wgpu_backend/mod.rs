@@ -64,6 +64,14 @@ pub struct WgpuOptions {
     /// Force (`Some(true)`) or forbid the barrier-light kernels chosen for software adapters;
     /// `None` decides from the adapter.
     pub software_kernels: Option<bool>,
+    /// f16 arithmetic in the tiled matmul (prefill, the vision tower) where the adapter has
+    /// `shader-f16`: inputs and weights rounded to f16, products summed in f16 over each
+    /// 32-value step of the reduction, the steps summed in f32. `None` (default): for GGUF
+    /// blocks and f16 weights on hardware adapters, whose values are already reduced
+    /// precision; `Some(true)`: for every weight, wherever the adapter has `shader-f16`
+    /// (elsewhere f32); `Some(false)`: never. Software adapters' barrier-free kernels and
+    /// one-row products always compute in f32.
+    pub f16_math: Option<bool>,
 }
 
 #[derive(Debug)]

@@ -57,6 +57,15 @@ impl WgpuBackend {
         Ok(out)
     }
 
+    /// Whether the tiled matmul over weights of `kind` computes in f16 (`WgpuOptions::f16_math`).
+    fn f16_math(&self, kind: WeightLayout) -> bool {
+        self.info.shader_f16
+            && match self.opts.f16_math {
+                Some(on) => on,
+                None => !self.info.software && (kind.is_blocks() || kind == WeightLayout::F16),
+            }
+    }
+
     fn elementwise(&self, n: usize) -> (u32, u32, u32) {
         let (x, y) = grid(n.div_ceil(256));
         (x, y, 1)
@@ -260,7 +269,11 @@ impl WgpuBackend {
                 if groups.0 > 65_535 || groups.1 > 65_535 {
                     return Err(Error::Backend(format!("linear of {n} rows is too large")));
                 }
-                (Kernel::Matmul(c.kind), groups)
+                if self.f16_math(c.kind) {
+                    (Kernel::MatmulF16(c.kind), groups)
+                } else {
+                    (Kernel::Matmul(c.kind), groups)
+                }
             };
             let mut buffers = vec![xb, &c.buf, bb, &out];
             buffers.extend(&c.scales);
