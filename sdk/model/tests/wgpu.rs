@@ -100,17 +100,17 @@ fn kernels_match_candle() {
         ..Default::default()
     })
     .unwrap();
-    let q = Pair {
+    let tp = Pair {
         g: &tiled,
         c: CandleBackend::cpu(),
     };
     for (n, k, m) in [(3, 17, 5), (70, 33, 130), (9, 64, 65)] {
-        let (x, w, b) = (q.t(&[n, k], 1), q.w(&[m, k], 2), q.w(&[m], 3));
+        let (x, w, b) = (tp.t(&[n, k], 1), tp.w(&[m, k], 2), tp.w(&[m], 3));
         let out = (
-            q.g.linear(&x.0, &w.0, Some(&b.0)).unwrap(),
-            q.c.linear(&x.1, &w.1, Some(&b.1)).unwrap(),
+            tp.g.linear(&x.0, &w.0, Some(&b.0)).unwrap(),
+            tp.c.linear(&x.1, &w.1, Some(&b.1)).unwrap(),
         );
-        q.check(&out, 1e-5, &format!("tiled linear {n}x{k}x{m}"));
+        tp.check(&out, 1e-5, &format!("tiled linear {n}x{k}x{m}"));
     }
     // linear: the software adapter's matmul (8 × 4 outputs per invocation: ragged row and
     // column groups, a reduction tail after the steps of 8), gemv (one row), with/without bias.
@@ -188,24 +188,32 @@ fn kernels_match_candle() {
         "rope",
     );
     // attention: causal with a cache prefix and GQA; segments (vision windows); more keys than a
-    // 64-key block.
+    // 64-key block; a 128-wide head. The software device runs the barrier-free kernel, the
+    // tiled one the workgroup kernel of GPUs.
     for (n, m, heads, kv, d, mask) in [
         (3, 10, 4, 2, 8, Mask::Causal { past: 7 }),
         (1, 150, 2, 1, 16, Mask::Causal { past: 149 }),
         (70, 70, 2, 2, 8, Mask::Causal { past: 0 }),
         (80, 80, 2, 2, 16, Mask::Segments(vec![0, 16, 60, 80])),
+        (9, 9, 4, 2, 128, Mask::Causal { past: 0 }),
     ] {
-        let q = p.t(&[n, heads * d], 11);
-        let k = p.t(&[m, kv * d], 12);
-        let v = p.t(&[m, kv * d], 13);
-        p.check(
-            &(
-                p.g.attention(&q.0, &k.0, &v.0, heads, kv, &mask).unwrap(),
-                p.c.attention(&q.1, &k.1, &v.1, heads, kv, &mask).unwrap(),
-            ),
-            1e-5,
-            &format!("attention {mask:?}"),
-        );
+        for pair in [&p, &tp] {
+            let qt = pair.t(&[n, heads * d], 11);
+            let k = pair.t(&[m, kv * d], 12);
+            let v = pair.t(&[m, kv * d], 13);
+            pair.check(
+                &(
+                    pair.g
+                        .attention(&qt.0, &k.0, &v.0, heads, kv, &mask)
+                        .unwrap(),
+                    pair.c
+                        .attention(&qt.1, &k.1, &v.1, heads, kv, &mask)
+                        .unwrap(),
+                ),
+                1e-5,
+                &format!("attention {mask:?} d {d}"),
+            );
+        }
     }
     // gather, narrow, cat, reshape.
     let table = p.w(&[50, 12], 14);

@@ -115,6 +115,9 @@ pub enum Kernel {
     /// Attention without a score matrix: one workgroup per (head, query row) streams the keys
     /// of the query's range in blocks of 64 with an online softmax; GQA heads share a KV head.
     Attention,
+    /// [`Kernel::Attention`] without workgroup memory or barrier (software adapters): one
+    /// invocation per (query row, head), keys streamed one by one with an online softmax.
+    AttentionRows,
     /// Rows of a weight table at ids, for the ids inside one chunk's rows.
     Gather(WeightLayout),
     /// `out = x · wᵀ + b`: 64×64 output tiles, 16×16 threads each computing 4×4; over GGUF
@@ -163,6 +166,7 @@ impl Kernel {
             Kernel::RmsNorm => plain(include_str!("wgsl/rms_norm.wgsl")),
             Kernel::Rope => plain(include_str!("wgsl/rope.wgsl")),
             Kernel::Attention => plain(include_str!("wgsl/attention.wgsl")),
+            Kernel::AttentionRows => plain(include_str!("wgsl/attention_rows.wgsl")),
             Kernel::Gather(w) => weighted(include_str!("wgsl/gather.wgsl"), w, ""),
             Kernel::Matmul(w) if w.is_blocks() => {
                 weighted(include_str!("wgsl/matmul_blocks.wgsl"), w, LINEAR_P)
@@ -200,7 +204,9 @@ impl Kernel {
             Kernel::Binary | Kernel::RmsNorm => vec![(1, R), (2, R), (3, W)],
             Kernel::Gelu => vec![(1, R), (2, W)],
             Kernel::Rope => vec![(1, R), (2, R), (3, R), (4, W)],
-            Kernel::Attention => vec![(1, R), (2, R), (3, R), (4, R), (5, W)],
+            Kernel::Attention | Kernel::AttentionRows => {
+                vec![(1, R), (2, R), (3, R), (4, R), (5, W)]
+            }
             Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
             Kernel::Matmul(w)
             | Kernel::MatmulRows(w)
@@ -220,6 +226,7 @@ impl Kernel {
             Kernel::RmsNorm => "rms_norm",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
+            Kernel::AttentionRows => "attention_rows",
             Kernel::Gather(_) => "gather",
             Kernel::Matmul(_) => "matmul",
             Kernel::MatmulRows(_) => "matmul_rows",
@@ -435,6 +442,7 @@ mod tests {
             (Kernel::RmsNorm, RmsNormP::FIELDS),
             (Kernel::Rope, RopeP::FIELDS),
             (Kernel::Attention, AttentionP::FIELDS),
+            (Kernel::AttentionRows, AttentionP::FIELDS),
             (Kernel::Gather(w), GatherP::FIELDS),
             (Kernel::Matmul(w), LinearP::FIELDS),
             (Kernel::MatmulRows(w), LinearP::FIELDS),
@@ -458,6 +466,7 @@ mod tests {
                 Kernel::RmsNorm,
                 Kernel::Rope,
                 Kernel::Attention,
+                Kernel::AttentionRows,
                 Kernel::Gather(w),
                 Kernel::Matmul(w),
                 Kernel::MatmulRows(w),

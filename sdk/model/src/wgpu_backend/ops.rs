@@ -629,16 +629,18 @@ impl Backend for WgpuBackend {
             v_off: v.off as u32,
             scale,
         };
-        self.dispatch(
-            Kernel::Attention,
-            &params,
-            &[q.single()?, k.single()?, v.single()?, &ranges, &out],
-            (
+        let buffers = [q.single()?, k.single()?, v.single()?, &ranges, &out];
+        if self.opts.software_kernels.unwrap_or(self.info.software) {
+            let (gx, gy) = grid((n * heads).div_ceil(64));
+            self.dispatch(Kernel::AttentionRows, &params, &buffers, (gx, gy, 1));
+        } else {
+            let groups = (
                 heads as u32,
                 n.min(65_535) as u32,
                 n.div_ceil(65_535) as u32,
-            ),
-        );
+            );
+            self.dispatch(Kernel::Attention, &params, &buffers, groups);
+        }
         Ok(self.plain(out, n, q.cols))
     }
 
