@@ -97,6 +97,8 @@ impl From<WeightStorage> for WeightLayout {
 const FLAT: &str = include_str!("wgsl/flat.wgsl");
 /// Parameters and bindings shared by the linear kernels.
 const LINEAR_P: &str = include_str!("wgsl/linear_params.wgsl");
+/// Parameters and bindings shared by the attention kernels.
+const ATTENTION_P: &str = include_str!("wgsl/attention_params.wgsl");
 
 /// Reduction length up to which [`Kernel::GemvShort`] is used.
 pub const GEMV_SHORT_MAX_K: usize = 128;
@@ -165,8 +167,14 @@ impl Kernel {
             Kernel::Gelu => plain(include_str!("wgsl/gelu.wgsl")),
             Kernel::RmsNorm => plain(include_str!("wgsl/rms_norm.wgsl")),
             Kernel::Rope => plain(include_str!("wgsl/rope.wgsl")),
-            Kernel::Attention => plain(include_str!("wgsl/attention.wgsl")),
-            Kernel::AttentionRows => plain(include_str!("wgsl/attention_rows.wgsl")),
+            Kernel::Attention => plain(&format!(
+                "{ATTENTION_P}\n{}",
+                include_str!("wgsl/attention.wgsl")
+            )),
+            Kernel::AttentionRows => plain(&format!(
+                "{ATTENTION_P}\n{}",
+                include_str!("wgsl/attention_rows.wgsl")
+            )),
             Kernel::Gather(w) => weighted(include_str!("wgsl/gather.wgsl"), w, ""),
             Kernel::Matmul(w) if w.is_blocks() => {
                 weighted(include_str!("wgsl/matmul_blocks.wgsl"), w, LINEAR_P)

@@ -1,11 +1,3 @@
-struct P { n: u32, heads: u32, kv_heads: u32, d: u32, q_off: u32, k_off: u32, v_off: u32,
-           scale: f32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> ranges: array<u32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> ps: array<f32, 64>;
 var<workgroup> red: array<f32, 64>;

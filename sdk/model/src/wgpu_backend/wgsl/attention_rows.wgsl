@@ -1,12 +1,3 @@
-struct P { n: u32, heads: u32, kv_heads: u32, d: u32, q_off: u32, k_off: u32, v_off: u32,
-           scale: f32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k: array<f32>;
-@group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read> ranges: array<u32>;
-@group(0) @binding(5) var<storage, read_write> o: array<f32>;
-
 // Attention without workgroup memory or barriers (software adapters, which pay heavily per
 // barrier): one invocation per (query row, head), neighbouring invocations on neighbouring rows
 // of one head (so they read the same keys), the keys of the row's range streamed one by one

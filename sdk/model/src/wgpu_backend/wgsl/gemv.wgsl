@@ -17,8 +17,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
     if (lane == 0u && c < p.m) {
-        var v = acc[lid];
-        if (p.has_b != 0u) { v += b[p.b_off + c]; }
-        o[p.o_col + c] = v + res(p.o_col + c);
+        store(0u, c, acc[lid]);
     }
 }

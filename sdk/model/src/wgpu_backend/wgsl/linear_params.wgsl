@@ -19,3 +19,11 @@ fn res(i: u32) -> f32 {
     if (p.has_r == 0u) { return 0.0; }
     return resid[p.r_off + i];
 }
+
+// Writes output (row `r`, column `c`): `v`, plus the bias and the residual when there are any.
+fn store(r: u32, c: u32, v: f32) {
+    let i = r * p.o_stride + p.o_col + c;
+    var out = v;
+    if (p.has_b != 0u) { out += b[p.b_off + c]; }
+    o[i] = out + res(i);
+}

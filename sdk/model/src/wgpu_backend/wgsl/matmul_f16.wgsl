@@ -66,9 +66,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + l.x * 4u + j;
             if (c >= p.m) { continue; }
-            var v = acc[i][j];
-            if (p.has_b != 0u) { v += b[p.b_off + c]; }
-            o[r * p.o_stride + p.o_col + c] = v + res(r * p.o_stride + p.o_col + c);
+            store(r, c, acc[i][j]);
         }
     }
 }

@@ -70,9 +70,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var j = 0u; j < 4u; j++) {
             let cj = c0 + j;
             if (cj >= p.m) { break; }
-            var v = acc[i][j];
-            if (p.has_b != 0u) { v += b[p.b_off + cj]; }
-            o[r * p.o_stride + p.o_col + cj] = v + res(r * p.o_stride + p.o_col + cj);
+            store(r, cj, acc[i][j]);
         }
     }
 }
