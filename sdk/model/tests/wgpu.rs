@@ -955,20 +955,17 @@ fn f16_matmul_matches_candle_within_f16_rounding() {
         g.to_vec(&g.linear(&g.tensor(x, &[n, k]).unwrap(), w, None).unwrap())
             .unwrap()
     };
+    // candle's f32 product of `x` `[n, k]` with the values `w` `[m, k]`.
+    let cpu_product = |x: &[f32], n: usize, k: usize, w: &[f32], m: usize| {
+        let xt = c.tensor(x, &[n, k]).unwrap();
+        let wt = c.tensor(w, &[m, k]).unwrap();
+        c.to_vec(&c.linear(&xt, &wt, None).unwrap()).unwrap()
+    };
     // Plain weights: f32 and f16 storage, a reduction that is not a multiple of 8 or 32.
     for storage in [WeightStorage::F32, WeightStorage::F16] {
         let (n, k, m) = (70, 100, 130);
         let (x, w) = (data(n * k, 40), data(m * k, 41));
-        let want = c
-            .to_vec(
-                &c.linear(
-                    &c.tensor(&x, &[n, k]).unwrap(),
-                    &c.tensor(&w, &[m, k]).unwrap(),
-                    None,
-                )
-                .unwrap(),
-            )
-            .unwrap();
+        let want = cpu_product(&x, n, k, &w, m);
         let (h, f) = (dev(true, storage), dev(false, storage));
         let got = product(&h, &x, n, k, &h.weight(w.clone(), &[m, k]).unwrap());
         let exact = product(&f, &x, n, k, &f.weight(w.clone(), &[m, k]).unwrap());
@@ -1010,16 +1007,7 @@ fn f16_matmul_matches_candle_within_f16_rounding() {
             file_backed: false,
         };
         let x = data(n * k, 43);
-        let want = c
-            .to_vec(
-                &c.linear(
-                    &c.tensor(&x, &[n, k]).unwrap(),
-                    &c.tensor(&exact, &[m, k]).unwrap(),
-                    None,
-                )
-                .unwrap(),
-            )
-            .unwrap();
+        let want = cpu_product(&x, n, k, &exact, m);
         let got = product(&h, &x, n, k, &h.quantized_weight(&view).unwrap());
         eprintln!(
             "{}: f16 matmul within {:.2e} of the scale",

@@ -99,6 +99,15 @@ const FLAT: &str = include_str!("wgsl/flat.wgsl");
 const LINEAR_P: &str = include_str!("wgsl/linear_params.wgsl");
 /// Parameters and bindings shared by the attention kernels.
 const ATTENTION_P: &str = include_str!("wgsl/attention_params.wgsl");
+/// The tiled matmul of GGUF blocks (in f32) and of the f16 arithmetic, over a tile type `T`
+/// ([`TILE_F32`] or [`TILE_F16`]).
+const MATMUL_TILED: &str = include_str!("wgsl/matmul_tiled.wgsl");
+/// Four weight rows read side by side (the barrier-free matmul and gemv of software adapters).
+const ROWS4: &str = include_str!("wgsl/rows4.wgsl");
+/// `T` = f32 for [`MATMUL_TILED`].
+const TILE_F32: &str = include_str!("wgsl/tile_f32.wgsl");
+/// `T` = f16 for [`MATMUL_TILED`].
+const TILE_F16: &str = include_str!("wgsl/tile_f16.wgsl");
 
 /// Reduction length up to which [`Kernel::GemvShort`] is used.
 pub const GEMV_SHORT_MAX_K: usize = 128;
@@ -177,17 +186,25 @@ impl Kernel {
             )),
             Kernel::Gather(w) => weighted(include_str!("wgsl/gather.wgsl"), w, ""),
             Kernel::Matmul(w) if w.is_blocks() => {
-                weighted(include_str!("wgsl/matmul_blocks.wgsl"), w, LINEAR_P)
+                weighted(&format!("{TILE_F32}\n{MATMUL_TILED}"), w, LINEAR_P)
             }
             Kernel::Matmul(w) => weighted(include_str!("wgsl/matmul.wgsl"), w, LINEAR_P),
-            Kernel::MatmulRows(w) => weighted(include_str!("wgsl/matmul_rows.wgsl"), w, LINEAR_P),
+            Kernel::MatmulRows(w) => weighted(
+                &format!("{ROWS4}\n{}", include_str!("wgsl/matmul_rows.wgsl")),
+                w,
+                LINEAR_P,
+            ),
             // `enable` must come before every declaration.
             Kernel::MatmulF16(w) => format!(
                 "enable f16;\n{}",
-                weighted(include_str!("wgsl/matmul_f16.wgsl"), w, LINEAR_P)
+                weighted(&format!("{TILE_F16}\n{MATMUL_TILED}"), w, LINEAR_P)
             ),
             Kernel::Gemv(w) => weighted(include_str!("wgsl/gemv.wgsl"), w, LINEAR_P),
-            Kernel::GemvRows(w) => weighted(include_str!("wgsl/gemv_rows.wgsl"), w, LINEAR_P),
+            Kernel::GemvRows(w) => weighted(
+                &format!("{ROWS4}\n{}", include_str!("wgsl/gemv_rows.wgsl")),
+                w,
+                LINEAR_P,
+            ),
             Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
             Kernel::GemvBlocks(w) => weighted(include_str!("wgsl/gemv_blocks.wgsl"), w, LINEAR_P),
         }

@@ -57,6 +57,11 @@ impl WgpuBackend {
         Ok(out)
     }
 
+    /// Whether the barrier-free kernels of software adapters run (`WgpuOptions::software_kernels`).
+    fn software_kernels(&self) -> bool {
+        self.opts.software_kernels.unwrap_or(self.info.software)
+    }
+
     /// Whether the tiled matmul over weights of `kind` computes in f16 (`WgpuOptions::f16_math`).
     fn f16_math(&self, kind: WeightLayout) -> bool {
         self.info.shader_f16
@@ -228,6 +233,7 @@ impl WgpuBackend {
             Some(b) => (b.single()?, b.off),
             None => (xb, 0),
         };
+        let software = self.software_kernels();
         for c in w.chunks.iter() {
             // A one-chunk weight may be a view (a part of fused rows): its own offset and rows.
             let (w_off, rows, row0) = match w.chunks.len() {
@@ -248,7 +254,6 @@ impl WgpuBackend {
                 has_r: residual.is_some() as u32,
                 r_off: residual.map_or(0, |(_, off)| off as u32),
             };
-            let software = self.opts.software_kernels.unwrap_or(self.info.software);
             let (kernel, groups) = if n == 1 && software {
                 (Kernel::GemvRows(c.kind), self.elementwise(rows.div_ceil(4)))
             } else if n == 1 && c.kind.is_blocks() {
@@ -630,7 +635,7 @@ impl Backend for WgpuBackend {
             scale,
         };
         let buffers = [q.single()?, k.single()?, v.single()?, &ranges, &out];
-        if self.opts.software_kernels.unwrap_or(self.info.software) {
+        if self.software_kernels() {
             let (gx, gy) = grid((n * heads).div_ceil(64));
             self.dispatch(Kernel::AttentionRows, &params, &buffers, (gx, gy, 1));
         } else {

@@ -7,27 +7,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let c0 = flat(wid, nwg, lid) * 4u;
     if (c0 >= p.m) { return; }
-    let c = vec4<u32>(c0, min(c0 + 1u, p.m - 1u), min(c0 + 2u, p.m - 1u), min(c0 + 3u, p.m - 1u));
-    let wb = vec4<u32>(p.w_off) + c * p.k;
+    let c = rows4(c0);
+    let wb = starts4(c);
     var a = vec4<f32>(0.0);
     var k0 = 0u;
     for (; k0 + 8u <= p.k; k0 += 8u) {
-        let s0 = wscale(wb.x + k0, c.x);
-        let s1 = wscale(wb.y + k0, c.y);
-        let s2 = wscale(wb.z + k0, c.z);
-        let s3 = wscale(wb.w + k0, c.w);
-        let sc = vec4<f32>(s0.x, s1.x, s2.x, s3.x);
-        let off = vec4<f32>(s0.y, s1.y, s2.y, s3.y);
+        let s = wscale4(wb, c, k0);
         for (var t = 0u; t < 8u; t++) {
             let k = k0 + t;
-            let wk = vec4<f32>(wint(wb.x + k, c.x), wint(wb.y + k, c.y),
-                               wint(wb.z + k, c.z), wint(wb.w + k, c.w)) * sc + off;
+            let wk = wint4(wb, c, k, s);
             a += xin(p.x_off + k) * wk;
         }
     }
     for (; k0 < p.k; k0++) {
-        a += xin(p.x_off + k0) * vec4<f32>(wv(wb.x + k0, c.x), wv(wb.y + k0, c.y),
-                                           wv(wb.z + k0, c.z), wv(wb.w + k0, c.w));
+        a += xin(p.x_off + k0) * wv4(wb, c, k0);
     }
     for (var j = 0u; j < 4u; j++) {
         let cj = c0 + j;
