@@ -135,6 +135,23 @@ pub trait Backend {
         self.linear_add(&m, w, b, residual)
     }
 
+    /// `residual + down(silu(h · gateᵀ) ⊙ (h · upᵀ)) + b` in one call, for a backend with a
+    /// kernel that bounds the MLP's activations (see [`crate::qgemv::swiglu_mlp_add`]), or
+    /// `None` (the default) when it has none for these weights and rows: the graph then
+    /// composes the products and [`Backend::swiglu_linear_add`].
+    fn mlp_add(
+        &self,
+        h: &Self::Tensor,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        down: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        residual: &Self::Tensor,
+    ) -> Result<Option<Self::Tensor>> {
+        let _ = (h, gate, up, down, b, residual);
+        Ok(None)
+    }
+
     /// Stores `parts` — matrices with equal columns, or vectors — one after another in one
     /// tensor, and returns it with each part as a view into it, so that one product computes
     /// them all (a decoder layer's q/k/v or gate/up projections). `None` (the default) when the

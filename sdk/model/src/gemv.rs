@@ -337,10 +337,32 @@ pub(crate) fn widened_matmul(
     k: usize,
     widen: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
-    assert_eq!(x.len(), m * k, "x is not [m, k]");
     let mut y = vec![0f32; m * n];
-    if m == 0 || n == 0 || k == 0 {
-        return y;
+    widened_matmul_into(x, m, n, k, &mut y, false, widen);
+    y
+}
+
+/// [`widened_matmul`] into `y` (`[m, n]`), adding to its values when `accumulate` (a product
+/// summed over chunks of `k`), overwriting them otherwise.
+pub(crate) fn widened_matmul_into(
+    x: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    accumulate: bool,
+    widen: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert_eq!(x.len(), m * k, "x is not [m, k]");
+    assert_eq!(y.len(), m * n, "y is not [m, n]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            y.fill(0.0);
+        }
+        return;
     }
     let pool = candle_core::utils::barrier_pool();
     let threads = pool.n_workers() + 1;
@@ -357,7 +379,8 @@ pub(crate) fn widened_matmul(
                 buf.resize(rows * k, 0f32);
                 widen(first, &mut buf);
                 let dst = &out;
-                // SAFETY: writes `m × rows` values at `y[i * n + first + j]` (row stride `n`),
+                // SAFETY: writes (or, accumulating, reads and writes) `m × rows` values at
+                // `y[i * n + first + j]` (row stride `n`),
                 // columns `first..first + rows` of the `[m, n]` output, which no other tile
                 // writes; reads `m × k` of `x` (row stride `k`) and `rows × k` of `buf`
                 // (`buf[j * k + kk]` as element (kk, j) of the right-hand side), inside both.
@@ -370,14 +393,14 @@ pub(crate) fn widened_matmul(
                         dst.0.add(first),
                         1,
                         n as isize,
-                        false,
+                        accumulate,
                         x.as_ptr(),
                         1,
                         k as isize,
                         buf.as_ptr(),
                         k as isize,
                         1,
-                        0.0,
+                        if accumulate { 1.0 } else { 0.0 },
                         1.0,
                         false,
                         false,
@@ -388,7 +411,6 @@ pub(crate) fn widened_matmul(
             }
         })
     });
-    y
 }
 
 /// `y[i] = x · w[i, :]` for the rows of `w`, vectorised.

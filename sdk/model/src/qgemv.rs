@@ -236,6 +236,20 @@ impl QMatrix {
         })
     }
 
+    /// Columns `cols` (whole blocks) of rows `first..first + out.len() / cols.len()` as f32
+    /// into `out`.
+    fn dequantize_columns(&self, first: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+        let (bv, bb) = (self.kind.block_values(), self.kind.block_bytes());
+        let width = cols.len();
+        if width == 0 {
+            return;
+        }
+        let bytes = cols.start / bv * bb..cols.end / bv * bb;
+        for (i, o) in out.chunks_exact_mut(width).enumerate() {
+            dequantize_into(self.kind, &self.row(first + i)[bytes.clone()], o);
+        }
+    }
+
     /// `x · wᵀ` for `m` rows `x` `[m, cols]`: `[m, rows]`, with `x` quantized to 8 bits per
     /// block as llama.cpp does. Vector kernels when [`Self::available`], the scalar reference
     /// otherwise.
@@ -402,6 +416,91 @@ fn block_ints(kind: Kind, b: &[u8], out: &mut [i32]) {
 }
 
 /// A row's blocks as f32 values (ggml's dequantization).
+/// Intermediate values of [`swiglu_mlp_add`] computed at a time (rounded to whole blocks of
+/// the down projection).
+const MLP_CHUNK: usize = 512;
+
+/// `y += down · (silu(h · gateᵀ) ⊙ (h · upᵀ))` for `m` rows `h` `[m, hidden]` (a SwiGLU MLP
+/// added to the residual `y`, `[m, hidden]`), the intermediate dimension taken
+/// [`MLP_CHUNK`] values at a time: each chunk's gate and up products, their SwiGLU, and that
+/// chunk's share of the down projection summed into `y`. Every weight is widened once, as by
+/// [`QMatrix::matmul_dequantized`], and the activations never exceed `m × MLP_CHUNK` per
+/// product (a whole `m × intermediate` gate, up and product are 30 MB in a 512-token prefill
+/// of the 0.5B shape). The values are those of the three separate products up to the order of
+/// the down projection's additions.
+///
+/// # Errors
+/// Shapes that do not chain (`gate` and `up` `[inter, hidden]`, `down` `[hidden, inter]`),
+/// or inputs of the wrong length.
+///
+/// ```
+/// use visionthink_model::qgemv::{swiglu_mlp_add, Kind, QMatrix};
+/// // Q8_0 blocks of 32 values: a scale (f16 1.0 = 0x3c00) and 32 signed bytes.
+/// let block = |v: i8| [[0x00u8, 0x3c].as_slice(), &[v as u8; 32]].concat();
+/// let gate = QMatrix::from_vec(Kind::Q8_0, 32, 32, block(1).repeat(32)).unwrap();
+/// let up = QMatrix::from_vec(Kind::Q8_0, 32, 32, block(1).repeat(32)).unwrap();
+/// let down = QMatrix::from_vec(Kind::Q8_0, 32, 32, block(0).repeat(32)).unwrap();
+/// let mut y = vec![1f32; 32];
+/// swiglu_mlp_add(&[0.5f32; 32], 1, &gate, &up, &down, &mut y).unwrap();
+/// assert!(y.iter().all(|&v| v == 1.0)); // a zero down projection adds nothing
+/// ```
+pub fn swiglu_mlp_add(
+    h: &[f32],
+    m: usize,
+    gate: &QMatrix,
+    up: &QMatrix,
+    down: &QMatrix,
+    y: &mut [f32],
+) -> Result<(), ShapeError> {
+    let (inter, hidden) = (gate.rows, gate.cols);
+    let fail = |w: &QMatrix, reason: &str| ShapeError {
+        kind: w.kind,
+        rows: w.rows,
+        cols: w.cols,
+        reason: reason.to_string(),
+    };
+    if (up.rows, up.cols) != (inter, hidden) {
+        return Err(fail(up, "up projection does not match the gate's shape"));
+    }
+    if (down.rows, down.cols) != (hidden, inter) {
+        return Err(fail(
+            down,
+            "down projection does not match the gate's transpose",
+        ));
+    }
+    if h.len() != m * hidden || y.len() != m * hidden {
+        return Err(fail(gate, "input or residual is not [m, hidden]"));
+    }
+    let bv = down.kind.block_values();
+    let chunk = (MLP_CHUNK / bv).max(1) * bv;
+    let mut start = 0;
+    while start < inter {
+        let len = chunk.min(inter - start);
+        let mut g = crate::gemv::widened_matmul(h, m, len, hidden, |first, out| {
+            gate.dequantize_rows(start + first, out)
+        });
+        let u = crate::gemv::widened_matmul(h, m, len, hidden, |first, out| {
+            up.dequantize_rows(start + first, out)
+        });
+        // SwiGLU in place, candle's formula for `silu` (as the backend's fused `swiglu`).
+        let act = |first: usize, o: &mut [f32]| {
+            for (g, &u) in o.iter_mut().zip(&u[first..]) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        };
+        if g.len() < 1 << 15 {
+            act(0, &mut g);
+        } else {
+            crate::gemv::par_rows(&mut g, 1, 1 << 14, act);
+        }
+        crate::gemv::widened_matmul_into(&g, m, hidden, len, y, true, |first, out| {
+            down.dequantize_columns(first, start..start + len, out)
+        });
+        start += len;
+    }
+    Ok(())
+}
+
 fn dequantize_into(kind: Kind, row: &[u8], out: &mut [f32]) {
     let (bv, bb) = (kind.block_values(), kind.block_bytes());
     let mut ints = [0i32; 256];
@@ -881,6 +980,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn chunked_mlp_equals_the_composed_products() {
+        // An intermediate size of 768: one chunk of 512 and a short one of 256 (whole Q4_K
+        // and Q6_K blocks), gate and up in one kind and the down projection in another (as
+        // Q4_K_M files mix them), m past one gemm block.
+        let mut rng = Lcg(23);
+        let (hidden, inter, m) = (256, 768, 37);
+        for (gk, dk) in [(Kind::Q4K, Kind::Q6K), (Kind::Q8_0, Kind::Q4_0)] {
+            let gate = random_matrix(gk, inter, hidden, &mut rng);
+            let up = random_matrix(gk, inter, hidden, &mut rng);
+            let down = random_matrix(dk, hidden, inter, &mut rng);
+            let h: Vec<f32> = (0..m * hidden).map(|_| rng.f()).collect();
+            let residual: Vec<f32> = (0..m * hidden).map(|_| rng.f()).collect();
+            let mut y = residual.clone();
+            swiglu_mlp_add(&h, m, &gate, &up, &down, &mut y).expect("shapes chain");
+            let (gf, uf, df) = (gate.dequantize(), up.dequantize(), down.dequantize());
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter()
+                    .zip(b)
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum()
+            };
+            for j in 0..m {
+                let hj = &h[j * hidden..(j + 1) * hidden];
+                let act: Vec<f32> = (0..inter)
+                    .map(|i| {
+                        let g = dot(hj, &gf[i * hidden..(i + 1) * hidden]);
+                        let u = dot(hj, &uf[i * hidden..(i + 1) * hidden]);
+                        (g / (1.0 + (-g).exp()) * u) as f32
+                    })
+                    .collect();
+                for r in 0..hidden {
+                    let row = &df[r * inter..(r + 1) * inter];
+                    let exact = f64::from(residual[j * hidden + r]) + dot(&act, row);
+                    let scale: f64 = act
+                        .iter()
+                        .zip(row)
+                        .map(|(a, w)| f64::from(*a * *w).abs())
+                        .sum();
+                    let got = f64::from(y[j * hidden + r]);
+                    assert!(
+                        (got - exact).abs() <= 1e-4 * scale.max(1.0),
+                        "{gk:?}/{dk:?} [{j}, {r}]: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+        // Shapes that do not chain are errors, not panics.
+        let g = random_matrix(Kind::Q8_0, 64, 32, &mut rng);
+        let d = random_matrix(Kind::Q8_0, 64, 32, &mut rng);
+        let mut y = vec![0f32; 32];
+        assert!(swiglu_mlp_add(&[0f32; 32], 1, &g, &g, &d, &mut y).is_err());
     }
 
     #[test]

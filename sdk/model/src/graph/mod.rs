@@ -608,6 +608,10 @@ impl<B: Backend> Qwen25VL<B> {
         let eps = self.cfg.text.rms_norm_eps;
         let x = layer.o.forward_add(be, attended, x)?;
         let h = be.rms_norm(&x, &layer.post_norm, eps)?;
+        let (down, down_b) = (&layer.down.w, layer.down.b.as_ref());
+        if let Some(y) = be.mlp_add(&h, &layer.gate.w, &layer.up.w, down, down_b, &x)? {
+            return Ok(y);
+        }
         let (gate, up) = match (&layer.fused, &be.shape(&h)[..]) {
             (Some(f), [1, _]) => {
                 let inter = self.cfg.text.intermediate_size;
@@ -616,7 +620,7 @@ impl<B: Backend> Qwen25VL<B> {
             }
             _ => (layer.gate.forward(be, &h)?, layer.up.forward(be, &h)?),
         };
-        be.swiglu_linear_add(&gate, &up, &layer.down.w, layer.down.b.as_ref(), &x)
+        be.swiglu_linear_add(&gate, &up, down, down_b, &x)
     }
 
     /// One decode step for several sequences: `embeds` (`[n, hidden]`) holds the next token of
