@@ -18,7 +18,7 @@ Both sides do the same work: a prefill computes the next token's logits only (Py
 model once (PyTorch: generating 33 tokens minus generating 1).
 
 `VT_BENCH_AVX2=1` holds both sides to AVX2 on a CPU that has AVX-512: PyTorch with
-`ATEN_CPU_CAPABILITY=avx2`, ours built without the `avx512` feature (into
+`ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`, ours built without the `avx512` feature (into
 $VT_CACHE/target-avx2, so the usual build is left as it is).
 
 Usage: python3 tests/bench/bench_model.py [--json]   (needs the venv from tests/scripts/gen_fixtures.py)
@@ -41,7 +41,10 @@ if os.environ.get("VT_BENCH_VENV") != "1":
         sys.exit("run tests/scripts/gen_fixtures.py first (it creates the reference venv)")
     env = dict(os.environ, VT_BENCH_VENV="1")
     if os.environ.get("VT_BENCH_AVX2") == "1":
-        env["ATEN_CPU_CAPABILITY"] = "avx2"  # read when torch is imported
+        # Read when torch is imported: ATen's own kernels, MKL's GEMMs and oneDNN's (each has
+        # its own switch; ATEN_CPU_CAPABILITY alone leaves PyTorch's f32 GEMMs on AVX-512:
+        # 352-418 GFLOP/s on the Intel Xeon with it, 220-244 with all three).
+        env.update(ATEN_CPU_CAPABILITY="avx2", MKL_ENABLE_INSTRUCTIONS="AVX2", ONEDNN_MAX_CPU_ISA="AVX2")
     os.execve(VENV, [VENV, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 import numpy as np  # noqa: E402
