@@ -87,8 +87,21 @@ impl<'m, B: Backend> Session<'m, B> {
         let feats = match images.is_empty() {
             true => None,
             false => {
-                let pixels: Vec<f32> = images.iter().flat_map(|p| p.data.iter().copied()).collect();
-                Some(self.model.vision.forward(self.be, &pixels, &grids)?)
+                // One image (every VisionThink turn) is passed as it is: a full-resolution
+                // image's values are tens of MB, and joining them cost a copy into fresh pages.
+                let joined: Vec<f32>;
+                let pixels: &[f32] = match images {
+                    [one] => &one.data,
+                    many => {
+                        let mut all = Vec::with_capacity(many.iter().map(|p| p.data.len()).sum());
+                        for p in many {
+                            all.extend_from_slice(&p.data);
+                        }
+                        joined = all;
+                        &joined
+                    }
+                };
+                Some(self.model.vision.forward(self.be, pixels, &grids)?)
             }
         };
         let vision_ms = clock() - t;
