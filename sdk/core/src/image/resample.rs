@@ -183,6 +183,43 @@ fn pixel_fixed<const K: usize>(px: &[u8], k: &[i32], o: &mut [u8]) {
     o[2] = clip8(b);
 }
 
+/// The row loop of the 4-lane SIMD kernels: `sum` turns a window of `K` pixels plus one byte
+/// (each tap loads 4 bytes: a pixel and the next one's red) and its taps into an output pixel;
+/// windows at the row's end, with no byte to spare, take the scalar sums.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+#[inline(always)]
+fn each_window<const K: usize>(
+    row: &[u8],
+    orow: &mut [u8],
+    starts: &[usize],
+    coeffs: &[i32],
+    sum: impl Fn(&[u8], &[i32]) -> [u8; 3],
+) {
+    for ((o, &s), k) in orow
+        .chunks_exact_mut(3)
+        .zip(starts)
+        .zip(coeffs.chunks_exact(K))
+    {
+        match row.get(s * 3..s * 3 + 3 * K + 1) {
+            Some(px) => o.copy_from_slice(&sum(px, k)),
+            None => pixel_fixed::<K>(&row[s * 3..s * 3 + 3 * K], k, o),
+        }
+    }
+}
+
+/// Tap `i`'s four bytes of a window (see [`each_window`]), little-endian.
+#[cfg(any(
+    target_arch = "x86_64",
+    all(target_arch = "wasm32", target_feature = "simd128")
+))]
+#[inline(always)]
+fn tap_bytes(px: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([px[3 * i], px[3 * i + 1], px[3 * i + 2], px[3 * i + 3]])
+}
+
 fn horizontal_row_fixed<const K: usize>(
     row: &[u8],
     orow: &mut [u8],
@@ -215,7 +252,7 @@ fn horizontal_row_fixed<const K: usize>(
 /// The horizontal pass's 4-lane sums on WebAssembly SIMD (the browser builds enable it).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm {
-    use super::{pixel_fixed, BIAS, PRECISION_BITS};
+    use super::{each_window, tap_bytes, BIAS, PRECISION_BITS};
     use std::arch::wasm32::*;
 
     pub(super) fn horizontal_row_simd128<const K: usize>(
@@ -224,29 +261,22 @@ mod wasm {
         starts: &[usize],
         coeffs: &[i32],
     ) {
-        for ((o, &s), k) in orow
-            .chunks_exact_mut(3)
-            .zip(starts)
-            .zip(coeffs.chunks_exact(K))
-        {
-            let Some(px) = row.get(s * 3..s * 3 + 3 * K + 1) else {
-                pixel_fixed::<K>(&row[s * 3..s * 3 + 3 * K], k, o);
-                continue;
-            };
+        each_window::<K>(row, orow, starts, coeffs, |px, k| {
             let mut acc = i32x4_splat(BIAS);
-            for i in 0..K {
-                let b =
-                    u32::from_le_bytes([px[3 * i], px[3 * i + 1], px[3 * i + 2], px[3 * i + 3]]);
+            for (i, &kv) in k.iter().enumerate().take(K) {
                 // Bytes b0..b3 widened to four u32 lanes (the splat's low 4 bytes).
-                let v = u32x4_extend_low_u16x8(u16x8_extend_low_u8x16(u32x4_splat(b)));
-                acc = i32x4_add(acc, i32x4_mul(v, i32x4_splat(k[i])));
+                let v = u32x4_splat(tap_bytes(px, i));
+                let v = u32x4_extend_low_u16x8(u16x8_extend_low_u8x16(v));
+                acc = i32x4_add(acc, i32x4_mul(v, i32x4_splat(kv)));
             }
             let q = i32x4_shr(acc, PRECISION_BITS);
             let q = u8x16_narrow_i16x8(i16x8_narrow_i32x4(q, q), i16x8_splat(0));
-            o[0] = u8x16_extract_lane::<0>(q);
-            o[1] = u8x16_extract_lane::<1>(q);
-            o[2] = u8x16_extract_lane::<2>(q);
-        }
+            [
+                u8x16_extract_lane::<0>(q),
+                u8x16_extract_lane::<1>(q),
+                u8x16_extract_lane::<2>(q),
+            ]
+        });
     }
 }
 
@@ -257,7 +287,7 @@ mod wasm {
 /// 32-bit vector multiply).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{pixel_fixed, BIAS, PRECISION_BITS};
+    use super::{each_window, tap_bytes, BIAS, PRECISION_BITS};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "sse4.1")]
@@ -267,31 +297,19 @@ mod x86 {
         starts: &[usize],
         coeffs: &[i32],
     ) {
-        for ((o, &s), k) in orow
-            .chunks_exact_mut(3)
-            .zip(starts)
-            .zip(coeffs.chunks_exact(K))
-        {
-            // Each tap loads 4 bytes; the last one reads a byte past the window.
-            let Some(px) = row.get(s * 3..s * 3 + 3 * K + 1) else {
-                pixel_fixed::<K>(&row[s * 3..s * 3 + 3 * K], k, o);
-                continue;
-            };
+        // The closure inherits SSE4.1 from this function.
+        each_window::<K>(row, orow, starts, coeffs, |px, k| {
             let mut acc = _mm_set1_epi32(BIAS);
-            for i in 0..K {
-                let b =
-                    u32::from_le_bytes([px[3 * i], px[3 * i + 1], px[3 * i + 2], px[3 * i + 3]]);
-                let v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(b as i32));
-                acc = _mm_add_epi32(acc, _mm_mullo_epi32(v, _mm_set1_epi32(k[i])));
+            for (i, &kv) in k.iter().enumerate().take(K) {
+                let v = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(tap_bytes(px, i) as i32));
+                acc = _mm_add_epi32(acc, _mm_mullo_epi32(v, _mm_set1_epi32(kv)));
             }
             // `>> PRECISION_BITS`, then saturate to 0..=255 (= clamp) through the two packs.
             let q = _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(acc);
             let q = _mm_packus_epi16(_mm_packs_epi32(q, q), _mm_setzero_si128());
             let [r, g, b, _] = (_mm_cvtsi128_si32(q) as u32).to_le_bytes();
-            o[0] = r;
-            o[1] = g;
-            o[2] = b;
-        }
+            [r, g, b]
+        });
     }
 
     #[target_feature(enable = "avx2")]
