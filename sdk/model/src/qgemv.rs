@@ -415,7 +415,6 @@ fn block_ints(kind: Kind, b: &[u8], out: &mut [i32]) {
     }
 }
 
-/// A row's blocks as f32 values (ggml's dequantization).
 /// Intermediate values of [`swiglu_mlp_add`] computed at a time (rounded to whole blocks of
 /// the down projection).
 const MLP_CHUNK: usize = 512;
@@ -501,6 +500,7 @@ pub fn swiglu_mlp_add(
     Ok(())
 }
 
+/// A row's blocks as f32 values (ggml's dequantization).
 fn dequantize_into(kind: Kind, row: &[u8], out: &mut [f32]) {
     let (bv, bb) = (kind.block_values(), kind.block_bytes());
     let mut ints = [0i32; 256];

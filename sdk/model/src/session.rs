@@ -5,6 +5,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::graph::{KvCache, Qwen25VL};
+use std::borrow::Cow;
 use visionthink_core::image::PixelValues;
 use visionthink_core::rope::{extend_rope_index, MropeBuilder};
 
@@ -89,19 +90,16 @@ impl<'m, B: Backend> Session<'m, B> {
             false => {
                 // One image (every VisionThink turn) is passed as it is: a full-resolution
                 // image's values are tens of MB, and joining them cost a copy into fresh pages.
-                let joined: Vec<f32>;
-                let pixels: &[f32] = match images {
-                    [one] => &one.data,
-                    many => {
-                        let mut all = Vec::with_capacity(many.iter().map(|p| p.data.len()).sum());
-                        for p in many {
-                            all.extend_from_slice(&p.data);
-                        }
-                        joined = all;
-                        &joined
-                    }
+                let pixels: Cow<'_, [f32]> = match images {
+                    [one] => Cow::Borrowed(&one.data),
+                    many => Cow::Owned(
+                        many.iter()
+                            .map(|p| &p.data[..])
+                            .collect::<Vec<_>>()
+                            .concat(),
+                    ),
                 };
-                Some(self.model.vision.forward(self.be, pixels, &grids)?)
+                Some(self.model.vision.forward(self.be, &pixels, &grids)?)
             }
         };
         let vision_ms = clock() - t;
