@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README: "run the tests"). Installs what it needs on a fresh
-# machine, then runs, cheapest first: fmt, clippy (native and wasm32, -D warnings), native tests
+# machine, then runs, cheapest first: fmt, then builds linted by clippy (-D warnings): native tests
 # (unit, integration, doc, CLI; the WebGPU executor on Mesa's lavapipe), the tokenizer tests again
 # on the Oniguruma regex engine, the core test suite compiled to wasm32 and run under Node, the
 # browser tests in headless Chromium (kernels and model on WebGPU/SwiftShader, CPU fallback), the
@@ -98,30 +98,37 @@ got=$(sha256sum tests/fixtures/tokenizer/tokenizer.json | cut -d' ' -f1)
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "clippy (native; with the optional Hugging Face Hub and MPI features)"
-cargo clippy --workspace --all-targets --features visionthink/hub,visionthink-train/mpi --locked -- -D warnings
-
-step "clippy (wasm32)"
-cargo clippy -p visionthink-core -p visionthink-wasm --all-targets --target wasm32-unknown-unknown --locked -- -D warnings
-cargo clippy -p visionthink-model --features wgpu --lib --target wasm32-unknown-unknown --locked -- -D warnings
+# Clippy runs inside the builds below instead of beside them: clippy-driver wraps rustc for the
+# workspace's own crates (RUSTC_WORKSPACE_WRAPPER; dependencies are compiled by rustc as usual), so
+# every build compiles them with clippy's lints, warnings denied (`cargo clippy -- -D warnings`),
+# and no separate `cargo clippy` type-checks every dependency again in check mode (natively and
+# for wasm32, that pass cost about 19 of a cold run's minutes). Each target is linted where it
+# is built: libraries, binaries, tests and examples by `cargo test`, benches by the
+# `--benches --no-run` build, wasm32 code by the wasm32 builds. Exported, so the npm build
+# and the README's commands below compile with the same settings and reuse these artifacts.
+clippy_driver=$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver)
+export RUSTC_WORKSPACE_WRAPPER="$clippy_driver"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 # Every wasm32 build below uses the release profile, the one the npm package ships: the
 # dependencies are compiled for wasm32 once and shared by the tests and the package build.
 step "build visionthink-core for wasm32"
 cargo build -p visionthink-core --target wasm32-unknown-unknown --release --locked
 
-# The wasm crate's tests run in the browser below; leaving it out here keeps the features of
-# this build equal to those of `cargo run -p visionthink` (examples, the README's demo), so
-# those reuse every crate compiled here.
-step "tests (native; the WebGPU executor on lavapipe; data-parallel GRPO under mpirun)"
-cargo test --workspace --exclude visionthink-wasm --features visionthink-train/mpi --locked
+# The wasm crate's tests run in the browser below (its code is linted there, for the target it
+# is built for). The optional Hugging Face Hub feature is compiled (and linted) here too.
+step "tests (native, linted; the WebGPU executor on lavapipe; data-parallel GRPO under mpirun)"
+native=(--workspace --exclude visionthink-wasm --features visionthink/hub,visionthink-train/mpi --locked)
+cargo test "${native[@]}" --benches --no-run
+cargo test "${native[@]}"
 
 step "tokenizer tests on the Oniguruma regex engine (the one Python tokenizers uses)"
 cargo test -p visionthink-core --no-default-features --features onig --test tokenizer --locked
 
-step "core tests on wasm32 (Node)"
+step "core tests on wasm32 (Node), and the wasm crate's tests linted for wasm32"
 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
   cargo test -p visionthink-core --target wasm32-unknown-unknown --tests --release --locked
+cargo test -p visionthink-wasm --target wasm32-unknown-unknown --tests --release --locked --no-run
 
 step "browser tests in headless Chromium (wasm-bindgen-test + chromedriver, WebGPU on SwiftShader)"
 (cd wasm && CHROMEDRIVER=$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=900 \
