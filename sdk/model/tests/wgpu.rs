@@ -875,6 +875,44 @@ fn streamed_gguf_files_run_on_the_webgpu_executor() {
     }
 }
 
+/// More distinct parameter blocks than the uniform buffer has slots, recorded without waiting:
+/// slots are given new blocks while earlier submits may still be running, and every result is
+/// still right (a slot is never rewritten under a dispatch that was not yet submitted).
+#[test]
+fn parameter_slots_are_reused_and_recycled_safely() {
+    let lock = gpu().lock().unwrap();
+    let g: &WgpuBackend = &lock;
+    // 1,300 lengths fill the 1,024 slots and wrap (lengths 1..=276 are evicted); then each
+    // length evicted earlier (a new block) follows a repeat of the length in the slot where
+    // the search for a free one starts, which must be skipped: overwritten, it would make the
+    // repeat's dispatch sum fewer values.
+    let lens: Vec<usize> = (1..=1300)
+        .chain((0..150).flat_map(|j| [277 + 2 * j, 1 + j]))
+        .collect();
+    let before = g.counters();
+    let mut outs = Vec::new();
+    for (i, &n) in lens.iter().enumerate() {
+        let (a, b) = (data(n, i as u64), data(n, 7000 + i as u64));
+        let (ga, gb) = (
+            g.tensor(&a, &[1, n]).unwrap(),
+            g.tensor(&b, &[1, n]).unwrap(),
+        );
+        outs.push((g.add(&ga, &gb).unwrap(), a, b));
+    }
+    for (i, (out, a, b)) in outs.iter().enumerate() {
+        let got = g.to_vec(out).unwrap();
+        let want: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+        assert_eq!(got, want, "sum {i} (length {})", lens[i]);
+    }
+    // (Blocks are counted when they are written, at submit: after the readbacks.)
+    let after = g.counters();
+    let blocks = after.param_blocks_written - before.param_blocks_written;
+    assert!(
+        blocks >= 1300,
+        "each new length is a new block (more than the slots): {blocks}"
+    );
+}
+
 /// Decode steps reuse the intermediate buffers of the step before (the pool) and therefore
 /// their bind groups (the cache), and the reuse changes no result: every step's logits match
 /// candle's on the same model.
@@ -906,12 +944,14 @@ fn decode_steps_reuse_buffers_and_bind_groups() {
         let want = c.to_vec(&cm.logits(&c, &h).unwrap()).unwrap();
         close(&got, &want, 1e-3, &format!("decode step {step}"));
         let after = g.counters();
-        let (dispatches, groups, buffers) = (
+        let (dispatches, groups, buffers, blocks, writes) = (
             after.dispatches - before.dispatches,
             after.bind_groups_created - before.bind_groups_created,
             after.output_buffers_created - before.output_buffers_created,
+            after.param_blocks_written - before.param_blocks_written,
+            after.param_writes - before.param_writes,
         );
-        eprintln!("step {step}: {dispatches} dispatches, {groups} new bind groups, {buffers} new output buffers");
+        eprintln!("step {step}: {dispatches} dispatches, {groups} new bind groups, {buffers} new output buffers, {blocks} parameter blocks written in {writes} writes");
         if step >= prompt + 2 {
             assert_eq!(
                 buffers, 0,
@@ -922,6 +962,13 @@ fn decode_steps_reuse_buffers_and_bind_groups() {
             assert_eq!(
                 groups, 0,
                 "step {step}: {groups} new bind groups of {dispatches}"
+            );
+            // Positions and lengths travel in uploaded buffers, so every dispatch's parameters
+            // are those of the step before: nothing is written into the parameter slots.
+            assert_eq!(
+                (blocks, writes),
+                (0, 0),
+                "step {step}: parameter blocks written"
             );
         }
     }

@@ -1,7 +1,8 @@
 //! Recording work: the pipeline cache (keyed by [`Kernel`], explicit bind-group layouts), the
-//! pooled uniform buffer (one slot per dispatch, bound with a dynamic offset, written once per
-//! submit), the storage-buffer pool (an output buffer freed by its tensors is reused by the next
-//! output of its size), the bind-group cache (keyed by kernel and buffers, which repeat from one
+//! uniform buffer of kernel parameters (one slot per distinct parameter block, bound with a
+//! dynamic offset; a block is written once and reused by every dispatch with the same
+//! parameters, so a decode step writes none), the storage-buffer pool (an output buffer freed by
+//! its tensors is reused by the next output of its size), the bind-group cache (keyed by kernel and buffers, which repeat from one
 //! decode step to the next once buffers are pooled), the command encoder, uploads, and readback.
 
 use super::kernels::{Access, Kernel, Params};
@@ -11,8 +12,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// Dispatches recorded before an intermediate submit (and parameter slots in the pool).
+/// Dispatches recorded before an intermediate submit.
 pub const FLUSH_DISPATCHES: usize = 384;
+
+/// Parameter slots in the uniform buffer: distinct parameter blocks kept for reuse. More than
+/// one submit can use (at most [`FLUSH_DISPATCHES`]), so a free slot is always found.
+const PARAM_SLOTS: usize = 1024;
 
 /// Work counters since creation (for benchmarks: dispatches and submits per decode step).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,6 +33,11 @@ pub struct Counters {
     pub output_buffers_created: u64,
     /// Bind groups created (the rest of the dispatches found theirs in the cache).
     pub bind_groups_created: u64,
+    /// Parameter blocks written into the uniform buffer (the rest of the dispatches found
+    /// theirs already there).
+    pub param_blocks_written: u64,
+    /// Queue writes of parameter blocks (contiguous new blocks are written together).
+    pub param_writes: u64,
 }
 
 /// Most bytes the pool keeps in free buffers.
@@ -202,6 +212,61 @@ struct Bound {
 /// Bytes of one kernel's parameters (16 words; every `P` is smaller).
 const PARAM_BYTES: u64 = 64;
 
+/// One kernel's parameters, zero-padded to [`PARAM_BYTES`].
+type Block = [u32; (PARAM_BYTES / 4) as usize];
+
+/// Which parameter block each slot of the uniform buffer holds, and when it was last used.
+///
+/// A slot is only given a new block when no dispatch recorded since the last submit uses it:
+/// the queue runs a write before the commands of the submit it joins, but after every command
+/// submitted earlier, so only unsubmitted readers could see the new bytes.
+struct ParamSlots {
+    by_block: HashMap<Block, u32, BuildFx>,
+    owner: Vec<Option<Block>>,
+    /// The submit count (pool epoch) of each slot's last use.
+    used: Vec<u64>,
+    /// Where the search for a free slot starts.
+    cursor: usize,
+    /// Slots given new blocks since the last submit (written at submit).
+    dirty: Vec<u32>,
+}
+
+impl ParamSlots {
+    fn new() -> Self {
+        Self {
+            by_block: HashMap::default(),
+            owner: vec![None; PARAM_SLOTS],
+            used: vec![0; PARAM_SLOTS],
+            cursor: 0,
+            dirty: Vec::new(),
+        }
+    }
+
+    /// The slot holding `block`, given one when none does, marked used in submit `now`.
+    fn slot(&mut self, block: &Block, now: u64) -> u32 {
+        if let Some(&s) = self.by_block.get(block) {
+            self.used[s as usize] = now;
+            return s;
+        }
+        // At most FLUSH_DISPATCHES slots are used since the last submit, fewer than
+        // PARAM_SLOTS, so one of the next PARAM_SLOTS is free.
+        let n = self.owner.len();
+        let free = (0..n)
+            .map(|i| (self.cursor + i) % n)
+            .find(|&i| self.owner[i].is_none() || self.used[i] < now)
+            .unwrap_or(self.cursor);
+        if let Some(old) = self.owner[free].take() {
+            self.by_block.remove(&old);
+        }
+        self.owner[free] = Some(*block);
+        self.used[free] = now;
+        self.by_block.insert(*block, free as u32);
+        self.dirty.push(free as u32);
+        self.cursor = (free + 1) % n;
+        free as u32
+    }
+}
+
 /// The recording state of one device: compiled pipelines, the parameter pool, the open
 /// encoder, counters.
 pub(super) struct Recorder {
@@ -209,7 +274,8 @@ pub(super) struct Recorder {
     pub(super) queue: wgpu::Queue,
     pipelines: Mutex<HashMap<Kernel, Pipeline>>,
     pending: Mutex<Pending>,
-    /// The parameter pool: one slot per recorded dispatch.
+    slots: Mutex<ParamSlots>,
+    /// The parameter blocks: [`PARAM_SLOTS`] slots (see [`ParamSlots`]).
     uniforms: wgpu::Buffer,
     /// Bytes per parameter slot (the adapter's uniform offset alignment, at least 64).
     param_slot: u64,
@@ -235,8 +301,6 @@ struct Pending {
     pass: Option<wgpu::ComputePass<'static>>,
     encoder: Option<wgpu::CommandEncoder>,
     dispatches: usize,
-    /// The parameter slots of the recorded dispatches, uploaded into the pool at submit.
-    params: Vec<u8>,
 }
 
 /// The storage usage of every buffer the kernels read or write.
@@ -246,12 +310,12 @@ pub(super) fn usage() -> wgpu::BufferUsages {
 
 impl Recorder {
     /// Recording on `device`, with parameter slots of `uniform_align` bytes (at least
-    /// [`PARAM_BYTES`]); the pool holds [`FLUSH_DISPATCHES`] of them.
+    /// [`PARAM_BYTES`]); the uniform buffer holds [`PARAM_SLOTS`] of them.
     pub(super) fn new(device: wgpu::Device, queue: wgpu::Queue, uniform_align: u32) -> Self {
         let param_slot = u64::from(uniform_align).max(PARAM_BYTES);
         let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kernel parameters"),
-            size: param_slot * FLUSH_DISPATCHES as u64,
+            size: param_slot * PARAM_SLOTS as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -260,6 +324,7 @@ impl Recorder {
             queue,
             pipelines: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
+            slots: Mutex::new(ParamSlots::new()),
             uniforms,
             param_slot,
             counters: Arc::new(Mutex::new(Counters::default())),
@@ -338,8 +403,9 @@ impl Recorder {
         out
     }
 
-    /// Records one dispatch of `kernel` with `params` in the next pool slot and the storage
-    /// `buffers` at the kernel's bindings (in order), submitting when the pool is full.
+    /// Records one dispatch of `kernel` with `params` (in the slot that holds them, written at
+    /// the next submit when new) and the storage `buffers` at the kernel's bindings (in order),
+    /// submitting every [`FLUSH_DISPATCHES`] dispatches.
     pub(super) fn dispatch(
         &self,
         kernel: Kernel,
@@ -348,17 +414,17 @@ impl Recorder {
         groups: (u32, u32, u32),
     ) {
         let (pipeline, bind) = self.bound(kernel, buffers);
-        let offset = {
-            let mut p = locked(&self.pending);
-            let offset = p.params.len();
-            let mut words = params.words();
-            words.resize((self.param_slot / 4) as usize, 0);
-            p.params.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-            offset
-        };
+        let mut block: Block = [0; (PARAM_BYTES / 4) as usize];
+        for (b, w) in block.iter_mut().zip(params.words()) {
+            *b = w;
+        }
         self.count(|c| c.dispatches += 1);
         let full = {
+            // The slot is chosen and the dispatch recorded under the pending lock, which a
+            // submit holds throughout: the slot is marked used in the submit that reads it.
             let mut p = locked(&self.pending);
+            let now = locked(&self.pool).epoch;
+            let offset = u64::from(locked(&self.slots).slot(&block, now)) * self.param_slot;
             let pass = match p.pass.take() {
                 Some(pass) => pass,
                 None => self
@@ -445,15 +511,13 @@ impl Recorder {
         })
     }
 
-    /// Submits recorded work (without waiting): the parameter slots are written into the pool
-    /// first, in one write, which the queue orders before the commands that read them.
+    /// Submits recorded work (without waiting): the parameter blocks new since the last submit
+    /// are written first (a run of adjacent slots in one write), which the queue orders before
+    /// the commands that read them.
     pub fn submit(&self) {
         let mut p = locked(&self.pending);
         p.pass = None;
-        if !p.params.is_empty() {
-            self.queue.write_buffer(&self.uniforms, 0, &p.params);
-            p.params.clear();
-        }
+        self.write_params();
         if let Some(enc) = p.encoder.take() {
             self.queue.submit([enc.finish()]);
             self.count(|c| c.submits += 1);
@@ -467,6 +531,47 @@ impl Recorder {
             locked(&self.bind_groups).retain(|_, b| now - b.used <= KEEP_SUBMITS);
         }
         p.dispatches = 0;
+    }
+
+    /// Writes the slots given new blocks since the last submit.
+    fn write_params(&self) {
+        let mut slots = locked(&self.slots);
+        if slots.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut slots.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let stride = self.param_slot as usize;
+        let (mut blocks, mut writes) = (0, 0);
+        let mut bytes = Vec::new();
+        for run in dirty.chunk_by(|a, b| b - a == 1) {
+            bytes.clear();
+            bytes.resize(run.len() * stride, 0);
+            for (i, &s) in run.iter().enumerate() {
+                if let Some(block) = &slots.owner[s as usize] {
+                    for (dst, w) in bytes[i * stride..].chunks_exact_mut(4).zip(block) {
+                        dst.copy_from_slice(&w.to_le_bytes());
+                    }
+                }
+            }
+            // The last slot's padding beyond its block is not needed.
+            let len = (run.len() - 1) * stride + PARAM_BYTES as usize;
+            self.queue.write_buffer(
+                &self.uniforms,
+                u64::from(run[0]) * self.param_slot,
+                &bytes[..len],
+            );
+            blocks += run.len() as u64;
+            writes += 1;
+        }
+        slots.dirty = dirty;
+        slots.dirty.clear();
+        drop(slots);
+        self.count(|c| {
+            c.param_blocks_written += blocks;
+            c.param_writes += writes;
+        });
     }
 
     /// A storage buffer holding `bytes` (zero-padded to 4-byte multiples). Created empty and
