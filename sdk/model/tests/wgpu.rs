@@ -838,6 +838,125 @@ fn fused_projections_match_the_composed_ones() {
     drop(lock);
 }
 
+/// GGUF block matrices of one layout fused into one (a GGUF file's q/k/v and gate/up): the
+/// fused product and each part read in place as a view, one row (both matrix-vector kernels)
+/// and three rows, against candle's products over the same blocks dequantized. Parts of
+/// different layouts, or whose bytes would not start on a word, are left unfused.
+#[test]
+fn gguf_block_projections_fuse() {
+    use visionthink_core::gguf::GgmlType;
+    use visionthink_model::gguf::{dequantize, quantize, QuantView};
+    let lock = gpu().lock().unwrap();
+    let c = CandleBackend::cpu();
+    let reduction = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let k = 256;
+    let rows = [96usize, 32, 32];
+    // Q5_0 is stored as Q8_0 on the executor, so it fuses with Q8_0.
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+    ] {
+        let parts: Vec<(Vec<u8>, Vec<f32>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let v: Vec<f32> = data(r * k, 70 + i as u64).iter().map(|v| v * 0.7).collect();
+                let bytes = quantize(ty, &v, k).unwrap();
+                let exact = dequantize(ty, &bytes, r * k).unwrap();
+                (bytes, exact)
+            })
+            .collect();
+        let x1 = data(k, 80);
+        let x3 = data(3 * k, 81);
+        let product = |x: &[f32], n: usize, w: &[f32], m: usize| {
+            let y = c
+                .linear(
+                    &c.tensor(x, &[n, k]).unwrap(),
+                    &c.tensor(w, &[m, k]).unwrap(),
+                    None,
+                )
+                .unwrap();
+            c.to_vec(&y).unwrap()
+        };
+        let all: Vec<f32> = parts.iter().flat_map(|p| p.1.clone()).collect();
+        let want_fused = product(&x1, 1, &all, 160);
+        for (g, dev) in [(&*lock, "software"), (&reduction, "reduction gemv")] {
+            let what = format!("{} on the {dev} device", ty.name());
+            let gw: Vec<_> = parts
+                .iter()
+                .zip(&rows)
+                .map(|((bytes, _), r)| {
+                    let view = QuantView {
+                        name: "w",
+                        ty,
+                        shape: [*r, k],
+                        bytes,
+                        file_backed: false,
+                    };
+                    g.quantized_weight(&view).unwrap()
+                })
+                .collect();
+            let (fw, views) = g
+                .fuse_rows(&gw.iter().collect::<Vec<_>>())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: not fused"));
+            assert_eq!(g.shape(&fw), vec![160, k], "{what}");
+            let gx1 = g.tensor(&x1, &[1, k]).unwrap();
+            let gx3 = g.tensor(&x3, &[3, k]).unwrap();
+            let fused = g.to_vec(&g.linear(&gx1, &fw, None).unwrap()).unwrap();
+            close(&fused, &want_fused, 1e-5, &format!("{what}: fused product"));
+            for (i, (v, r)) in views.iter().zip(&rows).enumerate() {
+                let exact = &parts[i].1;
+                close(
+                    &g.to_vec(v).unwrap(),
+                    exact,
+                    1e-6,
+                    &format!("{what}: part {i} read back"),
+                );
+                let one = g.to_vec(&g.linear(&gx1, v, None).unwrap()).unwrap();
+                close(
+                    &one,
+                    &product(&x1, 1, exact, *r),
+                    1e-5,
+                    &format!("{what}: part {i}, one row"),
+                );
+                let three = g.to_vec(&g.linear(&gx3, v, None).unwrap()).unwrap();
+                close(
+                    &three,
+                    &product(&x3, 3, exact, *r),
+                    1e-5,
+                    &format!("{what}: part {i}, three rows"),
+                );
+            }
+        }
+    }
+    let upload = |ty: GgmlType, m: usize| {
+        let bytes = quantize(ty, &data(m * k, 90), k).unwrap();
+        let view = QuantView {
+            name: "w",
+            ty,
+            shape: [m, k],
+            bytes: &bytes,
+            file_backed: false,
+        };
+        lock.quantized_weight(&view).unwrap()
+    };
+    // Two layouts: no fusion.
+    let (a, b) = (upload(GgmlType::Q8_0, 32), upload(GgmlType::Q4_K, 32));
+    assert!(lock.fuse_rows(&[&a, &b]).unwrap().is_none());
+    // 33 rows of 210-byte Q6_K rows end mid-word: the copy could not place the next part.
+    let (a, b) = (upload(GgmlType::Q6_K, 33), upload(GgmlType::Q6_K, 32));
+    assert!(lock.fuse_rows(&[&a, &b]).unwrap().is_none());
+    drop(lock);
+}
+
 /// The GGUF files streamed in 64 KB chunks onto the WebGPU executor (as the browser loads them,
 /// with the adapter's binding size as the row limit): the goldens within 1e-3, greedy tokens
 /// identical; the Q8_0 mmproj's matrices stay blocks on the GPU.

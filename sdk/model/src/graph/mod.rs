@@ -558,11 +558,14 @@ impl<B: Backend> Qwen25VL<B> {
         let t = &self.cfg.text;
         let h = be.rms_norm(x, &layer.input_norm, t.rms_norm_eps)?;
         let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
-        if let (Some(f), [1, _]) = (&layer.fused, &be.shape(x)[..]) {
+        if let (Some(qkv), [1, _]) = (
+            layer.fused.as_ref().and_then(|f| f.qkv.as_ref()),
+            &be.shape(x)[..],
+        ) {
             // One row: the fused product, rotary embedding on the q and k heads at once.
             let d = t.hidden_size / heads;
             let (qw, kw) = (heads * d, kv_heads * d);
-            let y = f.qkv.forward(be, &h)?;
+            let y = qkv.forward(be, &h)?;
             let qk = be.rope(&columns(be, &y, 0, qw + kw)?, cos, sin, heads + kv_heads)?;
             let q = columns(be, &qk, 0, qw)?;
             let k = columns(be, &qk, qw, kw)?;
@@ -612,10 +615,11 @@ impl<B: Backend> Qwen25VL<B> {
         if let Some(y) = be.mlp_add(&h, &layer.gate.w, &layer.up.w, down, down_b, &x)? {
             return Ok(y);
         }
-        let (gate, up) = match (&layer.fused, &be.shape(&h)[..]) {
-            (Some(f), [1, _]) => {
+        let gate_up = layer.fused.as_ref().and_then(|f| f.gate_up.as_ref());
+        let (gate, up) = match (gate_up, &be.shape(&h)[..]) {
+            (Some(gate_up), [1, _]) => {
                 let inter = self.cfg.text.intermediate_size;
-                let gu = f.gate_up.forward(be, &h)?;
+                let gu = gate_up.forward(be, &h)?;
                 (columns(be, &gu, 0, inter)?, columns(be, &gu, inter, inter)?)
             }
             _ => (layer.gate.forward(be, &h)?, layer.up.forward(be, &h)?),

@@ -81,59 +81,63 @@ pub struct DecoderLayer<T> {
     pub(crate) fused: Option<Fused<T>>,
 }
 
-/// A decoder layer's projections that read the same input, each group as one matrix.
+/// A decoder layer's projections that read the same input, each group as one matrix where the
+/// backend could store it so (the groups are fused independently: GGUF files may give q/k/v
+/// layouts that differ while gate and up share one).
 #[derive(Debug, Clone)]
 pub struct Fused<T> {
     /// `[q; k; v]` rows, with the biases likewise.
-    pub(crate) qkv: Linear<T>,
+    pub(crate) qkv: Option<Linear<T>>,
     /// `[gate; up]` rows.
-    pub(crate) gate_up: Linear<T>,
+    pub(crate) gate_up: Option<Linear<T>>,
 }
 
 impl<T: Clone> DecoderLayer<T> {
-    /// Asks `be` to store q/k/v and gate/up as one matrix each ([`Backend::fuse_rows`]); when
-    /// it does, the layer's own projections become views into them. Unchanged otherwise.
+    /// Asks `be` to store q/k/v and gate/up as one matrix each ([`Backend::fuse_rows`]); each
+    /// group it fuses has its projections become views into the fused matrix. Unchanged
+    /// otherwise.
     pub(crate) fn fuse<B: Backend<Tensor = T>>(&mut self, be: &B) -> Result<()> {
-        let (Some(qb), Some(kb), Some(vb)) = (&self.q.b, &self.k.b, &self.v.b) else {
-            return Ok(());
+        let fewer = || Error::Backend("fuse_rows returned fewer views than parts".into());
+        let mut fused = Fused {
+            qkv: None,
+            gate_up: None,
         };
-        if self.gate.b.is_some() || self.up.b.is_some() {
-            return Ok(());
+        if let (Some(qb), Some(kb), Some(vb)) = (&self.q.b, &self.k.b, &self.v.b) {
+            // The weights first: when they do not fuse, the biases are not copied for nothing.
+            if let Some((qkv_w, ws)) = be.fuse_rows(&[&self.q.w, &self.k.w, &self.v.w])? {
+                if let Some((qkv_b, bs)) = be.fuse_rows(&[qb, kb, vb])? {
+                    let (mut ws, mut bs) = (ws.into_iter(), bs.into_iter());
+                    for l in [&mut self.q, &mut self.k, &mut self.v] {
+                        let (Some(w), Some(b)) = (ws.next(), bs.next()) else {
+                            return Err(fewer());
+                        };
+                        *l = Linear { w, b: Some(b) };
+                    }
+                    fused.qkv = Some(Linear {
+                        w: qkv_w,
+                        b: Some(qkv_b),
+                    });
+                }
+            }
         }
-        let Some((qkv_b, bs)) = be.fuse_rows(&[qb, kb, vb])? else {
-            return Ok(());
-        };
-        let Some((qkv_w, ws)) = be.fuse_rows(&[&self.q.w, &self.k.w, &self.v.w])? else {
-            return Ok(());
-        };
-        let Some((gate_up_w, gu)) = be.fuse_rows(&[&self.gate.w, &self.up.w])? else {
-            return Ok(());
-        };
-        let (mut ws, mut bs, mut gu) = (ws.into_iter(), bs.into_iter(), gu.into_iter());
-        for l in [&mut self.q, &mut self.k, &mut self.v] {
-            let (Some(w), Some(b)) = (ws.next(), bs.next()) else {
-                return Err(Error::Backend(
-                    "fuse_rows returned fewer views than parts".into(),
-                ));
-            };
-            *l = Linear { w, b: Some(b) };
+        if self.gate.b.is_none() && self.up.b.is_none() {
+            if let Some((gate_up_w, gu)) = be.fuse_rows(&[&self.gate.w, &self.up.w])? {
+                let mut gu = gu.into_iter();
+                for l in [&mut self.gate, &mut self.up] {
+                    *l = Linear {
+                        w: gu.next().ok_or_else(fewer)?,
+                        b: None,
+                    };
+                }
+                fused.gate_up = Some(Linear {
+                    w: gate_up_w,
+                    b: None,
+                });
+            }
         }
-        for l in [&mut self.gate, &mut self.up] {
-            let w = gu.next().ok_or_else(|| {
-                Error::Backend("fuse_rows returned fewer views than parts".into())
-            })?;
-            *l = Linear { w, b: None };
+        if fused.qkv.is_some() || fused.gate_up.is_some() {
+            self.fused = Some(fused);
         }
-        self.fused = Some(Fused {
-            qkv: Linear {
-                w: qkv_w,
-                b: Some(qkv_b),
-            },
-            gate_up: Linear {
-                w: gate_up_w,
-                b: None,
-            },
-        });
         Ok(())
     }
 }

@@ -52,6 +52,17 @@ impl WeightLayout {
         matches!(self, Self::Q8_0 | Self::Q4_0 | Self::Q4_K | Self::Q6_K)
     }
 
+    /// GGUF blocks: (values, bytes) per block. `None` for the other layouts.
+    pub fn block(self) -> Option<(usize, usize)> {
+        match self {
+            Self::Q8_0 => Some((32, 34)),
+            Self::Q4_0 => Some((32, 18)),
+            Self::Q4_K => Some((256, 144)),
+            Self::Q6_K => Some((256, 210)),
+            Self::F32 | Self::F16 | Self::Int8 => None,
+        }
+    }
+
     /// The layout that reads GGUF blocks of `ty` as stored, if the kernels have one.
     pub fn of_gguf(ty: GgmlType) -> Option<Self> {
         match ty {

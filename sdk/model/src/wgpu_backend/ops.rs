@@ -289,9 +289,10 @@ impl WgpuBackend {
     }
 
     /// [`Backend::fuse_rows`]: the parts copied one after another into one buffer (on the GPU),
-    /// each then a view into it. For f32 and f16 tensors in one buffer each (not int8, whose
-    /// per-row scales the views would not follow, nor GGUF blocks or chunked weights), when
-    /// the whole fits one binding.
+    /// each then a view into it. For f32 and f16 tensors in one buffer each, and for matrices
+    /// of GGUF blocks of one layout and row length (whose kernels address a value by its index,
+    /// so a view starting at a whole row reads its blocks in place), when the whole fits one
+    /// binding. Not int8, whose per-row scales the views would not follow, nor chunked weights.
     fn fuse_parts(&self, parts: &[&GpuTensor]) -> Result<crate::backend::FusedRows<GpuTensor>> {
         let Some(first) = parts.first() else {
             return Ok(None);
@@ -300,12 +301,31 @@ impl WgpuBackend {
             [c] => c.kind,
             _ => return Ok(None),
         };
-        let (elem_bytes, align) = match kind {
-            WeightLayout::F32 => (4, 1),
-            // Two values per u32: every part must start and end on a whole word.
-            WeightLayout::F16 => (2, 2),
-            _ => return Ok(None),
+        // Bytes of `values` values (a whole number of blocks, for the block layouts).
+        let bytes_of = |values: usize| -> usize {
+            match kind.block() {
+                Some((per, bytes)) => values / per * bytes,
+                None if kind == WeightLayout::F16 => values * 2,
+                None => values * 4,
+            }
         };
+        let ok_layout = match kind {
+            WeightLayout::F32 | WeightLayout::F16 => true,
+            // Whole rows of whole blocks, each part's bytes starting and ending on a word (the
+            // copy's alignment).
+            k if k.is_blocks() => {
+                !first.one_d
+                    && k.block().is_some_and(|(per, _)| first.cols % per == 0)
+                    && parts.iter().all(|t| {
+                        t.off % t.cols.max(1) == 0
+                            && bytes_of(t.off) % 4 == 0
+                            && bytes_of(t.len()) % 4 == 0
+                    })
+            }
+            _ => false,
+        };
+        // f16: two values per u32, so every part starts and ends on a whole word.
+        let align = if kind == WeightLayout::F16 { 2 } else { 1 };
         let fits = |t: &&GpuTensor| {
             matches!(t.chunks.as_slice(), [c] if c.kind == kind && c.scales.is_none())
                 && t.one_d == first.one_d
@@ -313,19 +333,19 @@ impl WgpuBackend {
                 && t.off % align == 0
                 && t.len() % align == 0
         };
-        if parts.len() < 2 || !parts.iter().all(fits) {
+        if !ok_layout || parts.len() < 2 || !parts.iter().all(fits) {
             return Ok(None);
         }
         let total: usize = parts.iter().map(|t| t.len()).sum();
-        if total * elem_bytes > self.chunk_limit() {
+        if bytes_of(total) > self.chunk_limit() {
             return Ok(None);
         }
         self.fault.check()?;
-        let buf = self.rec.empty(total * elem_bytes);
+        let buf = self.rec.empty(bytes_of(total));
         let mut at = 0;
         for t in parts {
             let src = &t.chunks[0].buf;
-            let (from, to, bytes) = (t.off * elem_bytes, at * elem_bytes, t.len() * elem_bytes);
+            let (from, to, bytes) = (bytes_of(t.off), bytes_of(at), bytes_of(t.len()));
             if bytes > 0 {
                 self.with_encoder(|enc| {
                     enc.copy_buffer_to_buffer(src, from as u64, &buf, to as u64, bytes as u64)
