@@ -9,6 +9,9 @@
 //! must read (every text-decoder matrix, f32, and the output head once), so decode can be stated
 //! as a fraction of the memory-bandwidth bound — for f32 weights and again with the weights kept
 //! in bf16 (half the bytes).
+//!
+//! `VT_BENCH_ONLY=prefill` (or `vision`) runs only the 512-token prefill (or the 896×896 vision
+//! tower) in a loop of 5 and prints each time: a steady workload to profile (`perf record`).
 
 use std::time::Instant;
 use visionthink::core::image::preprocess;
@@ -95,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     let vt = VisionThink::from_dir(dir)?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
+    if let Ok(only) = std::env::var("VT_BENCH_ONLY") {
+        return profile_loop(&vt, &only, img896);
+    }
     let mut out = serde_json::Map::new();
     out.insert("load_s".into(), load_s.into());
     // Vision tower alone.
@@ -232,5 +238,28 @@ fn main() -> anyhow::Result<()> {
         (bytes / 2.0 / (bw * 1e9) / decode_bf16).into(),
     );
     println!("{}", serde_json::Value::Object(out));
+    Ok(())
+}
+
+/// One phase in a loop of 5, each timed (`VT_BENCH_ONLY`): what `perf record` should see.
+fn profile_loop(vt: &VisionThink, only: &str, img896: &str) -> anyhow::Result<()> {
+    let prompt: Vec<u32> = (0..512u32).map(|i| 1000 + (i * 37) % 5000).collect();
+    let pv = preprocess(&visionthink::load_image(img896)?, &vt.dir.preprocessor)?;
+    let ids: Vec<u32> = std::iter::once(151652)
+        .chain(std::iter::repeat_n(151655, pv.num_image_tokens(2)))
+        .chain(std::iter::once(151653))
+        .collect();
+    for i in 0..5 {
+        let mut s = vt.session();
+        let t = Instant::now();
+        match only {
+            "prefill" => drop(s.feed(&prompt, &[])?),
+            "vision" => drop(s.feed(&ids, std::slice::from_ref(&pv))?),
+            other => anyhow::bail!("VT_BENCH_ONLY={other}: expected prefill or vision"),
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let vision = s.timings().vision_ms;
+        println!("{only} {i}: {ms:.1} ms (vision tower {vision:.1} ms)");
+    }
     Ok(())
 }
