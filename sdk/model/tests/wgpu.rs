@@ -530,6 +530,12 @@ fn gguf_files_run_on_the_webgpu_executor() {
     }
 }
 
+/// The GGUF block types the executor reads (Q5_0 rewritten as Q8_0).
+const BLOCK_TYPES: [visionthink_core::gguf::GgmlType; 5] = {
+    use visionthink_core::gguf::GgmlType::*;
+    [Q8_0, Q4_0, Q5_0, Q4_K, Q6_K]
+};
+
 /// The kernels that read GGUF blocks in place (Q8_0, Q4_0, Q4_K, Q6_K; Q5_0 through Q8_0)
 /// against candle's f32 product over the same blocks dequantized on the CPU: the tiled matmul,
 /// the three matrix-vector kernels, gather, readback, and row chunks split mid-tensor.
@@ -546,13 +552,7 @@ fn gguf_block_kernels_match_candle() {
         ..Default::default()
     })
     .unwrap();
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in BLOCK_TYPES {
         let mut shapes = vec![(70, 512), (9, 256)];
         if ty.block_size() == 32 {
             // Rows short enough for the barrier-free gemv.
@@ -845,7 +845,7 @@ fn fused_projections_match_the_composed_ones() {
 #[test]
 fn gguf_block_projections_fuse() {
     use visionthink_core::gguf::GgmlType;
-    use visionthink_model::gguf::{dequantize, quantize, QuantView};
+    use visionthink_model::gguf::{dequantize, quantize};
     let lock = gpu().lock().unwrap();
     let c = CandleBackend::cpu();
     let reduction = WgpuBackend::new_blocking(WgpuOptions {
@@ -856,13 +856,7 @@ fn gguf_block_projections_fuse() {
     let k = 256;
     let rows = [96usize, 32, 32];
     // Q5_0 is stored as Q8_0 on the executor, so it fuses with Q8_0.
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q4_0,
-        GgmlType::Q5_0,
-        GgmlType::Q4_K,
-        GgmlType::Q6_K,
-    ] {
+    for ty in BLOCK_TYPES {
         let parts: Vec<(Vec<u8>, Vec<f32>)> = rows
             .iter()
             .enumerate()
@@ -892,16 +886,7 @@ fn gguf_block_projections_fuse() {
             let gw: Vec<_> = parts
                 .iter()
                 .zip(&rows)
-                .map(|((bytes, _), r)| {
-                    let view = QuantView {
-                        name: "w",
-                        ty,
-                        shape: [*r, k],
-                        bytes,
-                        file_backed: false,
-                    };
-                    g.quantized_weight(&view).unwrap()
-                })
+                .map(|((bytes, _), r)| block_weight(g, ty, bytes, [*r, k]))
                 .collect();
             let (fw, views) = g
                 .fuse_rows(&gw.iter().collect::<Vec<_>>())
@@ -914,39 +899,19 @@ fn gguf_block_projections_fuse() {
             close(&fused, &want_fused, 1e-5, &format!("{what}: fused product"));
             for (i, (v, r)) in views.iter().zip(&rows).enumerate() {
                 let exact = &parts[i].1;
-                close(
-                    &g.to_vec(v).unwrap(),
-                    exact,
-                    1e-6,
-                    &format!("{what}: part {i} read back"),
-                );
-                let one = g.to_vec(&g.linear(&gx1, v, None).unwrap()).unwrap();
-                close(
-                    &one,
-                    &product(&x1, 1, exact, *r),
-                    1e-5,
-                    &format!("{what}: part {i}, one row"),
-                );
-                let three = g.to_vec(&g.linear(&gx3, v, None).unwrap()).unwrap();
-                close(
-                    &three,
-                    &product(&x3, 3, exact, *r),
-                    1e-5,
-                    &format!("{what}: part {i}, three rows"),
-                );
+                let read = g.to_vec(v).unwrap();
+                close(&read, exact, 1e-6, &format!("{what}: part {i} read back"));
+                for (n, x, gx) in [(1, &x1, &gx1), (3, &x3, &gx3)] {
+                    let got = g.to_vec(&g.linear(gx, v, None).unwrap()).unwrap();
+                    let want = product(x, n, exact, *r);
+                    close(&got, &want, 1e-5, &format!("{what}: part {i}, {n} rows"));
+                }
             }
         }
     }
     let upload = |ty: GgmlType, m: usize| {
         let bytes = quantize(ty, &data(m * k, 90), k).unwrap();
-        let view = QuantView {
-            name: "w",
-            ty,
-            shape: [m, k],
-            bytes: &bytes,
-            file_backed: false,
-        };
-        lock.quantized_weight(&view).unwrap()
+        block_weight(&lock, ty, &bytes, [m, k])
     };
     // Two layouts: no fusion.
     let (a, b) = (upload(GgmlType::Q8_0, 32), upload(GgmlType::Q4_K, 32));
@@ -955,6 +920,23 @@ fn gguf_block_projections_fuse() {
     let (a, b) = (upload(GgmlType::Q6_K, 33), upload(GgmlType::Q6_K, 32));
     assert!(lock.fuse_rows(&[&a, &b]).unwrap().is_none());
     drop(lock);
+}
+
+/// A `[m, k]` matrix of `ty` blocks uploaded to `g`.
+fn block_weight(
+    g: &WgpuBackend,
+    ty: visionthink_core::gguf::GgmlType,
+    bytes: &[u8],
+    shape: [usize; 2],
+) -> GpuTensor {
+    let view = visionthink_model::gguf::QuantView {
+        name: "w",
+        ty,
+        shape,
+        bytes,
+        file_backed: false,
+    };
+    g.quantized_weight(&view).unwrap()
 }
 
 /// The GGUF files streamed in 64 KB chunks onto the WebGPU executor (as the browser loads them,
