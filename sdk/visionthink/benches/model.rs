@@ -107,10 +107,7 @@ fn main() -> anyhow::Result<()> {
     for (name, path) in [("vision_448_ms", img448), ("vision_896_ms", img896)] {
         let pv = preprocess(&visionthink::load_image(path)?, &vt.dir.preprocessor)?;
         let mut s = vt.session();
-        let ids: Vec<u32> = std::iter::once(151652)
-            .chain(std::iter::repeat_n(151655, pv.num_image_tokens(2)))
-            .chain(std::iter::once(151653))
-            .collect();
+        let ids = image_ids(&pv);
         s.feed(&ids, std::slice::from_ref(&pv))?; // warm-up
         let mut best = f64::MAX;
         for _ in 0..3 {
@@ -121,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         out.insert(name.into(), best.into());
     }
     // Prefill 512 text tokens, then decode 32 greedily.
-    let prompt: Vec<u32> = (0..512u32).map(|i| 1000 + (i * 37) % 5000).collect();
+    let prompt = text_ids(512);
     let opts = GenerateOptions {
         max_new_tokens: 32,
         ignore_eos: true,
@@ -143,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     out.insert("decode_tok_s".into(), (1.0 / decode).into());
     // A long prefill (a full-resolution document page is about this many tokens), once.
     let long_n = 5678u32;
-    let long: Vec<u32> = (0..long_n).map(|i| 1000 + (i * 37) % 5000).collect();
+    let long = text_ids(long_n);
     let t = Instant::now();
     vt.session().feed(&long, &[])?;
     out.insert(
@@ -241,14 +238,24 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One phase in a loop of 5, each timed (`VT_BENCH_ONLY`): what `perf record` should see.
-fn profile_loop(vt: &VisionThink, only: &str, img896: &str) -> anyhow::Result<()> {
-    let prompt: Vec<u32> = (0..512u32).map(|i| 1000 + (i * 37) % 5000).collect();
-    let pv = preprocess(&visionthink::load_image(img896)?, &vt.dir.preprocessor)?;
-    let ids: Vec<u32> = std::iter::once(151652)
+/// `n` ordinary text token ids (a fixed pattern, the same in every run).
+fn text_ids(n: u32) -> Vec<u32> {
+    (0..n).map(|i| 1000 + (i * 37) % 5000).collect()
+}
+
+/// One image's tokens: vision start, one pad per visual token (after the 2×2 merge), vision end.
+fn image_ids(pv: &visionthink::core::image::PixelValues) -> Vec<u32> {
+    std::iter::once(151652)
         .chain(std::iter::repeat_n(151655, pv.num_image_tokens(2)))
         .chain(std::iter::once(151653))
-        .collect();
+        .collect()
+}
+
+/// One phase in a loop of 5, each timed (`VT_BENCH_ONLY`): what `perf record` should see.
+fn profile_loop(vt: &VisionThink, only: &str, img896: &str) -> anyhow::Result<()> {
+    let prompt = text_ids(512);
+    let pv = preprocess(&visionthink::load_image(img896)?, &vt.dir.preprocessor)?;
+    let ids = image_ids(&pv);
     for i in 0..5 {
         let mut s = vt.session();
         let t = Instant::now();

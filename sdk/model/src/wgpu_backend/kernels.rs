@@ -52,14 +52,17 @@ impl WeightLayout {
         matches!(self, Self::Q8_0 | Self::Q4_0 | Self::Q4_K | Self::Q6_K)
     }
 
-    /// GGUF blocks: (values, bytes) per block. `None` for the other layouts.
-    pub fn block(self) -> Option<(usize, usize)> {
+    /// The GGUF type whose encoding this layout holds as stored (`F32`, `F16` or the block
+    /// types); `None` for int8, whose per-row scales no GGUF type has.
+    pub fn ggml(self) -> Option<GgmlType> {
         match self {
-            Self::Q8_0 => Some((32, 34)),
-            Self::Q4_0 => Some((32, 18)),
-            Self::Q4_K => Some((256, 144)),
-            Self::Q6_K => Some((256, 210)),
-            Self::F32 | Self::F16 | Self::Int8 => None,
+            Self::F32 => Some(GgmlType::F32),
+            Self::F16 => Some(GgmlType::F16),
+            Self::Int8 => None,
+            Self::Q8_0 => Some(GgmlType::Q8_0),
+            Self::Q4_0 => Some(GgmlType::Q4_0),
+            Self::Q4_K => Some(GgmlType::Q4_K),
+            Self::Q6_K => Some(GgmlType::Q6_K),
         }
     }
 

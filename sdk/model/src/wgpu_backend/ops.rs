@@ -301,29 +301,22 @@ impl WgpuBackend {
             [c] => c.kind,
             _ => return Ok(None),
         };
+        // Not int8, whose per-row scales the views would not follow.
+        let Some(ty) = kind.ggml() else {
+            return Ok(None);
+        };
         // Bytes of `values` values (a whole number of blocks, for the block layouts).
-        let bytes_of = |values: usize| -> usize {
-            match kind.block() {
-                Some((per, bytes)) => values / per * bytes,
-                None if kind == WeightLayout::F16 => values * 2,
-                None => values * 4,
-            }
-        };
-        let ok_layout = match kind {
-            WeightLayout::F32 | WeightLayout::F16 => true,
-            // Whole rows of whole blocks, each part's bytes starting and ending on a word (the
-            // copy's alignment).
-            k if k.is_blocks() => {
-                !first.one_d
-                    && k.block().is_some_and(|(per, _)| first.cols % per == 0)
-                    && parts.iter().all(|t| {
-                        t.off % t.cols.max(1) == 0
-                            && bytes_of(t.off) % 4 == 0
-                            && bytes_of(t.len()) % 4 == 0
-                    })
-            }
-            _ => false,
-        };
+        let bytes_of = |values: usize| values / ty.block_size() * ty.block_bytes();
+        // Blocks: whole rows of whole blocks, each part's bytes starting and ending on a word
+        // (the copy's alignment).
+        let blocks_fit = !kind.is_blocks()
+            || (!first.one_d
+                && first.cols % ty.block_size() == 0
+                && parts.iter().all(|t| {
+                    t.off % t.cols.max(1) == 0
+                        && bytes_of(t.off) % 4 == 0
+                        && bytes_of(t.len()) % 4 == 0
+                }));
         // f16: two values per u32, so every part starts and ends on a whole word.
         let align = if kind == WeightLayout::F16 { 2 } else { 1 };
         let fits = |t: &&GpuTensor| {
@@ -333,7 +326,7 @@ impl WgpuBackend {
                 && t.off % align == 0
                 && t.len() % align == 0
         };
-        if !ok_layout || parts.len() < 2 || !parts.iter().all(fits) {
+        if !blocks_fit || parts.len() < 2 || !parts.iter().all(fits) {
             return Ok(None);
         }
         let total: usize = parts.iter().map(|t| t.len()).sum();
