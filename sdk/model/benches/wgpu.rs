@@ -282,9 +282,10 @@ fn matmul_only() {
     let (vk, vm) = (512, 151_936);
     let vx: Vec<f32> = (0..vk).map(|_| next()).collect();
     let vw: Vec<f32> = (0..vk * vm).map(|_| next()).collect();
-    for software in [false, true] {
+    for (software, texels) in [(false, false), (true, false), (true, true)] {
         let gpu = WgpuBackend::new_blocking(WgpuOptions {
             software_kernels: Some(software),
+            texel_weights: Some(texels),
             ..Default::default()
         })
         .expect("wgpu adapter");
@@ -296,10 +297,10 @@ fn matmul_only() {
             gpu.linear(&gx, &gw, None).expect("linear");
             gpu.sync().expect("sync");
         });
-        let kernel = if software {
-            "4 outputs per invocation, no barrier"
-        } else {
-            "workgroup reduction"
+        let kernel = match (software, texels) {
+            (_, true) => "weights as texels, input as uniform",
+            (true, false) => "4 outputs per invocation, no barrier",
+            (false, false) => "workgroup reduction",
         };
         println!(
             "1 x {vk} against {vm} x {vk} (f32, {kernel}): {t:.1} ms ({:.2} GB/s of weights)",

@@ -762,9 +762,16 @@ fn fused_projections_match_the_composed_ones() {
         ..Default::default()
     })
     .unwrap();
+    let rows4 = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(true),
+        texel_weights: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
     for (g, dev, tol) in [
         (&*lock, "f32", 1e-5),
         (&short, "f32 reduction gemv", 1e-5),
+        (&rows4, "f32 barrier-free gemv, weights in buffers", 1e-5),
         (&f16, "f16", 2e-3),
     ] {
         let gw: Vec<_> = ws
@@ -836,6 +843,82 @@ fn fused_projections_match_the_composed_ones() {
     let b = int8.weight(data(64 * 32, 2), &[64, 32]).unwrap();
     assert!(int8.fuse_rows(&[&a, &b]).unwrap().is_none());
     drop(lock);
+}
+
+/// One-row products over f32 weights read as texels with the input row in a uniform buffer
+/// (`WgpuOptions::texel_weights`, the default on software adapters) against candle: weights
+/// spanning several texture rows with a partial last one, an odd number of 4-value steps,
+/// bias and residual, chunked weights (a texture per chunk), and rows the kernel cannot take
+/// (a length not a multiple of 4, an input row past the uniform buffer) on the fallback kernel.
+#[test]
+fn texel_weights_match_candle() {
+    let _lock = gpu().lock().unwrap();
+    let c = CandleBackend::cpu();
+    let g = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(true),
+        texel_weights: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    let chunked = WgpuBackend::new_blocking(WgpuOptions {
+        software_kernels: Some(true),
+        texel_weights: Some(true),
+        chunk_bytes: Some(64 * 1024),
+        ..Default::default()
+    })
+    .unwrap();
+    // (rows, k, textures made): 300 × 160 is 12,000 texels, a texture row and a part; k = 20
+    // is five 4-value steps (two pairs and one more); k = 18 and k = 16,400 do not fit.
+    for (be, rows, k, made, what) in [
+        (&g, 300, 160, 1, "two texture rows"),
+        (&g, 37, 20, 1, "an odd number of steps"),
+        (&g, 33, 18, 0, "a length not a multiple of 4"),
+        (
+            &g,
+            5,
+            16_400,
+            0,
+            "an input row longer than the uniform buffer",
+        ),
+        (&chunked, 300, 160, 3, "three chunks"),
+    ] {
+        let w = data(rows * k, 70);
+        let b = data(rows, 71);
+        let r = data(rows, 72);
+        let x = data(k, 73);
+        let want = c
+            .to_vec(
+                &c.add(
+                    &c.linear(
+                        &c.tensor(&x, &[1, k]).unwrap(),
+                        &c.tensor(&w, &[rows, k]).unwrap(),
+                        Some(&c.tensor(&b, &[rows]).unwrap()),
+                    )
+                    .unwrap(),
+                    &c.tensor(&r, &[1, rows]).unwrap(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let before = be.counters().texel_weights_made;
+        let gw = be.weight(w, &[rows, k]).unwrap();
+        let got = be
+            .linear_add(
+                &be.tensor(&x, &[1, k]).unwrap(),
+                &gw,
+                Some(&be.tensor(&b, &[rows]).unwrap()),
+                &be.tensor(&r, &[1, rows]).unwrap(),
+            )
+            .unwrap();
+        close(&be.to_vec(&got).unwrap(), &want, 1e-5, what);
+        assert_eq!(be.counters().texel_weights_made - before, made, "{what}");
+        // A second product reuses the texels.
+        let again = be
+            .linear(&be.tensor(&x, &[1, k]).unwrap(), &gw, None)
+            .unwrap();
+        assert_eq!(be.to_vec(&again).unwrap().len(), rows, "{what}");
+        assert_eq!(be.counters().texel_weights_made - before, made, "{what}");
+    }
 }
 
 /// GGUF block matrices of one layout fused into one (a GGUF file's q/k/v and gate/up): the

@@ -23,6 +23,10 @@ pub struct AdapterInfo {
     pub software: bool,
     /// `minUniformBufferOffsetAlignment` in bytes (the stride of the parameter pool).
     pub uniform_align: u32,
+    /// `maxUniformBufferBindingSize` in bytes.
+    pub max_uniform_binding: u64,
+    /// `maxTextureDimension2D` in texels.
+    pub max_texture_2d: u32,
 }
 
 /// The first device fault since creation.
@@ -84,6 +88,8 @@ pub async fn open(
                 .any(|s| n.contains(s))
         },
         uniform_align: limits.min_uniform_buffer_offset_alignment.max(1),
+        max_uniform_binding: limits.max_uniform_buffer_binding_size,
+        max_texture_2d: limits.max_texture_dimension_2d,
     };
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {

@@ -123,6 +123,14 @@ const TILE_F32: &str = include_str!("wgsl/tile_f32.wgsl");
 /// `T` = f16 for [`MATMUL_TILED`].
 const TILE_F16: &str = include_str!("wgsl/tile_f16.wgsl");
 
+/// Width in texels of the textures that hold f32 weights for [`Kernel::GemvTexel`] (every
+/// adapter's `maxTextureDimension2D` is at least 8,192).
+pub const TEXEL_WIDTH: u32 = 8192;
+
+/// Length in vec4 of [`Kernel::GemvTexel`]'s uniform input row (64 KiB, WebGPU's default
+/// `maxUniformBufferBindingSize`): at most 16,384 input values, SwiGLU's two halves included.
+pub const X_UNIFORM_VEC4: u32 = 4096;
+
 /// Reduction length up to which [`Kernel::GemvShort`] is used.
 pub const GEMV_SHORT_MAX_K: usize = 128;
 
@@ -162,6 +170,11 @@ pub enum Kernel {
     /// heavily per barrier): 4 outputs per invocation as a vec4, each sub-block scale read once
     /// per 8 values; any layout.
     GemvRows(WeightLayout),
+    /// One-row product over f32 weights held in a texture (rgba32float, [`TEXEL_WIDTH`] texels
+    /// a row), the input row copied into a uniform buffer (software adapters: Mesa's
+    /// llvmpipe loads a storage buffer value by value per lane, but fetches texels and
+    /// uniforms as vectors); 4 outputs per invocation, no barrier.
+    GemvTexel,
     /// One-row product for rows up to [`GEMV_SHORT_MAX_K`] long: no barrier at all.
     GemvShort(WeightLayout),
     /// One-row product over GGUF blocks: 4 outputs per workgroup, lanes over sub-blocks, each
@@ -176,6 +189,10 @@ pub enum Access {
     Read,
     /// Written (the output).
     Write,
+    /// A uniform buffer (besides the parameters at binding 0).
+    Uniform,
+    /// A 2-D float texture read with `textureLoad`.
+    Texture,
 }
 
 impl Kernel {
@@ -219,6 +236,11 @@ impl Kernel {
                 w,
                 LINEAR_P,
             ),
+            Kernel::GemvTexel => plain(&format!(
+                "const TEXEL_WIDTH: u32 = {TEXEL_WIDTH}u;\nconst X_UNIFORM_VEC4: u32 = \
+                 {X_UNIFORM_VEC4}u;\n{LINEAR_P}\n{}",
+                include_str!("wgsl/gemv_texel.wgsl")
+            )),
             Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
             Kernel::GemvBlocks(w) => weighted(include_str!("wgsl/gemv_blocks.wgsl"), w, LINEAR_P),
         }
@@ -226,7 +248,7 @@ impl Kernel {
 
     /// The storage bindings after the uniform (binding 0), in binding order.
     pub fn bindings(self) -> Vec<(u32, Access)> {
-        use Access::{Read as R, Write as W};
+        use Access::{Read as R, Texture as T, Uniform as U, Write as W};
         let int8 = |w: WeightLayout, mut v: Vec<(u32, Access)>| {
             if w == WeightLayout::Int8 {
                 v.push((5, R));
@@ -247,6 +269,8 @@ impl Kernel {
                 vec![(1, R), (2, R), (3, R), (4, R), (5, W)]
             }
             Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
+            // As `linear`, the weight a texture, and the input row's uniform copy at 7.
+            Kernel::GemvTexel => vec![(1, R), (2, T), (3, R), (4, W), (6, R), (7, U)],
             Kernel::Matmul(w)
             | Kernel::MatmulRows(w)
             | Kernel::MatmulF16(w)
@@ -272,6 +296,7 @@ impl Kernel {
             Kernel::MatmulF16(_) => "matmul_f16",
             Kernel::Gemv(_) => "gemv",
             Kernel::GemvRows(_) => "gemv_rows",
+            Kernel::GemvTexel => "gemv_texel",
             Kernel::GemvShort(_) => "gemv_short",
             Kernel::GemvBlocks(_) => "gemv_blocks",
         }
@@ -489,6 +514,7 @@ mod tests {
             (Kernel::Gemv(w), LinearP::FIELDS),
             (Kernel::GemvRows(w), LinearP::FIELDS),
             (Kernel::GemvShort(w), LinearP::FIELDS),
+            (Kernel::GemvTexel, LinearP::FIELDS),
             (Kernel::GemvBlocks(WeightLayout::Q4_K), LinearP::FIELDS),
             (Kernel::GemvRows(WeightLayout::Q6_K), LinearP::FIELDS),
         ] {
@@ -513,6 +539,7 @@ mod tests {
                 Kernel::Gemv(w),
                 Kernel::GemvRows(w),
                 Kernel::GemvShort(w),
+                Kernel::GemvTexel,
             ]
             .into_iter()
             .chain(
@@ -528,7 +555,9 @@ mod tests {
                         let rest = l.split("@binding(").nth(1)?;
                         let b: u32 = rest.split(')').next()?.parse().ok()?;
                         let access = match l {
-                            _ if l.contains("uniform") => return None,
+                            _ if b == 0 => return None,
+                            _ if l.contains("var<uniform>") => Access::Uniform,
+                            _ if l.contains("texture_2d") => Access::Texture,
                             _ if l.contains("read_write") => Access::Write,
                             _ => Access::Read,
                         };

@@ -72,6 +72,11 @@ pub struct WgpuOptions {
     /// (elsewhere f32); `Some(false)`: never. Software adapters' barrier-free kernels and
     /// one-row products always compute in f32.
     pub f16_math: Option<bool>,
+    /// One-row products (decode) over f32 weights read from a texture copy of each weight
+    /// (made on first use, on the GPU) with the input row in a uniform buffer: on Mesa's
+    /// llvmpipe about 8× the weight bandwidth of storage-buffer reads, for twice the memory
+    /// of those weights. `None` (default): on software adapters; `Some(false)`: never.
+    pub texel_weights: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -84,6 +89,9 @@ struct Chunk {
     kind: WeightLayout,
     /// int8 chunks: per-row scales.
     scales: Option<wgpu::Buffer>,
+    /// f32 chunks read by [`kernels::Kernel::GemvTexel`]: the values as rgba32float texels,
+    /// copied on first use (`None` inside: they do not fit a texture).
+    texels: std::sync::OnceLock<Option<wgpu::TextureView>>,
 }
 
 /// A tensor: a view into one buffer, or a chunked / quantised weight.
@@ -118,6 +126,8 @@ impl GpuTensor {
 pub struct WgpuBackend {
     /// Pipelines, parameter pool, encoder, counters.
     rec: Recorder,
+    /// [`Kernel::GemvTexel`]'s input row.
+    x_uniform: wgpu::Buffer,
     info: AdapterInfo,
     opts: WgpuOptions,
     /// The last attention ranges uploaded (masks repeat across layers).
@@ -144,7 +154,14 @@ impl WgpuBackend {
     /// `navigator.gpu`). Errors name what is missing.
     pub async fn new(opts: WgpuOptions) -> Result<Self> {
         let (device, queue, info, fault) = device::open(opts.force_fallback_adapter).await?;
+        let x_uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("one-row product input"),
+            size: u64::from(kernels::X_UNIFORM_VEC4) * 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(Self {
+            x_uniform,
             rec: Recorder::new(device, queue, info.uniform_align),
             info,
             opts,
@@ -205,7 +222,9 @@ impl WgpuBackend {
         buffers: &[&wgpu::Buffer],
         groups: (u32, u32, u32),
     ) {
-        self.rec.dispatch(kernel, params, buffers, groups);
+        let resources: Vec<record::Res<'_>> =
+            buffers.iter().map(|&b| record::Res::Buf(b)).collect();
+        self.rec.dispatch(kernel, params, &resources, groups);
     }
 
     fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> R {
@@ -313,6 +332,7 @@ impl WgpuBackend {
                 rows,
                 kind: WeightLayout::F32,
                 scales: None,
+                texels: Default::default(),
             }]),
             off: 0,
             rows,

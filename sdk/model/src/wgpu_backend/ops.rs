@@ -3,9 +3,9 @@
 
 use super::kernels::{
     AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeP, WeightLayout,
-    WeightStorage, GEMV_SHORT_MAX_K,
+    WeightStorage, GEMV_SHORT_MAX_K, TEXEL_WIDTH, X_UNIFORM_VEC4,
 };
-use super::record::Pooled;
+use super::record::{Pooled, Res};
 use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
 use crate::backend::{Backend, Mask};
 use crate::error::{Error, Result};
@@ -60,6 +60,82 @@ impl WgpuBackend {
     /// Whether the barrier-free kernels of software adapters run (`WgpuOptions::software_kernels`).
     fn software_kernels(&self) -> bool {
         self.opts.software_kernels.unwrap_or(self.info.software)
+    }
+
+    /// Whether one-row products over f32 weights read them from textures
+    /// (`WgpuOptions::texel_weights`), where the adapter's limits allow.
+    fn texel_weights(&self) -> bool {
+        self.opts.texel_weights.unwrap_or(self.info.software)
+            && self.info.max_texture_2d >= TEXEL_WIDTH
+            && self.info.max_uniform_binding >= u64::from(X_UNIFORM_VEC4) * 16
+    }
+
+    /// The texels of an f32 chunk, copied from its buffer on the GPU on first use; `None` when
+    /// they would need more texture rows than the adapter allows.
+    fn texels<'c>(&self, c: &'c Chunk) -> Option<&'c wgpu::TextureView> {
+        c.texels
+            .get_or_init(|| {
+                let texels = c.buf.size() / 16;
+                let width = u64::from(TEXEL_WIDTH);
+                let height = texels.div_ceil(width);
+                if texels == 0 || height > u64::from(self.info.max_texture_2d) {
+                    return None;
+                }
+                let texture = self.rec.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("f32 weight texels"),
+                    size: wgpu::Extent3d {
+                        width: TEXEL_WIDTH,
+                        height: height as u32,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format: wgpu::TextureFormat::Rgba32Float,
+                    usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                // Whole texture rows, then the last, partial one.
+                let (full, rest) = (texels / width, texels % width);
+                self.with_encoder(|e| {
+                    let mut copy = |row: u64, extent: (u64, u64)| {
+                        e.copy_buffer_to_texture(
+                            wgpu::TexelCopyBufferInfo {
+                                buffer: &c.buf,
+                                layout: wgpu::TexelCopyBufferLayout {
+                                    offset: row * width * 16,
+                                    bytes_per_row: Some(TEXEL_WIDTH * 16),
+                                    rows_per_image: None,
+                                },
+                            },
+                            wgpu::TexelCopyTextureInfo {
+                                texture: &texture,
+                                mip_level: 0,
+                                origin: wgpu::Origin3d {
+                                    x: 0,
+                                    y: row as u32,
+                                    z: 0,
+                                },
+                                aspect: wgpu::TextureAspect::All,
+                            },
+                            wgpu::Extent3d {
+                                width: extent.0 as u32,
+                                height: extent.1 as u32,
+                                depth_or_array_layers: 1,
+                            },
+                        )
+                    };
+                    if full > 0 {
+                        copy(0, (width, full));
+                    }
+                    if rest > 0 {
+                        copy(full, (rest, 1));
+                    }
+                });
+                self.rec.count(|n| n.texel_weights_made += 1);
+                Some(texture.create_view(&wgpu::TextureViewDescriptor::default()))
+            })
+            .as_ref()
     }
 
     /// Whether the tiled matmul over weights of `kind` computes in f16 (`WgpuOptions::f16_math`).
@@ -155,6 +231,7 @@ impl WgpuBackend {
                 rows: n,
                 kind: kind.into(),
                 scales,
+                texels: Default::default(),
             });
             row0 += n;
         }
@@ -234,6 +311,22 @@ impl WgpuBackend {
             None => (xb, 0),
         };
         let software = self.software_kernels();
+        // The input row's values (SwiGLU's two halves) in the texel kernel's uniform buffer,
+        // copied once for every chunk; `None` when the texel kernel cannot read this product.
+        let texel_input = (n == 1
+            && self.texel_weights()
+            && k % 4 == 0
+            && extra.glu % 4 == 0
+            && extra.glu + k <= X_UNIFORM_VEC4 as usize * 4
+            && w.chunks.iter().all(|c| c.kind == WeightLayout::F32)
+            && (w.chunks.len() > 1 || w.off % 4 == 0))
+            .then(|| {
+                let bytes = ((extra.glu + k) * 4) as u64;
+                self.with_encoder(|e| {
+                    e.copy_buffer_to_buffer(xb, (x.off * 4) as u64, &self.x_uniform, 0, bytes)
+                });
+            })
+            .is_some();
         for c in w.chunks.iter() {
             // A one-chunk weight may be a view (a part of fused rows): its own offset and rows.
             let (w_off, rows, row0) = match w.chunks.len() {
@@ -254,6 +347,23 @@ impl WgpuBackend {
                 has_r: residual.is_some() as u32,
                 r_off: residual.map_or(0, |(_, off)| off as u32),
             };
+            if let Some(texels) = texel_input.then(|| self.texels(c)).flatten() {
+                let resid = residual.map_or(xb, |(r, _)| r);
+                self.rec.dispatch(
+                    Kernel::GemvTexel,
+                    &params,
+                    &[
+                        Res::Buf(xb),
+                        Res::Tex(texels),
+                        Res::Buf(bb),
+                        Res::Buf(&out),
+                        Res::Buf(resid),
+                        Res::Buf(&self.x_uniform),
+                    ],
+                    self.elementwise(rows.div_ceil(4)),
+                );
+                continue;
+            }
             let (kernel, groups) = if n == 1 && software {
                 (Kernel::GemvRows(c.kind), self.elementwise(rows.div_ceil(4)))
             } else if n == 1 && c.kind.is_blocks() {
@@ -358,6 +468,7 @@ impl WgpuBackend {
                 rows,
                 kind,
                 scales: None,
+                texels: Default::default(),
             }]),
             off: 0,
             rows,
@@ -937,6 +1048,7 @@ impl WgpuBackend {
                     rows: n,
                     kind: layout,
                     scales: None,
+                    texels: Default::default(),
                 }
             })
             .collect();

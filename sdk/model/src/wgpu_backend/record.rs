@@ -38,6 +38,8 @@ pub struct Counters {
     pub param_blocks_written: u64,
     /// Queue writes of parameter blocks (contiguous new blocks are written together).
     pub param_writes: u64,
+    /// f32 weight chunks copied into textures for [`super::kernels::Kernel::GemvTexel`].
+    pub texel_weights_made: u64,
 }
 
 /// Most bytes the pool keeps in free buffers.
@@ -283,8 +285,33 @@ pub(super) struct Recorder {
     pub(super) counters: Arc<Mutex<Counters>>,
     /// Freed output and input buffers.
     pool: PoolRef,
-    /// Bind groups by kernel and storage buffers (in binding order).
-    bind_groups: Mutex<HashMap<(Kernel, Vec<wgpu::Buffer>), Bound, BuildFx>>,
+    /// Bind groups by kernel and resources (in binding order).
+    bind_groups: Mutex<HashMap<(Kernel, Vec<ResKey>), Bound, BuildFx>>,
+}
+
+/// A resource bound at one of a kernel's bindings after the parameters.
+#[derive(Clone, Copy)]
+pub(super) enum Res<'a> {
+    /// A storage or uniform buffer, whole.
+    Buf(&'a wgpu::Buffer),
+    /// A texture view.
+    Tex(&'a wgpu::TextureView),
+}
+
+impl Res<'_> {
+    fn key(&self) -> ResKey {
+        match *self {
+            Res::Buf(b) => ResKey::Buf(b.clone()),
+            Res::Tex(t) => ResKey::Tex(t.clone()),
+        }
+    }
+}
+
+/// [`Res`] held by the bind-group cache.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum ResKey {
+    Buf(wgpu::Buffer),
+    Tex(wgpu::TextureView),
 }
 
 /// A compiled kernel and the layout of its bind group.
@@ -366,11 +393,22 @@ impl Recorder {
             count: None,
         }];
         for (binding, access) in kernel.bindings() {
-            let read_only = access == Access::Read;
+            let ty = match access {
+                Access::Read => buffer(wgpu::BufferBindingType::Storage { read_only: true }, false),
+                Access::Write => {
+                    buffer(wgpu::BufferBindingType::Storage { read_only: false }, false)
+                }
+                Access::Uniform => buffer(wgpu::BufferBindingType::Uniform, false),
+                Access::Texture => wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    view_dimension: wgpu::TextureViewDimension::D2,
+                    multisampled: false,
+                },
+            };
             entries.push(wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: buffer(wgpu::BufferBindingType::Storage { read_only }, false),
+                ty,
                 count: None,
             });
         }
@@ -410,10 +448,10 @@ impl Recorder {
         &self,
         kernel: Kernel,
         params: &impl Params,
-        buffers: &[&wgpu::Buffer],
+        resources: &[Res<'_>],
         groups: (u32, u32, u32),
     ) {
-        let (pipeline, bind) = self.bound(kernel, buffers);
+        let (pipeline, bind) = self.bound(kernel, resources);
         let mut block: Block = [0; (PARAM_BYTES / 4) as usize];
         for (b, w) in block.iter_mut().zip(params.words()) {
             *b = w;
@@ -452,13 +490,10 @@ impl Recorder {
     fn bound(
         &self,
         kernel: Kernel,
-        buffers: &[&wgpu::Buffer],
+        resources: &[Res<'_>],
     ) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
         let now = locked(&self.pool).epoch;
-        let key = (
-            kernel,
-            buffers.iter().map(|&b| b.clone()).collect::<Vec<_>>(),
-        );
+        let key = (kernel, resources.iter().map(Res::key).collect::<Vec<_>>());
         let mut cache = locked(&self.bind_groups);
         if let Some(b) = cache.get_mut(&key) {
             b.used = now;
@@ -473,10 +508,13 @@ impl Recorder {
                 size: wgpu::BufferSize::new(PARAM_BYTES),
             }),
         }];
-        for ((binding, _), b) in kernel.bindings().into_iter().zip(buffers) {
+        for ((binding, _), r) in kernel.bindings().into_iter().zip(resources) {
             entries.push(wgpu::BindGroupEntry {
                 binding,
-                resource: b.as_entire_binding(),
+                resource: match r {
+                    Res::Buf(b) => b.as_entire_binding(),
+                    Res::Tex(t) => wgpu::BindingResource::TextureView(t),
+                },
             });
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
