@@ -845,11 +845,12 @@ fn fused_projections_match_the_composed_ones() {
     drop(lock);
 }
 
-/// One-row products over f32 weights read as texels with the input row in a uniform buffer
-/// (`WgpuOptions::texel_weights`, the default on software adapters) against candle: weights
-/// spanning several texture rows with a partial last one, an odd number of 4-value steps,
-/// bias and residual, chunked weights (a texture per chunk), and rows the kernel cannot take
-/// (a length not a multiple of 4, an input row past the uniform buffer) on the fallback kernel.
+/// Products over f32 weights read as texels with the input rows in a uniform buffer
+/// (`WgpuOptions::texel_weights`, the default on software adapters) against candle, for one
+/// row, three rows and 130 rows (two blocks of the uniform buffer, the second partial):
+/// weights spanning several texture rows with a partial last one, an odd number of 4-value
+/// steps, bias and residual, chunked weights (a texture per chunk), and products the kernels
+/// cannot take (a length not a multiple of 4, a row past the uniform buffer) on the fallback.
 #[test]
 fn texel_weights_match_candle() {
     let _lock = gpu().lock().unwrap();
@@ -884,40 +885,42 @@ fn texel_weights_match_candle() {
     ] {
         let w = data(rows * k, 70);
         let b = data(rows, 71);
-        let r = data(rows, 72);
-        let x = data(k, 73);
-        let want = c
-            .to_vec(
-                &c.add(
-                    &c.linear(
-                        &c.tensor(&x, &[1, k]).unwrap(),
-                        &c.tensor(&w, &[rows, k]).unwrap(),
-                        Some(&c.tensor(&b, &[rows]).unwrap()),
+        let before = be.counters().texel_weights_made;
+        let gw = be.weight(w.clone(), &[rows, k]).unwrap();
+        for n in [1, 3, 130] {
+            let r = data(n * rows, 72);
+            let x = data(n * k, 73);
+            let want = c
+                .to_vec(
+                    &c.add(
+                        &c.linear(
+                            &c.tensor(&x, &[n, k]).unwrap(),
+                            &c.tensor(&w, &[rows, k]).unwrap(),
+                            Some(&c.tensor(&b, &[rows]).unwrap()),
+                        )
+                        .unwrap(),
+                        &c.tensor(&r, &[n, rows]).unwrap(),
                     )
                     .unwrap(),
-                    &c.tensor(&r, &[1, rows]).unwrap(),
                 )
-                .unwrap(),
-            )
-            .unwrap();
-        let before = be.counters().texel_weights_made;
-        let gw = be.weight(w, &[rows, k]).unwrap();
-        let got = be
-            .linear_add(
-                &be.tensor(&x, &[1, k]).unwrap(),
-                &gw,
-                Some(&be.tensor(&b, &[rows]).unwrap()),
-                &be.tensor(&r, &[1, rows]).unwrap(),
-            )
-            .unwrap();
-        close(&be.to_vec(&got).unwrap(), &want, 1e-5, what);
-        assert_eq!(be.counters().texel_weights_made - before, made, "{what}");
-        // A second product reuses the texels.
-        let again = be
-            .linear(&be.tensor(&x, &[1, k]).unwrap(), &gw, None)
-            .unwrap();
-        assert_eq!(be.to_vec(&again).unwrap().len(), rows, "{what}");
-        assert_eq!(be.counters().texel_weights_made - before, made, "{what}");
+                .unwrap();
+            let got = be
+                .linear_add(
+                    &be.tensor(&x, &[n, k]).unwrap(),
+                    &gw,
+                    Some(&be.tensor(&b, &[rows]).unwrap()),
+                    &be.tensor(&r, &[n, rows]).unwrap(),
+                )
+                .unwrap();
+            close(
+                &be.to_vec(&got).unwrap(),
+                &want,
+                1e-5,
+                &format!("{what}, {n} rows"),
+            );
+            // The texels are made once, on first use.
+            assert_eq!(be.counters().texel_weights_made - before, made, "{what}");
+        }
     }
 }
 

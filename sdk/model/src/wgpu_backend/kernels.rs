@@ -175,6 +175,10 @@ pub enum Kernel {
     /// llvmpipe loads a storage buffer value by value per lane, but fetches texels and
     /// uniforms as vectors); 4 outputs per invocation, no barrier.
     GemvTexel,
+    /// [`Kernel::GemvTexel`]'s storage for products of several rows (software adapters): the
+    /// uniform buffer holds a block of input rows, and each invocation computes 8 weight rows
+    /// × 4 input rows (32 vec4 accumulators, unrolled), no barrier.
+    MatmulTexel,
     /// One-row product for rows up to [`GEMV_SHORT_MAX_K`] long: no barrier at all.
     GemvShort(WeightLayout),
     /// One-row product over GGUF blocks: 4 outputs per workgroup, lanes over sub-blocks, each
@@ -237,10 +241,11 @@ impl Kernel {
                 LINEAR_P,
             ),
             Kernel::GemvTexel => plain(&format!(
-                "const TEXEL_WIDTH: u32 = {TEXEL_WIDTH}u;\nconst X_UNIFORM_VEC4: u32 = \
-                 {X_UNIFORM_VEC4}u;\n{LINEAR_P}\n{}",
+                "{}\n{}",
+                texel_prelude(),
                 include_str!("wgsl/gemv_texel.wgsl")
             )),
+            Kernel::MatmulTexel => plain(&format!("{}\n{}", texel_prelude(), matmul_texel())),
             Kernel::GemvShort(w) => weighted(include_str!("wgsl/gemv_short.wgsl"), w, LINEAR_P),
             Kernel::GemvBlocks(w) => weighted(include_str!("wgsl/gemv_blocks.wgsl"), w, LINEAR_P),
         }
@@ -270,7 +275,9 @@ impl Kernel {
             }
             Kernel::Gather(w) => int8(w, vec![(1, R), (2, R), (3, W)]),
             // As `linear`, the weight a texture, and the input row's uniform copy at 7.
-            Kernel::GemvTexel => vec![(1, R), (2, T), (3, R), (4, W), (6, R), (7, U)],
+            Kernel::GemvTexel | Kernel::MatmulTexel => {
+                vec![(1, R), (2, T), (3, R), (4, W), (6, R), (7, U)]
+            }
             Kernel::Matmul(w)
             | Kernel::MatmulRows(w)
             | Kernel::MatmulF16(w)
@@ -297,10 +304,72 @@ impl Kernel {
             Kernel::Gemv(_) => "gemv",
             Kernel::GemvRows(_) => "gemv_rows",
             Kernel::GemvTexel => "gemv_texel",
+            Kernel::MatmulTexel => "matmul_texel",
             Kernel::GemvShort(_) => "gemv_short",
             Kernel::GemvBlocks(_) => "gemv_blocks",
         }
     }
+}
+
+/// What the texel kernels share: their constants, the linear kernels' parameters and output,
+/// the weight texture at binding 2 and the input rows' uniform copy at binding 7.
+fn texel_prelude() -> String {
+    format!(
+        "const TEXEL_WIDTH: u32 = {TEXEL_WIDTH}u;\nconst X_UNIFORM_VEC4: u32 = {X_UNIFORM_VEC4}u;\n\
+         {LINEAR_P}\n{}",
+        include_str!("wgsl/texel.wgsl")
+    )
+}
+
+/// Weight rows and input rows of one [`Kernel::MatmulTexel`] invocation.
+const MATMUL_TEXEL_ROWS: (usize, usize) = (8, 4);
+
+/// [`Kernel::MatmulTexel`]'s body, its accumulators unrolled (llvmpipe keeps a private array
+/// indexed in a loop in memory, indexed per lane).
+fn matmul_texel() -> String {
+    let (wr, xr) = MATMUL_TEXEL_ROWS;
+    let mut s = format!(
+        "// {wr} weight rows x {xr} input rows per invocation; the input rows are the uniform block's.
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+    let i = flat(wid, nwg, lid);
+    let blocks = (p.n + {xr}u - 1u) / {xr}u;
+    let c0 = (i / blocks) * {wr}u;
+    let r0 = (i % blocks) * {xr}u;
+    if (c0 >= p.m) {{ return; }}
+    let k4 = p.k / 4u;
+    // Past the last weight or input row, the last one again (computed, not stored).
+"
+    );
+    for r in 0..wr {
+        s += &format!("    let t{r} = p.w_off / 4u + min(c0 + {r}u, p.m - 1u) * k4;\n");
+    }
+    for q in 0..xr {
+        s += &format!("    let x{q} = min(r0 + {q}u, p.n - 1u) * k4;\n");
+        for r in 0..wr {
+            s += &format!("    var a{r}_{q} = vec4<f32>(0.0);\n");
+        }
+    }
+    s += "    for (var j = 0u; j < k4; j++) {\n";
+    for q in 0..xr {
+        s += &format!("        let v{q} = xu[x{q} + j];\n");
+    }
+    for r in 0..wr {
+        s += &format!("        let w{r} = texel(t{r} + j);\n");
+        for q in 0..xr {
+            s += &format!("        a{r}_{q} += v{q} * w{r};\n");
+        }
+    }
+    s += "    }\n    let one = vec4<f32>(1.0);\n";
+    for q in 0..xr {
+        for r in 0..wr {
+            s += &format!(
+                "    if (c0 + {r}u < p.m && r0 + {q}u < p.n) {{ store(r0 + {q}u, c0 + {r}u, dot(a{r}_{q}, one)); }}\n"
+            );
+        }
+    }
+    s + "}\n"
 }
 
 /// A kernel's uniform parameters: the WGSL struct `P`, field by field.
@@ -515,6 +584,7 @@ mod tests {
             (Kernel::GemvRows(w), LinearP::FIELDS),
             (Kernel::GemvShort(w), LinearP::FIELDS),
             (Kernel::GemvTexel, LinearP::FIELDS),
+            (Kernel::MatmulTexel, LinearP::FIELDS),
             (Kernel::GemvBlocks(WeightLayout::Q4_K), LinearP::FIELDS),
             (Kernel::GemvRows(WeightLayout::Q6_K), LinearP::FIELDS),
         ] {
@@ -540,6 +610,7 @@ mod tests {
                 Kernel::GemvRows(w),
                 Kernel::GemvShort(w),
                 Kernel::GemvTexel,
+                Kernel::MatmulTexel,
             ]
             .into_iter()
             .chain(

@@ -72,10 +72,11 @@ pub struct WgpuOptions {
     /// (elsewhere f32); `Some(false)`: never. Software adapters' barrier-free kernels and
     /// one-row products always compute in f32.
     pub f16_math: Option<bool>,
-    /// One-row products (decode) over f32 weights read from a texture copy of each weight
-    /// (made on first use, on the GPU) with the input row in a uniform buffer: on Mesa's
-    /// llvmpipe about 8× the weight bandwidth of storage-buffer reads, for twice the memory
-    /// of those weights. `None` (default): on software adapters; `Some(false)`: never.
+    /// Products over f32 weights read from a texture copy of each weight (made on the GPU on
+    /// first use) with the input rows in a uniform buffer: on Mesa's llvmpipe about 9× the
+    /// weight bandwidth of storage-buffer reads for one row, and about 10× the arithmetic for
+    /// several, for twice the memory of those weights. `None` (default): wherever the
+    /// software adapters' kernels run (`software_kernels`); `Some(false)`: never.
     pub texel_weights: Option<bool>,
 }
 

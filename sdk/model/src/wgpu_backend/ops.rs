@@ -65,7 +65,7 @@ impl WgpuBackend {
     /// Whether one-row products over f32 weights read them from textures
     /// (`WgpuOptions::texel_weights`), where the adapter's limits allow.
     fn texel_weights(&self) -> bool {
-        self.opts.texel_weights.unwrap_or(self.info.software)
+        self.opts.texel_weights.unwrap_or(self.software_kernels())
             && self.info.max_texture_2d >= TEXEL_WIDTH
             && self.info.max_uniform_binding >= u64::from(X_UNIFORM_VEC4) * 16
     }
@@ -311,24 +311,9 @@ impl WgpuBackend {
             None => (xb, 0),
         };
         let software = self.software_kernels();
-        // The input row's values (SwiGLU's two halves) in the texel kernel's uniform buffer,
-        // copied once for every chunk; `None` when the texel kernel cannot read this product.
-        let texel_input = (n == 1
-            && self.texel_weights()
-            && k % 4 == 0
-            && extra.glu % 4 == 0
-            && extra.glu + k <= X_UNIFORM_VEC4 as usize * 4
-            && w.chunks.iter().all(|c| c.kind == WeightLayout::F32)
-            && (w.chunks.len() > 1 || w.off % 4 == 0))
-            .then(|| {
-                let bytes = ((extra.glu + k) * 4) as u64;
-                self.with_encoder(|e| {
-                    e.copy_buffer_to_buffer(xb, (x.off * 4) as u64, &self.x_uniform, 0, bytes)
-                });
-            })
-            .is_some();
-        for c in w.chunks.iter() {
-            // A one-chunk weight may be a view (a part of fused rows): its own offset and rows.
+        // A chunk's parameters and rows (a one-chunk weight may be a view, a part of fused
+        // rows: its own offset and rows).
+        let chunk_params = |c: &Chunk| {
             let (w_off, rows, row0) = match w.chunks.len() {
                 1 => (w.off, w.rows, 0),
                 _ => (0, c.rows, c.row0),
@@ -347,23 +332,14 @@ impl WgpuBackend {
                 has_r: residual.is_some() as u32,
                 r_off: residual.map_or(0, |(_, off)| off as u32),
             };
-            if let Some(texels) = texel_input.then(|| self.texels(c)).flatten() {
-                let resid = residual.map_or(xb, |(r, _)| r);
-                self.rec.dispatch(
-                    Kernel::GemvTexel,
-                    &params,
-                    &[
-                        Res::Buf(xb),
-                        Res::Tex(texels),
-                        Res::Buf(bb),
-                        Res::Buf(&out),
-                        Res::Buf(resid),
-                        Res::Buf(&self.x_uniform),
-                    ],
-                    self.elementwise(rows.div_ceil(4)),
-                );
-                continue;
-            }
+            (params, rows)
+        };
+        let resid = residual.map_or(xb, |(r, _)| r);
+        if self.linear_texels(x, w, extra.glu, &chunk_params, [xb, bb, &out, resid]) {
+            return Ok(self.plain(out, n, m));
+        }
+        for c in w.chunks.iter() {
+            let (params, rows) = chunk_params(c);
             let (kernel, groups) = if n == 1 && software {
                 (Kernel::GemvRows(c.kind), self.elementwise(rows.div_ceil(4)))
             } else if n == 1 && c.kind.is_blocks() {
@@ -392,10 +368,85 @@ impl WgpuBackend {
             };
             let mut buffers = vec![xb, &c.buf, bb, &out];
             buffers.extend(&c.scales);
-            buffers.push(residual.map_or(xb, |(r, _)| r));
+            buffers.push(resid);
             self.dispatch(kernel, &params, &buffers, groups);
         }
         Ok(self.plain(out, n, m))
+    }
+
+    /// [`Self::linear_with`] on the texel kernels, when `texel_weights` is on and they can read
+    /// this product (f32 weights whose texels fit a texture, rows a multiple of 4 long): the
+    /// input rows go through the uniform buffer in blocks of as many rows as it holds, each
+    /// block one copy then one dispatch per weight chunk ([`Kernel::GemvTexel`] for one row,
+    /// [`Kernel::MatmulTexel`] for more). `false`, with nothing recorded, when they cannot.
+    fn linear_texels(
+        &self,
+        x: &GpuTensor,
+        w: &GpuTensor,
+        glu: usize,
+        chunk_params: &dyn Fn(&Chunk) -> (LinearP, usize),
+        [xb, bb, out, resid]: [&wgpu::Buffer; 4],
+    ) -> bool {
+        let (n, k, m) = (x.rows, x.cols, w.rows);
+        // Values of one input row the kernels read (SwiGLU's two halves for one row).
+        let span = glu + k;
+        let block = X_UNIFORM_VEC4 as usize * 4 / span.max(1);
+        if !self.texel_weights()
+            || k % 4 != 0
+            || glu % 4 != 0
+            || block == 0
+            || !w.chunks.iter().all(|c| c.kind == WeightLayout::F32)
+            || (w.chunks.len() == 1 && w.off % 4 != 0)
+        {
+            return false;
+        }
+        let mut texels = Vec::with_capacity(w.chunks.len());
+        for c in w.chunks.iter() {
+            match self.texels(c) {
+                Some(t) => texels.push(t),
+                None => return false,
+            }
+        }
+        for r0 in (0..n).step_by(block) {
+            let nb = block.min(n - r0);
+            let values = if n == 1 { span } else { nb * k };
+            self.with_encoder(|e| {
+                e.copy_buffer_to_buffer(
+                    xb,
+                    ((x.off + r0 * k) * 4) as u64,
+                    &self.x_uniform,
+                    0,
+                    (values * 4) as u64,
+                )
+            });
+            for (c, t) in w.chunks.iter().zip(&texels) {
+                let (mut params, rows) = chunk_params(c);
+                params.n = nb as u32;
+                params.o_col += (r0 * m) as u32;
+                let (kernel, groups) = if n == 1 {
+                    (Kernel::GemvTexel, self.elementwise(rows.div_ceil(4)))
+                } else {
+                    (
+                        Kernel::MatmulTexel,
+                        self.elementwise(rows.div_ceil(8) * nb.div_ceil(4)),
+                    )
+                };
+                self.rec.dispatch(
+                    kernel,
+                    &params,
+                    &[
+                        Res::Buf(xb),
+                        Res::Tex(t),
+                        Res::Buf(bb),
+                        Res::Buf(out),
+                        Res::Buf(resid),
+                        Res::Buf(&self.x_uniform),
+                    ],
+                    groups,
+                );
+            }
+        }
+        true
     }
 
     /// [`Backend::fuse_rows`]: the parts copied one after another into one buffer (on the GPU),

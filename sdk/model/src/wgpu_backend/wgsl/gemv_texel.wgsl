@@ -1,16 +1,5 @@
-// One-row product over f32 weights held in a texture (software adapters). Mesa's llvmpipe reads
-// a storage buffer one invocation at a time (a bounds-checked scalar load per lane and value),
-// but fetches texels and uniform data as vectors: the weights come as rgba32float texels laid
-// out row after row (texel t at (t % TEXEL_WIDTH, t / TEXEL_WIDTH); a view starts at texel
-// w_off / 4) and the input values from a uniform copy of the input row (`k` and SwiGLU's
-// distance `glu` multiples of 4). Each invocation computes 4 outputs, 4 values per step.
-@group(0) @binding(2) var wt: texture_2d<f32>;
-@group(0) @binding(7) var<uniform> xu: array<vec4<f32>, X_UNIFORM_VEC4>;
-
-fn texel(t: u32) -> vec4<f32> {
-    return textureLoad(wt, vec2<u32>(t % TEXEL_WIDTH, t / TEXEL_WIDTH), 0);
-}
-
+// One-row product over texels (see texel.wgsl): 4 outputs per invocation, two 4-value steps
+// per loop turn.
 // Values `4j..4j + 4` of the input: SwiGLU's `silu(gate) * up`, the up half `up` vec4 further.
 fn swiglu(j: u32, up: u32) -> vec4<f32> {
     let g = xu[j];
