@@ -109,6 +109,11 @@ pub struct ModelSection {
     pub files_from: PathBuf,
     /// Size of a new model.
     pub arch: Arch,
+    /// Replaces the decoder's M-RoPE base (`rope_theta`) of the model `init_from` names; the
+    /// checkpoints carry the new value. A small base lets attention tell the visual tokens'
+    /// rows and columns apart, which pointing at one of them needs: with the tiny decoder's
+    /// head dimension 16 and base 10⁶, a column turns the key by at most 1.8e-4 rad.
+    pub rope_theta: Option<f64>,
 }
 
 impl Default for ModelSection {
@@ -117,6 +122,7 @@ impl Default for ModelSection {
             init_from: None,
             files_from: PathBuf::from("tests/fixtures/models/tied_nested"),
             arch: Arch::default(),
+            rope_theta: None,
         }
     }
 }

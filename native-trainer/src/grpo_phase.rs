@@ -228,7 +228,8 @@ impl<'a> GrpoRun<'a> {
             let Some(d) = dir else {
                 bail!("grpo.kl_coef > 0 needs a reference: set model.init_from or grpo.reference")
             };
-            Some(Policy::load(&d)?.frozen()?)
+            // With the policy's M-RoPE base, when `model.rope_theta` replaced it.
+            Some(Policy::load_with_rope_theta(&d, cfg.model.rope_theta)?.frozen()?)
         } else {
             None
         };

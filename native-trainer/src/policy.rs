@@ -50,6 +50,27 @@ impl std::fmt::Debug for Policy {
     }
 }
 
+/// The `config.json` at `path` with the decoder's `rope_parameters.rope_theta` set to `theta`.
+fn with_rope_theta(path: &Path, theta: f64) -> Result<Vec<u8>> {
+    anyhow::ensure!(
+        theta.is_finite() && theta > 1.0,
+        "model.rope_theta must be a number above 1, not {theta}"
+    );
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let slot = v
+        .pointer_mut("/text_config/rope_parameters/rope_theta")
+        .with_context(|| {
+            format!(
+                "{} has no text_config.rope_parameters.rope_theta to replace",
+                path.display()
+            )
+        })?;
+    *slot = serde_json::json!(theta);
+    Ok(serde_json::to_vec_pretty(&v)?)
+}
+
 fn read_aux(dir: &Path, config_json: Option<Vec<u8>>) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut aux = Vec::new();
     for name in MODEL_FILES {
@@ -111,8 +132,18 @@ impl Policy {
 
     /// Loads an HF folder with trainable weights.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_with_rope_theta(dir, None)
+    }
+
+    /// [`Self::load`], the decoder's M-RoPE base replaced by `rope_theta` when given
+    /// (`model.rope_theta`).
+    pub fn load_with_rope_theta(dir: &Path, rope_theta: Option<f64>) -> Result<Self> {
         let dir = &model_dir(dir)?;
-        let aux = read_aux(dir, None)?;
+        let config = match rope_theta {
+            Some(theta) => Some(with_rope_theta(&dir.join("config.json"), theta)?),
+            None => None,
+        };
+        let aux = read_aux(dir, config)?;
         let store = WeightStore::open(dir)
             .with_context(|| format!("cannot load weights of {}", dir.display()))?;
         Self::build(aux, &store)
@@ -315,4 +346,45 @@ pub fn load_frozen(
     let be = CandleBackend::cpu();
     let model = Qwen25VL::load(&be, &cfg, &store)?;
     Ok((name, be, model, files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `model.rope_theta` replaces the decoder's base and nothing else, and refuses a base or a
+    /// config it cannot use.
+    #[test]
+    fn rope_theta_override_replaces_only_the_base() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/visionthink/model/config.json");
+        let before: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("shipped config")).expect("JSON");
+        let after: serde_json::Value =
+            serde_json::from_slice(&with_rope_theta(&path, 2.0).expect("patched")).expect("JSON");
+        assert_eq!(
+            after.pointer("/text_config/rope_parameters/rope_theta"),
+            Some(&serde_json::json!(2.0))
+        );
+        let mut restored = after.clone();
+        *restored
+            .pointer_mut("/text_config/rope_parameters/rope_theta")
+            .expect("base") = before["text_config"]["rope_parameters"]["rope_theta"].clone();
+        assert_eq!(restored, before);
+        for bad in [1.0, 0.5, f64::NAN, f64::INFINITY] {
+            let e = with_rope_theta(&path, bad)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains("rope_theta"), "{e}");
+        }
+        let dir = std::env::temp_dir().join(format!("vt-rope-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let flat = dir.join("config.json");
+        std::fs::write(&flat, br#"{"text_config": {"rope_theta": 10000.0}}"#).expect("write");
+        let e = with_rope_theta(&flat, 2.0)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("text_config.rope_parameters.rope_theta"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -130,7 +130,7 @@ pub fn start(
         );
     }
     let policy = match &cfg.model.init_from {
-        Some(dir) => Policy::load(dir)?,
+        Some(dir) => Policy::load_with_rope_theta(dir, cfg.model.rope_theta)?,
         None => Policy::from_scratch(&cfg.model.arch, &cfg.model.files_from, cfg.run.seed)?,
     };
     if writer {
