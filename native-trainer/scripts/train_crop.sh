@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The crop tool's recipe on the v2 synthetic task (issue 16), on the CPU:
-# data (synth --task v2) → SFT warm start whose tool choice (direct / resize / crop) ignores the
+# data (synth --task v2) → pointing phase (SFT on the local-fine questions, every trace a crop
+# with one fixed thought) → SFT warm start whose tool choice (direct / resize / crop) ignores the
 # question → multi-turn GRPO with the extended tool set and the image cost → checkpoint
 # selection on a validation seed → evaluation on the held-out seed with --tools resize,crop →
 # export to sdk/visionthink/model-crop (EXPORT=1).
-# The fair full-resolution baseline (BASELINE=1): the same SFT recipe on the full image in
-# turn 1 and direct answers only (the paper's vanilla model at full resolution), evaluated on
-# the same held-out set with --image-path full.
+# The fair full-resolution baseline (BASELINE=1): from the same pointing-phase model, the same
+# SFT and GRPO on the full image in turn 1 with direct answers only (the paper's vanilla RL at
+# full resolution), evaluated on the same held-out set with --image-path full.
 # The resize-only comparison (RESIZE_ONLY=1): the same SFT and GRPO with the official tool set
 # only (resize traces where the crop recipe has crop traces), evaluated the same way.
 # SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder;
@@ -15,31 +16,42 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT="${OUT_CROP:-runs/synth2}"
 SIZE="${SIZE:-224}"
+POINT_STEPS="${POINT_STEPS:-900}"
 SFT_STEPS="${SFT_STEPS:-600}"
-GRPO_STEPS="${GRPO_STEPS:-20}"
+GRPO_STEPS="${GRPO_STEPS:-40}"
 ROWS=(); [ -n "${ROWS_EVAL:-}" ] && ROWS=(--rows "$ROWS_EVAL")
 $T synth --task v2 --seed 1 --count 6000 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/train"
 $T synth --task v2 --seed 2 --count 300 --fine-fraction 0.4 --size "$SIZE" --out "$OUT/data/eval"
 $T synth --task v2 --seed 3 --count 120 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/diag"
 DATA=(--set "data.train=\"$OUT/data/train\"")
+$T sft --config native-trainer/configs/synth2-point.toml --set "run.out=\"$OUT/point\"" "${DATA[@]}" \
+  --set "run.steps=$POINT_STEPS"
+FROM=(--set "model.init_from=\"$OUT/point\"")
 $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
-  --set "run.steps=$SFT_STEPS"
+  "${FROM[@]}" --set "run.steps=$SFT_STEPS"
 $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo\"" "${DATA[@]}" \
   --set "model.init_from=\"$OUT/sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0
 EVAL=(--tools resize,crop --max-new-tokens 96)
 BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
 $T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
 if [ "${BASELINE:-1}" = 1 ]; then
+  # From the same pointing-phase model, the same SFT and GRPO steps, every image full size in
+  # turn 1 and no tool: GRPO episodes have one round, so a tool call scores 0.
+  FULL=(--set 'data.image_path="full"' --set 'rollout.tools="resize"' --set rollout.max_rounds=1 \
+    --set rollout.max_images=1)
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/full-sft\"" "${DATA[@]}" \
-    --set "run.steps=$SFT_STEPS" --set 'data.image_path="full"' --set 'rollout.tools="resize"' \
-    --set sft.tool_fraction=0 --set sft.crop_fraction=0
-  $T eval --model-dir "$OUT/full-sft" --data "$OUT/data/eval" --image-path full --max-new-tokens 96 \
+    "${FROM[@]}" --set "run.steps=$SFT_STEPS" "${FULL[@]}" --set sft.tool_fraction=0 --set sft.crop_fraction=0
+  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/full-grpo\"" "${DATA[@]}" \
+    --set "model.init_from=\"$OUT/full-sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
+    "${FULL[@]}"
+  FBEST=$($T select --run "$OUT/full-grpo" --data "$OUT/data/diag" --image-path full --max-new-tokens 96)
+  $T eval --model-dir "$FBEST" --data "$OUT/data/eval" --image-path full --max-new-tokens 96 \
     "${ROWS[@]}" --json --out "$OUT/report-full"
 fi
 if [ "${RESIZE_ONLY:-1}" = 1 ]; then
   RESIZE=(--set 'rollout.tools="resize"' --set rollout.max_rounds=2 --set rollout.max_images=2)
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/resize-sft\"" "${DATA[@]}" \
-    --set "run.steps=$SFT_STEPS" "${RESIZE[@]}" --set sft.tool_fraction=0.7 --set sft.crop_fraction=0
+    "${FROM[@]}" --set "run.steps=$SFT_STEPS" "${RESIZE[@]}" --set sft.tool_fraction=0.7 --set sft.crop_fraction=0
   $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/resize-grpo\"" "${DATA[@]}" \
     --set "model.init_from=\"$OUT/resize-sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
     "${RESIZE[@]}"

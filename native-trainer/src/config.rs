@@ -135,6 +135,10 @@ pub struct DataSection {
     pub train: PathBuf,
     /// SPEC §4 image path.
     pub image_path: ImagePath,
+    /// Train only on rows of these kinds (`coarse`, `fine`, `global_fine`, `local_fine`,
+    /// `unknown`); empty (the default) keeps every row. The crop recipe's pointing phase
+    /// uses `["local_fine"]`.
+    pub kinds: Vec<crate::data::Kind>,
 }
 
 impl Default for DataSection {
@@ -142,6 +146,7 @@ impl Default for DataSection {
         Self {
             train: PathBuf::from("data/train"),
             image_path: ImagePath::Training,
+            kinds: Vec::new(),
         }
     }
 }
@@ -684,6 +689,27 @@ mod tests {
         assert_eq!((c.grpo.kl_coef, c.grpo.entropy_coef), (0.001, 0.001));
         assert_eq!(c.data.image_path, ImagePath::Training);
         assert_eq!(c.reward.penalty, PenaltyMode::Code);
+    }
+
+    #[test]
+    fn data_kinds_parse_and_unknown_kinds_are_errors() {
+        let c = TrainConfig::load(None, &[r#"data.kinds=["local_fine", "coarse"]"#.into()])
+            .expect("kinds");
+        assert_eq!(
+            c.data.kinds,
+            vec![crate::data::Kind::LocalFine, crate::data::Kind::Coarse]
+        );
+        assert!(TrainConfig::load(None, &[])
+            .expect("defaults")
+            .data
+            .kinds
+            .is_empty());
+        let err = format!(
+            "{:#}",
+            TrainConfig::load(None, &[r#"data.kinds=["lokal_fine"]"#.into()])
+                .expect_err("unknown kind")
+        );
+        assert!(err.contains("lokal_fine"), "{err}");
     }
 
     #[test]

@@ -112,6 +112,50 @@ pub struct Dataset {
 pub const DATA_FILE: &str = "data.jsonl";
 
 impl Dataset {
+    /// Keeps only the rows of `kinds` (with their inline images).
+    ///
+    /// ```
+    /// use visionthink_train::data::{Dataset, Example, Kind};
+    /// let row = |id: &str, kind| Example {
+    ///     doc_id: id.into(),
+    ///     image: "a.png".into(),
+    ///     problem: "<image>\nQ?".into(),
+    ///     answer: "yes".into(),
+    ///     kind,
+    ///     data_source: "synth2".into(),
+    ///     attributes: Default::default(),
+    /// };
+    /// let mut ds = Dataset {
+    ///     dir: ".".into(),
+    ///     examples: vec![row("a", Kind::Coarse), row("b", Kind::LocalFine)],
+    ///     skipped: Vec::new(),
+    ///     inline_images: vec![None, Some(vec![1])],
+    /// };
+    /// ds.retain_kinds(&[Kind::LocalFine]);
+    /// assert_eq!(ds.examples.len(), 1);
+    /// assert_eq!(ds.examples[0].doc_id, "b");
+    /// assert_eq!(ds.inline_images, vec![Some(vec![1])]);
+    /// ```
+    pub fn retain_kinds(&mut self, kinds: &[Kind]) {
+        let keep: Vec<bool> = self
+            .examples
+            .iter()
+            .map(|e| kinds.contains(&e.kind))
+            .collect();
+        let mut i = 0;
+        self.examples.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        if !self.inline_images.is_empty() {
+            let mut j = 0;
+            self.inline_images.retain(|_| {
+                j += 1;
+                keep.get(j - 1).copied().unwrap_or(false)
+            });
+        }
+    }
+
     /// Decodes the image of row `i` (with the default decode limits: huge or corrupt files are
     /// errors naming the file and row).
     pub fn image(&self, i: usize) -> Result<RgbImage, DataError> {

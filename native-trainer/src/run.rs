@@ -150,9 +150,20 @@ pub fn start(
 
 /// The training set, with its skipped rows reported.
 pub fn open_data(cfg: &TrainConfig) -> Result<Dataset> {
-    let ds = Dataset::open(&cfg.data.train, cfg.run.bad_rows)?;
+    let mut ds = Dataset::open(&cfg.data.train, cfg.run.bad_rows)?;
     for s in &ds.skipped {
         eprintln!("skipped row: {s}");
+    }
+    if !cfg.data.kinds.is_empty() {
+        ds.retain_kinds(&cfg.data.kinds);
+        if ds.examples.is_empty() {
+            let names: Vec<_> = cfg.data.kinds.iter().map(|k| k.name()).collect();
+            anyhow::bail!(
+                "{} has no row of the kinds data.kinds names ({})",
+                cfg.data.train.display(),
+                names.join(", ")
+            );
+        }
     }
     Ok(ds)
 }
