@@ -18,7 +18,9 @@ OUT="${OUT_CROP:-runs/synth2}"
 SIZE="${SIZE:-224}"
 POINT_STEPS="${POINT_STEPS:-900}"
 SFT_STEPS="${SFT_STEPS:-600}"
-GRPO_STEPS="${GRPO_STEPS:-40}"
+GRPO_LOCAL_STEPS="${GRPO_LOCAL_STEPS:-20}"
+GRPO_STEPS="${GRPO_STEPS:-30}"
+BASELINE_GRPO_STEPS="${BASELINE_GRPO_STEPS:-40}"
 ROWS=(); [ -n "${ROWS_EVAL:-}" ] && ROWS=(--rows "$ROWS_EVAL")
 $T synth --task v2 --seed 1 --count 6000 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/train"
 $T synth --task v2 --seed 2 --count 300 --fine-fraction 0.4 --size "$SIZE" --out "$OUT/data/eval"
@@ -29,20 +31,30 @@ $T sft --config native-trainer/configs/synth2-point.toml --set "run.out=\"$OUT/p
 FROM=(--set "model.init_from=\"$OUT/point\"")
 $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
   "${FROM[@]}" --set "run.steps=$SFT_STEPS"
+# GRPO in two stages. Stage 1, local-fine questions only: the SFT model crops in ~10 % of
+# sampled episodes, too few for the crop's advantage to raise it while crops on the other kinds
+# (which cannot answer them) push it down; here only crops, resizes and guesses on local
+# questions compete. Stage 2, every kind: crops on coarse and global questions fall to ~0 while
+# those on local questions come back above 0.8.
+$T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo-local\"" "${DATA[@]}" \
+  --set "model.init_from=\"$OUT/sft\"" --set "run.steps=$GRPO_LOCAL_STEPS" --set run.keep_checkpoints=0 \
+  --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4
 $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo\"" "${DATA[@]}" \
-  --set "model.init_from=\"$OUT/sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0
+  --set "model.init_from=\"$OUT/grpo-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0
 EVAL=(--tools resize,crop --max-new-tokens 96)
 BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
 $T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
 if [ "${BASELINE:-1}" = 1 ]; then
-  # From the same pointing-phase model, the same SFT and GRPO steps, every image full size in
-  # turn 1 and no tool: GRPO episodes have one round, so a tool call scores 0.
+  # From the same pointing-phase model, the same SFT steps and 40 GRPO steps on every kind (the
+  # crop model's 20 + 30 less the local-only stage, which is there for a tool decision this
+  # baseline does not have), every image full size in turn 1 and no tool: GRPO episodes have one
+  # round, so a tool call scores 0.
   FULL=(--set 'data.image_path="full"' --set 'rollout.tools="resize"' --set rollout.max_rounds=1 \
     --set rollout.max_images=1)
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/full-sft\"" "${DATA[@]}" \
     "${FROM[@]}" --set "run.steps=$SFT_STEPS" "${FULL[@]}" --set sft.tool_fraction=0 --set sft.crop_fraction=0
   $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/full-grpo\"" "${DATA[@]}" \
-    --set "model.init_from=\"$OUT/full-sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
+    --set "model.init_from=\"$OUT/full-sft\"" --set "run.steps=$BASELINE_GRPO_STEPS" --set run.keep_checkpoints=0 \
     "${FULL[@]}"
   FBEST=$($T select --run "$OUT/full-grpo" --data "$OUT/data/diag" --image-path full --max-new-tokens 96)
   $T eval --model-dir "$FBEST" --data "$OUT/data/eval" --image-path full --max-new-tokens 96 \
@@ -52,8 +64,12 @@ if [ "${RESIZE_ONLY:-1}" = 1 ]; then
   RESIZE=(--set 'rollout.tools="resize"' --set rollout.max_rounds=2 --set rollout.max_images=2)
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/resize-sft\"" "${DATA[@]}" \
     "${FROM[@]}" --set "run.steps=$SFT_STEPS" "${RESIZE[@]}" --set sft.tool_fraction=0.7 --set sft.crop_fraction=0
+  # The same two GRPO stages as the crop model (this one has a tool decision to learn too).
+  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/resize-grpo-local\"" \
+    "${DATA[@]}" --set "model.init_from=\"$OUT/resize-sft\"" --set "run.steps=$GRPO_LOCAL_STEPS" \
+    --set run.keep_checkpoints=0 --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4 "${RESIZE[@]}"
   $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/resize-grpo\"" "${DATA[@]}" \
-    --set "model.init_from=\"$OUT/resize-sft\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
+    --set "model.init_from=\"$OUT/resize-grpo-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
     "${RESIZE[@]}"
   RBEST=$($T select --run "$OUT/resize-grpo" --data "$OUT/data/diag" --max-new-tokens 96)
   $T eval --model-dir "$RBEST" --data "$OUT/data/eval" --max-new-tokens 96 "${ROWS[@]}" \
