@@ -731,3 +731,45 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// The shipped crop model (`sdk/visionthink/model-crop`, issue 16) on its example image (a
+/// held-out row of `synth --task v2 --seed 2`), greedy: the local question gets one crop whose
+/// box is the framed square's cell and the right texture from 20 visual tokens; the shade
+/// question is answered from the half-size image alone (16 visual tokens, no tool).
+#[test]
+fn the_crop_model_crops_for_the_framed_square_and_not_for_the_background() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-crop");
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("example.json")).unwrap()).unwrap();
+    let img = dir.join("example.png");
+    let ask = |question: &str| -> Value {
+        vt_json(&[
+            "ask",
+            "--model-dir",
+            dir.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--question",
+            question,
+            "--tools",
+            "resize,crop",
+            "--max-new-tokens",
+            "96",
+            "--json",
+        ])
+    };
+    let local = ask(card["local_question"].as_str().unwrap());
+    let first = local["turns"][0].as_str().unwrap();
+    let bbox = format!("\"bbox\": {}", card["box"].as_str().unwrap());
+    assert!(
+        first.contains("crop_image") && first.contains(&bbox),
+        "{local}"
+    );
+    assert_eq!(local["crops"], 1, "{local}");
+    assert_eq!(local["text"], card["local_answer"], "{local}");
+    assert_eq!(local["visual_tokens"], 20, "{local}");
+    let coarse = ask(card["shade_question"].as_str().unwrap());
+    assert_eq!(coarse["turns"].as_array().unwrap().len(), 1, "{coarse}");
+    assert_eq!(coarse["text"], card["shade_answer"], "{coarse}");
+    assert_eq!(coarse["visual_tokens"], 16, "{coarse}");
+}
