@@ -2,7 +2,8 @@
 # The crop tool's recipe on the v2 synthetic task (issue 16), on the CPU:
 # data (synth --task v2) → pointing phase (SFT on the local-fine questions, every trace a crop
 # with one fixed thought) → SFT warm start whose tool choice (direct / resize / crop) ignores the
-# question → multi-turn GRPO with the extended tool set and the image cost → checkpoint
+# question → multi-turn GRPO with the extended tool set and the image cost, in two stages
+# (local-fine questions only, then every kind) → checkpoint
 # selection on a validation seed → evaluation on the held-out seed with --tools resize,crop →
 # export to sdk/visionthink/model-crop (EXPORT=1).
 # The fair full-resolution baseline (BASELINE=1): from the same pointing-phase model, the same
@@ -31,16 +32,21 @@ $T sft --config native-trainer/configs/synth2-point.toml --set "run.out=\"$OUT/p
 FROM=(--set "model.init_from=\"$OUT/point\"")
 $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
   "${FROM[@]}" --set "run.steps=$SFT_STEPS"
-# GRPO in two stages. Stage 1, local-fine questions only: the SFT model crops in ~10 % of
-# sampled episodes, too few for the crop's advantage to raise it while crops on the other kinds
-# (which cannot answer them) push it down; here only crops, resizes and guesses on local
-# questions compete. Stage 2, every kind: crops on coarse and global questions fall to ~0 while
-# those on local questions come back above 0.8.
-$T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo-local\"" "${DATA[@]}" \
-  --set "model.init_from=\"$OUT/sft\"" --set "run.steps=$GRPO_LOCAL_STEPS" --set run.keep_checkpoints=0 \
-  --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4
-$T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/grpo\"" "${DATA[@]}" \
-  --set "model.init_from=\"$OUT/grpo-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0
+# GRPO in two stages: `grpo_two_stages NAME FROM [--set ...]` trains $OUT/NAME-local from the
+# model FROM names, then $OUT/NAME from that. Stage 1, local-fine questions only: the SFT model
+# crops in ~10 % of sampled episodes, too few for the crop's advantage to raise it while crops
+# on the other kinds (which cannot answer them) push it down; here only crops, resizes and
+# guesses on local questions compete. Stage 2, every kind: crops on coarse and global questions
+# fall to ~0 while those on local questions come back above 0.8.
+grpo_two_stages() {
+  local name="$1" from="$2"; shift 2
+  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/$name-local\"" "${DATA[@]}" \
+    --set "model.init_from=\"$from\"" --set "run.steps=$GRPO_LOCAL_STEPS" --set run.keep_checkpoints=0 \
+    --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4 "$@"
+  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/$name\"" "${DATA[@]}" \
+    --set "model.init_from=\"$OUT/$name-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 "$@"
+}
+grpo_two_stages grpo "$OUT/sft"
 EVAL=(--tools resize,crop --max-new-tokens 96)
 BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
 $T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
@@ -65,12 +71,7 @@ if [ "${RESIZE_ONLY:-1}" = 1 ]; then
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/resize-sft\"" "${DATA[@]}" \
     "${FROM[@]}" --set "run.steps=$SFT_STEPS" "${RESIZE[@]}" --set sft.tool_fraction=0.7 --set sft.crop_fraction=0
   # The same two GRPO stages as the crop model (this one has a tool decision to learn too).
-  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/resize-grpo-local\"" \
-    "${DATA[@]}" --set "model.init_from=\"$OUT/resize-sft\"" --set "run.steps=$GRPO_LOCAL_STEPS" \
-    --set run.keep_checkpoints=0 --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4 "${RESIZE[@]}"
-  $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/resize-grpo\"" "${DATA[@]}" \
-    --set "model.init_from=\"$OUT/resize-grpo-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 \
-    "${RESIZE[@]}"
+  grpo_two_stages resize-grpo "$OUT/resize-sft" "${RESIZE[@]}"
   RBEST=$($T select --run "$OUT/resize-grpo" --data "$OUT/data/diag" --max-new-tokens 96)
   $T eval --model-dir "$RBEST" --data "$OUT/data/eval" --max-new-tokens 96 "${ROWS[@]}" \
     --json --out "$OUT/report-resize"
