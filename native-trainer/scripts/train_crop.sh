@@ -11,6 +11,7 @@
 # full resolution), evaluated on the same held-out set with --image-path full.
 # The resize-only comparison (RESIZE_ONLY=1): the same SFT and GRPO with the official tool set
 # only (resize traces where the crop recipe has crop traces), evaluated the same way.
+# CROP=0 skips the crop model's SFT, GRPO and evaluation (to run only the comparisons).
 # SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder;
 # ROWS_EVAL (default: all) how many held-out rows the evaluations read.
 set -euo pipefail
@@ -30,8 +31,6 @@ DATA=(--set "data.train=\"$OUT/data/train\"")
 $T sft --config native-trainer/configs/synth2-point.toml --set "run.out=\"$OUT/point\"" "${DATA[@]}" \
   --set "run.steps=$POINT_STEPS"
 FROM=(--set "model.init_from=\"$OUT/point\"")
-$T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
-  "${FROM[@]}" --set "run.steps=$SFT_STEPS"
 # GRPO in two stages: `grpo_two_stages NAME FROM [--set ...]` trains $OUT/NAME-local from the
 # model FROM names, then $OUT/NAME from that. Stage 1, local-fine questions only: the SFT model
 # crops in ~10 % of sampled episodes, too few for the crop's advantage to raise it while crops
@@ -46,10 +45,14 @@ grpo_two_stages() {
   $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/$name\"" "${DATA[@]}" \
     --set "model.init_from=\"$OUT/$name-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 "$@"
 }
-grpo_two_stages grpo "$OUT/sft"
-EVAL=(--tools resize,crop --max-new-tokens 96)
-BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
-$T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
+if [ "${CROP:-1}" = 1 ]; then
+  $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
+    "${FROM[@]}" --set "run.steps=$SFT_STEPS"
+  grpo_two_stages grpo "$OUT/sft"
+  EVAL=(--tools resize,crop --max-new-tokens 96)
+  BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
+  $T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
+fi
 if [ "${BASELINE:-1}" = 1 ]; then
   # From the same pointing-phase model, the same SFT steps and 40 GRPO steps on every kind (the
   # crop model's 20 + 30 less the local-only stage, which is there for a tool decision this
@@ -76,6 +79,6 @@ if [ "${RESIZE_ONLY:-1}" = 1 ]; then
   $T eval --model-dir "$RBEST" --data "$OUT/data/eval" --max-new-tokens 96 "${ROWS[@]}" \
     --json --out "$OUT/report-resize"
 fi
-if [ "${EXPORT:-0}" = 1 ]; then
+if [ "${EXPORT:-0}" = 1 ] && [ "${CROP:-1}" = 1 ]; then
   $T export --from "$BEST" --out sdk/visionthink/model-crop
 fi
