@@ -52,6 +52,9 @@ if [ "${CROP:-1}" = 1 ]; then
   EVAL=(--tools resize,crop --max-new-tokens 96)
   BEST=$($T select --run "$OUT/grpo" --data "$OUT/data/diag" "${EVAL[@]}")
   $T eval --model-dir "$BEST" --data "$OUT/data/eval" "${EVAL[@]}" "${ROWS[@]}" --json --out "$OUT/report"
+  if [ "${EXPORT:-0}" = 1 ]; then
+    $T export --from "$BEST" --out sdk/visionthink/model-crop
+  fi
 fi
 if [ "${BASELINE:-1}" = 1 ]; then
   # From the same pointing-phase model, the same SFT steps and 40 GRPO steps on every kind (the
@@ -78,7 +81,4 @@ if [ "${RESIZE_ONLY:-1}" = 1 ]; then
   RBEST=$($T select --run "$OUT/resize-grpo" --data "$OUT/data/diag" --max-new-tokens 96)
   $T eval --model-dir "$RBEST" --data "$OUT/data/eval" --max-new-tokens 96 "${ROWS[@]}" \
     --json --out "$OUT/report-resize"
-fi
-if [ "${EXPORT:-0}" = 1 ] && [ "${CROP:-1}" = 1 ]; then
-  $T export --from "$BEST" --out sdk/visionthink/model-crop
 fi
