@@ -216,27 +216,49 @@ fn host_only_05b() {
     let store =
         WeightStore::from_bytes(vec![("bench.safetensors".into(), random_checkpoint(&cfg))])
             .expect("store");
-    let gpu = WgpuBackend::new_blocking(WgpuOptions::default()).expect("wgpu adapter");
-    let model = Qwen25VL::load(&gpu, &cfg, &store).expect("load");
-    drop(store);
-    let ids: Vec<u32> = (0..9).collect();
-    let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
-    let mut cache = model.new_cache();
-    let e = model.embed(&gpu, &ids, None).expect("embed");
-    model.decode(&gpu, &e, &pos, &mut cache).expect("prefill");
-    gpu.sync().expect("sync");
-    let c0 = gpu.counters();
-    let (host, device) = host_time(&gpu, &model, &mut cache);
-    let c1 = gpu.counters();
-    let per_step = (c1.dispatches - c0.dispatches) / 8;
-    println!(
-        "0.5B text shape: {per_step} dispatches per decode step; host {host:.2} ms (record + submit), then {device:.1} ms until the device is done"
-    );
-    println!(
-        "over the 8 steps: {} bind groups and {} buffers created (the rest reused; the first step after the prefill creates them)",
-        c1.bind_groups_created - c0.bind_groups_created,
-        c1.output_buffers_created - c0.output_buffers_created
-    );
+    // The fused rotary embedding and cache append against the composed one, alternating in
+    // one process (the machine's noise hits both alike).
+    let mut best: [(f64, f64); 2] = [(f64::MAX, f64::MAX); 2];
+    for round in 0..4 {
+        for (i, compose) in [false, true].into_iter().enumerate() {
+            let gpu = WgpuBackend::new_blocking(WgpuOptions {
+                compose_rope_append: compose,
+                ..Default::default()
+            })
+            .expect("wgpu adapter");
+            let model = Qwen25VL::load(&gpu, &cfg, &store).expect("load");
+            let ids: Vec<u32> = (0..9).collect();
+            let (pos, _) = rope_index(&ids, &[], 2).expect("rope");
+            let mut cache = model.new_cache();
+            let e = model.embed(&gpu, &ids, None).expect("embed");
+            model.decode(&gpu, &e, &pos, &mut cache).expect("prefill");
+            gpu.sync().expect("sync");
+            let c0 = gpu.counters();
+            let (host, device) = host_time(&gpu, &model, &mut cache);
+            let c1 = gpu.counters();
+            best[i] = (best[i].0.min(host), best[i].1.min(device));
+            if round == 0 {
+                let per_step = (c1.dispatches - c0.dispatches) / 8;
+                println!(
+                    "0.5B text shape, rope and cache append {}: {per_step} dispatches, {} copies and {} compute passes per decode step",
+                    if compose { "composed" } else { "fused" },
+                    (c1.copies - c0.copies) / 8,
+                    (c1.passes - c0.passes) / 8
+                );
+                println!(
+                    "  over the 8 steps: {} bind groups and {} buffers created (the rest reused; the first step after the prefill creates them)",
+                    c1.bind_groups_created - c0.bind_groups_created,
+                    c1.output_buffers_created - c0.output_buffers_created
+                );
+            }
+        }
+    }
+    for (i, what) in ["fused", "composed"].into_iter().enumerate() {
+        println!(
+            "{what}: host {:.2} ms (record + submit), then {:.1} ms until the device is done (best of 4 × 8 steps)",
+            best[i].0, best[i].1
+        );
+    }
 }
 
 /// `VT_WGPU_BENCH_MATMUL=1`: GFLOP/s of `x · wᵀ` (128 × 2,048 against 5,504 × 2,048) per layout and

@@ -161,6 +161,28 @@ pub trait Backend {
         Ok(None)
     }
 
+    /// A decode step's attention inputs from one fused q/k/v product `qkv [n, (heads + 2 ·
+    /// kv_heads) · d]` (`d` = the width of `cos`, `sin` `[n, d]`): the query heads rotated, the
+    /// key heads rotated and appended with the value heads to the caches after `used` rows (as
+    /// [`Backend::append_rows`] would, the caches updated in place). Returns the queries `[n,
+    /// heads · d]` and views of the `used + n` valid cache rows, or `None` (the default) when
+    /// the backend has no kernel for it: the graph then composes [`Backend::rope`] and
+    /// [`Backend::append_rows`], and the caches are untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_append(
+        &self,
+        qkv: &Self::Tensor,
+        cos: &Self::Tensor,
+        sin: &Self::Tensor,
+        (heads, kv_heads): (usize, usize),
+        k_cache: &mut Option<Self::Tensor>,
+        v_cache: &mut Option<Self::Tensor>,
+        used: usize,
+    ) -> Result<Option<RopeAppended<Self::Tensor>>> {
+        let _ = (qkv, cos, sin, heads, kv_heads, k_cache, v_cache, used);
+        Ok(None)
+    }
+
     /// Appends `new` after the first `used` rows of a growable buffer (the KV cache) and returns
     /// the buffer and a view of its `used + rows(new)` valid rows. The default concatenates; a
     /// backend may keep spare capacity and write in place to avoid copying the cache every step.
@@ -180,6 +202,10 @@ pub trait Backend {
         Ok((all.clone(), all))
     }
 }
+
+/// What [`Backend::rope_append`] returns: the rotated queries, then the valid rows of the key
+/// and value caches.
+pub type RopeAppended<T> = (T, T, T);
 
 /// What [`Backend::fuse_rows`] returns: the one tensor and each part as a view into it, or
 /// `None` when the backend does not fuse.

@@ -537,12 +537,76 @@ impl<B: Backend> Qwen25VL<B> {
         let (cos, sin) = self.mrope(be, positions, past, n)?;
         let mut x = embeds.clone();
         for (li, layer) in self.text.layers.iter().enumerate() {
-            let (q, k, v) = self.layer_head(be, layer, &x, &cos, &sin)?;
-            let a = self.attend(be, cache, li, &q, &k, &v)?;
+            let a = match self.attend_fused(be, layer, &x, &cos, &sin, cache, li)? {
+                Some(a) => a,
+                None => {
+                    let (q, k, v) = self.layer_head(be, layer, &x, &cos, &sin)?;
+                    self.attend(be, cache, li, &q, &k, &v)?
+                }
+            };
             x = self.layer_tail(be, layer, &x, &a)?;
         }
         cache.len = past + n;
         be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
+    }
+
+    /// A decoder layer's attention for one row through the fused q/k/v product, its rotary
+    /// embedding and cache append in one [`Backend::rope_append`] where the backend has it
+    /// (composed from [`Backend::rope`] and [`Self::attend`] where not), or `None` with nothing
+    /// computed when the layer has no fused product or there are several rows (then
+    /// [`Self::layer_head`] and [`Self::attend`] run).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_fused(
+        &self,
+        be: &B,
+        layer: &params::DecoderLayer<B::Tensor>,
+        x: &B::Tensor,
+        cos: &B::Tensor,
+        sin: &B::Tensor,
+        cache: &mut KvCache<B>,
+        li: usize,
+    ) -> Result<Option<B::Tensor>> {
+        let t = &self.cfg.text;
+        let Some(qkv) = layer.fused.as_ref().and_then(|f| f.qkv.as_ref()) else {
+            return Ok(None);
+        };
+        if be.shape(x)[0] != 1 {
+            return Ok(None);
+        }
+        let h = be.rms_norm(x, &layer.input_norm, t.rms_norm_eps)?;
+        let y = qkv.forward(be, &h)?;
+        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
+        let past = cache.len;
+        let (k_slot, v_slot) = (&mut cache.k[li], &mut cache.v[li]);
+        if let Some((q, k_all, v_all)) =
+            be.rope_append(&y, cos, sin, (heads, kv_heads), k_slot, v_slot, past)?
+        {
+            let mask = Mask::Causal { past };
+            return be
+                .attention(&q, &k_all, &v_all, heads, kv_heads, &mask)
+                .map(Some);
+        }
+        let (q, k, v) = Self::split_fused_qkv(be, &y, cos, sin, heads, kv_heads, t.hidden_size)?;
+        self.attend(be, cache, li, &q, &k, &v).map(Some)
+    }
+
+    /// The rotated queries and keys and the values of one fused q/k/v product row.
+    fn split_fused_qkv(
+        be: &B,
+        y: &B::Tensor,
+        cos: &B::Tensor,
+        sin: &B::Tensor,
+        heads: usize,
+        kv_heads: usize,
+        hidden: usize,
+    ) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
+        let d = hidden / heads;
+        let (qw, kw) = (heads * d, kv_heads * d);
+        let qk = be.rope(&columns(be, y, 0, qw + kw)?, cos, sin, heads + kv_heads)?;
+        let q = columns(be, &qk, 0, qw)?;
+        let k = columns(be, &qk, qw, kw)?;
+        let v = columns(be, y, qw + kw, kw)?;
+        Ok((q, k, v))
     }
 
     /// A decoder layer before attention: the input norm, then the query, key and value
@@ -563,14 +627,8 @@ impl<B: Backend> Qwen25VL<B> {
             &be.shape(x)[..],
         ) {
             // One row: the fused product, rotary embedding on the q and k heads at once.
-            let d = t.hidden_size / heads;
-            let (qw, kw) = (heads * d, kv_heads * d);
             let y = qkv.forward(be, &h)?;
-            let qk = be.rope(&columns(be, &y, 0, qw + kw)?, cos, sin, heads + kv_heads)?;
-            let q = columns(be, &qk, 0, qw)?;
-            let k = columns(be, &qk, qw, kw)?;
-            let v = columns(be, &y, qw + kw, kw)?;
-            return Ok((q, k, v));
+            return Self::split_fused_qkv(be, &y, cos, sin, heads, kv_heads, t.hidden_size);
         }
         let q = be.rope(&layer.q.forward(be, &h)?, cos, sin, heads)?;
         let k = be.rope(&layer.k.forward(be, &h)?, cos, sin, kv_heads)?;

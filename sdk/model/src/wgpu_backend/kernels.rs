@@ -145,6 +145,10 @@ pub enum Kernel {
     RmsNorm,
     /// Rotary embedding, rotate-half convention.
     Rope,
+    /// A fused q/k/v product's rows split in one pass: query heads rotated into their own
+    /// buffer, key heads rotated and value heads copied into the KV caches' next rows (a
+    /// decode step's rotary embedding and cache append without buffer copies).
+    RopeAppend,
     /// Attention without a score matrix: one workgroup per (head, query row) streams the keys
     /// of the query's range in blocks of 64 with an online softmax; GQA heads share a KV head.
     Attention,
@@ -211,6 +215,7 @@ impl Kernel {
             Kernel::Gelu => plain(include_str!("wgsl/gelu.wgsl")),
             Kernel::RmsNorm => plain(include_str!("wgsl/rms_norm.wgsl")),
             Kernel::Rope => plain(include_str!("wgsl/rope.wgsl")),
+            Kernel::RopeAppend => plain(include_str!("wgsl/rope_append.wgsl")),
             Kernel::Attention => plain(&format!(
                 "{ATTENTION_P}\n{}",
                 include_str!("wgsl/attention.wgsl")
@@ -270,6 +275,7 @@ impl Kernel {
             Kernel::Binary | Kernel::RmsNorm => vec![(1, R), (2, R), (3, W)],
             Kernel::Gelu => vec![(1, R), (2, W)],
             Kernel::Rope => vec![(1, R), (2, R), (3, R), (4, W)],
+            Kernel::RopeAppend => vec![(1, R), (2, R), (3, R), (4, W), (5, W), (6, W), (7, R)],
             Kernel::Attention | Kernel::AttentionRows => {
                 vec![(1, R), (2, R), (3, R), (4, R), (5, W)]
             }
@@ -295,6 +301,7 @@ impl Kernel {
             Kernel::Gelu => "gelu",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Rope => "rope",
+            Kernel::RopeAppend => "rope_append",
             Kernel::Attention => "attention",
             Kernel::AttentionRows => "attention_rows",
             Kernel::Gather(_) => "gather",
@@ -481,6 +488,30 @@ params!(
 );
 
 params!(
+    /// [`Kernel::RopeAppend`]: `x [n, (heads + 2 · kv_heads) · d]`, `cos`, `sin` `[n, d]`.
+    RopeAppendP {
+        /// Rows.
+        n: u32,
+        /// Query heads.
+        heads: u32,
+        /// Key/value heads.
+        kv_heads: u32,
+        /// Head dimension.
+        d: u32,
+        /// Element offset of `x`.
+        x_off: u32,
+        /// Element offset of `cos`.
+        c_off: u32,
+        /// Element offset of `sin`.
+        s_off: u32,
+        /// Element offset of the key cache (its rows are those of the attention ranges).
+        k_off: u32,
+        /// Element offset of the value cache.
+        v_off: u32,
+    }
+);
+
+params!(
     /// [`Kernel::Gather`].
     GatherP {
         /// Ids.
@@ -574,6 +605,7 @@ mod tests {
             (Kernel::Gelu, GeluP::FIELDS),
             (Kernel::RmsNorm, RmsNormP::FIELDS),
             (Kernel::Rope, RopeP::FIELDS),
+            (Kernel::RopeAppend, RopeAppendP::FIELDS),
             (Kernel::Attention, AttentionP::FIELDS),
             (Kernel::AttentionRows, AttentionP::FIELDS),
             (Kernel::Gather(w), GatherP::FIELDS),
@@ -600,6 +632,7 @@ mod tests {
                 Kernel::Gelu,
                 Kernel::RmsNorm,
                 Kernel::Rope,
+                Kernel::RopeAppend,
                 Kernel::Attention,
                 Kernel::AttentionRows,
                 Kernel::Gather(w),

@@ -78,6 +78,10 @@ pub struct WgpuOptions {
     /// several, for twice the memory of those weights. `None` (default): wherever the
     /// software adapters' kernels run (`software_kernels`); `Some(false)`: never.
     pub texel_weights: Option<bool>,
+    /// Record a decode step's rotary embedding and KV cache append as they were before
+    /// [`kernels::Kernel::RopeAppend`]: a rope dispatch, then two buffer copies that end the
+    /// compute pass (for comparisons; the default, `false`, is one dispatch and no copy).
+    pub compose_rope_append: bool,
 }
 
 #[derive(Debug)]

@@ -2,8 +2,8 @@
 //! (or a copy) per operation; weights stored per [`WeightStorage`] and split into row chunks.
 
 use super::kernels::{
-    AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeP, WeightLayout,
-    WeightStorage, GEMV_SHORT_MAX_K, TEXEL_WIDTH, X_UNIFORM_VEC4,
+    AttentionP, BinaryOp, BinaryP, GatherP, GeluP, Kernel, LinearP, RmsNormP, RopeAppendP, RopeP,
+    WeightLayout, WeightStorage, GEMV_SHORT_MAX_K, TEXEL_WIDTH, X_UNIFORM_VEC4,
 };
 use super::record::{Pooled, Res};
 use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
@@ -923,21 +923,7 @@ impl Backend for WgpuBackend {
     ) -> Result<(GpuTensor, GpuTensor)> {
         let cols = new.cols;
         let need = used + new.rows;
-        let buf = match buffer {
-            Some(b) if b.rows >= need && b.cols == cols => b,
-            old => {
-                let cap = (need * 2).max(256).div_ceil(64) * 64;
-                let fresh = self.plain(self.buffer(cap * cols, "the KV cache")?, cap, cols);
-                if let Some(o) = old.filter(|_| used > 0) {
-                    let (src, dst) = (o.single()?, fresh.single()?);
-                    let bytes = (used * cols * 4) as u64;
-                    self.with_encoder(|enc| {
-                        enc.copy_buffer_to_buffer(src, (o.off * 4) as u64, dst, 0, bytes)
-                    });
-                }
-                fresh
-            }
-        };
+        let buf = self.cache_with_room(buffer, used, need, cols)?;
         if new.len() > 0 {
             let (src, dst) = (new.single()?, buf.single()?);
             self.with_encoder(|enc| {
@@ -955,6 +941,101 @@ impl Backend for WgpuBackend {
             ..buf.clone()
         };
         Ok((buf, view))
+    }
+
+    fn rope_append(
+        &self,
+        qkv: &GpuTensor,
+        cos: &GpuTensor,
+        sin: &GpuTensor,
+        (heads, kv_heads): (usize, usize),
+        k_cache: &mut Option<GpuTensor>,
+        v_cache: &mut Option<GpuTensor>,
+        used: usize,
+    ) -> Result<Option<(GpuTensor, GpuTensor, GpuTensor)>> {
+        if self.opts.compose_rope_append {
+            return Ok(None);
+        }
+        let (n, d) = (qkv.rows, cos.cols);
+        let (qw, kw) = (heads * d, kv_heads * d);
+        if qw + 2 * kw != qkv.cols
+            || cos.rows != n
+            || sin.len() != cos.len()
+            || d % 2 != 0
+            || heads == 0
+            || kv_heads == 0
+        {
+            return Err(Error::Backend(format!(
+                "rope_append: qkv [{n}, {}], cos [{}, {d}], {heads} heads, {kv_heads} kv heads",
+                qkv.cols, cos.rows
+            )));
+        }
+        let need = used + n;
+        // The rows' cache positions come from the attention ranges (uploaded per step, and
+        // reused by the attention that follows), not the parameters, so a decode step writes
+        // no parameter block.
+        let ranges = self.ranges_buffer(&Mask::Causal { past: used }, n, need)?;
+        let kb = self.cache_with_room(k_cache.take(), used, need, kw)?;
+        *k_cache = Some(kb.clone());
+        let vb = self.cache_with_room(v_cache.take(), used, need, kw)?;
+        *v_cache = Some(vb.clone());
+        let q = self.buffer(n * qw, "a rope_append output")?;
+        let params = RopeAppendP {
+            n: n as u32,
+            heads: heads as u32,
+            kv_heads: kv_heads as u32,
+            d: d as u32,
+            x_off: qkv.off as u32,
+            c_off: cos.off as u32,
+            s_off: sin.off as u32,
+            k_off: kb.off as u32,
+            v_off: vb.off as u32,
+        };
+        self.dispatch(
+            Kernel::RopeAppend,
+            &params,
+            &[
+                qkv.single()?,
+                cos.single()?,
+                sin.single()?,
+                &q,
+                kb.single()?,
+                vb.single()?,
+                &ranges,
+            ],
+            self.elementwise(qkv.len()),
+        );
+        let view = |b: GpuTensor| GpuTensor { rows: need, ..b };
+        Ok(Some((self.plain(q, n, qw), view(kb), view(vb))))
+    }
+}
+
+impl WgpuBackend {
+    /// A KV cache buffer of `cols` columns with room for `need` rows: `buffer` when it has it,
+    /// else a new one (twice what is needed, at least 256 rows) holding a copy of its first
+    /// `used` rows.
+    fn cache_with_room(
+        &self,
+        buffer: Option<GpuTensor>,
+        used: usize,
+        need: usize,
+        cols: usize,
+    ) -> Result<GpuTensor> {
+        Ok(match buffer {
+            Some(b) if b.rows >= need && b.cols == cols => b,
+            old => {
+                let cap = (need * 2).max(256).div_ceil(64) * 64;
+                let fresh = self.plain(self.buffer(cap * cols, "the KV cache")?, cap, cols);
+                if let Some(o) = old.filter(|_| used > 0) {
+                    let (src, dst) = (o.single()?, fresh.single()?);
+                    let bytes = (used * cols * 4) as u64;
+                    self.with_encoder(|enc| {
+                        enc.copy_buffer_to_buffer(src, (o.off * 4) as u64, dst, 0, bytes)
+                    });
+                }
+                fresh
+            }
+        })
     }
 }
 

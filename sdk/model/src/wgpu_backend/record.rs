@@ -26,6 +26,10 @@ pub struct Counters {
     pub dispatches: u64,
     /// Queue submissions.
     pub submits: u64,
+    /// Compute passes begun (a copy between dispatches ends the open one).
+    pub passes: u64,
+    /// Buffer and texture copies recorded in command encoders.
+    pub copies: u64,
     /// Bytes uploaded (weights, inputs, parameters).
     pub uploaded_bytes: u64,
     /// Storage buffers created for kernel outputs and per-step inputs (the rest came from the
@@ -465,13 +469,15 @@ impl Recorder {
             let offset = u64::from(locked(&self.slots).slot(&block, now)) * self.param_slot;
             let pass = match p.pass.take() {
                 Some(pass) => pass,
-                None => self
-                    .encoder(&mut p)
-                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: None,
-                    })
-                    .forget_lifetime(),
+                None => {
+                    self.count(|c| c.passes += 1);
+                    self.encoder(&mut p)
+                        .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                            label: None,
+                            timestamp_writes: None,
+                        })
+                        .forget_lifetime()
+                }
             };
             let pass = p.pass.insert(pass);
             pass.set_pipeline(&pipeline);
@@ -538,6 +544,7 @@ impl Recorder {
         let mut p = locked(&self.pending);
         // Copies are recorded outside compute passes.
         p.pass = None;
+        self.count(|c| c.copies += 1);
         f(self.encoder(&mut p))
     }
 
