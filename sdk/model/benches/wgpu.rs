@@ -222,7 +222,7 @@ fn host_only_05b() {
     for round in 0..4 {
         for (i, compose) in [false, true].into_iter().enumerate() {
             let gpu = WgpuBackend::new_blocking(WgpuOptions {
-                compose_rope_append: compose,
+                rope_append: Some(!compose),
                 ..Default::default()
             })
             .expect("wgpu adapter");

@@ -953,7 +953,11 @@ impl Backend for WgpuBackend {
         v_cache: &mut Option<GpuTensor>,
         used: usize,
     ) -> Result<Option<(GpuTensor, GpuTensor, GpuTensor)>> {
-        if self.opts.compose_rope_append {
+        if !self
+            .opts
+            .rope_append
+            .unwrap_or(!cfg!(target_arch = "wasm32"))
+        {
             return Ok(None);
         }
         let (n, d) = (qkv.rows, cos.cols);
