@@ -246,7 +246,7 @@ fn host_only_05b() {
                     (c1.passes - c0.passes) / 8
                 );
                 println!(
-                    "  over the 8 steps: {} bind groups and {} buffers created (the rest reused; the first step after the prefill creates them)",
+                    "  over the 8 steps: {} bind groups and {} buffers created (the rest reused; the first steps after the prefill create them)",
                     c1.bind_groups_created - c0.bind_groups_created,
                     c1.output_buffers_created - c0.output_buffers_created
                 );

@@ -550,11 +550,29 @@ impl<B: Backend> Qwen25VL<B> {
         be.rms_norm(&x, &self.text.norm, t.rms_norm_eps)
     }
 
+    /// The input norm, then the fused q/k/v product, for one row; `None` with nothing computed
+    /// when the layer has no fused product or `x` has several rows.
+    fn fused_row_qkv(
+        &self,
+        be: &B,
+        layer: &params::DecoderLayer<B::Tensor>,
+        x: &B::Tensor,
+    ) -> Result<Option<B::Tensor>> {
+        let Some(qkv) = layer.fused.as_ref().and_then(|f| f.qkv.as_ref()) else {
+            return Ok(None);
+        };
+        if be.shape(x)[0] != 1 {
+            return Ok(None);
+        }
+        let h = be.rms_norm(x, &layer.input_norm, self.cfg.text.rms_norm_eps)?;
+        qkv.forward(be, &h).map(Some)
+    }
+
     /// A decoder layer's attention for one row through the fused q/k/v product, its rotary
     /// embedding and cache append in one [`Backend::rope_append`] where the backend has it
     /// (composed from [`Backend::rope`] and [`Self::attend`] where not), or `None` with nothing
-    /// computed when the layer has no fused product or there are several rows (then
-    /// [`Self::layer_head`] and [`Self::attend`] run).
+    /// computed when [`Self::fused_row_qkv`] has none (then [`Self::layer_head`] and
+    /// [`Self::attend`] run).
     #[allow(clippy::too_many_arguments)]
     fn attend_fused(
         &self,
@@ -566,15 +584,10 @@ impl<B: Backend> Qwen25VL<B> {
         cache: &mut KvCache<B>,
         li: usize,
     ) -> Result<Option<B::Tensor>> {
-        let t = &self.cfg.text;
-        let Some(qkv) = layer.fused.as_ref().and_then(|f| f.qkv.as_ref()) else {
+        let Some(y) = self.fused_row_qkv(be, layer, x)? else {
             return Ok(None);
         };
-        if be.shape(x)[0] != 1 {
-            return Ok(None);
-        }
-        let h = be.rms_norm(x, &layer.input_norm, t.rms_norm_eps)?;
-        let y = qkv.forward(be, &h)?;
+        let t = &self.cfg.text;
         let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
         let past = cache.len;
         let (k_slot, v_slot) = (&mut cache.k[li], &mut cache.v[li]);
@@ -586,21 +599,21 @@ impl<B: Backend> Qwen25VL<B> {
                 .attention(&q, &k_all, &v_all, heads, kv_heads, &mask)
                 .map(Some);
         }
-        let (q, k, v) = Self::split_fused_qkv(be, &y, cos, sin, heads, kv_heads, t.hidden_size)?;
+        let (q, k, v) = self.split_fused_qkv(be, &y, cos, sin)?;
         self.attend(be, cache, li, &q, &k, &v).map(Some)
     }
 
     /// The rotated queries and keys and the values of one fused q/k/v product row.
     fn split_fused_qkv(
+        &self,
         be: &B,
         y: &B::Tensor,
         cos: &B::Tensor,
         sin: &B::Tensor,
-        heads: usize,
-        kv_heads: usize,
-        hidden: usize,
     ) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
-        let d = hidden / heads;
+        let t = &self.cfg.text;
+        let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
+        let d = t.hidden_size / heads;
         let (qw, kw) = (heads * d, kv_heads * d);
         let qk = be.rope(&columns(be, y, 0, qw + kw)?, cos, sin, heads + kv_heads)?;
         let q = columns(be, &qk, 0, qw)?;
@@ -619,17 +632,13 @@ impl<B: Backend> Qwen25VL<B> {
         cos: &B::Tensor,
         sin: &B::Tensor,
     ) -> Result<(B::Tensor, B::Tensor, B::Tensor)> {
+        if let Some(y) = self.fused_row_qkv(be, layer, x)? {
+            // One row: the fused product, rotary embedding on the q and k heads at once.
+            return self.split_fused_qkv(be, &y, cos, sin);
+        }
         let t = &self.cfg.text;
         let h = be.rms_norm(x, &layer.input_norm, t.rms_norm_eps)?;
         let (heads, kv_heads) = (t.num_attention_heads, t.num_key_value_heads);
-        if let (Some(qkv), [1, _]) = (
-            layer.fused.as_ref().and_then(|f| f.qkv.as_ref()),
-            &be.shape(x)[..],
-        ) {
-            // One row: the fused product, rotary embedding on the q and k heads at once.
-            let y = qkv.forward(be, &h)?;
-            return Self::split_fused_qkv(be, &y, cos, sin, heads, kv_heads, t.hidden_size);
-        }
         let q = be.rope(&layer.q.forward(be, &h)?, cos, sin, heads)?;
         let k = be.rope(&layer.k.forward(be, &h)?, cos, sin, kv_heads)?;
         let v = layer.v.forward(be, &h)?;

@@ -7,7 +7,7 @@ use super::kernels::{
 };
 use super::record::{Pooled, Res};
 use super::{grid, Chunk, ChunkRef, GpuTensor, WgpuBackend};
-use crate::backend::{Backend, Mask};
+use crate::backend::{Backend, Mask, RopeAppended};
 use crate::error::{Error, Result};
 
 /// What a linear kernel does besides `x · wᵀ + b`.
@@ -55,6 +55,33 @@ impl WgpuBackend {
         let out = (*buf).clone();
         *super::record::locked(&self.ranges) = Some((mask.clone(), n, m, buf));
         Ok(out)
+    }
+
+    /// A KV cache buffer of `cols` columns with room for `need` rows: `buffer` when it has it,
+    /// else a new one (twice what is needed, at least 256 rows) holding a copy of its first
+    /// `used` rows.
+    fn cache_with_room(
+        &self,
+        buffer: Option<GpuTensor>,
+        used: usize,
+        need: usize,
+        cols: usize,
+    ) -> Result<GpuTensor> {
+        Ok(match buffer {
+            Some(b) if b.rows >= need && b.cols == cols => b,
+            old => {
+                let cap = (need * 2).max(256).div_ceil(64) * 64;
+                let fresh = self.plain(self.buffer(cap * cols, "the KV cache")?, cap, cols);
+                if let Some(o) = old.filter(|_| used > 0) {
+                    let (src, dst) = (o.single()?, fresh.single()?);
+                    let bytes = (used * cols * 4) as u64;
+                    self.with_encoder(|enc| {
+                        enc.copy_buffer_to_buffer(src, (o.off * 4) as u64, dst, 0, bytes)
+                    });
+                }
+                fresh
+            }
+        })
     }
 
     /// Whether the barrier-free kernels of software adapters run (`WgpuOptions::software_kernels`).
@@ -952,7 +979,7 @@ impl Backend for WgpuBackend {
         k_cache: &mut Option<GpuTensor>,
         v_cache: &mut Option<GpuTensor>,
         used: usize,
-    ) -> Result<Option<(GpuTensor, GpuTensor, GpuTensor)>> {
+    ) -> Result<Option<RopeAppended<GpuTensor>>> {
         if !self
             .opts
             .rope_append
@@ -1011,35 +1038,6 @@ impl Backend for WgpuBackend {
         );
         let view = |b: GpuTensor| GpuTensor { rows: need, ..b };
         Ok(Some((self.plain(q, n, qw), view(kb), view(vb))))
-    }
-}
-
-impl WgpuBackend {
-    /// A KV cache buffer of `cols` columns with room for `need` rows: `buffer` when it has it,
-    /// else a new one (twice what is needed, at least 256 rows) holding a copy of its first
-    /// `used` rows.
-    fn cache_with_room(
-        &self,
-        buffer: Option<GpuTensor>,
-        used: usize,
-        need: usize,
-        cols: usize,
-    ) -> Result<GpuTensor> {
-        Ok(match buffer {
-            Some(b) if b.rows >= need && b.cols == cols => b,
-            old => {
-                let cap = (need * 2).max(256).div_ceil(64) * 64;
-                let fresh = self.plain(self.buffer(cap * cols, "the KV cache")?, cap, cols);
-                if let Some(o) = old.filter(|_| used > 0) {
-                    let (src, dst) = (o.single()?, fresh.single()?);
-                    let bytes = (used * cols * 4) as u64;
-                    self.with_encoder(|enc| {
-                        enc.copy_buffer_to_buffer(src, (o.off * 4) as u64, dst, 0, bytes)
-                    });
-                }
-                fresh
-            }
-        })
     }
 }
 
