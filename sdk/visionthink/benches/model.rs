@@ -10,8 +10,8 @@
 //! as a fraction of the memory-bandwidth bound — for f32 weights and again with the weights kept
 //! in bf16 (half the bytes).
 //!
-//! `VT_BENCH_ONLY=prefill` (or `vision`) runs only the 512-token prefill (or the 896×896 vision
-//! tower) in a loop of 5 and prints each time: a steady workload to profile (`perf record`).
+//! `VT_BENCH_ONLY=prefill` (or `prefill_long`, or `vision`) runs only the 512-token prefill (or
+//! the 5,678-token one, or the 896×896 vision tower) in a loop of 5 and prints each time: a steady workload to profile (`perf record`).
 
 use std::time::Instant;
 use visionthink::core::image::preprocess;
@@ -262,7 +262,10 @@ fn profile_loop(vt: &VisionThink, only: &str, img896: &str) -> anyhow::Result<()
         match only {
             "prefill" => drop(s.feed(&prompt, &[])?),
             "vision" => drop(s.feed(&ids, std::slice::from_ref(&pv))?),
-            other => anyhow::bail!("VT_BENCH_ONLY={other}: expected prefill or vision"),
+            "prefill_long" => drop(s.feed(&text_ids(5678), &[])?),
+            other => {
+                anyhow::bail!("VT_BENCH_ONLY={other}: expected prefill, prefill_long or vision")
+            }
         }
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let vision = s.timings().vision_ms;
