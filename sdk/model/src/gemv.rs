@@ -514,15 +514,21 @@ fn dot<W: Weight>(x: &[f32], w: &[W]) -> f32 {
 mod tests {
     use super::*;
 
+    /// A `[m, k]` matrix of varied values in [-2, 2) and a `k`-long input row.
+    fn sample(m: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let vals = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let x = (0..k).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+        (vals, x)
+    }
+
     /// The row products give the same bits through the vector dispatch as compiled for the
     /// baseline target (here), for f32 and bf16 weights.
     #[test]
     fn vector_dispatch_keeps_the_baseline_bits() {
         let (m, k) = (37, 515);
-        let vals: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
-            .collect();
-        let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+        let (vals, x) = sample(m, k);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let (mut a, mut b) = (vec![0f32; m], vec![0f32; m]);
         rows(&x, &vals, &mut a);
@@ -550,10 +556,7 @@ mod tests {
     #[test]
     fn half_matrices_multiply_as_their_f32_values() {
         let (m, k) = (700, 515);
-        let vals: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
-            .collect();
-        let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+        let (vals, x) = sample(m, k);
         for bf in [false, true] {
             let bytes: Vec<u8> = vals
                 .iter()

@@ -11,7 +11,8 @@
 //! in bf16 (half the bytes).
 //!
 //! `VT_BENCH_ONLY=prefill` (or `prefill_long`, or `vision`) runs only the 512-token prefill (or
-//! the 5,678-token one, or the 896×896 vision tower) in a loop of 5 and prints each time: a steady workload to profile (`perf record`).
+//! the 5,678-token one, or the 896×896 vision tower) in a loop of 5 and prints each time: a
+//! steady workload to profile (`perf record`).
 
 use std::time::Instant;
 use visionthink::core::image::preprocess;
@@ -139,7 +140,7 @@ fn main() -> anyhow::Result<()> {
     out.insert("prefill_tok_s".into(), (512.0 / prefill).into());
     out.insert("decode_tok_s".into(), (1.0 / decode).into());
     // A long prefill (a full-resolution document page is about this many tokens), once.
-    let long_n = 5678u32;
+    let long_n = LONG_PREFILL;
     let long = text_ids(long_n);
     let t = Instant::now();
     vt.session().feed(&long, &[])?;
@@ -239,6 +240,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `n` ordinary text token ids (a fixed pattern, the same in every run).
+/// Tokens of the long prefill: about a full-resolution document page.
+const LONG_PREFILL: u32 = 5678;
+
 fn text_ids(n: u32) -> Vec<u32> {
     (0..n).map(|i| 1000 + (i * 37) % 5000).collect()
 }
@@ -254,6 +258,7 @@ fn image_ids(pv: &visionthink::core::image::PixelValues) -> Vec<u32> {
 /// One phase in a loop of 5, each timed (`VT_BENCH_ONLY`): what `perf record` should see.
 fn profile_loop(vt: &VisionThink, only: &str, img896: &str) -> anyhow::Result<()> {
     let prompt = text_ids(512);
+    let long = text_ids(LONG_PREFILL);
     let pv = preprocess(&visionthink::load_image(img896)?, &vt.dir.preprocessor)?;
     let ids = image_ids(&pv);
     for i in 0..5 {
@@ -262,7 +267,7 @@ fn profile_loop(vt: &VisionThink, only: &str, img896: &str) -> anyhow::Result<()
         match only {
             "prefill" => drop(s.feed(&prompt, &[])?),
             "vision" => drop(s.feed(&ids, std::slice::from_ref(&pv))?),
-            "prefill_long" => drop(s.feed(&text_ids(5678), &[])?),
+            "prefill_long" => drop(s.feed(&long, &[])?),
             other => {
                 anyhow::bail!("VT_BENCH_ONLY={other}: expected prefill, prefill_long or vision")
             }
