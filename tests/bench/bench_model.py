@@ -21,6 +21,12 @@ model once (PyTorch: generating 33 tokens minus generating 1).
 `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2`, ours built without the `avx512` feature (into
 $VT_CACHE/target-avx2, so the usual build is left as it is).
 
+`VT_BENCH_DEVICE=cuda` runs both sides on the first NVIDIA GPU (PyTorch on `cuda`, ours built
+with `--features cuda`; each timing ends with a device synchronisation), with PyTorch's bf16
+decode beside ours; the host-bandwidth rows are then left out. `VT_BENCH_BIN=PATH` runs that
+prebuilt bench binary instead of `cargo bench` (tests/gpu.sh does both on a GPU machine, where no
+Rust toolchain is installed).
+
 Usage: python3 tests/bench/bench_model.py [--json]   (needs the venv from tests/scripts/gen_fixtures.py)
 With --json the last line is one JSON object of ratios (ours / peer for speeds, > 1 = we are
 faster): prefill_512_ratio, prefill_long_ratio, vision_448_ratio, vision_896_ratio, decode_ratio,
@@ -55,6 +61,14 @@ THREADS = int(os.environ.get("VT_BENCH_THREADS", os.cpu_count() or 1))
 torch.set_num_threads(THREADS)
 MODEL = os.path.join(CACHE, "bench-model")
 AVX2 = os.environ.get("VT_BENCH_AVX2") == "1"
+DEVICE = os.environ.get("VT_BENCH_DEVICE", "cpu")
+if DEVICE not in ("cpu", "cuda"):
+    sys.exit(f"VT_BENCH_DEVICE={DEVICE}: expected cpu or cuda")
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 def build():
@@ -91,29 +105,34 @@ def torch_side(img448, img896):
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     t = time.perf_counter()
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32).eval()
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32).eval().to(DEVICE)
+    sync()
     load_s = time.perf_counter() - t
     proc = Qwen2VLImageProcessorPil()
     out = {"load_s": load_s}
     with torch.inference_mode():
         for name, path in (("vision_448_ms", img448), ("vision_896_ms", img896)):
-            px = proc(images=[Image.open(path).convert("RGB")], return_tensors="pt")
+            px = proc(images=[Image.open(path).convert("RGB")], return_tensors="pt").to(DEVICE)
             model.model.get_image_features(px["pixel_values"], px["image_grid_thw"])
             best = 1e9
             for _ in range(3):
+                sync()
                 s = time.perf_counter()
                 model.model.get_image_features(px["pixel_values"], px["image_grid_thw"])
+                sync()
                 best = min(best, time.perf_counter() - s)
             out[name] = best * 1e3
-        ids = torch.tensor([[1000 + (i * 37) % 5000 for i in range(512)]])
+        ids = torch.tensor([[1000 + (i * 37) % 5000 for i in range(512)]], device=DEVICE)
         # The same work as ours: a prefill yields the next token's logits only
         # (`logits_to_keep=1`, as `generate` asks for; the default computes all 512 rows of the
         # 151,936-wide output head, 139 GFLOP more). Decode is the difference between
         # generating 33 tokens and generating 1, over 32 steps (subtracting the all-rows
         # prefill instead would credit PyTorch's decode with that head).
         def timed(f):
+            sync()
             s = time.perf_counter()
             f()
+            sync()
             return time.perf_counter() - s
 
         def gen(n):
@@ -126,8 +145,19 @@ def torch_side(img448, img896):
             g33 = min(g33, timed(gen(33)))
         out["prefill_tok_s"] = 512 / prefill
         out["decode_tok_s"] = 32 / (g33 - g1)
-        long = torch.tensor([[1000 + (i * 37) % 5000 for i in range(5678)]])
+        long = torch.tensor([[1000 + (i * 37) % 5000 for i in range(5678)]], device=DEVICE)
+        if DEVICE == "cuda":
+            timed(lambda: model(input_ids=long, use_cache=False, logits_to_keep=1))  # warm-up
         out["prefill_long_tok_s"] = 5678 / timed(lambda: model(input_ids=long, use_cache=False, logits_to_keep=1))
+        if DEVICE == "cuda":
+            # bf16 decode beside ours (on a CPU PyTorch's bf16 is not the peer; ours is read
+            # against the bandwidth bound instead).
+            model.to(torch.bfloat16)
+            g1 = g33 = 1e9
+            for _ in range(2):
+                g1 = min(g1, timed(gen(1)))
+                g33 = min(g33, timed(gen(33)))
+            out["decode_bf16_tok_s"] = 32 / (g33 - g1)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -143,7 +173,9 @@ def main():
     # The same build folder as the rest of the project's tooling (CI, the README's commands).
     env = dict(os.environ)
     cmd = ["cargo", "bench", "-q", "-p", "visionthink", "--bench", "model"]
-    if AVX2:
+    if os.environ.get("VT_BENCH_BIN"):
+        cmd = [os.environ["VT_BENCH_BIN"], "--bench"]
+    elif AVX2:
         env["CARGO_TARGET_DIR"] = os.path.join(CACHE, "target-avx2")
         cmd += ["--no-default-features", "--features", "serve,embedded-model"]
     env.setdefault("CARGO_TARGET_DIR", os.path.join(CACHE, "target"))
@@ -151,9 +183,13 @@ def main():
         cmd + ["--", MODEL, img448, img896],
         cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     ref = torch_side(img448, img896)
-    print(f"mid-size random Qwen2.5-VL (0.5B-scale text, 4-block vision), f32 on CPU, {THREADS} threads; "
-          f"torch {torch.__version__}; kernels: {torch.backends.cpu.get_cpu_capability()} (PyTorch), "
-          f"{'AVX2 (built without avx512)' if AVX2 else 'best available'} (ours)")
+    if DEVICE == "cuda":
+        print(f"mid-size random Qwen2.5-VL (0.5B-scale text, 4-block vision), f32 on {torch.cuda.get_device_name()}; "
+              f"torch {torch.__version__} (CUDA {torch.version.cuda}); ours: candle's CUDA backend")
+    else:
+        print(f"mid-size random Qwen2.5-VL (0.5B-scale text, 4-block vision), f32 on CPU, {THREADS} threads; "
+              f"torch {torch.__version__}; kernels: {torch.backends.cpu.get_cpu_capability()} (PyTorch), "
+              f"{'AVX2 (built without avx512)' if AVX2 else 'best available'} (ours)")
     print("| measure | PyTorch transformers | visionthink (candle) | ratio |")
     print("|---|---:|---:|---:|")
     rows = [("vision tower 448x448 (ms)", "vision_448_ms", False), ("vision tower 896x896 (ms)", "vision_896_ms", False),
@@ -167,12 +203,17 @@ def main():
         ratio = b / a if higher_better else a / b
         ratios[key] = ratio
         print(f"| {label} | {a:.1f} | {b:.1f} | {ratio:.2f}x |")
-    print(f"| ours: read bandwidth, {THREADS} threads (GB/s) | | {ours['read_bandwidth_gb_s']:.1f} | |")
-    print(f"| ours: decode / bandwidth bound ({ours['decode_weight_bytes'] / 1e6:.0f} MB per token) | | "
-          f"{100 * ours['decode_bandwidth_fraction']:.0f} % | |")
-    print(f"| ours: decode, weights kept in bf16 (tok/s) | | {ours['decode_bf16_tok_s']:.1f} | |")
-    print(f"| ours: bf16 decode / bandwidth bound ({ours['decode_weight_bytes'] / 2e6:.0f} MB per token) | | "
-          f"{100 * ours['decode_bf16_bandwidth_fraction']:.0f} % | |")
+    if DEVICE == "cuda":
+        a, b = ref["decode_bf16_tok_s"], ours["decode_bf16_tok_s"]
+        ratios["decode_bf16_tok_s"] = b / a
+        print(f"| decode, bf16 weights (tok/s) | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
+    else:
+        print(f"| ours: read bandwidth, {THREADS} threads (GB/s) | | {ours['read_bandwidth_gb_s']:.1f} | |")
+        print(f"| ours: decode / bandwidth bound ({ours['decode_weight_bytes'] / 1e6:.0f} MB per token) | | "
+              f"{100 * ours['decode_bandwidth_fraction']:.0f} % | |")
+        print(f"| ours: decode, weights kept in bf16 (tok/s) | | {ours['decode_bf16_tok_s']:.1f} | |")
+        print(f"| ours: bf16 decode / bandwidth bound ({ours['decode_weight_bytes'] / 2e6:.0f} MB per token) | | "
+              f"{100 * ours['decode_bf16_bandwidth_fraction']:.0f} % | |")
     print(f"| f32 weights (MB) | {weights_mb:.0f} | {weights_mb:.0f} | |")
     print(f"| ours: peak RSS / f32 weights | | {ours['peak_rss_mb'] / weights_mb:.2f} | |")
     print(f"| ours: VisionThink episode, low-res answer (s) | | {ours['episode_low_res_s']:.2f} "
@@ -180,15 +221,19 @@ def main():
     print(f"| ours: same answer at full resolution (s) | | {ours['episode_full_res_s']:.2f} "
           f"({ours['episode_full_res_visual_tokens']} visual tokens) | {ours['episode_full_res_s'] / ours['episode_low_res_s']:.2f}x |")
     if "--json" in sys.argv:
-        print(json.dumps({
+        summary = {
             "prefill_512_ratio": ratios["prefill_tok_s"],
             "prefill_long_ratio": ratios["prefill_long_tok_s"],
             "vision_448_ratio": ratios["vision_448_ms"],
             "vision_896_ratio": ratios["vision_896_ms"],
             "decode_ratio": ratios["decode_tok_s"],
-            "decode_bandwidth_fraction": ours["decode_bandwidth_fraction"],
-            "decode_bf16_bandwidth_fraction": ours["decode_bf16_bandwidth_fraction"],
-        }))
+        }
+        if DEVICE == "cuda":
+            summary.update(device="cuda", decode_bf16_ratio=ratios["decode_bf16_tok_s"])
+        else:
+            summary.update(decode_bandwidth_fraction=ours["decode_bandwidth_fraction"],
+                           decode_bf16_bandwidth_fraction=ours["decode_bf16_bandwidth_fraction"])
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":

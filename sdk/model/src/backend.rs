@@ -27,6 +27,11 @@ pub trait Backend {
     /// A tensor from f32 data (weights are upcast to f32 before they get here, or converted to
     /// the backend's compute dtype by the backend).
     fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Self::Tensor>;
+    /// Waits until the work queued so far has finished (a GPU runs kernels asynchronously), so a
+    /// clock read afterwards times that work; a no-op where every operation completes in place.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
     /// A weight tensor (trainable where the backend supports training). Takes ownership so a
     /// backend can keep the buffer without copying it.
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor> {

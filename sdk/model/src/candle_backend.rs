@@ -439,7 +439,10 @@ impl CandleBackend {
     fn one_row(&self, x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         let one_row = x.dims().len() == 2 && x.dims()[0] == 1;
         let stored = matches!(w.dtype(), DType::BF16 | DType::F32);
-        if self.trainable.is_some() || !self.own_kernels || !one_row || !stored {
+        // Elsewhere than on the CPU the weight is not in host memory: copying the row out would
+        // only add a device round trip per product.
+        let cpu = self.device.is_cpu();
+        if self.trainable.is_some() || !self.own_kernels || !one_row || !stored || !cpu {
             return Ok(None);
         }
         let (m, k) = w.dims2()?;
@@ -529,6 +532,10 @@ fn f32_rows(t: &Tensor) -> Result<Tensor> {
 
 impl Backend for CandleBackend {
     type Tensor = Tensor;
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
+    }
 
     fn tensor(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         let t = Tensor::from_slice(data, shape, &self.device)?;

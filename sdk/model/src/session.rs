@@ -99,7 +99,10 @@ impl<'m, B: Backend> Session<'m, B> {
                             .concat(),
                     ),
                 };
-                Some(self.model.vision.forward(self.be, &pixels, &grids)?)
+                let feats = self.model.vision.forward(self.be, &pixels, &grids)?;
+                // On a GPU the kernels are only queued by now: wait, so the clock is honest.
+                self.be.synchronize()?;
+                Some(feats)
             }
         };
         let vision_ms = clock() - t;

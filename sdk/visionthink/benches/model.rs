@@ -10,6 +10,9 @@
 //! as a fraction of the memory-bandwidth bound — for f32 weights and again with the weights kept
 //! in bf16 (half the bytes).
 //!
+//! `VT_BENCH_DEVICE=cuda` (built with `--features cuda`) runs every phase on the GPU; the host's
+//! bandwidth figures are then left out (they bound only a CPU's decode).
+//!
 //! `VT_BENCH_ONLY=prefill` (or `prefill_long`, or `vision`) runs only the 512-token prefill (or
 //! the 5,678-token one, or the 896×896 vision tower) in a loop of 5 and prints each time: a
 //! steady workload to profile (`perf record`).
@@ -95,8 +98,9 @@ fn main() -> anyhow::Result<()> {
             "usage: cargo bench -p visionthink --bench model -- MODEL_DIR IMAGE_448 IMAGE_896"
         );
     };
+    let device = bench_device()?;
     let t = Instant::now();
-    let vt = VisionThink::from_dir(dir)?;
+    let vt = VisionThink::load(dir, device, visionthink::Precision::F32)?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_mb();
     if let Ok(only) = std::env::var("VT_BENCH_ONLY") {
@@ -154,15 +158,23 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(threads);
-    let bw = read_bandwidth_gb_s(threads);
+    // The host's bandwidth bounds decode only where the weights live in host memory.
+    let on_cpu = matches!(device, visionthink::DeviceChoice::Cpu);
+    let bw = if on_cpu {
+        read_bandwidth_gb_s(threads)
+    } else {
+        f64::NAN
+    };
     let bytes = decode_weight_bytes(&vt.config.text);
-    out.insert("read_bandwidth_gb_s".into(), bw.into());
     out.insert("decode_weight_bytes".into(), bytes.into());
-    // The bound: a step can be no faster than reading its weights once.
-    out.insert(
-        "decode_bandwidth_fraction".into(),
-        (bytes / (bw * 1e9) / decode).into(),
-    );
+    if on_cpu {
+        out.insert("read_bandwidth_gb_s".into(), bw.into());
+        // The bound: a step can be no faster than reading its weights once.
+        out.insert(
+            "decode_bandwidth_fraction".into(),
+            (bytes / (bw * 1e9) / decode).into(),
+        );
+    }
     // The VisionThink episode on the 896x896 image: answered at low resolution vs the same
     // answer with the full image in turn 1 (what a full-resolution model pays).
     let image = visionthink::load_image(img896)?;
@@ -216,11 +228,7 @@ fn main() -> anyhow::Result<()> {
     // The same decode with the weights kept in bf16 (half the bytes per step), after the peak
     // RSS was read: the second model does not count against the f32 comparison.
     drop(vt);
-    let vt = VisionThink::load(
-        dir,
-        visionthink::DeviceChoice::Cpu,
-        visionthink::Precision::Bf16,
-    )?;
+    let vt = VisionThink::load(dir, device, visionthink::Precision::Bf16)?;
     let mut decode_bf16 = f64::MAX;
     for _ in 0..2 {
         let mut s = vt.session();
@@ -231,12 +239,23 @@ fn main() -> anyhow::Result<()> {
         decode_bf16 = decode_bf16.min(t.elapsed().as_secs_f64() / toks.len() as f64);
     }
     out.insert("decode_bf16_tok_s".into(), (1.0 / decode_bf16).into());
-    out.insert(
-        "decode_bf16_bandwidth_fraction".into(),
-        (bytes / 2.0 / (bw * 1e9) / decode_bf16).into(),
-    );
+    if on_cpu {
+        out.insert(
+            "decode_bf16_bandwidth_fraction".into(),
+            (bytes / 2.0 / (bw * 1e9) / decode_bf16).into(),
+        );
+    }
     println!("{}", serde_json::Value::Object(out));
     Ok(())
+}
+
+/// Where the model runs: `VT_BENCH_DEVICE=cuda` (a build with the `cuda` feature) or the CPU.
+fn bench_device() -> anyhow::Result<visionthink::DeviceChoice> {
+    match std::env::var("VT_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Ok(visionthink::DeviceChoice::Cuda),
+        Ok("cpu") | Err(_) => Ok(visionthink::DeviceChoice::Cpu),
+        Ok(other) => anyhow::bail!("VT_BENCH_DEVICE={other}: expected cpu or cuda"),
+    }
 }
 
 /// `n` ordinary text token ids (a fixed pattern, the same in every run).

@@ -8,7 +8,7 @@ use visionthink_core::config::{ModelConfig, PreprocessorConfig};
 use visionthink_core::image::{decode, inference_low_res, preprocess, DecodeLimits};
 use visionthink_core::rope::{rope_index, MropeBuilder};
 use visionthink_core::tokenizer::QwenTokenizer;
-use visionthink_model::{Backend, Qwen25VL, WeightStore};
+use visionthink_model::{Backend, CandleBackend, Qwen25VL, WeightStore};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -61,6 +61,101 @@ pub fn prepare(case: &Value, tok: &QwenTokenizer) -> Case {
         grids,
         counts,
     }
+}
+
+/// The two-turn golden case fed in two pieces (turn 1 through the model turn, then the tool
+/// turn with the second image) against the same prompt from scratch: the largest difference
+/// of the last-position logits. The KV-cache continuation must not change them.
+pub fn incremental_vs_scratch<B: Backend>(be: &B) -> f32 {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("models/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let tok = QwenTokenizer::from_bytes(
+        &std::fs::read(fixtures().join("tokenizer/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let model = load(be, "tied_nested");
+    let case = &golden["variants"]["tied_nested"][2];
+    let c = prepare(case, &tok);
+    let feats = model.vision.forward(be, &c.pixels, &c.grids).unwrap();
+    let (pos, _) = rope_index(&c.ids, &c.grids, 2).unwrap();
+    // From scratch.
+    let mut cache = model.new_cache();
+    let full = model.embed(be, &c.ids, Some(&feats)).unwrap();
+    let scratch = model
+        .last_logits(be, &model.decode(be, &full, &pos, &mut cache).unwrap())
+        .unwrap();
+    // Turn 1 (through the first image and the model turn), then only the new tokens.
+    // Split a few tokens before the second image's <|vision_start|>: inside the tool turn.
+    let second_image = c
+        .ids
+        .iter()
+        .rposition(|&t| t == visionthink_core::tokens::VISION_START)
+        .unwrap();
+    let split = second_image - 5;
+    let mut cache = model.new_cache();
+    let first_feats = be.narrow_rows(&feats, 0, c.counts[0]).unwrap();
+    let second_feats = be.narrow_rows(&feats, c.counts[0], c.counts[1]).unwrap();
+    let e1 = model
+        .embed(be, &c.ids[..split], Some(&first_feats))
+        .unwrap();
+    model.decode(be, &e1, &pos, &mut cache).unwrap();
+    assert_eq!(cache.len(), split);
+    let e2 = model
+        .embed(be, &c.ids[split..], Some(&second_feats))
+        .unwrap();
+    let inc = model
+        .last_logits(be, &model.decode(be, &e2, &pos, &mut cache).unwrap())
+        .unwrap();
+    max_abs_diff(&scratch, &inc)
+}
+
+/// The gradient of a loss touching every row (minus the summed log-softmax of a multimodal
+/// sequence: text, a 4×4-patch image, text) for each trainable parameter of `untied_flat`
+/// loaded on `be` (a trainable backend), in the order the backend created them: the shape,
+/// and the values or `None` where no gradient reached it.
+pub fn gradients(be: &CandleBackend) -> Vec<(Vec<usize>, Option<Vec<f32>>)> {
+    let dir = fixtures().join("models/untied_flat");
+    let cfg = ModelConfig::from_json(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let store = WeightStore::open(&dir).unwrap();
+    let model = Qwen25VL::load(be, &cfg, &store).unwrap();
+    let vars = be.vars();
+    let grids = [[1u32, 4, 4]];
+    let pixels: Vec<f32> = (0..16 * 1176)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let mut ids = vec![151644u32, 872, 198, 151652];
+    ids.extend([151655u32; 4]);
+    ids.extend([151653u32, 3838, 374, 151645]);
+    let feats = model.vision.forward(be, &pixels, &grids).unwrap();
+    let (pos, _) = rope_index(&ids, &grids, 2).unwrap();
+    let mut cache = model.new_cache();
+    let embedded = model.embed(be, &ids, Some(&feats)).unwrap();
+    let hidden = model.decode(be, &embedded, &pos, &mut cache).unwrap();
+    let logits = model.logits(be, &hidden).unwrap();
+    let logp = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
+    let loss = logp
+        .narrow(1, 0, 100)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap();
+    let grads = loss.backward().unwrap();
+    vars.iter()
+        .map(|v| {
+            let g = grads.get(v.as_tensor()).map(|g| {
+                g.to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            });
+            (v.dims().to_vec(), g)
+        })
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
