@@ -137,10 +137,14 @@ worst = max((abs(a - b) / max(abs(b), 1e-9) for a, b in pairs), default=float("n
 print("sft losses cuda vs cpu:", [(round(a, 6), round(b, 6)) for a, b in pairs])
 print(f"worst relative difference over {len(pairs)} steps: {worst:.2e}", "OK" if worst < 1e-3 else "DIFFERENT")
 EOF
+  # GRPO from the shipped model (a few SFT steps answer nothing right: every group would have
+  # equal rewards and be dropped, and no update would run).
+  rm -rf /tmp/vt-shipped
+  stage export 60 "$t" export --out /tmp/vt-shipped --dtype f32
   for dev in cuda cpu; do
     rm -rf "/tmp/vt-grpo-$dev"
     VISIONTHINK_DEVICE=$dev stage "grpo-$dev" 90 "$t" train --config native-trainer/configs/synth-grpo.toml \
-      --set run.steps=2 --set run.save_every=2 --set "model.init_from=\"/tmp/vt-sft-$dev\"" \
+      --set run.steps=2 --set run.save_every=2 --set 'model.init_from="/tmp/vt-shipped"' \
       --set "data.train=\"$data\"" --set "run.out=\"/tmp/vt-grpo-$dev\""
     cp "/tmp/vt-grpo-$dev/metrics.jsonl" "$OUT/grpo-$dev.jsonl"
   done
@@ -150,7 +154,7 @@ EOF
   rm -rf /tmp/vt-grpo-nccl /tmp/vt-nccl-id
   RANK=0 WORLD_SIZE=1 VISIONTHINK_NCCL_ID_FILE=/tmp/vt-nccl-id VISIONTHINK_DEVICE=cuda \
     stage grpo-nccl 90 "$t" train --config native-trainer/configs/synth-grpo.toml \
-    --set run.steps=2 --set run.save_every=2 --set 'model.init_from="/tmp/vt-sft-cuda"' \
+    --set run.steps=2 --set run.save_every=2 --set 'model.init_from="/tmp/vt-shipped"' \
     --set "data.train=\"$data\"" --set 'run.out="/tmp/vt-grpo-nccl"'
   cp /tmp/vt-grpo-nccl/metrics.jsonl "$OUT/grpo-nccl.jsonl"
   python3 - "$OUT"/grpo-{cuda,nccl,cpu}.jsonl <<'EOF2'

@@ -78,9 +78,10 @@ enum Cmd {
     /// Writes a checkpoint's model as a clean HF folder (weights in bf16 or f32, config,
     /// tokenizer, processor settings, template; no optimizer state).
     Export {
-        /// A checkpoint or model folder.
+        /// A checkpoint or model folder (default: the shipped model embedded in this binary,
+        /// e.g. to start a run from it with `model.init_from`).
         #[arg(long)]
-        from: PathBuf,
+        from: Option<PathBuf>,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -236,7 +237,7 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Cmd::Sft(a) => cmd_phase(Phase::Sft, a),
         Cmd::Train(a) => cmd_phase(Phase::Grpo, a),
-        Cmd::Export { from, out, dtype } => cmd_export(&from, &out, dtype),
+        Cmd::Export { from, out, dtype } => cmd_export(from.as_deref(), &out, dtype),
         Cmd::RandomCheckpoint {
             shape,
             out,
@@ -337,9 +338,20 @@ fn cmd_phase(phase: Phase, a: RunArgs) -> Result<()> {
 }
 
 /// `export`.
-fn cmd_export(from: &Path, out: &Path, dtype: SaveDtype) -> Result<()> {
-    let policy = visionthink_train::policy::Policy::load(from)?;
+fn cmd_export(from: Option<&Path>, out: &Path, dtype: SaveDtype) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let from = match from {
+        Some(dir) => dir,
+        None => {
+            // The shipped model's own files first; the export below rewrites the weights in the
+            // asked dtype and the rest as every export writes them.
+            for (name, bytes) in visionthink::shipped::FILES {
+                write_atomic(&out.join(name), bytes)?;
+            }
+            out
+        }
+    };
+    let policy = visionthink_train::policy::Policy::load(from)?;
     let mut total = 0;
     for (name, bytes) in policy.hf_files(dtype)? {
         total += bytes.len();
