@@ -7,7 +7,7 @@
 #   bash tests/gpu.sh prepare   here: builds the `cuda` feature (nvcc from NVIDIA's PyPI wheels,
 #                               link stubs for the CUDA libraries: tests/scripts/cuda_toolkit.sh)
 #                               and packs the binaries with the fixtures they read into
-#                               .gpu/bundle.tar.xz (about 40 MB; .gpu/ is ignored by git)
+#                               .gpu/bundle.tar.xz (about 60 MB; .gpu/ is ignored by git)
 #   bash tests/gpu.sh run       there, from a copy of the repository that holds .gpu/: unpacks,
 #                               runs every stage under its own time limit, and writes the logs
 #                               and metrics to $OUT (default /tmp/vt-gpu-out)
@@ -50,7 +50,8 @@ for line in sys.stdin:
   git rev-parse HEAD >"$stage/COMMIT"
   git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$stage/COMMIT"
   tar -cf - tests/gpu.sh tests/bench/bench_model.py native-trainer/configs \
-    tests/fixtures/models tests/fixtures/tokenizer tests/fixtures/golden tests/fixtures/images |
+    tests/fixtures/models/golden.json tests/fixtures/models/tied_nested tests/fixtures/tokenizer \
+    tests/fixtures/golden tests/fixtures/images |
     tar -xf - -C "$stage"
   tar -C "$stage" -cf - . | xz -T0 -6 >.gpu/bundle.tar.xz
   rm -rf "$stage"

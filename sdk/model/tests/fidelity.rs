@@ -22,7 +22,7 @@ fn second_turn_reuses_the_kv_cache_and_equals_a_from_scratch_run() {
 
 #[test]
 fn every_parameter_gets_a_gradient() {
-    let grads = common::gradients(&CandleBackend::trainable_cpu());
+    let grads = common::gradients(&CandleBackend::trainable_cpu(), "untied_flat");
     assert!(grads.len() > 30, "{} trainable tensors", grads.len());
     let mut missing = Vec::new();
     for (i, (dims, g)) in grads.iter().enumerate() {

@@ -112,11 +112,11 @@ pub fn incremental_vs_scratch<B: Backend>(be: &B) -> f32 {
 }
 
 /// The gradient of a loss touching every row (minus the summed log-softmax of a multimodal
-/// sequence: text, a 4×4-patch image, text) for each trainable parameter of `untied_flat`
-/// loaded on `be` (a trainable backend), in the order the backend created them: the shape,
-/// and the values or `None` where no gradient reached it.
-pub fn gradients(be: &CandleBackend) -> Vec<(Vec<usize>, Option<Vec<f32>>)> {
-    let dir = fixtures().join("models/untied_flat");
+/// sequence: text, a 4×4-patch image, text) for each trainable parameter of the fixture model
+/// `variant` loaded on `be` (a trainable backend), in the order the backend created them: the
+/// shape, and the values or `None` where no gradient reached it.
+pub fn gradients(be: &CandleBackend, variant: &str) -> Vec<(Vec<usize>, Option<Vec<f32>>)> {
+    let dir = fixtures().join("models").join(variant);
     let cfg = ModelConfig::from_json(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     let store = WeightStore::open(&dir).unwrap();
     let model = Qwen25VL::load(be, &cfg, &store).unwrap();
