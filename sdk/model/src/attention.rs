@@ -353,6 +353,55 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n + 127) as u32) << 23)
 }
 
+/// SwiGLU's activation in place: each `g` becomes `silu(g)·u = g / (1 + e^-g) · u`, with
+/// [`exp`] in the CPU's widest vector instructions (libm's scalar `expf` took 2.5 % of a
+/// 5,678-token prefill of the 0.5B shape on a Zen 4 held to AVX2). Within a few ulp of candle's
+/// `silu(gate) * up`.
+///
+/// ```
+/// let mut g = [0.0f32, 1.0, -30.0];
+/// visionthink_model::attention::silu_mul_in_place(&mut g, &[2.0, 2.0, 2.0]);
+/// assert_eq!(g[0], 0.0);
+/// assert!((g[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-6);
+/// assert!(g[2].abs() < 1e-9);
+/// ```
+pub fn silu_mul_in_place(g: &mut [f32], u: &[f32]) {
+    #[cfg(not(target_arch = "wasm32"))]
+    pulp::Arch::new().dispatch(SiluMul { g, u });
+    #[cfg(target_arch = "wasm32")]
+    silu_mul_body(g, u);
+}
+
+#[inline(always)]
+fn silu_mul_body(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        // Below -87 `exp(-g)` saturates (it is clamped): silu is 0 to f32 precision there.
+        let s = if *g < -87.0 {
+            0.0
+        } else {
+            *g / (1.0 + exp(-*g))
+        };
+        *g = s * u;
+    }
+}
+
+/// [`silu_mul_in_place`] as a named `pulp` operation (see [`SoftmaxStep`] for why not a closure).
+#[cfg(not(target_arch = "wasm32"))]
+struct SiluMul<'a> {
+    g: &'a mut [f32],
+    u: &'a [f32],
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl pulp::WithSimd for SiluMul<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        silu_mul_body(self.g, self.u)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +515,28 @@ mod tests {
         );
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a), bits(&b));
+    }
+
+    /// The dispatched SwiGLU activation has the bits of the same code compiled for the baseline
+    /// target, and is within a few ulp of the f64 formula, extremes included.
+    #[test]
+    fn silu_mul_keeps_the_baseline_bits_and_is_close_to_the_formula() {
+        let mut g: Vec<f32> = data(1003, 5, 12.0);
+        g.extend([0.0, -0.0, 1e-30, -100.0, 100.0, -1e30, 1e30]);
+        let u: Vec<f32> = (0..g.len()).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+        let (mut a, mut b) = (g.clone(), g.clone());
+        silu_mul_in_place(&mut a, &u);
+        silu_mul_body(&mut b, &u);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        for ((&x, &u), &y) in g.iter().zip(&u).zip(&a) {
+            let want = x as f64 / (1.0 + (-(x as f64)).exp()) * u as f64;
+            let err = (y as f64 - want).abs() / want.abs().max(1e-30);
+            assert!(
+                err < 1e-6 || (y as f64 - want).abs() < 1e-30,
+                "silu({x})·{u}: {y} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub trait Backend {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// How many rows of a many-row MLP with `intermediate` hidden units to run at a time, or
+    /// `None` (the default) for all at once. Passes bound the intermediate activations (a long
+    /// prefill's are hundreds of MB); each row's result may change by float reordering only.
+    fn mlp_rows_per_pass(&self, intermediate: usize) -> Option<usize> {
+        let _ = intermediate;
+        None
+    }
     /// A weight tensor (trainable where the backend supports training). Takes ownership so a
     /// backend can keep the buffer without copying it.
     fn weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor> {

@@ -481,11 +481,9 @@ pub fn swiglu_mlp_add(
         let u = crate::gemv::widened_matmul(h, m, len, hidden, |first, out| {
             up.dequantize_rows(start + first, out)
         });
-        // SwiGLU in place, candle's formula for `silu` (as the backend's fused `swiglu`).
+        // SwiGLU in place (as the backend's fused `swiglu`).
         let act = |first: usize, o: &mut [f32]| {
-            for (g, &u) in o.iter_mut().zip(&u[first..]) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            crate::attention::silu_mul_in_place(o, &u[first..first + o.len()]);
         };
         if g.len() < 1 << 15 {
             act(0, &mut g);

@@ -41,3 +41,42 @@ fn every_parameter_gets_a_gradient() {
         "parameters without gradient: {missing:?}"
     );
 }
+
+/// The MLPs run in passes of a few dozen rows give the vision features and logits of one pass,
+/// to float reordering (the product kernels block their sums by the matrix sizes).
+#[test]
+fn mlp_in_passes_gives_the_one_pass_values() {
+    let run = |be: &CandleBackend| {
+        let golden: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(common::fixtures().join("models/golden.json")).unwrap(),
+        )
+        .unwrap();
+        let tok = visionthink_core::tokenizer::QwenTokenizer::from_bytes(
+            &std::fs::read(common::fixtures().join("tokenizer/tokenizer.json")).unwrap(),
+        )
+        .unwrap();
+        let model = common::load(be, "tied_nested");
+        let c = common::prepare(&golden["variants"]["tied_nested"][2], &tok);
+        let feats = model.vision.forward(be, &c.pixels, &c.grids).unwrap();
+        let (pos, _) = visionthink_core::rope::rope_index(&c.ids, &c.grids, 2).unwrap();
+        let mut cache = model.new_cache();
+        let x = model.embed(be, &c.ids, Some(&feats)).unwrap();
+        let logits = model
+            .last_logits(be, &model.decode(be, &x, &pos, &mut cache).unwrap())
+            .unwrap();
+        (
+            visionthink_model::Backend::to_vec(be, &feats).unwrap(),
+            logits,
+        )
+    };
+    let (feats, logits) = run(&CandleBackend::cpu());
+    // 8 KiB: passes of 32 vision rows and 42 text rows.
+    let (feats_p, logits_p) = run(&CandleBackend::cpu().mlp_pass_bytes(1 << 13));
+    assert!(feats.len() > 64 && feats.len() == feats_p.len());
+    let scale = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let (df, dl) = (
+        common::max_abs_diff(&feats, &feats_p) / scale(&feats),
+        common::max_abs_diff(&logits, &logits_p) / scale(&logits),
+    );
+    assert!(df < 1e-5 && dl < 1e-5, "features {df:.2e}, logits {dl:.2e}");
+}

@@ -155,6 +155,34 @@ pub fn window_plan(
     }
 }
 
+/// `mlp(h, x)` (an MLP of the rows `h` added to the residual rows `x`) over all rows, in passes
+/// of as many rows as the backend asks for MLPs of `intermediate` units
+/// ([`Backend::mlp_rows_per_pass`]), the passes' rows joined in order.
+fn in_passes<B: Backend>(
+    be: &B,
+    h: &B::Tensor,
+    x: &B::Tensor,
+    intermediate: usize,
+    mlp: impl Fn(&B::Tensor, &B::Tensor) -> Result<B::Tensor>,
+) -> Result<B::Tensor> {
+    let rows = be.shape(h).first().copied().unwrap_or(0);
+    match be.mlp_rows_per_pass(intermediate) {
+        Some(per) if rows > per => {
+            let mut parts = Vec::with_capacity(rows.div_ceil(per));
+            for start in (0..rows).step_by(per) {
+                let len = per.min(rows - start);
+                let (h, x) = (
+                    be.narrow_rows(h, start, len)?,
+                    be.narrow_rows(x, start, len)?,
+                );
+                parts.push(mlp(&h, &x)?);
+            }
+            be.cat_rows(&parts)
+        }
+        _ => mlp(h, x),
+    }
+}
+
 /// Columns `start .. start + len` of a one-row tensor, as a view where the backend has them
 /// (a row's columns are contiguous).
 fn columns<B: Backend>(be: &B, row: &B::Tensor, start: usize, len: usize) -> Result<B::Tensor> {
@@ -211,8 +239,11 @@ impl<T: Clone> VisionTower<T> {
             let a = be.attention(&q, &k, &v, self.heads, self.heads, &mask)?;
             x = blk.proj.forward_add(be, &a, &x)?;
             let h = be.rms_norm(&x, &blk.norm2, 1e-6)?;
-            let (gate, up) = (blk.gate.forward(be, &h)?, blk.up.forward(be, &h)?);
-            x = be.swiglu_linear_add(&gate, &up, &blk.down.w, blk.down.b.as_ref(), &x)?;
+            let inter = be.shape(&blk.gate.w).first().copied().unwrap_or(0);
+            x = in_passes(be, &h, &x, inter, |h, x| {
+                let (gate, up) = (blk.gate.forward(be, h)?, blk.up.forward(be, h)?);
+                be.swiglu_linear_add(&gate, &up, &blk.down.w, blk.down.b.as_ref(), x)
+            })?;
         }
         let h = be.rms_norm(&x, &self.merger_norm, 1e-6)?;
         let h = be.reshape(&h, n / unit, self.dim * unit)?;
@@ -683,15 +714,17 @@ impl<B: Backend> Qwen25VL<B> {
             return Ok(y);
         }
         let gate_up = layer.fused.as_ref().and_then(|f| f.gate_up.as_ref());
-        let (gate, up) = match (gate_up, &be.shape(&h)[..]) {
-            (Some(gate_up), [1, _]) => {
-                let inter = self.cfg.text.intermediate_size;
-                let gu = gate_up.forward(be, &h)?;
-                (columns(be, &gu, 0, inter)?, columns(be, &gu, inter, inter)?)
-            }
-            _ => (layer.gate.forward(be, &h)?, layer.up.forward(be, &h)?),
-        };
-        be.swiglu_linear_add(&gate, &up, down, down_b, &x)
+        let inter = self.cfg.text.intermediate_size;
+        in_passes(be, &h, &x, inter, |h, x| {
+            let (gate, up) = match (gate_up, &be.shape(h)[..]) {
+                (Some(gate_up), [1, _]) => {
+                    let gu = gate_up.forward(be, h)?;
+                    (columns(be, &gu, 0, inter)?, columns(be, &gu, inter, inter)?)
+                }
+                _ => (layer.gate.forward(be, h)?, layer.up.forward(be, h)?),
+            };
+            be.swiglu_linear_add(&gate, &up, down, down_b, x)
+        })
     }
 
     /// One decode step for several sequences: `embeds` (`[n, hidden]`) holds the next token of
