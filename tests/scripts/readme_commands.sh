@@ -43,6 +43,10 @@ classify() {
       echo "skip: 30 GRPO steps on two ranks; native-trainer/tests/data_parallel.rs runs 3 under mpirun and compares them with one process" ;;
     "torchrun --standalone --nproc-per-node 2 --no-python "*)
       echo "skip: needs two GPUs, NCCL and a CUDA build; tests/check_cuda.sh compiles the NCCL path" ;;
+    "bash tests/gpu.sh prepare")
+      echo "skip: builds the cuda feature (~11 min cold, nvcc wheels ~300 MB) for a GPU machine; tests/check_cuda.sh is the cheaper compile check" ;;
+    "bash tests/gpu.sh run")
+      echo "skip: needs an NVIDIA GPU and the bundle that prepare writes" ;;
     "cargo run -p visionthink -- convert --from sdk/visionthink/model --out /tmp/vt-gguf --quant q8_0") echo "run" ;;
     "cargo run -p visionthink -- ask --model /tmp/vt-gguf "*) echo "run" ;;
     "python3 tests/bench/bench_gguf.py")
