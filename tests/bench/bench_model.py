@@ -103,7 +103,10 @@ def photo(size, path):
 
 def torch_side(img448, img896):
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    except ImportError:  # an older transformers (a GPU machine's own install): the default processor
+        from transformers import Qwen2VLImageProcessor as Qwen2VLImageProcessorPil
     t = time.perf_counter()
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(MODEL, dtype=torch.float32).eval().to(DEVICE)
     sync()
