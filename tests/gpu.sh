@@ -45,8 +45,6 @@ for line in sys.stdin:
   cp "$(exe test cuda <<<"$tests")" "$stage/bin/cuda-test"
   cp "$(exe bench model <<<"$tests")" "$stage/bin/model-bench"
   strip "$stage"/bin/*
-  # The test binary finds its fixtures through the path it was compiled in.
-  echo "$ROOT" >"$stage/BUILT_AT"
   git rev-parse HEAD >"$stage/COMMIT"
   git diff --quiet HEAD || echo "(with uncommitted changes)" >>"$stage/COMMIT"
   tar -cf - tests/gpu.sh tests/bench/bench_model.py native-trainer/configs \
@@ -79,11 +77,8 @@ run() {
   local b=/tmp/vt-gpu
   rm -rf "$b" && mkdir -p "$b" && tar -xJf "$ROOT/.gpu/bundle.tar.xz" -C "$b" || exit 1
   echo "bundle of $(cat "$b/COMMIT")"
-  local built
-  built="$(cat "$b/BUILT_AT")"
-  if [ ! -e "$built" ]; then
-    mkdir -p "$(dirname "$built")" && ln -s "$b" "$built"
-  fi
+  # The test binary's fixtures (sdk/model/tests/common: VT_FIXTURES).
+  export VT_FIXTURES="$b/tests/fixtures"
   # The binaries ask for unversioned library names (see cuda_toolkit.sh): point each at the
   # library this machine has (the driver's libcuda; cuBLAS & co. from PyTorch's wheels).
   local lib=/tmp/vt-gpu-lib name found dirs d

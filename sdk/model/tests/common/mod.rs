@@ -10,8 +10,12 @@ use visionthink_core::rope::{rope_index, MropeBuilder};
 use visionthink_core::tokenizer::QwenTokenizer;
 use visionthink_model::{Backend, CandleBackend, Qwen25VL, WeightStore};
 
+/// The fixtures folder: `$VT_FIXTURES` where set (a test binary run away from its checkout:
+/// tests/gpu.sh on a GPU machine), else the repository's.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    std::env::var_os("VT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"))
 }
 
 pub fn load<B: Backend>(be: &B, variant: &str) -> Qwen25VL<B> {
