@@ -137,22 +137,21 @@ EOF
   # equal rewards and be dropped, and no update would run).
   rm -rf /tmp/vt-shipped
   stage export 60 "$t" export --out /tmp/vt-shipped --dtype f32
-  for dev in cuda cpu; do
-    rm -rf "/tmp/vt-grpo-$dev"
-    VISIONTHINK_DEVICE=$dev stage "grpo-$dev" 90 "$t" train --config native-trainer/configs/synth-grpo.toml \
+  grpo() { # NAME: 2 GRPO steps from the export into /tmp/vt-grpo-NAME, metrics to $OUT
+    rm -rf "/tmp/vt-grpo-$1"
+    stage "grpo-$1" 90 "$t" train --config native-trainer/configs/synth-grpo.toml \
       --set run.steps=2 --set run.save_every=2 --set 'model.init_from="/tmp/vt-shipped"' \
-      --set "data.train=\"$data\"" --set "run.out=\"/tmp/vt-grpo-$dev\""
-    cp "/tmp/vt-grpo-$dev/metrics.jsonl" "$OUT/grpo-$dev.jsonl"
+      --set "data.train=\"$data\"" --set "run.out=\"/tmp/vt-grpo-$1\""
+    cp "/tmp/vt-grpo-$1/metrics.jsonl" "$OUT/grpo-$1.jsonl"
+  }
+  for dev in cuda cpu; do
+    VISIONTHINK_DEVICE=$dev grpo "$dev"
   done
   # The NCCL path with one rank (one GPU here: NCCL refuses two ranks on one device): its
   # unique id through the file, the all-gather of rollouts and the all-reduce of gradients,
   # with the same numbers as the single-process run above.
-  rm -rf /tmp/vt-grpo-nccl /tmp/vt-nccl-id
-  RANK=0 WORLD_SIZE=1 VISIONTHINK_NCCL_ID_FILE=/tmp/vt-nccl-id VISIONTHINK_DEVICE=cuda \
-    stage grpo-nccl 90 "$t" train --config native-trainer/configs/synth-grpo.toml \
-    --set run.steps=2 --set run.save_every=2 --set 'model.init_from="/tmp/vt-shipped"' \
-    --set "data.train=\"$data\"" --set 'run.out="/tmp/vt-grpo-nccl"'
-  cp /tmp/vt-grpo-nccl/metrics.jsonl "$OUT/grpo-nccl.jsonl"
+  rm -f /tmp/vt-nccl-id
+  RANK=0 WORLD_SIZE=1 VISIONTHINK_NCCL_ID_FILE=/tmp/vt-nccl-id VISIONTHINK_DEVICE=cuda grpo nccl
   python3 - "$OUT"/grpo-{cuda,nccl,cpu}.jsonl <<'EOF2'
 import json, os, sys
 keys = ("reward", "accuracy", "pg_loss", "kl", "entropy", "grad_norm", "rollout_tokens_per_s", "update_tokens_per_s")

@@ -47,23 +47,8 @@ fn every_parameter_gets_a_gradient() {
 #[test]
 fn mlp_in_passes_gives_the_one_pass_values() {
     let run = |be: &CandleBackend| {
-        let golden: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(common::fixtures().join("models/golden.json")).unwrap(),
-        )
-        .unwrap();
-        let tok = visionthink_core::tokenizer::QwenTokenizer::from_bytes(
-            &std::fs::read(common::fixtures().join("tokenizer/tokenizer.json")).unwrap(),
-        )
-        .unwrap();
         let model = common::load(be, "tied_nested");
-        let c = common::prepare(&golden["variants"]["tied_nested"][2], &tok);
-        let feats = model.vision.forward(be, &c.pixels, &c.grids).unwrap();
-        let (pos, _) = visionthink_core::rope::rope_index(&c.ids, &c.grids, 2).unwrap();
-        let mut cache = model.new_cache();
-        let x = model.embed(be, &c.ids, Some(&feats)).unwrap();
-        let logits = model
-            .last_logits(be, &model.decode(be, &x, &pos, &mut cache).unwrap())
-            .unwrap();
+        let (feats, logits) = common::prefill(be, &model, &common::golden_case("tied_nested", 2));
         (
             visionthink_model::Backend::to_vec(be, &feats).unwrap(),
             logits,

@@ -159,15 +159,10 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(threads);
     // The host's bandwidth bounds decode only where the weights live in host memory.
-    let on_cpu = matches!(device, visionthink::DeviceChoice::Cpu);
-    let bw = if on_cpu {
-        read_bandwidth_gb_s(threads)
-    } else {
-        f64::NAN
-    };
+    let bw = matches!(device, visionthink::DeviceChoice::Cpu).then(|| read_bandwidth_gb_s(threads));
     let bytes = decode_weight_bytes(&vt.config.text);
     out.insert("decode_weight_bytes".into(), bytes.into());
-    if on_cpu {
+    if let Some(bw) = bw {
         out.insert("read_bandwidth_gb_s".into(), bw.into());
         // The bound: a step can be no faster than reading its weights once.
         out.insert(
@@ -239,7 +234,7 @@ fn main() -> anyhow::Result<()> {
         decode_bf16 = decode_bf16.min(t.elapsed().as_secs_f64() / toks.len() as f64);
     }
     out.insert("decode_bf16_tok_s".into(), (1.0 / decode_bf16).into());
-    if on_cpu {
+    if let Some(bw) = bw {
         out.insert(
             "decode_bf16_bandwidth_fraction".into(),
             (bytes / 2.0 / (bw * 1e9) / decode_bf16).into(),

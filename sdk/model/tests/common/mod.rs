@@ -71,25 +71,10 @@ pub fn prepare(case: &Value, tok: &QwenTokenizer) -> Case {
 /// turn with the second image) against the same prompt from scratch: the largest difference
 /// of the last-position logits. The KV-cache continuation must not change them.
 pub fn incremental_vs_scratch<B: Backend>(be: &B) -> f32 {
-    let golden: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("models/golden.json")).unwrap(),
-    )
-    .unwrap();
-    let tok = QwenTokenizer::from_bytes(
-        &std::fs::read(fixtures().join("tokenizer/tokenizer.json")).unwrap(),
-    )
-    .unwrap();
     let model = load(be, "tied_nested");
-    let case = &golden["variants"]["tied_nested"][2];
-    let c = prepare(case, &tok);
-    let feats = model.vision.forward(be, &c.pixels, &c.grids).unwrap();
+    let c = golden_case("tied_nested", 2);
+    let (feats, scratch) = prefill(be, &model, &c);
     let (pos, _) = rope_index(&c.ids, &c.grids, 2).unwrap();
-    // From scratch.
-    let mut cache = model.new_cache();
-    let full = model.embed(be, &c.ids, Some(&feats)).unwrap();
-    let scratch = model
-        .last_logits(be, &model.decode(be, &full, &pos, &mut cache).unwrap())
-        .unwrap();
     // Turn 1 (through the first image and the model turn), then only the new tokens.
     // Split a few tokens before the second image's <|vision_start|>: inside the tool turn.
     let second_image = c
@@ -113,6 +98,31 @@ pub fn incremental_vs_scratch<B: Backend>(be: &B) -> f32 {
         .last_logits(be, &model.decode(be, &e2, &pos, &mut cache).unwrap())
         .unwrap();
     max_abs_diff(&scratch, &inc)
+}
+
+/// Case `index` of the golden fixture model `variant` (golden.json), prepared.
+pub fn golden_case(variant: &str, index: usize) -> Case {
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("models/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let tok = QwenTokenizer::from_bytes(
+        &std::fs::read(fixtures().join("tokenizer/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    prepare(&golden["variants"][variant][index], &tok)
+}
+
+/// The whole prompt of `c` in one prefill: its vision features and the last position's logits.
+pub fn prefill<B: Backend>(be: &B, model: &Qwen25VL<B>, c: &Case) -> (B::Tensor, Vec<f32>) {
+    let feats = model.vision.forward(be, &c.pixels, &c.grids).unwrap();
+    let (pos, _) = rope_index(&c.ids, &c.grids, 2).unwrap();
+    let mut cache = model.new_cache();
+    let x = model.embed(be, &c.ids, Some(&feats)).unwrap();
+    let logits = model
+        .last_logits(be, &model.decode(be, &x, &pos, &mut cache).unwrap())
+        .unwrap();
+    (feats, logits)
 }
 
 /// The gradient of a loss touching every row (minus the summed log-softmax of a multimodal
