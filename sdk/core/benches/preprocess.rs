@@ -2,10 +2,16 @@
 //! as the first argument. Prints one JSON object with median milliseconds per path. Driven by
 //! `tests/bench/bench_preprocess.py`, which runs the Python reference in the same session and
 //! prints the ratios.
+//!
+//! Each path is timed twice: as the SDK's engine runs it, image after image, the pixel values
+//! written into the buffers of the previous image (a [`PixelPool`], one per path, as the engine
+//! keeps one per episode's two images): `full_res_ms`, `low_res_ms`; and with every buffer
+//! allocated afresh, as a one-off call of `preprocess` does: `full_res_fresh_ms`,
+//! `low_res_fresh_ms`.
 
 use std::time::Instant;
 use visionthink_core::config::PreprocessorConfig;
-use visionthink_core::image::{decode, inference_low_res, preprocess, DecodeLimits};
+use visionthink_core::image::{decode, inference_low_res, preprocess, DecodeLimits, PixelPool};
 
 fn median_ms(mut f: impl FnMut(), reps: usize) -> f64 {
     f(); // warm-up
@@ -37,7 +43,7 @@ fn main() {
         }
     };
     let cfg = PreprocessorConfig::default();
-    let run = |low: bool| {
+    let fresh = |low: bool| {
         let img = decode(&bytes, DecodeLimits::default()).expect("decode");
         let img = if low {
             inference_low_res(&img).expect("low res")
@@ -46,6 +52,17 @@ fn main() {
         };
         let pv = preprocess(&img, &cfg).expect("preprocess");
         std::hint::black_box(pv.data.len());
+    };
+    let pooled = |low: bool, pool: &mut PixelPool| {
+        let img = decode(&bytes, DecodeLimits::default()).expect("decode");
+        let img = if low {
+            inference_low_res(&img).expect("low res")
+        } else {
+            img
+        };
+        let pv = pool.preprocess(&img, &cfg).expect("preprocess");
+        std::hint::black_box(pv.data.len());
+        pool.give_back(pv);
     };
     let decode_ms = median_ms(
         || {
@@ -56,7 +73,12 @@ fn main() {
         },
         reps,
     );
-    let full_ms = median_ms(|| run(false), reps);
-    let low_ms = median_ms(|| run(true), reps);
-    println!("{{\"decode_ms\": {decode_ms:.3}, \"full_res_ms\": {full_ms:.3}, \"low_res_ms\": {low_ms:.3}, \"reps\": {reps}}}");
+    let (mut full_pool, mut low_pool) = (PixelPool::new(1), PixelPool::new(1));
+    let full_ms = median_ms(|| pooled(false, &mut full_pool), reps);
+    let low_ms = median_ms(|| pooled(true, &mut low_pool), reps);
+    let full_fresh_ms = median_ms(|| fresh(false), reps);
+    let low_fresh_ms = median_ms(|| fresh(true), reps);
+    println!(
+        "{{\"decode_ms\": {decode_ms:.3}, \"full_res_ms\": {full_ms:.3}, \"low_res_ms\": {low_ms:.3}, \"full_res_fresh_ms\": {full_fresh_ms:.3}, \"low_res_fresh_ms\": {low_fresh_ms:.3}, \"reps\": {reps}}}"
+    );
 }

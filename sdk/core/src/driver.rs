@@ -37,7 +37,7 @@
 use crate::answer::{Answer, Event, Timings};
 use crate::config::{GenerationConfig, PreprocessorConfig};
 use crate::error::{Error, Result};
-use crate::image::{preprocess, visual_tokens, PixelValues, RgbImage};
+use crate::image::{visual_tokens, PixelPool, PixelValues, RgbImage};
 use crate::model_files::ModelFiles;
 use crate::prompt::ChatTemplate;
 use crate::protocol::{Episode, EpisodeImages, ProtocolConfig, Step};
@@ -299,6 +299,8 @@ pub struct EpisodeDriver<'a> {
     turn: usize,
     decoder: TurnDecoder,
     low: Option<PixelValues>,
+    /// Buffers the images are preprocessed into (see [`EpisodeDriver::new_with_pool`]).
+    pool: PixelPool,
     visual_tokens: usize,
     full_tokens: usize,
     /// Preprocessing, and the tokens chosen with the time spent choosing them.
@@ -327,10 +329,24 @@ impl<'a> EpisodeDriver<'a> {
         opts: &'a EpisodeOptions,
         clock: &'a dyn Fn() -> f64,
     ) -> Result<Self> {
+        Self::new_with_pool(info, image, question, opts, clock, PixelPool::default())
+    }
+
+    /// [`Self::new`] preprocessing into the buffers of `pool` (kept from earlier episodes: see
+    /// [`Self::recycle`] and [`Self::into_pool`]), so a caller that runs episode after episode
+    /// reuses the same memory for the pixels instead of faulting in fresh pages each time.
+    pub fn new_with_pool(
+        info: ModelInfo<'a>,
+        image: &RgbImage,
+        question: &str,
+        opts: &'a EpisodeOptions,
+        clock: &'a dyn Fn() -> f64,
+        mut pool: PixelPool,
+    ) -> Result<Self> {
         opts.validate()?;
         let start_ms = clock();
         let images = EpisodeImages::for_inference(image)?;
-        let low = preprocess(&images.low_res, info.preprocessor)?;
+        let low = pool.preprocess(&images.low_res, info.preprocessor)?;
         // Only the count is needed now: the full image is processed if the model asks for it.
         let full_tokens = visual_tokens(
             images.high_res.width,
@@ -358,6 +374,7 @@ impl<'a> EpisodeDriver<'a> {
             decoder,
             visual_tokens: low.num_image_tokens(info.preprocessor.merge_size),
             low: Some(low),
+            pool,
             full_tokens,
             timings: Timings {
                 preprocess_ms: clock() - start_ms,
@@ -366,6 +383,20 @@ impl<'a> EpisodeDriver<'a> {
             start_ms,
             phase: Phase::NotStarted,
         })
+    }
+
+    /// Hands back the images of a [`Feed`] once the model has read them, for the episode's
+    /// later images and (through [`Self::into_pool`]) later episodes. Optional: a driver whose
+    /// caller never recycles allocates each image afresh.
+    pub fn recycle(&mut self, images: Vec<PixelValues>) {
+        for pv in images {
+            self.pool.give_back(pv);
+        }
+    }
+
+    /// The driver's pixel buffers, for the next episode's [`Self::new_with_pool`].
+    pub fn into_pool(self) -> PixelPool {
+        self.pool
     }
 
     /// The turn-1 feed: the VisionThink prompt (through the model's chat template when it has
@@ -463,7 +494,9 @@ impl<'a> EpisodeDriver<'a> {
                 let images = match &tt.image {
                     Some(req) => {
                         on_event(Event::ResizeRequested);
-                        let pv = preprocess(&req.fulfil(&self.images)?, self.info.preprocessor)?;
+                        let pv = self
+                            .pool
+                            .preprocess(&req.fulfil(&self.images)?, self.info.preprocessor)?;
                         self.visual_tokens +=
                             pv.num_image_tokens(self.info.preprocessor.merge_size);
                         vec![pv]

@@ -43,6 +43,9 @@ fn decoded_pixels_match_pillow() {
 fn preprocess_matches_reference_bit_for_bit() {
     let g = golden();
     let mut exact = 0;
+    // Every case again through one pool, so each reuses the buffers of cases of other sizes
+    // (larger and smaller): the engine's path must give the same bytes as a fresh call.
+    let mut pool = image::PixelPool::new(2);
     for case in g["cases"].as_array().unwrap() {
         let name = case["image"].as_str().unwrap();
         let low = case["low_res"].as_bool().unwrap();
@@ -62,6 +65,14 @@ fn preprocess_matches_reference_bit_for_bit() {
             Ok(original.clone())
         };
         let result = input.and_then(|i| preprocess(&i, &cfg).map(|pv| (i, pv)));
+        if let Ok((input, pv)) = &result {
+            let reused = pool.preprocess(input, &cfg).unwrap();
+            assert!(
+                reused == *pv,
+                "{label}: pooled buffers differ from a fresh call"
+            );
+            pool.give_back(reused);
+        }
         if let Some(err) = case.get("error") {
             let e = result.expect_err(&label);
             let expect_kind = err.as_str().unwrap();
@@ -303,4 +314,24 @@ fn training_path_doubles_the_low_res_image() {
         (pair.high_res.width, pair.high_res.height),
         (w / 2 * 2, h / 2 * 2)
     );
+}
+
+/// `preprocess_into` on a failing image leaves no patches behind (a caller reusing the value
+/// never reads the previous image's pixels as this one's), and the next good image fills it.
+#[test]
+fn preprocess_into_clears_on_error_and_refills() {
+    let cfg = PreprocessorConfig::default();
+    let mut pv = image::PixelValues::default();
+    let big = RgbImage::new(120, 90, vec![200; 120 * 90 * 3]).unwrap();
+    image::preprocess_into(&big, &cfg, &mut pv).unwrap();
+    assert_eq!(pv, preprocess(&big, &cfg).unwrap());
+    let thin = RgbImage::new(1, 300, vec![5; 300 * 3]).unwrap(); // aspect ratio 300 > 200
+    let err = image::preprocess_into(&thin, &cfg, &mut pv).unwrap_err();
+    assert!(matches!(err, Error::AspectRatio { .. }), "{err}");
+    assert_eq!((pv.num_patches(), pv.data.len()), (0, 0));
+    let small = RgbImage::new(60, 30, vec![17; 60 * 30 * 3]).unwrap();
+    image::preprocess_into(&small, &cfg, &mut pv).unwrap();
+    assert_eq!(pv, preprocess(&small, &cfg).unwrap());
+    image::preprocess_into(&big, &cfg, &mut pv).unwrap();
+    assert_eq!(pv, preprocess(&big, &cfg).unwrap());
 }

@@ -13,7 +13,10 @@ use visionthink_core::config::ModelConfig;
 use visionthink_core::driver::{
     Action, EpisodeDriver, EpisodeOptions, FeedKind, ModelInfo, TurnDecoder,
 };
-use visionthink_core::image::{preprocess, PixelValues, RgbImage};
+use visionthink_core::image::{preprocess, PixelPool, PixelValues, RgbImage};
+
+/// Pixel buffers an engine keeps between episodes: an episode's half-size and full image.
+const PIXEL_BUFFERS: usize = 2;
 use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::sampling::{Sampler, SamplingConfig};
 pub use visionthink_model::WeightStorage;
@@ -282,6 +285,8 @@ pub struct VisionThink {
     /// The model config.
     pub config: ModelConfig,
     exec: Exec,
+    /// Pixel buffers kept between episodes (the low-res and the full image of the last one).
+    pixels: std::sync::Mutex<PixelPool>,
 }
 
 impl std::fmt::Debug for VisionThink {
@@ -440,7 +445,12 @@ impl VisionThink {
                 )))
             }
         };
-        Ok(Self { dir, config, exec })
+        Ok(Self {
+            dir,
+            config,
+            exec,
+            pixels: std::sync::Mutex::new(PixelPool::new(PIXEL_BUFFERS)),
+        })
     }
 
     /// A new session with an empty cache.
@@ -473,6 +483,15 @@ impl VisionThink {
             #[cfg(feature = "wgpu")]
             Exec::Wgpu(be, m) => f.run(be, m, merge),
         }
+    }
+
+    /// Bytes of pixel buffers the engine keeps between episodes (the last episode's half-size and
+    /// full image, reused by the next one's preprocessing): memory held while idle.
+    pub fn kept_pixel_bytes(&self) -> usize {
+        self.pixels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .capacity_bytes()
     }
 
     /// Preprocesses an image with the model's processor settings.
@@ -583,7 +602,19 @@ impl VisionThink {
         let episode_opts = opts.episode_options();
         let t0 = Instant::now();
         let clock = move || ms(t0);
-        let mut driver = EpisodeDriver::new(self.info(), image, question, &episode_opts, &clock)?;
+        // Concurrent episodes: the first takes the kept buffers, the others start without.
+        let pool = std::mem::replace(
+            &mut *self.pixels.lock().unwrap_or_else(|e| e.into_inner()),
+            PixelPool::new(PIXEL_BUFFERS),
+        );
+        let mut driver = EpisodeDriver::new_with_pool(
+            self.info(),
+            image,
+            question,
+            &episode_opts,
+            &clock,
+            pool,
+        )?;
         let mut action = driver.start()?;
         loop {
             match action {
@@ -593,9 +624,15 @@ impl VisionThink {
                         FeedKind::Prompt => session.feed(&feed.ids, &feed.images)?,
                         FeedKind::Token => session.step_all(&feed.ids)?,
                     };
+                    driver.recycle(feed.images);
                     action = driver.on_logits(&logits, on_event)?;
                 }
                 Action::Done(answer) => {
+                    let done = driver.into_pool();
+                    let mut kept = self.pixels.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.len() < done.len() {
+                        *kept = done;
+                    }
                     return Ok(Answer {
                         timings: answer.timings.with_executor(&session.timings),
                         ..answer

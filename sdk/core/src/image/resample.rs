@@ -336,10 +336,21 @@ fn horizontal_row_any(row: &[u8], orow: &mut [u8], c: &Coefficients) {
     }
 }
 
-fn horizontal(src: &RgbImage, out_w: usize, c: &Coefficients) -> RgbImage {
+/// `buf` resized to `len` bytes, its allocation reused where it is large enough (the contents
+/// are about to be overwritten: only a grown tail is written first); a fresh zeroed allocation
+/// otherwise, rather than a copy of the old bytes.
+pub(crate) fn reuse<T: Copy + Default>(mut buf: Vec<T>, len: usize) -> Vec<T> {
+    if buf.capacity() < len {
+        return vec![T::default(); len];
+    }
+    buf.resize(len, T::default());
+    buf
+}
+
+fn horizontal(src: &RgbImage, out_w: usize, c: &Coefficients, buf: Vec<u8>) -> RgbImage {
     let w = src.width as usize;
     let h = src.height as usize;
-    let mut out = vec![0u8; out_w * h * 3];
+    let mut out = reuse(buf, out_w * h * 3);
     let fixed = fixed_windows(c, w);
     crate::parallel::for_each_chunk(&mut out, out_w * 3, |y, orow| {
         let row = &src.data[y * w * 3..(y + 1) * w * 3];
@@ -374,10 +385,10 @@ fn vertical_row(rows: &[u8], stride: usize, k: &[i32], orow: &mut [u8]) {
     }
 }
 
-fn vertical(src: &RgbImage, out_h: usize, c: &Coefficients) -> RgbImage {
+fn vertical(src: &RgbImage, out_h: usize, c: &Coefficients, buf: Vec<u8>) -> RgbImage {
     let w = src.width as usize;
     let stride = w * 3;
-    let mut out = vec![0u8; stride * out_h];
+    let mut out = reuse(buf, stride * out_h);
     #[cfg(target_arch = "x86_64")]
     let avx2 = std::arch::is_x86_feature_detected!("avx2");
     crate::parallel::for_each_chunk(&mut out, stride, |yy, orow| {
@@ -415,25 +426,53 @@ pub fn resample(
     filter: Filter,
     order: PassOrder,
 ) -> RgbImage {
+    let mut out = RgbImage {
+        width: 0,
+        height: 0,
+        data: Vec::new(),
+    };
+    resample_into(src, out_w, out_h, filter, order, &mut out);
+    out
+}
+
+/// [`resample`] into `out`, reusing its pixel buffer's allocation where it is large enough (a
+/// caller resizing image after image keeps one buffer instead of faulting in fresh pages).
+pub fn resample_into(
+    src: &RgbImage,
+    out_w: u32,
+    out_h: u32,
+    filter: Filter,
+    order: PassOrder,
+    out: &mut RgbImage,
+) {
     let need_h = out_w != src.width;
     let need_v = out_h != src.height;
-    let run_h = |img: &RgbImage| {
+    let buf = std::mem::take(&mut out.data);
+    let run_h = |img: &RgbImage, buf| {
         let c = precompute(img.width as usize, out_w as usize, filter);
-        horizontal(img, out_w as usize, &c)
+        horizontal(img, out_w as usize, &c, buf)
     };
-    let run_v = |img: &RgbImage| {
+    let run_v = |img: &RgbImage, buf| {
         let c = precompute(img.height as usize, out_h as usize, filter);
-        vertical(img, out_h as usize, &c)
+        vertical(img, out_h as usize, &c, buf)
     };
-    match (need_h, need_v) {
-        (false, false) => src.clone(),
-        (true, false) => run_h(src),
-        (false, true) => run_v(src),
-        (true, true) if order.horizontal_first(src.width, src.height, out_w, out_h) => {
-            run_v(&run_h(src))
+    *out = match (need_h, need_v) {
+        (false, false) => {
+            let mut data = reuse(buf, 0);
+            data.extend_from_slice(&src.data);
+            RgbImage {
+                width: src.width,
+                height: src.height,
+                data,
+            }
         }
-        (true, true) => run_h(&run_v(src)),
-    }
+        (true, false) => run_h(src, buf),
+        (false, true) => run_v(src, buf),
+        (true, true) if order.horizontal_first(src.width, src.height, out_w, out_h) => {
+            run_v(&run_h(src, Vec::new()), buf)
+        }
+        (true, true) => run_h(&run_v(src, Vec::new()), buf),
+    };
 }
 
 #[cfg(test)]

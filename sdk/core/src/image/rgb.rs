@@ -20,6 +20,20 @@ impl std::fmt::Debug for RgbImage {
 }
 
 impl RgbImage {
+    /// A 0×0 image with no buffer: the starting point of the `*_into` functions' outputs.
+    ///
+    /// ```
+    /// let img = visionthink_core::image::RgbImage::empty();
+    /// assert_eq!((img.width, img.height, img.data.len()), (0, 0, 0));
+    /// ```
+    pub fn empty() -> Self {
+        Self {
+            width: 0,
+            height: 0,
+            data: Vec::new(),
+        }
+    }
+
     /// Wraps a buffer, checking that its length is `width * height * 3`.
     ///
     /// ```
