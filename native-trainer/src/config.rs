@@ -175,6 +175,10 @@ pub struct SftSection {
     pub think_crop: String,
     /// Think text after the crop arrives.
     pub think_after_crop: String,
+    /// The row attribute that holds a crop trace's box (`box` by default: the v2 task's framed
+    /// square; `crop_box`: the region that shows what the question asks, see
+    /// [`crate::synth::generate_v2`]).
+    pub box_attribute: String,
 }
 
 impl Default for SftSection {
@@ -188,6 +192,7 @@ impl Default for SftSection {
             crop_fraction: 0.0,
             think_crop: "The detail is in a small region; I need a closer look at it.".into(),
             think_after_crop: "The cropped region shows the detail.".into(),
+            box_attribute: "box".into(),
         }
     }
 }

@@ -137,7 +137,7 @@ fn build_batch(
 }
 
 /// The assistant turns of one SFT trace: a resize call then the answer (probability
-/// `sft.tool_fraction`), a crop call around the row's `box` then the answer (probability
+/// `sft.tool_fraction`), a crop call around the row's box (`sft.box_attribute`) then the answer (probability
 /// `sft.crop_fraction`), or the answer directly. `None` when a template names an attribute the
 /// row lacks (then no random number is drawn).
 fn trace_turns(cfg: &TrainConfig, ex: &Example, rng: &mut Rng) -> Option<Vec<String>> {
@@ -158,7 +158,7 @@ fn trace_turns(cfg: &TrainConfig, ex: &Example, rng: &mut Rng) -> Option<Vec<Str
         Some((
             fill(&cfg.sft.think_crop)?,
             fill(&cfg.sft.think_after_crop)?,
-            ex.attributes.get("box")?.clone(),
+            ex.attributes.get(&cfg.sft.box_attribute)?.clone(),
         ))
     } else {
         None

@@ -336,6 +336,33 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
                 (Q_SHADE, SHADES[shade], Kind::Coarse, "shade", "coarse")
             };
             let b = patch.half_box(cfg.size);
+            // The crop that shows what is asked (an SFT trace's crop, `sft.box_attribute =
+            // "crop_box"`), why the trace crops it and what it sees there.
+            let (cb, why, seen) = match kind {
+                Kind::LocalFine => (
+                    b,
+                    "The texture is too fine at this size, so I crop the framed square.",
+                    format!("a {} texture in the square", TEXTURES[patch.texture]),
+                ),
+                Kind::GlobalFine => {
+                    let half = cfg.size / 2;
+                    (
+                        [0, 0, half, half],
+                        "The panels' textures are too fine at this size, so I crop the whole image.",
+                        format!("the whole image: same panels {same}"),
+                    )
+                }
+                _ if asked == "color" => (
+                    best_cell(&image, cfg.size, &patch, |p| p.0 == COLORS[color].1),
+                    "I crop a part of the shape.",
+                    format!("a {} area", COLORS[color].0),
+                ),
+                _ => (
+                    best_cell(&image, cfg.size, &patch, |p| p[0] == p[1] && p[1] == p[2]),
+                    "I crop a part of the background.",
+                    format!("a {} background", SHADES[shade]),
+                ),
+            };
             let ex = Example {
                 doc_id: format!("v2-{}-{i}", cfg.seed),
                 image: format!("images/{i:06}.png"),
@@ -354,6 +381,12 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
                     ("detail", detail.to_string()),
                     ("box", format!("[{}, {}, {}, {}]", b[0], b[1], b[2], b[3])),
                     ("patch", format!("{},{},{}", patch.x, patch.y, patch.side)),
+                    (
+                        "crop_box",
+                        format!("[{}, {}, {}, {}]", cb[0], cb[1], cb[2], cb[3]),
+                    ),
+                    ("crop_why", why.to_string()),
+                    ("crop_seen", seen),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
@@ -362,6 +395,37 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
             (ex, image)
         })
         .collect()
+}
+
+/// The [`Patch::CELL`]-sized cell of the grid with the most pixels that `wanted` picks outside
+/// the framed square (whose own greys are not the background's), as a box of the half-size image
+/// (one of its visual tokens, as [`Patch::half_box`]).
+fn best_cell(
+    img: &RgbImage,
+    size: u32,
+    patch: &Patch,
+    wanted: impl Fn(&image::Rgb<u8>) -> bool,
+) -> [u32; 4] {
+    let side = Patch::CELL;
+    let cells = size / side;
+    let mut best = (0usize, [0u32; 4]);
+    for cy in 0..cells {
+        for cx in 0..cells {
+            let (x0, y0) = (cx * side, cy * side);
+            let n = (y0..y0 + side)
+                .flat_map(|y| (x0..x0 + side).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    let in_patch = (patch.x..patch.x + patch.side).contains(&x)
+                        && (patch.y..patch.y + patch.side).contains(&y);
+                    !in_patch && wanted(img.get_pixel(x, y))
+                })
+                .count();
+            if n > best.0 {
+                best = (n, [x0 / 2, y0 / 2, (x0 + side) / 2, (y0 + side) / 2]);
+            }
+        }
+    }
+    best.1
 }
 
 /// The square of a v2 row (its `patch` attribute), if it has one.
@@ -600,6 +664,64 @@ mod tests {
                 // Full size: the second panel's background differs pixel by pixel.
                 let d = differing(same.as_raw(), other.as_raw());
                 assert!(d * 8 > same.as_raw().len(), "{texture} {second}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn v2_crop_box_shows_what_the_question_asks() {
+        let cfg = SynthConfig {
+            seed: 9,
+            count: 200,
+            fine_fraction: 0.5,
+            size: 224,
+        };
+        for (e, img) in generate_v2(&cfg) {
+            let nums: Vec<u32> = e.attributes["crop_box"]
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(", ")
+                .map(|v| v.parse().unwrap())
+                .collect();
+            // Half-image box → original pixels.
+            let (x0, y0, x1, y1) = (nums[0] * 2, nums[1] * 2, nums[2] * 2, nums[3] * 2);
+            let px: Vec<[u8; 3]> = (y0..y1)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .map(|(x, y)| img.get_pixel(x, y).0)
+                .collect();
+            let share = |f: &dyn Fn(&[u8; 3]) -> bool| {
+                px.iter().filter(|p| f(p)).count() as f64 / px.len() as f64
+            };
+            let seen = &e.attributes["crop_seen"];
+            assert!(
+                e.attributes["crop_why"].starts_with("The")
+                    || e.attributes["crop_why"].starts_with("I crop")
+            );
+            match (e.kind, e.attributes["asked"].as_str()) {
+                (Kind::LocalFine, _) => {
+                    assert_eq!(e.attributes["crop_box"], e.attributes["box"]);
+                    assert!(seen.contains(&e.attributes["patch_texture"]), "{seen}");
+                }
+                (Kind::GlobalFine, _) => {
+                    assert_eq!((x0, y0, x1, y1), (0, 0, 224, 224));
+                    assert!(seen.ends_with(&e.attributes["same"]), "{seen}");
+                }
+                (_, "color") => {
+                    let c = COLORS.iter().find(|c| c.0 == e.answer).unwrap().1;
+                    assert!(share(&|p| *p == c) > 0.5, "{}: {seen}", e.doc_id);
+                    assert!(seen.contains(&e.answer));
+                }
+                _ => {
+                    // The background's mean grey tells the shade (light ≥ 125, dark < 125).
+                    let greys: Vec<f64> = px
+                        .iter()
+                        .filter(|p| p[0] == p[1] && p[1] == p[2])
+                        .map(|p| f64::from(p[0]))
+                        .collect();
+                    assert!(greys.len() * 2 > px.len(), "{}: {seen}", e.doc_id);
+                    let mean = greys.iter().sum::<f64>() / greys.len() as f64;
+                    assert_eq!(mean >= 125.0, e.answer == "light", "{}: {mean}", e.doc_id);
+                    assert!(seen.contains(&e.answer));
+                }
             }
         }
     }
