@@ -680,7 +680,7 @@ mod tests {
             let nums: Vec<u32> = e.attributes["crop_box"]
                 .trim_matches(|c| c == '[' || c == ']')
                 .split(", ")
-                .map(|v| v.parse().unwrap())
+                .map(|v| v.parse().expect("crop_box numbers"))
                 .collect();
             // Half-image box → original pixels.
             let (x0, y0, x1, y1) = (nums[0] * 2, nums[1] * 2, nums[2] * 2, nums[3] * 2);
@@ -706,7 +706,7 @@ mod tests {
                     assert!(seen.ends_with(&e.attributes["same"]), "{seen}");
                 }
                 (_, "color") => {
-                    let c = COLORS.iter().find(|c| c.0 == e.answer).unwrap().1;
+                    let c = COLORS.iter().find(|c| c.0 == e.answer).expect("a colour").1;
                     assert!(share(&|p| *p == c) > 0.5, "{}: {seen}", e.doc_id);
                     assert!(seen.contains(&e.answer));
                 }

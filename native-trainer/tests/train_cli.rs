@@ -1429,6 +1429,11 @@ fn crop_tool_sft_grpo_and_eval() {
         "sft.tool_fraction=0.25",
         "--set",
         "sft.crop_fraction=0.5",
+        // The crop that shows what each question asks, as the crop recipe's SFT takes it.
+        "--set",
+        "sft.box_attribute=\"crop_box\"",
+        "--set",
+        "sft.think_after_crop=\"Now I see {crop_seen}.\"",
     ]));
     let m = metrics(&sft);
     assert_eq!(m.len(), 2);
