@@ -14,15 +14,15 @@ use visionthink_core::driver::{
     Action, EpisodeDriver, EpisodeOptions, FeedKind, ModelInfo, TurnDecoder,
 };
 use visionthink_core::image::{preprocess, PixelPool, PixelValues, RgbImage};
-
-/// Pixel buffers an engine keeps between episodes: an episode's half-size and full image.
-const PIXEL_BUFFERS: usize = 2;
 use visionthink_core::protocol::ProtocolConfig;
 use visionthink_core::sampling::{Sampler, SamplingConfig};
 pub use visionthink_model::WeightStorage;
 use visionthink_model::{CandleBackend, Feed, Qwen25VL, Session as ModelSession, WeightStore};
 #[cfg(feature = "wgpu")]
 use visionthink_model::{WgpuBackend, WgpuOptions};
+
+/// Pixel buffers an engine keeps between episodes: an episode's half-size and full image.
+const PIXEL_BUFFERS: usize = 2;
 
 fn model_err(e: visionthink_model::Error) -> Error {
     Error::Model(e)
