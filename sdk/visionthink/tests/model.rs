@@ -734,8 +734,9 @@ impl Drop for Cleanup {
 
 /// The shipped crop model (`sdk/visionthink/model-crop`, issue 16) on its example image (a
 /// held-out row of `synth --task v2 --seed 2`), greedy: the local question gets one crop whose
-/// box is the framed square's cell and the right texture from 20 visual tokens; the shade
-/// question is answered from the half-size image alone (16 visual tokens, no tool).
+/// box is the framed square's cell and the right texture from 20 visual tokens; the shade and
+/// colour questions are answered from the half-size image alone (16 visual tokens, no tool; the
+/// crop model shipped before 2026-12-04's fourteenth round answered the colour with the shade).
 #[test]
 fn the_crop_model_crops_for_the_framed_square_and_not_for_the_background() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-crop");
@@ -768,8 +769,13 @@ fn the_crop_model_crops_for_the_framed_square_and_not_for_the_background() {
     assert_eq!(local["crops"], 1, "{local}");
     assert_eq!(local["text"], card["local_answer"], "{local}");
     assert_eq!(local["visual_tokens"], 20, "{local}");
-    let coarse = ask(card["shade_question"].as_str().unwrap());
-    assert_eq!(coarse["turns"].as_array().unwrap().len(), 1, "{coarse}");
-    assert_eq!(coarse["text"], card["shade_answer"], "{coarse}");
-    assert_eq!(coarse["visual_tokens"], 16, "{coarse}");
+    for (q, a) in [
+        ("shade_question", "shade_answer"),
+        ("color_question", "color_answer"),
+    ] {
+        let coarse = ask(card[q].as_str().unwrap());
+        assert_eq!(coarse["turns"].as_array().unwrap().len(), 1, "{coarse}");
+        assert_eq!(coarse["text"], card[a], "{coarse}");
+        assert_eq!(coarse["visual_tokens"], 16, "{coarse}");
+    }
 }
