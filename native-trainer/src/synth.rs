@@ -336,33 +336,7 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
                 (Q_SHADE, SHADES[shade], Kind::Coarse, "shade", "coarse")
             };
             let b = patch.half_box(cfg.size);
-            // The crop that shows what is asked (an SFT trace's crop, `sft.box_attribute =
-            // "crop_box"`), why the trace crops it and what it sees there.
-            let (cb, why, seen) = match kind {
-                Kind::LocalFine => (
-                    b,
-                    "The texture is too fine at this size, so I crop the framed square.",
-                    format!("a {} texture in the square", TEXTURES[patch.texture]),
-                ),
-                Kind::GlobalFine => {
-                    let half = cfg.size / 2;
-                    (
-                        [0, 0, half, half],
-                        "The panels' textures are too fine at this size, so I crop the whole image.",
-                        format!("the whole image: same panels {same}"),
-                    )
-                }
-                _ if asked == "color" => (
-                    best_cell(&image, cfg.size, &patch, |p| p.0 == COLORS[color].1),
-                    "I crop a part of the shape.",
-                    format!("a {} area", COLORS[color].0),
-                ),
-                _ => (
-                    best_cell(&image, cfg.size, &patch, |p| p[0] == p[1] && p[1] == p[2]),
-                    "I crop a part of the background.",
-                    format!("a {} background", SHADES[shade]),
-                ),
-            };
+            let hint = CropHint::for_row(&image, cfg.size, &patch, kind, asked, color, shade, same);
             let ex = Example {
                 doc_id: format!("v2-{}-{i}", cfg.seed),
                 image: format!("images/{i:06}.png"),
@@ -381,12 +355,9 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
                     ("detail", detail.to_string()),
                     ("box", format!("[{}, {}, {}, {}]", b[0], b[1], b[2], b[3])),
                     ("patch", format!("{},{},{}", patch.x, patch.y, patch.side)),
-                    (
-                        "crop_box",
-                        format!("[{}, {}, {}, {}]", cb[0], cb[1], cb[2], cb[3]),
-                    ),
-                    ("crop_why", why.to_string()),
-                    ("crop_seen", seen),
+                    ("crop_box", hint.bbox),
+                    ("crop_why", hint.why.to_string()),
+                    ("crop_seen", hint.seen),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
@@ -395,6 +366,58 @@ pub fn generate_v2(cfg: &SynthConfig) -> Vec<(Example, RgbImage)> {
             (ex, image)
         })
         .collect()
+}
+
+/// The crop that shows what a v2 row asks (an SFT trace's crop with `sft.box_attribute =
+/// "crop_box"`), why the trace crops it and what it sees there: the framed square for local
+/// questions, the whole image for the panels, the cell with most of the shape for colour, the
+/// cell with most background for shade.
+struct CropHint {
+    bbox: String,
+    why: &'static str,
+    seen: String,
+}
+
+impl CropHint {
+    #[allow(clippy::too_many_arguments)] // one row's independent attributes
+    fn for_row(
+        image: &RgbImage,
+        size: u32,
+        patch: &Patch,
+        kind: Kind,
+        asked: &str,
+        color: usize,
+        shade: usize,
+        same: &str,
+    ) -> Self {
+        let (b, why, seen) = match kind {
+            Kind::LocalFine => (
+                patch.half_box(size),
+                "The texture is too fine at this size, so I crop the framed square.",
+                format!("a {} texture in the square", TEXTURES[patch.texture]),
+            ),
+            Kind::GlobalFine => (
+                [0, 0, size / 2, size / 2],
+                "The panels' textures are too fine at this size, so I crop the whole image.",
+                format!("the whole image: same panels {same}"),
+            ),
+            _ if asked == "color" => (
+                best_cell(image, size, patch, |p| p.0 == COLORS[color].1),
+                "I crop a part of the shape.",
+                format!("a {} area", COLORS[color].0),
+            ),
+            _ => (
+                best_cell(image, size, patch, |p| p[0] == p[1] && p[1] == p[2]),
+                "I crop a part of the background.",
+                format!("a {} background", SHADES[shade]),
+            ),
+        };
+        Self {
+            bbox: format!("[{}, {}, {}, {}]", b[0], b[1], b[2], b[3]),
+            why,
+            seen,
+        }
+    }
 }
 
 /// The [`Patch::CELL`]-sized cell of the grid with the most pixels that `wanted` picks outside

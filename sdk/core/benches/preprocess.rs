@@ -43,24 +43,21 @@ fn main() {
         }
     };
     let cfg = PreprocessorConfig::default();
-    let fresh = |low: bool| {
+    // The path's input: the decoded image, halved on the low-res path.
+    let input = |low: bool| {
         let img = decode(&bytes, DecodeLimits::default()).expect("decode");
-        let img = if low {
+        if low {
             inference_low_res(&img).expect("low res")
         } else {
             img
-        };
-        let pv = preprocess(&img, &cfg).expect("preprocess");
+        }
+    };
+    let fresh = |low: bool| {
+        let pv = preprocess(&input(low), &cfg).expect("preprocess");
         std::hint::black_box(pv.data.len());
     };
     let pooled = |low: bool, pool: &mut PixelPool| {
-        let img = decode(&bytes, DecodeLimits::default()).expect("decode");
-        let img = if low {
-            inference_low_res(&img).expect("low res")
-        } else {
-            img
-        };
-        let pv = pool.preprocess(&img, &cfg).expect("preprocess");
+        let pv = pool.preprocess(&input(low), &cfg).expect("preprocess");
         std::hint::black_box(pv.data.len());
         pool.give_back(pv);
     };

@@ -612,20 +612,10 @@ impl PixelPool {
 /// The `f32` values [`preprocess`] writes for `img` (0 where the settings are unusable: the call
 /// itself reports that).
 fn patch_values_needed(img: &RgbImage, cfg: &PreprocessorConfig) -> usize {
-    let Ok(factor) = resize_factor(cfg) else {
-        return 0;
-    };
-    let (h, w) = if cfg.do_resize {
-        smart_resize(
-            img.height,
-            img.width,
-            factor,
-            cfg.min_pixels,
-            cfg.max_pixels,
-        )
-        .unwrap_or((0, 0))
+    let (w, h) = if cfg.do_resize {
+        seen_size(img.width, img.height, cfg).unwrap_or((0, 0))
     } else {
-        (img.height, img.width)
+        (img.width, img.height)
     };
     h as usize * w as usize * 3 * cfg.temporal_patch_size as usize
 }
