@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use visionthink_core::reward::{PenaltyMode, RewardConfig};
+use visionthink_core::reward::{AdvantageNorm, PenaltyMode, RewardConfig};
 
 /// A training phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,6 +349,9 @@ pub struct GrpoSection {
     pub entropy_coef: f64,
     /// Drop zero-variance groups and sample more prompts (DAPO; on).
     pub dynamic_sampling: bool,
+    /// How a group's rewards become advantages: `"std"` (official, `(r − mean) / std`) or
+    /// `"none"` (Dr. GRPO, `r − mean`; see [`AdvantageNorm`]).
+    pub advantage_norm: AdvantageNorm,
     /// Sampling rounds per step before training on what was kept.
     pub max_sampling_rounds: usize,
     /// Reference model for the KL term (default: the starting checkpoint).
@@ -365,6 +368,7 @@ impl Default for GrpoSection {
             kl_coef: 0.001,
             entropy_coef: 0.001,
             dynamic_sampling: true,
+            advantage_norm: AdvantageNorm::Std,
             max_sampling_rounds: 3,
             reference: None,
         }
@@ -694,6 +698,19 @@ mod tests {
         assert_eq!((c.grpo.kl_coef, c.grpo.entropy_coef), (0.001, 0.001));
         assert_eq!(c.data.image_path, ImagePath::Training);
         assert_eq!(c.reward.penalty, PenaltyMode::Code);
+        assert_eq!(c.grpo.advantage_norm, AdvantageNorm::Std);
+    }
+
+    #[test]
+    fn advantage_norm_parses_and_names_unknown_values() {
+        let c = TrainConfig::load(None, &[r#"grpo.advantage_norm="none""#.into()]).expect("none");
+        assert_eq!(c.grpo.advantage_norm, AdvantageNorm::None);
+        let err = format!(
+            "{:#}",
+            TrainConfig::load(None, &[r#"grpo.advantage_norm="mean""#.into()])
+                .expect_err("unknown norm")
+        );
+        assert!(err.contains("mean"), "{err}");
     }
 
     #[test]

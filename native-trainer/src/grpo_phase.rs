@@ -21,7 +21,7 @@ use visionthink::http_judge::JudgeChoice;
 use visionthink::score::judge_all;
 use visionthink::HttpJudgeConfig;
 use visionthink_core::judge::{Judge, JudgeRequest};
-use visionthink_core::reward::{grpo_advantages, score_group, JudgedRollout, RewardConfig};
+use visionthink_core::reward::{advantages, score_group, JudgedRollout, RewardConfig};
 use visionthink_core::sampling::SamplingConfig;
 use visionthink_model::{CandleBackend, Qwen25VL};
 
@@ -403,7 +403,7 @@ impl<'a> GrpoRun<'a> {
             }
         }
         let rewards: Vec<f64> = gs.rollouts.iter().map(|r| r.reward).collect();
-        let advantages = grpo_advantages(&rewards);
+        let advantages = advantages(&rewards, self.cfg.grpo.advantage_norm);
         let keep = gs.kept || !self.cfg.grpo.dynamic_sampling;
         if self.cfg.run.log_rollouts {
             self.log_rollouts(step, ex, &trajs, &gs.rollouts, &advantages, keep)?;

@@ -311,9 +311,44 @@ pub fn std_unbiased(x: &[f64]) -> Option<f64> {
 /// assert!((a[0] - 0.7071062).abs() < 1e-6 && (a[1] + 0.7071062).abs() < 1e-6);
 /// ```
 pub fn grpo_advantages(rewards: &[f64]) -> Vec<f64> {
+    advantages(rewards, AdvantageNorm::Std)
+}
+
+/// How a group's rewards become advantages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageNorm {
+    /// The official GRPO: `(r − mean) / (std_unbiased + 1e-6)`.
+    #[default]
+    Std,
+    /// Beyond the paper (Dr. GRPO, Liu et al. 2025): `r − mean`, no division by the group's
+    /// std. Dividing by it gives a group whose rewards barely differ the same weight as one
+    /// whose rewards differ by a whole point: with a tool that costs 0.25 of reward and a guess
+    /// that is either always right or always wrong within a group (the sampled guesses agree),
+    /// the groups where the guess happens to be right punish the tool as hard as the others
+    /// reward it, and GRPO drops a tool that raises the expected reward.
+    None,
+}
+
+/// A group's advantages under `norm` (see [`AdvantageNorm`]); a group of one has advantage 0.
+///
+/// ```
+/// use visionthink_core::reward::{advantages, AdvantageNorm};
+/// // Two rollouts whose rewards differ by 0.25 and two whose rewards differ by 1.0.
+/// let small = advantages(&[1.5, 1.25], AdvantageNorm::Std);
+/// let large = advantages(&[1.25, 0.25], AdvantageNorm::Std);
+/// assert!((small[0] - large[0]).abs() < 1e-4); // the same weight under the std
+/// let (small, large) = (
+///     advantages(&[1.5, 1.25], AdvantageNorm::None),
+///     advantages(&[1.25, 0.25], AdvantageNorm::None),
+/// );
+/// assert_eq!((small[0], large[0]), (0.125, 0.5)); // in proportion to the reward gap
+/// ```
+pub fn advantages(rewards: &[f64], norm: AdvantageNorm) -> Vec<f64> {
     let m = mean(rewards);
-    match std_unbiased(rewards) {
-        Some(sd) => rewards.iter().map(|r| (r - m) / (sd + 1e-6)).collect(),
-        None => vec![0.0; rewards.len()],
+    match (std_unbiased(rewards), norm) {
+        (Some(sd), AdvantageNorm::Std) => rewards.iter().map(|r| (r - m) / (sd + 1e-6)).collect(),
+        (Some(_), AdvantageNorm::None) => rewards.iter().map(|r| r - m).collect(),
+        (None, _) => vec![0.0; rewards.len()],
     }
 }

@@ -259,6 +259,21 @@ fn advantages_use_unbiased_std() {
     assert!((a[0] - (1.5 - m) / (sd + 1e-6)).abs() < 1e-12);
     assert_eq!(grpo_advantages(&[1.0]), vec![0.0]);
     assert!(std_unbiased(&[1.0, 1.0 + 5e-5]).unwrap() < GROUP_STD_EPS);
+    assert_eq!(advantages(&[1.5, 0.5, 0.5, 1.4], AdvantageNorm::Std), a);
+}
+
+/// Dr. GRPO's advantages keep the reward gaps: `r − mean`, in the group's order, summing to 0.
+#[test]
+fn advantages_without_std_are_centred_rewards() {
+    let a = advantages(&[1.5, 0.5, 0.5, 1.4], AdvantageNorm::None);
+    let want = [0.525, -0.475, -0.475, 0.425];
+    for (got, w) in a.iter().zip(want) {
+        assert!((got - w).abs() < 1e-12, "{a:?}");
+    }
+    assert!(a.iter().sum::<f64>().abs() < 1e-12);
+    assert_eq!(advantages(&[1.0], AdvantageNorm::None), vec![0.0]);
+    // A group of equal rewards has nothing to learn from under either norm.
+    assert_eq!(advantages(&[0.5, 0.5], AdvantageNorm::None), vec![0.0, 0.0]);
 }
 
 #[test]
