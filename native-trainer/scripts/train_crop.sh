@@ -13,7 +13,9 @@
 # only (resize traces where the crop recipe has crop traces), evaluated the same way.
 # CROP=0 skips the crop model's SFT, GRPO and evaluation (to run only the comparisons).
 # SIZE (default 224, so that it fits the 2-core budget) is the image side; OUT the run folder;
-# ROWS_EVAL (default: all) how many held-out rows the evaluations read.
+# ROWS_EVAL (default: all) how many held-out rows the evaluations read; ADV_NORM (default std,
+# the official recipe) the GRPO advantage of the crop and resize-only stages: `none` divides
+# by nothing (Dr. GRPO, r - mean; see grpo.advantage_norm).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT="${OUT_CROP:-runs/synth2}"
@@ -23,6 +25,7 @@ SFT_STEPS="${SFT_STEPS:-600}"
 GRPO_LOCAL_STEPS="${GRPO_LOCAL_STEPS:-20}"
 GRPO_STEPS="${GRPO_STEPS:-30}"
 BASELINE_GRPO_STEPS="${BASELINE_GRPO_STEPS:-40}"
+ADV=(--set "grpo.advantage_norm=\"${ADV_NORM:-std}\"")
 ROWS=(); [ -n "${ROWS_EVAL:-}" ] && ROWS=(--rows "$ROWS_EVAL")
 $T synth --task v2 --seed 1 --count 6000 --fine-fraction 0.66 --size "$SIZE" --out "$OUT/data/train"
 $T synth --task v2 --seed 2 --count 300 --fine-fraction 0.4 --size "$SIZE" --out "$OUT/data/eval"
@@ -41,9 +44,9 @@ grpo_two_stages() {
   local name="$1" from="$2"; shift 2
   $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/$name-local\"" "${DATA[@]}" \
     --set "model.init_from=\"$from\"" --set "run.steps=$GRPO_LOCAL_STEPS" --set run.keep_checkpoints=0 \
-    --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4 "$@"
+    --set 'data.kinds=["local_fine"]' --set optim.lr=3e-4 "${ADV[@]}" "$@"
   $T train --config native-trainer/configs/synth2-grpo.toml --set "run.out=\"$OUT/$name\"" "${DATA[@]}" \
-    --set "model.init_from=\"$OUT/$name-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 "$@"
+    --set "model.init_from=\"$OUT/$name-local\"" --set "run.steps=$GRPO_STEPS" --set run.keep_checkpoints=0 "${ADV[@]}" "$@"
 }
 if [ "${CROP:-1}" = 1 ]; then
   $T sft --config native-trainer/configs/synth2-sft.toml --set "run.out=\"$OUT/sft\"" "${DATA[@]}" \
